@@ -1,0 +1,219 @@
+"""Train / validation / test splits.
+
+Every split returns a :class:`Split` of three binary user x item CSR matrices
+(``train``, ``valid``, ``test``) over the same id space, plus what cold-start
+experiments need (users and items held out of training).  Splits are
+chronological: the later interactions of a user are held out, never earlier ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from fedrec.data.dataset import Dataset
+
+__all__ = [
+    "Split",
+    "leave_last_out",
+    "temporal_ratio",
+    "hold_out_users",
+    "hold_out_items",
+    "chronological_order",
+]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A split of a :class:`Dataset`.
+
+    Attributes
+    ----------
+    train, valid, test : scipy.sparse.csr_matrix
+        Binary ``(n_users, n_items)`` matrices; disjoint.
+    kind : str
+        How the split was made (``"leave-last-out"``, ``"temporal-ratio"``).
+    cold_users : np.ndarray
+        Users held out of training entirely (their rows are empty in all three
+        matrices); their chronological interactions are in ``cold_user_items``.
+    cold_user_items : dict
+        ``user -> items in chronological order`` for held-out users.
+    cold_items : np.ndarray
+        Items held out of training; their interactions appear only in ``test``
+        (see :func:`hold_out_items`).
+    """
+
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    kind: str
+    cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    cold_user_items: dict = field(default_factory=dict)
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def n_users(self) -> int:
+        return self.train.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.train.shape[1]
+
+    def train_items(self, user: int) -> np.ndarray:
+        return self.train.indices[self.train.indptr[user] : self.train.indptr[user + 1]]
+
+    def summary(self) -> dict:
+        return {
+            "kind": self.kind,
+            "train": int(self.train.nnz),
+            "valid": int(self.valid.nnz),
+            "test": int(self.test.nnz),
+            "cold_users": int(len(self.cold_users)),
+            "cold_items": int(len(self.cold_items)),
+        }
+
+
+def _rows(m: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
+    """Multiply by a 0/1 diagonal on the left and drop the stored zeros."""
+    out = (sp.diags(keep) @ m).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
+def _cols(m: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
+    out = (m @ sp.diags(keep)).tocsr()
+    out.eliminate_zeros()
+    return out
+
+
+def chronological_order(ds: Dataset) -> np.ndarray:
+    """Indices of the interactions sorted by user, then time, then file order."""
+    return np.lexsort((np.arange(ds.n_interactions), ds.timestamp, ds.user))
+
+
+def _csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    m = sp.csr_matrix(
+        (np.ones(len(users), dtype=np.float32), (users, items)), shape=shape
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.sort_indices()
+    return m
+
+
+def _position_in_user(users_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For interactions sorted by user: position within the user and the user's count."""
+    n = len(users_sorted)
+    starts = np.r_[0, np.flatnonzero(np.diff(users_sorted)) + 1]
+    counts = np.diff(np.r_[starts, n])
+    pos = np.arange(n) - np.repeat(starts, counts)
+    return pos, np.repeat(counts, counts)
+
+
+def leave_last_out(ds: Dataset, *, min_train: int = 1) -> Split:
+    """Chronological leave-last-out split.
+
+    Per user: test = last interaction, validation = second to last, train = the
+    rest.  Users with fewer than ``min_train + 2`` interactions keep everything in
+    train (they have no held-out items and are not evaluated).
+    """
+    order = chronological_order(ds)
+    u, i = ds.user[order], ds.item[order]
+    pos, cnt = _position_in_user(u)
+    heldout = cnt >= min_train + 2
+    is_test = heldout & (pos == cnt - 1)
+    is_valid = heldout & (pos == cnt - 2)
+    is_train = ~(is_test | is_valid)
+    shape = (ds.n_users, ds.n_items)
+    return Split(
+        train=_csr(u[is_train], i[is_train], shape),
+        valid=_csr(u[is_valid], i[is_valid], shape),
+        test=_csr(u[is_test], i[is_test], shape),
+        kind="leave-last-out",
+    )
+
+
+def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1) -> Split:
+    """Per-user chronological ratio split: the last ``test`` fraction of each user's
+    interactions is test, the ``valid`` fraction before it is validation.
+
+    Each user with at least 3 interactions gets at least one validation and one
+    test item.
+    """
+    if not (0 < valid < 1 and 0 < test < 1 and valid + test < 1):
+        raise ValueError(f"need 0 < valid, test and valid + test < 1; got valid={valid}, test={test}")
+    order = chronological_order(ds)
+    u, i = ds.user[order], ds.item[order]
+    pos, cnt = _position_in_user(u)
+    n_test = np.where(cnt >= 3, np.maximum(1, np.floor(cnt * test)), 0)
+    n_valid = np.where(cnt >= 3, np.maximum(1, np.floor(cnt * valid)), 0)
+    is_test = pos >= cnt - n_test
+    is_valid = ~is_test & (pos >= cnt - n_test - n_valid)
+    is_train = ~(is_test | is_valid)
+    shape = (ds.n_users, ds.n_items)
+    return Split(
+        train=_csr(u[is_train], i[is_train], shape),
+        valid=_csr(u[is_valid], i[is_valid], shape),
+        test=_csr(u[is_test], i[is_test], shape),
+        kind=f"temporal-ratio(valid={valid},test={test})",
+    )
+
+
+def hold_out_users(split: Split, ds: Dataset, *, fraction: float, seed: int) -> Split:
+    """Hold a random ``fraction`` of users out of training (user cold-start).
+
+    Their rows are emptied in train/valid/test; their interactions, in
+    chronological order, go to ``cold_user_items`` for fold-in evaluation.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+    rng = np.random.default_rng(seed)
+    n_cold = max(1, int(round(fraction * ds.n_users)))
+    cold = np.sort(rng.choice(ds.n_users, size=n_cold, replace=False))
+    order = chronological_order(ds)
+    u, i = ds.user[order], ds.item[order]
+    in_cold = np.isin(u, cold)
+    seqs: dict[int, np.ndarray] = {}
+    cu, ci = u[in_cold], i[in_cold]
+    for user in cold.tolist():
+        seqs[user] = ci[cu == user]
+    keep = np.ones(ds.n_users, dtype=np.float32)
+    keep[cold] = 0.0
+    return Split(
+        train=_rows(split.train, keep),
+        valid=_rows(split.valid, keep),
+        test=_rows(split.test, keep),
+        kind=split.kind + f"+cold-users({fraction})",
+        cold_users=cold,
+        cold_user_items=seqs,
+        cold_items=split.cold_items,
+    )
+
+
+def hold_out_items(split: Split, ds: Dataset, *, fraction: float, seed: int) -> Split:
+    """Hold a random ``fraction`` of items out of training (item cold-start).
+
+    Every interaction with a cold item is removed from train and validation and
+    placed in ``test``; a cold item is never seen in training.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+    rng = np.random.default_rng(seed)
+    n_cold = max(1, int(round(fraction * ds.n_items)))
+    cold = np.sort(rng.choice(ds.n_items, size=n_cold, replace=False))
+    mask = np.zeros(ds.n_items, dtype=np.float32)
+    mask[cold] = 1.0
+    cold_all = _cols(split.train + split.valid + split.test, mask)
+    test = (_cols(split.test, 1.0 - mask) + cold_all).tocsr()
+    test.data[:] = 1.0
+    return Split(
+        train=_cols(split.train, 1.0 - mask),
+        valid=_cols(split.valid, 1.0 - mask),
+        test=test,
+        kind=split.kind + f"+cold-items({fraction})",
+        cold_users=split.cold_users,
+        cold_user_items=split.cold_user_items,
+        cold_items=cold,
+    )
