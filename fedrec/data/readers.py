@@ -1,14 +1,43 @@
 """Readers for interaction files: MovieLens 100K / 1M / CSV family and generic files.
 
-INTERFACE STUB — to be implemented (see the docstrings).
+:func:`read_interactions` turns a file (or a dataset directory) into a
+:class:`RawData`: raw user and item ids, ratings, timestamps and, for the
+MovieLens formats, item side information (genres, year) and user side
+information (gender, age).  Supported formats:
+
+``"ml-100k"``
+    ``u.data`` (``user<TAB>item<TAB>rating<TAB>timestamp``) with optional
+    ``u.item``, ``u.genre`` and ``u.user`` next to it.
+``"ml-1m"``
+    ``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``) with optional
+    ``movies.dat`` and ``users.dat``.
+``"ml-csv"``
+    The MovieLens CSV family (ml-latest, ml-20m, ml-25m): ``ratings.csv``
+    (``userId,movieId,rating,timestamp``) with optional ``movies.csv``.
+``"generic"``
+    Any CSV / TSV (separator sniffed from the header) or Parquet file with
+    user and item columns and optional rating and timestamp columns.
+
+Malformed input raises :class:`DataFormatError`; its message names the file,
+the 1-based line number (header lines count) where one applies, and the
+problem.  Large files are parsed with vectorised pandas code: a fast typed
+parse is tried first and, only when it fails, the file is re-read as text to
+locate and describe the first bad line.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from os import PathLike
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "DataFormatError",
@@ -18,6 +47,47 @@ __all__ = [
     "read_interactions",
     "bundled_path",
 ]
+
+FORMATS = ("ml-100k", "ml-1m", "ml-csv", "generic")
+DUPLICATE_POLICIES = ("error", "first", "last")
+
+#: Genre columns of ``u.item`` when no ``u.genre`` file is present.
+ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+
+_GENERIC_OPTIONS = ("sep", "user_col", "item_col", "rating_col", "timestamp_col")
+_INTERACTION_FILES = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-csv": "ratings.csv"}
+_ML_CSV_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+_ROLES = ("user", "item", "rating", "timestamp")
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_SNIFF_SEPARATORS = (",", "\t", ";", "|")
+_HINT_SEPARATORS = (",", "\t", ";", "|", "::", " ")
+_SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}
+_NO_GENRES = ("", "(no genres listed)")
+_INTEGER = r"\s*[+-]?\d+\s*"
+_SUBSTITUTE_SEP = "\x1f"  # stands in for a multi-character separator such as "::"
+_EXTRA = "_extra"  # catches surplus fields in headerless files
+_BLOCK = 1 << 24
 
 
 class DataFormatError(ValueError):
@@ -57,5 +127,959 @@ def bundled_path(name: str = "ml-100k") -> Path:
     return Path(__file__).resolve().parent.parent / "datasets" / name
 
 
-def read_interactions(path, *, format: str = "auto", **options) -> RawData:
-    raise NotImplementedError
+# --------------------------------------------------------------------------- #
+# Public entry point
+# --------------------------------------------------------------------------- #
+
+
+def read_interactions(
+    path: str | PathLike[str], *, format: str = "auto", **options
+) -> RawData:
+    """Read an interaction file or dataset directory.
+
+    Parameters
+    ----------
+    path
+        A dataset directory, an interactions file, or the name of a bundled
+        dataset (``"ml-100k"``) when no such path exists.
+    format
+        ``"auto"`` (default) or one of ``"ml-100k"``, ``"ml-1m"``,
+        ``"ml-csv"``, ``"generic"``.  Auto-detection looks for ``u.data``,
+        ``ratings.dat`` or a ``ratings.csv`` with a ``userId,movieId`` header
+        in a directory; for a file it uses the file name, the CSV header and
+        the extension (other ``.csv``/``.tsv``/``.txt``/``.parquet``/``.pq``
+        files are ``"generic"``).
+    **options
+        Keyword-only options:
+
+        ``duplicates`` : ``"error"`` (default), ``"first"`` or ``"last"``
+            What to do when a (user, item) pair occurs more than once:
+            raise, or keep its first / last occurrence.
+        ``sep`` : str, generic text files only
+            Field separator; sniffed from the header line among
+            ``,`` ``\\t`` ``;`` ``|`` when not given.
+        ``user_col``, ``item_col`` : str, generic only
+            Names of the id columns (default ``"user"`` and ``"item"``).
+        ``rating_col``, ``timestamp_col`` : str or None, generic only
+            Names of the optional rating and timestamp columns (default
+            ``None``: ratings are NaN and timestamps are the row order).
+
+    Returns
+    -------
+    RawData
+        Interactions in file order (after duplicate handling) with side
+        information where the format provides it.
+
+    Raises
+    ------
+    DataFormatError
+        If a file is missing or malformed; the message names the file, the
+        line and the problem.
+    ValueError
+        For an unknown ``format`` or ``duplicates`` value.
+    TypeError
+        For an unknown option, or a generic-only option with another format.
+    """
+    if format != "auto" and format not in FORMATS:
+        allowed = ", ".join(repr(f) for f in ("auto", *FORMATS))
+        raise ValueError(f"unknown format {format!r}; expected one of {allowed}")
+    duplicates = options.pop("duplicates", "error")
+    if duplicates not in DUPLICATE_POLICIES:
+        allowed = ", ".join(repr(p) for p in DUPLICATE_POLICIES)
+        raise ValueError(f"duplicates must be one of {allowed}, got {duplicates!r}")
+    location = _locate(path)
+    if format == "auto":
+        fmt, data_file = _detect_format(location)
+    else:
+        fmt, data_file = format, _interactions_file(location, format)
+    _check_options(fmt, options)
+    if fmt == "ml-100k":
+        return _read_ml100k(data_file, duplicates=duplicates)
+    if fmt == "ml-1m":
+        return _read_ml1m(data_file, duplicates=duplicates)
+    if fmt == "ml-csv":
+        return _read_ml_csv(data_file, duplicates=duplicates)
+    return _read_generic(data_file, duplicates=duplicates, **options)
+
+
+# --------------------------------------------------------------------------- #
+# Locating files and detecting the format
+# --------------------------------------------------------------------------- #
+
+
+def _locate(path: str | PathLike[str]) -> Path:
+    """The existing path meant by ``path`` (a bundled dataset for a bare name)."""
+    location = Path(path)
+    if location.exists():
+        return location
+    name = str(path)
+    if location.name == name and name and bundled_path(name).is_dir():
+        return bundled_path(name)
+    raise _error(location, "missing file: no such file or directory")
+
+
+def _detect_format(location: Path) -> tuple[str, Path]:
+    """Format and interactions file of an existing path."""
+    if location.is_dir():
+        return _detect_directory(location)
+    if location.name in ("u.data", "ratings.dat"):
+        fmt = "ml-100k" if location.name == "u.data" else "ml-1m"
+        return fmt, location
+    suffix = location.suffix.lower()
+    if suffix == ".csv" and _has_ml_csv_header(location):
+        return "ml-csv", location
+    if suffix in _TEXT_SUFFIXES or suffix in _PARQUET_SUFFIXES:
+        return "generic", location
+    raise _error(
+        location,
+        "cannot detect the format from the file name; pass format= one of "
+        + ", ".join(repr(f) for f in FORMATS),
+    )
+
+
+def _detect_directory(directory: Path) -> tuple[str, Path]:
+    if (directory / "u.data").is_file():
+        return "ml-100k", directory / "u.data"
+    if (directory / "ratings.dat").is_file():
+        return "ml-1m", directory / "ratings.dat"
+    ratings_csv = directory / "ratings.csv"
+    if ratings_csv.is_file():
+        if _has_ml_csv_header(ratings_csv):
+            return "ml-csv", ratings_csv
+        raise _error(
+            ratings_csv,
+            "header does not start with 'userId,movieId' (not a MovieLens ratings.csv); "
+            "pass format='generic' with user_col=/item_col= to read it",
+            line=1,
+        )
+    raise _error(
+        directory,
+        "cannot detect the dataset format: the directory has no u.data (ml-100k), "
+        "ratings.dat (ml-1m) or ratings.csv (ml-csv)",
+    )
+
+
+def _has_ml_csv_header(path: Path) -> bool:
+    """Whether the first line of a CSV file starts with ``userId,movieId``."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+        first = fh.readline()
+    fields = next(csv.reader([first]), [])
+    return [f.strip() for f in fields[:2]] == ["userId", "movieId"]
+
+
+def _interactions_file(location: Path, fmt: str) -> Path:
+    """The interactions file of ``location`` read as format ``fmt``."""
+    if not location.is_dir():
+        return location
+    if fmt == "generic":
+        raise _error(location, "format 'generic' needs a file, got a directory")
+    data_file = location / _INTERACTION_FILES[fmt]
+    if not data_file.is_file():
+        raise _error(data_file, f"missing file: a {fmt} directory must contain {data_file.name}")
+    return data_file
+
+
+def _check_options(fmt: str, options: dict) -> None:
+    unknown = sorted(set(options) - set(_GENERIC_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"read_interactions() got unknown option(s) {', '.join(unknown)}; "
+            f"allowed: duplicates, {', '.join(_GENERIC_OPTIONS)}"
+        )
+    if options and fmt != "generic":
+        raise TypeError(
+            f"option(s) {', '.join(sorted(options))} only apply to format='generic', "
+            f"not {fmt!r}"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Format readers
+# --------------------------------------------------------------------------- #
+
+
+def _read_ml100k(data_file: Path, *, duplicates: str) -> RawData:
+    layout = _Layout(sep="\t", fields=4)
+    frame = _read_ratings(data_file, layout, _ROLES, duplicates=duplicates)
+    folder = data_file.parent
+    genre_names = ML100K_GENRES
+    if (folder / "u.genre").is_file():
+        genre_names = _read_u_genre(folder / "u.genre")
+    item_info = user_info = None
+    if (folder / "u.item").is_file():
+        item_info = _read_u_item(folder / "u.item", genre_names)
+    if (folder / "u.user").is_file():
+        user_info = _read_u_user(folder / "u.user")
+    return _raw_data(frame, item_info, user_info, data_file, "ml-100k", "ml-100k")
+
+
+def _read_ml1m(data_file: Path, *, duplicates: str) -> RawData:
+    layout = _Layout(sep="::", fields=4)
+    frame = _read_ratings(data_file, layout, _ROLES, duplicates=duplicates)
+    folder = data_file.parent
+    item_info = user_info = None
+    if (folder / "movies.dat").is_file():
+        item_info = _read_movies_dat(folder / "movies.dat")
+    if (folder / "users.dat").is_file():
+        user_info = _read_users_dat(folder / "users.dat")
+    return _raw_data(frame, item_info, user_info, data_file, "ml-1m", "ml-1m")
+
+
+def _read_ml_csv(data_file: Path, *, duplicates: str) -> RawData:
+    layout = _Layout(sep=",", header=True, quoted=True, encoding="utf-8-sig")
+    frame = _read_ratings(data_file, layout, _ML_CSV_COLUMNS, duplicates=duplicates)
+    movies = data_file.parent / "movies.csv"
+    item_info = _read_movies_csv(movies) if movies.is_file() else None
+    name = data_file.resolve().parent.name
+    return _raw_data(frame, item_info, None, data_file, "ml-csv", name)
+
+
+def _read_generic(
+    data_file: Path,
+    *,
+    duplicates: str,
+    sep: str | None = None,
+    user_col: str = "user",
+    item_col: str = "item",
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+) -> RawData:
+    columns = {"user": user_col, "item": item_col}
+    if rating_col is not None:
+        columns["rating"] = rating_col
+    if timestamp_col is not None:
+        columns["timestamp"] = timestamp_col
+    if data_file.suffix.lower() in _PARQUET_SUFFIXES:
+        frame = _read_parquet_columns(data_file, columns, duplicates=duplicates)
+    else:
+        frame = _read_generic_text(data_file, columns, sep=sep, duplicates=duplicates)
+    n = len(frame)
+    if "rating" not in frame:
+        frame["rating"] = np.full(n, np.nan)
+    if "timestamp" not in frame:
+        frame["timestamp"] = np.arange(n, dtype=np.int64)
+    return _raw_data(frame, None, None, data_file, "generic", data_file.stem)
+
+
+def _raw_data(
+    frame: pd.DataFrame,
+    item_info: ItemInfo | None,
+    user_info: UserInfo | None,
+    data_file: Path,
+    fmt: str,
+    name: str,
+) -> RawData:
+    return RawData(
+        user=_ids_array(frame["user"]),
+        item=_ids_array(frame["item"]),
+        rating=frame["rating"].to_numpy(dtype=np.float64),
+        timestamp=frame["timestamp"].to_numpy(dtype=np.int64),
+        item_info=item_info,
+        user_info=user_info,
+        source=str(data_file),
+        format=fmt,
+        name=name,
+    )
+
+
+def _ids_array(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.to_numpy(dtype=np.int64)
+    return values.to_numpy(dtype=object)
+
+
+# --------------------------------------------------------------------------- #
+# Ratings files (MovieLens): fast typed parse, strict fallback
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a delimited text file is laid out.
+
+    ``sep`` is the separator as written in the file (it may be ``"::"``);
+    ``fields`` is the number of fields of a headerless file; ``quoted``
+    says whether ``"`` quotes fields (CSV) or is an ordinary character.
+    """
+
+    sep: str
+    fields: int | None = None
+    header: bool = False
+    quoted: bool = False
+    encoding: str = "latin-1"
+
+    @property
+    def quoting(self) -> int:
+        return csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE
+
+
+def _read_ratings(
+    path: Path, layout: _Layout, columns: Sequence[str], *, duplicates: str
+) -> pd.DataFrame:
+    """User, item, rating and timestamp of a MovieLens ratings file.
+
+    ``columns`` names the four columns (header names, or the roles for a
+    headerless file).  Returns a frame with columns ``user``, ``item``,
+    ``rating`` and ``timestamp``.
+    """
+    frame = _ratings_fast(path, layout, columns)
+    if frame is None:
+        frame, lines = _ratings_strict(path, layout, columns)
+        return _handle_duplicates(frame, path, duplicates, lambda: lines)
+    return _handle_duplicates(frame, path, duplicates, lambda: _data_lines(path, layout))
+
+
+def _ratings_fast(path: Path, layout: _Layout, columns: Sequence[str]) -> pd.DataFrame | None:
+    """Typed parse of a well-formed ratings file; ``None`` if anything is off."""
+    dtypes = dict(zip(columns, ("int64", "int64", "float64", "int64")))
+    src, sep = _pandas_source(path, layout)
+    try:
+        if layout.header:
+            frame = pd.read_csv(
+                src, sep=sep, header=0, usecols=list(columns), dtype=dtypes,
+                quoting=layout.quoting, encoding=layout.encoding,
+            )
+        else:
+            frame = pd.read_csv(
+                src, sep=sep, header=None, names=[*columns, _EXTRA], index_col=False,
+                dtype=dtypes, quoting=layout.quoting, encoding=layout.encoding,
+            )
+            if frame.pop(_EXTRA).notna().any():
+                return None
+    except (ValueError, OverflowError):
+        return None
+    if frame.empty or frame[columns[2]].isna().any():
+        return None
+    return frame.rename(columns=dict(zip(columns, _ROLES)))[list(_ROLES)]
+
+
+def _ratings_strict(
+    path: Path, layout: _Layout, columns: Sequence[str]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Parse a ratings file as text, raising on its first bad line."""
+    wanted = columns if layout.header else range(len(columns))
+    cells, lines = _read_columns(path, layout, wanted)
+    frame = pd.DataFrame(
+        {
+            "user": _int_values(cells[0], lines, path, "user id"),
+            "item": _int_values(cells[1], lines, path, "item id"),
+            "rating": _float_values(cells[2], lines, path, "rating"),
+            "timestamp": _int_values(cells[3], lines, path, "timestamp"),
+        }
+    )
+    return frame, lines
+
+
+# --------------------------------------------------------------------------- #
+# Generic files
+# --------------------------------------------------------------------------- #
+
+
+def _read_generic_text(
+    path: Path, columns: dict[str, str], *, sep: str | None, duplicates: str
+) -> pd.DataFrame:
+    """Roles in ``columns`` (``user``, ``item``, optional ``rating``/``timestamp``)."""
+    if sep is None:
+        sep = _sniff_separator(path)
+    if not sep:
+        raise ValueError("sep must be a non-empty string")
+    layout = _Layout(sep=sep, header=True, quoted=len(sep) == 1, encoding="utf-8-sig")
+    frame = _generic_fast(path, layout, columns)
+    if frame is None:
+        frame, lines = _generic_strict(path, layout, columns)
+        return _handle_duplicates(frame, path, duplicates, lambda: lines)
+    return _handle_duplicates(frame, path, duplicates, lambda: _data_lines(path, layout))
+
+
+def _sniff_separator(path: Path) -> str:
+    """The most frequent of ``, \\t ; |`` on the header line (``,`` if none)."""
+    header, _ = _first_line(path, "utf-8-sig")
+    counts = [header.count(sep) for sep in _SNIFF_SEPARATORS]
+    return _SNIFF_SEPARATORS[int(np.argmax(counts))]
+
+
+def _generic_fast(path: Path, layout: _Layout, columns: dict[str, str]) -> pd.DataFrame | None:
+    dtypes = {}
+    if "rating" in columns:
+        dtypes[columns["rating"]] = "float64"
+    if "timestamp" in columns:
+        dtypes[columns["timestamp"]] = "int64"
+    src, sep = _pandas_source(path, layout)
+    try:
+        frame = pd.read_csv(
+            src, sep=sep, header=0, usecols=list(dict.fromkeys(columns.values())),
+            dtype=dtypes, keep_default_na=False, na_values=[""],
+            quoting=layout.quoting, encoding=layout.encoding,
+        )
+    except (ValueError, OverflowError):
+        return None
+    if frame.empty:
+        return None
+    out = {}
+    for role, column in columns.items():
+        values = frame[column]
+        if role in ("user", "item"):
+            values = _fast_ids(values)
+        elif values.isna().any():
+            values = None
+        if values is None:
+            return None
+        out[role] = values
+    return pd.DataFrame(out)
+
+
+def _fast_ids(values: pd.Series) -> pd.Series | None:
+    """Ids as pandas inferred them, or ``None`` when the strict path must decide."""
+    if values.dtype == np.int64:
+        return values
+    if not pd.api.types.is_string_dtype(values.dtype) or values.isna().any():
+        return None
+    if values.str.fullmatch(_INTEGER).all():
+        return None  # integers pandas did not convert (e.g. out of range)
+    return pd.Series(values.to_numpy(dtype=object), dtype=object)
+
+
+def _generic_strict(
+    path: Path, layout: _Layout, columns: dict[str, str]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    cells, lines = _read_columns(path, layout, list(columns.values()))
+    parsers = {
+        "user": lambda v: _id_values(v, lines, path, "user id"),
+        "item": lambda v: _id_values(v, lines, path, "item id"),
+        "rating": lambda v: _float_values(v, lines, path, "rating"),
+        "timestamp": lambda v: _int_values(v, lines, path, "timestamp"),
+    }
+    frame = pd.DataFrame(
+        {role: parsers[role](values) for role, values in zip(columns, cells)}
+    )
+    return frame, lines
+
+
+def _read_parquet_columns(
+    path: Path, columns: dict[str, str], *, duplicates: str
+) -> pd.DataFrame:
+    """Roles in ``columns`` of a Parquet file; problems are reported by row."""
+    import pyarrow.parquet as pq
+
+    try:
+        found = pq.read_schema(path).names
+    except (OSError, ValueError) as exc:
+        raise _error(path, f"not a readable Parquet file ({exc})") from exc
+    _require_columns(path, list(columns.values()), found, line=None)
+    table = pd.read_parquet(path, columns=list(dict.fromkeys(columns.values())))
+    if table.empty:
+        raise _error(path, "empty file: no data rows")
+    rows = np.arange(1, len(table) + 1)
+    parsers = {
+        "user": lambda v: _parquet_ids(v, rows, path, "user id"),
+        "item": lambda v: _parquet_ids(v, rows, path, "item id"),
+        "rating": lambda v: _parquet_numbers(v, rows, path, "rating"),
+        "timestamp": lambda v: _parquet_times(v, rows, path),
+    }
+    frame = pd.DataFrame({role: parsers[role](table[col]) for role, col in columns.items()})
+    return _handle_duplicates(frame, path, duplicates, lambda: rows, unit="row")
+
+
+def _parquet_ids(values: pd.Series, rows: np.ndarray, path: Path, what: str) -> np.ndarray:
+    _reject_missing(values, rows, path, what, unit="row")
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64)
+        if np.all(numbers == np.round(numbers)) and np.all(np.abs(numbers) < 2**53):
+            return numbers.astype(np.int64)
+    return _id_values(values.astype(str), rows, path, what, unit="row")
+
+
+def _parquet_numbers(values: pd.Series, rows: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(
+        values.dtype
+    ):
+        _reject_missing(values, rows, path, what, unit="row")
+        return values.to_numpy(dtype=np.float64)
+    return _float_values(values.astype(str), rows, path, what, unit="row")
+
+
+def _parquet_times(values: pd.Series, rows: np.ndarray, path: Path) -> np.ndarray:
+    """Integer timestamps; datetimes become Unix seconds."""
+    _reject_missing(values, rows, path, "timestamp", unit="row")
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.astype("datetime64[s]").to_numpy().astype(np.int64)
+    if pd.api.types.is_integer_dtype(values.dtype):
+        return values.to_numpy(dtype=np.int64)
+    return _int_values(values.astype(str), rows, path, "timestamp", unit="row")
+
+
+def _reject_missing(values: pd.Series, rows: np.ndarray, path: Path, what: str, unit: str) -> None:
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise _error(path, f"missing {what}", line=rows[np.argmax(missing)], unit=unit)
+
+
+# --------------------------------------------------------------------------- #
+# Side files
+# --------------------------------------------------------------------------- #
+
+
+def _read_u_genre(path: Path) -> tuple[str, ...]:
+    """Genre names of ``u.genre`` (``name|index``), ordered by index."""
+    frame, lines = _read_fields(path, _Layout(sep="|", fields=2), required=(0, 1))
+    index = _int_values(frame[1], lines, path, "genre index")
+    bad = (index < 0) | (index >= len(index))
+    if bad.any() or len(np.unique(index)) != len(index):
+        k = int(np.argmax(bad)) if bad.any() else _first_duplicate(pd.DataFrame({"i": index}))[1]
+        raise _error(
+            path, f"genre indices must be 0..{len(index) - 1} without repeats, got {index[k]}",
+            line=lines[k],
+        )
+    return tuple(frame[0].to_numpy(dtype=object)[np.argsort(index)].tolist())
+
+
+def _read_u_item(path: Path, genre_names: tuple[str, ...]) -> ItemInfo:
+    """``id|title|release date|video release date|url|<one flag per genre>``."""
+    n_genres = len(genre_names)
+    layout = _Layout(sep="|", fields=5 + n_genres)
+    frame, lines = _read_fields(path, layout, required=(0, *range(5, 5 + n_genres)))
+    ids = _int_values(frame[0], lines, path, "item id")
+    _check_unique(ids, lines, path, "item id")
+    flags = np.column_stack(
+        [
+            _flag_values(frame[5 + g], lines, path, f"genre flag {name!r}")
+            for g, name in enumerate(genre_names)
+        ]
+    )
+    year = _release_years(frame[2], lines, path)
+    return ItemInfo(item_ids=ids, genres=flags, genre_names=genre_names, year=year)
+
+
+def _read_u_user(path: Path) -> UserInfo:
+    """``id|age|gender|occupation|zip``."""
+    frame, lines = _read_fields(path, _Layout(sep="|", fields=5), required=(0, 1, 2, 3))
+    ids = _int_values(frame[0], lines, path, "user id")
+    _check_unique(ids, lines, path, "user id")
+    age = _int_values(frame[1], lines, path, "age")
+    gender = frame[2].str.strip().to_numpy(dtype=object)
+    return UserInfo(user_ids=ids, gender=gender, age=age)
+
+
+def _read_movies_dat(path: Path) -> ItemInfo:
+    """``MovieID::Title (Year)::Genre1|Genre2``."""
+    frame, lines = _read_fields(path, _Layout(sep="::", fields=3), required=(0, 1))
+    ids = _int_values(frame[0], lines, path, "movie id")
+    _check_unique(ids, lines, path, "movie id")
+    return _movie_info(ids, frame[1], frame[2])
+
+
+def _read_users_dat(path: Path) -> UserInfo:
+    """``UserID::Gender::Age::Occupation::Zip-code``."""
+    frame, lines = _read_fields(path, _Layout(sep="::", fields=5), required=(0, 1, 2, 3))
+    ids = _int_values(frame[0], lines, path, "user id")
+    _check_unique(ids, lines, path, "user id")
+    age = _int_values(frame[2], lines, path, "age")
+    gender = frame[1].str.strip().to_numpy(dtype=object)
+    return UserInfo(user_ids=ids, gender=gender, age=age)
+
+
+def _read_movies_csv(path: Path) -> ItemInfo:
+    """``movieId,title,genres`` with a header; titles may be quoted."""
+    layout = _Layout(sep=",", header=True, quoted=True, encoding="utf-8-sig")
+    cells, lines = _read_columns(
+        path, layout, ["movieId", "title", "genres"], required=["movieId"]
+    )
+    ids = _int_values(cells[0], lines, path, "movie id")
+    _check_unique(ids, lines, path, "movie id")
+    return _movie_info(ids, cells[1], cells[2])
+
+
+def _movie_info(ids: np.ndarray, titles: pd.Series, genres: pd.Series) -> ItemInfo:
+    """Genres (``|``-separated names) and year (trailing ``(YYYY)`` of the title)."""
+    dummies = genres.str.strip().str.get_dummies(sep="|")
+    dummies = dummies.drop(columns=[c for c in _NO_GENRES if c in dummies.columns])
+    dummies = dummies[sorted(dummies.columns)]
+    year = titles.str.extract(r"\((\d{4})\)\s*$", expand=False)
+    return ItemInfo(
+        item_ids=ids,
+        genres=dummies.to_numpy(dtype=np.float32).reshape(len(ids), -1),
+        genre_names=tuple(dummies.columns),
+        year=pd.to_numeric(year).to_numpy(dtype=np.float64),
+    )
+
+
+def _release_years(dates: pd.Series, lines: np.ndarray, path: Path) -> np.ndarray:
+    """Year of ``dd-Mon-YYYY`` dates; NaN where the date is empty."""
+    dates = dates.str.strip()
+    year = dates.str.extract(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$", expand=False)
+    bad = (dates.ne("") & year.isna()).to_numpy()
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise _error(
+            path, f"release date is not dd-Mon-YYYY: {dates.iloc[k]!r}", line=lines[k]
+        )
+    return pd.to_numeric(year).to_numpy(dtype=np.float64)
+
+
+def _flag_values(values: pd.Series, lines: np.ndarray, path: Path, what: str) -> np.ndarray:
+    flags = _int_values(values, lines, path, what)
+    bad = (flags != 0) & (flags != 1)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise _error(path, f"{what} must be 0 or 1, got {values.iloc[k]!r}", line=lines[k])
+    return flags.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- #
+# Strict text reading: every field as a string, with its line number
+# --------------------------------------------------------------------------- #
+
+
+def _read_columns(
+    path: Path,
+    layout: _Layout,
+    wanted: Sequence[str] | Sequence[int],
+    *,
+    required: Sequence[str] | Sequence[int] | None = None,
+) -> tuple[list[pd.Series], np.ndarray]:
+    """The ``wanted`` columns as strings and the line number of every row.
+
+    ``wanted`` holds header names for files with a header, else positions.
+    Columns in ``required`` (default: all wanted) must not be empty.
+    """
+    required = wanted if required is None else required
+    if layout.header:
+        header, header_line = _read_header(path, layout)
+        _require_columns(path, wanted, header, line=header_line)
+        positions = [header.index(name) for name in wanted]
+        required_positions = [header.index(name) for name in required]
+        n_fields = len(header)
+    else:
+        positions, required_positions, n_fields = list(wanted), list(required), layout.fields
+    frame, lines = _read_fields(path, layout, required=required_positions, n_fields=n_fields)
+    return [frame[p] for p in positions], lines
+
+
+def _read_fields(
+    path: Path,
+    layout: _Layout,
+    *,
+    required: Sequence[int],
+    n_fields: int | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Data rows as string columns ``0..n_fields-1`` plus their line numbers.
+
+    Blank lines are skipped (they still count for line numbers).  A row with
+    the wrong number of fields or an empty ``required`` field raises.
+    """
+    n_fields = layout.fields if n_fields is None else n_fields
+    src, sep = _pandas_source(path, layout)
+    try:
+        frame = pd.read_csv(
+            src, sep=sep, header=None, names=range(n_fields + 1), index_col=False,
+            dtype=str, keep_default_na=False, quoting=layout.quoting,
+            encoding=layout.encoding,
+        )
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame(columns=range(n_fields + 1), dtype=str)
+    except pd.errors.ParserError as exc:
+        _raise_parser_error(path, layout, n_fields, exc)
+    except UnicodeDecodeError as exc:
+        raise _error(
+            path, f"not valid {layout.encoding} text ({exc.reason})",
+            line=_first_undecodable_line(path, layout.encoding),
+        ) from exc
+    lines = _content_lines(path, layout)
+    if len(lines) != len(frame):  # quoted line breaks: line numbers are approximate
+        lines = np.arange(1, len(frame) + 1)
+    if layout.header:
+        frame, lines = frame.iloc[1:].reset_index(drop=True), lines[1:]
+    if frame.empty:
+        what = "no data rows after the header" if layout.header else "no data rows"
+        raise _error(path, f"empty file: {what}")
+    bad = frame[n_fields].ne("")
+    for position in required:
+        bad |= frame[position].eq("")
+    if bad.any():
+        k = int(np.argmax(bad.to_numpy()))
+        _raise_bad_row(path, layout, lines[k], n_fields, required)
+    return frame.drop(columns=n_fields), lines
+
+
+def _raise_parser_error(
+    path: Path, layout: _Layout, n_fields: int, exc: pd.errors.ParserError
+) -> None:
+    match = re.search(r"line (\d+), saw", str(exc))
+    if match:
+        _raise_bad_row(path, layout, int(match.group(1)), n_fields, required=())
+    raise _error(path, f"cannot parse the file: {exc}") from exc
+
+
+def _raise_bad_row(
+    path: Path, layout: _Layout, line: int, n_fields: int, required: Sequence[int]
+) -> None:
+    """Describe what is wrong with line ``line`` (wrong field count or empty field)."""
+    text = _raw_line(path, line, layout.encoding)
+    fields = _split_line(text, layout)
+    if len(fields) != n_fields:
+        raise _error(path, _field_count_problem(text, fields, n_fields, layout.sep), line=line)
+    for position in required:
+        if fields[position] == "":
+            raise _error(path, f"field {position + 1} is empty: {_clip(text)!r}", line=line)
+    raise _error(path, f"malformed line: {_clip(text)!r}", line=line)
+
+
+def _field_count_problem(text: str, fields: list[str], expected: int, sep: str) -> str:
+    problem = (
+        f"expected {expected} {_separator_name(sep)}-separated fields, "
+        f"found {len(fields)}: {_clip(text)!r}"
+    )
+    for other in _HINT_SEPARATORS:
+        if other != sep and len(text.split(other)) == expected:
+            return problem + f" (the line looks {_separator_name(other)}-separated)"
+    return problem
+
+
+def _read_header(path: Path, layout: _Layout) -> tuple[list[str], int]:
+    """Fields of the first non-blank line and its line number."""
+    text, line = _first_line(path, layout.encoding)
+    if line == 0:
+        raise _error(path, "empty file: no header and no data rows")
+    return [field.strip() for field in _split_line(text, layout)], line
+
+
+def _require_columns(
+    path: Path, wanted: Sequence[str], found: Sequence[str], *, line: int | None
+) -> None:
+    missing = [name for name in dict.fromkeys(wanted) if name not in found]
+    if missing:
+        raise _error(
+            path,
+            f"missing required column(s) {', '.join(map(repr, missing))}; "
+            f"found columns: {', '.join(map(repr, found))}",
+            line=line,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Values: strings -> typed arrays, reporting the first bad line
+# --------------------------------------------------------------------------- #
+
+
+def _int_values(
+    values: pd.Series, lines: np.ndarray, path: Path, what: str, *, unit: str = "line"
+) -> np.ndarray:
+    """int64 array of integer strings; raises at the first non-integer."""
+    values = values.reset_index(drop=True)
+    ok = values.str.fullmatch(_INTEGER).to_numpy(dtype=bool)
+    if not ok.all():
+        k = int(np.argmax(~ok))
+        raise _error(path, _bad_value(what, values.iloc[k], "an integer"), line=lines[k], unit=unit)
+    numbers = pd.to_numeric(values.str.strip(), errors="coerce")
+    if numbers.dtype != np.int64:
+        k = _first_out_of_range(values)
+        raise _error(
+            path, f"{what} {values.iloc[k].strip()} does not fit in int64", line=lines[k], unit=unit
+        )
+    return numbers.to_numpy(dtype=np.int64)
+
+
+def _float_values(
+    values: pd.Series, lines: np.ndarray, path: Path, what: str, *, unit: str = "line"
+) -> np.ndarray:
+    """float64 array of numeric strings; raises at the first non-number."""
+    values = values.reset_index(drop=True)
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(numbers)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise _error(path, _bad_value(what, values.iloc[k], "a number"), line=lines[k], unit=unit)
+    return numbers
+
+
+def _id_values(
+    values: pd.Series, lines: np.ndarray, path: Path, what: str, *, unit: str = "line"
+) -> np.ndarray:
+    """Generic ids: int64 if every id is an integer, else an object array of str."""
+    values = values.reset_index(drop=True)
+    empty = values.str.strip().eq("").to_numpy(dtype=bool)
+    if empty.any():
+        k = int(np.argmax(empty))
+        raise _error(path, f"missing {what}", line=lines[k], unit=unit)
+    if values.str.fullmatch(_INTEGER).all():
+        numbers = pd.to_numeric(values.str.strip(), errors="coerce")
+        if numbers.dtype == np.int64:
+            return numbers.to_numpy(dtype=np.int64)
+    return values.to_numpy(dtype=object)
+
+
+def _first_out_of_range(values: pd.Series) -> int:
+    """Position of the first integer string outside the int64 range."""
+    limit = np.iinfo(np.int64)
+    candidates = np.flatnonzero(values.str.strip().str.len().to_numpy() >= 19)
+    for k in candidates:
+        if not limit.min <= int(values.iloc[k]) <= limit.max:
+            return int(k)
+    return int(candidates[0]) if len(candidates) else 0
+
+
+def _bad_value(what: str, value: str, expected: str) -> str:
+    if value.strip() == "":
+        return f"missing {what} (empty field)"
+    return f"{what} is not {expected}: {_clip(value)!r}"
+
+
+# --------------------------------------------------------------------------- #
+# Duplicates
+# --------------------------------------------------------------------------- #
+
+
+def _handle_duplicates(
+    frame: pd.DataFrame,
+    path: Path,
+    policy: str,
+    lines_of: Callable[[], np.ndarray],
+    *,
+    unit: str = "line",
+) -> pd.DataFrame:
+    """Apply the ``duplicates`` policy to repeated (user, item) pairs."""
+    pairs = frame[["user", "item"]]
+    found = _first_duplicate(pairs)
+    if found is None:
+        return frame
+    if policy == "error":
+        first, again = found
+        lines = lines_of()
+        user, item = pairs.iloc[again].tolist()
+        raise _error(
+            path,
+            f"duplicate row: user {user!r}, item {item!r} already appears on {unit} "
+            f"{lines[first]} (pass duplicates='first' or 'last' to keep one)",
+            line=lines[again],
+            unit=unit,
+        )
+    keep = ~pairs.duplicated(keep=policy).to_numpy()
+    return frame[keep].reset_index(drop=True)
+
+
+def _first_duplicate(keys: pd.DataFrame) -> tuple[int, int] | None:
+    """Positions of the first repeated key and of its earlier occurrence."""
+    repeated = keys.duplicated(keep="first").to_numpy()
+    if not repeated.any():
+        return None
+    again = int(np.argmax(repeated))
+    same = np.ones(len(keys), dtype=bool)
+    for column in keys.columns:
+        values = keys[column].to_numpy()
+        same &= values == values[again]
+    return int(np.argmax(same)), again
+
+
+def _check_unique(ids: np.ndarray, lines: np.ndarray, path: Path, what: str) -> None:
+    found = _first_duplicate(pd.DataFrame({"id": ids}))
+    if found is not None:
+        first, again = found
+        raise _error(
+            path,
+            f"duplicate {what} {ids[again].item()!r}, already on line {lines[first]}",
+            line=lines[again],
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Low-level text helpers
+# --------------------------------------------------------------------------- #
+
+
+def _pandas_source(path: Path, layout: _Layout) -> tuple[object, str]:
+    """What to hand to :func:`pandas.read_csv`, and the separator to use.
+
+    The C parser only takes single-character separators, so a multi-character
+    one (``"::"``) is replaced by a control character in memory.
+    """
+    if len(layout.sep) == 1:
+        return path, layout.sep
+    text = path.read_text(encoding=layout.encoding)
+    return io.StringIO(text.replace(layout.sep, _SUBSTITUTE_SEP)), _SUBSTITUTE_SEP
+
+
+def _data_lines(path: Path, layout: _Layout) -> np.ndarray:
+    """Line numbers of the data rows (non-blank lines after any header)."""
+    lines = _content_lines(path, layout)
+    return lines[1:] if layout.header else lines
+
+
+def _content_lines(path: Path, layout: _Layout) -> np.ndarray:
+    """1-based numbers of the lines pandas does not skip as blank.
+
+    A line is blank when it holds only spaces, tabs (unless the tab is the
+    separator) and carriage returns.  The file is scanned in blocks.
+    """
+    blank = [ord(c) for c in " \t\r" if c != layout.sep]
+    found: list[np.ndarray] = []
+    done = 0  # lines finished before the current block
+    pending = False  # whether the unfinished line has content so far
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            data = np.frombuffer(block, dtype=np.uint8)
+            ends = np.flatnonzero(data == 10)
+            content = ~np.isin(data, [*blank, 10])
+            seen = np.concatenate(([0], np.cumsum(content, dtype=np.int64)))
+            starts = np.concatenate(([0], ends + 1))
+            has = seen[ends + 1] > seen[starts[:-1]]
+            if len(has):
+                has[0] |= pending
+                found.append(done + 1 + np.flatnonzero(has))
+                pending = bool(seen[-1] > seen[ends[-1] + 1])
+            else:
+                pending = pending or bool(seen[-1] > 0)
+            done += len(ends)
+    if pending:
+        found.append(np.array([done + 1]))
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _first_line(path: Path, encoding: str) -> tuple[str, int]:
+    """The first non-blank line and its number (``("", 0)`` for a blank file)."""
+    with open(path, encoding=encoding, errors="replace", newline="") as fh:
+        for number, line in enumerate(fh, 1):
+            if line.strip():
+                return line.rstrip("\r\n"), number
+    return "", 0
+
+
+def _raw_line(path: Path, line: int, encoding: str) -> str:
+    """Text of line ``line`` (1-based) without its line break."""
+    with open(path, encoding=encoding, errors="replace", newline="") as fh:
+        text = next(islice(fh, line - 1, None), "")
+    return text.rstrip("\r\n")
+
+
+def _split_line(text: str, layout: _Layout) -> list[str]:
+    if layout.quoted:
+        return next(csv.reader([text], delimiter=layout.sep), [""])
+    return text.split(layout.sep)
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _separator_name(sep: str) -> str:
+    return _SEPARATOR_NAMES.get(sep, repr(sep))
+
+
+def _clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _error(
+    path: Path, problem: str, *, line: int | np.integer | None = None, unit: str = "line"
+) -> DataFormatError:
+    where = str(path) if line is None else f"{path}, {unit} {int(line)}"
+    return DataFormatError(f"{where}: {problem}")

@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh clone:
+#   make run   - create .venv, install fedrec, run the main job on bundled ML-100K
+#   make test  - create .venv, install fedrec, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+OUT ?= runs/default
+BIN := $(VENV)/bin
+
+.PHONY: run test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/fedrec run-default --out $(OUT)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,51 @@
+"""fedrec ClientApp: one Flower node hosts one user (or a cohort of users).
+
+Handlers are thin: read the config, call :mod:`fedrec.node` (pure functions),
+reply.  Users' embeddings and privacy accounting live in ``context.state`` and
+never appear in a reply.
+"""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec import node
+
+__all__ = ["app", "make_client_app"]
+
+
+def make_client_app(run_config: dict | None = None) -> ClientApp:
+    """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none)."""
+    client = ClientApp()
+
+    def _setup(context: Context):
+        return node.setup(run_config if run_config is not None else context.run_config, context.node_config)
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg, fed, partition = _setup(context)
+        state = node.load_state(context.state, fed, partition, cfg)
+        update, metrics, state = node.train_round(
+            cfg, fed, partition, state,
+            global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},
+            server_round=int(msg.content["config"]["server-round"]),
+        )
+        node.save_state(context.state, state)
+        content = RecordDict({"arrays": ArrayRecord(node.to_arrays(update)), "metrics": MetricRecord(metrics)})
+        return Message(content=content, reply_to=msg)
+
+    @client.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg, fed, partition = _setup(context)
+        state = node.load_state(context.state, fed, partition, cfg)
+        metrics = node.evaluate_round(
+            cfg, fed, partition, state,
+            global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},
+        )
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return client
+
+
+app = make_client_app()

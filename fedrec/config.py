@@ -1,0 +1,171 @@
+"""One validated, frozen configuration of a federated run.
+
+Built once from Flower's run config (``[tool.flwr.app.config]`` or the dict the
+CLI passes) by :func:`FedConfig.from_run_config`.  Keys use dashes, as in Flower.
+Every value is checked; errors name the key and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+from fedrec.training import LocalConfig, steps_per_round
+
+__all__ = ["FedConfig", "DEFAULTS"]
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Settings of a federated run.  Defaults are the tuned ML-100K settings."""
+
+    # data
+    data: str = "ml-100k"
+    format: str = "auto"
+    min_rating: float = 0.0  # 0: every rating is a positive
+    kcore: int = 0
+    split: str = "leave-last-out"
+    # model
+    model: str = "mf"
+    dim: int = 64
+    init_std: float = 0.1
+    # federation
+    num_server_rounds: int = 250
+    users_per_node: int = 64
+    fraction_train: float = 1.0
+    seed: int = 0
+    # local training
+    user_lr: float = 1.0
+    user_steps: int = 1
+    item_steps: int = 1
+    negatives: int = 1
+    user_l2: float = 0.0
+    # interaction-level DP (Opacus mechanism, per user)
+    noise_multiplier: float = 0.0
+    target_epsilon: float = 0.0  # > 0: calibrate noise_multiplier for the planned rounds
+    max_grad_norm: float = 1.0
+    sample_rate: float = 1.0
+    delta: float = 1e-5
+    # server
+    aggregation: str = "fedavg"  # fedavg | itemwise
+    server_opt: str = "adam"  # adam | yogi | sgd
+    server_lr: float = 5e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    server_eps: float = 1e-8
+    # evaluation
+    eval_every: int = 10
+    ties: str = "pessimistic"
+    select_metric: str = "ndcg@10"
+    # outputs
+    out: str = ""
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"config {key.replace('_', '-')}={getattr(self, key)!r}: {why}")
+
+        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "eval_every"):
+            if getattr(self, key) < 1:
+                bad(key, "must be >= 1")
+        for key in ("user_steps", "kcore", "min_rating", "user_l2", "noise_multiplier", "target_epsilon"):
+            if getattr(self, key) < 0:
+                bad(key, "must be >= 0")
+        for key in ("init_std", "user_lr", "server_lr", "max_grad_norm"):
+            if not getattr(self, key) > 0:
+                bad(key, "must be > 0")
+        if not 0 < self.fraction_train <= 1:
+            bad("fraction_train", "must be in (0, 1]")
+        if not 0 < self.sample_rate <= 1:
+            bad("sample_rate", "must be in (0, 1]")
+        if not 0 < self.delta < 1:
+            bad("delta", "must be in (0, 1)")
+        if self.model != "mf":
+            bad("model", "federated training supports 'mf' (NCF models: `fedrec baseline`)")
+        if self.aggregation not in ("fedavg", "itemwise"):
+            bad("aggregation", "choose 'fedavg' or 'itemwise'")
+        if self.aggregation == "itemwise" and self.dp:
+            bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
+        if self.server_opt not in ("adam", "yogi", "sgd"):
+            bad("server_opt", "choose 'adam', 'yogi' or 'sgd'")
+        if self.split not in ("leave-last-out", "temporal-ratio"):
+            bad("split", "choose 'leave-last-out' or 'temporal-ratio'")
+        if self.ties not in ("pessimistic", "random"):
+            bad("ties", "choose 'pessimistic' or 'random'")
+        if self.noise_multiplier > 0 and self.target_epsilon > 0:
+            bad("target_epsilon", "give noise-multiplier or target-epsilon, not both")
+
+    @property
+    def dp(self) -> bool:
+        return self.noise_multiplier > 0 or self.target_epsilon > 0
+
+    @property
+    def local(self) -> LocalConfig:
+        return LocalConfig(
+            user_lr=self.user_lr,
+            user_steps=self.user_steps,
+            item_steps=self.item_steps,
+            negatives=self.negatives,
+            sample_rate=self.sample_rate,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            user_l2=self.user_l2,
+        )
+
+    @property
+    def steps_per_round(self) -> int:
+        return steps_per_round(self.local)
+
+    def planned_steps(self) -> int:
+        """DP-SGD steps of a user who takes part in every round."""
+        return self.num_server_rounds * self.steps_per_round
+
+    def resolved(self) -> "FedConfig":
+        """Calibrate ``noise_multiplier`` from ``target_epsilon`` (Opacus RDP accountant)
+        for a user taking part in every planned round; returns a new config."""
+        if self.target_epsilon <= 0:
+            return self
+        from fedrec.privacy.accounting import calibrate_noise
+
+        sigma = calibrate_noise(
+            target_epsilon=self.target_epsilon,
+            delta=self.delta,
+            sample_rate=self.sample_rate,
+            steps=self.planned_steps(),
+        )
+        return dataclasses.replace(self, noise_multiplier=sigma, target_epsilon=0.0)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> "FedConfig":
+        """Build from a Flower run config (dashed keys).  Unknown keys are an error."""
+        names = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for key, value in dict(run_config).items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ValueError(f"unknown config key {key!r}; known: {sorted(k.replace('_', '-') for k in names)}")
+            default = names[name].default
+            try:
+                if isinstance(default, bool):
+                    value = bool(value)
+                elif isinstance(default, int):
+                    if float(value) != int(float(value)):
+                        raise ValueError
+                    value = int(float(value))
+                elif isinstance(default, float):
+                    value = float(value)
+                else:
+                    value = str(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"config {key}={value!r}: expected {type(default).__name__}") from None
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"config {key}=nan: not a number")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def to_run_config(self) -> dict:
+        """Flower run config (dashed keys, scalar values)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+DEFAULTS = FedConfig()

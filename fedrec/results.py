@@ -1,0 +1,92 @@
+"""The run directory: resolved config, metrics.json, per-round logs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+
+__all__ = ["package_versions", "write_json", "write_metrics", "append_round", "read_metrics"]
+
+_PACKAGES = ("fedrec", "torch", "flwr", "opacus", "numpy", "scipy", "pandas")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            out[name] = "not installed"
+    return out
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON atomically (write then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_metrics(
+    out_dir: str | Path,
+    *,
+    validation: dict,
+    test: dict,
+    config: dict,
+    seed: int,
+    privacy: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``metrics.json``: ``validation`` and ``test`` keyed by lowercase metric
+    names, plus config, seed, package versions and (for private runs) ``privacy``."""
+    doc = {
+        "validation": validation,
+        "test": test,
+        "config": config,
+        "seed": seed,
+        "versions": package_versions(),
+    }
+    if privacy is not None:
+        doc["privacy"] = privacy
+    if extra:
+        doc.update(extra)
+    return write_json(Path(out_dir) / "metrics.json", doc)
+
+
+def read_metrics(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "metrics.json").read_text())
+
+
+def append_round(out_dir: str | Path, row: dict, *, name: str = "rounds") -> None:
+    """Append one row to ``rounds.csv`` (header written on first use) and ``rounds.jsonl``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    row = _clean(row)
+    path = out_dir / f"{name}.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    with (out_dir / f"{name}.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")

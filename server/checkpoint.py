@@ -1,0 +1,64 @@
+"""Per-round checkpoint: global parameters, server-optimiser state, round, best round.
+
+Written atomically (temporary file, then rename) so a server killed mid-write
+leaves the previous checkpoint intact.  :func:`load_checkpoint` refuses a
+corrupt checkpoint or one from a different configuration with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.config import FedConfig
+
+__all__ = ["save_checkpoint", "load_checkpoint", "config_fingerprint", "CheckpointError"]
+
+# Settings that change what a checkpoint means (not e.g. the round count or out dir).
+_IGNORED = {"num-server-rounds", "out", "eval-every"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: corrupt, or made for another configuration."""
+
+
+def config_fingerprint(cfg: FedConfig) -> str:
+    rc = {k: v for k, v in cfg.to_run_config().items() if k not in _IGNORED}
+    return hashlib.sha256(json.dumps(rc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, params: dict, strategy, best: dict | None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {f"param/{k}": v for k, v in params.items()}
+    st = strategy.opt_state
+    arrays.update({f"m/{k}": v for k, v in st.m.items()})
+    arrays.update({f"v/{k}": v for k, v in st.v.items()})
+    meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "best": best}
+    tmp = directory / "checkpoint.tmp.npz"
+    np.savez(tmp, meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8), **arrays)
+    final = directory / "checkpoint.npz"
+    tmp.replace(final)
+    return final
+
+
+def load_checkpoint(directory: Path, cfg: FedConfig) -> dict:
+    """Read ``checkpoint.npz``; raise :class:`CheckpointError` if unusable."""
+    path = Path(directory) / "checkpoint.npz"
+    try:
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            data = {k: z[k] for k in z.files if k != "meta"}
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoding failure means corrupt
+        raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+    if meta.get("fingerprint") != config_fingerprint(cfg):
+        raise CheckpointError(f"checkpoint {path} was made with a different configuration; refusing to resume")
+    out = {"round": meta["round"], "opt_t": meta["opt_t"], "best": meta.get("best")}
+    for prefix in ("param", "m", "v"):
+        out[prefix] = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(prefix + "/")}
+    return out
