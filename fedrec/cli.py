@@ -103,6 +103,91 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    from fedrec.config import FedConfig
+    from fedrec.simulate import simulate
+
+    overrides = {k: v for k, v in vars(args).items() if k in _FED_KEYS and v is not None}
+    cfg = FedConfig(**overrides)
+    summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose)
+    _log(f"selected round {summary['selected_round']} (on validation); wrote {cfg.out}/metrics.json")
+    return 0
+
+
+def cmd_privacy(args) -> int:
+    from fedrec.privacy.accounting import calibrate_noise, epsilon
+
+    if (args.noise_multiplier is None) == (args.target_epsilon is None):
+        raise ValueError("give exactly one of --noise-multiplier or --target-epsilon")
+    common = dict(sample_rate=args.sample_rate, steps=args.steps, delta=args.delta)
+    if args.noise_multiplier is not None:
+        eps = epsilon(noise_multiplier=args.noise_multiplier, accountant=args.accountant, **common)
+        print(f"epsilon = {eps:.4f} at delta = {args.delta:g} ({args.unit}-level; noise multiplier {args.noise_multiplier}, "
+              f"sample rate {args.sample_rate}, {args.steps} steps, {args.accountant} accountant)")
+    else:
+        sigma = calibrate_noise(target_epsilon=args.target_epsilon, delta=args.delta, sample_rate=args.sample_rate,
+                                steps=args.steps, accountant=args.accountant)
+        print(f"noise multiplier = {sigma:.4f} reaches epsilon {args.target_epsilon} at delta = {args.delta:g} "
+              f"({args.unit}-level; sample rate {args.sample_rate}, {args.steps} steps, {args.accountant} accountant)")
+    return 0
+
+
+def cmd_run_default(args) -> int:
+    """The main job of `make run`: baselines and a federated run on bundled ML-100K."""
+    out = Path(args.out)
+    for model in ("mostpop", "ease"):
+        cmd_baseline(build_parser().parse_args(["baseline", "--model", model, "--out", str(out / model)]))
+    return cmd_simulate(build_parser().parse_args(["simulate", "--out", str(out / "federated")]))
+
+
+_FED_KEYS = {
+    "data", "format", "min_rating", "kcore", "split", "dim", "num_server_rounds", "users_per_node",
+    "fraction_train", "seed", "user_lr", "user_steps", "item_steps", "negatives", "noise_multiplier",
+    "target_epsilon", "max_grad_norm", "sample_rate", "delta", "aggregation", "server_opt", "server_lr",
+    "eval_every", "ties", "out",
+}
+
+
+def _add_fed_args(p: argparse.ArgumentParser) -> None:
+    from fedrec.config import DEFAULTS as D
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=D.data, help="'ml-100k' (bundled), 'synthetic:USERSxITEMS[:SEED]' or a path")
+    g.add_argument("--format", default=D.format, choices=["auto", "ml-100k", "ml-1m", "ml-csv", "generic"])
+    g.add_argument("--min-rating", type=float, default=D.min_rating, help="positives = rating >= this (0: all)")
+    g.add_argument("--kcore", type=int, default=D.kcore)
+    g.add_argument("--split", default=D.split, choices=["leave-last-out", "temporal-ratio"])
+    g = p.add_argument_group("federation")
+    g.add_argument("--rounds", dest="num_server_rounds", type=int, default=D.num_server_rounds,
+                   help=f"server rounds (default {D.num_server_rounds})")
+    g.add_argument("--users-per-node", type=int, default=D.users_per_node,
+                   help=f"users simulated by one SuperNode, each with its own state and DP (default {D.users_per_node})")
+    g.add_argument("--fraction-train", type=float, default=D.fraction_train, help="fraction of nodes per round")
+    g.add_argument("--seed", type=int, default=D.seed)
+    g.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine (default: all)")
+    g = p.add_argument_group("local training")
+    g.add_argument("--dim", type=int, default=D.dim, help=f"embedding dimension (default {D.dim})")
+    g.add_argument("--user-lr", type=float, default=D.user_lr, help=f"SGD rate of the local user embedding (default {D.user_lr})")
+    g.add_argument("--user-steps", type=int, default=D.user_steps, help="user-embedding-only steps before item gradients")
+    g.add_argument("--item-steps", type=int, default=D.item_steps, help="steps whose item gradients are released")
+    g.add_argument("--negatives", type=int, default=D.negatives, help="negatives per positive")
+    g = p.add_argument_group("interaction-level differential privacy (per user, DP-SGD, Opacus RDP accountant)")
+    g.add_argument("--noise-multiplier", type=float, default=D.noise_multiplier, help="0: no DP (default)")
+    g.add_argument("--target-epsilon", type=float, default=D.target_epsilon,
+                   help="calibrate the noise multiplier for this epsilon over the planned rounds")
+    g.add_argument("--max-grad-norm", type=float, default=D.max_grad_norm, help="per-pair clipping norm")
+    g.add_argument("--sample-rate", type=float, default=D.sample_rate, help="Poisson sampling rate of a user's pairs per step")
+    g.add_argument("--delta", type=float, default=D.delta)
+    g = p.add_argument_group("server")
+    g.add_argument("--aggregation", default=D.aggregation, choices=["fedavg", "itemwise"])
+    g.add_argument("--server-opt", default=D.server_opt, choices=["adam", "yogi", "sgd"])
+    g.add_argument("--server-lr", type=float, default=D.server_lr)
+    g.add_argument("--eval-every", type=int, default=D.eval_every, help="federated validation every N rounds")
+    g.add_argument("--ties", default=D.ties, choices=["pessimistic", "random"])
+    g.add_argument("--out", required=True, help="run directory (config.json, rounds.csv, metrics.json, checkpoint/)")
+    g.add_argument("--verbose", action="store_true", help="Flower's own logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedrec",
@@ -132,6 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="bpr", choices=["bpr", "bce"], help="loss (default bpr)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("simulate", help="federated training on Flower's simulation engine",
+                       description="Federated MF: user embeddings stay on the nodes, the server aggregates item "
+                                   "parameters. Defaults are the tuned ML-100K settings.")
+    _add_fed_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("privacy", help="epsilon for a mechanism, or the noise for a target epsilon (no training)",
+                       description="Opacus accountant for the Poisson-subsampled Gaussian mechanism.")
+    p.add_argument("--noise-multiplier", type=float, default=None)
+    p.add_argument("--target-epsilon", type=float, default=None)
+    p.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate per step")
+    p.add_argument("--steps", type=int, required=True, help="number of steps (compositions)")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--accountant", default="rdp", choices=["rdp", "prv", "gdp"])
+    p.add_argument("--unit", default="interaction", choices=["interaction", "user"],
+                   help="what one step's sample is: an interaction (client DP-SGD) or a user (server-side)")
+    p.set_defaults(func=cmd_privacy)
+
+    p = sub.add_parser("run-default", help="the main job: MostPop, EASE and federated MF on bundled ML-100K")
+    p.add_argument("--out", default="runs/default")
+    p.set_defaults(func=cmd_run_default)
     return parser
 
 

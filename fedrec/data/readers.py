@@ -74,7 +74,14 @@ ML100K_GENRES = (
     "Western",
 )
 
-_GENERIC_OPTIONS = ("sep", "user_col", "item_col", "rating_col", "timestamp_col")
+_GENERIC_DEFAULTS = {
+    "sep": None,
+    "user_col": "user",
+    "item_col": "item",
+    "rating_col": None,
+    "timestamp_col": None,
+}
+_GENERIC_OPTIONS = tuple(_GENERIC_DEFAULTS)
 _INTERACTION_FILES = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-csv": "ratings.csv"}
 _ML_CSV_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 _ROLES = ("user", "item", "rating", "timestamp")
@@ -84,7 +91,7 @@ _SNIFF_SEPARATORS = (",", "\t", ";", "|")
 _HINT_SEPARATORS = (",", "\t", ";", "|", "::", " ")
 _SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}
 _NO_GENRES = ("", "(no genres listed)")
-_INTEGER = r"\s*[+-]?\d+\s*"
+_INTEGER = r"[ \t]*[+-]?[0-9]+[ \t]*"  # ASCII classes: pyarrow runs it natively
 _SUBSTITUTE_SEP = "\x1f"  # stands in for a multi-character separator such as "::"
 _EXTRA = "_extra"  # catches surplus fields in headerless files
 _BLOCK = 1 << 24
@@ -193,13 +200,10 @@ def read_interactions(
     else:
         fmt, data_file = format, _interactions_file(location, format)
     _check_options(fmt, options)
-    if fmt == "ml-100k":
-        return _read_ml100k(data_file, duplicates=duplicates)
-    if fmt == "ml-1m":
-        return _read_ml1m(data_file, duplicates=duplicates)
-    if fmt == "ml-csv":
-        return _read_ml_csv(data_file, duplicates=duplicates)
-    return _read_generic(data_file, duplicates=duplicates, **options)
+    if fmt == "generic":
+        return _read_generic(data_file, duplicates=duplicates, **options)
+    readers = {"ml-100k": _read_ml100k, "ml-1m": _read_ml1m, "ml-csv": _read_ml_csv}
+    return readers[fmt](data_file, duplicates=duplicates)
 
 
 # --------------------------------------------------------------------------- #
@@ -280,17 +284,23 @@ def _interactions_file(location: Path, fmt: str) -> Path:
 
 
 def _check_options(fmt: str, options: dict) -> None:
+    """Reject unknown options, and generic-only options set for another format.
+
+    Passing a generic option at its default value is harmless for any format.
+    """
     unknown = sorted(set(options) - set(_GENERIC_OPTIONS))
     if unknown:
         raise TypeError(
             f"read_interactions() got unknown option(s) {', '.join(unknown)}; "
             f"allowed: duplicates, {', '.join(_GENERIC_OPTIONS)}"
         )
-    if options and fmt != "generic":
-        raise TypeError(
-            f"option(s) {', '.join(sorted(options))} only apply to format='generic', "
-            f"not {fmt!r}"
-        )
+    if fmt != "generic":
+        misplaced = sorted(k for k, v in options.items() if v != _GENERIC_DEFAULTS[k])
+        if misplaced:
+            raise TypeError(
+                f"option(s) {', '.join(misplaced)} only apply to format='generic', "
+                f"not {fmt!r}"
+            )
 
 
 # --------------------------------------------------------------------------- #
@@ -432,8 +442,8 @@ def _read_ratings(
 def _ratings_fast(path: Path, layout: _Layout, columns: Sequence[str]) -> pd.DataFrame | None:
     """Typed parse of a well-formed ratings file; ``None`` if anything is off."""
     dtypes = dict(zip(columns, ("int64", "int64", "float64", "int64")))
-    src, sep = _pandas_source(path, layout)
     try:
+        src, sep = _pandas_source(path, layout)
         if layout.header:
             frame = pd.read_csv(
                 src, sep=sep, header=0, usecols=list(columns), dtype=dtypes,
@@ -504,8 +514,8 @@ def _generic_fast(path: Path, layout: _Layout, columns: dict[str, str]) -> pd.Da
         dtypes[columns["rating"]] = "float64"
     if "timestamp" in columns:
         dtypes[columns["timestamp"]] = "int64"
-    src, sep = _pandas_source(path, layout)
     try:
+        src, sep = _pandas_source(path, layout)
         frame = pd.read_csv(
             src, sep=sep, header=0, usecols=list(dict.fromkeys(columns.values())),
             dtype=dtypes, keep_default_na=False, na_values=[""],
@@ -629,7 +639,7 @@ def _read_u_genre(path: Path) -> tuple[str, ...]:
     index = _int_values(frame[1], lines, path, "genre index")
     bad = (index < 0) | (index >= len(index))
     if bad.any() or len(np.unique(index)) != len(index):
-        k = int(np.argmax(bad)) if bad.any() else _first_duplicate(pd.DataFrame({"i": index}))[1]
+        k = int(np.argmax(bad)) if bad.any() else _first_duplicate(pd.Series(index))[1]
         raise _error(
             path, f"genre indices must be 0..{len(index) - 1} without repeats, got {index[k]}",
             line=lines[k],
@@ -772,8 +782,8 @@ def _read_fields(
     the wrong number of fields or an empty ``required`` field raises.
     """
     n_fields = layout.fields if n_fields is None else n_fields
-    src, sep = _pandas_source(path, layout)
     try:
+        src, sep = _pandas_source(path, layout)
         frame = pd.read_csv(
             src, sep=sep, header=None, names=range(n_fields + 1), index_col=False,
             dtype=str, keep_default_na=False, quoting=layout.quoting,
@@ -874,13 +884,13 @@ def _int_values(
     if not ok.all():
         k = int(np.argmax(~ok))
         raise _error(path, _bad_value(what, values.iloc[k], "an integer"), line=lines[k], unit=unit)
-    numbers = pd.to_numeric(values.str.strip(), errors="coerce")
-    if numbers.dtype != np.int64:
+    try:
+        return values.str.strip().astype(np.int64).to_numpy(dtype=np.int64)
+    except (ValueError, OverflowError):
         k = _first_out_of_range(values)
         raise _error(
             path, f"{what} {values.iloc[k].strip()} does not fit in int64", line=lines[k], unit=unit
-        )
-    return numbers.to_numpy(dtype=np.int64)
+        ) from None
 
 
 def _float_values(
@@ -906,9 +916,10 @@ def _id_values(
         k = int(np.argmax(empty))
         raise _error(path, f"missing {what}", line=lines[k], unit=unit)
     if values.str.fullmatch(_INTEGER).all():
-        numbers = pd.to_numeric(values.str.strip(), errors="coerce")
-        if numbers.dtype == np.int64:
-            return numbers.to_numpy(dtype=np.int64)
+        try:
+            return values.str.strip().astype(np.int64).to_numpy(dtype=np.int64)
+        except (ValueError, OverflowError):
+            pass  # integers beyond int64: keep them as strings
     return values.to_numpy(dtype=object)
 
 
@@ -942,40 +953,61 @@ def _handle_duplicates(
     unit: str = "line",
 ) -> pd.DataFrame:
     """Apply the ``duplicates`` policy to repeated (user, item) pairs."""
-    pairs = frame[["user", "item"]]
-    found = _first_duplicate(pairs)
+    keys = _pair_keys(frame)
+    found = _first_duplicate(keys)
     if found is None:
         return frame
     if policy == "error":
         first, again = found
         lines = lines_of()
-        user, item = pairs.iloc[again].tolist()
+        user, item = frame["user"].iloc[again], frame["item"].iloc[again]
         raise _error(
             path,
-            f"duplicate row: user {user!r}, item {item!r} already appears on {unit} "
-            f"{lines[first]} (pass duplicates='first' or 'last' to keep one)",
+            f"duplicate row: user {_plain(user)!r}, item {_plain(item)!r} already appears "
+            f"on {unit} {lines[first]} (pass duplicates='first' or 'last' to keep one)",
             line=lines[again],
             unit=unit,
         )
-    keep = ~pairs.duplicated(keep=policy).to_numpy()
+    keep = ~keys.duplicated(keep=policy).to_numpy()
     return frame[keep].reset_index(drop=True)
 
 
-def _first_duplicate(keys: pd.DataFrame) -> tuple[int, int] | None:
+def _pair_keys(frame: pd.DataFrame) -> pd.Series | pd.DataFrame:
+    """One int64 key per (user, item) pair when the ids allow it, else the two columns."""
+    user, item = frame["user"].to_numpy(), frame["item"].to_numpy()
+    if user.dtype == np.int64 and item.dtype == np.int64 and len(user):
+        user_min, item_min = int(user.min()), int(item.min())
+        span = int(item.max()) - item_min + 1
+        if (int(user.max()) - user_min + 1) * span < 2**63:
+            return pd.Series((user - user_min) * span + (item - item_min))
+    return frame[["user", "item"]]
+
+
+def _first_duplicate(keys: pd.Series | pd.DataFrame) -> tuple[int, int] | None:
     """Positions of the first repeated key and of its earlier occurrence."""
+    if isinstance(keys, pd.Series) and keys.dtype == np.int64:
+        ordered = np.sort(keys.to_numpy())
+        if not (ordered[1:] == ordered[:-1]).any():  # the common case, cheaper than hashing
+            return None
     repeated = keys.duplicated(keep="first").to_numpy()
     if not repeated.any():
         return None
     again = int(np.argmax(repeated))
+    columns = [keys] if isinstance(keys, pd.Series) else [keys[c] for c in keys.columns]
     same = np.ones(len(keys), dtype=bool)
-    for column in keys.columns:
-        values = keys[column].to_numpy()
+    for column in columns:
+        values = column.to_numpy()
         same &= values == values[again]
     return int(np.argmax(same)), again
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value (so messages show ``5``, not ``np.int64(5)``)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_unique(ids: np.ndarray, lines: np.ndarray, path: Path, what: str) -> None:
-    found = _first_duplicate(pd.DataFrame({"id": ids}))
+    found = _first_duplicate(pd.Series(ids))
     if found is not None:
         first, again = found
         raise _error(

@@ -38,7 +38,7 @@ from fedrec.data.splits import Split
 from fedrec.metrics.aggregate import metric_sums
 from fedrec.metrics.beyond import per_user_diversity, per_user_novelty, per_user_popularity, top_k
 from fedrec.metrics.groups import group_means
-from fedrec.metrics.ranking import Ties, _as_scores, _check_ties, ranking_metric_names, target_ranks
+from fedrec.metrics.ranking import TargetRanks, Ties, _as_scores, _check_ties, target_ranks
 from fedrec.metrics.sampled import SAMPLED_PREFIX, sample_negatives, sampled_target_ranks
 
 __all__ = ["Stage", "EvalResult", "ScoreFn", "stage_matrices", "users_to_evaluate", "evaluate"]
@@ -221,6 +221,8 @@ def evaluate(
             raise ValueError(f"user_groups[{name!r}] has {len(lab)} labels for {split.n_users} users")
 
     chunks: dict[str, list[np.ndarray]] = {}
+    full_parts: list[TargetRanks] = []
+    sampled_parts: list[TargetRanks] = []
     item_counts = np.zeros(n_items, dtype=np.int64)
     K = int(beyond_k)
 
@@ -236,8 +238,7 @@ def evaluate(
         tr = target_ranks(scores, t_b, e_b, ties=ties, rng=tie_rng, user_ids=batch)
         if len(tr.rows) != len(batch):  # cannot happen: every batch user has a target
             raise RuntimeError("a user without targets reached the ranking step")
-        for name, v in tr.metrics(ks=ks).items():
-            add(name, v)
+        full_parts.append(tr)
 
         if sampled_negatives:
             negs = sample_negatives(
@@ -246,9 +247,9 @@ def evaluate(
                 rng=_user_rngs(seed, _STREAM_NEGATIVES, batch),
             )
             s_rng = _user_rngs(seed, _STREAM_SAMPLED_TIES, batch) if ties == "random" else None
-            sr = sampled_target_ranks(scores, t_b, negs, ties=ties, rng=s_rng, user_ids=batch)
-            for name, v in sr.metrics(ks=ks, prefix=SAMPLED_PREFIX).items():
-                add(name, v)
+            sampled_parts.append(
+                sampled_target_ranks(scores, t_b, negs, ties=ties, rng=s_rng, user_ids=batch)
+            )
 
         top = top_k(scores, e_b, K)
         item_counts += np.bincount(top[top >= 0], minlength=n_items)
@@ -258,10 +259,12 @@ def evaluate(
             add(f"novelty@{K}", per_user_novelty(top, item_popularity, split.n_users))
             add(f"arp@{K}", per_user_popularity(top, item_popularity))
 
-    if not chunks:  # nobody evaluated: keep the keys, with empty arrays
-        probe = _empty_keys(ks, sampled_negatives, K, item_features, item_popularity)
-        chunks = {k: [np.zeros(0)] for k in probe}
-    per_user = {k: np.concatenate(v) for k, v in chunks.items()}
+    # Ranking metrics once over all users (cheaper than per batch).
+    per_user = _concat_ranks(full_parts).metrics(ks=ks)
+    if sampled_negatives:
+        per_user.update(_concat_ranks(sampled_parts).metrics(ks=ks, prefix=SAMPLED_PREFIX))
+    for name in _beyond_keys(K, item_features, item_popularity):
+        per_user[name] = np.concatenate(chunks.get(name, [np.zeros(0)]))
     n = len(eval_users)
     metrics = {k: (float(v.mean()) if n else float("nan")) for k, v in per_user.items()}
     metrics[f"coverage@{K}"] = float(np.count_nonzero(item_counts) / n_items) if n and n_items else float("nan")
@@ -277,16 +280,25 @@ def evaluate(
     )
 
 
-def _empty_keys(
-    ks: Sequence[int],
-    sampled_negatives: int,
-    K: int,
-    item_features: np.ndarray | None,
-    item_popularity: np.ndarray | None,
-) -> list[str]:
-    names = ranking_metric_names(ks)
-    if sampled_negatives:
-        names += ranking_metric_names(ks, prefix=SAMPLED_PREFIX)
+def _concat_ranks(parts: list[TargetRanks]) -> TargetRanks:
+    """Stack the :class:`TargetRanks` of consecutive batches (rows renumbered)."""
+    if not parts:
+        z = np.zeros(0, dtype=np.int64)
+        return TargetRanks(rows=z, items=z, ranks=z, offsets=np.zeros(1, np.int64), n_candidates=z)
+    sizes = np.cumsum([0] + [len(p.rows) for p in parts[:-1]])
+    lens = np.cumsum([0] + [len(p.ranks) for p in parts[:-1]])
+    return TargetRanks(
+        rows=np.concatenate([p.rows + o for p, o in zip(parts, sizes)]),
+        items=np.concatenate([p.items for p in parts]),
+        ranks=np.concatenate([p.ranks for p in parts]),
+        offsets=np.concatenate([[0]] + [p.offsets[1:] + o for p, o in zip(parts, lens)]).astype(np.int64),
+        n_candidates=np.concatenate([p.n_candidates for p in parts]),
+    )
+
+
+def _beyond_keys(K: int, item_features: np.ndarray | None, item_popularity: np.ndarray | None) -> list[str]:
+    """Per-user beyond-accuracy keys that :func:`evaluate` produces."""
+    names = []
     if item_features is not None:
         names.append(f"diversity@{K}")
     if item_popularity is not None:

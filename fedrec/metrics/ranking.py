@@ -24,10 +24,11 @@ favour.  Reasons:
 * It is deterministic and needs no random numbers.
 
 ``ties="random"`` breaks ties uniformly at random instead (the expected-value
-view): for a single target, ``rank = higher + Uniform{0..n_tied}``.  With several
-targets per user one random order of the tied candidates is drawn per user and
-shared by all its targets, so the targets get distinct ranks and the metrics
-stay within [0, 1].  AUC follows the same rule: under the pessimistic rule a
+view): ``rank = higher + Uniform{0..n_tied}``.  It is implemented as one random
+order of the items per user (a permutation indexed by item id), shared by all
+the user's targets, so several targets of a user get distinct ranks and the
+metrics stay within [0, 1]; with one generator per user the draw does not
+depend on the batching.  AUC follows the same rule: under the pessimistic rule a
 tied (target, non-target) pair counts as a loss.
 
 Shapes
@@ -119,10 +120,12 @@ class TargetRanks:
 
 
 def _as_scores(scores: np.ndarray) -> np.ndarray:
-    """Dense 2-D float64 view (or copy) of ``scores``."""
+    """``scores`` as a dense 2-D float array (float32 / float64 kept, others -> float64)."""
     if hasattr(scores, "detach"):  # a torch tensor, without importing torch
         scores = scores.detach().cpu().numpy()
-    a = np.asarray(scores, dtype=np.float64)
+    a = np.asarray(scores)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
     if a.ndim != 2:
         raise ValueError(f"scores must be a 2-D (users, items) array; got shape {a.shape}")
     return a
@@ -136,6 +139,10 @@ def _coords(m, shape: tuple[int, int], name: str) -> tuple[np.ndarray, np.ndarra
     if sp.issparse(m):
         if tuple(m.shape) != tuple(shape):
             raise ValueError(f"{name} has shape {m.shape}; expected {shape}")
+        if m.format == "csr" and m.has_canonical_format:  # sorted, no duplicates
+            r = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(m.indptr))
+            keep = m.data != 0
+            return r[keep], m.indices[keep].astype(np.int64)
         coo = m.tocoo()
         keep = coo.data != 0
         r = coo.row[keep].astype(np.int64)
@@ -197,26 +204,37 @@ def _check_finite(
         )
 
 
-def _row_permutations(rng, n_rows: int, n_cols: int) -> np.ndarray:
-    """A uniformly random permutation of ``0..n_cols-1`` per row."""
-    if isinstance(rng, np.random.Generator):
-        return rng.permuted(np.tile(np.arange(n_cols, dtype=np.int64), (n_rows, 1)), axis=1)
-    return np.stack([g.permutation(n_cols) for g in rng]) if n_rows else np.zeros((0, n_cols), np.int64)
+def _tie_priorities(rng: RngLike, n_rows: int, n_items: int) -> np.ndarray:
+    """A uniformly random permutation of the item ids per row (``(B, n_items)``).
+
+    ``prio[r, i]`` is item ``i``'s random priority in row ``r``: among tied
+    candidates, a higher priority ranks higher.  Indexed by item id (not by
+    column position), so a row's draw depends only on its own generator and
+    ``n_items``, never on the batch it is in.
+    """
+    gen = _resolve_rng(rng, n_rows)
+    if isinstance(gen, np.random.Generator):
+        base = np.broadcast_to(np.arange(n_items, dtype=np.int64), (n_rows, n_items))
+        return gen.permuted(base, axis=1)
+    if n_rows == 0:
+        return np.zeros((0, n_items), dtype=np.int64)
+    return np.stack([g.permutation(n_items) for g in gen]).astype(np.int64)
 
 
 def _rank_rows(
     values: np.ndarray,
     t_rows: np.ndarray,
     t_pos: np.ndarray,
-    ties: Ties,
-    rng: RngLike,
+    prio: np.ndarray | None,
 ) -> np.ndarray:
     """0-based rank of each target ``values[t_rows[i], t_pos[i]]`` within its row.
 
-    ``values`` is ``(B, L)`` float64 with ``-inf`` at non-candidates; target
-    scores are finite.  Targets are candidates of each other.
+    ``values`` is ``(B, L)`` float with ``-inf`` at non-candidates; target
+    scores are finite.  Targets are candidates of each other.  ``prio`` is
+    ``None`` for pessimistic ties, else ``(B, L)`` distinct random priorities
+    per row: a tied candidate is above the target iff its priority is higher
+    (one random order per row shared by all of its targets).
     """
-    _check_ties(ties)
     n_rows, n_cols = values.shape
     n_t = len(t_rows)
     if n_t == 0:
@@ -225,27 +243,19 @@ def _rank_rows(
     per_row = np.bincount(t_rows, minlength=n_rows)
 
     if per_row.max() <= 1:
-        # One target per user: a couple of vectorised passes over (B, L).
-        ref = np.full(n_rows, np.nan)
+        # One target per user: a few vectorised passes over (B, L).
+        ref = np.full(n_rows, np.nan, dtype=values.dtype)
         ref[t_rows] = t_scores
         higher = np.count_nonzero(values > ref[:, None], axis=1)[t_rows]
-        n_tied = np.count_nonzero(values == ref[:, None], axis=1)[t_rows] - 1
-        if ties == "pessimistic":
-            return (higher + n_tied).astype(np.int64)
-        gen = _resolve_rng(rng, n_rows)
-        if isinstance(gen, np.random.Generator):
-            extra = gen.integers(0, n_tied + 1)
-        else:
-            extra = np.array(
-                [gen[r].integers(0, t + 1) for r, t in zip(t_rows.tolist(), n_tied.tolist())],
-                dtype=np.int64,
-            )
-        return (higher + extra).astype(np.int64)
+        eq = values == ref[:, None]
+        if prio is None:
+            return (higher + np.count_nonzero(eq, axis=1)[t_rows] - 1).astype(np.int64)
+        pref = np.zeros(n_rows, dtype=prio.dtype)
+        pref[t_rows] = prio[t_rows, t_pos]
+        above = np.count_nonzero(eq & (prio > pref[:, None]), axis=1)[t_rows]
+        return (higher + above).astype(np.int64)
 
     # Several targets per user: compare in chunks of targets to bound memory.
-    prio = None
-    if ties == "random":
-        prio = _row_permutations(_resolve_rng(rng, n_rows), n_rows, n_cols)
     ranks = np.empty(n_t, dtype=np.int64)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
     for s in range(0, n_t, chunk):
@@ -323,7 +333,8 @@ def target_ranks(
     n_excluded = np.bincount(e_rows, minlength=n_rows)
     rows, counts = np.unique(t_rows, return_counts=True)
     _check_finite(values, n_excluded, rows, user_ids)
-    ranks = _rank_rows(values, t_rows, t_cols, ties, rng)
+    prio = _tie_priorities(rng, n_rows, n_items) if ties == "random" else None
+    ranks = _rank_rows(values, t_rows, t_cols, prio)
     return TargetRanks(
         rows=rows.astype(np.int64),
         items=t_cols,

@@ -37,6 +37,7 @@ from fedrec.metrics.ranking import (
     _coords,
     _rank_rows,
     _resolve_rng,
+    _tie_priorities,
 )
 
 __all__ = [
@@ -94,7 +95,10 @@ def sample_negatives(
         # uniform sample without replacement of the non-positives.
         m = min(n_items, n_negatives + len(pos))
         draw = g.choice(n_items, size=m, replace=False)
-        draw = draw[~np.isin(draw, pos, assume_unique=True)][:n_negatives]
+        if len(pos):  # pos is sorted: membership by binary search
+            hit = pos[np.minimum(np.searchsorted(pos, draw), len(pos) - 1)] == draw
+            draw = draw[~hit]
+        draw = draw[:n_negatives]
         out[r, : len(draw)] = draw
     return out
 
@@ -169,7 +173,10 @@ def sampled_target_ranks(
     n_invalid = cand.shape[1] - valid.sum(axis=1)
     # Invalid slots are -inf already; any other non-finite value is a bad score.
     _check_finite(values, n_invalid, rows, user_ids)
-    ranks = _rank_rows(values, t_rows, t_pos, ties, rng)
+    prio = None
+    if ties == "random":  # per-item priorities, gathered at the candidates
+        prio = np.take_along_axis(_tie_priorities(rng, n_rows, n_items), np.maximum(cand, 0), axis=1)
+    ranks = _rank_rows(values, t_rows, t_pos, prio)
     return TargetRanks(
         rows=rows.astype(np.int64),
         items=t_cols,

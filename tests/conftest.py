@@ -1,0 +1,28 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_ds():
+    """Synthetic population: 30 users, 40 items, deterministic."""
+    from fedrec.data import synthetic_dataset
+
+    return synthetic_dataset(n_users=30, n_items=40, interactions_per_user=8, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_ds):
+    from fedrec.data import leave_last_out
+
+    return leave_last_out(tiny_ds)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

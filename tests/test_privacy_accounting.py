@@ -1,0 +1,63 @@
+"""Accountant numbers pinned against Opacus, calibration, and the epsilon a node reports."""
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from fedrec.config import FedConfig
+from fedrec.privacy import calibrate_noise, epsilon, epsilons_for_steps
+
+
+def test_epsilon_pinned():
+    # the value quoted in the privacy issue: sigma 1, q 0.01, 1000 steps, delta 1e-5 -> about 2.1
+    assert epsilon(noise_multiplier=1.0, sample_rate=0.01, steps=1000, delta=1e-5) == pytest.approx(2.1014, abs=1e-3)
+
+
+def test_epsilon_equals_independent_opacus_accountant():
+    acc = RDPAccountant()
+    for _ in range(30):
+        acc.step(noise_multiplier=0.8, sample_rate=0.25)
+    assert epsilon(noise_multiplier=0.8, sample_rate=0.25, steps=30, delta=1e-5) == pytest.approx(acc.get_epsilon(1e-5))
+
+
+def test_no_noise_is_infinite_and_no_steps_is_zero():
+    assert epsilon(noise_multiplier=0.0, sample_rate=0.1, steps=5, delta=1e-5) == float("inf")
+    assert epsilon(noise_multiplier=1.0, sample_rate=0.1, steps=0, delta=1e-5) == 0.0
+
+
+def test_calibration_reaches_target():
+    sigma = calibrate_noise(target_epsilon=4.0, delta=1e-5, sample_rate=0.1, steps=200)
+    eps = epsilon(noise_multiplier=sigma, sample_rate=0.1, steps=200, delta=1e-5)
+    assert eps <= 4.0 and eps > 3.9
+
+
+def test_epsilons_per_user_steps():
+    e = epsilons_for_steps(np.array([10, 20, 10]), noise_multiplier=1.0, sample_rate=0.2, delta=1e-5)
+    assert e[0] == e[2] < e[1]
+
+
+def test_config_resolves_target_epsilon_for_planned_steps():
+    cfg = FedConfig(num_server_rounds=20, target_epsilon=8.0, sample_rate=0.2, user_steps=1, item_steps=2).resolved()
+    assert cfg.noise_multiplier > 0 and cfg.target_epsilon == 0
+    eps = epsilon(noise_multiplier=cfg.noise_multiplier, sample_rate=0.2, steps=60, delta=1e-5)
+    assert 7.8 < eps <= 8.0
+
+
+def test_node_reports_epsilon_of_the_steps_it_ran(tiny_ds):
+    """A node's reported epsilon equals an independent Opacus computation for its
+    sampling rate, noise and the steps it actually ran (3 rounds x 2 steps)."""
+    from fedrec import node
+    from fedrec.federation import init_global_params, load_federation
+
+    cfg = FedConfig(data="synthetic:30x40:3", users_per_node=10, noise_multiplier=1.1, sample_rate=0.3,
+                    user_steps=1, item_steps=1, num_server_rounds=3)
+    fed = load_federation(cfg)
+    params = init_global_params(fed.dataset.n_items, cfg)
+    state = node.load_state({}, fed, 0, cfg)
+    for r in (1, 2, 3):
+        _, metrics, state = node.train_round(cfg, fed, 0, state, global_params=params, server_round=r)
+    acc = RDPAccountant()
+    for _ in range(6):
+        acc.step(noise_multiplier=1.1, sample_rate=0.3)
+    assert metrics["epsilon"] == pytest.approx([acc.get_epsilon(1e-5)] * 10)
+    assert (state.dp_steps == 6).all()

@@ -1,0 +1,124 @@
+"""Server side: aggregation oracles (np.average), reply validation, server optimisers."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrec.config import FedConfig
+from server.optimizers import OptState, server_step
+from server.strategy import FedRecStrategy, aggregate_train_metrics, validate_reply
+
+N_ITEMS, DIM = 6, 3
+SHAPES = {"item_embedding": (N_ITEMS, DIM), "item_bias": (N_ITEMS,)}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def _reply(node, emb, bias, n, extra=None, metrics=None):
+    out = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    arrays = {"item_embedding": Array(np.asarray(emb, dtype=np.float32)), "item_bias": Array(np.asarray(bias, dtype=np.float32))}
+    arrays.update(extra or {})
+    m = {"num-examples": n, "train-loss": 0.5}
+    m.update(metrics or {})
+    return Message(content=RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(m)}), reply_to=out)
+
+
+def _strategy(**kw):
+    cfg = FedConfig(server_opt="sgd", server_lr=1.0, users_per_node=10, **kw)
+    s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=3)
+    s.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    return s
+
+
+def test_fedavg_equals_np_average():
+    rng = np.random.default_rng(0)
+    ups = [rng.normal(size=(N_ITEMS, DIM)) for _ in range(3)]
+    bs = [rng.normal(size=N_ITEMS) for _ in range(3)]
+    ns = [3, 7, 1]
+    s = _strategy()
+    arrays, metrics = s.aggregate_train(1, [_reply(i + 1, u, b, n) for i, (u, b, n) in enumerate(zip(ups, bs, ns))])
+    np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays["item_bias"].numpy(), np.average(bs, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
+    assert metrics["users"] == 11
+
+
+@pytest.mark.parametrize("bad,reason", [
+    (lambda: _reply(9, np.full((N_ITEMS, DIM), np.nan), np.zeros(N_ITEMS), 2), "non-finite"),
+    (lambda: _reply(9, np.zeros((N_ITEMS + 1, DIM)), np.zeros(N_ITEMS), 2), "shape"),
+    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 0), "num-examples"),
+    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 10**9), "num-examples"),
+    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2, extra={"user_emb": Array(np.zeros((2, DIM)))}), "keys"),
+])
+def test_malformed_replies_are_rejected_and_do_not_touch_the_aggregate(bad, reason):
+    rng = np.random.default_rng(1)
+    good = [_reply(i + 1, rng.normal(size=(N_ITEMS, DIM)), rng.normal(size=N_ITEMS), 2) for i in range(2)]
+    s = _strategy()
+    clean, _ = s.aggregate_train(1, good)
+    s = _strategy()
+    arrays, _ = s.aggregate_train(1, good + [bad()])
+    np.testing.assert_allclose(arrays["item_embedding"].numpy(), clean["item_embedding"].numpy())
+    assert len(s.rejected) == 1 and reason in s.rejected[0][2]
+    assert s.round_info[1] == {"replies": 2, "rejected": 1}
+
+
+def test_error_replies_are_dropped_and_no_valid_reply_keeps_parameters():
+    s = _strategy()
+    out = Message(content=RecordDict(), dst_node_id=4, message_type=MessageType.TRAIN)
+    arrays, metrics = s.aggregate_train(1, [Message(Error(code=0, reason="node died"), reply_to=out)])
+    assert arrays is None and metrics is None  # Flower keeps the previous global parameters
+    assert "node died" in s.rejected[0][2]
+
+
+def test_itemwise_divides_each_row_by_the_users_that_trained_it():
+    # node A: 2 users, touched rows 0,1 (fraction 1.0, 0.5); node B: 1 user touched row 0 only
+    ua = np.zeros((N_ITEMS, DIM)); ua[0] = 1.0; ua[1] = 0.5
+    ub = np.zeros((N_ITEMS, DIM)); ub[0] = 4.0
+    ca = np.array([1.0, 0.5, 0, 0, 0, 0]); cb = np.array([1.0, 0, 0, 0, 0, 0])
+    s = _strategy(aggregation="itemwise")
+    arrays, _ = s.aggregate_train(1, [_reply(1, ua, np.zeros(N_ITEMS), 2, {"item_counts": Array(ca.astype(np.float32))}),
+                                     _reply(2, ub, np.zeros(N_ITEMS), 1, {"item_counts": Array(cb.astype(np.float32))})])
+    e = arrays["item_embedding"].numpy()
+    # row 0: users' updates sum 2*1 + 4 = 6 over 3 users that touched it -> 2; row 1: 2*0.5 / 1 user -> 1
+    np.testing.assert_allclose(e[0], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(e[1], 1.0, rtol=1e-6)
+    assert np.all(e[2:] == 0)
+
+
+def test_train_metrics_epsilon_distribution():
+    recs = [_reply(1, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2, metrics={"epsilon": [1.0, 3.0]}).content,
+            _reply(2, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 1, metrics={"epsilon": [2.0]}).content]
+    m = aggregate_train_metrics(recs, "num-examples")
+    assert (m["epsilon-min"], m["epsilon-median"], m["epsilon-max"]) == (1.0, 2.0, 3.0)
+
+
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_server_optimiser_matches_torch(opt):
+    rng = np.random.default_rng(2)
+    x0 = rng.normal(size=(4, 3)).astype(np.float64)
+    p = torch.nn.Parameter(torch.tensor(x0))
+    tor = torch.optim.Adam([p], lr=0.01) if opt == "adam" else torch.optim.SGD([p], lr=0.01)
+    params, state = {"w": x0.copy()}, OptState()
+    for _ in range(5):
+        upd = rng.normal(size=(4, 3))
+        p.grad = torch.tensor(-upd)  # the update is a descent direction: -gradient
+        tor.step()
+        params, state = server_step(params, {"w": upd}, state, opt=opt, lr=0.01)
+    np.testing.assert_allclose(params["w"], p.detach().numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_validate_reply_accepts_good_reply():
+    assert validate_reply(_reply(1, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 3).content, SHAPES, 3) is None
+
+
+def test_seeded_sampling_is_reproducible():
+    s = _strategy(fraction_train=0.5)
+    ids = list(range(10, 30))
+    assert s.sample(4, ids) == s.sample(4, list(reversed(ids)))
+    assert s.sample(4, ids) != s.sample(5, ids)
+    assert len(s.sample(4, ids)) == 10

@@ -1,0 +1,113 @@
+"""Local training of a cohort: equivalence across cohortings, DP mechanism checks
+against Opacus's per-sample clipping, noise scale."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedrec.training import LocalConfig, keyed_negatives, train_cohort
+
+
+def _params(n_items, dim, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_items, dim, generator=g) * 0.3, torch.randn(n_items, generator=g) * 0.1
+
+
+def _users_emb(users, dim):
+    return torch.stack([torch.randn(dim, generator=torch.Generator().manual_seed(int(u))) * 0.3 for u in users])
+
+
+@pytest.mark.parametrize("cfg", [LocalConfig(user_lr=0.7, user_steps=2, item_steps=2, negatives=2),
+                                 LocalConfig(user_lr=0.5, sample_rate=0.5, noise_multiplier=1e-9, max_grad_norm=0.3)])
+def test_cohort_release_equals_mean_of_single_user_releases(tiny_split, cfg):
+    """A node with k users sends exactly the mean of what k one-user nodes send."""
+    train = tiny_split.train
+    q, b = _params(train.shape[1], 4)
+    users = np.array([0, 3, 5, 7, 11])
+    emb = _users_emb(users, 4)
+    together = train_cohort(emb, q, b, train, users, cfg, seed=1, server_round=3)
+    singles = [train_cohort(emb[j : j + 1], q, b, train, users[j : j + 1], cfg, seed=1, server_round=3) for j in range(len(users))]
+    np.testing.assert_allclose(together.item_update, torch.stack([s.item_update for s in singles]).mean(0), atol=1e-6)
+    np.testing.assert_allclose(together.bias_update, torch.stack([s.bias_update for s in singles]).mean(0), atol=1e-6)
+    np.testing.assert_allclose(together.user_emb, torch.cat([s.user_emb for s in singles]), atol=1e-6)
+
+
+def test_negatives_exclude_only_training_positives(tiny_split):
+    train = tiny_split.train
+    users = np.repeat(np.arange(train.shape[0]), 50)
+    slot = np.tile(np.arange(50), train.shape[0])
+    neg = keyed_negatives(train, users, slot, seed=0, server_round=1)
+    dense = train.toarray() > 0
+    assert not dense[users, neg].any()
+    # held-out items are not excluded: the sampler does not know them
+    held = (tiny_split.valid + tiny_split.test).toarray() > 0
+    assert held[users, neg].any()
+
+
+class _OneUser(nn.Module):
+    """The per-user MF model as Opacus sees it: a (1, d) user embedding and the item tables."""
+
+    def __init__(self, p, q, b):
+        super().__init__()
+        self.user = nn.Embedding(1, p.shape[0])
+        self.item = nn.Embedding(*q.shape)
+        self.bias = nn.Embedding(q.shape[0], 1)
+        with torch.no_grad():
+            self.user.weight.copy_(p[None])
+            self.item.weight.copy_(q)
+            self.bias.weight.copy_(b[:, None])
+
+    def forward(self, x):
+        u, i, j = x[:, 0], x[:, 1], x[:, 2]
+        pu = self.user(u)
+        return (pu * (self.item(i) - self.item(j))).sum(-1) + (self.bias(i) - self.bias(j)).squeeze(-1)
+
+
+def test_per_pair_clipping_matches_opacus(tiny_split):
+    """One DP-SGD step (noise ~0, full batch) equals Opacus's PrivacyEngine step."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    train = tiny_split.train
+    n_items, dim, user, clip, lr = train.shape[1], 4, 2, 0.05, 0.7
+    q, b = _params(n_items, dim, seed=5)
+    p = _users_emb([user], dim)
+    cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=1, sample_rate=1.0,
+                      noise_multiplier=1e-12, max_grad_norm=clip)
+    ours = train_cohort(p, q, b, train, np.array([user]), cfg, seed=4, server_round=2)
+    pos = train.indices[train.indptr[user] : train.indptr[user + 1]].astype(np.int64)
+    neg = keyed_negatives(train, np.full(len(pos), user), np.arange(len(pos)), seed=4, server_round=2)
+    x = torch.as_tensor(np.stack([np.zeros(len(pos), dtype=np.int64), pos, neg], 1))
+    model = _OneUser(p[0], q, b)
+    opt = torch.optim.SGD([{"params": model.user.parameters(), "lr": lr},
+                           {"params": list(model.item.parameters()) + list(model.bias.parameters()), "lr": 0.0}])
+    loader = DataLoader(TensorDataset(x), batch_size=len(x))
+    model, opt, loader = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader,
+                                                      noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False)
+    (xb,) = next(iter(loader))
+    loss = nn.functional.softplus(-model(xb)).mean()
+    loss.backward()
+    opt.step()
+    m = model._module
+    np.testing.assert_allclose(-m.item.weight.grad, ours.item_update, atol=1e-6)
+    np.testing.assert_allclose(-m.bias.weight.grad[:, 0], ours.bias_update, atol=1e-6)
+    np.testing.assert_allclose(m.user.weight.detach(), ours.user_emb, atol=1e-6)
+    # clipping was active: some per-pair gradient was larger than the bound
+    assert (m.item.weight.grad.abs().sum() > 0)
+
+
+def test_noise_scale_of_release():
+    """With DP the release of a user has per-coordinate std sigma*C/(q*n*sqrt(item_steps))."""
+    import scipy.sparse as sp
+
+    n_items, dim, n = 500, 8, 10
+    train = sp.csr_matrix((np.ones(n), (np.zeros(n, dtype=int), np.arange(n))), shape=(1, n_items))
+    q = torch.zeros(n_items, dim)
+    b = torch.zeros(n_items)
+    cfg = LocalConfig(user_lr=0.1, user_steps=0, item_steps=4, sample_rate=0.5, noise_multiplier=2.0, max_grad_norm=1.0)
+    res = train_cohort(torch.zeros(1, dim), q, b, train, np.array([0]), cfg, seed=0, server_round=1,
+                       generator=torch.Generator().manual_seed(0))
+    untouched = res.item_update[n + 50 :]  # rows no pair touched: pure noise
+    expected = 2.0 * 1.0 / (0.5 * n * np.sqrt(4))
+    assert abs(float(untouched.std()) / expected - 1) < 0.05
