@@ -83,7 +83,7 @@ def cmd_baseline(args) -> int:
         model = build_model(name, ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)
         res = baselines.fit_centralized(
             model, split, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-            batch_size=args.batch_size, n_negatives=args.negatives, loss=args.loss, seed=args.seed,
+            batch_size=args.batch_size, n_negatives=args.negatives, loss=args.loss,
             patience=args.patience, progress=_log, **ev)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     config["dataset"] = ds.summary()

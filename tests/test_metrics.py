@@ -342,7 +342,8 @@ def test_sampled_rank_consistent_with_fixed_rng():
         s, sp.csr_matrix(targets), positives, n_negatives=5, ks=(1,), rng=np.random.default_rng(9)
     )
     assert tr.ranks.tolist() == expected
-    assert set(m) == {f"sampled_{k}" for k in ("hr@1", "recall@1", "precision@1", "ndcg@1", "map@1", "mrr", "auc")}
+    names = ("hr@1", "recall@1", "precision@1", "ndcg@1", "map@1", "mrr", "auc")
+    assert set(m) == {f"sampled_{k}" for k in names}
     assert m["sampled_hr@1"].tolist() == [float(e == 0) for e in expected]
 
 
@@ -464,3 +465,19 @@ def test_aggregate_metric_sums_equals_global_mean():
     assert math.isnan(aggregate_metric_sums([({}, 0)]).get("x", float("nan")))
     with pytest.raises(ValueError):
         aggregate_metric_sums([({"a": 1.0}, 1), ({"b": 1.0}, 1)])
+
+
+def test_sparse_input_forms_agree():
+    s = np.array([[0.5, 0.9, 0.2, 0.8, 0.1, 0.6]])
+    expected = [2, 3]  # as in test_multi_target_oracle
+    # Unsorted, duplicated CSR with a stored zero (item 5 is NOT a target).
+    data, cols = np.array([1.0, 1.0, 1.0, 0.0]), np.array([2, 0, 2, 5])
+    t = sp.csr_matrix((data, cols, np.array([0, 4])), shape=(1, 6))
+    assert not t.has_canonical_format
+    e = sp.csr_array(np.array([[0, 1, 0, 0, 0, 0]]))
+    r = target_ranks(s, t, e)
+    assert r.ranks.tolist() == expected and r.items.tolist() == [0, 2]
+    dense = target_ranks(s, np.array([[1, 0, 1, 0, 0, 0]]), np.array([[0, 1, 0, 0, 0, 0]]))
+    assert dense.ranks.tolist() == expected
+    f32 = target_ranks(s.astype(np.float32), t, e)
+    assert f32.ranks.tolist() == expected

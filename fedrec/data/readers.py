@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -46,10 +47,13 @@ __all__ = [
     "RawData",
     "read_interactions",
     "bundled_path",
+    "FORMATS",
+    "ML100K_GENRES",
 ]
 
+#: Values of ``format`` besides ``"auto"``.
 FORMATS = ("ml-100k", "ml-1m", "ml-csv", "generic")
-DUPLICATE_POLICIES = ("error", "first", "last")
+_DUPLICATE_POLICIES = ("error", "first", "last")
 
 #: Genre columns of ``u.item`` when no ``u.genre`` file is present.
 ML100K_GENRES = (
@@ -103,6 +107,20 @@ class DataFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ItemInfo:
+    """Item side information of a MovieLens dataset.
+
+    Attributes
+    ----------
+    item_ids : np.ndarray
+        Raw item ids (``int64``), one per catalogue entry, in file order.
+    genres : np.ndarray or None
+        ``(n, G)`` float32 multi-hot genre matrix.
+    genre_names : tuple of str
+        Names of the ``G`` genre columns.
+    year : np.ndarray or None
+        ``(n,)`` float64 release year, NaN when unknown.
+    """
+
     item_ids: np.ndarray  # raw ids, same dtype as RawData.item
     genres: np.ndarray | None  # (n, G) float32 multi-hot
     genre_names: tuple[str, ...]
@@ -111,6 +129,18 @@ class ItemInfo:
 
 @dataclass(frozen=True)
 class UserInfo:
+    """User side information of a MovieLens dataset.
+
+    Attributes
+    ----------
+    user_ids : np.ndarray
+        Raw user ids (``int64``) in file order.
+    gender : np.ndarray or None
+        ``(n,)`` object array of strings such as ``"M"``/``"F"``.
+    age : np.ndarray or None
+        ``(n,)`` int64 ages (ML-1M: the age-group code).
+    """
+
     user_ids: np.ndarray
     gender: np.ndarray | None  # (n,) object strings
     age: np.ndarray | None  # (n,) int64
@@ -118,6 +148,28 @@ class UserInfo:
 
 @dataclass(frozen=True)
 class RawData:
+    """Interactions as read from a file, with raw ids.
+
+    Attributes
+    ----------
+    user, item : np.ndarray
+        Raw ids, ``int64`` (object arrays of ``str`` for generic files whose
+        ids are not all integers).
+    rating : np.ndarray
+        float64 ratings, NaN where the file has none.
+    timestamp : np.ndarray
+        int64 times; the row order ``0..n-1`` where the file has none.
+    item_info, user_info : ItemInfo or UserInfo or None
+        Side information where the format provides it.
+    source : str
+        Path of the interactions file.
+    format : str
+        ``"ml-100k"``, ``"ml-1m"``, ``"ml-csv"`` or ``"generic"``.
+    name : str
+        Short name for reports: the format name for ML-100K/ML-1M, the
+        directory name for ``"ml-csv"``, the file stem for generic files.
+    """
+
     user: np.ndarray  # raw user ids (int64, or object/str for generic files)
     item: np.ndarray  # raw item ids
     rating: np.ndarray  # float64, NaN where the file has none
@@ -130,7 +182,18 @@ class RawData:
 
 
 def bundled_path(name: str = "ml-100k") -> Path:
-    """Path of a dataset shipped inside the package."""
+    """Path of a dataset shipped inside the package.
+
+    Parameters
+    ----------
+    name
+        Dataset directory name under ``fedrec/datasets``.
+
+    Returns
+    -------
+    Path
+        The directory (it may not exist for names that are not shipped).
+    """
     return Path(__file__).resolve().parent.parent / "datasets" / name
 
 
@@ -191,8 +254,8 @@ def read_interactions(
         allowed = ", ".join(repr(f) for f in ("auto", *FORMATS))
         raise ValueError(f"unknown format {format!r}; expected one of {allowed}")
     duplicates = options.pop("duplicates", "error")
-    if duplicates not in DUPLICATE_POLICIES:
-        allowed = ", ".join(repr(p) for p in DUPLICATE_POLICIES)
+    if duplicates not in _DUPLICATE_POLICIES:
+        allowed = ", ".join(repr(p) for p in _DUPLICATE_POLICIES)
         raise ValueError(f"duplicates must be one of {allowed}, got {duplicates!r}")
     location = _locate(path)
     if format == "auto":
@@ -445,22 +508,39 @@ def _ratings_fast(path: Path, layout: _Layout, columns: Sequence[str]) -> pd.Dat
     try:
         src, sep = _pandas_source(path, layout)
         if layout.header:
-            frame = pd.read_csv(
-                src, sep=sep, header=0, usecols=list(columns), dtype=dtypes,
+            frame = _read_csv(
+                src, sep=sep, header=0, dtype=dtypes,
                 quoting=layout.quoting, encoding=layout.encoding,
             )
         else:
-            frame = pd.read_csv(
-                src, sep=sep, header=None, names=[*columns, _EXTRA], index_col=False,
+            frame = _read_csv(
+                src, sep=sep, header=None, names=[*columns, _EXTRA],
                 dtype=dtypes, quoting=layout.quoting, encoding=layout.encoding,
             )
             if frame.pop(_EXTRA).notna().any():
                 return None
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, pd.errors.ParserWarning):
         return None
-    if frame.empty or frame[columns[2]].isna().any():
+    if not _plain_frame(frame, columns) or frame[columns[2]].isna().any():
         return None
     return frame.rename(columns=dict(zip(columns, _ROLES)))[list(_ROLES)]
+
+
+def _plain_frame(frame: pd.DataFrame, columns: Sequence[str]) -> bool:
+    """Whether a fast parse produced rows and all ``columns``."""
+    return not frame.empty and all(column in frame.columns for column in columns)
+
+
+def _read_csv(src: object, **options) -> pd.DataFrame:
+    """:func:`pandas.read_csv` that never drops surplus fields silently.
+
+    With ``index_col=False`` pandas neither turns a surplus first field into
+    the index nor keeps surplus fields; it only warns that they are lost, and
+    that warning is raised here as :class:`pandas.errors.ParserWarning`.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=pd.errors.ParserWarning)
+        return pd.read_csv(src, index_col=False, **options)
 
 
 def _ratings_strict(
@@ -468,7 +548,8 @@ def _ratings_strict(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Parse a ratings file as text, raising on its first bad line."""
     wanted = columns if layout.header else range(len(columns))
-    cells, lines = _read_columns(path, layout, wanted)
+    labels = ("user id", "item id", "rating", "timestamp")
+    cells, lines = _read_columns(path, layout, wanted, labels=labels)
     frame = pd.DataFrame(
         {
             "user": _int_values(cells[0], lines, path, "user id"),
@@ -516,14 +597,13 @@ def _generic_fast(path: Path, layout: _Layout, columns: dict[str, str]) -> pd.Da
         dtypes[columns["timestamp"]] = "int64"
     try:
         src, sep = _pandas_source(path, layout)
-        frame = pd.read_csv(
-            src, sep=sep, header=0, usecols=list(dict.fromkeys(columns.values())),
-            dtype=dtypes, keep_default_na=False, na_values=[""],
+        frame = _read_csv(
+            src, sep=sep, header=0, dtype=dtypes, keep_default_na=False, na_values=[""],
             quoting=layout.quoting, encoding=layout.encoding,
         )
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, pd.errors.ParserWarning):
         return None
-    if frame.empty:
+    if not _plain_frame(frame, list(columns.values())):
         return None
     out = {}
     for role, column in columns.items():
@@ -635,7 +715,8 @@ def _reject_missing(values: pd.Series, rows: np.ndarray, path: Path, what: str, 
 
 def _read_u_genre(path: Path) -> tuple[str, ...]:
     """Genre names of ``u.genre`` (``name|index``), ordered by index."""
-    frame, lines = _read_fields(path, _Layout(sep="|", fields=2), required=(0, 1))
+    labels = ("genre name", "genre index")
+    frame, lines = _read_fields(path, _Layout(sep="|", fields=2), required=(0, 1), labels=labels)
     index = _int_values(frame[1], lines, path, "genre index")
     bad = (index < 0) | (index >= len(index))
     if bad.any() or len(np.unique(index)) != len(index):
@@ -666,7 +747,8 @@ def _read_u_item(path: Path, genre_names: tuple[str, ...]) -> ItemInfo:
 
 def _read_u_user(path: Path) -> UserInfo:
     """``id|age|gender|occupation|zip``."""
-    frame, lines = _read_fields(path, _Layout(sep="|", fields=5), required=(0, 1, 2, 3))
+    labels = ("user id", "age", "gender", "occupation", "zip code")
+    frame, lines = _read_fields(path, _Layout(sep="|", fields=5), required=range(5), labels=labels)
     ids = _int_values(frame[0], lines, path, "user id")
     _check_unique(ids, lines, path, "user id")
     age = _int_values(frame[1], lines, path, "age")
@@ -676,7 +758,8 @@ def _read_u_user(path: Path) -> UserInfo:
 
 def _read_movies_dat(path: Path) -> ItemInfo:
     """``MovieID::Title (Year)::Genre1|Genre2``."""
-    frame, lines = _read_fields(path, _Layout(sep="::", fields=3), required=(0, 1))
+    labels = ("movie id", "title", "genres")
+    frame, lines = _read_fields(path, _Layout(sep="::", fields=3), required=range(3), labels=labels)
     ids = _int_values(frame[0], lines, path, "movie id")
     _check_unique(ids, lines, path, "movie id")
     return _movie_info(ids, frame[1], frame[2])
@@ -684,7 +767,8 @@ def _read_movies_dat(path: Path) -> ItemInfo:
 
 def _read_users_dat(path: Path) -> UserInfo:
     """``UserID::Gender::Age::Occupation::Zip-code``."""
-    frame, lines = _read_fields(path, _Layout(sep="::", fields=5), required=(0, 1, 2, 3))
+    labels = ("user id", "gender", "age", "occupation", "zip code")
+    frame, lines = _read_fields(path, _Layout(sep="::", fields=5), required=range(5), labels=labels)
     ids = _int_values(frame[0], lines, path, "user id")
     _check_unique(ids, lines, path, "user id")
     age = _int_values(frame[2], lines, path, "age")
@@ -750,11 +834,13 @@ def _read_columns(
     wanted: Sequence[str] | Sequence[int],
     *,
     required: Sequence[str] | Sequence[int] | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[list[pd.Series], np.ndarray]:
     """The ``wanted`` columns as strings and the line number of every row.
 
     ``wanted`` holds header names for files with a header, else positions.
     Columns in ``required`` (default: all wanted) must not be empty.
+    ``labels`` names the fields of a headerless file in messages.
     """
     required = wanted if required is None else required
     if layout.header:
@@ -762,10 +848,12 @@ def _read_columns(
         _require_columns(path, wanted, header, line=header_line)
         positions = [header.index(name) for name in wanted]
         required_positions = [header.index(name) for name in required]
-        n_fields = len(header)
+        n_fields, labels = len(header), [f"column {name!r}" for name in header]
     else:
         positions, required_positions, n_fields = list(wanted), list(required), layout.fields
-    frame, lines = _read_fields(path, layout, required=required_positions, n_fields=n_fields)
+    frame, lines = _read_fields(
+        path, layout, required=required_positions, n_fields=n_fields, labels=labels
+    )
     return [frame[p] for p in positions], lines
 
 
@@ -775,24 +863,30 @@ def _read_fields(
     *,
     required: Sequence[int],
     n_fields: int | None = None,
+    labels: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Data rows as string columns ``0..n_fields-1`` plus their line numbers.
 
     Blank lines are skipped (they still count for line numbers).  A row with
-    the wrong number of fields or an empty ``required`` field raises.
+    the wrong number of fields or an empty ``required`` field raises; the
+    message calls field ``j`` ``labels[j]`` when labels are given.
     """
     n_fields = layout.fields if n_fields is None else n_fields
+    labels = labels or [f"field {j + 1}" for j in range(n_fields)]
     try:
         src, sep = _pandas_source(path, layout)
-        frame = pd.read_csv(
-            src, sep=sep, header=None, names=range(n_fields + 1), index_col=False,
+        frame = _read_csv(
+            src, sep=sep, header=None, names=range(n_fields + 1),
             dtype=str, keep_default_na=False, quoting=layout.quoting,
             encoding=layout.encoding,
         )
+    except pd.errors.ParserWarning:  # the first row has surplus fields
+        first = _content_lines(path, layout)[0]
+        _raise_bad_row(path, layout, first, n_fields, (), labels)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame(columns=range(n_fields + 1), dtype=str)
     except pd.errors.ParserError as exc:
-        _raise_parser_error(path, layout, n_fields, exc)
+        _raise_parser_error(path, layout, n_fields, exc, labels)
     except UnicodeDecodeError as exc:
         raise _error(
             path, f"not valid {layout.encoding} text ({exc.reason})",
@@ -811,21 +905,34 @@ def _read_fields(
         bad |= frame[position].eq("")
     if bad.any():
         k = int(np.argmax(bad.to_numpy()))
-        _raise_bad_row(path, layout, lines[k], n_fields, required)
+        _raise_bad_row(path, layout, lines[k], n_fields, required, labels)
     return frame.drop(columns=n_fields), lines
 
 
 def _raise_parser_error(
-    path: Path, layout: _Layout, n_fields: int, exc: pd.errors.ParserError
+    path: Path,
+    layout: _Layout,
+    n_fields: int,
+    exc: pd.errors.ParserError,
+    labels: Sequence[str],
 ) -> None:
-    match = re.search(r"line (\d+), saw", str(exc))
+    message = str(exc)
+    match = re.search(r"line (\d+), saw", message)
     if match:
-        _raise_bad_row(path, layout, int(match.group(1)), n_fields, required=())
-    raise _error(path, f"cannot parse the file: {exc}") from exc
+        _raise_bad_row(path, layout, int(match.group(1)), n_fields, (), labels)
+    match = re.search(r"EOF inside string starting at row (\d+)", message)
+    if match:  # pandas counts rows from 0 here, blank lines included
+        raise _error(path, "unterminated quote", line=int(match.group(1)) + 1) from exc
+    raise _error(path, f"cannot parse the file: {message}") from exc
 
 
 def _raise_bad_row(
-    path: Path, layout: _Layout, line: int, n_fields: int, required: Sequence[int]
+    path: Path,
+    layout: _Layout,
+    line: int,
+    n_fields: int,
+    required: Sequence[int],
+    labels: Sequence[str],
 ) -> None:
     """Describe what is wrong with line ``line`` (wrong field count or empty field)."""
     text = _raw_line(path, line, layout.encoding)
@@ -834,7 +941,7 @@ def _raise_bad_row(
         raise _error(path, _field_count_problem(text, fields, n_fields, layout.sep), line=line)
     for position in required:
         if fields[position] == "":
-            raise _error(path, f"field {position + 1} is empty: {_clip(text)!r}", line=line)
+            raise _error(path, f"missing {labels[position]} (empty field)", line=line)
     raise _error(path, f"malformed line: {_clip(text)!r}", line=line)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrec.metrics.ranking import _as_scores, _coords
+from fedrec.metrics.ranking import MatrixLike, _as_scores, _coords
 
 __all__ = [
     "top_k",
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-def top_k(scores: np.ndarray, exclude=None, k: int = 10) -> np.ndarray:
+def top_k(scores: np.ndarray, exclude: MatrixLike | None = None, k: int = 10) -> np.ndarray:
     """The ``k`` best candidate items of every row of ``scores``.
 
     Parameters

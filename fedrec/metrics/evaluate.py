@@ -35,13 +35,24 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedrec.data.splits import Split
-from fedrec.metrics.aggregate import metric_sums
+from fedrec.metrics.aggregate import aggregate_metric_sums, coverage_from_counts, metric_sums
 from fedrec.metrics.beyond import per_user_diversity, per_user_novelty, per_user_popularity, top_k
 from fedrec.metrics.groups import group_means
 from fedrec.metrics.ranking import TargetRanks, Ties, _as_scores, _check_ties, target_ranks
 from fedrec.metrics.sampled import SAMPLED_PREFIX, sample_negatives, sampled_target_ranks
 
-__all__ = ["Stage", "EvalResult", "ScoreFn", "stage_matrices", "users_to_evaluate", "evaluate"]
+__all__ = [
+    "Stage",
+    "ScoreFn",
+    "EvalResult",
+    "stage_matrices",
+    "users_to_evaluate",
+    "evaluate",
+    # re-exported from fedrec.metrics.aggregate for federated callers
+    "metric_sums",
+    "aggregate_metric_sums",
+    "coverage_from_counts",
+]
 
 Stage = Literal["valid", "test"]
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -211,10 +222,10 @@ def evaluate(
     targets, exclude = stage_matrices(split, stage)
     positives = sp.csr_matrix(split.train + split.valid + split.test) if sampled_negatives else None
     eval_users = users_to_evaluate(split, stage, users)
-    if item_features is not None and np.asarray(item_features).shape[0] != n_items:
-        raise ValueError(f"item_features has {np.asarray(item_features).shape[0]} rows for {n_items} items")
-    if item_popularity is not None and len(np.asarray(item_popularity)) != n_items:
-        raise ValueError(f"item_popularity has {len(np.asarray(item_popularity))} entries for {n_items} items")
+    if item_features is not None and len(item_features) != n_items:
+        raise ValueError(f"item_features has {len(item_features)} rows for {n_items} items")
+    if item_popularity is not None and len(item_popularity) != n_items:
+        raise ValueError(f"item_popularity has {len(item_popularity)} entries for {n_items} items")
     groups_in = dict(user_groups or {})
     for name, lab in groups_in.items():
         if len(lab) != split.n_users:
@@ -267,8 +278,11 @@ def evaluate(
         per_user[name] = np.concatenate(chunks.get(name, [np.zeros(0)]))
     n = len(eval_users)
     metrics = {k: (float(v.mean()) if n else float("nan")) for k, v in per_user.items()}
-    metrics[f"coverage@{K}"] = float(np.count_nonzero(item_counts) / n_items) if n and n_items else float("nan")
-    groups = {name: group_means(per_user, np.asarray(lab, dtype=object)[eval_users]) for name, lab in groups_in.items()}
+    metrics[f"coverage@{K}"] = coverage_from_counts(item_counts) if n and n_items else float("nan")
+    groups = {
+        name: group_means(per_user, np.asarray(lab, dtype=object)[eval_users])
+        for name, lab in groups_in.items()
+    }
     return EvalResult(
         metrics=metrics,
         per_user=per_user,

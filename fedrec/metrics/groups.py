@@ -32,7 +32,7 @@ UNKNOWN = "unknown"
 _RESERVED = ("gap", "sizes")
 
 
-def activity_groups(train_counts) -> np.ndarray:
+def activity_groups(train_counts: np.ndarray | sp.spmatrix | sp.sparray) -> np.ndarray:
     """Label users ``"light"``, ``"medium"`` or ``"heavy"`` by training activity.
 
     Thresholds are the 1/3 and 2/3 quantiles ``q1 <= q2`` (linear

@@ -50,6 +50,7 @@ import scipy.sparse as sp
 __all__ = [
     "Ties",
     "RngLike",
+    "MatrixLike",
     "TargetRanks",
     "target_ranks",
     "metrics_from_ranks",
@@ -60,6 +61,8 @@ Ties = Literal["pessimistic", "random"]
 #: A generator for the whole batch, one generator per row of ``scores``, an int
 #: seed, or ``None`` (seed 0).
 RngLike = np.random.Generator | Sequence[np.random.Generator] | int | None
+#: A binary ``(users, items)`` matrix: scipy sparse (CSR preferred) or dense.
+MatrixLike = sp.spmatrix | sp.sparray | np.ndarray
 
 # Largest number of float64 elements a temporary comparison array may hold in
 # the several-targets-per-user path (about 32 MB).
@@ -131,7 +134,7 @@ def _as_scores(scores: np.ndarray) -> np.ndarray:
     return a
 
 
-def _coords(m, shape: tuple[int, int], name: str) -> tuple[np.ndarray, np.ndarray]:
+def _coords(m: MatrixLike | None, shape: tuple[int, int], name: str) -> tuple[np.ndarray, np.ndarray]:
     """Unique ``(row, col)`` coordinates of the non-zeros of ``m``, row-major order."""
     empty = np.zeros(0, dtype=np.int64)
     if m is None:
@@ -278,8 +281,8 @@ def _rank_rows(
 
 def target_ranks(
     scores: np.ndarray,
-    targets,
-    exclude=None,
+    targets: MatrixLike,
+    exclude: MatrixLike | None = None,
     *,
     ties: Ties = "pessimistic",
     rng: RngLike = None,

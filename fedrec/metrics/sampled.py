@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedrec.metrics.ranking import (
+    MatrixLike,
     RngLike,
     TargetRanks,
     Ties,
@@ -51,7 +52,7 @@ SAMPLED_PREFIX = "sampled_"
 
 
 def sample_negatives(
-    positives,
+    positives: MatrixLike,
     *,
     n_negatives: int = 99,
     rng: RngLike = None,
@@ -105,7 +106,7 @@ def sample_negatives(
 
 def sampled_target_ranks(
     scores: np.ndarray,
-    targets,
+    targets: MatrixLike,
     negatives: np.ndarray,
     *,
     ties: Ties = "pessimistic",
@@ -188,8 +189,8 @@ def sampled_target_ranks(
 
 def sampled_metrics(
     scores: np.ndarray,
-    targets,
-    positives,
+    targets: MatrixLike,
+    positives: MatrixLike,
     *,
     n_negatives: int = 99,
     ks: Sequence[int] = (10, 20),
