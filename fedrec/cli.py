@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
     p.add_argument("--batch-size", type=int, default=1024, help="batch size (default 1024)")
-    p.add_argument("--negatives", type=int, default=1, help="sampled negatives per positive (default 1)")
+    p.add_argument("--negatives", type=int, default=4, help="sampled negatives per positive (default 4)")
     p.add_argument("--loss", default="bpr", choices=["bpr", "bce"], help="loss (default bpr)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.set_defaults(func=cmd_baseline)

@@ -193,8 +193,39 @@ def bundled_path(name: str = "ml-100k") -> Path:
     -------
     Path
         The directory (it may not exist for names that are not shipped).
+
+    Notes
+    -----
+    A Flower App bundle (what ``flwr run`` copies to ``~/.flwr/apps``) carries
+    only code and config files, not the data files; the copy of fedrec it
+    runs then finds the data in the installed ``fedrec`` distribution.
     """
-    return Path(__file__).resolve().parent.parent / "datasets" / name
+    here = Path(__file__).resolve().parent.parent / "datasets" / name
+    if here.is_dir() and any(here.iterdir()):
+        return here
+    for candidate in _installed_dataset_dirs(name):
+        if candidate.is_dir():
+            return candidate
+    return here
+
+
+def _installed_dataset_dirs(name: str) -> list[Path]:
+    """Where the installed ``fedrec`` distribution keeps its bundled datasets."""
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    try:
+        dist = metadata.distribution("fedrec")
+    except metadata.PackageNotFoundError:
+        return []
+    out = [Path(str(dist.locate_file(f"fedrec/datasets/{name}")))]
+    direct = dist.read_text("direct_url.json")
+    if direct:  # editable install: the source tree
+        url = json.loads(direct).get("url", "")
+        if url.startswith("file://"):
+            out.append(Path(unquote(urlparse(url).path)) / "fedrec" / "datasets" / name)
+    return out
 
 
 # --------------------------------------------------------------------------- #
