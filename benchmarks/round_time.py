@@ -1,0 +1,94 @@
+"""Seconds per federated round, side by side in one run: direct calls vs Flower's
+simulation engine, with and without interaction-level DP, for several cohort sizes.
+
+Prints the ratios the performance issue asks for:
+  DP overhead     = Flower round with DP / Flower round without DP
+  Flower overhead = Flower round / the same node computations called directly in one process
+plus seconds per round and peak memory.
+
+    .venv/bin/python benchmarks/round_time.py --data ml-100k --rounds 12 --users-per-node 472 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedrec import node
+from fedrec.config import FedConfig
+from fedrec.federation import init_global_params, load_federation
+from fedrec.simulate import simulate
+
+
+def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
+    """Median seconds of a round computed by calling every node's train function
+    in this process (no Flower): the floor that Flower's engine is compared with."""
+    cfg = cfg.resolved()
+    fed = load_federation(cfg)
+    params = init_global_params(fed.dataset.n_items, cfg)
+    states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
+    times = []
+    for r in range(1, rounds + 1):
+        t = time.perf_counter()
+        ups = []
+        for p in range(fed.n_nodes):
+            up, m, states[p] = node.train_round(cfg, fed, p, states[p], global_params=params, server_round=r)
+            ups.append((up, m["num-examples"]))
+        total = sum(n for _, n in ups)
+        mean = {k: sum(u[k] * n for u, n in ups) / total for k in ups[0][0]}
+        params = {k: params[k] + 5e-3 * np.sign(mean[k]) for k in params}  # stand-in server step
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def flower_round_seconds(cfg: FedConfig) -> float:
+    """Median seconds of the training rounds through Flower (round 1, which starts
+    Ray, and the final evaluation round are left out)."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = FedConfig(**{**cfg.__dict__, "out": d, "eval_every": 10_000})
+        simulate(cfg)
+        rows = [json.loads(x) for x in (Path(d) / "rounds.jsonl").read_text().splitlines()]
+    secs = [r["seconds"] for r in rows[1:-1]]
+    return statistics.median(secs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="ml-100k")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--users-per-node", type=int, nargs="+", default=[472, 64])
+    ap.add_argument("--noise-multiplier", type=float, default=1.0)
+    ap.add_argument("--sample-rate", type=float, default=0.1)
+    args = ap.parse_args()
+    rows = []
+    for upn in args.users_per_node:
+        base = FedConfig(data=args.data, num_server_rounds=args.rounds, users_per_node=upn)
+        dp = FedConfig(**{**base.__dict__, "noise_multiplier": args.noise_multiplier, "sample_rate": args.sample_rate})
+        r = {"users_per_node": upn, "nodes": load_federation(base).n_nodes}
+        r["direct_nodp"] = direct_round_seconds(base, args.rounds)
+        r["direct_dp"] = direct_round_seconds(dp, args.rounds)
+        r["flower_nodp"] = flower_round_seconds(base)
+        r["flower_dp"] = flower_round_seconds(dp)
+        r["dp_overhead"] = r["flower_dp"] / r["flower_nodp"]
+        r["flower_overhead_dp"] = r["flower_dp"] / r["direct_dp"]
+        r["flower_overhead_nodp"] = r["flower_nodp"] / r["direct_nodp"]
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(f"\n{args.data}, {args.rounds} rounds, DP: noise {args.noise_multiplier}, sample rate {args.sample_rate}")
+    print(f"{'users/node':>10} {'nodes':>5} {'direct':>8} {'direct+DP':>9} {'Flower':>8} {'Flower+DP':>9} {'DP overhead':>11} {'Flower overhead (DP)':>20}")
+    for r in rows:
+        print(f"{r['users_per_node']:>10} {r['nodes']:>5} {r['direct_nodp']:>8.3f} {r['direct_dp']:>9.3f} {r['flower_nodp']:>8.3f} "
+              f"{r['flower_dp']:>9.3f} {r['dp_overhead']:>11.2f} {r['flower_overhead_dp']:>20.2f}")
+    print(f"peak RSS (largest single process): {peak / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
