@@ -1,0 +1,37 @@
+"""Checkpoints: round trip, corrupt and incompatible checkpoints give clear errors."""
+
+import numpy as np
+import pytest
+
+from fedrec.config import FedConfig
+from server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from server.optimizers import OptState
+
+
+class _S:
+    def __init__(self):
+        self.opt_state = OptState(m={"item_bias": np.ones(3)}, v={"item_bias": np.full(3, 2.0)}, t=4)
+
+
+def test_round_trip(tmp_path):
+    cfg = FedConfig(num_server_rounds=10)
+    params = {"item_embedding": np.arange(6, dtype=np.float32).reshape(3, 2), "item_bias": np.zeros(3, np.float32)}
+    save_checkpoint(tmp_path, cfg=cfg, server_round=4, params=params, strategy=_S(), best={"round": 3})
+    # the number of rounds may change on resume (run longer); the meaning of the run may not
+    ck = load_checkpoint(tmp_path, FedConfig(num_server_rounds=20))
+    assert ck["round"] == 4 and ck["opt_t"] == 4 and ck["best"] == {"round": 3}
+    np.testing.assert_array_equal(ck["param"]["item_embedding"], params["item_embedding"])
+    np.testing.assert_array_equal(ck["v"]["item_bias"], np.full(3, 2.0))
+
+
+def test_incompatible_config_is_refused(tmp_path):
+    params = {"item_bias": np.zeros(3, np.float32)}
+    save_checkpoint(tmp_path, cfg=FedConfig(), server_round=1, params=params, strategy=_S(), best=None)
+    with pytest.raises(CheckpointError, match="different configuration"):
+        load_checkpoint(tmp_path, FedConfig(server_lr=0.1))
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path, FedConfig())
