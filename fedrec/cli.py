@@ -140,6 +140,25 @@ def cmd_run_default(args) -> int:
     return cmd_simulate(build_parser().parse_args(["simulate", "--out", str(out / "federated")]))
 
 
+def cmd_sweep(args) -> int:
+    from simulations.report import write_report
+    from simulations.runner import run_cells
+    from simulations.sweeps import SWEEPS
+
+    if args.name not in SWEEPS:
+        raise ValueError(f"unknown sweep {args.name!r}; choose one of {sorted(SWEEPS)}")
+    kwargs = {"data": args.data}
+    if args.rounds:
+        kwargs["rounds"] = args.rounds
+    cells = SWEEPS[args.name](**kwargs)
+    seeds = list(range(args.seeds))
+    out = Path(args.out)
+    rows = run_cells(cells, seeds, out, say=_log)
+    path = write_report(out, args.name, rows, command=" ".join(sys.argv), data=args.data)
+    _log(f"report: {path}")
+    return 0
+
+
 _FED_KEYS = {
     "data", "format", "min_rating", "kcore", "split", "dim", "num_server_rounds", "users_per_node",
     "fraction_train", "seed", "user_lr", "user_steps", "item_steps", "negatives", "noise_multiplier",
@@ -235,6 +254,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", default="interaction", choices=["interaction", "user"],
                    help="what one step's sample is: an interaction (client DP-SGD) or a user (server-side)")
     p.set_defaults(func=cmd_privacy)
+
+    p = sub.add_parser("sweep", help="experiment sweeps with tables and a report (resumable)",
+                       description="Run a named sweep of federated runs (cells x seeds) through Flower's simulation "
+                                   "engine. Finished cells are kept and skipped when run again.")
+    p.add_argument("name", help="sweep name: dp-levels")
+    p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, report.md)")
+    p.add_argument("--data", default="ml-100k")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--rounds", type=int, default=None, help="override the rounds of every cell")
+    p.set_defaults(func=cmd_sweep)
+
+    from fedrec import deploy
+
+    p = sub.add_parser("deploy", help="run fedrec on Flower's deployment engine (SuperLink + SuperNodes) locally",
+                       description="Start a SuperLink and one SuperNode per user cohort on localhost (TLS and "
+                                   "SuperNode authentication unless --insecure), run the app with `flwr run`, "
+                                   "and stop every process it started.")
+    deploy.build_parser(p)
+    p.set_defaults(func=deploy.run)
 
     p = sub.add_parser("run-default", help="the main job: MostPop, EASE and federated MF on bundled ML-100K")
     p.add_argument("--out", default="runs/default")

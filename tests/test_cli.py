@@ -79,3 +79,16 @@ def test_bad_config_names_key_and_value():
         FedConfig(aggregation="itemwise", noise_multiplier=1.0)
     rc = FedConfig(users_per_node=3).to_run_config()
     assert FedConfig.from_run_config(rc) == FedConfig(users_per_node=3)
+
+
+def test_flower_app_config_matches_fedconfig_defaults():
+    """`flwr run .` and `fedrec simulate` share one set of defaults."""
+    import tomllib
+    from pathlib import Path
+
+    from fedrec.config import FedConfig
+
+    app_cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    expected = FedConfig().to_run_config()
+    assert set(app_cfg) == set(expected)
+    assert {k: v for k, v in app_cfg.items() if k != "out"} == {k: v for k, v in expected.items() if k != "out"}

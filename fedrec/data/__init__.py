@@ -49,12 +49,48 @@ def load_dataset(
     readable by :func:`read_interactions`.
     """
     if data.startswith("synthetic"):
-        spec = data.split(":")
-        users, items = (int(x) for x in (spec[1] if len(spec) > 1 else "200x300").split("x"))
-        seed = int(spec[2]) if len(spec) > 2 else 0
-        return synthetic_dataset(n_users=users, n_items=items, seed=seed)
+        return _cached_synthetic(data)
     raw = read_interactions(data, format=format, **reader_options)
     return build_dataset(raw, min_rating=min_rating, kcore=kcore)
+
+
+def _parse_synthetic(spec: str) -> dict:
+    """``synthetic:USERSxITEMS[:SEED[:PER_USER]]`` -> generator arguments."""
+    parts = spec.split(":")
+    try:
+        users, items = (int(x) for x in (parts[1] if len(parts) > 1 else "200x300").split("x"))
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        per_user = float(parts[3]) if len(parts) > 3 else 20.0
+    except ValueError:
+        raise ValueError(f"bad synthetic spec {spec!r}; expected synthetic:USERSxITEMS[:SEED[:PER_USER]]") from None
+    return {"n_users": users, "n_items": items, "seed": seed, "interactions_per_user": min(per_user, items / 2)}
+
+
+def _cached_synthetic(spec: str) -> Dataset:
+    """Large synthetic populations are generated once and cached on disk
+    (``$FEDREC_CACHE`` or ``~/.cache/fedrec``): every simulation process reads them."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    kw = _parse_synthetic(spec)
+    if kw["n_users"] * kw["interactions_per_user"] < 1_000_000:
+        return synthetic_dataset(**kw)
+    cache = Path(os.environ.get("FEDREC_CACHE", Path.home() / ".cache" / "fedrec"))
+    path = cache / (spec.replace(":", "_") + ".npz")
+    if path.exists():
+        z = np.load(path)
+        return Dataset(user=z["user"], item=z["item"], timestamp=z["timestamp"], n_users=kw["n_users"],
+                       n_items=kw["n_items"], user_ids=np.arange(kw["n_users"]), item_ids=np.arange(kw["n_items"]),
+                       item_genres=z["genres"], genre_names=tuple(f"g{j}" for j in range(z["genres"].shape[1])),
+                       item_year=z["year"], name=spec, info={"format": "synthetic", "seed": kw["seed"]})
+    ds = synthetic_dataset(**kw)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, user=ds.user, item=ds.item, timestamp=ds.timestamp, genres=ds.item_genres, year=ds.item_year)
+    tmp.replace(path)
+    return ds
 
 
 def make_split(ds: Dataset, *, kind: str = "leave-last-out", valid: float = 0.1, test: float = 0.1) -> Split:

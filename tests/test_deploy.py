@@ -1,0 +1,203 @@
+"""``fedrec deploy``: Flower's deployment engine on localhost (SuperLink + one
+SuperNode per user cohort), TLS and SuperNode authentication, and shutdown of
+every process it started (after the run, and on Ctrl-C)."""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedrec import deploy
+
+DATA = "synthetic:3x30:1"  # 3 users -> 3 SuperNodes with users-per-node=1
+
+
+def _ours(tmp_path: Path) -> dict[int, str]:
+    """Live Flower processes started for this test (their environment names tmp_path:
+    FLWR_HOME lives there), so that other people's Flower jobs on the machine do not count."""
+    return deploy.flower_processes(env_marker=str(tmp_path))
+
+
+def _all_flower() -> dict[int, str]:
+    return deploy.flower_processes()
+
+
+# --------------------------------------------------------------------------
+# fast checks
+# --------------------------------------------------------------------------
+
+
+def test_certificates_chain_and_names(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    paths = deploy.generate_certificates(tmp_path / "certs")
+    ca = x509.load_pem_x509_certificate(paths.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert cert.issuer == ca.subject
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert oct(paths.key.stat().st_mode & 0o777) == "0o600"
+    assert not list((tmp_path / "certs").glob("ca.key"))  # the CA key is never written
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(paths.cert), str(paths.key))  # key matches
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # typer/click, imported by flwr.cli
+def test_node_keys_are_what_flower_accepts(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from flwr.cli.supernode.register import try_load_public_key
+
+    keys = deploy.generate_node_keys(tmp_path, 2)
+    assert [p.name for p, _ in keys] == ["node-0", "node-1"]
+    for priv, pub in keys:
+        k = load_ssh_private_key(priv.read_bytes(), None)  # as flower-supernode loads it
+        assert isinstance(k, ec.EllipticCurvePrivateKey) and k.curve.name == "secp384r1"
+        assert try_load_public_key(pub)  # as `flwr supernode register` loads it
+        assert oct(priv.stat().st_mode & 0o777) == "0o600"
+    assert keys[0][1].read_bytes() != keys[1][1].read_bytes()
+
+
+def test_parser_and_run_config():
+    p = deploy.build_parser(argparse.ArgumentParser(prog="fedrec deploy"))
+    args = p.parse_args(["--out", "x", "--data", DATA, "--rounds", "2", "--noise-multiplier", "1.0",
+                         "--run-config", "seed=3 sample-rate=0.5", "--insecure"])
+    assert deploy._overrides_from_args(args) == {
+        "data": DATA, "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
+        "seed": 3, "sample-rate": 0.5,
+    }
+    assert args.insecure and not args.no_auth
+    assert deploy.plan_nodes({"data": DATA, "users-per-node": 1}) == 3
+    assert deploy.plan_nodes({"data": DATA, "users-per-node": 2}) == 2
+    assert len(set(deploy.free_ports(5))) == 5
+
+
+def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
+    before = set(_all_flower())
+    # Flower only overrides keys that [tool.flwr.app.config] declares
+    assert deploy.main(["--out", str(tmp_path / "a"), "--data", DATA, "--run-config", "dim=8"]) == 2
+    assert "dim" in capsys.readouterr().err
+    # 3 users on 1-user nodes is more than --max-nodes 2
+    assert deploy.main(["--out", str(tmp_path / "b"), "--data", DATA, "--max-nodes", "2"]) == 2
+    assert "--max-nodes" in capsys.readouterr().err
+    assert deploy.main(["--out", str(tmp_path / "c"), "--data", DATA, "--noise-multiplier", "-1"]) == 2
+    assert set(_all_flower()) <= before
+
+
+# --------------------------------------------------------------------------
+# end to end on the deployment engine
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkeypatch):
+    """TLS + SuperNode authentication, 3 SuperNodes (one user each), 2 rounds, DP on."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # never touch the user's ~/.flwr
+    before = set(_all_flower())
+    out = tmp_path / "run"
+    checks = {}
+
+    def on_ready(ctx):
+        # the SuperLink speaks TLS with a certificate of our CA, and only of our CA
+        port = int(ctx["address"].rsplit(":", 1)[1])
+        tls = ssl.create_default_context(cafile=str(ctx["ca"]))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            with tls.wrap_socket(s, server_hostname="127.0.0.1") as t:
+                checks["peer"] = t.getpeercert()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                ssl.create_default_context().wrap_socket(s, server_hostname="127.0.0.1")
+        # a SuperNode whose public key was never registered is refused
+        rogue_key = deploy.generate_node_keys(ctx["workdir"] / "rogue", 1)[0][0]
+        cmd = [deploy._flower_bin("flower-supernode"), "--root-certificates", str(ctx["ca"]),
+               "--superlink", ctx["address"], "--port", str(deploy.free_ports(1)[0]), "--max-retries", "1",
+               "--node-config", "partition-id=0 num-partitions=3", "--auth-supernode-private-key", str(rogue_key)]
+        checks["rogue"] = ctx["supervisor"].start("rogue", cmd, ctx["logs"] / "rogue.log")
+
+    t0 = time.perf_counter()
+    res = deploy.deploy(
+        {"data": DATA, "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
+         "sample-rate": 0.5, "eval-every": 2},
+        out=out, startup_timeout=90, timeout=240, on_ready=on_ready,
+    )
+    seconds = time.perf_counter() - t0
+    logs = out / "deploy" / "logs"
+    assert res.ok, res.error
+    assert res.secure and res.auth and res.n_nodes == 3 and res.status == "finished:completed"
+    assert seconds < 240
+
+    # the run: 3 nodes, 2 rounds, a privacy section
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["privacy"]["unit"] == "interaction-level" and doc["privacy"]["epsilon_max"] > 0
+    assert doc["config"]["noise-multiplier"] == 1.0 and doc["config"]["users-per-node"] == 1
+    assert 0 <= doc["test"]["ndcg@10"] <= 1
+    assert json.loads((out / "config.json").read_text())["nodes"] == 3
+    assert len((out / "rounds.csv").read_text().strip().splitlines()) == 3
+
+    # TLS and authentication were really on
+    assert "https://127.0.0.1" in (logs / "superlink.log").read_text()
+    assert ("IP Address", "127.0.0.1") in checks["peer"]["subjectAltName"]
+    for p in range(3):
+        log = (logs / f"supernode-{p}.log").read_text()
+        assert f"partition-id={p} num-partitions=3" in log and "--auth-supernode-private-key" in log
+        assert "SuperNode ID:" in log
+        assert '"success": true' in (logs / f"register-{p}.log").read_text()
+    rogue_log = (logs / "rogue.log").read_text()
+    assert "SuperNode ID:" not in rogue_log and "Failed to activate SuperNode" in rogue_log
+
+    # every kind of process was started ... and none survives
+    kinds = {deploy._program(c) for c in res.seen.values()}
+    assert set(deploy.FLOWER_PROGRAMS) <= kinds, kinds
+    assert res.survivors == {}
+    assert not _ours(tmp_path)
+    new = set(_all_flower()) - before
+    assert not (new & {int(p) for p in res.seen}), new
+    saved = json.loads((out / "deploy" / "deploy.json").read_text())
+    assert saved["ok"] and saved["survivors"] == {}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process(tmp_path):
+    """Insecure mode, interrupted (SIGINT, as Ctrl-C) while the ServerApp runs."""
+    out = tmp_path / "run"
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    before = set(_all_flower())
+    cmd = [sys.executable, "-m", "fedrec.deploy", "--insecure", "--out", str(out), "--data", DATA,
+           "--rounds", "50", "--noise-multiplier", "1.0", "--sample-rate", "0.5", "--eval-every", "50"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the ServerApp (and the nodes' ClientApps) are up
+            running = {deploy._program(c) for c in _ours(tmp_path).values()}
+            if {"flwr-serverapp", "flwr-clientapp"} <= running:
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the run did not start: {sorted(running)}")
+        seen = _ours(tmp_path)
+        assert len([c for c in seen.values() if deploy._program(c) == "flower-supernode"]) == 3
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output and "stopped all" in output
+    assert not _ours(tmp_path)
+    assert not (set(_all_flower()) - before) & set(seen)
+    saved = json.loads((out / "deploy" / "deploy.json").read_text())
+    assert not saved["ok"] and saved["error"].startswith("interrupted") and saved["survivors"] == {}
+    assert not (out / "metrics.json").exists()
