@@ -137,7 +137,7 @@ def cmd_run_default(args) -> int:
     out = Path(args.out)
     for model in ("mostpop", "ease"):
         cmd_baseline(build_parser().parse_args(["baseline", "--model", model, "--out", str(out / model)]))
-    return cmd_simulate(build_parser().parse_args(["simulate", "--out", str(out / "federated")]))
+    return cmd_simulate(build_parser().parse_args(["simulate", "--users-per-node", "472", "--out", str(out / "federated")]))
 
 
 def cmd_sweep(args) -> int:

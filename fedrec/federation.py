@@ -24,6 +24,20 @@ class Federation:
     def n_nodes(self) -> int:
         return len(self.cohorts)
 
+    @property
+    def n_users(self) -> int:
+        return int(sum(len(c) for c in self.cohorts))
+
+    def with_nodes(self, n_nodes: int) -> "Federation":
+        """The same users split into ``n_nodes`` contiguous cohorts (when the
+        federation has another number of nodes than ``users-per-node`` implies)."""
+        if n_nodes == self.n_nodes:
+            return self
+        if not 1 <= n_nodes <= self.n_users:
+            raise ValueError(f"cannot spread {self.n_users} users over {n_nodes} nodes")
+        users = np.concatenate(self.cohorts)
+        return Federation(self.dataset, self.split, tuple(np.array_split(users, n_nodes)))
+
 
 @functools.lru_cache(maxsize=4)
 def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, users_per_node: int) -> Federation:

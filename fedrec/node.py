@@ -37,11 +37,9 @@ def setup(run_config, node_config) -> tuple[FedConfig, Federation, int]:
     fed = load_federation(cfg)
     partition = int(node_config.get("partition-id", 0))
     n_part = int(node_config.get("num-partitions", fed.n_nodes))
-    if n_part != fed.n_nodes:
-        raise ValueError(
-            f"the federation has {n_part} nodes but {cfg.data} with users-per-node={cfg.users_per_node} "
-            f"needs {fed.n_nodes}"
-        )
+    # a federation with another number of nodes than users-per-node implies
+    # (e.g. `flwr run` with Flower's default connection) splits the users evenly
+    fed = fed.with_nodes(n_part)
     return cfg, fed, partition
 
 

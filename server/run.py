@@ -71,7 +71,7 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; write the run directory."""
     fed = load_federation(cfg)
     params = init_global_params(fed.dataset.n_items, cfg)
-    strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes)
+    strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes, n_users=fed.n_users)
     log = RunLog(cfg, strategy)
     if log.out:
         log.out.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ class FedRecStrategy(FedAvg):
         Nodes in the federation (for evaluation every round).
     """
 
-    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int):
+    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, n_users: int | None = None):
         super().__init__(
             fraction_train=cfg.fraction_train,
             fraction_evaluate=1.0,
@@ -100,6 +100,7 @@ class FedRecStrategy(FedAvg):
         if cfg.aggregation == "itemwise":
             self.shapes[COUNTS_KEY] = (shapes["item_embedding"][0],)
         self.n_nodes = n_nodes
+        self.max_examples = n_users or cfg.users_per_node  # no node can train more users than exist
         self.opt_state = OptState()
         self.current: dict[str, np.ndarray] | None = None
         self.rejected: list[tuple[int, int, str]] = []  # (round, node, reason)
@@ -120,7 +121,14 @@ class FedRecStrategy(FedAvg):
     def wait_for_nodes(self, grid: Grid, timeout: float = 120.0) -> list[int]:
         """Node ids once all ``n_nodes`` are connected, or those connected after ``timeout`` s."""
         deadline = time.monotonic() + timeout
+        last, stable_since = -1, time.monotonic()
         while len(ids := list(grid.get_node_ids())) < self.n_nodes and time.monotonic() < deadline:
+            if len(ids) != last:
+                last, stable_since = len(ids), time.monotonic()
+            elif ids and time.monotonic() - stable_since > 10.0:
+                log(WARNING, "%d nodes connected (expected %d): users are spread over them", len(ids), self.n_nodes)
+                self.n_nodes = len(ids)  # a federation with fewer nodes; stop waiting for more
+                break
             time.sleep(0.05)
         if len(ids) < self.n_nodes:
             log(WARNING, "only %d of %d nodes connected after %.0fs", len(ids), self.n_nodes, timeout)
@@ -141,7 +149,7 @@ class FedRecStrategy(FedAvg):
             if msg.has_error():
                 reason = f"error reply: {msg.error.reason}"
             else:
-                reason = validate_reply(msg.content, self.shapes, max_examples=self.cfg.users_per_node)
+                reason = validate_reply(msg.content, self.shapes, max_examples=self.max_examples)
             if reason is None:
                 good.append(msg)
             else:

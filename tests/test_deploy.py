@@ -86,8 +86,8 @@ def test_parser_and_run_config():
 def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
     before = set(_all_flower())
     # Flower only overrides keys that [tool.flwr.app.config] declares
-    assert deploy.main(["--out", str(tmp_path / "a"), "--data", DATA, "--run-config", "dim=8"]) == 2
-    assert "dim" in capsys.readouterr().err
+    assert deploy.main(["--out", str(tmp_path / "a"), "--data", DATA, "--run-config", "no-such-key=8"]) == 2
+    assert "no-such-key" in capsys.readouterr().err
     # 3 users on 1-user nodes is more than --max-nodes 2
     assert deploy.main(["--out", str(tmp_path / "b"), "--data", DATA, "--max-nodes", "2"]) == 2
     assert "--max-nodes" in capsys.readouterr().err
