@@ -19,6 +19,15 @@ def _init(module: nn.Module, std: float, g: torch.Generator) -> None:
                 p.normal_(0.0, std, generator=g)
 
 
+def _tower(width: int, layers: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+    """ReLU MLP from ``width`` through ``layers``; returns it and its output width."""
+    blocks: list[nn.Module] = []
+    for h in layers:
+        blocks += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    return nn.Sequential(*blocks), width
+
+
 class GMF(Recommender):
     """Generalised MF: ``h . (p_u * q_i) + b_i``.  Local: ``user_embedding``."""
 
@@ -56,12 +65,7 @@ class MLP(Recommender):
         self.n_users, self.n_items, self.dim = n_users, n_items, dim
         self.user_embedding = nn.Embedding(n_users, dim)
         self.item_embedding = nn.Embedding(n_items, dim)
-        blocks: list[nn.Module] = []
-        width = 2 * dim
-        for h in layers:
-            blocks += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.tower = nn.Sequential(*blocks)
+        self.tower, width = _tower(2 * dim, layers)
         self.output = nn.Linear(width, 1)
         _init(self, init_std, torch.Generator().manual_seed(seed))
 
@@ -96,12 +100,7 @@ class NeuMF(Recommender):
         self.item_embedding = nn.Embedding(n_items, dim)
         self.user_embedding_mlp = nn.Embedding(n_users, dim)
         self.item_embedding_mlp = nn.Embedding(n_items, dim)
-        blocks: list[nn.Module] = []
-        width = 2 * dim
-        for h in layers:
-            blocks += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.tower = nn.Sequential(*blocks)
+        self.tower, width = _tower(2 * dim, layers)
         self.output = nn.Linear(dim + width, 1)
         _init(self, init_std, torch.Generator().manual_seed(seed))
 
