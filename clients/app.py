@@ -1,8 +1,9 @@
 """fedrec ClientApp: one Flower node hosts one user (or a cohort of users).
 
 Handlers are thin: read the config, call :mod:`fedrec.node` (pure functions),
-reply.  Users' embeddings and privacy accounting live in ``context.state`` and
-never appear in a reply.
+reply.  Users' embeddings and privacy accounting (:class:`fedrec.device.LocalState`)
+are kept on the node — in files under ``state-dir`` (so they survive a SuperNode
+restart and a server resume) or in ``context.state`` — and never appear in a reply.
 """
 
 from __future__ import annotations
@@ -20,25 +21,30 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
     client = ClientApp()
 
     def _setup(context: Context):
-        return node.setup(run_config if run_config is not None else context.run_config, context.node_config)
+        cfg, fed, partition = node.setup(run_config if run_config is not None else context.run_config, context.node_config)
+        return cfg, fed, partition, node.state_dir(cfg, partition, context.node_config)
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg, fed, partition = _setup(context)
-        state = node.load_state(context.state, fed, partition, cfg)
+        cfg, fed, partition, directory = _setup(context)
+        server_round = int(msg.content["config"]["server-round"])
+        node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
+        # the state as of the previous round (a resumed server repeats rounds)
+        state = node.load_state(context.state, fed, partition, cfg, directory=directory, at_most_round=server_round - 1)
         update, metrics, state = node.train_round(
             cfg, fed, partition, state,
             global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},
-            server_round=int(msg.content["config"]["server-round"]),
+            server_round=server_round,
         )
-        node.save_state(context.state, state)
+        node.save_state(context.state, state, directory=directory, server_round=server_round)
         content = RecordDict({"arrays": ArrayRecord(node.to_arrays(update)), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg, fed, partition = _setup(context)
-        state = node.load_state(context.state, fed, partition, cfg)
+        cfg, fed, partition, directory = _setup(context)
+        server_round = int(msg.content["config"]["server-round"])
+        state = node.load_state(context.state, fed, partition, cfg, directory=directory, at_most_round=server_round)
         metrics = node.evaluate_round(
             cfg, fed, partition, state,
             global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},

@@ -163,7 +163,8 @@ _FED_KEYS = {
     "data", "format", "min_rating", "kcore", "split", "dim", "num_server_rounds", "users_per_node",
     "fraction_train", "seed", "user_lr", "user_steps", "item_steps", "negatives", "noise_multiplier",
     "target_epsilon", "max_grad_norm", "sample_rate", "delta", "aggregation", "server_opt", "server_lr",
-    "eval_every", "ties", "out",
+    "eval_every", "ties", "out", "budget_epsilon", "user_dp", "user_noise_multiplier", "user_target_epsilon",
+    "user_clip", "user_sample_rate", "min_replies", "round_timeout", "dropout_rate", "resume", "state_dir",
 }
 
 
@@ -196,7 +197,30 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
                    help="calibrate the noise multiplier for this epsilon over the planned rounds")
     g.add_argument("--max-grad-norm", type=float, default=D.max_grad_norm, help="per-pair clipping norm")
     g.add_argument("--sample-rate", type=float, default=D.sample_rate, help="Poisson sampling rate of a user's pairs per step")
-    g.add_argument("--delta", type=float, default=D.delta)
+    g.add_argument("--delta", type=float, default=D.delta, help="delta of both units (default 1e-5)")
+    g.add_argument("--budget-epsilon", type=float, default=D.budget_epsilon,
+                   help="a user declines a round that would take its interaction-level epsilon past this (0: none)")
+    g = p.add_argument_group("user-level differential privacy (whole user updates clipped, noise on the sum; "
+                             "Flower DP wrappers, Opacus RDP accountant)")
+    g.add_argument("--user-dp", default=D.user_dp, choices=["off", "client", "server", "adaptive"],
+                   help="where users' updates are clipped: on the node per user (client), by the server "
+                        "(server, adaptive; one user per node)")
+    g.add_argument("--user-noise-multiplier", type=float, default=D.user_noise_multiplier)
+    g.add_argument("--user-target-epsilon", type=float, default=D.user_target_epsilon,
+                   help="calibrate the user-level noise for this epsilon over the planned rounds")
+    g.add_argument("--user-clip", type=float, default=D.user_clip, help=f"clip of a user's update (default {D.user_clip})")
+    g.add_argument("--user-sample-rate", type=float, default=D.user_sample_rate,
+                   help="Poisson probability that a user takes part in a round (default 1)")
+    g = p.add_argument_group("fault tolerance")
+    g.add_argument("--min-replies", type=int, default=D.min_replies,
+                   help="fewer contributing replies leave the round's parameters unchanged (default 1)")
+    g.add_argument("--round-timeout", type=float, default=D.round_timeout, help="seconds to wait for replies")
+    g.add_argument("--dropout-rate", type=float, default=D.dropout_rate,
+                   help="simulated probability that a node fails in a round (default 0)")
+    g.add_argument("--resume", action="store_true", default=None,
+                   help="continue from OUT/checkpoint (same config) instead of starting over")
+    g.add_argument("--state-dir", default=D.state_dir,
+                   help="where nodes keep users' local state (default OUT/client-state)")
     g = p.add_argument_group("server")
     g.add_argument("--aggregation", default=D.aggregation, choices=["fedavg", "itemwise"])
     g.add_argument("--server-opt", default=D.server_opt, choices=["adam", "yogi", "sgd"])

@@ -47,6 +47,14 @@ class FedConfig:
     max_grad_norm: float = 1.0
     sample_rate: float = 1.0
     delta: float = 1e-5
+    budget_epsilon: float = 0.0  # > 0: a user declines a round that would take it past this (interaction-level)
+    # user-level DP (whole per-user update clipped, Gaussian noise on the sum before the server optimiser)
+    user_dp: str = "off"  # off | client (clip on the client) | server (Flower server-side clipping) | adaptive
+    user_noise_multiplier: float = 0.0
+    user_target_epsilon: float = 0.0  # > 0: calibrate user_noise_multiplier for the planned rounds
+    user_clip: float = 0.1
+    user_sample_rate: float = 1.0  # Poisson probability that a user takes part in a round
+    user_clip_quantile: float = 0.5  # adaptive clipping target quantile
     # server
     aggregation: str = "fedavg"  # fedavg | itemwise
     server_opt: str = "adam"  # adam | yogi | sgd
@@ -54,6 +62,12 @@ class FedConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     server_eps: float = 1e-8
+    # evaluation
+    min_replies: int = 1  # fewer valid replies: the round leaves the global parameters unchanged
+    round_timeout: float = 600.0  # seconds the server waits for replies (bounded waits)
+    dropout_rate: float = 0.0  # simulated: probability that a node fails in a round
+    resume: bool = False  # continue from OUT/checkpoint (same config) instead of starting over
+    state_dir: str = ""  # where nodes keep users' local state ("": OUT/client-state, or memory)
     # evaluation
     eval_every: int = 10
     ties: str = "pessimistic"
@@ -65,19 +79,43 @@ class FedConfig:
         def bad(key, why):
             raise ValueError(f"config {key.replace('_', '-')}={getattr(self, key)!r}: {why}")
 
-        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "eval_every"):
+        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "eval_every", "min_replies"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
-        for key in ("user_steps", "kcore", "min_rating", "user_l2", "noise_multiplier", "target_epsilon"):
+        for key in ("user_steps", "kcore", "min_rating", "user_l2", "noise_multiplier", "target_epsilon",
+                    "budget_epsilon", "user_noise_multiplier", "user_target_epsilon"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
-        for key in ("init_std", "user_lr", "server_lr", "max_grad_norm"):
+        for key in ("init_std", "user_lr", "server_lr", "max_grad_norm", "user_clip", "round_timeout"):
             if not getattr(self, key) > 0:
                 bad(key, "must be > 0")
         if not 0 < self.fraction_train <= 1:
             bad("fraction_train", "must be in (0, 1]")
         if not 0 < self.sample_rate <= 1:
             bad("sample_rate", "must be in (0, 1]")
+        if not 0 < self.user_sample_rate <= 1:
+            bad("user_sample_rate", "must be in (0, 1]")
+        if not 0 <= self.dropout_rate < 1:
+            bad("dropout_rate", "must be in [0, 1)")
+        if not 0 < self.user_clip_quantile < 1:
+            bad("user_clip_quantile", "must be in (0, 1)")
+        if self.user_dp not in ("off", "client", "server", "adaptive"):
+            bad("user_dp", "choose 'off', 'client', 'server' or 'adaptive'")
+        if self.user_dp == "off" and (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
+            bad("user_dp", "user-noise-multiplier/user-target-epsilon given but user-dp is 'off'")
+        if self.user_dp != "off" and not (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
+            bad("user_noise_multiplier", "user-level DP needs user-noise-multiplier > 0 or user-target-epsilon > 0")
+        if self.user_noise_multiplier > 0 and self.user_target_epsilon > 0:
+            bad("user_target_epsilon", "give user-noise-multiplier or user-target-epsilon, not both")
+        if self.user_dp in ("server", "adaptive") and self.users_per_node != 1:
+            bad("user_dp", "server-side clipping clips whole node replies: it is user-level only with users-per-node=1 "
+                "(use user-dp='client' for cohorts of users per node)")
+        if self.user_dp != "off" and self.aggregation == "itemwise":
+            bad("aggregation", "item-wise averaging is not valid with user-level DP")
+        if self.user_dp != "off" and self.fraction_train < 1:
+            bad("fraction_train", "with user-level DP users are sampled by user-sample-rate (Poisson), not by node")
+        if self.budget_epsilon > 0 and not self.dp:
+            bad("budget_epsilon", "a client budget needs interaction-level DP (noise-multiplier or target-epsilon)")
         if not 0 < self.delta < 1:
             bad("delta", "must be in (0, 1)")
         if self.model != "mf":
@@ -100,6 +138,10 @@ class FedConfig:
         return self.noise_multiplier > 0 or self.target_epsilon > 0
 
     @property
+    def user_level(self) -> bool:
+        return self.user_dp != "off"
+
+    @property
     def local(self) -> LocalConfig:
         return LocalConfig(
             user_lr=self.user_lr,
@@ -110,6 +152,7 @@ class FedConfig:
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
             user_l2=self.user_l2,
+            update_clip=self.user_clip if self.user_dp in ("client",) else 0.0,
         )
 
     @property
@@ -123,17 +166,26 @@ class FedConfig:
     def resolved(self) -> "FedConfig":
         """Calibrate ``noise_multiplier`` from ``target_epsilon`` (Opacus RDP accountant)
         for a user taking part in every planned round; returns a new config."""
-        if self.target_epsilon <= 0:
-            return self
         from fedrec.privacy.accounting import calibrate_noise
 
-        sigma = calibrate_noise(
-            target_epsilon=self.target_epsilon,
-            delta=self.delta,
-            sample_rate=self.sample_rate,
-            steps=self.planned_steps(),
-        )
-        return dataclasses.replace(self, noise_multiplier=sigma, target_epsilon=0.0)
+        out = self
+        if self.target_epsilon > 0:
+            sigma = calibrate_noise(
+                target_epsilon=self.target_epsilon,
+                delta=self.delta,
+                sample_rate=self.sample_rate,
+                steps=self.planned_steps(),
+            )
+            out = dataclasses.replace(out, noise_multiplier=sigma, target_epsilon=0.0)
+        if self.user_target_epsilon > 0:
+            sigma = calibrate_noise(
+                target_epsilon=self.user_target_epsilon,
+                delta=self.delta,
+                sample_rate=self.user_sample_rate,
+                steps=self.num_server_rounds,
+            )
+            out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
+        return out
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "FedConfig":
@@ -147,7 +199,12 @@ class FedConfig:
             default = names[name].default
             try:
                 if isinstance(default, bool):
-                    value = bool(value)
+                    if isinstance(value, str):
+                        if value.lower() not in ("true", "false", "1", "0"):
+                            raise ValueError
+                        value = value.lower() in ("true", "1")
+                    else:
+                        value = bool(value)
                 elif isinstance(default, int):
                     if float(value) != int(float(value)):
                         raise ValueError

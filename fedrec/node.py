@@ -6,30 +6,30 @@ benchmarks compare the two).  A node hosts the cohort of users of its partition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedrec.config import FedConfig
+from fedrec.device import LocalState, load_local_state, save_local_state
 from fedrec.federation import Federation, init_user_embeddings, load_federation
 from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.accounting import epsilons_for_steps
+from fedrec.rng import hash_uniform
 from fedrec.training import train_cohort
 
-__all__ = ["NodeState", "setup", "load_state", "save_state", "train_round", "evaluate_round", "to_arrays"]
+__all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
+           "active_users", "train_round", "evaluate_round", "to_arrays"]
 
 STATE_KEY = "fedrec-users"
 
 
-@dataclass
-class NodeState:
-    """Local state of the node's users: embeddings and DP steps taken (accountant)."""
+NodeState = LocalState  # a node's state is the local state of its users
 
-    users: np.ndarray  # (k,) global user ids
-    user_emb: np.ndarray  # (k, d) float32 — never sent
-    dp_steps: np.ndarray  # (k,) int64 steps of the subsampled Gaussian mechanism
-    rounds: np.ndarray  # (k,) rounds taken part in
+
+class SimulatedDropout(RuntimeError):
+    """A node failing on purpose (``dropout-rate``): the server sees an error reply."""
 
 
 def setup(run_config, node_config) -> tuple[FedConfig, Federation, int]:
@@ -43,9 +43,26 @@ def setup(run_config, node_config) -> tuple[FedConfig, Federation, int]:
     return cfg, fed, partition
 
 
-def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig) -> NodeState:
+def state_dir(cfg: FedConfig, partition: int, node_config=None) -> Path | None:
+    """Directory of the node's persisted local state: node config ``state-dir``,
+    else config ``state-dir``, else ``OUT/client-state``; ``None``: memory only."""
+    base = (node_config or {}).get("state-dir") or cfg.state_dir or (str(Path(cfg.out) / "client-state") if cfg.out else "")
+    return Path(base) / f"node-{partition}" if base else None
+
+
+def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig, *,
+               directory: Path | None = None, at_most_round: int | None = None) -> NodeState:
+    """The node's users' state: from ``directory`` (latest round <= ``at_most_round``)
+    if given and present, else from the node's context state, else fresh."""
     users = fed.cohorts[partition]
-    if STATE_KEY in record_dict:
+    if directory is not None:
+        found = load_local_state(directory, at_most_round=at_most_round)
+        if found is not None:
+            st = found[0]
+            if not np.array_equal(st.users, users):
+                raise ValueError(f"local state in {directory} belongs to other users than partition {partition}")
+            return st
+    elif STATE_KEY in record_dict:
         a = record_dict[STATE_KEY]
         return NodeState(
             users=a["users"].numpy(),
@@ -61,16 +78,47 @@ def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig) -> 
     )
 
 
-def save_state(record_dict, state: NodeState) -> None:
+def save_state(record_dict, state: NodeState, *, directory: Path | None = None, server_round: int = 0) -> None:
+    if directory is not None:
+        save_local_state(directory, state, server_round=server_round)
+        return
     from flwr.app import ArrayRecord
 
-    record_dict[STATE_KEY] = ArrayRecord(to_arrays(state.__dict__))
+    record_dict[STATE_KEY] = ArrayRecord(to_arrays(state.arrays()))
+
+
+def maybe_fail(cfg: FedConfig, partition: int, server_round: int) -> None:
+    """Simulated fault: raise :class:`SimulatedDropout` with probability ``dropout-rate``
+    (a pure function of seed, round and node)."""
+    if cfg.dropout_rate > 0:
+        u = np.random.default_rng([cfg.seed, server_round, partition, 11]).random()
+        if u < cfg.dropout_rate:
+            raise SimulatedDropout(f"simulated dropout of node {partition} in round {server_round}")
 
 
 def to_arrays(d: dict) -> dict:
     from flwr.app import Array
 
     return {k: Array(np.ascontiguousarray(v)) for k, v in d.items()}
+
+
+def active_users(cfg: FedConfig, state: NodeState, server_round: int) -> tuple[np.ndarray, int]:
+    """Mask of the node's users that train this round, and how many declined.
+
+    A user takes part with probability ``user-sample-rate`` (Poisson sampling, as
+    the user-level accountant assumes; a pure function of seed, round and user),
+    and declines if the round would take its interaction-level epsilon past
+    ``budget-epsilon``.
+    """
+    take = np.ones(len(state.users), dtype=bool)
+    if cfg.user_sample_rate < 1:
+        take = hash_uniform(cfg.seed, server_round, state.users, 0, 77) < cfg.user_sample_rate
+    declined = np.zeros_like(take)
+    if cfg.budget_epsilon > 0:
+        nxt = epsilons_for_steps(state.dp_steps + cfg.steps_per_round, noise_multiplier=cfg.noise_multiplier,
+                                 sample_rate=cfg.sample_rate, delta=cfg.delta)
+        declined = take & (nxt > cfg.budget_epsilon)
+    return take & ~declined, int(declined.sum())
 
 
 def train_round(
@@ -84,33 +132,50 @@ def train_round(
 ) -> tuple[dict[str, np.ndarray], dict, NodeState]:
     """Train the node's users for one round.
 
-    Returns the node's release (mean over its users of their item
-    pseudo-gradients; with item-wise aggregation also the fraction of users that
-    touched each item row), its metrics (``num-examples`` = users trained, loss,
-    and each user's interaction-level epsilon so far) and the new local state.
+    Only the users :func:`active_users` selects train.  Returns the node's
+    release, its metrics (``num-examples`` = users trained, possibly 0; loss;
+    ``declined`` = users out of budget; each user's interaction-level epsilon
+    so far) and the new local state.  The release is the mean over the trained
+    users of their item pseudo-gradients (with item-wise aggregation also the
+    fraction of them that touched each item row); with user-level DP it is the
+    global parameters plus the *sum* of their clipped pseudo-gradients.
     """
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, server_round, partition, 3]).integers(2**62)))
-    res = train_cohort(
-        torch.as_tensor(state.user_emb),
-        torch.as_tensor(global_params["item_embedding"]),
-        torch.as_tensor(global_params["item_bias"]),
-        fed.split.train,
-        state.users,
-        cfg.local,
-        seed=cfg.seed,
-        server_round=server_round,
-        generator=gen,
-    )
-    steps = state.dp_steps + (cfg.steps_per_round if cfg.dp else 0)
-    new = NodeState(state.users, res.user_emb.numpy().astype(np.float32), steps, state.rounds + 1)
-    update = {
-        "item_embedding": res.item_update.numpy().astype(np.float32),
-        "item_bias": res.bias_update.numpy().astype(np.float32),
-    }
+    active, declined = active_users(cfg, state, server_round)
+    k = int(active.sum())
+    q = global_params["item_embedding"]
+    item_update = np.zeros_like(q, dtype=np.float32)
+    bias_update = np.zeros(q.shape[0], dtype=np.float32)
+    loss, counts = 0.0, np.zeros(q.shape[0])
+    user_emb, steps, rounds = state.user_emb.copy(), state.dp_steps.copy(), state.rounds.copy()
+    if k:
+        res = train_cohort(
+            torch.as_tensor(state.user_emb[active]),
+            torch.as_tensor(q),
+            torch.as_tensor(global_params["item_bias"]),
+            fed.split.train,
+            state.users[active],
+            cfg.local,
+            seed=cfg.seed,
+            server_round=server_round,
+            generator=gen,
+        )
+        user_emb[active] = res.user_emb.numpy().astype(np.float32)
+        steps[active] += cfg.steps_per_round if cfg.dp else 0
+        rounds[active] += 1
+        item_update, bias_update = res.item_update.numpy().astype(np.float32), res.bias_update.numpy().astype(np.float32)
+        loss, counts = float(res.loss), res.item_counts
+    new = NodeState(state.users, user_emb, steps, rounds)
+    if cfg.user_level:
+        # user-level DP: the reply is (global parameters + the SUM of the users'
+        # clipped updates), the form Flower's DP wrappers clip and noise
+        update = {"item_embedding": q + k * item_update, "item_bias": global_params["item_bias"] + k * bias_update}
+    else:
+        update = {"item_embedding": item_update, "item_bias": bias_update}
     if cfg.aggregation == "itemwise":
-        update["item_counts"] = (res.item_counts / res.n_users).astype(np.float32)
-    metrics = {"num-examples": int(res.n_users), "train-loss": float(res.loss)}
+        update["item_counts"] = (counts / max(k, 1)).astype(np.float32)
+    metrics = {"num-examples": k, "train-loss": loss, "declined": declined}
     if cfg.dp:
         eps = epsilons_for_steps(steps, noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate, delta=cfg.delta)
         metrics["epsilon"] = [float(x) for x in eps]

@@ -34,6 +34,13 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
 
     cfg = cfg.resolved()
     fed = load_federation(cfg)
+    if cfg.resume and cfg.out:
+        from pathlib import Path
+
+        from server.checkpoint import load_checkpoint
+
+        if (Path(cfg.out) / "checkpoint" / "checkpoint.npz").exists():
+            load_checkpoint(Path(cfg.out) / "checkpoint", cfg)  # a corrupt/incompatible checkpoint fails here, clearly
     rc = cfg.to_run_config()
     results: list = []
     if not verbose:

@@ -72,6 +72,10 @@ class LocalConfig:
         Per-pair clipping norm (used only with DP).
     user_l2 : float
         L2 penalty on the user embedding.
+    update_clip : float
+        > 0: each user's whole release (item embedding and bias update, after
+        its interaction-level noise if any) is clipped to this L2 norm before
+        the cohort's mean is taken (user-level DP, client-side clipping).
     """
 
     user_lr: float = 0.5
@@ -82,6 +86,7 @@ class LocalConfig:
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     user_l2: float = 0.0
+    update_clip: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.sample_rate <= 1:
@@ -94,6 +99,8 @@ class LocalConfig:
             raise ValueError(f"need item_steps >= 1 and user_steps >= 0; got {self.item_steps}, {self.user_steps}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1; got {self.negatives}")
+        if self.update_clip < 0:
+            raise ValueError(f"update_clip must be >= 0; got {self.update_clip}")
 
     @property
     def dp(self) -> bool:
@@ -139,6 +146,55 @@ def keyed_negatives(
         todo = todo[is_positive(train, users[todo], out[todo])]
         attempt += 1
     return out
+
+
+def _clipped_user_sum(
+    r_item: torch.Tensor,
+    r_bias: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    n_items: int,
+    cfg: LocalConfig,
+    *,
+    noise_std: torch.Tensor | None,
+    generator: torch.Generator | None,
+    chunk: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over users of each user's release clipped to ``cfg.update_clip``.
+
+    ``r_item``/``r_bias`` hold the users' (un-noised) item gradients row-compactly
+    (row ``j`` belongs to user ``keys[j] // n_items``, item ``keys[j] % n_items``).
+    Without interaction-level noise a user's norm only involves the rows it
+    touched.  With it (``noise_std``: per-user std), every user's release is
+    dense: it is built, noised and clipped in chunks of users, so the clip bounds
+    exactly what the user contributes (noise included).
+    """
+    owner = keys // n_items
+    item = keys % n_items
+    g_item = torch.zeros((n_items, r_item.shape[1]), dtype=r_item.dtype)
+    g_bias = torch.zeros(n_items, dtype=r_bias.dtype)
+    if noise_std is None:
+        sq = torch.zeros(k, dtype=torch.float64).index_add_(0, owner, ((r_item.double() ** 2).sum(1) + r_bias.double() ** 2))
+        factor = torch.clamp(cfg.update_clip / (sq.sqrt() + 1e-12), max=1.0).to(r_item.dtype)
+        g_item.index_add_(0, item, r_item * factor[owner][:, None])
+        g_bias.index_add_(0, item, r_bias * factor[owner])
+        return g_item, g_bias
+    d = r_item.shape[1]
+    for lo in range(0, k, chunk):
+        hi = min(k, lo + chunk)
+        sel = (owner >= lo) & (owner < hi)
+        dense = torch.zeros((hi - lo, n_items, d + 1), dtype=r_item.dtype)
+        o, it = owner[sel] - lo, item[sel]
+        dense[o, it, :d] = r_item[sel]
+        dense[o, it, d] = r_bias[sel]
+        std = noise_std[lo:hi].to(r_item.dtype)[:, None, None]
+        dense += std * torch.randn(dense.shape, generator=generator, dtype=dense.dtype)
+        norm = dense.double().pow(2).sum((1, 2)).sqrt()
+        dense *= torch.clamp(cfg.update_clip / (norm + 1e-12), max=1.0).to(dense.dtype)[:, None, None]
+        total = dense.sum(0)
+        g_item += total[:, :d]
+        g_bias += total[:, d]
+    return g_item, g_bias
 
 
 def train_cohort(
@@ -201,6 +257,15 @@ def train_cohort(
     dq_sq = (dq * dq).sum(-1)
     g_item = torch.zeros_like(item_emb)
     g_bias = torch.zeros_like(item_bias)
+    clip_users = cfg.update_clip > 0
+    if clip_users:
+        # each user's own release, kept row-compact: one row per (user, item) touched
+        n_s = len(s_owner)
+        keys = torch.cat([s_owner * n_items + s_pos, s_owner * n_items + s_neg])
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        inv_pos, inv_neg = inv[:n_s], inv[n_s:]
+        r_item = torch.zeros((len(uniq), d), dtype=item_emb.dtype)
+        r_bias = torch.zeros(len(uniq), dtype=item_bias.dtype)
     first_loss = None
     total = cfg.user_steps + cfg.item_steps
     for step in range(total):
@@ -225,15 +290,30 @@ def train_cohort(
         if step >= cfg.user_steps:
             # item gradient of this step, each user's divided by its own expected batch
             scale = (cw / denom[s_owner])[:, None] * ps
-            g_item.index_add_(0, s_pos, scale)
-            g_item.index_add_(0, s_neg, -scale)
             sb = cw / denom[s_owner]
-            g_bias.index_add_(0, s_pos, sb)
-            g_bias.index_add_(0, s_neg, -sb)
+            if clip_users:
+                r_item.index_add_(0, inv_pos, scale)
+                r_item.index_add_(0, inv_neg, -scale)
+                r_bias.index_add_(0, inv_pos, sb)
+                r_bias.index_add_(0, inv_neg, -sb)
+            else:
+                g_item.index_add_(0, s_pos, scale)
+                g_item.index_add_(0, s_neg, -scale)
+                g_bias.index_add_(0, s_pos, sb)
+                g_bias.index_add_(0, s_neg, -sb)
         p = p - cfg.user_lr * (gp + cfg.user_l2 * p)
-    g_item /= cfg.item_steps * k
-    g_bias /= cfg.item_steps * k
-    if cfg.dp:
+    if clip_users:
+        g_item, g_bias = _clipped_user_sum(
+            r_item / cfg.item_steps, r_bias / cfg.item_steps, uniq, k, n_items, cfg,
+            noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None,
+            generator=generator,
+        )
+        g_item /= k
+        g_bias /= k
+    else:
+        g_item /= cfg.item_steps * k
+        g_bias /= cfg.item_steps * k
+    if cfg.dp and not clip_users:
         # noise of the k users' mean release, summed over item_steps steps: one draw
         var = (sigma_c**2 / (cfg.item_steps * denom.double() ** 2)).sum() / k**2
         std = float(math.sqrt(float(var)))

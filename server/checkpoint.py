@@ -18,7 +18,7 @@ from fedrec.config import FedConfig
 __all__ = ["save_checkpoint", "load_checkpoint", "config_fingerprint", "CheckpointError"]
 
 # Settings that change what a checkpoint means (not e.g. the round count or out dir).
-_IGNORED = {"num-server-rounds", "out", "eval-every"}
+_IGNORED = {"num-server-rounds", "out", "eval-every", "resume", "round-timeout", "state-dir"}
 
 
 class CheckpointError(RuntimeError):
@@ -30,14 +30,16 @@ def config_fingerprint(cfg: FedConfig) -> str:
     return hashlib.sha256(json.dumps(rc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, params: dict, strategy, best: dict | None) -> Path:
+def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, params: dict, strategy, best: dict | None,
+                    extra: dict | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {f"param/{k}": v for k, v in params.items()}
     st = strategy.opt_state
     arrays.update({f"m/{k}": v for k, v in st.m.items()})
     arrays.update({f"v/{k}": v for k, v in st.v.items()})
-    meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "best": best}
+    meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "best": best,
+            "extra": extra or {}}
     tmp = directory / "checkpoint.tmp.npz"
     np.savez(tmp, meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8), **arrays)
     final = directory / "checkpoint.npz"
@@ -58,7 +60,7 @@ def load_checkpoint(directory: Path, cfg: FedConfig) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
     if meta.get("fingerprint") != config_fingerprint(cfg):
         raise CheckpointError(f"checkpoint {path} was made with a different configuration; refusing to resume")
-    out = {"round": meta["round"], "opt_t": meta["opt_t"], "best": meta.get("best")}
+    out = {"round": meta["round"], "opt_t": meta["opt_t"], "best": meta.get("best"), "extra": meta.get("extra", {})}
     for prefix in ("param", "m", "v"):
         out[prefix] = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(prefix + "/")}
     return out

@@ -11,8 +11,13 @@ from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig
 from fedrec.federation import init_global_params, load_federation
+import json
+import shutil
+
+from fedrec.privacy.accounting import epsilon
 from fedrec.results import append_round, write_json, write_metrics
-from server.checkpoint import save_checkpoint
+from server.checkpoint import load_checkpoint, save_checkpoint
+from server.optimizers import OptState
 from server.strategy import FedRecStrategy
 
 __all__ = ["run_server", "RunLog"]
@@ -37,6 +42,7 @@ class RunLog:
         """Flower's ``evaluate_fn`` hook: called after every round (and before round 1)."""
         if server_round == 0:
             return None
+        server_round += self.strategy.round_offset
         now = time.perf_counter()
         res = self.strategy.result_train.get(server_round)
         ev = self.strategy.result_eval.get(server_round)
@@ -44,6 +50,11 @@ class RunLog:
         row.update(self.strategy.round_info.get(server_round, {}))
         if res:
             row.update({k: v for k, v in res.items()})
+        if self.cfg.user_level:
+            # user-level epsilon: every round is one step of the Poisson-subsampled
+            # Gaussian mechanism on the sum of clipped user updates, for every user
+            row["user-epsilon"] = epsilon(noise_multiplier=self.cfg.user_noise_multiplier,
+                                          sample_rate=self.cfg.user_sample_rate, steps=server_round, delta=self.cfg.delta)
         if ev:
             row.update({k: v for k, v in ev.items()})
         self.last = now
@@ -52,8 +63,13 @@ class RunLog:
         msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s loss {row.get('train-loss', float('nan')):.4f} users {int(row.get('users', 0))}"
         if "epsilon-max" in row:
             msg += f" eps(interaction-level, delta={self.cfg.delta:g}) median {row['epsilon-median']:.2f} max {row['epsilon-max']:.2f}"
-        if row.get("rejected"):
-            msg += f" rejected {row['rejected']}"
+        if "user-epsilon" in row:
+            msg += f" eps(user-level, delta={self.cfg.delta:g}) {row['user-epsilon']:.2f}"
+        for key in ("failed", "rejected", "missing", "declined"):
+            if row.get(key):
+                msg += f" {key} {int(row[key])}"
+        if row.get("skipped"):
+            msg += " (too few replies: parameters unchanged)"
         if ev:
             msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f} | test ndcg@10 {ev['test/ndcg@10']:.4f}"
             if self.best is None or ev[sel] > self.best[sel]:
@@ -61,37 +77,82 @@ class RunLog:
         _say(msg)
         if self.out:
             append_round(self.out, row)
+            extra = {"user_clip": self.strategy.dp_wrapper.clipping_norm} if self.strategy.dp_wrapper is not None else {}
             save_checkpoint(self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
                             params={k: v.numpy() for k, v in arrays.items()}, strategy=self.strategy,
-                            best=self.best)
+                            best=self.best, extra=extra)
         return None
 
 
 def run_server(grid: Grid, cfg: FedConfig) -> dict:
-    """Run ``cfg.num_server_rounds`` rounds on ``grid``; write the run directory."""
+    """Run ``cfg.num_server_rounds`` rounds on ``grid``; write the run directory.
+
+    With ``cfg.resume`` and a checkpoint in ``OUT/checkpoint`` the run continues
+    after the checkpoint's round (parameters, optimiser state, best round and
+    the per-round log as they were then); a checkpoint of another configuration
+    or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
+    """
     fed = load_federation(cfg)
     params = init_global_params(fed.dataset.n_items, cfg)
     strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes, n_users=fed.n_users)
     log = RunLog(cfg, strategy)
+    start = 0
     if log.out:
         log.out.mkdir(parents=True, exist_ok=True)
+        ck_dir = log.out / "checkpoint"
+        if cfg.resume and (ck_dir / "checkpoint.npz").exists():
+            ck = load_checkpoint(ck_dir, cfg)
+            start = int(ck["round"])
+            params = {k: v.astype(np.float32) for k, v in ck["param"].items()}
+            strategy.opt_state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
+            strategy.round_offset = start
+            if strategy.dp_wrapper is not None and "user_clip" in ck.get("extra", {}):
+                strategy.dp_wrapper.clipping_norm = float(ck["extra"]["user_clip"])
+            log.best = ck["best"]
+            log.rows = _rows_up_to(log.out, start)
+            _say(f"resuming after round {start} from {ck_dir}")
+        else:
+            if cfg.resume:
+                _say(f"--resume: no checkpoint in {ck_dir}; starting from round 1")
+            for name in ("rounds.csv", "rounds.jsonl"):
+                (log.out / name).unlink(missing_ok=True)
+            shutil.rmtree(ck_dir, ignore_errors=True)
+            if not cfg.state_dir:
+                shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
         write_json(log.out / "config.json", {"run_config": cfg.to_run_config(), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
-        for name in ("rounds.csv", "rounds.jsonl"):
-            (log.out / name).unlink(missing_ok=True)
+    privacy = []
+    if cfg.dp:
+        privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}")
+    if cfg.user_level:
+        privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} clip {cfg.user_clip} "
+                       f"user sample rate {cfg.user_sample_rate}")
     _say(f"{fed.dataset.summary()['name']}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
-         f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds"
-         + (f", interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}" if cfg.dp else ", no DP"))
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord({k: Array(v) for k, v in params.items()}),
-        num_rounds=cfg.num_server_rounds,
-        evaluate_fn=log,
-    )
+         f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
+    if start < cfg.num_server_rounds:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord({k: Array(v) for k, v in params.items()}),
+            num_rounds=cfg.num_server_rounds - start,
+            timeout=cfg.round_timeout,
+            evaluate_fn=log,
+        )
     summary = summarize(cfg, log)
     _say(f"best round on validation: {summary['selected_round']}; test ndcg@10 {summary['test'].get('ndcg@10', float('nan')):.4f} "
          f"hr@10 {summary['test'].get('hr@10', float('nan')):.4f}; {summary['seconds']:.1f}s")
     return summary
+
+
+def _rows_up_to(out: Path, last_round: int) -> list[dict]:
+    """The logged rows of rounds <= ``last_round``; the log files are cut back to them."""
+    path = out / "rounds.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    rows = [r for r in rows if r["round"] <= last_round]
+    for name in ("rounds.csv", "rounds.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    for r in rows:
+        append_round(out, r)
+    return rows
 
 
 def summarize(cfg: FedConfig, log: RunLog) -> dict:
@@ -99,10 +160,12 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
     valid = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("valid/")}
     test = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("test/")}
     privacy = None
+    last = log.rows[-1] if log.rows else {}
+    units = []
     if cfg.dp:
-        last = log.rows[-1] if log.rows else {}
-        privacy = {
+        units.append({
             "unit": "interaction-level",
+            "protects": "each single interaction (user, item) of a user",
             "mechanism": "DP-SGD per user (Poisson sampling, per-pair clipping, Gaussian noise)",
             "accountant": "opacus rdp",
             "noise_multiplier": cfg.noise_multiplier,
@@ -112,18 +175,39 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "epsilon_median": last.get("epsilon-median"),
             "epsilon_max": last.get("epsilon-max"),
             "epsilon_min": last.get("epsilon-min"),
+            "budget_epsilon": cfg.budget_epsilon or None,
             "note": "epsilon after all rounds (the model of the selected round was released earlier, at no more)",
-        }
+        })
+    if cfg.user_level:
+        units.append({
+            "unit": "user-level",
+            "protects": "everything one user contributes (all of its interactions, every round)",
+            "mechanism": f"DP-FedAvg: per-user update clipping ({cfg.user_dp}), Gaussian noise on the sum before the server optimiser",
+            "accountant": "opacus rdp (Poisson user sampling)",
+            "noise_multiplier": cfg.user_noise_multiplier,
+            "clip": cfg.user_clip,
+            "sample_rate": cfg.user_sample_rate,
+            "rounds": last.get("round"),
+            "delta": cfg.delta,
+            "epsilon": last.get("user-epsilon"),
+            "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to the clip, not to who replied",
+        })
+    if units:
+        privacy = units[0] if len(units) == 1 else {"units": units}
     out = {
         "selected_round": best.get("round"),
         "valid": valid,
         "test": test,
         "seconds": time.perf_counter() - log.t0,
         "rejected": len(log.strategy.rejected),
+        "failed": int(sum(r.get("failed", 0) for r in log.rows)),
+        "declined": int(sum(r.get("declined", 0) for r in log.rows)),
+        "privacy": privacy,
     }
     if cfg.out:
         write_metrics(cfg.out, validation=valid, test=test, config=cfg.to_run_config(), seed=cfg.seed,
                       privacy=privacy, extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
                                               "seconds": out["seconds"], "rounds": len(log.rows),
-                                              "rejected_replies": out["rejected"]})
+                                              "rejected_replies": out["rejected"], "failed_replies": out["failed"],
+                                              "declined_user_rounds": out["declined"]})
     return out

@@ -51,7 +51,9 @@ def test_fedavg_equals_np_average():
 @pytest.mark.parametrize("bad,reason", [
     (lambda: _reply(9, np.full((N_ITEMS, DIM), np.nan), np.zeros(N_ITEMS), 2), "non-finite"),
     (lambda: _reply(9, np.zeros((N_ITEMS + 1, DIM)), np.zeros(N_ITEMS), 2), "shape"),
-    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 0), "num-examples"),
+    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), -1), "num-examples"),
+    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2.5), "num-examples"),
+    (lambda: _reply(9, np.full((N_ITEMS, DIM), np.inf), np.zeros(N_ITEMS), 2), "non-finite"),
     (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 10**9), "num-examples"),
     (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2, extra={"user_emb": Array(np.zeros((2, DIM)))}), "keys"),
 ])
@@ -64,7 +66,7 @@ def test_malformed_replies_are_rejected_and_do_not_touch_the_aggregate(bad, reas
     arrays, _ = s.aggregate_train(1, good + [bad()])
     np.testing.assert_allclose(arrays["item_embedding"].numpy(), clean["item_embedding"].numpy())
     assert len(s.rejected) == 1 and reason in s.rejected[0][2]
-    assert s.round_info[1] == {"replies": 2, "rejected": 1}
+    assert s.round_info[1]["replies"] == 2 and s.round_info[1]["rejected"] == 1
 
 
 def test_error_replies_are_dropped_and_no_valid_reply_keeps_parameters():
@@ -122,3 +124,72 @@ def test_seeded_sampling_is_reproducible():
     assert s.sample(4, ids) == s.sample(4, list(reversed(ids)))
     assert s.sample(4, ids) != s.sample(5, ids)
     assert len(s.sample(4, ids)) == 10
+
+
+def _error(node, reason="node died"):
+    out = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    return Message(Error(code=0, reason=reason), reply_to=out)
+
+
+def test_dropouts_leave_fedavg_over_the_valid_replies():
+    rng = np.random.default_rng(3)
+    ups = [rng.normal(size=(N_ITEMS, DIM)) for _ in range(3)]
+    ns = [4, 1, 2]
+    replies = [_reply(i + 1, u, np.zeros(N_ITEMS), n) for i, (u, n) in enumerate(zip(ups, ns))]
+    replies += [_error(7), _reply(8, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2, metrics={"train-loss": float("nan")}) ]
+    replies[-1] = _reply(8, np.full((N_ITEMS, DIM), np.nan), np.zeros(N_ITEMS), 2)
+    s = _strategy(min_replies=3)
+    arrays, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
+    assert s.round_info[1]["failed"] == 1 and s.round_info[1]["rejected"] == 1 and s.round_info[1]["contributing"] == 3
+
+
+def test_fewer_than_min_replies_keeps_parameters():
+    s = _strategy(min_replies=2)
+    arrays, _ = s.aggregate_train(1, [_reply(1, np.ones((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2), _error(2)])
+    assert arrays is None and s.round_info[1]["skipped"] == 1
+
+
+def test_nodes_without_trained_users_carry_no_weight():
+    s = _strategy()
+    arrays, metrics = s.aggregate_train(1, [_reply(1, np.ones((N_ITEMS, DIM)), np.zeros(N_ITEMS), 3),
+                                            _reply(2, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 0, metrics={"declined": 4})])
+    np.testing.assert_allclose(arrays["item_embedding"].numpy(), 1.0)
+    assert s.round_info[1]["contributing"] == 1
+
+
+@pytest.mark.parametrize("mode", ["client", "server", "adaptive"])
+def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
+    """The server optimiser (and its state) only ever sees the noised sum: capture
+    what reaches ``server_step`` and rebuild it from Flower's noise draw."""
+    import server.strategy as st
+
+    seen = {}
+
+    def spy(params, update, state, **kw):
+        seen["update"] = {k: np.array(v) for k, v in update.items()}
+        return server_step(params, update, state, **kw)
+
+    monkeypatch.setattr(st, "server_step", spy)
+    cfg = FedConfig(server_opt="adam", server_lr=0.1, users_per_node=1, user_dp=mode, user_noise_multiplier=2.0,
+                    user_clip=0.5, user_sample_rate=0.5, seed=3)
+    s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=4, n_users=4)
+    cur = {"item_embedding": np.full((N_ITEMS, DIM), 0.25, np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    s.current = dict(cur)
+    s.dp_wrapper.current_arrays = ArrayRecord({k: Array(v) for k, v in cur.items()})
+    s.summer.current = dict(cur)
+    rng = np.random.default_rng(0)
+    deltas = [rng.normal(size=(N_ITEMS, DIM)) * 0.01 for _ in range(2)]  # norms < clip: clipping is a no-op
+    replies = [_reply(i + 1, cur["item_embedding"] + d, cur["item_bias"], 1) for i, d in enumerate(deltas)]
+    s.aggregate_train(1, replies)
+    # Flower's noise: numpy's global generator, seeded per round by the strategy
+    np.random.seed(int(np.random.default_rng([cfg.seed, 1, 13]).integers(2**31)))
+    if mode == "adaptive":
+        np.random.normal(0, 1)  # the noisy clipped-count draw comes first
+    sigma = s.dp_wrapper.noise_multiplier  # adaptive: Flower's effective multiplier for the update
+    used_clip = s.dp_wrapper.clipping_norm  # adaptive: the norm after this round's geometric update
+    noise = [np.random.normal(0, sigma * used_clip, size=a.shape) for a in (cur["item_embedding"], cur["item_bias"])]
+    expected = (sum(deltas) + noise[0]) / (0.5 * 4)
+    np.testing.assert_allclose(seen["update"]["item_embedding"], expected, rtol=1e-4, atol=1e-6)
+    unnoised = sum(deltas) / 2
+    assert np.abs(seen["update"]["item_embedding"] - unnoised).max() > 0.1

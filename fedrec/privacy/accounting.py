@@ -6,6 +6,8 @@ accountant is separate.  Interaction-level DP: each user's DP-SGD steps.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -18,6 +20,12 @@ def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: f
 
     Returns ``inf`` for no noise and 0 for no steps.
     """
+    return _epsilon(float(noise_multiplier), float(sample_rate), int(steps), float(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    # cached: every node of a federation asks for the same few step counts each round
     if steps <= 0:
         return 0.0
     if noise_multiplier <= 0:

@@ -1,0 +1,305 @@
+"""What lives on a device: users' local state, kept in files, and an on-device recommender.
+
+:class:`LocalState` is the local state of one user (a phone) or of a cohort of
+simulated users (one Flower node): their embeddings, the DP steps each has
+taken (their interaction-level accountant) and the rounds they took part in.
+It never leaves the device.  :func:`save_local_state` / :func:`load_local_state`
+keep it in a directory, one file per round with the last few rounds kept, so a
+restarted SuperNode continues where it stopped and a resumed server (which
+repeats the rounds after its last checkpoint) finds the state *as of* that
+checkpoint, not a later one.
+
+:class:`DeviceRecommender` is the device-side API on top of it, for one user:
+add interactions, recommend top-k (unseen items), fold in from a few
+interactions against the latest global item parameters, report the privacy
+spent.  It works from a saved global checkpoint without any server.
+
+Two embeddings, on purpose: ``train_emb`` is the one that takes part in
+federated training (moved only by the DP mechanism, so everything the device
+releases is covered by its accountant); ``rank_emb`` is refit on *all* of the
+user's interactions for on-device ranking only.  Nothing the device releases
+depends on ``rank_emb``, so it needs no noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = [
+    "LocalState",
+    "save_local_state",
+    "load_local_state",
+    "DeviceRecommender",
+    "load_global_params",
+    "fold_in",
+]
+
+KEEP_ROUNDS = 3
+_FILE = re.compile(r"^round-(\d+)\.npz$")
+
+
+@dataclass
+class LocalState:
+    """Local state of the users hosted on one device or node (never sent)."""
+
+    users: np.ndarray  # (k,) global user ids
+    user_emb: np.ndarray  # (k, d) float32
+    dp_steps: np.ndarray  # (k,) int64 steps of the subsampled Gaussian mechanism taken
+    rounds: np.ndarray  # (k,) rounds taken part in
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"users": self.users, "user_emb": self.user_emb, "dp_steps": self.dp_steps, "rounds": self.rounds}
+
+
+def save_local_state(directory: str | Path, state: LocalState, *, server_round: int) -> Path:
+    """Write ``state`` as it is after ``server_round`` (atomically); keep the last
+    :data:`KEEP_ROUNDS` rounds' files."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"round-{int(server_round):08d}.npz"
+    tmp = d / f".round-{int(server_round):08d}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **state.arrays())
+    tmp.replace(final)
+    for old in sorted(_rounds(d))[:-KEEP_ROUNDS]:
+        (d / f"round-{old:08d}.npz").unlink(missing_ok=True)
+    return final
+
+
+def _rounds(d: Path) -> list[int]:
+    if not d.is_dir():
+        return []
+    return [int(m.group(1)) for p in d.iterdir() if (m := _FILE.match(p.name))]
+
+
+def load_local_state(directory: str | Path, *, at_most_round: int | None = None) -> tuple[LocalState, int] | None:
+    """The latest saved state of a round ``<= at_most_round`` and its round, or ``None``.
+
+    Raises ``ValueError`` naming the file if it cannot be read.
+    """
+    d = Path(directory)
+    rounds = [r for r in _rounds(d) if at_most_round is None or r <= at_most_round]
+    if not rounds:
+        return None
+    r = max(rounds)
+    path = d / f"round-{r:08d}.npz"
+    try:
+        with np.load(path) as z:
+            st = LocalState(z["users"], z["user_emb"], z["dp_steps"], z["rounds"])
+    except Exception as e:  # noqa: BLE001 - any decoding failure
+        raise ValueError(f"local state file {path} is unreadable: {e}") from e
+    return st, r
+
+
+def load_global_params(path: str | Path) -> dict[str, np.ndarray]:
+    """Global item parameters from a server checkpoint (``checkpoint.npz`` or its
+    directory) or from an ``.npz`` of ``item_embedding``/``item_bias``."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint.npz" if (p / "checkpoint.npz").exists() else p / "checkpoint" / "checkpoint.npz"
+    try:
+        with np.load(p) as z:
+            if "param/item_embedding" in z.files:
+                return {"item_embedding": z["param/item_embedding"], "item_bias": z["param/item_bias"]}
+            return {"item_embedding": z["item_embedding"], "item_bias": z["item_bias"]}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no global parameters at {p}") from None
+    except KeyError as e:
+        raise ValueError(f"{p} holds no item_embedding/item_bias: {e}") from e
+
+
+def fold_in(
+    items: np.ndarray,
+    item_emb: np.ndarray,
+    item_bias: np.ndarray,
+    *,
+    init: np.ndarray | None = None,
+    steps: int = 100,
+    lr: float = 0.5,
+    l2: float = 0.01,
+    negatives: int = 4,
+    seed: int = 0,
+) -> np.ndarray:
+    """A user embedding fit to ``items`` against frozen item parameters (BPR, full-batch
+    SGD over sampled negatives).  With no items, the zero vector (scores = item
+    biases: a non-personal ranking)."""
+    d = item_emb.shape[1]
+    items = np.unique(np.asarray(items, dtype=np.int64))
+    if len(items) == 0:
+        return np.zeros(d, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    n_items = item_emb.shape[0]
+    pos_mask = np.zeros(n_items, dtype=bool)
+    pos_mask[items] = True
+    cand = np.flatnonzero(~pos_mask)
+    q = torch.as_tensor(item_emb, dtype=torch.float32)
+    b = torch.as_tensor(item_bias, dtype=torch.float32)
+    p = torch.as_tensor(init if init is not None else np.zeros(d), dtype=torch.float32).clone()
+    pos = torch.as_tensor(np.repeat(items, negatives))
+    for _ in range(steps):
+        neg = torch.as_tensor(rng.choice(cand, size=len(pos)))
+        dq = q[pos] - q[neg]
+        x = dq @ p + b[pos] - b[neg]
+        g = (-torch.sigmoid(-x))[:, None] * dq
+        p = p - lr * (g.mean(0) + l2 * p)
+    return p.numpy().astype(np.float32)
+
+
+@dataclass
+class DeviceRecommender:
+    """The device side of fedrec for one user, kept in one file.
+
+    Parameters
+    ----------
+    path
+        The state file (``.npz``), created by :meth:`create`, read by :meth:`open`.
+    """
+
+    path: Path
+    user: int
+    train_emb: np.ndarray  # (d,) moved only through the DP mechanism; what training uses
+    rank_emb: np.ndarray  # (d,) refit on all local data; used for ranking only, never released
+    items: np.ndarray  # (n,) item ids the user interacted with, in order
+    times: np.ndarray  # (n,) their timestamps
+    dp_steps: int = 0
+    rounds: int = 0
+    privacy: dict = field(default_factory=dict)  # noise_multiplier, sample_rate, delta, budget_epsilon
+
+    # --- lifecycle --------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, user: int = 0, dim: int = 64, seed: int = 0,
+               noise_multiplier: float = 0.0, sample_rate: float = 1.0, delta: float = 1e-5,
+               budget_epsilon: float = 0.0) -> "DeviceRecommender":
+        """A new device state (random initial training embedding, no interactions)."""
+        emb = (np.random.default_rng([seed, 2, user]).standard_normal(dim) * 0.1).astype(np.float32)
+        dev = cls(Path(path), int(user), emb, np.zeros(dim, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float64),
+                  privacy={"noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate),
+                           "delta": float(delta), "budget_epsilon": float(budget_epsilon)})
+        dev.save()
+        return dev
+
+    @classmethod
+    def open(cls, path: str | Path) -> "DeviceRecommender":
+        p = Path(path)
+        try:
+            with np.load(p) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                return cls(p, int(meta["user"]), z["train_emb"], z["rank_emb"], z["items"], z["times"],
+                           int(meta["dp_steps"]), int(meta["rounds"]), dict(meta["privacy"]))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no device state at {p}; create one with DeviceRecommender.create") from None
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"device state {p} is unreadable: {e}") from e
+
+    def save(self) -> None:
+        """Write the state atomically (a crash mid-write keeps the previous file)."""
+        meta = {"user": self.user, "dp_steps": self.dp_steps, "rounds": self.rounds, "privacy": self.privacy}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), train_emb=self.train_emb,
+                 rank_emb=self.rank_emb, items=self.items, times=self.times)
+        tmp.replace(self.path)
+
+    # --- data -------------------------------------------------------------
+    def add_interactions(self, items, times=None) -> None:
+        """Record interactions (item ids; timestamps default to their order)."""
+        items = np.asarray(items, dtype=np.int64).ravel()
+        if (items < 0).any():
+            raise ValueError(f"item ids must be >= 0; got {items[items < 0][:5].tolist()}")
+        if times is None:
+            start = self.times.max() + 1 if len(self.times) else 0.0
+            times = start + np.arange(len(items), dtype=np.float64)
+        times = np.asarray(times, dtype=np.float64).ravel()
+        if len(times) != len(items):
+            raise ValueError(f"{len(items)} items but {len(times)} timestamps")
+        self.items = np.r_[self.items, items]
+        self.times = np.r_[self.times, times]
+        self.save()
+
+    def train_matrix(self, n_items: int) -> sp.csr_matrix:
+        """The user's interactions as a one-row training matrix (for local training)."""
+        if len(self.items) and self.items.max() >= n_items:
+            raise ValueError(f"item id {int(self.items.max())} >= number of global items {n_items}")
+        cols = np.unique(self.items)
+        return sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), np.int64), cols)), shape=(1, n_items))
+
+    # --- federated training ----------------------------------------------
+    def train(self, global_params: dict[str, np.ndarray], local, *, server_round: int, seed: int = 0,
+              generator: torch.Generator | None = None) -> dict[str, np.ndarray] | None:
+        """One round of local (DP-)training; returns the release (item pseudo-gradients)
+        or ``None`` if the round would exceed the budget (the device declines).
+
+        ``local`` is a :class:`fedrec.training.LocalConfig`; the same function the
+        simulated nodes run (:func:`fedrec.training.train_cohort`) does the work.
+        """
+        from fedrec.training import steps_per_round, train_cohort
+
+        q = global_params["item_embedding"]
+        steps = steps_per_round(local) if local.dp else 0
+        if self.would_exceed_budget(steps):
+            return None
+        res = train_cohort(torch.as_tensor(self.train_emb[None, :]), torch.as_tensor(q),
+                           torch.as_tensor(global_params["item_bias"]), self.train_matrix(q.shape[0]),
+                           np.array([0]), local, seed=seed, server_round=server_round, generator=generator)
+        self.train_emb = res.user_emb[0].numpy().astype(np.float32)
+        self.dp_steps += steps
+        self.rounds += 1
+        self.save()
+        return {"item_embedding": res.item_update.numpy(), "item_bias": res.bias_update.numpy()}
+
+    # --- privacy ----------------------------------------------------------
+    def privacy_spent(self, delta: float | None = None) -> dict:
+        """Interaction-level epsilon spent so far (Opacus RDP over every DP step taken)."""
+        from fedrec.privacy.accounting import epsilon
+
+        delta = float(delta if delta is not None else self.privacy.get("delta", 1e-5))
+        nm = float(self.privacy.get("noise_multiplier", 0.0))
+        eps = epsilon(noise_multiplier=nm, sample_rate=float(self.privacy.get("sample_rate", 1.0)),
+                      steps=self.dp_steps, delta=delta) if self.dp_steps or nm > 0 else 0.0
+        return {"unit": "interaction-level", "epsilon": eps, "delta": delta, "steps": self.dp_steps,
+                "rounds": self.rounds, "budget_epsilon": self.privacy.get("budget_epsilon", 0.0)}
+
+    def would_exceed_budget(self, steps: int) -> bool:
+        from fedrec.privacy.accounting import epsilon
+
+        budget = float(self.privacy.get("budget_epsilon", 0.0))
+        if budget <= 0 or steps == 0:
+            return False
+        nxt = epsilon(noise_multiplier=float(self.privacy["noise_multiplier"]),
+                      sample_rate=float(self.privacy["sample_rate"]), steps=self.dp_steps + steps,
+                      delta=float(self.privacy["delta"]))
+        return nxt > budget
+
+    # --- ranking (on the device only) -------------------------------------
+    def refit(self, global_params: dict[str, np.ndarray], **kw) -> None:
+        """Refit the ranking embedding on all local interactions (no noise: never released)."""
+        self.rank_emb = fold_in(self.items, global_params["item_embedding"], global_params["item_bias"],
+                                init=self.train_emb, **kw)
+        self.save()
+
+    def fold_in(self, global_params: dict[str, np.ndarray], items=None, **kw) -> None:
+        """Cold start: add ``items`` (if given) and fit the ranking embedding from them."""
+        if items is not None:
+            self.add_interactions(items)
+        self.rank_emb = fold_in(self.items, global_params["item_embedding"], global_params["item_bias"], **kw)
+        self.save()
+
+    def recommend(self, global_params: dict[str, np.ndarray], n: int = 10, *, exclude_seen: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` item ids and scores (``implicit``-style), excluding seen items."""
+        q, b = global_params["item_embedding"], global_params["item_bias"]
+        scores = q @ self.rank_emb + b
+        if exclude_seen and len(self.items):
+            scores = scores.copy()
+            scores[self.items[self.items < len(scores)]] = -np.inf
+        n = min(n, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, n - 1)[:n] if n > 0 else np.zeros(0, np.int64)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top, scores[top]

@@ -1,0 +1,83 @@
+"""Fault tolerance through Flower's simulation engine: a server killed mid-run
+resumes to the same result, simulated dropouts, client budgets, bad checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedrec import node
+from fedrec.config import FedConfig
+from fedrec.federation import load_federation
+from fedrec.simulate import simulate
+from server.checkpoint import CheckpointError
+
+pytestmark = pytest.mark.slow
+
+BASE = dict(data="synthetic:60x40:0", dim=4, users_per_node=20, num_server_rounds=4, eval_every=2,
+            noise_multiplier=1.0, sample_rate=0.5)
+RUN = "import sys; from fedrec.config import FedConfig; from fedrec.simulate import simulate; " \
+      "simulate(FedConfig(**eval(sys.argv[1])), num_cpus=2)"
+
+
+def _params(out):
+    with np.load(out / "checkpoint" / "checkpoint.npz") as z:
+        return {k: z[k] for k in z.files if k != "meta"}
+
+
+def test_server_killed_mid_round_resumes_to_the_same_result(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    simulate(FedConfig(**BASE, out=str(whole)), num_cpus=2)
+    # killed when round 3's replies arrive: nodes have trained and saved round 3,
+    # the server's last checkpoint is round 2
+    env = dict(os.environ, FEDREC_CRASH_AT_ROUND="3")
+    r = subprocess.run([sys.executable, "-c", RUN, repr({**BASE, "out": str(cut)})], env=env, capture_output=True, text=True)
+    assert r.returncode == 70, r.stderr[-2000:]
+    meta = json.loads(bytes(np.load(cut / "checkpoint" / "checkpoint.npz")["meta"]).decode())
+    assert meta["round"] == 2 and (cut / "client-state" / "node-0" / "round-00000003.npz").exists()
+    simulate(FedConfig(**BASE, out=str(cut), resume=True), num_cpus=2)
+    a, b = _params(whole), _params(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
+    assert ma["test"]["ndcg@10"] == pytest.approx(mb["test"]["ndcg@10"], abs=1e-9)
+    rounds = [json.loads(x)["round"] for x in (cut / "rounds.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        simulate(FedConfig(**BASE, out=str(tmp_path), resume=True))
+
+
+def test_simulated_dropouts_complete_and_are_counted(tmp_path):
+    cfg = FedConfig(**{**BASE, "users_per_node": 10, "num_server_rounds": 3}, dropout_rate=0.4, min_replies=2,
+                    out=str(tmp_path), budget_epsilon=7.5)
+    simulate(cfg, num_cpus=2)
+    rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    expected_failures = sum(
+        np.random.default_rng([cfg.seed, r, p, 11]).random() < cfg.dropout_rate for r in (1, 2, 3) for p in range(6))
+    assert expected_failures > 0
+    assert sum(r.get("failed", 0) for r in rows) == expected_failures
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["failed_replies"] == expected_failures
+    # the budget: epsilon after 2 rounds is 7.41 and after 3 rounds 8.98 > 7.5, so users who trained in
+    # rounds 1 and 2 decline round 3; users whose node dropped out earlier still have budget
+    assert rows[-1]["declined"] > 0 and m["declined_user_rounds"] == sum(r["declined"] for r in rows)
+    assert all(r["epsilon-max"] <= 7.5 for r in rows)
+
+
+def test_budget_declines_exactly_the_users_that_would_exceed_it():
+    cfg = FedConfig(**{**BASE, "budget_epsilon": 7.5}).resolved()
+    fed = load_federation(cfg)
+    st = node.load_state({}, fed, 0, cfg)
+    st.dp_steps[:] = 1 * cfg.steps_per_round  # one round: epsilon 5.38 -> next 7.41 <= 7.5
+    st.dp_steps[:5] = 2 * cfg.steps_per_round  # two rounds: epsilon 7.41 -> next 8.98 > 7.5
+    active, declined = node.active_users(cfg, st, 5)
+    assert declined == 5 and not active[:5].any() and active[5:].all()
