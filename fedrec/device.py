@@ -224,11 +224,13 @@ class DeviceRecommender:
         self.save()
 
     def train_matrix(self, n_items: int) -> sp.csr_matrix:
-        """The user's interactions as a one-row training matrix (for local training)."""
+        """The user's interactions as row ``user`` of a training matrix (other rows
+        empty), so sampling is keyed by the user's id exactly as on a simulated node."""
         if len(self.items) and self.items.max() >= n_items:
             raise ValueError(f"item id {int(self.items.max())} >= number of global items {n_items}")
         cols = np.unique(self.items)
-        return sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), np.int64), cols)), shape=(1, n_items))
+        rows = np.full(len(cols), self.user, dtype=np.int64)
+        return sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(self.user + 1, n_items))
 
     # --- federated training ----------------------------------------------
     def train(self, global_params: dict[str, np.ndarray], local, *, server_round: int, seed: int = 0,
@@ -247,7 +249,7 @@ class DeviceRecommender:
             return None
         res = train_cohort(torch.as_tensor(self.train_emb[None, :]), torch.as_tensor(q),
                            torch.as_tensor(global_params["item_bias"]), self.train_matrix(q.shape[0]),
-                           np.array([0]), local, seed=seed, server_round=server_round, generator=generator)
+                           np.array([self.user]), local, seed=seed, server_round=server_round, generator=generator)
         self.train_emb = res.user_emb[0].numpy().astype(np.float32)
         self.dp_steps += steps
         self.rounds += 1

@@ -1,0 +1,118 @@
+"""The on-device API and the local-state files the ClientApp shares with it."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec import node
+from fedrec.config import FedConfig
+from fedrec.device import DeviceRecommender, LocalState, load_global_params, load_local_state, save_local_state
+from fedrec.federation import init_global_params, load_federation
+from fedrec.privacy.accounting import epsilon
+from server.checkpoint import save_checkpoint
+from server.optimizers import OptState
+
+
+def _params(n_items=30, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"item_embedding": rng.normal(size=(n_items, d)).astype(np.float32),
+            "item_bias": rng.normal(size=n_items).astype(np.float32) * 0.1}
+
+
+def test_state_round_trips_and_recommend_excludes_seen(tmp_path):
+    dev = DeviceRecommender.create(tmp_path / "me.npz", user=3, dim=4)
+    dev.add_interactions([5, 7, 7])
+    again = DeviceRecommender.open(tmp_path / "me.npz")
+    assert again.items.tolist() == [5, 7, 7] and again.user == 3
+    p = _params()
+    again.rank_emb = np.ones(4, np.float32)
+    ids, scores = again.recommend(p, n=5)
+    full = p["item_embedding"] @ np.ones(4) + p["item_bias"]
+    full[[5, 7]] = -np.inf
+    assert ids.tolist() == np.argsort(-full, kind="stable")[:5].tolist()
+    assert np.all(np.diff(scores) <= 0) and not {5, 7} & set(ids.tolist())
+
+
+def test_unreadable_state_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable"):
+        DeviceRecommender.open(tmp_path / "bad.npz")
+    with pytest.raises(FileNotFoundError, match="create"):
+        DeviceRecommender.open(tmp_path / "missing.npz")
+
+
+def test_fold_in_finds_the_users_taste_from_a_few_items(tmp_path):
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(200, 8)).astype(np.float32)
+    p = {"item_embedding": q, "item_bias": np.zeros(200, np.float32)}
+    taste = rng.normal(size=8)
+    liked = np.argsort(-(q @ taste))[:20]
+    dev = DeviceRecommender.create(tmp_path / "new.npz", dim=8)
+    dev.fold_in(p, items=liked[:5], steps=200)
+    ids, _ = dev.recommend(p, n=15)
+    hits = len(set(ids.tolist()) & set(liked[5:].tolist()))
+    assert hits >= 8  # chance: 15 * 15 / 195 ~ 1.2
+
+
+def test_zero_interactions_fall_back_to_a_non_personal_ranking(tmp_path):
+    p = _params()
+    dev = DeviceRecommender.create(tmp_path / "cold.npz", dim=4)
+    dev.fold_in(p)
+    ids, _ = dev.recommend(p, n=3)
+    assert ids.tolist() == np.argsort(-p["item_bias"], kind="stable")[:3].tolist()
+
+
+def test_works_from_a_saved_server_checkpoint_without_a_server(tmp_path):
+    p = _params()
+
+    class _S:  # what save_checkpoint reads from a strategy
+        opt_state = OptState()
+
+    save_checkpoint(tmp_path / "checkpoint", cfg=FedConfig(), server_round=7, params=p, strategy=_S(), best=None)
+    got = load_global_params(tmp_path)
+    for k in p:
+        np.testing.assert_array_equal(got[k], p[k])
+
+
+def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path):
+    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
+                    budget_epsilon=6.0).resolved()
+    fed = load_federation(cfg)
+    user = int(fed.cohorts[7][0])
+    params = init_global_params(fed.dataset.n_items, cfg)
+    st = node.load_state({}, fed, 7, cfg)
+    _, _, _ = node.train_round(cfg, fed, 7, st, global_params=params, server_round=1)
+    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed, noise_multiplier=1.2,
+                                   sample_rate=0.5, budget_epsilon=6.0)
+    np.testing.assert_array_equal(dev.train_emb, st.user_emb[0])
+    dev.add_interactions(fed.split.train[user].indices)
+    # with the noise off, the release and the new embedding equal the simulated node's exactly
+    nonoise = FedConfig(data=cfg.data, dim=4, users_per_node=1)
+    up_node, _, st_node = node.train_round(nonoise, fed, 7, st, global_params=params, server_round=1)
+    rel = dev.train(params, nonoise.local, server_round=1, seed=cfg.seed, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(rel["item_embedding"], up_node["item_embedding"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dev.train_emb, st_node.user_emb[0], rtol=1e-6, atol=1e-7)
+    # with DP: privacy spent composes every step, and the budget stops training
+    dev = DeviceRecommender.create(tmp_path / "v.npz", user=user, dim=4, noise_multiplier=1.2, sample_rate=0.5,
+                                   budget_epsilon=6.0)
+    dev.add_interactions(fed.split.train[user].indices)
+    released = 0
+    for r in range(1, 20):
+        if dev.train(params, cfg.local, server_round=r, generator=torch.Generator().manual_seed(r)) is None:
+            break
+        released += 1
+    spent = DeviceRecommender.open(tmp_path / "v.npz").privacy_spent()
+    assert spent["epsilon"] == pytest.approx(epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released, delta=1e-5))
+    assert spent["epsilon"] <= 6.0 < epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released + 2, delta=1e-5)
+    assert spent["unit"] == "interaction-level"
+
+
+def test_local_state_files_keep_recent_rounds_and_load_as_of_a_round(tmp_path):
+    users = np.array([4, 9])
+    for r in range(1, 6):
+        save_local_state(tmp_path, LocalState(users, np.full((2, 3), r, np.float32), np.array([r, r]), np.array([r, r])),
+                         server_round=r)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"round-0000000{r}.npz" for r in (3, 4, 5)]
+    st, r = load_local_state(tmp_path, at_most_round=4)
+    assert r == 4 and st.user_emb[0, 0] == 4
+    assert load_local_state(tmp_path, at_most_round=2) is None
