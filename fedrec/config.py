@@ -26,6 +26,8 @@ class FedConfig:
     min_rating: float = 0.0  # 0: every rating is a positive
     kcore: int = 0
     split: str = "leave-last-out"
+    cold_users: float = 0.0  # fraction of users held out of training (user cold-start; fixed split seed)
+    cold_items: float = 0.0  # fraction of items held out of training (item cold-start; fixed split seed)
     # model
     model: str = "mf"
     dim: int = 64
@@ -118,8 +120,13 @@ class FedConfig:
             bad("budget_epsilon", "a client budget needs interaction-level DP (noise-multiplier or target-epsilon)")
         if not 0 < self.delta < 1:
             bad("delta", "must be in (0, 1)")
-        if self.model != "mf":
-            bad("model", "federated training supports 'mf' (NCF models: `fedrec baseline`)")
+        if self.model not in ("mf", "mf-features"):
+            bad("model", "federated training supports 'mf' and 'mf-features' (NCF models: `fedrec baseline`)")
+        for key in ("cold_users", "cold_items"):
+            if not 0 <= getattr(self, key) < 1:
+                bad(key, "must be in [0, 1)")
+        if self.cold_items > 0 and self.model != "mf-features":
+            bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='mf-features'")
         if self.aggregation not in ("fedavg", "itemwise"):
             bad("aggregation", "choose 'fedavg' or 'itemwise'")
         if self.aggregation == "itemwise" and self.dp:

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.config import FedConfig
-from fedrec.data import Dataset, Split, load_dataset, make_split, partition_users
+from fedrec.data import Dataset, Split, hold_out_items, hold_out_users, load_dataset, make_split, partition_users
 
-__all__ = ["Federation", "load_federation", "init_global_params", "init_user_embeddings"]
+SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
+
+__all__ = ["Federation", "load_federation", "init_global_params", "init_user_embeddings", "item_features",
+           "activity_groups", "SPLIT_SEED"]
 
 
 @dataclass(frozen=True)
@@ -40,25 +43,68 @@ class Federation:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, users_per_node: int) -> Federation:
+def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, users_per_node: int,
+            cold_users: float = 0.0, cold_items: float = 0.0) -> Federation:
     ds = load_dataset(data, format=format, min_rating=min_rating or None, kcore=kcore)
     sp_ = make_split(ds, kind=split)
+    if cold_items > 0:
+        sp_ = hold_out_items(sp_, ds, fraction=cold_items, seed=SPLIT_SEED)
+    if cold_users > 0:
+        sp_ = hold_out_users(sp_, ds, fraction=cold_users, seed=SPLIT_SEED)
     users = np.flatnonzero(np.diff(sp_.train.indptr) > 0)
     return Federation(ds, sp_, tuple(partition_users(users, users_per_node=users_per_node)))
 
 
 def load_federation(cfg: FedConfig) -> Federation:
     """Dataset, split and node cohorts for ``cfg`` (users with training data only)."""
-    return _cached(cfg.data, cfg.format, cfg.min_rating, cfg.kcore, cfg.split, cfg.users_per_node)
+    return _cached(cfg.data, cfg.format, cfg.min_rating, cfg.kcore, cfg.split, cfg.users_per_node,
+                   cfg.cold_users, cfg.cold_items)
 
 
-def init_global_params(n_items: int, cfg: FedConfig) -> dict[str, np.ndarray]:
-    """Initial item embeddings ``N(0, init_std)`` and zero biases (seeded)."""
+def init_global_params(n_items: int, cfg: FedConfig, n_features: int = 0) -> dict[str, np.ndarray]:
+    """Initial item embeddings ``N(0, init_std)`` and zero biases (seeded); with
+    ``model='mf-features'`` also the shared feature layer (``n_features x dim``)."""
     rng = np.random.default_rng([cfg.seed, 1])
-    return {
+    out = {
         "item_embedding": (rng.standard_normal((n_items, cfg.dim)) * cfg.init_std).astype(np.float32),
         "item_bias": np.zeros(n_items, dtype=np.float32),
     }
+    if cfg.model == "mf-features":
+        out["feature_embedding"] = (rng.standard_normal((n_features, cfg.dim)) * cfg.init_std).astype(np.float32)
+        out["feature_bias"] = np.zeros(n_features, dtype=np.float32)
+    return out
+
+
+def item_features(ds: Dataset) -> np.ndarray:
+    """Content features of the items, ``(n_items, n_features)`` float32: genres
+    (multi-hot) and release decade (one-hot, unknown years in their own column),
+    each item's row scaled to unit L2 norm."""
+    parts = []
+    if ds.item_genres is not None:
+        parts.append(np.asarray(ds.item_genres, dtype=np.float32))
+    if ds.item_year is not None:
+        year = np.asarray(ds.item_year, dtype=np.float64)
+        known = np.isfinite(year) & (year > 0)
+        dec = np.where(known, (np.where(known, year, 0) // 10).astype(np.int64), -1)
+        levels = np.unique(dec[known])
+        onehot = np.zeros((len(year), len(levels) + 1), dtype=np.float32)
+        onehot[known, np.searchsorted(levels, dec[known])] = 1.0
+        onehot[~known, -1] = 1.0
+        parts.append(onehot)
+    if not parts:
+        raise ValueError(f"dataset {ds.name!r} has no item features (genres or year) for a feature-aware model")
+    f = np.concatenate(parts, axis=1)
+    norm = np.linalg.norm(f, axis=1, keepdims=True)
+    return (f / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def activity_groups(split: Split) -> np.ndarray:
+    """Each user's activity group by training interactions: ``light`` (bottom
+    third of users with training data), ``medium``, ``heavy`` (top third)."""
+    n = np.diff(split.train.indptr)
+    active = n[n > 0]
+    lo, hi = (np.quantile(active, [1 / 3, 2 / 3]) if len(active) else (0, 0))
+    return np.where(n <= lo, "light", np.where(n <= hi, "medium", "heavy")).astype(object)
 
 
 def init_user_embeddings(users: np.ndarray, cfg: FedConfig) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from fedrec.config import FedConfig
@@ -102,6 +103,23 @@ def to_arrays(d: dict) -> dict:
     return {k: Array(np.ascontiguousarray(v)) for k, v in d.items()}
 
 
+MAX_PAIRS = 400_000  # training pairs per vectorised chunk (about 0.5 GB of per-pair tensors at dim 64)
+
+
+def _chunks(idx: np.ndarray, pairs: np.ndarray, max_pairs: int | None = None) -> list[np.ndarray]:
+    """Consecutive pieces of ``idx`` with at most ``max_pairs`` (default :data:`MAX_PAIRS`)
+    pairs each (at least one user)."""
+    max_pairs = MAX_PAIRS if max_pairs is None else max_pairs
+    out, start, acc = [], 0, 0
+    for j, n in enumerate(pairs.tolist()):
+        if acc and acc + n > max_pairs:
+            out.append(idx[start:j])
+            start, acc = j, 0
+        acc += n
+    out.append(idx[start:])
+    return out
+
+
 def active_users(cfg: FedConfig, state: NodeState, server_round: int) -> tuple[np.ndarray, int]:
     """Mask of the node's users that train this round, and how many declined.
 
@@ -150,22 +168,34 @@ def train_round(
     loss, counts = 0.0, np.zeros(q.shape[0])
     user_emb, steps, rounds = state.user_emb.copy(), state.dp_steps.copy(), state.rounds.copy()
     if k:
-        res = train_cohort(
-            torch.as_tensor(state.user_emb[active]),
-            torch.as_tensor(q),
-            torch.as_tensor(global_params["item_bias"]),
-            fed.split.train,
-            state.users[active],
-            cfg.local,
-            seed=cfg.seed,
-            server_round=server_round,
-            generator=gen,
-        )
-        user_emb[active] = res.user_emb.numpy().astype(np.float32)
+        idx = np.flatnonzero(active)
+        item_update = np.zeros_like(q, dtype=np.float64)
+        bias_update = np.zeros(q.shape[0], dtype=np.float64)
+        counts = np.zeros(q.shape[0])
+        loss = 0.0
+        for part in _chunks(idx, np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives):
+            # users are independent: chunks bound the memory of the per-pair tensors;
+            # the weighted mean of the chunks' means (and of their noise) is the cohort's
+            res = train_cohort(
+                torch.as_tensor(state.user_emb[part]),
+                torch.as_tensor(q),
+                torch.as_tensor(global_params["item_bias"]),
+                fed.split.train,
+                state.users[part],
+                cfg.local,
+                seed=cfg.seed,
+                server_round=server_round,
+                generator=gen,
+            )
+            w = len(part) / k
+            user_emb[part] = res.user_emb.numpy().astype(np.float32)
+            item_update += w * res.item_update.numpy()
+            bias_update += w * res.bias_update.numpy()
+            loss += w * float(res.loss)
+            counts += res.item_counts
         steps[active] += cfg.steps_per_round if cfg.dp else 0
         rounds[active] += 1
-        item_update, bias_update = res.item_update.numpy().astype(np.float32), res.bias_update.numpy().astype(np.float32)
-        loss, counts = float(res.loss), res.item_counts
+        item_update, bias_update = item_update.astype(np.float32), bias_update.astype(np.float32)
     new = NodeState(state.users, user_emb, steps, rounds)
     if cfg.user_level:
         # user-level DP: the reply is (global parameters + the SUM of the users'
@@ -192,9 +222,14 @@ def evaluate_round(
 ) -> dict:
     """Full-ranking metrics of the node's users on validation and test, as sums.
 
-    Keys ``valid/<metric>`` and ``test/<metric>`` hold sums over users;
-    ``valid-count``/``test-count`` the number of users evaluated.  The server
-    selects rounds on validation only.
+    Keys ``<stage>/<metric>`` hold sums over users and ``<stage>-count`` the
+    number of users evaluated, for the stages ``valid``, ``test``, the test
+    metrics of each user-activity group (``test@light`` ...), and with held-out
+    items ``test@cold-items``/``test@warm-items`` (test targets among held-out /
+    other items, ranked among all items).  Test also carries beyond-accuracy
+    sums (diversity, novelty, popularity) and ``test-topk``, how many top-10
+    lists of this node each item is in (for coverage).  The server selects
+    rounds on validation only.
     """
     q, b = global_params["item_embedding"], global_params["item_bias"]
     row = {int(u): j for j, u in enumerate(state.users.tolist())}
@@ -204,11 +239,57 @@ def evaluate_round(
         return emb[[row[int(u)] for u in users]] @ q.T + b[None, :]
 
     out: dict = {"num-examples": int(len(state.users))}
-    for stage in ("valid", "test"):
-        r = evaluate(score, fed.split, stage=stage, users=state.users, ties=cfg.ties,
-                     sampled_negatives=99, seed=cfg.seed)
+    extras = _eval_extras(fed)
+
+    def put(stage: str, r) -> None:
         sums, count = r.sums()
         out[f"{stage}-count"] = int(count)
         for k, v in sums.items():
             out[f"{stage}/{k}"] = float(v)
+
+    put("valid", evaluate(score, fed.split, stage="valid", users=state.users, ties=cfg.ties,
+                          sampled_negatives=99, seed=cfg.seed))
+    r = evaluate(score, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
+                 seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"],
+                 user_groups={"activity": extras["groups"]})
+    put("test", r)
+    out["test-topk"] = [int(x) for x in r.topk_item_counts]
+    per_group = extras["groups"][r.users]
+    for g in ("light", "medium", "heavy"):
+        m = per_group == g
+        out[f"test@{g}-count"] = int(m.sum())
+        for k, v in r.per_user.items():
+            out[f"test@{g}/{k}"] = float(v[m].sum())
+    if len(fed.split.cold_items):
+        for name, split in extras["item_views"].items():
+            put(f"test@{name}", evaluate(score, split, stage="test", users=state.users, ties=cfg.ties, seed=cfg.seed))
+    return out
+
+
+def _eval_extras(fed: Federation) -> dict:
+    """Per-federation evaluation inputs (cached on the federation object)."""
+    cached = getattr(fed, "_eval_extras", None)
+    if cached is not None:
+        return cached
+    import dataclasses
+
+    from fedrec.federation import activity_groups, item_features
+
+    split = fed.split
+    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
+    try:
+        feats = fed.dataset.item_genres.astype(np.float32) if fed.dataset.item_genres is not None else None
+    except AttributeError:
+        feats = None
+    views = {}
+    if len(split.cold_items):
+        cold = np.zeros(split.n_items, dtype=np.float32)
+        cold[split.cold_items] = 1.0
+        test = split.test.tocsr()
+        views = {"cold-items": dataclasses.replace(split, test=(test @ sp.diags(cold)).tocsr()),
+                 "warm-items": dataclasses.replace(split, test=(test @ sp.diags(1.0 - cold)).tocsr())}
+        for v in views.values():
+            v.test.eliminate_zeros()
+    out = {"popularity": popularity, "features": feats, "groups": activity_groups(split), "item_views": views}
+    object.__setattr__(fed, "_eval_extras", out)
     return out

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig
-from fedrec.federation import init_global_params, load_federation
+from fedrec.federation import init_global_params, item_features, load_federation
 import json
 import shutil
 
@@ -74,6 +74,10 @@ class RunLog:
             msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f} | test ndcg@10 {ev['test/ndcg@10']:.4f}"
             if self.best is None or ev[sel] > self.best[sel]:
                 self.best = dict(row)
+                if self.out:  # the selected model, as nodes see it (for cold-start studies and devices)
+                    sent = self.strategy.client_arrays(arrays)
+                    np.savez(self.out / "best_params.tmp.npz", round=server_round, **{k: v.numpy() for k, v in sent.items()})
+                    (self.out / "best_params.tmp.npz").replace(self.out / "best_params.npz")
         _say(msg)
         if self.out:
             append_round(self.out, row)
@@ -93,8 +97,10 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
     """
     fed = load_federation(cfg)
-    params = init_global_params(fed.dataset.n_items, cfg)
-    strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes, n_users=fed.n_users)
+    feats = item_features(fed.dataset) if cfg.model == "mf-features" else None
+    params = init_global_params(fed.dataset.n_items, cfg, n_features=0 if feats is None else feats.shape[1])
+    strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes,
+                              n_users=fed.n_users, features=feats, cold_items=fed.split.cold_items)
     log = RunLog(cfg, strategy)
     start = 0
     if log.out:
@@ -159,6 +165,16 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
     best = log.best or {}
     valid = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("valid/")}
     test = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("test/")}
+    # test metrics of user-activity groups and of held-out / other items, at the selected round
+    slices: dict[str, dict] = {}
+    for k, v in best.items():
+        if k.startswith("test@") and "/" in k:
+            name, metric = k[len("test@"):].split("/", 1)
+            slices.setdefault(name, {})[metric] = v
+    for k, v in best.items():
+        if k.startswith("test@") and k.endswith("-users"):
+            slices.setdefault(k[len("test@"):-len("-users")], {})["users"] = v
+    slices = {k: v for k, v in slices.items() if v.get("users", 0) > 0}
     privacy = None
     last = log.rows[-1] if log.rows else {}
     units = []
@@ -209,5 +225,5 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
                       privacy=privacy, extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
                                               "seconds": out["seconds"], "rounds": len(log.rows),
                                               "rejected_replies": out["rejected"], "failed_replies": out["failed"],
-                                              "declined_user_rounds": out["declined"]})
+                                              "declined_user_rounds": out["declined"], "test_slices": slices})
     return out

@@ -162,7 +162,8 @@ class FedRecStrategy(FedAvg):
     optimiser.  No server state is computed from un-noised client data.
     """
 
-    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, n_users: int | None = None):
+    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, n_users: int | None = None,
+                 features: np.ndarray | None = None, cold_items: np.ndarray | None = None):
         super().__init__(
             fraction_train=cfg.fraction_train,
             fraction_evaluate=1.0,
@@ -172,6 +173,16 @@ class FedRecStrategy(FedAvg):
             train_metrics_aggr_fn=aggregate_train_metrics,
         )
         self.cfg = cfg
+        # feature-aware model: the server holds free item rows V, b and the shared
+        # feature layer W, w; nodes get (and send gradients of) E = V + F W, b + F w
+        self.features = features if cfg.model == "mf-features" else None
+        if self.features is not None and self.features.shape[0] != shapes["item_embedding"][0]:
+            raise ValueError(f"features have {self.features.shape[0]} rows for {shapes['item_embedding'][0]} items")
+        self.cold_mask = np.zeros(shapes["item_embedding"][0], dtype=bool)
+        if cold_items is not None and len(cold_items):
+            self.cold_mask[np.asarray(cold_items)] = True  # not in the catalogue at training time: no free row
+        shapes = {k: v for k, v in shapes.items() if k in GLOBAL_KEYS}  # what a reply holds
+        self.sent: dict[str, np.ndarray] | None = None
         self.shapes = dict(shapes)
         if cfg.aggregation == "itemwise":
             self.shapes[COUNTS_KEY] = (shapes["item_embedding"][0],)
@@ -199,6 +210,28 @@ class FedRecStrategy(FedAvg):
                     self.summer, noise_multiplier=sigma, num_sampled_clients=1, initial_clipping_norm=clip,
                     target_clipped_quantile=cfg.user_clip_quantile, clip_norm_lr=0.2,
                     clipped_count_stddev=max(sigma, cfg.user_sample_rate * self.n_users / 20))
+
+    def client_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
+        """What nodes receive: the item table (for the feature model, composed with the
+        shared feature layer; held-out items have no free row)."""
+        if self.features is None:
+            return arrays
+        p = {k: v.numpy() for k, v in arrays.items()}
+        free = np.where(self.cold_mask[:, None], 0.0, p["item_embedding"])
+        emb = free + self.features @ p["feature_embedding"]
+        bias = np.where(self.cold_mask, 0.0, p["item_bias"]) + self.features @ p["feature_bias"]
+        return ArrayRecord({"item_embedding": Array(emb.astype(np.float32)), "item_bias": Array(bias.astype(np.float32))})
+
+    def chain_rule(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Update of the server's parameters from the aggregated item-table update:
+        free rows get it as is (held-out rows none), the feature layer ``F^T``
+        times it — a linear post-processing of the aggregate, equal to every node
+        computing its own feature-layer gradient."""
+        if self.features is None:
+            return update
+        e, b = update["item_embedding"], update["item_bias"]
+        return {"item_embedding": np.where(self.cold_mask[:, None], 0.0, e), "item_bias": np.where(self.cold_mask, 0.0, b),
+                "feature_embedding": self.features.T @ e, "feature_bias": self.features.T @ b}
 
     @property
     def max_examples(self) -> int:
@@ -235,6 +268,8 @@ class FedRecStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.current = {k: v.numpy() for k, v in arrays.items()}
+        arrays = self.client_arrays(arrays)
+        self.sent = {k: v.numpy() for k, v in arrays.items()}
         if self.dp_wrapper is not None:  # the wrapper sees the round (clip norm, current arrays)
             return self.dp_wrapper.configure_train(server_round, arrays, config, grid)
         return self._train_messages(server_round, arrays, config, grid)
@@ -297,6 +332,7 @@ class FedRecStrategy(FedAvg):
                 frac = mean[COUNTS_KEY].numpy()  # mean over users of "user touched this row"
                 scale = np.where(frac > 0, 1.0 / np.maximum(frac, 1e-12), 0.0)
                 update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in update.items()}
+        update = self.chain_rule(update)
         # loss, counts and epsilons over every valid reply (declined users included)
         metrics = aggregate_train_metrics([m.content for m in good], "num-examples")
         new, self.opt_state = server_step(
@@ -324,7 +360,7 @@ class FedRecStrategy(FedAvg):
         if noised is None:
             return None, None
         expected = self.cfg.user_sample_rate * self.n_users
-        update = {k: (noised[k].numpy().astype(np.float64) - self.current[k]) / expected for k in GLOBAL_KEYS}
+        update = {k: (noised[k].numpy().astype(np.float64) - self.sent[k]) / expected for k in GLOBAL_KEYS}
         self.round_info[server_round]["user-clip"] = float(self.dp_wrapper.clipping_norm)
         return update, metrics
 
@@ -337,29 +373,37 @@ class FedRecStrategy(FedAvg):
         server_round += self.round_offset
         if not self.is_eval_round(server_round):
             return []
+        arrays = self.client_arrays(arrays)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, self.wait_for_nodes(grid), MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Exact means over users: sum the nodes' metric sums, divide by user counts."""
+        """Exact means over users: sum the nodes' metric sums, divide by each stage's
+        user count (``<stage>-count``); coverage from the summed top-10 counts."""
         server_round += self.round_offset
         sums: dict[str, float] = {}
-        counts = {"valid": 0, "test": 0}
+        counts: dict[str, int] = {}
+        topk = None
         for msg in replies:
             if msg.has_error():
                 log(WARNING, "round %d: evaluation error from node %s: %s", server_round,
                     msg.metadata.src_node_id, msg.error.reason)
                 continue
             m = next(iter(msg.content.metric_records.values()))
-            for stage in counts:
-                counts[stage] += int(m.get(f"{stage}-count", 0))
             for k, v in m.items():
-                if "/" in k:
+                if k.endswith("-count"):
+                    counts[k[: -len("-count")]] = counts.get(k[: -len("-count")], 0) + int(v)
+                elif k == "test-topk":
+                    v = np.asarray(v, dtype=np.int64)
+                    topk = v if topk is None else topk + v
+                elif "/" in k:
                     sums[k] = sums.get(k, 0.0) + float(v)
         if not sums:
             return None
-        out = {k: v / max(1, counts[k.split("/")[0]]) for k, v in sums.items()}
+        out = {k: v / max(1, counts.get(k.split("/")[0], 0)) for k, v in sums.items()}
         out.update({f"{s}-users": float(c) for s, c in counts.items()})
+        if topk is not None and len(topk):
+            out["test/coverage@10"] = float((topk > 0).mean())
         self.result_eval[server_round] = out
         return MetricRecord(out)

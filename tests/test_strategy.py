@@ -178,6 +178,7 @@ def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
     s.current = dict(cur)
     s.dp_wrapper.current_arrays = ArrayRecord({k: Array(v) for k, v in cur.items()})
     s.summer.current = dict(cur)
+    s.sent = dict(cur)
     rng = np.random.default_rng(0)
     deltas = [rng.normal(size=(N_ITEMS, DIM)) * 0.01 for _ in range(2)]  # norms < clip: clipping is a no-op
     replies = [_reply(i + 1, cur["item_embedding"] + d, cur["item_bias"], 1) for i, d in enumerate(deltas)]

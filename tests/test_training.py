@@ -111,3 +111,22 @@ def test_noise_scale_of_release():
     untouched = res.item_update[n + 50 :]  # rows no pair touched: pure noise
     expected = 2.0 * 1.0 / (0.5 * n * np.sqrt(4))
     assert abs(float(untouched.std()) / expected - 1) < 0.05
+
+
+def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch):
+    from fedrec import node
+    from fedrec.config import FedConfig
+    from fedrec.federation import init_global_params, load_federation
+
+    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=60)
+    fed = load_federation(cfg)
+    params = init_global_params(fed.dataset.n_items, cfg)
+    st = node.load_state({}, fed, 0, cfg)
+    whole, m1, s1 = node.train_round(cfg, fed, 0, st, global_params=params, server_round=1)
+    monkeypatch.setattr(node, "MAX_PAIRS", 50)  # many chunks
+    assert len(node._chunks(np.arange(60), np.full(60, 20))) > 10
+    parts, m2, s2 = node.train_round(cfg, fed, 0, st, global_params=params, server_round=1)
+    for k in whole:
+        np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s2.user_emb, s1.user_emb, rtol=1e-6, atol=1e-7)
+    assert m1["train-loss"] == pytest.approx(m2["train-loss"])
