@@ -109,7 +109,7 @@ def cmd_simulate(args) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k in _FED_KEYS and v is not None}
     cfg = FedConfig(**overrides)
-    summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose)
+    summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose, ray_address=args.ray_address)
     _log(f"selected round {summary['selected_round']} (on validation); wrote {cfg.out}/metrics.json")
     return 0
 
@@ -133,25 +133,27 @@ def cmd_privacy(args) -> int:
 
 
 def cmd_run_default(args) -> int:
-    """The main job of `make run`: baselines and a federated run on bundled ML-100K."""
-    out = Path(args.out)
-    for model in ("mostpop", "ease"):
-        cmd_baseline(build_parser().parse_args(["baseline", "--model", model, "--out", str(out / model)]))
-    return cmd_simulate(build_parser().parse_args(["simulate", "--users-per-node", "472", "--out", str(out / "federated")]))
+    """The main job of `make run`: the default study on bundled ML-100K."""
+    return cmd_sweep(build_parser().parse_args(["sweep", "default", "--out", str(args.out)]))
 
 
 def cmd_sweep(args) -> int:
+    from simulations.study import STUDIES, run_study
+
+    if args.name in STUDIES:
+        run_study(args.name, Path(args.out), data=args.data, seeds=args.seeds, rounds=args.rounds, say=_log)
+        return 0
     from simulations.report import write_report
     from simulations.runner import run_cells
     from simulations.sweeps import SWEEPS
 
     if args.name not in SWEEPS:
-        raise ValueError(f"unknown sweep {args.name!r}; choose one of {sorted(SWEEPS)}")
+        raise ValueError(f"unknown sweep {args.name!r}; choose one of {sorted(STUDIES) + sorted(SWEEPS)}")
     kwargs = {"data": args.data}
     if args.rounds:
         kwargs["rounds"] = args.rounds
     cells = SWEEPS[args.name](**kwargs)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.seeds or 1))
     out = Path(args.out)
     rows = run_cells(cells, seeds, out, say=_log)
     path = write_report(out, args.name, rows, command=" ".join(sys.argv), data=args.data)
@@ -185,6 +187,9 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fraction-train", type=float, default=D.fraction_train, help="fraction of nodes per round")
     g.add_argument("--seed", type=int, default=D.seed)
     g.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine (default: all)")
+    g.add_argument("--ray-address", default=None,
+                   help="run on an existing (multi-machine) Ray cluster, e.g. 'auto' on its head node "
+                        "(docs/ray-cluster.md)")
     g = p.add_argument_group("local training")
     g.add_argument("--dim", type=int, default=D.dim, help=f"embedding dimension (default {D.dim})")
     g.add_argument("--user-lr", type=float, default=D.user_lr, help=f"SGD rate of the local user embedding (default {D.user_lr})")
@@ -282,10 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="experiment sweeps with tables and a report (resumable)",
                        description="Run a named sweep of federated runs (cells x seeds) through Flower's simulation "
                                    "engine. Finished cells are kept and skipped when run again.")
-    p.add_argument("name", help="sweep name: dp-levels")
-    p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, report.md)")
-    p.add_argument("--data", default="ml-100k")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("name", help="'default' (the main study, ~15 min on 2 cores), 'full' (every level), "
+                                "'tiny' (smoke test) or 'dp-levels'")
+    p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
+    p.add_argument("--data", default="ml-100k", help="any dataset the loaders read (default: bundled ml-100k)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the study's, 3)")
     p.add_argument("--rounds", type=int, default=None, help="override the rounds of every cell")
     p.set_defaults(func=cmd_sweep)
 
@@ -298,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.build_parser(p)
     p.set_defaults(func=deploy.run)
 
-    p = sub.add_parser("run-default", help="the main job: MostPop, EASE and federated MF on bundled ML-100K")
+    p = sub.add_parser("run-default", help="the main job: the default study (fedrec sweep default) on bundled ML-100K")
     p.add_argument("--out", default="runs/default")
     p.set_defaults(func=cmd_run_default)
     return parser

@@ -99,13 +99,23 @@ def load_local_state(directory: str | Path, *, at_most_round: int | None = None)
 
 
 def load_global_params(path: str | Path) -> dict[str, np.ndarray]:
-    """Global item parameters from a server checkpoint (``checkpoint.npz`` or its
-    directory) or from an ``.npz`` of ``item_embedding``/``item_bias``."""
+    """Global item parameters as nodes receive them, without any server.
+
+    ``path`` is a run directory (its ``best_params.npz``, the model of the round
+    selected on validation, else its last checkpoint), a checkpoint directory,
+    or an ``.npz`` file (``best_params.npz``, ``checkpoint.npz``).
+    """
     p = Path(path)
     if p.is_dir():
-        p = p / "checkpoint.npz" if (p / "checkpoint.npz").exists() else p / "checkpoint" / "checkpoint.npz"
+        for cand in (p / "best_params.npz", p / "checkpoint.npz", p / "checkpoint" / "checkpoint.npz"):
+            if cand.exists():
+                p = cand
+                break
     try:
         with np.load(p) as z:
+            if "param/feature_embedding" in z.files:
+                raise ValueError(f"{p} holds a feature-aware model's raw parameters; use the run's best_params.npz "
+                                 "(the item table as nodes receive it)")
             if "param/item_embedding" in z.files:
                 return {"item_embedding": z["param/item_embedding"], "item_bias": z["param/item_bias"]}
             return {"item_embedding": z["item_embedding"], "item_bias": z["item_bias"]}

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
 
-__all__ = ["simulate", "backend_config"]
+__all__ = ["simulate", "backend_config", "reuse_ray"]
 
 
-def backend_config(num_cpus: int | None = None) -> dict:
-    """Ray backend: one CPU (and one torch thread) per ClientApp actor."""
+@contextlib.contextmanager
+def reuse_ray():
+    """Keep Ray running between the simulations of a sweep (Flower shuts it down
+    after every run; starting it again costs seconds per run).  Ray is shut
+    down when the process exits."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    real = raybackend.ray.shutdown
+    raybackend.ray.shutdown = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        raybackend.ray.shutdown = real
+
+
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None) -> dict:
+    """Ray backend: one CPU (and one torch thread) per ClientApp actor.
+
+    ``ray_address`` (e.g. ``"auto"`` or ``"HEAD_IP:6379"``) connects to a running
+    multi-machine Ray cluster instead of starting a local one; actors are then
+    spread over every machine's CPUs (see ``docs/ray-cluster.md``).
+    """
+    if ray_address:
+        return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"address": ray_address, "logging_level": logging.ERROR, "log_to_driver": True}}
     n = num_cpus or os.cpu_count() or 1
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -20,7 +44,8 @@ def backend_config(num_cpus: int | None = None) -> dict:
     }
 
 
-def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False) -> dict:
+def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
+             ray_address: str | None = None) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run summary.
 
     The config reaches both apps explicitly (``run_simulation`` does not read
@@ -49,7 +74,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         server_app=make_server_app(rc, results),
         client_app=make_client_app(rc),
         num_supernodes=fed.n_nodes,
-        backend_config=backend_config(num_cpus),
+        backend_config=backend_config(num_cpus, ray_address),
         verbose_logging=verbose,
     )
     if not results:

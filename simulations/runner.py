@@ -16,7 +16,9 @@ from fedrec.results import read_metrics
 
 __all__ = ["Cell", "run_cells", "load_rows", "ROW_METRICS"]
 
-ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10")
+ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10",
+               "coverage@10", "diversity@10", "novelty@10", "arp@10")
+SLICE_METRICS = ("ndcg@10", "hr@10", "recall@20")
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,22 @@ def _row(cell: Cell, seed: int, doc: dict) -> dict:
     for stage, key in (("test", "test"), ("valid", "validation")):
         for m in ROW_METRICS:
             row[f"{stage}_{m}"] = doc.get(key, {}).get(m)
+    for name, sl in (doc.get("test_slices") or {}).items():
+        for m in SLICE_METRICS:
+            row[f"test@{name}_{m}"] = sl.get(m)
+        row[f"test@{name}_users"] = sl.get("users")
     priv = doc.get("privacy") or {}
-    row["privacy_unit"] = priv.get("unit", "none")
-    row["epsilon_median"] = priv.get("epsilon_median")
-    row["epsilon_max"] = priv.get("epsilon_max")
-    row["noise_multiplier"] = priv.get("noise_multiplier", 0.0)
-    row["delta"] = priv.get("delta")
+    units = priv.get("units", [priv] if priv else [])
+    row["privacy_unit"] = " + ".join(u["unit"] for u in units) or "none"
+    for u in units:
+        if u["unit"] == "interaction-level":
+            row["epsilon_median"] = u.get("epsilon_median")
+            row["epsilon_max"] = u.get("epsilon_max")
+            row["noise_multiplier"] = u.get("noise_multiplier")
+        else:
+            row["user_epsilon"] = u.get("epsilon")
+            row["user_noise_multiplier"] = u.get("noise_multiplier")
+        row["delta"] = u.get("delta")
     row["selected_round"] = (doc.get("selected") or {}).get("round")
     row["seconds"] = doc.get("seconds")
     return row
@@ -56,8 +68,7 @@ def run_cells(
 
     ``run`` defaults to :func:`fedrec.simulate.simulate` (Flower's simulation engine).
     """
-    if run is None:
-        from fedrec.simulate import simulate as run
+    run = run or _default_run
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -73,6 +84,13 @@ def run_cells(
         rows.append(_row(cell, seed, read_metrics(d)))
         write_rows(out, rows)
     return rows
+
+
+def _default_run(cfg: FedConfig) -> dict:
+    from fedrec.simulate import reuse_ray, simulate
+
+    with reuse_ray():
+        return simulate(cfg)
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:

@@ -1,0 +1,185 @@
+"""The trade-off study: privacy vs accuracy (both units), user and item cold-start,
+beyond-accuracy and activity groups, and population size.
+
+``fedrec sweep default`` runs the reduced study the README's main command runs
+(about 15 minutes on 2 cores for bundled ML-100K); ``fedrec sweep full`` runs
+every level of the issue with more rounds.  Each federated run goes through
+Flower's simulation engine; finished runs are kept and skipped on a re-run.
+
+Every run of the privacy experiment holds the same 10% of users out of
+training (split seed fixed), so the user cold-start curves are computed from
+the very models whose privacy-utility point is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from fedrec.config import FedConfig
+from fedrec.federation import load_federation
+from simulations.coldstart import KS, FoldIn, user_coldstart
+from simulations.runner import Cell, run_cells, write_rows
+
+__all__ = ["Study", "STUDIES", "study_cells", "run_study", "DP_PRESET", "USER_PRESET"]
+
+#: Interaction-level DP settings tuned on ML-100K validation (dimension 8: fewer
+#: noised coordinates; server SGD: noise averages out instead of being
+#: normalised away by Adam; a larger sampling rate per step).
+DP_PRESET = dict(dim=8, sample_rate=0.3, max_grad_norm=0.5, user_lr=0.1, server_opt="sgd", server_lr=5.0)
+#: User-level DP (DP-FedAvg): each user's whole update clipped on its node, noise
+#: on the sum, SGD on the noised mean (see README, privacy section).
+USER_PRESET = dict(dim=8, user_lr=0.1, user_dp="client", user_clip=0.1, server_opt="sgd", server_lr=5.0)
+
+
+@dataclass(frozen=True)
+class Study:
+    """Levels of a study.  ``epsilons`` are target epsilons at ``delta`` (1e-5)."""
+
+    name: str
+    seeds: int = 3
+    nonprivate_rounds: int = 100
+    private_rounds: int = 60
+    interaction_eps: tuple[float, ...] = (8.0, 2.0, 0.5)
+    user_eps: tuple[float, ...] = (8.0, 2.0)
+    item_coldstart: bool = True
+    fit_eps: tuple[float, ...] = (1.0,)  # DP fold-in of new users, on the non-private model
+    populations: tuple[int, ...] = ()  # synthetic users, user-level DP at population_eps
+    population_eps: float = 2.0
+    population_rounds: int = 30
+    cold_users: float = 0.1
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+STUDIES = {
+    "default": Study("default"),
+    "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
+                  user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
+    "tiny": Study("tiny", seeds=2, nonprivate_rounds=4, private_rounds=4, interaction_eps=(8.0,), user_eps=(8.0,),
+                  fit_eps=(1.0,), populations=(120,), population_rounds=3, cold_users=0.2),
+}
+
+
+def _users_per_node(n_users: int) -> int:
+    return max(1, math.ceil(n_users / 2))  # two nodes: one per core (Flower's cost is per node)
+
+
+def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) -> list[Cell]:
+    """Every federated run of the study (without seeds)."""
+    fed = load_federation(FedConfig(data=data, cold_users=study.cold_users))
+    upn = _users_per_node(fed.n_users)
+    eval_every = 10 if (rounds or study.private_rounds) >= 20 else 2
+    base = FedConfig(data=data, users_per_node=upn, cold_users=study.cold_users, eval_every=eval_every)
+    np_rounds, p_rounds = rounds or study.nonprivate_rounds, rounds or study.private_rounds
+    cells = [Cell("non-private", replace(base, num_server_rounds=np_rounds),
+                  {"experiment": "privacy", "unit": "none", "target_epsilon": math.inf})]
+    for e in study.interaction_eps:
+        cfg = replace(base, **DP_PRESET, num_server_rounds=p_rounds, target_epsilon=float(e))
+        cells.append(Cell(f"interaction-eps{e:g}", cfg, {"experiment": "privacy", "unit": "interaction-level",
+                                                          "target_epsilon": float(e)}))
+    for e in study.user_eps:
+        cfg = replace(base, **USER_PRESET, num_server_rounds=p_rounds, user_target_epsilon=float(e))
+        cells.append(Cell(f"user-eps{e:g}", cfg, {"experiment": "privacy", "unit": "user-level",
+                                                   "target_epsilon": float(e)}))
+    if study.item_coldstart:
+        cfg = replace(base, model="mf-features", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds)
+        cells.append(Cell("item-coldstart", cfg, {"experiment": "item-coldstart", "unit": "none",
+                                                   "target_epsilon": math.inf}))
+    for n in study.populations:
+        pdata = f"synthetic:{n}x1000:0:20"
+        cfg = FedConfig(data=pdata, users_per_node=_users_per_node(n), **USER_PRESET,
+                        user_target_epsilon=study.population_eps, num_server_rounds=rounds or study.population_rounds,
+                        eval_every=max(1, (rounds or study.population_rounds) // 3))
+        cells.append(Cell(f"population-{n}", cfg, {"experiment": "population", "unit": "user-level",
+                                                    "target_epsilon": study.population_eps, "population": n}))
+    return cells
+
+
+def baseline_rows(data: str, cold_users: float, seeds: list[int]) -> list[dict]:
+    """MostPop and EASE on the study's split (deterministic: one row each, all seeds)."""
+    from fedrec.baselines import fit_ease, fit_most_popular
+
+    split = load_federation(FedConfig(data=data, cold_users=cold_users)).split
+    rows = []
+    for name, fit in (("MostPop", fit_most_popular), ("EASE (centralized)", fit_ease)):
+        t = time.perf_counter()
+        res = fit(split, sampled_negatives=99)
+        for s in seeds:
+            row = {"cell": name, "seed": s, "experiment": "privacy", "unit": "none", "target_epsilon": math.inf,
+                   "baseline": True, "seconds": time.perf_counter() - t}
+            for stage, r in (("test", res.test), ("valid", res.valid)):
+                for m in ("ndcg@10", "hr@10", "recall@20", "sampled_ndcg@10", "sampled_hr@10", "coverage@10"):
+                    row[f"{stage}_{m}"] = r.metrics.get(m)
+            rows.append(row)
+    return rows
+
+
+def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study, say=print) -> list[dict]:
+    """User cold-start curves for every privacy cell and seed (kept in each run directory)."""
+    rows = []
+    for cell in cells:
+        if cell.labels.get("experiment") != "privacy" or cell.cfg.cold_users <= 0:
+            continue
+        fed = load_federation(cell.cfg)
+        for seed in seeds:
+            d = out / "runs" / f"{cell.name}-seed{seed}"
+            path = d / "coldstart.json"
+            if path.exists():
+                got = json.loads(path.read_text())
+            else:
+                fits = [("no DP", FoldIn())]
+                if cell.name == "non-private":
+                    fits += [(f"DP fit eps {e:g}", FoldIn(target_epsilon=e)) for e in study.fit_eps]
+                got = []
+                for fit_name, fit in fits:
+                    for r in user_coldstart(d / "best_params.npz", fed.split.cold_user_items, ks=KS, fit=fit, seed=seed):
+                        got.append({"fit": fit_name, **r})
+                path.write_text(json.dumps(got, indent=1) + "\n")
+            for r in got:
+                rows.append({"cell": cell.name, "seed": seed, "unit": cell.labels["unit"],
+                             "target_epsilon": cell.labels["target_epsilon"], **r})
+        say(f"user cold-start: {cell.name} done")
+    return rows
+
+
+def run_study(name: str, out: Path, *, data: str = "ml-100k", seeds: int | None = None, rounds: int | None = None,
+              say=print) -> dict:
+    """Run (or resume) a study; write results, cold-start results, plots and ``report.md``."""
+    from simulations.plots import make_plots
+    from simulations.report import write_study_report
+
+    study = STUDIES[name]
+    t0 = time.perf_counter()
+    seed_list = list(range(seeds if seeds is not None else study.seeds))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = study_cells(study, data, rounds)
+    say(f"study {name!r} on {data}: {len(cells)} cells x {len(seed_list)} seeds = {len(cells) * len(seed_list)} "
+        f"federated runs (finished ones are kept)")
+    rows = run_cells(cells, seed_list, out, say=say)
+    rows += baseline_rows(data, study.cold_users, seed_list)
+    write_rows(out, rows)
+    cold = coldstart_rows(out, cells, seed_list, study, say=say)
+    (out / "coldstart.json").write_text(json.dumps(cold, indent=1, default=str) + "\n")
+    _write_csv(out / "coldstart.csv", cold)
+    plots = make_plots(out, rows, cold)
+    seconds = time.perf_counter() - t0
+    report = write_study_report(out, study, rows, cold, plots, data=data, seeds=seed_list, cells=cells,
+                                seconds=seconds)
+    say(f"report: {report} ({seconds:.0f}s)")
+    return {"rows": rows, "coldstart": cold, "plots": plots, "report": report, "seconds": seconds}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
