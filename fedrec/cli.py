@@ -166,7 +166,7 @@ _FED_KEYS = {
     "fraction_train", "seed", "user_lr", "user_steps", "item_steps", "negatives", "noise_multiplier",
     "target_epsilon", "max_grad_norm", "sample_rate", "delta", "aggregation", "server_opt", "server_lr",
     "eval_every", "ties", "out", "budget_epsilon", "user_dp", "user_noise_multiplier", "user_target_epsilon",
-    "user_clip", "user_sample_rate", "min_replies", "round_timeout", "dropout_rate", "resume", "state_dir",
+    "user_clip", "user_sample_rate", "prior_noise", "min_replies", "round_timeout", "dropout_rate", "resume", "state_dir",
 }
 
 
@@ -203,6 +203,9 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-grad-norm", type=float, default=D.max_grad_norm, help="per-pair clipping norm")
     g.add_argument("--sample-rate", type=float, default=D.sample_rate, help="Poisson sampling rate of a user's pairs per step")
     g.add_argument("--delta", type=float, default=D.delta, help="delta of both units (default 1e-5)")
+    g.add_argument("--prior-noise", type=float, default=D.prior_noise,
+                   help="> 0: start item biases from a DP popularity prior (Gaussian noise of this std on the sum of "
+                        "users' unit-norm item vectors; composed into both units' epsilon)")
     g.add_argument("--budget-epsilon", type=float, default=D.budget_epsilon,
                    help="a user declines a round that would take its interaction-level epsilon past this (0: none)")
     g = p.add_argument_group("user-level differential privacy (whole user updates clipped, noise on the sum; "

@@ -49,6 +49,7 @@ class FedConfig:
     max_grad_norm: float = 1.0
     sample_rate: float = 1.0
     delta: float = 1e-5
+    prior_noise: float = 0.0  # > 0: item biases start from a DP popularity prior with this noise (both units)
     budget_epsilon: float = 0.0  # > 0: a user declines a round that would take it past this (interaction-level)
     # user-level DP (whole per-user update clipped, Gaussian noise on the sum before the server optimiser)
     user_dp: str = "off"  # off | client (clip on the client) | server (Flower server-side clipping) | adaptive
@@ -85,7 +86,7 @@ class FedConfig:
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
         for key in ("user_steps", "kcore", "min_rating", "user_l2", "noise_multiplier", "target_epsilon",
-                    "budget_epsilon", "user_noise_multiplier", "user_target_epsilon"):
+                    "budget_epsilon", "user_noise_multiplier", "user_target_epsilon", "prior_noise"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
         for key in ("init_std", "user_lr", "server_lr", "max_grad_norm", "user_clip", "round_timeout"):
@@ -145,6 +146,13 @@ class FedConfig:
         return self.noise_multiplier > 0 or self.target_epsilon > 0
 
     @property
+    def prior(self) -> tuple:
+        """The DP popularity prior's mechanism for the accountant (``()``: none)."""
+        from fedrec.privacy.prior import prior_mechanism
+
+        return prior_mechanism(self.prior_noise)
+
+    @property
     def user_level(self) -> bool:
         return self.user_dp != "off"
 
@@ -182,6 +190,7 @@ class FedConfig:
                 delta=self.delta,
                 sample_rate=self.sample_rate,
                 steps=self.planned_steps(),
+                extra=self.prior,
             )
             out = dataclasses.replace(out, noise_multiplier=sigma, target_epsilon=0.0)
         if self.user_target_epsilon > 0:
@@ -190,6 +199,7 @@ class FedConfig:
                 delta=self.delta,
                 sample_rate=self.user_sample_rate,
                 steps=self.num_server_rounds,
+                extra=self.prior,
             )
             out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
         return out

@@ -134,7 +134,7 @@ def active_users(cfg: FedConfig, state: NodeState, server_round: int) -> tuple[n
     declined = np.zeros_like(take)
     if cfg.budget_epsilon > 0:
         nxt = epsilons_for_steps(state.dp_steps + cfg.steps_per_round, noise_multiplier=cfg.noise_multiplier,
-                                 sample_rate=cfg.sample_rate, delta=cfg.delta)
+                                 sample_rate=cfg.sample_rate, delta=cfg.delta, extra=cfg.prior)
         declined = take & (nxt > cfg.budget_epsilon)
     return take & ~declined, int(declined.sum())
 
@@ -207,7 +207,8 @@ def train_round(
         update["item_counts"] = (counts / max(k, 1)).astype(np.float32)
     metrics = {"num-examples": k, "train-loss": loss, "declined": declined}
     if cfg.dp:
-        eps = epsilons_for_steps(steps, noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate, delta=cfg.delta)
+        eps = epsilons_for_steps(steps, noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate,
+                                 delta=cfg.delta, extra=cfg.prior)
         metrics["epsilon"] = [float(x) for x in eps]
     return update, metrics, new
 

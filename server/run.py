@@ -15,6 +15,7 @@ import json
 import shutil
 
 from fedrec.privacy.accounting import epsilon
+from fedrec.privacy.prior import popularity_prior
 from fedrec.results import append_round, write_json, write_metrics
 from server.checkpoint import load_checkpoint, save_checkpoint
 from server.optimizers import OptState
@@ -54,7 +55,8 @@ class RunLog:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
             row["user-epsilon"] = epsilon(noise_multiplier=self.cfg.user_noise_multiplier,
-                                          sample_rate=self.cfg.user_sample_rate, steps=server_round, delta=self.cfg.delta)
+                                          sample_rate=self.cfg.user_sample_rate, steps=server_round, delta=self.cfg.delta,
+                                          extra=self.cfg.prior)
         if ev:
             row.update({k: v for k, v in ev.items()})
         self.last = now
@@ -125,6 +127,8 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
             shutil.rmtree(ck_dir, ignore_errors=True)
             if not cfg.state_dir:
                 shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
+    if cfg.prior_noise > 0 and start == 0:
+        params["item_bias"] = popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed)
         write_json(log.out / "config.json", {"run_config": cfg.to_run_config(), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
     privacy = []
@@ -192,6 +196,7 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "epsilon_max": last.get("epsilon-max"),
             "epsilon_min": last.get("epsilon-min"),
             "budget_epsilon": cfg.budget_epsilon or None,
+            "popularity_prior_noise": cfg.prior_noise or None,
             "note": "epsilon after all rounds (the model of the selected round was released earlier, at no more)",
         })
     if cfg.user_level:
@@ -206,6 +211,7 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "rounds": last.get("round"),
             "delta": cfg.delta,
             "epsilon": last.get("user-epsilon"),
+            "popularity_prior_noise": cfg.prior_noise or None,
             "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to the clip, not to who replied",
         })
     if units:

@@ -61,3 +61,39 @@ def test_node_reports_epsilon_of_the_steps_it_ran(tiny_ds):
         acc.step(noise_multiplier=1.1, sample_rate=0.3)
     assert metrics["epsilon"] == pytest.approx([acc.get_epsilon(1e-5)] * 10)
     assert (state.dp_steps == 6).all()
+
+
+def test_prior_composes_with_training_in_the_accountant():
+    from opacus.accountants import RDPAccountant
+
+    from fedrec.privacy.accounting import calibrate_noise, epsilon
+
+    acc = RDPAccountant()
+    acc.history = [(5.0, 1.0, 1), (2.0, 0.3, 200)]
+    want = acc.get_epsilon(delta=1e-5)
+    got = epsilon(noise_multiplier=2.0, sample_rate=0.3, steps=200, delta=1e-5, extra=((5.0, 1.0, 1),))
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got > epsilon(noise_multiplier=2.0, sample_rate=0.3, steps=200, delta=1e-5)
+    sigma = calibrate_noise(target_epsilon=4.0, delta=1e-5, sample_rate=0.3, steps=200, extra=((5.0, 1.0, 1),))
+    assert epsilon(noise_multiplier=sigma, sample_rate=0.3, steps=200, delta=1e-5, extra=((5.0, 1.0, 1),)) <= 4.0
+    assert epsilon(noise_multiplier=sigma * 0.99, sample_rate=0.3, steps=200, delta=1e-5, extra=((5.0, 1.0, 1),)) > 4.0
+    with pytest.raises(ValueError, match="spent by the extra"):
+        calibrate_noise(target_epsilon=0.1, delta=1e-5, sample_rate=0.3, steps=10, extra=((1.0, 1.0, 1),))
+
+
+def test_popularity_prior_tracks_popularity_and_has_unit_sensitivity():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from fedrec.privacy.prior import popularity_prior
+
+    rng = np.random.default_rng(0)
+    pop = np.sort(rng.pareto(1.0, size=50))[::-1] + 0.1
+    x = sp.csr_matrix((rng.random((400, 50)) < pop / pop.max() * 0.5).astype(np.float32))
+    prior = popularity_prior(x, noise=1.0, seed=0)
+    counts = np.asarray(x.sum(axis=0)).ravel()
+    assert np.corrcoef(prior, np.log1p(counts))[0, 1] > 0.9
+    # one user's contribution (its row, scaled to unit norm) has L2 norm 1
+    n = np.asarray(x.sum(axis=1)).ravel()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) / np.sqrt(np.maximum(n, 1))
+    assert np.allclose(norms[n > 0], 1.0)

@@ -12,43 +12,71 @@ import numpy as np
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-__all__ = ["epsilon", "calibrate_noise", "epsilons_for_steps"]
+__all__ = ["epsilon", "calibrate_noise", "epsilons_for_steps", "Mechanism"]
 
 
-def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon of ``steps`` compositions of the Poisson-subsampled Gaussian mechanism.
+Mechanism = tuple[float, float, int]  # (noise multiplier, sampling rate, steps)
 
-    Returns ``inf`` for no noise and 0 for no steps.
+
+def epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp",
+            extra: tuple[Mechanism, ...] = ()) -> float:
+    """Epsilon of ``steps`` compositions of the Poisson-subsampled Gaussian mechanism,
+    composed with the ``extra`` mechanisms (e.g. a DP popularity prior released once).
+
+    Returns ``inf`` for no noise and 0 for no steps (and no extra mechanism).
     """
-    return _epsilon(float(noise_multiplier), float(sample_rate), int(steps), float(delta), accountant)
+    return _epsilon(float(noise_multiplier), float(sample_rate), int(steps), float(delta), accountant,
+                    tuple((float(a), float(b), int(c)) for a, b, c in extra))
 
 
 @functools.lru_cache(maxsize=4096)
-def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str,
+             extra: tuple = ()) -> float:
     # cached: every node of a federation asks for the same few step counts each round
-    if steps <= 0:
+    history = [m for m in extra if m[2] > 0]
+    if steps > 0:
+        history.append((noise_multiplier, sample_rate, steps))
+    if not history:
         return 0.0
-    if noise_multiplier <= 0:
+    if any(m[0] <= 0 for m in history):
         return float("inf")
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    acc.history = history
     return float(acc.get_epsilon(delta=delta))
 
 
-def epsilons_for_steps(steps: np.ndarray, *, noise_multiplier: float, sample_rate: float, delta: float) -> np.ndarray:
+def epsilons_for_steps(steps: np.ndarray, *, noise_multiplier: float, sample_rate: float, delta: float,
+                       extra: tuple[Mechanism, ...] = ()) -> np.ndarray:
     """Epsilon of each user given its number of steps (computed once per distinct count)."""
     steps = np.asarray(steps, dtype=np.int64)
     out = np.zeros(len(steps))
     for s in np.unique(steps):
-        out[steps == s] = epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=int(s), delta=delta)
+        out[steps == s] = epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=int(s), delta=delta,
+                                  extra=extra)
     return out
 
 
-def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
-    """Smallest noise multiplier whose ``steps`` steps at ``sample_rate`` stay within
-    ``target_epsilon`` at ``delta`` (Opacus ``get_noise_multiplier``)."""
+def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp",
+                    extra: tuple[Mechanism, ...] = ()) -> float:
+    """Smallest noise multiplier whose ``steps`` steps at ``sample_rate`` (composed with
+    ``extra``) stay within ``target_epsilon`` at ``delta`` (Opacus
+    ``get_noise_multiplier``; with ``extra``, bisection on Opacus's accountant)."""
     if target_epsilon <= 0:
         raise ValueError(f"target_epsilon must be > 0; got {target_epsilon}")
+    if extra:
+        if epsilon(noise_multiplier=1e6, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant,
+                   extra=extra) > target_epsilon:
+            raise ValueError(f"target_epsilon={target_epsilon} is spent by the extra mechanisms {extra} alone")
+        lo, hi = 1e-2, 1.0
+        while epsilon(noise_multiplier=hi, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant,
+                      extra=extra) > target_epsilon:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1e-3 * hi:
+            mid = (lo + hi) / 2
+            e = epsilon(noise_multiplier=mid, sample_rate=sample_rate, steps=steps, delta=delta, accountant=accountant,
+                        extra=extra)
+            lo, hi = (mid, hi) if e > target_epsilon else (lo, mid)
+        return hi
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
