@@ -1,0 +1,295 @@
+"""Empirical DP audit in one training run (Steinke, Nasr and Jagielski, NeurIPS 2023,
+"Privacy auditing with one (1) training run", arXiv:2305.08846).
+
+The method
+----------
+``m`` canaries are each included in the training data independently with
+probability 1/2.  After one run the auditor scores every canary, guesses
+"included" for the ``k+`` highest scores and "excluded" for the ``k-`` lowest
+(abstaining on the rest), and counts the ``v`` correct guesses out of ``r = k+ +
+k-``.  If the mechanism is (eps, delta)-DP with respect to each canary, the
+paper's main theorem (Theorem 5.2 / Corollary 5.4, computed as in its
+Appendix D) bounds
+
+    P[W >= v] <= f(v) + 2 m delta * max_{1 <= i <= v} (f(v - i) - f(v)) / i,
+    f(v) = P[Binomial(r, e^eps / (1 + e^eps)) >= v].
+
+:func:`p_value` is the right-hand side; :func:`eps_lower_bound` returns the
+largest eps whose p-value is below ``p`` (default 0.05), i.e. the audited lower
+bound at 95% confidence (the paper's ``get_eps_audit``: bracket, then 30
+bisection steps, returning the conservative end).  With ``delta = 0`` it is the
+pure-DP bound ``f(v) < p``.
+
+The canaries here
+-----------------
+The audited mechanism is the client's interaction-level DP-SGD round
+(:func:`fedrec.training.train_cohort` with ``noise_multiplier > 0``); its claimed
+epsilon is that of one round, ``user_steps + item_steps`` steps of the Poisson
+subsampled Gaussian, for one training pair (the canary is one interaction and
+``negatives`` must be 1, so one interaction is one pair).
+
+* Canary ``j`` is the interaction (canary user ``j``, canary item ``j``).  Canary
+  items are fresh item rows that no one else has as a positive (other users
+  never see them: each canary user trains alone).  Each canary user gets the
+  training items of a random real user as background data, so it has data
+  whether or not its canary is included.
+* The attacker sees each canary user's own release (no secure aggregation:
+  the per-user view an honest-but-curious server has with one user per node)
+  and knows what the auditor planted: the canary user's embedding at the start
+  of the round (random direction, norm ``user_norm``), its background data and
+  the clients' hash seed, hence the training negative ``n_j`` the canary pair
+  draws when it is included (negatives are a pure function of (seed, round,
+  user, slot) and the user's positives; computed as if every canary were
+  included, so without knowing which are).
+* Score of canary ``j``: ``s(c_j) - s(n_j)`` with ``s(i) = g_i + <G_i, p_j>``
+  for the released bias update ``g_i`` and row ``G_i``.  An included canary pair
+  pushes the canary item along ``(+p_j, +1)`` and its negative along
+  ``(-p_j, -1)``; an excluded canary item is untouched or a sampled negative of
+  another pair.
+* Each canary only changes its own user's data, and each canary user's
+  release is a separate run of the mechanism with data-independent noise
+  draws, so the joint release is (eps, delta)-DP with respect to each canary
+  (parallel composition): the theorem's assumption.
+
+The score ignores the canary's effect through the (never released) user
+embedding, only the last ``item_steps`` of the ``user_steps + item_steps``
+accounted steps reach the release, and the canary is in a step only with
+probability ``sample_rate``: the audit is a valid lower bound, not a tight one.  Caveat of the mechanism itself (not exploited here): the release is
+divided by the user's expected batch size ``sample_rate * n_u``, and ``n_u``
+changes by one with the canary; the accountant treats it as public.
+
+Negative control: ``negative_control=True`` runs the same round with the noise
+switched off (``noise_multiplier=0``, which in ``train_cohort`` also disables
+clipping and sampling) while still claiming the noisy mechanism's epsilon; the
+audit must then report a lower bound above the claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.stats
+import torch
+
+from fedrec.training import LocalConfig, keyed_negatives, steps_per_round, train_cohort
+
+__all__ = ["p_value", "eps_lower_bound", "canary_scores", "audit"]
+
+
+def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
+    """P-value of ``v`` correct guesses out of ``r`` under (eps, delta)-DP.
+
+    Upper bound on ``P[W >= v]`` from Steinke, Nasr and Jagielski (2023),
+    Theorem 5.2 / Appendix D.
+
+    Parameters
+    ----------
+    m : int
+        Canaries (each included with probability 1/2).
+    r : int
+        Guesses (abstentions excluded), ``0 <= v <= r <= m``.
+    v : int
+        Correct guesses.
+    eps, delta : float
+        The null hypothesis: the mechanism is (eps, delta)-DP.
+
+    Returns
+    -------
+    float
+        The p-value, at most 1.
+    """
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= v <= r <= m; got v={v}, r={r}, m={m}")
+    if eps < 0 or not 0 <= delta <= 1:
+        raise ValueError(f"need eps >= 0 and 0 <= delta <= 1; got {eps}, {delta}")
+    q = 1.0 / (1.0 + math.exp(-eps))
+    beta = float(scipy.stats.binom.sf(v - 1, r, q))  # P[Binomial(r, q) >= v]
+    if delta == 0:
+        return min(beta, 1.0)
+    alpha = 0.0
+    acc = 0.0  # P[v > Binomial(r, q) >= v - i]
+    for i in range(1, v + 1):
+        acc += float(scipy.stats.binom.pmf(v - i, r, q))
+        if acc > i * alpha:
+            alpha = acc / i
+    return min(beta + alpha * delta * 2 * m, 1.0)
+
+
+def eps_lower_bound(m: int, r: int, v: int, *, delta: float, p: float = 0.05) -> float:
+    """Largest eps rejected at level ``p``: the audited lower bound on epsilon.
+
+    Bisection as in the paper's Appendix D (``get_eps_audit``): the upper end is
+    raised in steps of 1 until it is not rejected, then 30 bisection steps;
+    returns the low (conservative) end, 0 when even eps = 0 is not rejected.
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1); got {p}")
+    lo, hi = 0.0, 1.0
+    while p_value(m, r, v, hi, delta) < p:
+        hi += 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if p_value(m, r, v, mid, delta) < p:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _canary_data(
+    train: sp.csr_matrix, m: int, rng: np.random.Generator, *, include_all: bool = False
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Rows of ``m`` canary users over ``n_items + m`` items, and who includes its canary
+    (``include_all``: the same background with every canary included)."""
+    n_items = train.shape[1]
+    have = np.flatnonzero(np.diff(train.indptr) > 0)
+    donors = rng.choice(have, size=m, replace=True)
+    include = rng.random(m) < 0.5
+    if include_all:
+        include = np.ones(m, dtype=bool)
+    rows, cols = [], []
+    for j, u in enumerate(donors):
+        items = train.indices[train.indptr[u] : train.indptr[u + 1]]
+        if include[j]:
+            items = np.r_[items, n_items + j]
+        rows.append(np.full(len(items), j))
+        cols.append(items)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    t = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(m, n_items + m))
+    t.sort_indices()
+    return t, include
+
+
+def canary_scores(
+    canary_train: sp.csr_matrix,
+    n_items: int,
+    cfg: LocalConfig,
+    *,
+    would_be_negative: np.ndarray,
+    dim: int,
+    init_std: float,
+    user_norm: float,
+    seed: int,
+) -> np.ndarray:
+    """Run one round for each canary user alone and score its canary (see the module doc).
+
+    ``canary_train`` has one row per canary user ``j`` over ``n_items + m`` items;
+    canary ``j`` is item ``n_items + j``; ``would_be_negative[j]`` is the
+    training negative the canary pair draws when it is included.
+    """
+    m = canary_train.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n_items + m, dim, generator=g, dtype=torch.float64) * init_std
+    b = torch.zeros(n_items + m, dtype=torch.float64)
+    p = torch.randn(m, dim, generator=g, dtype=torch.float64)
+    p = p / p.norm(dim=1, keepdim=True) * user_norm
+    noise = torch.Generator().manual_seed(seed + 1)
+    out = np.empty(m)
+    for j in range(m):
+        res = train_cohort(p[j : j + 1], q, b, canary_train, np.array([j]), cfg, seed=seed, server_round=1,
+                           generator=noise)
+        c, neg = n_items + j, int(would_be_negative[j])
+        pos_stat = float(res.bias_update[c]) + float(res.item_update[c] @ p[j])
+        neg_stat = float(res.bias_update[neg]) + float(res.item_update[neg] @ p[j])
+        out[j] = pos_stat - neg_stat
+    return out
+
+
+def audit(
+    train: sp.csr_matrix,
+    *,
+    cfg: LocalConfig,
+    m: int = 1000,
+    guesses: int = 200,
+    delta: float = 1e-5,
+    p: float = 0.05,
+    dim: int = 64,
+    init_std: float = 0.1,
+    user_norm: float = 2.0,
+    seed: int = 0,
+    negative_control: bool = False,
+) -> dict:
+    """One-run audit of the interaction-level DP round (see the module doc).
+
+    Parameters
+    ----------
+    train
+        Real training matrix: background data of the canary users.
+    cfg
+        The audited client config; needs ``noise_multiplier > 0`` (the claim)
+        and ``negatives == 1``.
+    m
+        Canaries.
+    guesses
+        ``r``: ``guesses // 2`` "included" guesses (top scores) and as many
+        "excluded" guesses (bottom scores), fixed before the run.
+    delta
+        Delta of the claim and of the audit.
+    p
+        Significance: the bound holds with probability ``1 - p``.
+    dim, init_std
+        Embedding size and std of the (random) item parameters.
+    user_norm
+        Norm of the canary users' (random) embeddings: chosen by the auditor;
+        large embeddings put most of a canary pair's clipped gradient into the
+        released item rows.
+    seed
+        Seed of canaries, parameters, noise and the clients' hashing.
+    negative_control
+        Run with the noise switched off but keep claiming ``cfg``'s epsilon.
+
+    Returns
+    -------
+    dict
+        ``eps_lower, eps_claimed, correct, guesses, m, delta, p, unit,
+        noise_multiplier, sample_rate, max_grad_norm, steps, negative_control,
+        included`` (canaries included).
+    """
+    if not cfg.dp:
+        raise ValueError("audit needs the DP config whose claim is audited (noise_multiplier > 0)")
+    if cfg.negatives != 1:
+        raise ValueError("the canary is one interaction = one training pair only with negatives=1")
+    if not 2 <= guesses <= m:
+        raise ValueError(f"need 2 <= guesses <= m; got {guesses}, m={m}")
+    from simulations.leakage import dp_epsilon
+
+    rng = np.random.default_rng([seed, 41])
+    n_items = train.shape[1]
+    canary_train, include = _canary_data(train, m, rng)
+    # the negative a canary pair draws if included: a pure function of (seed, round, user, slot)
+    # and the user's positives (computed with every canary included: no knowledge of `include`)
+    all_in, _ = _canary_data(train, m, np.random.default_rng([seed, 41]), include_all=True)
+    slot = np.diff(all_in.indptr) - 1  # the canary item is the user's last (largest) item
+    would_be_negative = keyed_negatives(all_in, np.arange(m), slot, seed=seed, server_round=1)
+    run_cfg = dataclasses.replace(cfg, noise_multiplier=0.0) if negative_control else cfg
+    scores = canary_scores(canary_train, n_items, run_cfg, would_be_negative=would_be_negative, dim=dim,
+                           init_std=init_std, user_norm=user_norm, seed=seed)
+    k = guesses // 2
+    order = np.lexsort((rng.random(m), scores))  # ascending score, random tie-break
+    guess = np.zeros(m, dtype=np.int64)
+    guess[order[m - k :]] = 1
+    guess[order[:k]] = -1
+    r = 2 * k
+    correct = int(((guess == 1) & include).sum() + ((guess == -1) & ~include).sum())
+    steps = steps_per_round(cfg)
+    eps_claimed = dp_epsilon(noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate, steps=steps,
+                             delta=delta)
+    return {
+        "eps_lower": eps_lower_bound(m, r, correct, delta=delta, p=p),
+        "eps_claimed": eps_claimed,
+        "correct": correct,
+        "guesses": r,
+        "m": m,
+        "included": int(include.sum()),
+        "delta": delta,
+        "p": p,
+        "unit": "interaction (one training pair), one round",
+        "noise_multiplier": cfg.noise_multiplier,
+        "sample_rate": cfg.sample_rate,
+        "max_grad_norm": cfg.max_grad_norm,
+        "steps": steps,
+        "negative_control": negative_control,
+    }
