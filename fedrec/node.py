@@ -227,7 +227,8 @@ def evaluate_round(
     number of users evaluated, for the stages ``valid``, ``test``, the test
     metrics of each user-activity group (``test@light`` ...), and with held-out
     items ``test@cold-items``/``test@warm-items`` (test targets among held-out /
-    other items, ranked among all items).  Test also carries beyond-accuracy
+    other items, ranked among all items) and ``test@cold-among-cold`` (held-out
+    targets ranked among the held-out items only: the cold-start ranking task).  Test also carries beyond-accuracy
     sums (diversity, novelty, popularity) and ``test-topk``, how many top-10
     lists of this node each item is in (for coverage).  The server selects
     rounds on validation only.
@@ -287,8 +288,13 @@ def _eval_extras(fed: Federation) -> dict:
         cold = np.zeros(split.n_items, dtype=np.float32)
         cold[split.cold_items] = 1.0
         test = split.test.tocsr()
+        # the cold-start ranking task: held-out items among held-out items only (warm
+        # items are masked like history: added to the validation matrix the test masks)
+        warm_all = sp.csr_matrix(np.broadcast_to(1.0 - cold, (split.n_users, split.n_items)))
         views = {"cold-items": dataclasses.replace(split, test=(test @ sp.diags(cold)).tocsr()),
-                 "warm-items": dataclasses.replace(split, test=(test @ sp.diags(1.0 - cold)).tocsr())}
+                 "warm-items": dataclasses.replace(split, test=(test @ sp.diags(1.0 - cold)).tocsr()),
+                 "cold-among-cold": dataclasses.replace(split, test=(test @ sp.diags(cold)).tocsr(),
+                                                        valid=(split.valid + warm_all).tocsr())}
         for v in views.values():
             v.test.eliminate_zeros()
     out = {"popularity": popularity, "features": feats, "groups": activity_groups(split), "item_views": views}

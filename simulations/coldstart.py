@@ -2,11 +2,12 @@
 
 A held-out user fits only its local embedding against the frozen global item
 parameters (those of the round selected on validation, ``best_params.npz``)
-from its first ``k`` interactions (chronological), and is evaluated on the rest
-of its interactions, ranked among all items except the ``k`` it used.
-``k = 0`` is a non-personal ranking (zero embedding: the item biases).  The
-same users (those with more than ``max(ks)`` interactions) are used for every
-``k``, so the curve compares like with like.
+from its first ``k`` interactions (chronological).  Every ``k`` is evaluated on
+the same targets: the user's interactions after its first ``max(ks)``, ranked
+among all items except those first ``max(ks)`` (the user's history).  ``k = 0``
+is a non-personal ranking (zero embedding: the item biases).  The same users
+(those with more than ``max(ks)`` interactions) are used for every ``k``, so
+the curve compares like with like.
 
 The fit is :func:`fedrec.training.train_cohort` run on the user's ``k`` items
 (item parameters frozen, the item update discarded): full-batch steps without
@@ -100,9 +101,10 @@ def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: 
         raise ValueError(f"no held-out user has more than {kmax} interactions")
     loc = fit.local()
     out = []
+    targets = _csr([seqs[u][kmax:] for u in users], n_items)
+    history = _csr([seqs[u][:kmax] for u in users], n_items)
     for k in ks:
         seen = [seqs[u][:k] for u in users]
-        rest = [seqs[u][k:] for u in users]
         if k == 0:
             emb = np.zeros((len(users), q.shape[1]), np.float32)
         else:
@@ -112,7 +114,7 @@ def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: 
                                np.arange(len(users)), loc, seed=seed, server_round=k, generator=gen)
             emb = res.user_emb.numpy()
         scores = emb @ q.T + b[None, :]
-        tr = target_ranks(scores, _csr(rest, n_items), _csr(seen, n_items) if k else None, user_ids=np.asarray(users))
+        tr = target_ranks(scores, targets, history, user_ids=np.asarray(users))
         m = tr.metrics(ks=(10, 20))
         out.append({"k": k, "users": len(users), "ndcg@10": float(m["ndcg@10"].mean()), "hr@10": float(m["hr@10"].mean()),
                     "recall@20": float(m["recall@20"].mean()), "fit_epsilon": fit.epsilon() if k else 0.0})

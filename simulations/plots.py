@@ -64,17 +64,24 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
                             ("EASE (centralized)", ("tab:green", ":"))):
             if name in cells:
                 m, sd = mean_sd(r.get(key) for r in cells[name])
-                ax.axhline(m, color=style[0], linestyle=style[1], label=f"{name} ({m:.3f})")
+                ax.axhline(m, color=style[0], linestyle=style[1], label=name)
                 if sd and name == "non-private":
                     ax.axhspan(m - sd, m + sd, color="k", alpha=0.08)
         ax.set_xscale("log")
-        ax.set_xlabel("epsilon (delta = 1e-5), log scale")
+        ticks = sorted({round(_epsilon_of(r), 2) for rs in cells.values() for r in rs if math.isfinite(_epsilon_of(r))})
+        if ticks:
+            ax.set_xticks(ticks)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("epsilon at delta = 1e-5 (log scale; per unit, as computed)")
         ax.set_ylabel(f"test {label} (full ranking)")
         ax.set_title(f"{label} vs privacy")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Privacy vs accuracy: interaction-level and user-level epsilon", fontsize=11)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("Privacy vs accuracy: interaction-level and user-level epsilon "
+                 "(non-private: line with ± sd band)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -162,14 +169,15 @@ def plot_item_coldstart(rows: list[dict], path: Path) -> Path | None:
     rs = [r for r in rows if r.get("experiment") == "item-coldstart"]
     if not rs:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.4))
     labels, ms = [], []
-    for name, key in (("held-out items", "test@cold-items"), ("warm items", "test@warm-items")):
+    for name, key in (("held-out\namong all", "test@cold-items"), ("held-out\namong held-out", "test@cold-among-cold"),
+                      ("warm\namong all", "test@warm-items")):
         for metric in ("ndcg@10", "hr@10", "recall@20"):
             labels.append(f"{name}\n{metric}")
             ms.append(mean_sd(r.get(f"{key}_{metric}") for r in rs))
     ax.bar(range(len(ms)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3,
-           color=["tab:orange"] * 3 + ["tab:blue"] * 3)
+           color=["tab:orange"] * 3 + ["tab:red"] * 3 + ["tab:blue"] * 3)
     ax.set_xticks(range(len(ms)))
     ax.set_xticklabels(labels, fontsize=7)
     ax.set_ylabel("test metric (ranked among all items)")

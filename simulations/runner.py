@@ -76,6 +76,9 @@ def run_cells(
     t0 = time.perf_counter()
     for k, (cell, seed) in enumerate(todo, 1):
         d = out / "runs" / f"{cell.name}-seed{seed}"
+        if (d / "metrics.json").exists() and not _same_config(d, replace(cell.cfg, seed=seed, out=str(d))):
+            say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: finished with another configuration; running again")
+            (d / "metrics.json").unlink()
         if (d / "metrics.json").exists():
             say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: done before, kept")
         else:
@@ -84,6 +87,18 @@ def run_cells(
         rows.append(_row(cell, seed, read_metrics(d)))
         write_rows(out, rows)
     return rows
+
+
+def _same_config(d: Path, cfg: FedConfig) -> bool:
+    """Whether the finished run in ``d`` was made with ``cfg`` (as resolved)."""
+    from fedrec.config import DEFAULTS
+
+    done = {**DEFAULTS.to_run_config(), **read_metrics(d).get("config", {})}  # keys added later: their defaults
+    want = cfg.resolved().to_run_config()
+    keys = set(want) - {"out", "resume", "round-timeout", "state-dir"}
+    return all(done.get(k) == want[k] or (isinstance(want[k], float) and isinstance(done.get(k), (int, float))
+                                           and abs(done[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])))
+               for k in keys)
 
 
 def _default_run(cfg: FedConfig) -> dict:

@@ -30,11 +30,17 @@ __all__ = ["Study", "STUDIES", "study_cells", "run_study", "DP_PRESET", "USER_PR
 
 #: Interaction-level DP settings tuned on ML-100K validation (dimension 8: fewer
 #: noised coordinates; server SGD: noise averages out instead of being
-#: normalised away by Adam; a larger sampling rate per step).
-DP_PRESET = dict(dim=8, sample_rate=0.3, max_grad_norm=0.5, user_lr=0.1, server_opt="sgd", server_lr=5.0)
+#: normalised away by Adam; a larger sampling rate per step) and a DP popularity prior.
+DP_PRESET = dict(dim=8, sample_rate=0.3, max_grad_norm=0.5, user_lr=0.1, server_opt="sgd", server_lr=5.0,
+                 prior_noise=5.0)
 #: User-level DP (DP-FedAvg): each user's whole update clipped on its node, noise
 #: on the sum, SGD on the noised mean (see README, privacy section).
-USER_PRESET = dict(dim=8, user_lr=0.1, user_dp="client", user_clip=0.1, server_opt="sgd", server_lr=5.0)
+USER_PRESET = dict(dim=8, user_lr=0.1, user_dp="client", user_clip=0.1, server_opt="sgd", server_lr=5.0,
+                   prior_noise=5.0)
+#: Both presets start the item biases from a DP popularity prior (Gaussian noise 5 on
+#: the sum of users' unit-norm item vectors), composed into each unit's epsilon; the
+#: study without it is in the README (it lifted interaction-level epsilon 2 from
+#: NDCG@10 0.008 to 0.038 and user-level epsilon 2 from 0.039 to 0.045).
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,16 @@ STUDIES = {
 }
 
 
+def prior_noise_for(target_epsilon: float, noise: float, share: float = 0.25) -> float:
+    """The preset's prior noise, raised where needed so that the prior alone spends
+    at most ``share`` of the target epsilon (the training noise is calibrated for
+    the rest, composed by the accountant)."""
+    from fedrec.privacy.accounting import calibrate_noise
+
+    need = calibrate_noise(target_epsilon=share * target_epsilon, delta=1e-5, sample_rate=1.0, steps=1)
+    return max(noise, need)
+
+
 def _users_per_node(n_users: int) -> int:
     return max(1, math.ceil(n_users / 2))  # two nodes: one per core (Flower's cost is per node)
 
@@ -80,10 +96,12 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
                   {"experiment": "privacy", "unit": "none", "target_epsilon": math.inf})]
     for e in study.interaction_eps:
         cfg = replace(base, **DP_PRESET, num_server_rounds=p_rounds, target_epsilon=float(e))
+        cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"interaction-eps{e:g}", cfg, {"experiment": "privacy", "unit": "interaction-level",
                                                           "target_epsilon": float(e)}))
     for e in study.user_eps:
         cfg = replace(base, **USER_PRESET, num_server_rounds=p_rounds, user_target_epsilon=float(e))
+        cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"user-eps{e:g}", cfg, {"experiment": "privacy", "unit": "user-level",
                                                    "target_epsilon": float(e)}))
     if study.item_coldstart:
@@ -94,6 +112,7 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
         pdata = f"synthetic:{n}x1000:0:20"
         cfg = FedConfig(data=pdata, users_per_node=_users_per_node(n), **USER_PRESET,
                         user_target_epsilon=study.population_eps, num_server_rounds=rounds or study.population_rounds,
+                        prior_noise=prior_noise_for(study.population_eps, USER_PRESET["prior_noise"]),
                         eval_every=max(1, (rounds or study.population_rounds) // 3))
         cells.append(Cell(f"population-{n}", cfg, {"experiment": "population", "unit": "user-level",
                                                     "target_epsilon": study.population_eps, "population": n}))
