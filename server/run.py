@@ -127,10 +127,10 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
             shutil.rmtree(ck_dir, ignore_errors=True)
             if not cfg.state_dir:
                 shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
-    if cfg.prior_noise > 0 and start == 0:
-        params["item_bias"] = popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed)
         write_json(log.out / "config.json", {"run_config": cfg.to_run_config(), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
+    if cfg.prior_noise > 0 and start == 0:
+        params["item_bias"] = popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed)
     privacy = []
     if cfg.dp:
         privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}")

@@ -59,6 +59,7 @@ class Study:
     population_eps: float = 2.0
     population_rounds: int = 30
     cold_users: float = 0.1
+    privacy_cells: bool = True  # False: only the population experiment
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -66,6 +67,8 @@ STUDIES = {
     "default": Study("default"),
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
+    "population": Study("population", seeds=2, item_coldstart=False, populations=(1_000, 10_000, 100_000),
+                        privacy_cells=False),
     "tiny": Study("tiny", seeds=2, nonprivate_rounds=4, private_rounds=4, interaction_eps=(8.0,), user_eps=(8.0,),
                   fit_eps=(1.0,), populations=(120,), population_rounds=3, cold_users=0.2),
 }
@@ -92,14 +95,14 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
     eval_every = 10 if (rounds or study.private_rounds) >= 20 else 2
     base = FedConfig(data=data, users_per_node=upn, cold_users=study.cold_users, eval_every=eval_every)
     np_rounds, p_rounds = rounds or study.nonprivate_rounds, rounds or study.private_rounds
-    cells = [Cell("non-private", replace(base, num_server_rounds=np_rounds),
+    cells = [] if not study.privacy_cells else [Cell("non-private", replace(base, num_server_rounds=np_rounds),
                   {"experiment": "privacy", "unit": "none", "target_epsilon": math.inf})]
-    for e in study.interaction_eps:
+    for e in study.interaction_eps if study.privacy_cells else ():
         cfg = replace(base, **DP_PRESET, num_server_rounds=p_rounds, target_epsilon=float(e))
         cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"interaction-eps{e:g}", cfg, {"experiment": "privacy", "unit": "interaction-level",
                                                           "target_epsilon": float(e)}))
-    for e in study.user_eps:
+    for e in study.user_eps if study.privacy_cells else ():
         cfg = replace(base, **USER_PRESET, num_server_rounds=p_rounds, user_target_epsilon=float(e))
         cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"user-eps{e:g}", cfg, {"experiment": "privacy", "unit": "user-level",
@@ -110,9 +113,9 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
                                                    "target_epsilon": math.inf}))
     for n in study.populations:
         pdata = f"synthetic:{n}x1000:0:20"
-        cfg = FedConfig(data=pdata, users_per_node=_users_per_node(n), **USER_PRESET,
+        preset = {**USER_PRESET, "prior_noise": prior_noise_for(study.population_eps, USER_PRESET["prior_noise"])}
+        cfg = FedConfig(data=pdata, users_per_node=_users_per_node(n), **preset,
                         user_target_epsilon=study.population_eps, num_server_rounds=rounds or study.population_rounds,
-                        prior_noise=prior_noise_for(study.population_eps, USER_PRESET["prior_noise"]),
                         eval_every=max(1, (rounds or study.population_rounds) // 3))
         cells.append(Cell(f"population-{n}", cfg, {"experiment": "population", "unit": "user-level",
                                                     "target_epsilon": study.population_eps, "population": n}))
@@ -181,7 +184,8 @@ def run_study(name: str, out: Path, *, data: str = "ml-100k", seeds: int | None 
     say(f"study {name!r} on {data}: {len(cells)} cells x {len(seed_list)} seeds = {len(cells) * len(seed_list)} "
         f"federated runs (finished ones are kept)")
     rows = run_cells(cells, seed_list, out, say=say)
-    rows += baseline_rows(data, study.cold_users, seed_list)
+    if study.privacy_cells:
+        rows += baseline_rows(data, study.cold_users, seed_list)
     write_rows(out, rows)
     cold = coldstart_rows(out, cells, seed_list, study, say=say)
     (out / "coldstart.json").write_text(json.dumps(cold, indent=1, default=str) + "\n")
