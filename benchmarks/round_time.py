@@ -32,7 +32,7 @@ def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
     in this process (no Flower): the floor that Flower's engine is compared with."""
     cfg = cfg.resolved()
     fed = load_federation(cfg)
-    params = init_global_params(fed.dataset.n_items, cfg)
+    params = init_global_params(cfg, fed)
     states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
     times = []
     for r in range(1, rounds + 1):

@@ -20,7 +20,7 @@ again.add_interactions([300])
 again.refit(params)  # ranking embedding refit on all local data (never released: no noise needed)
 print("after one more interaction:", again.recommend(params, n=5)[0].tolist())
 
-from fedrec.training import LocalConfig  # noqa: E402
+from fedrec.engine import LocalConfig  # noqa: E402
 
 released = again.train(params, LocalConfig(noise_multiplier=1.0, sample_rate=0.5), server_round=1)
 print("released item update rows:", released["item_embedding"].shape, "privacy spent:", again.privacy_spent())

@@ -79,8 +79,16 @@ def cmd_baseline(args) -> int:
         lambdas = [float(x) for x in args.ease_lambdas.split(",")]
         res = baselines.fit_ease(split, lambdas=lambdas, progress=_log, **ev)
     else:
-        name = {"bpr-mf": "mf"}.get(args.model, args.model)
-        model = build_model(name, ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)
+        if args.model == "bpr-mf":
+            model = build_model("mf", ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)
+        else:  # the centralized counterpart of a federated model: the same score function
+            from fedrec.federation import item_features
+            from fedrec.models import build_federated_model
+            from fedrec.models.centralized import Centralized
+
+            feats = item_features(ds) if args.model == "two-tower" else None
+            fed_model = build_federated_model(args.model, ds.n_items, item_features=feats, dim=args.dim, seed=args.seed)
+            model = Centralized(fed_model, ds.n_users, seed=args.seed)
         res = baselines.fit_centralized(
             model, split, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
             batch_size=args.batch_size, n_negatives=args.negatives, loss=args.loss,
@@ -252,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report full-ranking metrics (and labelled sampled metrics) on validation and test.")
     _add_data_args(p)
     _add_eval_args(p)
-    p.add_argument("--model", default="ease", choices=["mostpop", "ease", "bpr-mf", "mf", "gmf", "mlp", "neumf"],
-                   help="baseline (default: ease)")
+    p.add_argument("--model", default="ease",
+                   help="mostpop, ease, bpr-mf, or a federated model trained centrally: mf, gmf, mlp, neumf, two-tower, "
+                        "path/to/file.py:ClassName (default: ease)")
     p.add_argument("--out", required=True, help="output directory (metrics.json, config.json, id_map.json)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--ease-lambdas", default="50,100,200,300,500,1000",

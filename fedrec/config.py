@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 
-from fedrec.training import LocalConfig, steps_per_round
+from fedrec.engine.cohort import LocalConfig, steps_per_round
 
 __all__ = ["FedConfig", "DEFAULTS"]
 
@@ -29,7 +29,7 @@ class FedConfig:
     cold_users: float = 0.0  # fraction of users held out of training (user cold-start; fixed split seed)
     cold_items: float = 0.0  # fraction of items held out of training (item cold-start; fixed split seed)
     # model
-    model: str = "mf"
+    model: str = "mf"  # mf | gmf | mlp | neumf | two-tower | path/to/file.py:ClassName
     dim: int = 64
     init_std: float = 0.1
     # federation
@@ -121,13 +121,19 @@ class FedConfig:
             bad("budget_epsilon", "a client budget needs interaction-level DP (noise-multiplier or target-epsilon)")
         if not 0 < self.delta < 1:
             bad("delta", "must be in (0, 1)")
-        if self.model not in ("mf", "mf-features"):
-            bad("model", "federated training supports 'mf' and 'mf-features' (NCF models: `fedrec baseline`)")
+        from fedrec.models import federated_model_class
+
+        try:
+            model_cls = federated_model_class(self.model)
+        except ValueError as e:
+            raise ValueError(f"config {e}") from None
         for key in ("cold_users", "cold_items"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
-        if self.cold_items > 0 and self.model != "mf-features":
-            bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='mf-features'")
+        import inspect
+
+        if self.cold_items > 0 and "item_features" not in inspect.signature(model_cls.__init__).parameters:
+            bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
         if self.aggregation not in ("fedavg", "itemwise"):
             bad("aggregation", "choose 'fedavg' or 'itemwise'")
         if self.aggregation == "itemwise" and self.dp:

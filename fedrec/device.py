@@ -51,12 +51,23 @@ class LocalState:
     """Local state of the users hosted on one device or node (never sent)."""
 
     users: np.ndarray  # (k,) global user ids
-    user_emb: np.ndarray  # (k, d) float32
+    local: dict[str, np.ndarray]  # the model's local state, (k, ...) per name (e.g. "user": embeddings)
     dp_steps: np.ndarray  # (k,) int64 steps of the subsampled Gaussian mechanism taken
     rounds: np.ndarray  # (k,) rounds taken part in
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"users": self.users, "user_emb": self.user_emb, "dp_steps": self.dp_steps, "rounds": self.rounds}
+        out = {"users": self.users, "dp_steps": self.dp_steps, "rounds": self.rounds}
+        out.update({f"local/{k}": v for k, v in self.local.items()})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "LocalState":
+        """Inverse of :meth:`arrays` (``user_emb`` of older files is the local ``user``)."""
+        keys = list(arrays.keys())
+        local = {k.split("/", 1)[1]: np.asarray(arrays[k]) for k in keys if k.startswith("local/")}
+        if "user_emb" in keys:
+            local["user"] = np.asarray(arrays["user_emb"])
+        return cls(np.asarray(arrays["users"]), local, np.asarray(arrays["dp_steps"]), np.asarray(arrays["rounds"]))
 
 
 def save_local_state(directory: str | Path, state: LocalState, *, server_round: int) -> Path:
@@ -92,7 +103,7 @@ def load_local_state(directory: str | Path, *, at_most_round: int | None = None)
     path = d / f"round-{r:08d}.npz"
     try:
         with np.load(path) as z:
-            st = LocalState(z["users"], z["user_emb"], z["dp_steps"], z["rounds"])
+            st = LocalState.from_arrays(z)
     except Exception as e:  # noqa: BLE001 - any decoding failure
         raise ValueError(f"local state file {path} is unreadable: {e}") from e
     return st, r
@@ -140,26 +151,23 @@ def fold_in(
     """A user embedding fit to ``items`` against frozen item parameters (BPR, full-batch
     SGD over sampled negatives).  With no items, the zero vector (scores = item
     biases: a non-personal ranking)."""
+    from fedrec.engine import LocalConfig, mf_round
+
     d = item_emb.shape[1]
     items = np.unique(np.asarray(items, dtype=np.int64))
     if len(items) == 0:
         return np.zeros(d, dtype=np.float32)
-    rng = np.random.default_rng(seed)
     n_items = item_emb.shape[0]
-    pos_mask = np.zeros(n_items, dtype=bool)
-    pos_mask[items] = True
-    cand = np.flatnonzero(~pos_mask)
+    # the user's items as row 0 of a training matrix; one engine step per iteration,
+    # with fresh negatives each (keyed by the iteration)
+    train = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items), np.int64), items)), shape=(1, n_items))
+    cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=negatives, user_l2=l2)
     q = torch.as_tensor(item_emb, dtype=torch.float32)
     b = torch.as_tensor(item_bias, dtype=torch.float32)
-    p = torch.as_tensor(init if init is not None else np.zeros(d), dtype=torch.float32).clone()
-    pos = torch.as_tensor(np.repeat(items, negatives))
-    for _ in range(steps):
-        neg = torch.as_tensor(rng.choice(cand, size=len(pos)))
-        dq = q[pos] - q[neg]
-        x = dq @ p + b[pos] - b[neg]
-        g = (-torch.sigmoid(-x))[:, None] * dq
-        p = p - lr * (g.mean(0) + l2 * p)
-    return p.numpy().astype(np.float32)
+    p = torch.as_tensor(init if init is not None else np.zeros(d), dtype=torch.float32).reshape(1, d).clone()
+    for t in range(steps):
+        p, _, _, _ = mf_round(p, q, b, train, np.array([0]), cfg, seed=seed, server_round=t)
+    return p[0].numpy().astype(np.float32)
 
 
 @dataclass
@@ -248,23 +256,24 @@ class DeviceRecommender:
         """One round of local (DP-)training; returns the release (item pseudo-gradients)
         or ``None`` if the round would exceed the budget (the device declines).
 
-        ``local`` is a :class:`fedrec.training.LocalConfig`; the same function the
-        simulated nodes run (:func:`fedrec.training.train_cohort`) does the work.
+        ``local`` is a :class:`fedrec.engine.LocalConfig`; the engine the simulated
+        nodes run (:func:`fedrec.engine.train_cohort`) does the work.
         """
-        from fedrec.training import steps_per_round, train_cohort
+        from fedrec.engine import mf_round, steps_per_round
 
         q = global_params["item_embedding"]
         steps = steps_per_round(local) if local.dp else 0
         if self.would_exceed_budget(steps):
             return None
-        res = train_cohort(torch.as_tensor(self.train_emb[None, :]), torch.as_tensor(q),
-                           torch.as_tensor(global_params["item_bias"]), self.train_matrix(q.shape[0]),
-                           np.array([self.user]), local, seed=seed, server_round=server_round, generator=generator)
-        self.train_emb = res.user_emb[0].numpy().astype(np.float32)
+        emb, item_update, bias_update, _ = mf_round(
+            torch.as_tensor(self.train_emb[None, :]), torch.as_tensor(q), torch.as_tensor(global_params["item_bias"]),
+            self.train_matrix(q.shape[0]), np.array([self.user]), local, seed=seed, server_round=server_round,
+            generator=generator)
+        self.train_emb = emb[0].numpy().astype(np.float32)
         self.dp_steps += steps
         self.rounds += 1
         self.save()
-        return {"item_embedding": res.item_update.numpy(), "item_bias": res.bias_update.numpy()}
+        return {"item_embedding": item_update.numpy(), "item_bias": bias_update.numpy()}
 
     # --- privacy ----------------------------------------------------------
     def privacy_spent(self, delta: float | None = None) -> dict:

@@ -13,7 +13,7 @@ from fedrec.data import Dataset, Split, hold_out_items, hold_out_users, load_dat
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
-__all__ = ["Federation", "load_federation", "init_global_params", "init_user_embeddings", "item_features",
+__all__ = ["Federation", "load_federation", "federated_model", "init_global_params", "init_local_state", "item_features",
            "activity_groups", "SPLIT_SEED"]
 
 
@@ -61,18 +61,33 @@ def load_federation(cfg: FedConfig) -> Federation:
                    cfg.cold_users, cfg.cold_items)
 
 
-def init_global_params(n_items: int, cfg: FedConfig, n_features: int = 0) -> dict[str, np.ndarray]:
-    """Initial item embeddings ``N(0, init_std)`` and zero biases (seeded); with
-    ``model='mf-features'`` also the shared feature layer (``n_features x dim``)."""
-    rng = np.random.default_rng([cfg.seed, 1])
-    out = {
-        "item_embedding": (rng.standard_normal((n_items, cfg.dim)) * cfg.init_std).astype(np.float32),
-        "item_bias": np.zeros(n_items, dtype=np.float32),
-    }
-    if cfg.model == "mf-features":
-        out["feature_embedding"] = (rng.standard_normal((n_features, cfg.dim)) * cfg.init_std).astype(np.float32)
-        out["feature_bias"] = np.zeros(n_features, dtype=np.float32)
-    return out
+_MODELS: dict = {}  # (dataset id, model settings) -> (dataset, model)
+
+
+def federated_model(cfg: FedConfig, fed: Federation):
+    """The run's :class:`~fedrec.models.protocol.FederatedModel` (``cfg.model``), built once
+    per (federation, model settings) in a process; its parameters are the initial
+    global parameters (seeded by ``cfg.seed``)."""
+    from fedrec.models import build_federated_model, federated_model_class
+
+    key = (id(fed.dataset), cfg.model, cfg.dim, cfg.init_std, cfg.seed)
+    cache = _MODELS
+    if key not in cache or cache[key][0] is not fed.dataset:
+        import inspect
+
+        cls = federated_model_class(cfg.model)
+        wants = "item_features" in inspect.signature(cls.__init__).parameters
+        feats = item_features(fed.dataset) if wants else None
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = (fed.dataset, build_federated_model(cfg.model, fed.dataset.n_items, item_features=feats,
+                                                         dim=cfg.dim, init_std=cfg.init_std, seed=cfg.seed))
+    return cache[key][1]
+
+
+def init_global_params(cfg: FedConfig, fed: Federation) -> dict[str, np.ndarray]:
+    """Initial global parameters of the run's model (what the server starts from)."""
+    return federated_model(cfg, fed).global_params()
 
 
 def item_features(ds: Dataset) -> np.ndarray:
@@ -107,9 +122,6 @@ def activity_groups(split: Split) -> np.ndarray:
     return np.where(n <= lo, "light", np.where(n <= hi, "medium", "heavy")).astype(object)
 
 
-def init_user_embeddings(users: np.ndarray, cfg: FedConfig) -> np.ndarray:
-    """Initial local embeddings, a function of (seed, user) only."""
-    out = np.empty((len(users), cfg.dim), dtype=np.float32)
-    for j, u in enumerate(np.asarray(users).tolist()):
-        out[j] = np.random.default_rng([cfg.seed, 2, u]).standard_normal(cfg.dim) * cfg.init_std
-    return out
+def init_local_state(users: np.ndarray, cfg: FedConfig, fed: Federation) -> dict[str, np.ndarray]:
+    """Initial local state of ``users``, a function of (seed, user) only."""
+    return federated_model(cfg, fed).init_local(users, cfg.seed)

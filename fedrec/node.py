@@ -14,11 +14,11 @@ import torch
 
 from fedrec.config import FedConfig
 from fedrec.device import LocalState, load_local_state, save_local_state
-from fedrec.federation import Federation, init_user_embeddings, load_federation
+from fedrec.engine import train_cohort
+from fedrec.federation import Federation, federated_model, init_local_state, load_federation
 from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.accounting import epsilons_for_steps
 from fedrec.rng import hash_uniform
-from fedrec.training import train_cohort
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
            "active_users", "train_round", "evaluate_round", "to_arrays"]
@@ -65,15 +65,10 @@ def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig, *,
             return st
     elif STATE_KEY in record_dict:
         a = record_dict[STATE_KEY]
-        return NodeState(
-            users=a["users"].numpy(),
-            user_emb=a["user_emb"].numpy(),
-            dp_steps=a["dp_steps"].numpy(),
-            rounds=a["rounds"].numpy(),
-        )
+        return NodeState.from_arrays({k: a[k].numpy() for k in a.keys()})
     return NodeState(
         users=users,
-        user_emb=init_user_embeddings(users, cfg),
+        local=init_local_state(users, cfg, fed),
         dp_steps=np.zeros(len(users), dtype=np.int64),
         rounds=np.zeros(len(users), dtype=np.int64),
     )
@@ -160,26 +155,24 @@ def train_round(
     """
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, server_round, partition, 3]).integers(2**62)))
+    model = federated_model(cfg, fed)
     active, declined = active_users(cfg, state, server_round)
     k = int(active.sum())
-    q = global_params["item_embedding"]
-    item_update = np.zeros_like(q, dtype=np.float32)
-    bias_update = np.zeros(q.shape[0], dtype=np.float32)
-    loss, counts = 0.0, np.zeros(q.shape[0])
-    user_emb, steps, rounds = state.user_emb.copy(), state.dp_steps.copy(), state.rounds.copy()
+    params = {n: torch.as_tensor(v) for n, v in global_params.items()}
+    update = {n: np.zeros(v.shape, dtype=np.float64) for n, v in global_params.items()}
+    n_items = model.n_items
+    loss, counts = 0.0, np.zeros(n_items)
+    local = {n: v.copy() for n, v in state.local.items()}
+    steps, rounds = state.dp_steps.copy(), state.rounds.copy()
     if k:
         idx = np.flatnonzero(active)
-        item_update = np.zeros_like(q, dtype=np.float64)
-        bias_update = np.zeros(q.shape[0], dtype=np.float64)
-        counts = np.zeros(q.shape[0])
-        loss = 0.0
-        for part in _chunks(idx, np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives):
-            # users are independent: chunks bound the memory of the per-pair tensors;
+        for part in _chunks(idx, np.diff(fed.split.train.indptr)[state.users[idx]] * (1 + cfg.negatives)):
+            # users are independent: chunks bound the memory of the per-sample tensors;
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
             res = train_cohort(
-                torch.as_tensor(state.user_emb[part]),
-                torch.as_tensor(q),
-                torch.as_tensor(global_params["item_bias"]),
+                model,
+                {n: torch.as_tensor(v[part]) for n, v in state.local.items()},
+                params,
                 fed.split.train,
                 state.users[part],
                 cfg.local,
@@ -188,21 +181,20 @@ def train_round(
                 generator=gen,
             )
             w = len(part) / k
-            user_emb[part] = res.user_emb.numpy().astype(np.float32)
-            item_update += w * res.item_update.numpy()
-            bias_update += w * res.bias_update.numpy()
+            for n, v in res.local.items():
+                local[n][part] = v.numpy().astype(np.float32)
+            for n, v in res.update.items():
+                update[n] += w * v.numpy()
             loss += w * float(res.loss)
             counts += res.item_counts
         steps[active] += cfg.steps_per_round if cfg.dp else 0
         rounds[active] += 1
-        item_update, bias_update = item_update.astype(np.float32), bias_update.astype(np.float32)
-    new = NodeState(state.users, user_emb, steps, rounds)
+    update = {n: v.astype(np.float32) for n, v in update.items()}
+    new = NodeState(state.users, local, steps, rounds)
     if cfg.user_level:
         # user-level DP: the reply is (global parameters + the SUM of the users'
         # clipped updates), the form Flower's DP wrappers clip and noise
-        update = {"item_embedding": q + k * item_update, "item_bias": global_params["item_bias"] + k * bias_update}
-    else:
-        update = {"item_embedding": item_update, "item_bias": bias_update}
+        update = {n: global_params[n] + k * v for n, v in update.items()}
     if cfg.aggregation == "itemwise":
         update["item_counts"] = (counts / max(k, 1)).astype(np.float32)
     metrics = {"num-examples": k, "train-loss": loss, "declined": declined}
@@ -233,12 +225,14 @@ def evaluate_round(
     lists of this node each item is in (for coverage).  The server selects
     rounds on validation only.
     """
-    q, b = global_params["item_embedding"], global_params["item_bias"]
+    model = federated_model(cfg, fed)
+    params = {n: torch.as_tensor(v) for n, v in global_params.items()}
     row = {int(u): j for j, u in enumerate(state.users.tolist())}
-    emb = state.user_emb
 
     def score(users: np.ndarray) -> np.ndarray:
-        return emb[[row[int(u)] for u in users]] @ q.T + b[None, :]
+        at = [row[int(u)] for u in users]
+        with torch.no_grad():
+            return model.score_users({n: torch.as_tensor(v[at]) for n, v in state.local.items()}, params).numpy()
 
     out: dict = {"num-examples": int(len(state.users))}
     extras = _eval_extras(fed)
@@ -252,8 +246,7 @@ def evaluate_round(
     put("valid", evaluate(score, fed.split, stage="valid", users=state.users, ties=cfg.ties,
                           sampled_negatives=99, seed=cfg.seed))
     r = evaluate(score, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
-                 seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"],
-                 user_groups={"activity": extras["groups"]})
+                 seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"])
     put("test", r)
     out["test-topk"] = [int(x) for x in r.topk_item_counts]
     per_group = extras["groups"][r.users]
@@ -275,28 +268,27 @@ def _eval_extras(fed: Federation) -> dict:
         return cached
     import dataclasses
 
-    from fedrec.federation import activity_groups, item_features
+    from fedrec.federation import activity_groups
 
     split = fed.split
     popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
-    try:
-        feats = fed.dataset.item_genres.astype(np.float32) if fed.dataset.item_genres is not None else None
-    except AttributeError:
-        feats = None
+    genres = fed.dataset.item_genres
+    feats = genres.astype(np.float32) if genres is not None else None
     views = {}
     if len(split.cold_items):
         cold = np.zeros(split.n_items, dtype=np.float32)
         cold[split.cold_items] = 1.0
         test = split.test.tocsr()
+        cold_test = (test @ sp.diags(cold)).tocsr()
+        warm_test = (test @ sp.diags(1.0 - cold)).tocsr()
+        for m in (cold_test, warm_test):
+            m.eliminate_zeros()
         # the cold-start ranking task: held-out items among held-out items only (warm
         # items are masked like history: added to the validation matrix the test masks)
         warm_all = sp.csr_matrix(np.broadcast_to(1.0 - cold, (split.n_users, split.n_items)))
-        views = {"cold-items": dataclasses.replace(split, test=(test @ sp.diags(cold)).tocsr()),
-                 "warm-items": dataclasses.replace(split, test=(test @ sp.diags(1.0 - cold)).tocsr()),
-                 "cold-among-cold": dataclasses.replace(split, test=(test @ sp.diags(cold)).tocsr(),
-                                                        valid=(split.valid + warm_all).tocsr())}
-        for v in views.values():
-            v.test.eliminate_zeros()
+        views = {"cold-items": dataclasses.replace(split, test=cold_test),
+                 "warm-items": dataclasses.replace(split, test=warm_test),
+                 "cold-among-cold": dataclasses.replace(split, test=cold_test, valid=(split.valid + warm_all).tocsr())}
     out = {"popularity": popularity, "features": feats, "groups": activity_groups(split), "item_views": views}
     object.__setattr__(fed, "_eval_extras", out)
     return out

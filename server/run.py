@@ -10,9 +10,10 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig
-from fedrec.federation import init_global_params, item_features, load_federation
 import json
 import shutil
+
+from fedrec.federation import federated_model, load_federation
 
 from fedrec.privacy.accounting import epsilon
 from fedrec.privacy.prior import popularity_prior
@@ -77,8 +78,7 @@ class RunLog:
             if self.best is None or ev[sel] > self.best[sel]:
                 self.best = dict(row)
                 if self.out:  # the selected model, as nodes see it (for cold-start studies and devices)
-                    sent = self.strategy.client_arrays(arrays)
-                    np.savez(self.out / "best_params.tmp.npz", round=server_round, **{k: v.numpy() for k, v in sent.items()})
+                    np.savez(self.out / "best_params.tmp.npz", round=server_round, **{k: v.numpy() for k, v in arrays.items()})
                     (self.out / "best_params.tmp.npz").replace(self.out / "best_params.npz")
         _say(msg)
         if self.out:
@@ -99,10 +99,10 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
     """
     fed = load_federation(cfg)
-    feats = item_features(fed.dataset) if cfg.model == "mf-features" else None
-    params = init_global_params(fed.dataset.n_items, cfg, n_features=0 if feats is None else feats.shape[1])
+    model = federated_model(cfg, fed)
+    params = model.global_params()
     strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes,
-                              n_users=fed.n_users, features=feats, cold_items=fed.split.cold_items)
+                              n_users=fed.n_users, item_tables=model.item_tables, cold_items=fed.split.cold_items)
     log = RunLog(cfg, strategy)
     start = 0
     if log.out:
@@ -130,7 +130,7 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
         write_json(log.out / "config.json", {"run_config": cfg.to_run_config(), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
     if cfg.prior_noise > 0 and start == 0:
-        params["item_bias"] = popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed)
+        params = model.with_item_prior(params, popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed))
     privacy = []
     if cfg.dp:
         privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}")

@@ -112,7 +112,7 @@ from flwr.server.strategy import FedAvg
 
 from fedrec import node
 from fedrec.config import FedConfig
-from fedrec.federation import init_global_params, load_federation
+from fedrec.federation import federated_model, load_federation
 from server.optimizers import OptState, server_step
 
 __all__ = [
@@ -127,7 +127,6 @@ __all__ = [
     "auto_quantization_range",
 ]
 
-KEYS = ("item_embedding", "item_bias")
 COUNTS_KEY = "item_counts"
 MODULUS_RANGE = 2**32
 
@@ -182,7 +181,7 @@ def quantization_bound(num_examples, *, clipping_range: float, quantization_rang
 
 # --------------------------------------------------------------------------- client
 def _update_list(update: dict[str, np.ndarray]) -> list[np.ndarray]:
-    keys = KEYS + ((COUNTS_KEY,) if COUNTS_KEY in update else ())
+    keys = list(update)  # the model's global parameters in its order (then item counts)
     # float64: float32 cannot resolve a quantisation step of 2C/Q (~1e-8)
     return [np.asarray(update[k], dtype=np.float64) for k in keys]
 
@@ -194,9 +193,10 @@ class SecAggNodeClient(NumPyClient):
         self.ctx = context
         rc = run_config if run_config is not None else dict(context.run_config)
         self.cfg, self.fed, self.partition = node.setup(rc, context.node_config)
+        self.keys = list(federated_model(self.cfg, self.fed).global_shapes())
 
     def _params(self, parameters) -> dict[str, np.ndarray]:
-        return {k: np.asarray(a, dtype=np.float32) for k, a in zip(KEYS, parameters)}
+        return {k: np.asarray(a, dtype=np.float32) for k, a in zip(self.keys, parameters)}
 
     def fit(self, parameters, config):
         state = node.load_state(self.ctx.state, self.fed, self.partition, self.cfg)
@@ -241,14 +241,15 @@ class SecAggFedRecStrategy(FedAvg):
     broadcast, the aggregate, the weights and partitions, and the timings."""
 
     def __init__(self, cfg: FedConfig, *, params0: dict[str, np.ndarray], n_nodes: int,
-                 settings: SecAggSettings, num_rounds: int, evaluate: bool, record: dict):
+                 settings: SecAggSettings, num_rounds: int, evaluate: bool, record: dict,
+                 item_tables: tuple[str, ...] = ()):
         super().__init__(
             fraction_fit=cfg.fraction_train,
             fraction_evaluate=1.0,
             min_fit_clients=min(2, n_nodes),
             min_evaluate_clients=n_nodes,
             min_available_clients=n_nodes,
-            initial_parameters=ndarrays_to_parameters([params0[k] for k in KEYS]),
+            initial_parameters=ndarrays_to_parameters(list(params0.values())),
             on_fit_config_fn=self._fit_config,
             fit_metrics_aggregation_fn=self._fit_metrics,
             accept_failures=False,
@@ -256,6 +257,8 @@ class SecAggFedRecStrategy(FedAvg):
         self.cfg, self.settings, self.num_rounds, self.do_eval = cfg, settings, num_rounds, evaluate
         self.n_nodes = n_nodes
         self.current = {k: np.asarray(v, dtype=np.float32) for k, v in params0.items()}
+        self.keys = list(params0)
+        self.item_tables = set(item_tables)
         self.opt_state = OptState()
         self.rec = record
         for key in ("broadcast", "aggregates", "weights", "seconds", "train", "clipped"):
@@ -285,7 +288,7 @@ class SecAggFedRecStrategy(FedAvg):
 
     def configure_fit(self, server_round, parameters, client_manager):
         self._t0[server_round] = time.perf_counter()
-        self.rec["broadcast"][server_round] = dict(zip(KEYS, parameters_to_ndarrays(parameters)))
+        self.rec["broadcast"][server_round] = dict(zip(self.keys, parameters_to_ndarrays(parameters)))
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round, results, failures):
@@ -295,7 +298,7 @@ class SecAggFedRecStrategy(FedAvg):
             return None, {}
         agg, metrics = super().aggregate_fit(server_round, results, failures)
         arrays = parameters_to_ndarrays(agg)
-        keys = KEYS + ((COUNTS_KEY,) if len(arrays) == 3 else ())
+        keys = self.keys + ([COUNTS_KEY] if len(arrays) == len(self.keys) + 1 else [])
         mean = dict(zip(keys, arrays))
         self.rec["aggregates"][server_round] = mean
         self.rec["weights"][server_round] = {int(r.metrics["partition-id"]): int(r.num_examples) for _, r in results}
@@ -303,11 +306,12 @@ class SecAggFedRecStrategy(FedAvg):
         if self.rec["clipped"][server_round]:
             log.warning("round %d: %d values outside the clipping range +-%g were clipped by SecAgg+",
                         server_round, self.rec["clipped"][server_round], self.settings.clipping_range)
-        update = {k: mean[k] for k in KEYS}
+        update = {k: mean[k] for k in self.keys}
         if self.cfg.aggregation == "itemwise":
             frac = mean[COUNTS_KEY]
             scale = np.where(frac > 0, 1.0 / np.maximum(frac, 1e-12), 0.0)
-            update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in update.items()}
+            update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in self.item_tables else v
+                      for k, v in update.items()}
         new, self.opt_state = server_step(
             self.current, update, self.opt_state, opt=self.cfg.server_opt, lr=self.cfg.server_lr,
             beta1=self.cfg.beta1, beta2=self.cfg.beta2, eps=self.cfg.server_eps,
@@ -316,7 +320,7 @@ class SecAggFedRecStrategy(FedAvg):
         self.rec["params"] = self.current
         self.rec["train"][server_round] = dict(metrics)
         self.rec["seconds"][server_round] = time.perf_counter() - self._t0[server_round]
-        return ndarrays_to_parameters([self.current[k] for k in KEYS]), metrics
+        return ndarrays_to_parameters([self.current[k] for k in self.keys]), metrics
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         if not self.do_eval or server_round != self.num_rounds:
@@ -345,7 +349,7 @@ def make_secagg_server_app(cfg: FedConfig, *, num_rounds: int, settings: SecAggS
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
     fed = load_federation(cfg)
-    n_items = fed.split.train.shape[1]
+    model = federated_model(cfg, fed)
     s = settings.resolved(fed.n_nodes, max(len(c) for c in fed.cohorts))
     rec = record if record is not None else {}
     rec["settings"] = asdict(s)
@@ -353,8 +357,9 @@ def make_secagg_server_app(cfg: FedConfig, *, num_rounds: int, settings: SecAggS
 
     @app.main()
     def main(grid, context) -> None:
-        strategy = SecAggFedRecStrategy(cfg, params0=init_global_params(n_items, cfg), n_nodes=fed.n_nodes, settings=s,
-                                num_rounds=num_rounds, evaluate=evaluate, record=rec)
+        strategy = SecAggFedRecStrategy(cfg, params0=model.global_params(), n_nodes=fed.n_nodes, settings=s,
+                                        num_rounds=num_rounds, evaluate=evaluate, record=rec,
+                                        item_tables=model.item_tables)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
         fit_workflow = None
         if secure:

@@ -32,9 +32,8 @@ from flwr.serverapp.strategy import (
 from fedrec.config import FedConfig
 from server.optimizers import OptState, server_step
 
-__all__ = ["FedRecStrategy", "SumOfUpdates", "validate_reply", "aggregate_train_metrics", "GLOBAL_KEYS"]
+__all__ = ["FedRecStrategy", "SumOfUpdates", "validate_reply", "aggregate_train_metrics"]
 
-GLOBAL_KEYS = ("item_embedding", "item_bias")
 COUNTS_KEY = "item_counts"
 
 
@@ -163,7 +162,7 @@ class FedRecStrategy(FedAvg):
     """
 
     def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, n_users: int | None = None,
-                 features: np.ndarray | None = None, cold_items: np.ndarray | None = None):
+                 item_tables: tuple[str, ...] = (), cold_items: np.ndarray | None = None):
         super().__init__(
             fraction_train=cfg.fraction_train,
             fraction_evaluate=1.0,
@@ -173,19 +172,17 @@ class FedRecStrategy(FedAvg):
             train_metrics_aggr_fn=aggregate_train_metrics,
         )
         self.cfg = cfg
-        # feature-aware model: the server holds free item rows V, b and the shared
-        # feature layer W, w; nodes get (and send gradients of) E = V + F W, b + F w
-        self.features = features if cfg.model == "mf-features" else None
-        if self.features is not None and self.features.shape[0] != shapes["item_embedding"][0]:
-            raise ValueError(f"features have {self.features.shape[0]} rows for {shapes['item_embedding'][0]} items")
-        self.cold_mask = np.zeros(shapes["item_embedding"][0], dtype=bool)
-        if cold_items is not None and len(cold_items):
-            self.cold_mask[np.asarray(cold_items)] = True  # not in the catalogue at training time: no free row
-        shapes = {k: v for k, v in shapes.items() if k in GLOBAL_KEYS}  # what a reply holds
+        # rows of held-out items: not in the catalogue at training time, so no update
+        # reaches them (a feature-aware model ranks them through its item tower)
+        self.item_tables = tuple(t for t in item_tables if t in shapes)
+        self.cold_items = np.asarray(cold_items if cold_items is not None else [], dtype=np.int64)
+        self.keys = tuple(shapes)
         self.sent: dict[str, np.ndarray] | None = None
         self.shapes = dict(shapes)
         if cfg.aggregation == "itemwise":
-            self.shapes[COUNTS_KEY] = (shapes["item_embedding"][0],)
+            if not self.item_tables:
+                raise ValueError("item-wise aggregation needs a model with item tables")
+            self.shapes[COUNTS_KEY] = (shapes[self.item_tables[0]][0],)
         self.n_nodes = n_nodes
         self.opt_state = OptState()
         self.current: dict[str, np.ndarray] | None = None
@@ -197,7 +194,7 @@ class FedRecStrategy(FedAvg):
         self.n_users = n_users or n_nodes * cfg.users_per_node
         self.dp_wrapper: Strategy | None = None
         if cfg.user_level:
-            self.summer = SumOfUpdates(self._train_messages, GLOBAL_KEYS)
+            self.summer = SumOfUpdates(self._train_messages, self.keys)
             sigma, clip = cfg.user_noise_multiplier, cfg.user_clip
             if cfg.user_dp == "client":
                 self.dp_wrapper = DifferentialPrivacyClientSideFixedClipping(
@@ -211,27 +208,15 @@ class FedRecStrategy(FedAvg):
                     target_clipped_quantile=cfg.user_clip_quantile, clip_norm_lr=0.2,
                     clipped_count_stddev=max(sigma, cfg.user_sample_rate * self.n_users / 20))
 
-    def client_arrays(self, arrays: ArrayRecord) -> ArrayRecord:
-        """What nodes receive: the item table (for the feature model, composed with the
-        shared feature layer; held-out items have no free row)."""
-        if self.features is None:
-            return arrays
-        p = {k: v.numpy() for k, v in arrays.items()}
-        free = np.where(self.cold_mask[:, None], 0.0, p["item_embedding"])
-        emb = free + self.features @ p["feature_embedding"]
-        bias = np.where(self.cold_mask, 0.0, p["item_bias"]) + self.features @ p["feature_bias"]
-        return ArrayRecord({"item_embedding": Array(emb.astype(np.float32)), "item_bias": Array(bias.astype(np.float32))})
-
-    def chain_rule(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Update of the server's parameters from the aggregated item-table update:
-        free rows get it as is (held-out rows none), the feature layer ``F^T``
-        times it — a linear post-processing of the aggregate, equal to every node
-        computing its own feature-layer gradient."""
-        if self.features is None:
+    def freeze_cold_rows(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The update with the rows of held-out items zeroed in every item table."""
+        if not len(self.cold_items):
             return update
-        e, b = update["item_embedding"], update["item_bias"]
-        return {"item_embedding": np.where(self.cold_mask[:, None], 0.0, e), "item_bias": np.where(self.cold_mask, 0.0, b),
-                "feature_embedding": self.features.T @ e, "feature_bias": self.features.T @ b}
+        out = dict(update)
+        for t in self.item_tables:
+            out[t] = update[t].copy()
+            out[t][self.cold_items] = 0.0
+        return out
 
     @property
     def max_examples(self) -> int:
@@ -268,8 +253,7 @@ class FedRecStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self.current = {k: v.numpy() for k, v in arrays.items()}
-        arrays = self.client_arrays(arrays)
-        self.sent = {k: v.numpy() for k, v in arrays.items()}
+        self.sent = self.current
         if self.dp_wrapper is not None:  # the wrapper sees the round (clip norm, current arrays)
             return self.dp_wrapper.configure_train(server_round, arrays, config, grid)
         return self._train_messages(server_round, arrays, config, grid)
@@ -294,7 +278,6 @@ class FedRecStrategy(FedAvg):
         server_round += self.round_offset
         _crash_point(server_round)
         good, failed, rejected = [], 0, 0
-        min_examples = 0
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -302,7 +285,7 @@ class FedRecStrategy(FedAvg):
                 self.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
                 log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
                 continue
-            reason = validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=min_examples)
+            reason = validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=0)
             if reason is None:
                 good.append(msg)
             else:
@@ -327,12 +310,13 @@ class FedRecStrategy(FedAvg):
                 return None, None
         else:
             mean, metrics = super().aggregate_train(server_round, contributing)
-            update = {k: mean[k].numpy() for k in GLOBAL_KEYS}
+            update = {k: mean[k].numpy() for k in self.keys}
             if self.cfg.aggregation == "itemwise":
                 frac = mean[COUNTS_KEY].numpy()  # mean over users of "user touched this row"
                 scale = np.where(frac > 0, 1.0 / np.maximum(frac, 1e-12), 0.0)
-                update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) for k, v in update.items()}
-        update = self.chain_rule(update)
+                update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in self.item_tables else v
+                          for k, v in update.items()}
+        update = self.freeze_cold_rows(update)
         # loss, counts and epsilons over every valid reply (declined users included)
         metrics = aggregate_train_metrics([m.content for m in good], "num-examples")
         new, self.opt_state = server_step(
@@ -360,7 +344,7 @@ class FedRecStrategy(FedAvg):
         if noised is None:
             return None, None
         expected = self.cfg.user_sample_rate * self.n_users
-        update = {k: (noised[k].numpy().astype(np.float64) - self.sent[k]) / expected for k in GLOBAL_KEYS}
+        update = {k: (noised[k].numpy().astype(np.float64) - self.sent[k]) / expected for k in self.keys}
         self.round_info[server_round]["user-clip"] = float(self.dp_wrapper.clipping_norm)
         return update, metrics
 
@@ -373,7 +357,6 @@ class FedRecStrategy(FedAvg):
         server_round += self.round_offset
         if not self.is_eval_round(server_round):
             return []
-        arrays = self.client_arrays(arrays)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, self.wait_for_nodes(grid), MessageType.EVALUATE)

@@ -23,7 +23,7 @@ pure-DP bound ``f(v) < p``.
 The canaries here
 -----------------
 The audited mechanism is the client's interaction-level DP-SGD round
-(:func:`fedrec.training.train_cohort` with ``noise_multiplier > 0``); its claimed
+(:func:`fedrec.engine.train_cohort` with ``noise_multiplier > 0``); its claimed
 epsilon is that of one round, ``user_steps + item_steps`` steps of the Poisson
 subsampled Gaussian, for one training pair (the canary is one interaction and
 ``negatives`` must be 1, so one interaction is one pair).
@@ -74,7 +74,7 @@ import scipy.sparse as sp
 import scipy.stats
 import torch
 
-from fedrec.training import LocalConfig, keyed_negatives, steps_per_round, train_cohort
+from fedrec.engine import LocalConfig, keyed_negatives, mf_round, steps_per_round
 
 __all__ = ["p_value", "eps_lower_bound", "canary_scores", "audit"]
 
@@ -189,11 +189,11 @@ def canary_scores(
     noise = torch.Generator().manual_seed(seed + 1)
     out = np.empty(m)
     for j in range(m):
-        res = train_cohort(p[j : j + 1], q, b, canary_train, np.array([j]), cfg, seed=seed, server_round=1,
-                           generator=noise)
+        _, item_update, bias_update, _ = mf_round(p[j : j + 1], q, b, canary_train, np.array([j]), cfg, seed=seed,
+                                                  server_round=1, generator=noise)
         c, neg = n_items + j, int(would_be_negative[j])
-        pos_stat = float(res.bias_update[c]) + float(res.item_update[c] @ p[j])
-        neg_stat = float(res.bias_update[neg]) + float(res.item_update[neg] @ p[j])
+        pos_stat = float(bias_update[c]) + float(item_update[c] @ p[j])
+        neg_stat = float(bias_update[neg]) + float(item_update[neg] @ p[j])
         out[j] = pos_stat - neg_stat
     return out
 

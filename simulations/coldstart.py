@@ -9,7 +9,7 @@ is a non-personal ranking (zero embedding: the item biases).  The same users
 (those with more than ``max(ks)`` interactions) are used for every ``k``, so
 the curve compares like with like.
 
-The fit is :func:`fedrec.training.train_cohort` run on the user's ``k`` items
+The fit is :func:`fedrec.engine.mf_round` run on the user's ``k`` items
 (item parameters frozen, the item update discarded): full-batch steps without
 DP, or DP-SGD (Poisson sampling, per-pair clipping, Gaussian noise) with its
 interaction-level epsilon computed by the Opacus RDP accountant.
@@ -26,7 +26,7 @@ import torch
 
 from fedrec.metrics.ranking import target_ranks
 from fedrec.privacy.accounting import calibrate_noise, epsilon
-from fedrec.training import LocalConfig, train_cohort
+from fedrec.engine import LocalConfig, mf_round
 
 __all__ = ["FoldIn", "user_coldstart", "KS"]
 
@@ -110,9 +110,9 @@ def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: 
         else:
             train = _csr(seen, n_items)
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, k, 5]).integers(2**62)))
-            res = train_cohort(torch.zeros((len(users), q.shape[1])), torch.as_tensor(q), torch.as_tensor(b), train,
-                               np.arange(len(users)), loc, seed=seed, server_round=k, generator=gen)
-            emb = res.user_emb.numpy()
+            new_emb, _, _, _ = mf_round(torch.zeros((len(users), q.shape[1])), torch.as_tensor(q), torch.as_tensor(b),
+                                        train, np.arange(len(users)), loc, seed=seed, server_round=k, generator=gen)
+            emb = new_emb.numpy()
         scores = emb @ q.T + b[None, :]
         tr = target_ranks(scores, targets, history, user_ids=np.asarray(users))
         m = tr.metrics(ks=(10, 20))

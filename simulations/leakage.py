@@ -2,7 +2,7 @@
 
 What the server of a federated MF run sees is, per round, the item-side release
 of each node: the pseudo-gradient of the item embedding table ``(n_items, d)``
-and of the item biases ``(n_items,)`` (see :mod:`fedrec.training`).  This module
+and of the item biases ``(n_items,)`` (see :mod:`fedrec.engine`).  This module
 measures how much of a user's training set a curious server recovers from that
 release, under several protections, and how much a *strong* attacker recovers
 from the final model.
@@ -30,7 +30,7 @@ Protections simulated
 ``none``
     The server sees the user's own release (a node with one user), no DP.
 ``interaction-level DP``
-    The client's own mechanism: :func:`fedrec.training.train_cohort` with
+    The client's own mechanism: :func:`fedrec.engine.train_cohort` with
     ``noise_multiplier > 0`` (Poisson sampling of training pairs, per-pair
     clipping over every parameter the pair touches, Gaussian noise on every item
     row and bias).  The server sees the user's noisy release.  Epsilon: one
@@ -88,7 +88,7 @@ import scipy.stats
 import torch
 
 from fedrec.data import Split
-from fedrec.training import LocalConfig, steps_per_round, train_cohort
+from fedrec.engine import LocalConfig, mf_round, steps_per_round
 
 __all__ = [
     "ATTACKS",
@@ -256,10 +256,10 @@ def release(
     float64 ``(item_update (n_items, d), bias_update (n_items,))``.
     """
     users = np.asarray(users, dtype=np.int64)
-    res = train_cohort(user_emb, item_emb, item_bias, train, users, cfg, seed=seed, server_round=server_round,
-                       generator=generator)
+    _, item_update, bias_update, _ = mf_round(user_emb, item_emb, item_bias, train, users, cfg, seed=seed,
+                                              server_round=server_round, generator=generator)
     k = len(users)
-    return res.item_update.double().numpy() * k, res.bias_update.double().numpy() * k
+    return item_update.double().numpy() * k, bias_update.double().numpy() * k
 
 
 def update_attack(
@@ -369,7 +369,7 @@ def train_federated(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Federated MF in-process: every round all users with training data train
-    (:func:`train_cohort`, one cohort) and the server applies Adam (bias-corrected,
+    (:func:`fedrec.engine.mf_round`, one cohort) and the server applies Adam (bias-corrected,
     betas 0.9/0.999) or SGD to the mean release.
 
     This is the federated algorithm of the project with ``fraction-train 1``,
@@ -391,9 +391,9 @@ def train_federated(
     m = {"q": torch.zeros_like(q), "b": torch.zeros_like(b)}
     v = {"q": torch.zeros_like(q), "b": torch.zeros_like(b)}
     for t in range(1, rounds + 1):
-        res = train_cohort(p[users], q, b, train, users, cfg, seed=seed, server_round=t, generator=generator)
-        p[users] = res.user_emb
-        upd = {"q": res.item_update, "b": res.bias_update}
+        p[users], item_update, bias_update, _ = mf_round(p[users], q, b, train, users, cfg, seed=seed, server_round=t,
+                                                         generator=generator)
+        upd = {"q": item_update, "b": bias_update}
         step = {}
         for k, d in upd.items():
             if server_opt == "sgd":

@@ -25,6 +25,13 @@ def mean_sd(values) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
+def _save(fig, path: Path, rect=None) -> Path:
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _by_cell(rows: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in rows:
@@ -81,10 +88,7 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle("Privacy vs accuracy: interaction-level and user-level epsilon "
                  "(non-private: line with ± sd band)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, rect=(0, 0.07, 1, 1))
 
 
 def plot_user_coldstart(cold: list[dict], rows: list[dict], path: Path) -> Path | None:
@@ -110,10 +114,7 @@ def plot_user_coldstart(cold: list[dict], rows: list[dict], path: Path) -> Path 
     ax.set_title("User cold-start: new users fit only their own embedding")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _privacy_cells(rows):
@@ -138,10 +139,7 @@ def plot_groups(rows: list[dict], path: Path) -> Path | None:
     ax.set_title("Activity groups (terciles of training interactions): does privacy hurt light users more?")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_beyond(rows: list[dict], path: Path) -> Path | None:
@@ -159,10 +157,7 @@ def plot_beyond(rows: list[dict], path: Path) -> Path | None:
         ax.set_title(label, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("Beyond accuracy at each privacy level (test, top-10 lists)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_item_coldstart(rows: list[dict], path: Path) -> Path | None:
@@ -180,13 +175,10 @@ def plot_item_coldstart(rows: list[dict], path: Path) -> Path | None:
            color=["tab:orange"] * 3 + ["tab:red"] * 3 + ["tab:blue"] * 3)
     ax.set_xticks(range(len(ms)))
     ax.set_xticklabels(labels, fontsize=7)
-    ax.set_ylabel("test metric (ranked among all items)")
+    ax.set_ylabel("test metric")
     ax.set_title("Item cold-start: items never seen in training,\nranked through genres and year", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_population(rows: list[dict], path: Path) -> Path | None:
@@ -204,10 +196,7 @@ def plot_population(rows: list[dict], path: Path) -> Path | None:
     ax.set_title("Population size at fixed user-level epsilon")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def make_plots(out: Path, rows: list[dict], cold: list[dict]) -> dict[str, str]:

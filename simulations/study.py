@@ -108,7 +108,7 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
         cells.append(Cell(f"user-eps{e:g}", cfg, {"experiment": "privacy", "unit": "user-level",
                                                    "target_epsilon": float(e)}))
     if study.item_coldstart:
-        cfg = replace(base, model="mf-features", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds)
+        cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds)
         cells.append(Cell("item-coldstart", cfg, {"experiment": "item-coldstart", "unit": "none",
                                                    "target_epsilon": math.inf}))
     for n in study.populations:

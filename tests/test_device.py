@@ -79,19 +79,19 @@ def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path)
                     budget_epsilon=6.0).resolved()
     fed = load_federation(cfg)
     user = int(fed.cohorts[7][0])
-    params = init_global_params(fed.dataset.n_items, cfg)
+    params = init_global_params(cfg, fed)
     st = node.load_state({}, fed, 7, cfg)
     _, _, _ = node.train_round(cfg, fed, 7, st, global_params=params, server_round=1)
     dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed, noise_multiplier=1.2,
                                    sample_rate=0.5, budget_epsilon=6.0)
-    np.testing.assert_array_equal(dev.train_emb, st.user_emb[0])
+    np.testing.assert_array_equal(dev.train_emb, st.local["user"][0])
     dev.add_interactions(fed.split.train[user].indices)
     # with the noise off, the release and the new embedding equal the simulated node's exactly
     nonoise = FedConfig(data=cfg.data, dim=4, users_per_node=1)
     up_node, _, st_node = node.train_round(nonoise, fed, 7, st, global_params=params, server_round=1)
     rel = dev.train(params, nonoise.local, server_round=1, seed=cfg.seed, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(rel["item_embedding"], up_node["item_embedding"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dev.train_emb, st_node.user_emb[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dev.train_emb, st_node.local["user"][0], rtol=1e-6, atol=1e-7)
     # with DP: privacy spent composes every step, and the budget stops training
     dev = DeviceRecommender.create(tmp_path / "v.npz", user=user, dim=4, noise_multiplier=1.2, sample_rate=0.5,
                                    budget_epsilon=6.0)
@@ -110,9 +110,9 @@ def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path)
 def test_local_state_files_keep_recent_rounds_and_load_as_of_a_round(tmp_path):
     users = np.array([4, 9])
     for r in range(1, 6):
-        save_local_state(tmp_path, LocalState(users, np.full((2, 3), r, np.float32), np.array([r, r]), np.array([r, r])),
+        save_local_state(tmp_path, LocalState(users, {"user": np.full((2, 3), r, np.float32)}, np.array([r, r]), np.array([r, r])),
                          server_round=r)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"round-0000000{r}.npz" for r in (3, 4, 5)]
     st, r = load_local_state(tmp_path, at_most_round=4)
-    assert r == 4 and st.user_emb[0, 0] == 4
+    assert r == 4 and st.local["user"][0, 0] == 4
     assert load_local_state(tmp_path, at_most_round=2) is None

@@ -9,7 +9,7 @@ import torch
 
 from fedrec.data import leave_last_out, synthetic_dataset
 from fedrec.privacy.accounting import calibrate_noise
-from fedrec.training import LocalConfig
+from fedrec.engine import LocalConfig
 from simulations.audit import audit, eps_lower_bound, p_value
 from simulations.leakage import clip_and_noise, leakage_table, roc_auc, train_federated, update_attack
 

@@ -52,7 +52,7 @@ def test_node_reports_epsilon_of_the_steps_it_ran(tiny_ds):
     cfg = FedConfig(data="synthetic:30x40:3", users_per_node=10, noise_multiplier=1.1, sample_rate=0.3,
                     user_steps=1, item_steps=1, num_server_rounds=3)
     fed = load_federation(cfg)
-    params = init_global_params(fed.dataset.n_items, cfg)
+    params = init_global_params(cfg, fed)
     state = node.load_state({}, fed, 0, cfg)
     for r in (1, 2, 3):
         _, metrics, state = node.train_round(cfg, fed, 0, state, global_params=params, server_round=r)

@@ -11,7 +11,7 @@ from opacus.accountants import RDPAccountant
 from fedrec.config import FedConfig
 from fedrec.data import load_dataset, make_split
 from fedrec.simulate import simulate
-from fedrec.training import LocalConfig, train_cohort
+from fedrec.engine import LocalConfig, mf_round
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,13 @@ def test_client_side_clipping_bounds_each_users_whole_update():
     ue, ie, ib = torch.randn(12, 4, generator=g), torch.randn(40, 4, generator=g), torch.zeros(40)
     for u in range(12):
         for noise in (0.0, 1.0):  # with interaction-level noise too: the clip covers the noise
-            r = train_cohort(ue[u:u + 1], ie, ib, sp_.train, users[u:u + 1],
-                             LocalConfig(update_clip=0.01, noise_multiplier=noise, sample_rate=0.5),
-                             seed=0, server_round=1, generator=g)
-            norm = float(torch.sqrt((r.item_update ** 2).sum() + (r.bias_update ** 2).sum()))
+            _, iu, bu, _ = mf_round(ue[u:u + 1], ie, ib, sp_.train, users[u:u + 1],
+                                    LocalConfig(update_clip=0.01, noise_multiplier=noise, sample_rate=0.5),
+                                    seed=0, server_round=1, generator=g)
+            norm = float(torch.sqrt((iu ** 2).sum() + (bu ** 2).sum()))
             assert norm <= 0.01 * (1 + 1e-5)
     # the cohort's release is the mean of the users' clipped releases
     loose = LocalConfig(update_clip=1e6)
-    a = train_cohort(ue, ie, ib, sp_.train, users, loose, seed=0, server_round=1)
-    b = train_cohort(ue, ie, ib, sp_.train, users, LocalConfig(), seed=0, server_round=1)
-    np.testing.assert_allclose(a.item_update.numpy(), b.item_update.numpy(), rtol=1e-5, atol=1e-8)
+    _, a, _, _ = mf_round(ue, ie, ib, sp_.train, users, loose, seed=0, server_round=1)
+    _, b, _, _ = mf_round(ue, ie, ib, sp_.train, users, LocalConfig(), seed=0, server_round=1)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)

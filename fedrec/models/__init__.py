@@ -1,19 +1,85 @@
-"""Recommendation models; each declares its local and global parameters."""
+"""Recommendation models.
+
+Federated models implement :class:`FederatedModel` (local state, global
+parameters, a score function) and go through the cohort engine
+(:mod:`fedrec.engine`): the shipped ones are in :data:`FEDERATED_MODELS`, and
+``path/to/file.py:ClassName`` names a user's own.  :class:`Recommender` and its
+subclasses are the centralized NCF baselines of ``fedrec baseline``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import numpy as np
 
 from fedrec.models.base import Recommender
+from fedrec.models.federated import FEDERATED_MODELS, FedGMF, FedMF, FedMLP, FedNeuMF, TwoTower
 from fedrec.models.losses import LOSSES, bce_loss, bpr_loss
 from fedrec.models.mf import MF
 from fedrec.models.ncf import GMF, MLP, NeuMF
+from fedrec.models.protocol import FederatedModel
 
-__all__ = ["Recommender", "MF", "GMF", "MLP", "NeuMF", "bpr_loss", "bce_loss", "LOSSES", "build_model", "MODELS"]
+__all__ = ["Recommender", "MF", "GMF", "MLP", "NeuMF", "bpr_loss", "bce_loss", "LOSSES", "build_model", "MODELS",
+           "FederatedModel", "FEDERATED_MODELS", "FedMF", "FedGMF", "FedMLP", "FedNeuMF", "TwoTower",
+           "federated_model_class", "build_federated_model"]
 
 MODELS = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
 
 
 def build_model(name: str, n_users: int, n_items: int, **kwargs) -> Recommender:
-    """Instantiate a model by name (``mf``, ``gmf``, ``mlp``, ``neumf``)."""
+    """Instantiate a centralized baseline model by name (``mf``, ``gmf``, ``mlp``, ``neumf``)."""
     try:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
     return cls(n_users, n_items, **kwargs)
+
+
+def federated_model_class(spec: str) -> type[FederatedModel]:
+    """The class named by ``spec``: a shipped name (``mf``, ``gmf``, ``mlp``, ``neumf``,
+    ``two-tower``) or ``path/to/file.py:ClassName`` (a user's own model)."""
+    if spec in FEDERATED_MODELS:
+        return FEDERATED_MODELS[spec]
+    if ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
+        raise ValueError(f"model {spec!r}: choose one of {sorted(FEDERATED_MODELS)} or give path/to/file.py:ClassName")
+    path, name = spec.rsplit(":", 1)
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise ValueError(f"model {spec!r}: no file {file}")
+    mod_name = f"fedrec_user_model_{abs(hash(str(file)))}"
+    module = sys.modules.get(mod_name)
+    if module is None:
+        loader_spec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(loader_spec)
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - report any import failure in one line
+            raise ValueError(f"model {spec!r}: importing {file} failed: {type(e).__name__}: {e}") from None
+        sys.modules[mod_name] = module
+    cls = getattr(module, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, FederatedModel)):
+        raise ValueError(f"model {spec!r}: {file} has no FederatedModel subclass named {name!r}")
+    return cls
+
+
+def build_federated_model(spec: str, n_items: int, *, item_features: np.ndarray | None = None, **kwargs) -> FederatedModel:
+    """Instantiate a federated model; keyword arguments the class does not accept are
+    left out (``item_features`` goes only to models that take it)."""
+    cls = federated_model_class(spec)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kw = dict(kwargs)
+    if item_features is not None:
+        kw["item_features"] = item_features
+    if not takes_any:
+        kw = {k: v for k, v in kw.items() if k in params}
+    try:
+        model = cls(n_items, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"model {spec!r}: building it failed: {type(e).__name__}: {e}") from None
+    model.check()
+    return model

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedrec.training import LocalConfig, keyed_negatives, train_cohort
+from fedrec.engine import LocalConfig, keyed_negatives, mf_round
 
 
 def _params(n_items, dim, seed=0):
@@ -26,11 +26,11 @@ def test_cohort_release_equals_mean_of_single_user_releases(tiny_split, cfg):
     q, b = _params(train.shape[1], 4)
     users = np.array([0, 3, 5, 7, 11])
     emb = _users_emb(users, 4)
-    together = train_cohort(emb, q, b, train, users, cfg, seed=1, server_round=3)
-    singles = [train_cohort(emb[j : j + 1], q, b, train, users[j : j + 1], cfg, seed=1, server_round=3) for j in range(len(users))]
-    np.testing.assert_allclose(together.item_update, torch.stack([s.item_update for s in singles]).mean(0), atol=1e-6)
-    np.testing.assert_allclose(together.bias_update, torch.stack([s.bias_update for s in singles]).mean(0), atol=1e-6)
-    np.testing.assert_allclose(together.user_emb, torch.cat([s.user_emb for s in singles]), atol=1e-6)
+    together = mf_round(emb, q, b, train, users, cfg, seed=1, server_round=3)
+    singles = [mf_round(emb[j : j + 1], q, b, train, users[j : j + 1], cfg, seed=1, server_round=3) for j in range(len(users))]
+    for i in (1, 2):  # item and bias updates
+        np.testing.assert_allclose(together[i], torch.stack([s[i] for s in singles]).mean(0), atol=1e-6)
+    np.testing.assert_allclose(together[0], torch.cat([s[0] for s in singles]), atol=1e-6)
 
 
 def test_negatives_exclude_only_training_positives(tiny_split):
@@ -75,7 +75,7 @@ def test_per_pair_clipping_matches_opacus(tiny_split):
     p = _users_emb([user], dim)
     cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=1, sample_rate=1.0,
                       noise_multiplier=1e-12, max_grad_norm=clip)
-    ours = train_cohort(p, q, b, train, np.array([user]), cfg, seed=4, server_round=2)
+    ours_emb, ours_item, ours_bias, _ = mf_round(p, q, b, train, np.array([user]), cfg, seed=4, server_round=2)
     pos = train.indices[train.indptr[user] : train.indptr[user + 1]].astype(np.int64)
     neg = keyed_negatives(train, np.full(len(pos), user), np.arange(len(pos)), seed=4, server_round=2)
     x = torch.as_tensor(np.stack([np.zeros(len(pos), dtype=np.int64), pos, neg], 1))
@@ -90,9 +90,9 @@ def test_per_pair_clipping_matches_opacus(tiny_split):
     loss.backward()
     opt.step()
     m = model._module
-    np.testing.assert_allclose(-m.item.weight.grad, ours.item_update, atol=1e-6)
-    np.testing.assert_allclose(-m.bias.weight.grad[:, 0], ours.bias_update, atol=1e-6)
-    np.testing.assert_allclose(m.user.weight.detach(), ours.user_emb, atol=1e-6)
+    np.testing.assert_allclose(-m.item.weight.grad, ours_item, atol=1e-6)
+    np.testing.assert_allclose(-m.bias.weight.grad[:, 0], ours_bias, atol=1e-6)
+    np.testing.assert_allclose(m.user.weight.detach(), ours_emb, atol=1e-6)
     # clipping was active: some per-pair gradient was larger than the bound
     assert (m.item.weight.grad.abs().sum() > 0)
 
@@ -106,9 +106,9 @@ def test_noise_scale_of_release():
     q = torch.zeros(n_items, dim)
     b = torch.zeros(n_items)
     cfg = LocalConfig(user_lr=0.1, user_steps=0, item_steps=4, sample_rate=0.5, noise_multiplier=2.0, max_grad_norm=1.0)
-    res = train_cohort(torch.zeros(1, dim), q, b, train, np.array([0]), cfg, seed=0, server_round=1,
-                       generator=torch.Generator().manual_seed(0))
-    untouched = res.item_update[n + 50 :]  # rows no pair touched: pure noise
+    _, item_update, _, _ = mf_round(torch.zeros(1, dim), q, b, train, np.array([0]), cfg, seed=0, server_round=1,
+                                    generator=torch.Generator().manual_seed(0))
+    untouched = item_update[n + 50 :]  # rows no pair touched: pure noise
     expected = 2.0 * 1.0 / (0.5 * n * np.sqrt(4))
     assert abs(float(untouched.std()) / expected - 1) < 0.05
 
@@ -120,7 +120,7 @@ def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch)
 
     cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=60)
     fed = load_federation(cfg)
-    params = init_global_params(fed.dataset.n_items, cfg)
+    params = init_global_params(cfg, fed)
     st = node.load_state({}, fed, 0, cfg)
     whole, m1, s1 = node.train_round(cfg, fed, 0, st, global_params=params, server_round=1)
     monkeypatch.setattr(node, "MAX_PAIRS", 50)  # many chunks
@@ -128,5 +128,5 @@ def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch)
     parts, m2, s2 = node.train_round(cfg, fed, 0, st, global_params=params, server_round=1)
     for k in whole:
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(s2.user_emb, s1.user_emb, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(s2.local["user"], s1.local["user"], rtol=1e-6, atol=1e-7)
     assert m1["train-loss"] == pytest.approx(m2["train-loss"])

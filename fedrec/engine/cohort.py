@@ -1,0 +1,456 @@
+"""One cohort engine: local training of any :class:`~fedrec.models.protocol.FederatedModel`.
+
+A pure function of (the users' local state, the global parameters, the data, the
+config), vectorised over the users of a cohort so that one Flower node can host
+many simulated users; every user still has its own sampling, clipping, noise
+and release.  What a node sends is the mean of its users' releases.
+
+Per user ``u`` and round:
+
+1. **Samples.**  One sample per training interaction: its positive item and
+   ``negatives`` distinct sampled negatives (items that are not training
+   positives of the user).  An interaction enters exactly one sample, so one
+   per-sample clip bounds what one interaction contributes to a step, whatever
+   the number of negatives.  With interaction-level DP the negatives exclude
+   only the sample's own positive: were they to exclude every positive, adding
+   or removing one interaction would change the distribution of *other*
+   samples' negatives too, outside what one clip bounds.
+2. **Steps.**  ``user_steps + item_steps`` steps of (DP-)SGD on the user's loss
+   (the model's :meth:`sample_loss`, BPR by default).  Global parameters stay
+   fixed during the round; every step moves the local state with its (noisy)
+   gradient; the (noisy) global gradients of the last ``item_steps`` steps are
+   averaged into the release.
+3. **Release** ``-mean global gradient`` (a pseudo-gradient; the server's
+   optimiser turns the mean over users into a step).
+
+With DP (``noise_multiplier > 0``) each step is DP-SGD as in Opacus: every
+sample is included independently with probability ``sample_rate`` (Poisson),
+the per-sample gradient over *every* parameter the sample touches (the local
+vectors, the item rows it reads, every dense layer) is clipped to
+``max_grad_norm``, the sum gets Gaussian noise of std ``noise_multiplier *
+max_grad_norm`` on every coordinate (local state, every row of every table,
+every dense weight) and is divided by the expected batch ``sample_rate * n_u``.
+Global parameters being fixed within a round, the noise of the released mean
+over ``item_steps`` steps is one Gaussian per coordinate with variance
+``sigma^2 C^2 / (item_steps (q n_u)^2)``, drawn once.  Each step is one step of
+the subsampled Gaussian mechanism for the accountant.
+
+User-level clipping (``update_clip > 0``) clips each user's whole release
+(every global parameter, its interaction-level noise included) before the mean.
+
+Per-sample gradients come from ``torch.func.vmap(grad)`` over the gathered rows
+of a chunk of samples (never whole tables); without DP and user clipping one
+backward of the batched loss gives the same sums.  Models with a registered
+fast path (:func:`register_fast_path`, MF) use it unless ``generic=True``;
+tests hold each fast path equal to this engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from fedrec.data.negatives import is_positive
+from fedrec.models.protocol import FederatedModel
+from fedrec.rng import hash_ints, hash_uniform
+
+__all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "steps_per_round",
+           "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS"]
+
+#: Floats of per-sample gradients materialised at once (bounds the engine's memory).
+MAX_GRAD_FLOATS = 16_000_000
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """What one user does in one round.
+
+    Attributes
+    ----------
+    user_lr : float
+        SGD learning rate of the local state.
+    user_steps : int
+        Steps that only update the local state (reconstruction) before the
+        released global gradients are computed.
+    item_steps : int
+        Steps whose global gradients are averaged into the release (the local
+        state keeps moving during them).
+    negatives : int
+        Distinct sampled negatives per positive (all in the positive's one sample).
+    sample_rate : float
+        Poisson sampling rate of samples per step (1: full batch).
+    noise_multiplier : float
+        Gaussian noise std / clipping norm; 0 disables DP.
+    max_grad_norm : float
+        Per-sample clipping norm (used only with DP).
+    user_l2 : float
+        L2 penalty on the local state.
+    update_clip : float
+        > 0: each user's whole release (after its interaction-level noise if
+        any) is clipped to this L2 norm before the cohort's mean is taken
+        (user-level DP, client-side clipping).
+    """
+
+    user_lr: float = 0.5
+    user_steps: int = 1
+    item_steps: int = 1
+    negatives: int = 1
+    sample_rate: float = 1.0
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    user_l2: float = 0.0
+    update_clip: float = 0.0
+
+    def __post_init__(self):
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1]; got {self.sample_rate}")
+        if self.noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be >= 0; got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0; got {self.max_grad_norm}")
+        if self.item_steps < 1 or self.user_steps < 0:
+            raise ValueError(f"need item_steps >= 1 and user_steps >= 0; got {self.item_steps}, {self.user_steps}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be >= 1; got {self.negatives}")
+        if self.update_clip < 0:
+            raise ValueError(f"update_clip must be >= 0; got {self.update_clip}")
+
+    @property
+    def dp(self) -> bool:
+        return self.noise_multiplier > 0
+
+
+def steps_per_round(cfg: LocalConfig) -> int:
+    """DP-SGD steps a user takes per round (each one is accounted)."""
+    return cfg.user_steps + cfg.item_steps
+
+
+@dataclass
+class CohortResult:
+    local: dict[str, torch.Tensor]  # new local state, (k, ...) per name
+    update: dict[str, torch.Tensor]  # mean over users of their release, per global parameter
+    loss: float  # mean over users of their mean sample loss at the start of the round
+    n_users: int
+    item_counts: np.ndarray  # (n_items,) how many users of the cohort touched each item row
+
+
+def keyed_negatives(
+    train: sp.csr_matrix, users: np.ndarray, slot: np.ndarray, *, seed: int, server_round: int, max_tries: int = 64
+) -> np.ndarray:
+    """One training negative per ``(users[j], slot[j])``, uniform over the items that
+    are not training positives of the user; a pure function of
+    ``(seed, server_round, user, slot)`` (see :mod:`fedrec.rng`)."""
+    n_items = train.shape[1]
+    out = hash_ints(n_items, seed, server_round, users, slot, 0)
+    todo = np.flatnonzero(is_positive(train, users, out))
+    attempt = 1
+    while len(todo):
+        if attempt > max_tries:
+            raise ValueError(f"could not sample a negative for user {users[todo[0]]}: too few non-positive items")
+        out[todo] = hash_ints(n_items, seed, server_round, users[todo], slot[todo], attempt)
+        todo = todo[is_positive(train, users[todo], out[todo])]
+        attempt += 1
+    return out
+
+
+def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, seed: int, server_round: int,
+                   exclude_positives: bool = True, max_tries: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cohort's samples: ``owner`` (index of the user in the cohort), ``slot``
+    (index of the positive within its user) and ``items`` ``(n, 1 + negatives)``:
+    the positive, then distinct negatives keyed by ``(seed, round, user, slot * m + j, attempt)``.
+
+    Negatives exclude the user's training positives, or with
+    ``exclude_positives=False`` only the sample's own positive: then whether an
+    interaction is present changes no other sample's negatives (what
+    interaction-level DP needs; see :func:`train_cohort`).
+    """
+    rows = train[users]
+    n_u = np.diff(rows.indptr)
+    if (n_u == 0).any():
+        raise ValueError(f"user {users[np.flatnonzero(n_u == 0)[0]]} has no training interactions")
+    n_items = train.shape[1]
+    owner = np.repeat(np.arange(len(users)), n_u).astype(np.int64)
+    slot = np.arange(len(owner)) - np.repeat(rows.indptr[:-1], n_u)
+    pos = rows.indices.astype(np.int64)
+    m = negatives
+    s_user = np.repeat(users[owner], m)
+    s_slot = (slot[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+    negs = hash_ints(n_items, seed, server_round, s_user, s_slot, 0).reshape(-1, m)
+
+    def invalid(neg: np.ndarray) -> np.ndarray:
+        if exclude_positives:
+            bad = is_positive(train, s_user, neg.reshape(-1)).reshape(neg.shape)
+        else:
+            bad = neg == pos[:, None]
+        if m > 1:  # a repeat of an earlier negative of the same sample
+            order = np.argsort(neg, axis=1, kind="stable")
+            srt = np.take_along_axis(neg, order, axis=1)
+            dup = np.zeros_like(bad)
+            np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
+            bad |= dup
+        return bad
+
+    attempt = 1
+    while (bad := invalid(negs)).any():
+        if attempt > max_tries:
+            r = np.flatnonzero(bad.any(1))[0]
+            raise ValueError(f"could not sample {m} distinct negatives for user {users[owner[r]]}: too few items")
+        r, c = np.nonzero(bad)
+        negs[r, c] = hash_ints(n_items, seed, server_round, users[owner[r]], slot[r] * m + c, attempt)
+        attempt += 1
+    return owner, slot, np.concatenate([pos[:, None], negs], axis=1)
+
+
+def sample_mask(seed: int, server_round: int, users: np.ndarray, slot: np.ndarray, step: int, q: float) -> np.ndarray:
+    """Poisson inclusion of each sample in DP step ``step`` (keyed by user and slot)."""
+    return hash_uniform(seed, server_round, users, slot, 1000 + step) < q
+
+
+FastPath = Callable[..., CohortResult]
+#: model class -> a function with :func:`train_cohort`'s signature (without ``generic``)
+FAST_PATHS: dict[type, FastPath] = {}
+
+
+def register_fast_path(cls: type) -> Callable[[FastPath], FastPath]:
+    """Decorator: register a hand-derived cohort trainer for exactly ``cls`` (not its subclasses)."""
+
+    def deco(fn: FastPath) -> FastPath:
+        FAST_PATHS[cls] = fn
+        return fn
+
+    return deco
+
+
+def train_cohort(
+    model: FederatedModel,
+    local: dict[str, torch.Tensor],
+    params: dict[str, torch.Tensor],
+    train: sp.csr_matrix,
+    users: np.ndarray,
+    cfg: LocalConfig,
+    *,
+    seed: int,
+    server_round: int,
+    generator: torch.Generator | None = None,
+    generic: bool = False,
+) -> CohortResult:
+    """One round of local training for the users of a cohort (see the module doc).
+
+    Parameters
+    ----------
+    model
+        Declares local state, global parameters and the score function.
+    local
+        ``(k, ...)`` local state of the cohort's users, per name.
+    params
+        Global parameters (not modified), per name.
+    train
+        Training matrix; only rows ``users`` are read.
+    users
+        Global ids of the cohort's users (``k`` of them).
+    seed, server_round
+        Key of the users' negatives and Poisson sampling (per user, independent
+        of the cohort).
+    generator
+        Source of the Gaussian noise.
+    generic
+        Use the generic engine even where a fast path is registered.
+    """
+    fast = None if generic else FAST_PATHS.get(type(model))
+    if fast is not None:
+        return fast(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator)
+    return _generic(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator)
+
+
+def touched_counts(owner: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """How many users of the cohort touched each item row."""
+    keys = np.unique(np.repeat(owner, items.shape[1]) * n_items + items.ravel())
+    return np.bincount(keys % n_items, minlength=n_items)
+
+
+def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator) -> CohortResult:
+    k = len(users)
+    n_items = model.n_items
+    owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
+                                                 exclude_positives=not cfg.dp)
+    n_s = len(owner_np)
+    owner = torch.as_tensor(owner_np)
+    items = torch.as_tensor(items_np)
+    n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64))
+    dtype = next(iter(params.values())).dtype
+    q = cfg.sample_rate
+    denom = (q * n_u).to(dtype)  # expected batch size per user
+    sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
+    clip_users = cfg.update_clip > 0
+    per_sample = cfg.dp or clip_users
+    tables = {t: params[t] for t in model.table_names()}
+    consts = model.constants()
+    dense = {d: params[d] for d in model.dense_names()}
+    local_names = list(local)
+    loc = {n: v.clone() for n, v in local.items()}
+    # gathered rows: each sample reads only its items' rows
+    rows = {t: v[items] for t, v in tables.items()}
+    crow = {t: v[items] for t, v in consts.items()}
+
+    def loss_one(lc, rw, dn, cr):
+        return model.sample_loss(model.score(lc, {**rw, **cr}, dn))
+
+    grad_one = torch.func.vmap(torch.func.grad_and_value(loss_one, argnums=(0, 1, 2)), in_dims=(0, 0, None, 0))
+    loss_many = torch.func.vmap(loss_one, in_dims=(0, 0, None, 0))
+    # release accumulators: summed over users (each divided by its own expected batch)
+    acc = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in params.items()}
+    if clip_users:
+        keys = owner[:, None] * n_items + items  # (n_s, 1+m) per-(user, item) row keys
+        uniq, inv = torch.unique(keys.reshape(-1), return_inverse=True)
+        inv = inv.reshape(keys.shape)
+        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=torch.float64) for t, v in tables.items()}
+        r_den = {d: torch.zeros((k,) + tuple(v.shape), dtype=torch.float64) for d, v in dense.items()}
+    per_sample_floats = (sum(int(np.prod(s)) for s in model.local_shapes.values())
+                         + sum(int(np.prod(v.shape[1:])) * items.shape[1] for v in tables.values())
+                         + sum(v.numel() for v in dense.values()))
+    chunk = max(1, MAX_GRAD_FLOATS // max(1, per_sample_floats))
+    s_user = users[owner_np]
+    first_loss = None
+    total = cfg.user_steps + cfg.item_steps
+    for step in range(total):
+        release = step >= cfg.user_steps
+        g_loc = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in loc.items()}
+        if per_sample:
+            mask = torch.as_tensor(sample_mask(seed, server_round, s_user, slot_np, step, q)) if cfg.dp else None
+            for lo in range(0, n_s, chunk):
+                sl = slice(lo, min(n_s, lo + chunk))
+                o = owner[sl]
+                (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[sl] for t, v in rows.items()},
+                                            dense, {t: v[sl] for t, v in crow.items()})
+                if step == 0:
+                    first_loss = _add_loss(first_loss, lv, o, k)
+                if cfg.dp:
+                    sq = sum(_sq(g) for g in (*gl.values(), *gr.values(), *gd.values()))
+                    w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0) * mask[sl]
+                else:
+                    w = torch.ones(len(o), dtype=dtype)
+                for n, g in gl.items():
+                    g_loc[n].index_add_(0, o, (_bc(w, g) * g).double())
+                if release:
+                    c = w / denom[o]
+                    for t, g in gr.items():
+                        if clip_users:
+                            r_tab[t].index_add_(0, inv[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]).double())
+                        else:
+                            acc[t].index_add_(0, items[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]).double())
+                    for d, g in gd.items():
+                        if clip_users:
+                            r_den[d].index_add_(0, o, (_bc(c, g) * g).double())
+                        else:
+                            acc[d] += (_bc(c, g) * g).sum(0).double()
+        else:
+            # no clipping: one backward of the batched loss, each sample weighted by 1/denom of its user
+            lc = {n: v.detach().requires_grad_(True) for n, v in loc.items()}
+            rw = {t: v.detach().requires_grad_(True) for t, v in rows.items()}
+            dn = {d: v.detach().requires_grad_(True) for d, v in dense.items()}
+            lv = loss_many({n: v[owner] for n, v in lc.items()}, rw, dn, crow)
+            if step == 0:
+                first_loss = _add_loss(None, lv.detach(), owner, k)
+            leaves = [*lc.values(), *rw.values(), *dn.values()]
+            grads = torch.autograd.grad((lv / denom[owner]).sum(), leaves, allow_unused=True)
+            grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
+            gl = dict(zip(lc, grads[: len(lc)]))
+            gr = dict(zip(rw, grads[len(lc) : len(lc) + len(rw)]))
+            gd = dict(zip(dn, grads[len(lc) + len(rw) :]))
+            for n, g in gl.items():  # already divided by denom: undo, the common path divides below
+                g_loc[n] += (g * _bc(denom, g)).double()
+            if release:
+                for t, g in gr.items():
+                    acc[t].index_add_(0, items.reshape(-1), g.reshape((-1,) + g.shape[2:]).double())
+                for d, g in gd.items():
+                    acc[d] += g.double()
+        new = {}
+        for n in local_names:
+            g = g_loc[n].to(dtype)
+            if cfg.dp:
+                g = g + sigma_c * torch.randn(g.shape, generator=generator, dtype=dtype)
+            g = g / _bc(denom, g)
+            new[n] = loc[n] - cfg.user_lr * (g + cfg.user_l2 * loc[n])
+        loc = new
+    if clip_users:
+        update = _clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params, model,
+                                    noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None,
+                                    generator=generator)
+    else:
+        update = {n: (-acc[n] / (cfg.item_steps * k)).to(dtype) for n in params}
+        if cfg.dp:
+            # noise of the k users' mean release, summed over item_steps steps: one draw per coordinate
+            var = (sigma_c**2 / (cfg.item_steps * denom.double() ** 2)).sum() / k**2
+            std = float(math.sqrt(float(var)))
+            for n in params:
+                update[n] = update[n] - std * torch.randn(update[n].shape, generator=generator, dtype=dtype)
+    return CohortResult(local=loc, update=update, loss=float((first_loss / n_u).mean()), n_users=k,
+                        item_counts=touched_counts(owner_np, items_np, n_items))
+
+
+def _bc(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``w`` (n,) shaped to broadcast against ``g`` (n, ...)."""
+    return w.reshape((-1,) + (1,) * (g.dim() - 1)).to(g.dtype)
+
+
+def _sq(g: torch.Tensor) -> torch.Tensor:
+    """Per-sample squared norm of ``g`` (n, ...)."""
+    return g.reshape(g.shape[0], -1).double().pow(2).sum(1)
+
+
+def _add_loss(acc: torch.Tensor | None, lv: torch.Tensor, o: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-user sums of the sample losses (accumulated over chunks)."""
+    per = torch.zeros(k, dtype=torch.float64).index_add_(0, o, lv.detach().double())
+    return per if acc is None else acc + per
+
+
+def _clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, model, *, noise_std, generator, chunk=32):
+    """Mean over users of each user's release (``-gradient``) clipped to ``cfg.update_clip``.
+
+    ``r_tab[t]`` holds the users' (un-noised) table gradients row-compactly (row
+    ``j`` belongs to user ``keys[j] // n_items``, item ``keys[j] % n_items``),
+    ``r_den[d]`` the per-user dense gradients.  Without interaction-level noise a
+    user's norm only involves what it touched.  With it (``noise_std``: per-user
+    std), every user's release is dense: built, noised and clipped in chunks of
+    users, so the clip bounds exactly what the user contributes (noise included).
+    """
+    steps = cfg.item_steps
+    owner = keys // n_items
+    item = keys % n_items
+    out = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in params.items()}
+    if noise_std is None:
+        sq = torch.zeros(k, dtype=torch.float64)
+        for g in r_tab.values():
+            sq.index_add_(0, owner, _sq(g / steps))
+        for g in r_den.values():
+            sq += _sq(g / steps)
+        factor = torch.clamp(cfg.update_clip / (sq.sqrt() + 1e-12), max=1.0)
+        for t, g in r_tab.items():
+            out[t].index_add_(0, item, _bc(factor[owner], g) * g / steps)
+        for d, g in r_den.items():
+            out[d] += (_bc(factor, g) * g / steps).sum(0)
+    else:
+        for lo in range(0, k, chunk):
+            hi = min(k, lo + chunk)
+            sel = (owner >= lo) & (owner < hi)
+            o, it = owner[sel] - lo, item[sel]
+            std = noise_std[lo:hi]
+            parts = {}
+            for n, v in params.items():
+                dense_u = torch.zeros((hi - lo,) + tuple(v.shape), dtype=torch.float64)
+                if n in r_tab:
+                    dense_u[o, it] = r_tab[n][sel] / steps
+                else:
+                    dense_u += r_den[n][lo:hi] / steps
+                parts[n] = dense_u + _bc(std, dense_u) * torch.randn(dense_u.shape, generator=generator,
+                                                                      dtype=v.dtype).double()
+            norm = sum(_sq(p) for p in parts.values()).sqrt()
+            factor = torch.clamp(cfg.update_clip / (norm + 1e-12), max=1.0)
+            for n, p in parts.items():
+                out[n] += (_bc(factor, p) * p).sum(0)
+    return {n: (-out[n] / k).to(v.dtype) for n, v in params.items()}

@@ -1,0 +1,168 @@
+"""The shipped federated models: MF, GMF, MLP, NeuMF and a two-tower model.
+
+Each implements :class:`fedrec.models.protocol.FederatedModel`: the user's
+vectors are local, every item table and shared layer is global.  Tables are
+plain ``(n_items, ...)`` parameters (``item_bias`` is ``(n_items,)``) so the
+server's keys read as what they hold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fedrec.models.protocol import FederatedModel, Tensors
+
+__all__ = ["FedMF", "FedGMF", "FedMLP", "FedNeuMF", "TwoTower", "FEDERATED_MODELS"]
+
+
+def _table(n: int, dim: int, std: float, g: torch.Generator) -> nn.Parameter:
+    return nn.Parameter(torch.randn(n, dim, generator=g) * std if dim else torch.zeros(n))
+
+
+def _mlp(width: int, layers: tuple[int, ...], out: int, std: float, g: torch.Generator) -> nn.Sequential:
+    """ReLU MLP ``width -> layers... -> out`` with N(0, std) weights and zero biases."""
+    blocks: list[nn.Module] = []
+    for h in layers:
+        blocks += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    blocks.append(nn.Linear(width, out))
+    seq = nn.Sequential(*blocks)
+    with torch.no_grad():
+        for p in seq.parameters():
+            if p.dim() == 1:
+                p.zero_()
+            else:
+                p.normal_(0.0, std, generator=g)
+    return seq
+
+
+def _sub(dense: Tensors, prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``dense`` under ``prefix.`` with the prefix removed."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in dense.items() if k.startswith(prefix + ".")}
+
+
+class FedMF(FederatedModel):
+    """Matrix factorisation: ``s(u, i) = p_u . q_i + b_i``.
+
+    Local: ``user`` (dim).  Global: ``item_embedding`` (n_items, dim), ``item_bias`` (n_items,).
+    The initial item table is ``N(0, init_std)`` from ``np.random.default_rng([seed, 1])``
+    (the federated runs' long-standing initialisation).
+    """
+
+    def __init__(self, n_items: int, *, dim: int = 64, init_std: float = 0.1, seed: int = 0, **_):
+        super().__init__()
+        self.n_items, self.init_std = n_items, init_std
+        self.local_shapes = {"user": (dim,)}
+        self.item_tables = ("item_embedding", "item_bias")
+        rng = np.random.default_rng([seed, 1])
+        self.item_embedding = nn.Parameter(torch.as_tensor((rng.standard_normal((n_items, dim)) * init_std).astype(np.float32)))
+        self.item_bias = nn.Parameter(torch.zeros(n_items))
+
+    def score(self, local, items, dense):
+        return items["item_embedding"] @ local["user"] + items["item_bias"]
+
+
+class FedGMF(FederatedModel):
+    """Generalised MF (He et al. 2017): ``s(u, i) = h . (p_u * q_i) + b_i``, ``h`` global."""
+
+    def __init__(self, n_items: int, *, dim: int = 32, init_std: float = 0.1, seed: int = 0, **_):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.n_items, self.init_std = n_items, init_std
+        self.local_shapes = {"user": (dim,)}
+        self.item_tables = ("item_embedding", "item_bias")
+        self.item_embedding = _table(n_items, dim, init_std, g)
+        self.item_bias = _table(n_items, 0, init_std, g)
+        self.output = nn.Parameter(torch.ones(dim))
+
+    def score(self, local, items, dense):
+        return (items["item_embedding"] * local["user"]) @ dense["output"] + items["item_bias"]
+
+
+class FedMLP(FederatedModel):
+    """MLP over ``[p_u, q_i]`` (He et al. 2017); the tower is global."""
+
+    def __init__(self, n_items: int, *, dim: int = 32, layers: tuple[int, ...] = (64, 32, 16), init_std: float = 0.1,
+                 seed: int = 0, **_):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.n_items, self.init_std = n_items, init_std
+        self.local_shapes = {"user": (dim,)}
+        self.item_tables = ("item_embedding", "item_bias")
+        self.item_embedding = _table(n_items, dim, init_std, g)
+        self.item_bias = _table(n_items, 0, init_std, g)
+        self.tower = _mlp(2 * dim, tuple(layers), 1, init_std, g)
+
+    def score(self, local, items, dense):
+        q = items["item_embedding"]
+        x = torch.cat([local["user"].expand(q.shape[0], -1), q], -1)
+        return functional_call(self.tower, _sub(dense, "tower"), (x,)).squeeze(-1) + items["item_bias"]
+
+
+class FedNeuMF(FederatedModel):
+    """NeuMF: a GMF and an MLP branch joined by a global linear output.
+
+    Local: ``user`` (GMF branch) and ``user_mlp`` (MLP branch).
+    """
+
+    def __init__(self, n_items: int, *, dim: int = 32, layers: tuple[int, ...] = (64, 32, 16), init_std: float = 0.1,
+                 seed: int = 0, **_):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.n_items, self.init_std = n_items, init_std
+        self.local_shapes = {"user": (dim,), "user_mlp": (dim,)}
+        self.item_tables = ("item_embedding", "item_embedding_mlp", "item_bias")
+        self.item_embedding = _table(n_items, dim, init_std, g)
+        self.item_embedding_mlp = _table(n_items, dim, init_std, g)
+        self.item_bias = _table(n_items, 0, init_std, g)
+        layers = tuple(layers)
+        self.tower = _mlp(2 * dim, layers[:-1], layers[-1], init_std, g)
+        self.output = nn.Parameter(torch.cat([torch.ones(dim), torch.randn(layers[-1], generator=g) * init_std]))
+
+    def score(self, local, items, dense):
+        q, qm = items["item_embedding"], items["item_embedding_mlp"]
+        gmf = q * local["user"]
+        x = torch.cat([local["user_mlp"].expand(qm.shape[0], -1), qm], -1)
+        mlp = torch.relu(functional_call(self.tower, _sub(dense, "tower"), (x,)))
+        return torch.cat([gmf, mlp], -1) @ dense["output"] + items["item_bias"]
+
+
+class TwoTower(FederatedModel):
+    """Two towers: the user's local vector against an item vector built from public
+    item features by a small global network, plus a free per-item row.
+
+    ``v_i = e_i + f(x_i)``, ``s(u, i) = p_u . v_i[:d] + v_i[d]`` with ``x_i`` the item's
+    features (a constant table), ``f`` a ReLU MLP and ``e_i`` a free row (zero at
+    start).  Items never seen in training keep ``e_i = 0`` (their rows are frozen
+    by the server) and are ranked through the tower alone.
+    """
+
+    def __init__(self, n_items: int, *, item_features: np.ndarray, dim: int = 64, layers: tuple[int, ...] = (64,),
+                 init_std: float = 0.1, seed: int = 0, **_):
+        super().__init__()
+        if item_features is None or len(item_features) != n_items:
+            raise ValueError("two-tower needs item features with one row per item (genres or year)")
+        g = torch.Generator().manual_seed(seed)
+        self.n_items, self.init_std, self.dim = n_items, init_std, dim
+        self.local_shapes = {"user": (dim,)}
+        self.item_tables = ("item_embedding", "item_features")
+        self.register_buffer("item_features", torch.as_tensor(np.asarray(item_features, dtype=np.float32)))
+        self.item_embedding = nn.Parameter(torch.zeros(n_items, dim + 1))
+        self.tower = _mlp(self.item_features.shape[1], tuple(layers), dim + 1, init_std, g)
+
+    def with_item_prior(self, params, bias):
+        out = dict(params)
+        out["item_embedding"] = params["item_embedding"].copy()
+        out["item_embedding"][:, self.dim] += bias
+        return out
+
+    def score(self, local, items, dense):
+        v = items["item_embedding"] + functional_call(self.tower, _sub(dense, "tower"), (items["item_features"],))
+        return v[:, : self.dim] @ local["user"] + v[:, self.dim]
+
+
+FEDERATED_MODELS = {"mf": FedMF, "gmf": FedGMF, "mlp": FedMLP, "neumf": FedNeuMF, "two-tower": TwoTower}

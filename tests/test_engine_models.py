@@ -1,0 +1,227 @@
+"""The cohort engine for every shipped model: against Opacus's PrivacyEngine, the fast
+path against the generic engine, user-level clipping, and bring-your-own models."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from fedrec.engine import LocalConfig, cohort_samples, train_cohort
+from fedrec.engine.cohort import sample_mask
+from fedrec.models import FEDERATED_MODELS, build_federated_model
+
+N_USERS, N_ITEMS, DIM = 12, 30, 4
+
+
+def _train():
+    rng = np.random.default_rng(3)
+    dense = rng.random((N_USERS, N_ITEMS)) < 0.3
+    dense[:, 0] = True  # every user has data
+    return sp.csr_matrix(dense.astype(np.float32))
+
+
+def _model(name, seed=0):
+    feats = np.random.default_rng(1).random((N_ITEMS, 5)).astype(np.float32)
+    return build_federated_model(name, N_ITEMS, item_features=feats, dim=DIM, layers=(8, 4), seed=seed)
+
+
+def _params(model):
+    # random (not initial) values so every parameter carries gradient
+    g = torch.Generator().manual_seed(7)
+    return {k: torch.randn(v.shape, generator=g) * 0.3 for k, v in model.global_params().items()}
+
+
+class _OpacusView(nn.Module):
+    """One user's model as Opacus sees it: the user's local vectors and every global
+    parameter as direct parameters of one leaf module (per-sample gradients by functorch)."""
+
+    def __init__(self, model, local, params):
+        super().__init__()
+        self.model = [model]  # not a submodule
+        self.local_names, self.global_names = list(local), list(params)
+        for k, v in local.items():
+            setattr(self, "local__" + k, nn.Parameter(v.clone()))
+        for k, v in params.items():
+            setattr(self, "global__" + k.replace(".", "__"), nn.Parameter(v.clone()))
+
+    def get(self, k):
+        return getattr(self, "global__" + k.replace(".", "__"))
+
+    def forward(self, items):  # items (B, 1+m) -> per-sample loss (B,)
+        m = self.model[0]
+        local = {k: getattr(self, "local__" + k) for k in self.local_names}
+        params = {k: self.get(k) for k in self.global_names}
+        tables, dense = m.split_params(params)
+
+        def one(it):
+            return m.sample_loss(m.score(local, {t: v[it] for t, v in tables.items()}, dense))
+
+        return torch.stack([one(it) for it in items])
+
+
+def _opacus_release(model, local, params, train, user, cfg, *, seed, server_round, noise):
+    """Release and new local state of one user by Opacus's PrivacyEngine, with the
+    engine's samples and Poisson masks fed as the batches."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    owner, slot, items = cohort_samples(train, np.array([user]), cfg.negatives, seed=seed, server_round=server_round,
+                                        exclude_positives=not cfg.dp)
+    n = len(owner)
+    view = _OpacusView(model, {k: v[0] for k, v in local.items()}, params)
+    local_p = [getattr(view, "local__" + k) for k in view.local_names]
+    global_p = [view.get(k) for k in view.global_names]
+    opt = torch.optim.SGD([{"params": local_p, "lr": cfg.user_lr}, {"params": global_p, "lr": 0.0}])
+    loader = DataLoader(TensorDataset(torch.as_tensor(items)), batch_size=n)
+    view, opt, _ = PrivacyEngine().make_private(module=view, optimizer=opt, data_loader=loader, noise_multiplier=noise,
+                                                max_grad_norm=cfg.max_grad_norm, poisson_sampling=False,
+                                                loss_reduction="mean", grad_sample_mode="functorch")
+    opt.expected_batch_size = cfg.sample_rate * n
+    release = {k: torch.zeros_like(v) for k, v in params.items()}
+    for step in range(cfg.user_steps + cfg.item_steps):
+        mask = sample_mask(seed, server_round, np.full(n, user), slot, step, cfg.sample_rate)
+        assert mask.any()
+        opt.zero_grad()
+        view(torch.as_tensor(items[mask])).mean().backward()  # Opacus rescales per-sample grads
+        opt.step()
+        if step >= cfg.user_steps:
+            for k in params:
+                release[k] -= view._module.get(k).grad / cfg.item_steps
+    return release, {k: getattr(view._module, "local__" + k).detach()[None] for k in local}
+
+
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+def test_engine_equals_opacus_privacy_engine(name):
+    """Clipped DP-SGD with Poisson masks (q < 1), user-state steps and several release
+    steps: the engine's release and local state equal Opacus's (noise off)."""
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    user = 4
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
+    cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7,
+                      noise_multiplier=1e-12, max_grad_norm=0.05)
+    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True)
+    ref, ref_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0)
+    for k in params:
+        np.testing.assert_allclose(ours.update[k].numpy(), ref[k].numpy(), atol=2e-6, err_msg=k)
+        assert float(ref[k].abs().sum()) > 0 or k.endswith("tower.4.bias"), k  # the comparison is not vacuous
+    for k in local:
+        np.testing.assert_allclose(ours.local[k].numpy(), ref_local[k].numpy(), atol=2e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+def test_noise_scale_equals_opacus(name):
+    """With noise, release - noiseless release is Gaussian with std sigma*C/(q*n) per
+    coordinate of every global parameter, for the engine and for Opacus alike."""
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    user, sigma, clip, q = 4, 3.0, 0.5, 0.7
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
+    cfg = LocalConfig(user_steps=0, item_steps=1, sample_rate=q, noise_multiplier=sigma, max_grad_norm=clip)
+    quiet = LocalConfig(user_steps=0, item_steps=1, sample_rate=q, noise_multiplier=1e-12, max_grad_norm=clip)
+    n = int(train[user].nnz)
+    expected = sigma * clip / (q * n)
+    torch.manual_seed(0)
+    b = train_cohort(model, local, params, train, np.array([user]), quiet, seed=2, server_round=5, generic=True)
+    rb, _ = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0)
+    ours, ref = [], []
+    for draw in range(4):
+        a = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True,
+                         generator=torch.Generator().manual_seed(draw))
+        ra, _ = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=sigma)
+        ours += [(a.update[k] - b.update[k]).reshape(-1) for k in params]
+        ref += [(ra[k] - rb[k]).reshape(-1) for k in params]
+    ours, ref = torch.cat(ours), torch.cat(ref)
+    for diff in (ours, ref):
+        assert len(diff) > 400
+        assert abs(float(diff.std()) / expected - 1) < 0.1
+        assert abs(float(diff.mean())) < 4 * expected / np.sqrt(len(diff))
+
+
+@pytest.mark.parametrize("cfg", [
+    LocalConfig(user_lr=0.7, user_steps=2, item_steps=2, negatives=1),
+    LocalConfig(negatives=3, user_l2=0.1),
+    LocalConfig(sample_rate=0.5, noise_multiplier=0.7, max_grad_norm=0.3),
+    LocalConfig(negatives=3, sample_rate=0.6, noise_multiplier=1.0, max_grad_norm=0.2, item_steps=2),
+    LocalConfig(update_clip=0.05, negatives=2),
+    LocalConfig(sample_rate=0.5, noise_multiplier=0.7, max_grad_norm=0.3, update_clip=0.05),
+])
+def test_mf_fast_path_equals_generic_engine(cfg):
+    """The hand-derived MF path and the generic engine: same release, local state and
+    loss, noise included (the same draws in the same order)."""
+    train = _train()
+    model = _model("mf")
+    params = _params(model)
+    users = np.arange(N_USERS)
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
+    kw = dict(seed=1, server_round=3)
+    fast = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), **kw)
+    slow = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), generic=True, **kw)
+    for k in params:
+        np.testing.assert_allclose(fast.update[k].numpy(), slow.update[k].numpy(), atol=1e-7, err_msg=k)
+        assert float(fast.update[k].abs().sum()) > 0
+    np.testing.assert_allclose(fast.local["user"].numpy(), slow.local["user"].numpy(), atol=1e-6)
+    assert fast.loss == pytest.approx(slow.loss, abs=1e-6)
+    np.testing.assert_array_equal(fast.item_counts, slow.item_counts)
+
+
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+def test_per_sample_path_equals_one_backward_without_clipping(name):
+    """Without DP the engine takes one backward; with a clip no sample reaches it takes the
+    per-sample path: the two give the same release."""
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    users = np.arange(N_USERS)
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
+    a = train_cohort(model, local, params, train, users, LocalConfig(negatives=2), seed=0, server_round=1, generic=True)
+    b = train_cohort(model, local, params, train, users, LocalConfig(negatives=2, update_clip=1e9), seed=0,
+                     server_round=1, generic=True)
+    for k in params:
+        np.testing.assert_allclose(a.update[k].numpy(), b.update[k].numpy(), atol=1e-7, err_msg=k)
+    for k in local:
+        np.testing.assert_allclose(a.local[k].numpy(), b.local[k].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_user_level_clip_bounds_every_parameter(name, noise):
+    """Each user's whole release (every global parameter, its noise included) is clipped."""
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    for user in range(4):
+        local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
+        r = train_cohort(model, local, params, train, np.array([user]),
+                         LocalConfig(update_clip=0.01, noise_multiplier=noise, sample_rate=0.5), seed=0, server_round=1,
+                         generator=torch.Generator().manual_seed(user), generic=True)
+        norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in r.update.values())))
+        assert norm == pytest.approx(0.01, rel=1e-5)  # far above the clip before clipping
+
+
+def test_one_interaction_enters_one_sample_whatever_the_negatives():
+    """negatives=m puts the m negatives in the positive's one sample, all distinct."""
+    train = _train()
+    users = np.arange(N_USERS)
+    owner, slot, items = cohort_samples(train, users, 5, seed=0, server_round=1)
+    assert len(owner) == train.nnz  # one sample per interaction
+    pos = set(zip(owner.tolist(), items[:, 0].tolist()))
+    assert len(pos) == train.nnz
+    for row, u in zip(items, owner):
+        assert len(set(row.tolist())) == 6  # positive + 5 distinct negatives
+        assert not train[u, row[1:]].toarray().any()  # negatives are not training positives
+    # under interaction-level DP they exclude only the sample's own positive, so removing an
+    # interaction leaves every other sample as it was
+    _, _, a = cohort_samples(train, users, 5, seed=0, server_round=1, exclude_positives=False)
+    assert (a[:, 1:] != a[:, :1]).all() and all(len(set(r.tolist())) == 6 for r in a)
+    assert any(train[u, r[1:]].toarray().any() for u, r in zip(owner, a))  # other positives may be drawn
+    mine = np.flatnonzero(owner == 0)
+    fewer = train.tolil()
+    fewer[0, a[mine[-1], 0]] = 0  # remove user 0's last interaction
+    fewer = sp.csr_matrix(fewer)
+    fewer.eliminate_zeros()
+    _, _, b = cohort_samples(fewer, np.array([0]), 5, seed=0, server_round=1, exclude_positives=False)
+    np.testing.assert_array_equal(b, a[mine[:-1]])  # the user's other samples are exactly as they were
