@@ -145,7 +145,7 @@ def train_epoch(
         opt.zero_grad()
         value.backward()
         opt.step()
-        total += float(value) * len(b)
+        total += float(value.detach()) * len(b)
     return total / max(1, len(perm))
 
 

@@ -148,6 +148,16 @@ def cmd_run_default(args) -> int:
 def cmd_sweep(args) -> int:
     from simulations.study import STUDIES, run_study
 
+    if args.name == "models":
+        from simulations.models import run_models
+
+        from simulations.models import MODELS
+
+        report = run_models(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
+                            models=tuple(args.models or MODELS), private=not args.no_private,
+                            command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+        _log(f"report: {report}")
+        return 0
     if args.name in STUDIES:
         run_study(args.name, Path(args.out), data=args.data, seeds=args.seeds, rounds=args.rounds, say=_log)
         return 0
@@ -175,6 +185,7 @@ _FED_KEYS = {
     "target_epsilon", "max_grad_norm", "sample_rate", "delta", "aggregation", "server_opt", "server_lr",
     "eval_every", "ties", "out", "budget_epsilon", "user_dp", "user_noise_multiplier", "user_target_epsilon",
     "user_clip", "user_sample_rate", "prior_noise", "min_replies", "round_timeout", "dropout_rate", "resume", "state_dir",
+    "model", "init_std", "patience", "cold_items", "cold_users", "user_l2", "engine",
 }
 
 
@@ -198,18 +209,34 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", default=None,
                    help="run on an existing (multi-machine) Ray cluster, e.g. 'auto' on its head node "
                         "(docs/ray-cluster.md)")
-    g = p.add_argument_group("local training")
+    g.add_argument("--cold-users", type=float, default=D.cold_users,
+                   help="fraction of users held out of training (user cold-start; default 0)")
+    g.add_argument("--cold-items", type=float, default=D.cold_items,
+                   help="fraction of items held out of training, ranked through item features (needs a feature-aware "
+                        "model such as two-tower; default 0)")
+    g = p.add_argument_group("model and local training")
+    g.add_argument("--model", default=D.model,
+                   help="mf (default), gmf, mlp, neumf, two-tower, or your own: path/to/file.py:ClassName "
+                        "(a fedrec.models.FederatedModel; see examples/my_model.py)")
     g.add_argument("--dim", type=int, default=D.dim, help=f"embedding dimension (default {D.dim})")
+    g.add_argument("--engine", default=D.engine, choices=["auto", "generic"],
+                   help="auto: a model's hand-derived fast path where registered (MF); generic: the torch.func "
+                        "engine for every model (default auto)")
+    g.add_argument("--init-std", type=float, default=D.init_std, help=f"std of the initial parameters (default {D.init_std})")
+    g.add_argument("--user-l2", type=float, default=D.user_l2, help="L2 penalty on the local state (default 0)")
     g.add_argument("--user-lr", type=float, default=D.user_lr, help=f"SGD rate of the local user embedding (default {D.user_lr})")
     g.add_argument("--user-steps", type=int, default=D.user_steps, help="user-embedding-only steps before item gradients")
     g.add_argument("--item-steps", type=int, default=D.item_steps, help="steps whose item gradients are released")
-    g.add_argument("--negatives", type=int, default=D.negatives, help="negatives per positive")
+    g.add_argument("--negatives", type=int, default=D.negatives,
+                   help="distinct negatives per positive, all in the positive's one clipped sample")
     g = p.add_argument_group("interaction-level differential privacy (per user, DP-SGD, Opacus RDP accountant)")
     g.add_argument("--noise-multiplier", type=float, default=D.noise_multiplier, help="0: no DP (default)")
     g.add_argument("--target-epsilon", type=float, default=D.target_epsilon,
                    help="calibrate the noise multiplier for this epsilon over the planned rounds")
-    g.add_argument("--max-grad-norm", type=float, default=D.max_grad_norm, help="per-pair clipping norm")
-    g.add_argument("--sample-rate", type=float, default=D.sample_rate, help="Poisson sampling rate of a user's pairs per step")
+    g.add_argument("--max-grad-norm", type=float, default=D.max_grad_norm,
+                   help="per-sample clipping norm (one sample = one interaction with its negatives)")
+    g.add_argument("--sample-rate", type=float, default=D.sample_rate,
+                   help="Poisson sampling rate of a user's samples per step")
     g.add_argument("--delta", type=float, default=D.delta, help="delta of both units (default 1e-5)")
     g.add_argument("--prior-noise", type=float, default=D.prior_noise,
                    help="> 0: start item biases from a DP popularity prior (Gaussian noise of this std on the sum of "
@@ -242,6 +269,9 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-opt", default=D.server_opt, choices=["adam", "yogi", "sgd"])
     g.add_argument("--server-lr", type=float, default=D.server_lr)
     g.add_argument("--eval-every", type=int, default=D.eval_every, help="federated validation every N rounds")
+    g.add_argument("--patience", type=int, default=D.patience,
+                   help="stop after N evaluations without a better validation NDCG@10; --rounds is then the most "
+                        "rounds (0: run every round)")
     g.add_argument("--ties", default=D.ties, choices=["pessimistic", "random"])
     g.add_argument("--out", required=True, help="run directory (config.json, rounds.csv, metrics.json, checkpoint/)")
     g.add_argument("--verbose", action="store_true", help="Flower's own logs")
@@ -279,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("simulate", help="federated training on Flower's simulation engine",
-                       description="Federated MF: user embeddings stay on the nodes, the server aggregates item "
-                                   "parameters. Defaults are the tuned ML-100K settings.")
+                       description="Federated training of any fedrec model (--model): each user's local state "
+                                   "stays on its node, the server aggregates the global parameters. Defaults are "
+                                   "the tuned ML-100K settings.")
     _add_fed_args(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -300,11 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a named sweep of federated runs (cells x seeds) through Flower's simulation "
                                    "engine. Finished cells are kept and skipped when run again.")
     p.add_argument("name", help="'default' (the main study, ~10 min on 2 cores), 'full' (every level), 'population', "
-                                "'tiny' (smoke test) or 'dp-levels'")
+                                "'models' (every model federated and centralized, non-private and epsilon 8 in "
+                                "each unit), 'tiny' (smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-100k", help="any dataset the loaders read (default: bundled ml-100k)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the study's, 3)")
     p.add_argument("--rounds", type=int, default=None, help="override the rounds of every cell")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="'models' only: which models (default: mf gmf mlp neumf two-tower; path.py:Class works too)")
+    p.add_argument("--no-private", action="store_true", help="'models' only: the non-private cells only")
     p.set_defaults(func=cmd_sweep)
 
     from fedrec import deploy

@@ -32,8 +32,9 @@ class FedConfig:
     model: str = "mf"  # mf | gmf | mlp | neumf | two-tower | path/to/file.py:ClassName
     dim: int = 64
     init_std: float = 0.1
+    engine: str = "auto"  # auto: a model's registered fast path where it has one | generic: always torch.func
     # federation
-    num_server_rounds: int = 250
+    num_server_rounds: int = 500  # the most rounds (a guard: training stops on validation, see patience)
     users_per_node: int = 64
     fraction_train: float = 1.0
     seed: int = 0
@@ -73,6 +74,7 @@ class FedConfig:
     state_dir: str = ""  # where nodes keep users' local state ("": OUT/client-state, or memory)
     # evaluation
     eval_every: int = 10
+    patience: int = 5  # > 0: stop after this many evaluations without a better validation metric (0: never)
     ties: str = "pessimistic"
     select_metric: str = "ndcg@10"
     # outputs
@@ -85,7 +87,7 @@ class FedConfig:
         for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "eval_every", "min_replies"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
-        for key in ("user_steps", "kcore", "min_rating", "user_l2", "noise_multiplier", "target_epsilon",
+        for key in ("user_steps", "kcore", "min_rating", "user_l2", "patience", "noise_multiplier", "target_epsilon",
                     "budget_epsilon", "user_noise_multiplier", "user_target_epsilon", "prior_noise"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
@@ -142,6 +144,8 @@ class FedConfig:
             bad("server_opt", "choose 'adam', 'yogi' or 'sgd'")
         if self.split not in ("leave-last-out", "temporal-ratio"):
             bad("split", "choose 'leave-last-out' or 'temporal-ratio'")
+        if self.engine not in ("auto", "generic"):
+            bad("engine", "choose 'auto' (fast paths where registered) or 'generic'")
         if self.ties not in ("pessimistic", "random"):
             bad("ties", "choose 'pessimistic' or 'random'")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:

@@ -179,6 +179,7 @@ def train_round(
                 seed=cfg.seed,
                 server_round=server_round,
                 generator=gen,
+                generic=cfg.engine == "generic",
             )
             w = len(part) / k
             for n, v in res.local.items():

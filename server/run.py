@@ -22,7 +22,11 @@ from server.checkpoint import load_checkpoint, save_checkpoint
 from server.optimizers import OptState
 from server.strategy import FedRecStrategy
 
-__all__ = ["run_server", "RunLog"]
+__all__ = ["run_server", "RunLog", "EarlyStop"]
+
+
+class EarlyStop(Exception):
+    """Raised by :class:`RunLog` when validation has not improved for ``patience`` evaluations."""
 
 
 def _say(msg: str) -> None:
@@ -38,6 +42,8 @@ class RunLog:
         self.last = self.t0
         self.rows: list[dict] = []
         self.best: dict | None = None
+        self.since_best = 0  # evaluations since the best one
+        self.stopped_early = False
         self.out = Path(cfg.out) if cfg.out else None
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -76,17 +82,24 @@ class RunLog:
         if ev:
             msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f} | test ndcg@10 {ev['test/ndcg@10']:.4f}"
             if self.best is None or ev[sel] > self.best[sel]:
+                self.since_best = 0
                 self.best = dict(row)
                 if self.out:  # the selected model, as nodes see it (for cold-start studies and devices)
                     np.savez(self.out / "best_params.tmp.npz", round=server_round, **{k: v.numpy() for k, v in arrays.items()})
                     (self.out / "best_params.tmp.npz").replace(self.out / "best_params.npz")
+            else:
+                self.since_best += 1
         _say(msg)
         if self.out:
             append_round(self.out, row)
             extra = {"user_clip": self.strategy.dp_wrapper.clipping_norm} if self.strategy.dp_wrapper is not None else {}
+            extra["since_best"] = self.since_best
             save_checkpoint(self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
                             params={k: v.numpy() for k, v in arrays.items()}, strategy=self.strategy,
                             best=self.best, extra=extra)
+        if ev and self.cfg.patience and self.since_best >= self.cfg.patience:
+            self.stopped_early = True
+            raise EarlyStop(f"no better validation {self.cfg.select_metric} in {self.since_best} evaluations")
         return None
 
 
@@ -117,6 +130,7 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
             if strategy.dp_wrapper is not None and "user_clip" in ck.get("extra", {}):
                 strategy.dp_wrapper.clipping_norm = float(ck["extra"]["user_clip"])
             log.best = ck["best"]
+            log.since_best = int(ck.get("extra", {}).get("since_best", 0))
             log.rows = _rows_up_to(log.out, start)
             _say(f"resuming after round {start} from {ck_dir}")
         else:
@@ -139,14 +153,17 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
                        f"user sample rate {cfg.user_sample_rate}")
     _say(f"{fed.dataset.summary()['name']}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
          f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
-    if start < cfg.num_server_rounds:
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord({k: Array(v) for k, v in params.items()}),
-            num_rounds=cfg.num_server_rounds - start,
-            timeout=cfg.round_timeout,
-            evaluate_fn=log,
-        )
+    if start < cfg.num_server_rounds and not (cfg.patience and log.since_best >= cfg.patience):
+        try:
+            strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord({k: Array(v) for k, v in params.items()}),
+                num_rounds=cfg.num_server_rounds - start,
+                timeout=cfg.round_timeout,
+                evaluate_fn=log,
+            )
+        except EarlyStop as e:
+            _say(f"stopped early after round {log.rows[-1]['round']}: {e}")
     summary = summarize(cfg, log)
     _say(f"best round on validation: {summary['selected_round']}; test ndcg@10 {summary['test'].get('ndcg@10', float('nan')):.4f} "
          f"hr@10 {summary['test'].get('hr@10', float('nan')):.4f}; {summary['seconds']:.1f}s")
@@ -225,11 +242,13 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         "failed": int(sum(r.get("failed", 0) for r in log.rows)),
         "declined": int(sum(r.get("declined", 0) for r in log.rows)),
         "privacy": privacy,
+        "stopped_early": log.stopped_early,
     }
     if cfg.out:
         write_metrics(cfg.out, validation=valid, test=test, config=cfg.to_run_config(), seed=cfg.seed,
                       privacy=privacy, extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
                                               "seconds": out["seconds"], "rounds": len(log.rows),
                                               "rejected_replies": out["rejected"], "failed_replies": out["failed"],
-                                              "declined_user_rounds": out["declined"], "test_slices": slices})
+                                              "declined_user_rounds": out["declined"], "test_slices": slices,
+                                              "stopped_early": log.stopped_early})
     return out

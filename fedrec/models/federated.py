@@ -141,7 +141,7 @@ class TwoTower(FederatedModel):
     by the server) and are ranked through the tower alone.
     """
 
-    def __init__(self, n_items: int, *, item_features: np.ndarray, dim: int = 64, layers: tuple[int, ...] = (64,),
+    def __init__(self, n_items: int, *, item_features: np.ndarray | None = None, dim: int = 64, layers: tuple[int, ...] = (64,),
                  init_std: float = 0.1, seed: int = 0, **_):
         super().__init__()
         if item_features is None or len(item_features) != n_items:
