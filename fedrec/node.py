@@ -187,7 +187,8 @@ def train_round(
             for n, v in res.update.items():
                 update[n] += w * v.numpy()
             loss += w * float(res.loss)
-            counts += res.item_counts
+            if cfg.aggregation == "itemwise":
+                counts += res.item_counts
         steps[active] += cfg.steps_per_round if cfg.dp else 0
         rounds[active] += 1
     update = {n: v.astype(np.float32) for n, v in update.items()}

@@ -89,6 +89,7 @@ import torch
 
 from fedrec.data import Split
 from fedrec.engine import LocalConfig, mf_round, steps_per_round
+from server.optimizers import OptState, server_step
 
 __all__ = [
     "ATTACKS",
@@ -369,8 +370,8 @@ def train_federated(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Federated MF in-process: every round all users with training data train
-    (:func:`fedrec.engine.mf_round`, one cohort) and the server applies Adam (bias-corrected,
-    betas 0.9/0.999) or SGD to the mean release.
+    (:func:`fedrec.engine.mf_round`, one cohort) and the server applies the project's server
+    optimiser (:func:`server.optimizers.server_step`: Adam, betas 0.9/0.999, or SGD) to the mean release.
 
     This is the federated algorithm of the project with ``fraction-train 1``,
     without Flower's transport (the mean over all users equals the user-weighted
@@ -388,24 +389,15 @@ def train_federated(
     b = torch.zeros(n_items)
     p = torch.randn(n_users, dim, generator=g) * init_std
     users = np.flatnonzero(np.diff(train.indptr) > 0)
-    m = {"q": torch.zeros_like(q), "b": torch.zeros_like(b)}
-    v = {"q": torch.zeros_like(q), "b": torch.zeros_like(b)}
+    if server_opt not in ("adam", "sgd"):
+        raise ValueError(f"server_opt must be 'adam' or 'sgd'; got {server_opt!r}")
+    opt = OptState()
     for t in range(1, rounds + 1):
         p[users], item_update, bias_update, _ = mf_round(p[users], q, b, train, users, cfg, seed=seed, server_round=t,
                                                          generator=generator)
-        upd = {"q": item_update, "b": bias_update}
-        step = {}
-        for k, d in upd.items():
-            if server_opt == "sgd":
-                step[k] = server_lr * d
-                continue
-            if server_opt != "adam":
-                raise ValueError(f"server_opt must be 'adam' or 'sgd'; got {server_opt!r}")
-            m[k] = 0.9 * m[k] + 0.1 * d
-            v[k] = 0.999 * v[k] + 0.001 * d * d
-            step[k] = server_lr * (m[k] / (1 - 0.9**t)) / (torch.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
-        q = q + step["q"]
-        b = b + step["b"]
+        new, opt = server_step({"q": q.numpy(), "b": b.numpy()}, {"q": item_update.numpy(), "b": bias_update.numpy()},
+                               opt, opt=server_opt, lr=server_lr)
+        q, b = torch.as_tensor(new["q"]), torch.as_tensor(new["b"])
     return q, b, p
 
 

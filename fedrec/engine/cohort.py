@@ -136,7 +136,14 @@ class CohortResult:
     update: dict[str, torch.Tensor]  # mean over users of their release, per global parameter
     loss: float  # mean over users of their mean sample loss at the start of the round
     n_users: int
-    item_counts: np.ndarray  # (n_items,) how many users of the cohort touched each item row
+    samples: tuple[np.ndarray, np.ndarray, int]  # (owner, items, n_items) of the round's samples
+
+    @property
+    def item_counts(self) -> np.ndarray:
+        """``(n_items,)``: how many users of the cohort touched each item row."""
+        owner, items, n_items = self.samples
+        keys = np.unique(np.repeat(owner, items.shape[1]) * n_items + items.ravel())
+        return np.bincount(keys % n_items, minlength=n_items)
 
 
 def keyed_negatives(
@@ -267,12 +274,6 @@ def train_cohort(
     return _generic(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator)
 
 
-def touched_counts(owner: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-    """How many users of the cohort touched each item row."""
-    keys = np.unique(np.repeat(owner, items.shape[1]) * n_items + items.ravel())
-    return np.bincount(keys % n_items, minlength=n_items)
-
-
 def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator) -> CohortResult:
     k = len(users)
     n_items = model.n_items
@@ -303,13 +304,13 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     grad_one = torch.func.vmap(torch.func.grad_and_value(loss_one, argnums=(0, 1, 2)), in_dims=(0, 0, None, 0))
     loss_many = torch.func.vmap(loss_one, in_dims=(0, 0, None, 0))
     # release accumulators: summed over users (each divided by its own expected batch)
-    acc = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in params.items()}
+    acc = {n: torch.zeros_like(v) for n, v in params.items()}
     if clip_users:
         keys = owner[:, None] * n_items + items  # (n_s, 1+m) per-(user, item) row keys
         uniq, inv = torch.unique(keys.reshape(-1), return_inverse=True)
         inv = inv.reshape(keys.shape)
-        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=torch.float64) for t, v in tables.items()}
-        r_den = {d: torch.zeros((k,) + tuple(v.shape), dtype=torch.float64) for d, v in dense.items()}
+        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=v.dtype) for t, v in tables.items()}
+        r_den = {d: torch.zeros((k,) + tuple(v.shape), dtype=v.dtype) for d, v in dense.items()}
     per_sample_floats = (sum(int(np.prod(s)) for s in model.local_shapes.values())
                          + sum(int(np.prod(v.shape[1:])) * items.shape[1] for v in tables.values())
                          + sum(v.numel() for v in dense.values()))
@@ -319,7 +320,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     total = cfg.user_steps + cfg.item_steps
     for step in range(total):
         release = step >= cfg.user_steps
-        g_loc = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in loc.items()}
+        g_loc = {n: torch.zeros_like(v) for n, v in loc.items()}
         if per_sample:
             mask = torch.as_tensor(sample_mask(seed, server_round, s_user, slot_np, step, q)) if cfg.dp else None
             for lo in range(0, n_s, chunk):
@@ -335,19 +336,19 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                 else:
                     w = torch.ones(len(o), dtype=dtype)
                 for n, g in gl.items():
-                    g_loc[n].index_add_(0, o, (_bc(w, g) * g).double())
+                    g_loc[n].index_add_(0, o, _bc(w, g) * g)
                 if release:
                     c = w / denom[o]
                     for t, g in gr.items():
                         if clip_users:
-                            r_tab[t].index_add_(0, inv[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]).double())
+                            r_tab[t].index_add_(0, inv[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
                         else:
-                            acc[t].index_add_(0, items[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]).double())
+                            acc[t].index_add_(0, items[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
                     for d, g in gd.items():
                         if clip_users:
-                            r_den[d].index_add_(0, o, (_bc(c, g) * g).double())
+                            r_den[d].index_add_(0, o, _bc(c, g) * g)
                         else:
-                            acc[d] += (_bc(c, g) * g).sum(0).double()
+                            acc[d] += (_bc(c, g) * g).sum(0)
         else:
             # no clipping: one backward of the batched loss, each sample weighted by 1/denom of its user
             lc = {n: v.detach().requires_grad_(True) for n, v in loc.items()}
@@ -363,12 +364,12 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             gr = dict(zip(rw, grads[len(lc) : len(lc) + len(rw)]))
             gd = dict(zip(dn, grads[len(lc) + len(rw) :]))
             for n, g in gl.items():  # already divided by denom: undo, the common path divides below
-                g_loc[n] += (g * _bc(denom, g)).double()
+                g_loc[n] += g * _bc(denom, g)
             if release:
                 for t, g in gr.items():
-                    acc[t].index_add_(0, items.reshape(-1), g.reshape((-1,) + g.shape[2:]).double())
+                    acc[t].index_add_(0, items.reshape(-1), g.reshape((-1,) + g.shape[2:]))
                 for d, g in gd.items():
-                    acc[d] += g.double()
+                    acc[d] += g
         new = {}
         for n in local_names:
             g = g_loc[n].to(dtype)
@@ -390,7 +391,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             for n in params:
                 update[n] = update[n] - std * torch.randn(update[n].shape, generator=generator, dtype=dtype)
     return CohortResult(local=loc, update=update, loss=float((first_loss / n_u).mean()), n_users=k,
-                        item_counts=touched_counts(owner_np, items_np, n_items))
+                        samples=(owner_np, items_np, n_items))
 
 
 def _bc(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -400,7 +401,8 @@ def _bc(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def _sq(g: torch.Tensor) -> torch.Tensor:
     """Per-sample squared norm of ``g`` (n, ...)."""
-    return g.reshape(g.shape[0], -1).double().pow(2).sum(1)
+    g = g.reshape(g.shape[0], -1)
+    return (g * g).sum(1).double()
 
 
 def _add_loss(acc: torch.Tensor | None, lv: torch.Tensor, o: torch.Tensor, k: int) -> torch.Tensor:
@@ -420,6 +422,8 @@ def _clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, model, *, no
     users, so the clip bounds exactly what the user contributes (noise included).
     """
     steps = cfg.item_steps
+    r_tab = {t: g.double() for t, g in r_tab.items()}
+    r_den = {d: g.double() for d, g in r_den.items()}
     owner = keys // n_items
     item = keys % n_items
     out = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in params.items()}

@@ -29,7 +29,6 @@ from fedrec.engine.cohort import (
     cohort_samples,
     register_fast_path,
     sample_mask,
-    touched_counts,
 )
 from fedrec.models.federated import FedMF
 
@@ -60,10 +59,10 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         keys = (owner[:, None] * n_items + torch.as_tensor(items_np)).reshape(-1)
         uniq, inv = torch.unique(keys, return_inverse=True)
         inv = inv.reshape(items_np.shape)
-        r_item = torch.zeros((len(uniq), item_emb.shape[1]), dtype=torch.float64)
-        r_bias = torch.zeros(len(uniq), dtype=torch.float64)
-    g_item = torch.zeros_like(item_emb, dtype=torch.float64)
-    g_bias = torch.zeros_like(item_bias, dtype=torch.float64)
+        r_item = torch.zeros((len(uniq), item_emb.shape[1]), dtype=item_emb.dtype)
+        r_bias = torch.zeros(len(uniq), dtype=item_bias.dtype)
+    g_item = torch.zeros_like(item_emb)
+    g_bias = torch.zeros_like(item_bias)
     first_loss = None
     for step in range(cfg.user_steps + cfg.item_steps):
         ps = p[owner]
@@ -89,15 +88,15 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             ci = (c * csum)  # d/db_i weight; d/dq_i = ci * p
             cn = -(c[:, None] * coef)  # (n, m)
             if clip_users:
-                r_item.index_add_(0, inv[:, 0], (ci[:, None] * ps).double())
-                r_item.index_add_(0, inv[:, 1:].reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]).double())
-                r_bias.index_add_(0, inv[:, 0], ci.double())
-                r_bias.index_add_(0, inv[:, 1:].reshape(-1), cn.reshape(-1).double())
+                r_item.index_add_(0, inv[:, 0], ci[:, None] * ps)
+                r_item.index_add_(0, inv[:, 1:].reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
+                r_bias.index_add_(0, inv[:, 0], ci)
+                r_bias.index_add_(0, inv[:, 1:].reshape(-1), cn.reshape(-1))
             else:
-                g_item.index_add_(0, pos, (ci[:, None] * ps).double())
-                g_item.index_add_(0, neg.reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]).double())
-                g_bias.index_add_(0, pos, ci.double())
-                g_bias.index_add_(0, neg.reshape(-1), cn.reshape(-1).double())
+                g_item.index_add_(0, pos, ci[:, None] * ps)
+                g_item.index_add_(0, neg.reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
+                g_bias.index_add_(0, pos, ci)
+                g_bias.index_add_(0, neg.reshape(-1), cn.reshape(-1))
         p = p - cfg.user_lr * (gp + cfg.user_l2 * p)
     if clip_users:
         update = _clipped_user_mean(
@@ -113,7 +112,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             for n in ("item_embedding", "item_bias"):
                 update[n] = update[n] - std * torch.randn(update[n].shape, generator=generator, dtype=dtype)
     return CohortResult(local={"user": p}, update=update, loss=first_loss, n_users=k,
-                        item_counts=touched_counts(owner_np, items_np, n_items))
+                        samples=(owner_np, items_np, n_items))
 
 
 _MF_VIEWS: dict[tuple[int, int], FedMF] = {}
