@@ -138,21 +138,24 @@ def plot_models(table: list[dict], refs: dict[str, float], path: Path) -> Path:
     labels = [("centralized", "centralized", "tab:gray"), ("federated", "federated, non-private", "tab:blue"),
               ("interaction-eps", "federated, interaction-level eps 8", "tab:orange"),
               ("user-eps", "federated, user-level eps 8", "tab:red")]
-    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [x for x in labels if any(not math.isnan(t[x[0]][0]) for t in table)]  # settings that were run
+    fig, ax = plt.subplots(figsize=(9, 4.4))
     w = 0.8 / len(labels)
     for j, (key, lab, color) in enumerate(labels):
         xs = [i + (j - (len(labels) - 1) / 2) * w for i in range(len(table))]
         ax.bar(xs, [t[key][0] for t in table], w, yerr=[t[key][1] for t in table], label=lab, color=color, capsize=2)
     for name, v in refs.items():
         ax.axhline(v, ls="--" if name == "MostPop" else ":", color="k", lw=1)
-        ax.text(len(table) - 0.5, v, f" {name}", va="bottom", ha="right", fontsize=8)
+        ax.text(-0.45, v, f"{name} ", va="bottom", ha="left", fontsize=8)
+    top = max([v for v in refs.values()] + [t[k][0] + t[k][1] for t in table for k, *_ in labels
+                                             if not math.isnan(t[k][0])])
+    ax.set_ylim(0, 1.12 * top)
     ax.set_xticks(range(len(table)))
     ax.set_xticklabels([t["model"] for t in table])
-    ax.set_ylim(bottom=0)
     ax.set_ylabel("test NDCG@10 (full ranking)")
     ax.set_title("Models: federated through Flower against their centralized counterparts (mean ± sd over seeds)",
                  fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(labels), frameon=False)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -180,7 +183,7 @@ def write_models_report(out: Path, rows: list[dict], models, *, data: str, seeds
              "|---|---|---|---|---|---|"]
     for t in table:
         lines.append(f"| {t['model']} | {f(t['centralized'])} | {f(t['federated'])} (round {t['federated-round']:.0f}) | "
-                     f"{100 * t['kept']:.0f}% | {f(t['interaction-eps'])} | {f(t['user-eps'])} |")
+                     f"{100 * t['kept']:.1f}% | {f(t['interaction-eps'])} | {f(t['user-eps'])} |")
     lines += ["", f"![models]({plot.name})", "", "Per-run results: `results.csv`; federated runs under `runs/`, "
               "centralized fits under `centralized/`."]
     path = out / "report.md"

@@ -39,6 +39,18 @@ def _mlp(width: int, layers: tuple[int, ...], out: int, std: float, g: torch.Gen
     return seq
 
 
+def _declare(model: FederatedModel, n_items: int, dim: int, init_std: float, g: torch.Generator, *,
+             users: tuple[str, ...] = ("user",), tables: tuple[str, ...] = ("item_embedding",)) -> None:
+    """The NCF family's declarations: local vectors ``users`` of size ``dim``, item
+    tables ``tables`` (``N(0, init_std)``, drawn from ``g`` in order) and a zero ``item_bias``."""
+    model.n_items, model.init_std = n_items, init_std
+    model.local_shapes = {u: (dim,) for u in users}
+    model.item_tables = tuple(tables) + ("item_bias",)
+    for t in tables:
+        setattr(model, t, _table(n_items, dim, init_std, g))
+    model.item_bias = _table(n_items, 0, init_std, g)
+
+
 def _sub(dense: Tensors, prefix: str) -> dict[str, torch.Tensor]:
     """The entries of ``dense`` under ``prefix.`` with the prefix removed."""
     n = len(prefix) + 1
@@ -72,11 +84,7 @@ class FedGMF(FederatedModel):
     def __init__(self, n_items: int, *, dim: int = 32, init_std: float = 0.1, seed: int = 0, **_):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.n_items, self.init_std = n_items, init_std
-        self.local_shapes = {"user": (dim,)}
-        self.item_tables = ("item_embedding", "item_bias")
-        self.item_embedding = _table(n_items, dim, init_std, g)
-        self.item_bias = _table(n_items, 0, init_std, g)
+        _declare(self, n_items, dim, init_std, g)
         self.output = nn.Parameter(torch.ones(dim))
 
     def score(self, local, items, dense):
@@ -90,11 +98,7 @@ class FedMLP(FederatedModel):
                  seed: int = 0, **_):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.n_items, self.init_std = n_items, init_std
-        self.local_shapes = {"user": (dim,)}
-        self.item_tables = ("item_embedding", "item_bias")
-        self.item_embedding = _table(n_items, dim, init_std, g)
-        self.item_bias = _table(n_items, 0, init_std, g)
+        _declare(self, n_items, dim, init_std, g)
         self.tower = _mlp(2 * dim, tuple(layers), 1, init_std, g)
 
     def score(self, local, items, dense):
@@ -113,12 +117,7 @@ class FedNeuMF(FederatedModel):
                  seed: int = 0, **_):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.n_items, self.init_std = n_items, init_std
-        self.local_shapes = {"user": (dim,), "user_mlp": (dim,)}
-        self.item_tables = ("item_embedding", "item_embedding_mlp", "item_bias")
-        self.item_embedding = _table(n_items, dim, init_std, g)
-        self.item_embedding_mlp = _table(n_items, dim, init_std, g)
-        self.item_bias = _table(n_items, 0, init_std, g)
+        _declare(self, n_items, dim, init_std, g, users=("user", "user_mlp"), tables=("item_embedding", "item_embedding_mlp"))
         layers = tuple(layers)
         self.tower = _mlp(2 * dim, layers[:-1], layers[-1], init_std, g)
         self.output = nn.Parameter(torch.cat([torch.ones(dim), torch.randn(layers[-1], generator=g) * init_std]))
