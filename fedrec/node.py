@@ -166,8 +166,9 @@ def train_round(
     steps, rounds = state.dp_steps.copy(), state.rounds.copy()
     if k:
         idx = np.flatnonzero(active)
-        for part in _chunks(idx, np.diff(fed.split.train.indptr)[state.users[idx]] * (1 + cfg.negatives)):
-            # users are independent: chunks bound the memory of the per-sample tensors;
+        for part in _chunks(idx, np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives):
+            # users are independent: chunks bound the memory of the per-sample tensors (a
+            # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
             res = train_cohort(
                 model,
