@@ -82,13 +82,10 @@ def cmd_baseline(args) -> int:
         if args.model == "bpr-mf":
             model = build_model("mf", ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)
         else:  # the centralized counterpart of a federated model: the same score function
-            from fedrec.federation import item_features
-            from fedrec.models import build_federated_model
+            from fedrec.federation import build_model
             from fedrec.models.centralized import Centralized
 
-            feats = item_features(ds) if args.model == "two-tower" else None
-            fed_model = build_federated_model(args.model, ds.n_items, item_features=feats, dim=args.dim, seed=args.seed)
-            model = Centralized(fed_model, ds.n_users, seed=args.seed)
+            model = Centralized(build_model(args.model, ds, dim=args.dim, seed=args.seed), ds.n_users, seed=args.seed)
         res = baselines.fit_centralized(
             model, split, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
             batch_size=args.batch_size, n_negatives=args.negatives, loss=args.loss,

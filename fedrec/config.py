@@ -123,18 +123,16 @@ class FedConfig:
             bad("budget_epsilon", "a client budget needs interaction-level DP (noise-multiplier or target-epsilon)")
         if not 0 < self.delta < 1:
             bad("delta", "must be in (0, 1)")
-        from fedrec.models import federated_model_class
+        from fedrec.models import wants_item_features
 
         try:
-            model_cls = federated_model_class(self.model)
+            feature_aware = wants_item_features(self.model)
         except ValueError as e:
             raise ValueError(f"config {e}") from None
         for key in ("cold_users", "cold_items"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
-        import inspect
-
-        if self.cold_items > 0 and "item_features" not in inspect.signature(model_cls.__init__).parameters:
+        if self.cold_items > 0 and not feature_aware:
             bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
         if self.aggregation not in ("fedavg", "itemwise"):
             bad("aggregation", "choose 'fedavg' or 'itemwise'")

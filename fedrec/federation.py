@@ -13,7 +13,7 @@ from fedrec.data import Dataset, Split, hold_out_items, hold_out_users, load_dat
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
-__all__ = ["Federation", "load_federation", "federated_model", "init_global_params", "init_local_state", "item_features",
+__all__ = ["Federation", "load_federation", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features",
            "activity_groups", "SPLIT_SEED"]
 
 
@@ -68,21 +68,22 @@ def federated_model(cfg: FedConfig, fed: Federation):
     """The run's :class:`~fedrec.models.protocol.FederatedModel` (``cfg.model``), built once
     per (federation, model settings) in a process; its parameters are the initial
     global parameters (seeded by ``cfg.seed``)."""
-    from fedrec.models import build_federated_model, federated_model_class
-
     key = (id(fed.dataset), cfg.model, cfg.dim, cfg.init_std, cfg.seed)
     cache = _MODELS
     if key not in cache or cache[key][0] is not fed.dataset:
-        import inspect
-
-        cls = federated_model_class(cfg.model)
-        wants = "item_features" in inspect.signature(cls.__init__).parameters
-        feats = item_features(fed.dataset) if wants else None
         if len(cache) >= 8:
             cache.clear()
-        cache[key] = (fed.dataset, build_federated_model(cfg.model, fed.dataset.n_items, item_features=feats,
-                                                         dim=cfg.dim, init_std=cfg.init_std, seed=cfg.seed))
+        cache[key] = (fed.dataset, build_model(cfg.model, fed.dataset, dim=cfg.dim, init_std=cfg.init_std, seed=cfg.seed))
     return cache[key][1]
+
+
+def build_model(spec: str, ds: Dataset, *, dim: int, init_std: float = 0.1, seed: int = 0):
+    """The model named by ``spec`` for dataset ``ds`` (with its item features when the
+    model ranks items through them)."""
+    from fedrec.models import build_federated_model, wants_item_features
+
+    feats = item_features(ds) if wants_item_features(spec) else None
+    return build_federated_model(spec, ds.n_items, item_features=feats, dim=dim, init_std=init_std, seed=seed)
 
 
 def init_global_params(cfg: FedConfig, fed: Federation) -> dict[str, np.ndarray]:

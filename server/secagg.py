@@ -114,6 +114,7 @@ from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import federated_model, load_federation
 from server.optimizers import OptState, server_step
+from server.strategy import itemwise_scale
 
 __all__ = [
     "SecAggSettings",
@@ -308,10 +309,7 @@ class SecAggFedRecStrategy(FedAvg):
                         server_round, self.rec["clipped"][server_round], self.settings.clipping_range)
         update = {k: mean[k] for k in self.keys}
         if self.cfg.aggregation == "itemwise":
-            frac = mean[COUNTS_KEY]
-            scale = np.where(frac > 0, 1.0 / np.maximum(frac, 1e-12), 0.0)
-            update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in self.item_tables else v
-                      for k, v in update.items()}
+            update = itemwise_scale(update, mean[COUNTS_KEY], self.item_tables)
         new, self.opt_state = server_step(
             self.current, update, self.opt_state, opt=self.cfg.server_opt, lr=self.cfg.server_lr,
             beta1=self.cfg.beta1, beta2=self.cfg.beta2, eps=self.cfg.server_eps,

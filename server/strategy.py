@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import (
 from fedrec.config import FedConfig
 from server.optimizers import OptState, server_step
 
-__all__ = ["FedRecStrategy", "SumOfUpdates", "validate_reply", "aggregate_train_metrics"]
+__all__ = ["FedRecStrategy", "SumOfUpdates", "validate_reply", "aggregate_train_metrics", "itemwise_scale"]
 
 COUNTS_KEY = "item_counts"
 
@@ -65,6 +65,14 @@ def validate_reply(content: RecordDict, expected: dict[str, tuple[int, ...]], ma
     if "train-loss" not in metrics:
         return "metric 'train-loss' missing"
     return None
+
+
+def itemwise_scale(update: dict[str, np.ndarray], frac: np.ndarray, item_tables) -> dict[str, np.ndarray]:
+    """Item-wise averaging: each row of every item table divided by the mean over users of
+    "the user touched this row" (``frac``); untouched rows get no update, dense parameters
+    are left as they are."""
+    scale = np.where(frac > 0, 1.0 / np.maximum(frac, 1e-12), 0.0)
+    return {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in item_tables else v for k, v in update.items()}
 
 
 def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -312,10 +320,7 @@ class FedRecStrategy(FedAvg):
             mean, metrics = super().aggregate_train(server_round, contributing)
             update = {k: mean[k].numpy() for k in self.keys}
             if self.cfg.aggregation == "itemwise":
-                frac = mean[COUNTS_KEY].numpy()  # mean over users of "user touched this row"
-                scale = np.where(frac > 0, 1.0 / np.maximum(frac, 1e-12), 0.0)
-                update = {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in self.item_tables else v
-                          for k, v in update.items()}
+                update = itemwise_scale(update, mean[COUNTS_KEY].numpy(), self.item_tables)
         update = self.freeze_cold_rows(update)
         # loss, counts and epsilons over every valid reply (declined users included)
         metrics = aggregate_train_metrics([m.content for m in good], "num-examples")

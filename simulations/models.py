@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federation import item_features, load_federation
+from fedrec.federation import build_model, load_federation
 from simulations.runner import Cell, run_cells, write_rows
 from simulations.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
 
@@ -64,7 +64,6 @@ def models_cells(data: str = "ml-100k", *, models=MODELS, rounds: int | None = N
 def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=None, say=print) -> list[dict]:
     """Each model's centralized counterpart (and MostPop, EASE) on the federated runs' split."""
     from fedrec.baselines import fit_centralized, fit_ease, fit_most_popular
-    from fedrec.models import build_federated_model
     from fedrec.models.centralized import Centralized
 
     fed = load_federation(FedConfig(data=data))
@@ -85,9 +84,7 @@ def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=N
             path = out / "centralized" / f"{m}-seed{s}.json"
             if not path.exists():
                 say(f"centralized {m} seed {s}: training")
-                feats = item_features(fed.dataset) if m == "two-tower" else None
-                model = Centralized(build_federated_model(m, fed.dataset.n_items, item_features=feats, dim=dim, seed=s),
-                                    fed.dataset.n_users, seed=s)
+                model = Centralized(build_model(m, fed.dataset, dim=dim, seed=s), fed.dataset.n_users, seed=s)
                 res = fit_centralized(model, split, seed=s, **CENTRAL)
                 path.write_text(json.dumps({"test": res.test.metrics, "valid": res.valid.metrics,
                                             "seconds": res.seconds, "selected": res.selected}))

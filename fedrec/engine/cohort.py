@@ -152,15 +152,20 @@ def keyed_negatives(
     """One training negative per ``(users[j], slot[j])``, uniform over the items that
     are not training positives of the user; a pure function of
     ``(seed, server_round, user, slot)`` (see :mod:`fedrec.rng`)."""
-    n_items = train.shape[1]
-    out = hash_ints(n_items, seed, server_round, users, slot, 0)
-    todo = np.flatnonzero(is_positive(train, users, out))
+    return _keyed_draws(train.shape[1], seed, server_round, users, slot,
+                        lambda out: is_positive(train, users, out), max_tries=max_tries)
+
+
+def _keyed_draws(n_items: int, seed: int, server_round: int, users: np.ndarray, slots: np.ndarray, invalid, *,
+                 max_tries: int) -> np.ndarray:
+    """Items uniform in ``[0, n_items)`` keyed by ``(seed, round, user, slot, attempt)``:
+    draws that ``invalid`` (a mask over all draws) rejects are redrawn with the next attempt."""
+    out = hash_ints(n_items, seed, server_round, users, slots, 0)
     attempt = 1
-    while len(todo):
+    while (bad := np.flatnonzero(invalid(out))).size:
         if attempt > max_tries:
-            raise ValueError(f"could not sample a negative for user {users[todo[0]]}: too few non-positive items")
-        out[todo] = hash_ints(n_items, seed, server_round, users[todo], slot[todo], attempt)
-        todo = todo[is_positive(train, users[todo], out[todo])]
+            raise ValueError(f"could not sample the negatives of user {users[bad[0]]}: too few eligible items")
+        out[bad] = hash_ints(n_items, seed, server_round, users[bad], slots[bad], attempt)
         attempt += 1
     return out
 
@@ -187,11 +192,11 @@ def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, s
     m = negatives
     s_user = np.repeat(users[owner], m)
     s_slot = (slot[:, None] * m + np.arange(m)[None, :]).reshape(-1)
-    negs = hash_ints(n_items, seed, server_round, s_user, s_slot, 0).reshape(-1, m)
 
-    def invalid(neg: np.ndarray) -> np.ndarray:
+    def invalid(flat: np.ndarray) -> np.ndarray:
+        neg = flat.reshape(-1, m)
         if exclude_positives:
-            bad = is_positive(train, s_user, neg.reshape(-1)).reshape(neg.shape)
+            bad = is_positive(train, s_user, flat).reshape(neg.shape)
         else:
             bad = neg == pos[:, None]
         if m > 1:  # a repeat of an earlier negative of the same sample
@@ -200,16 +205,9 @@ def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, s
             dup = np.zeros_like(bad)
             np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
             bad |= dup
-        return bad
+        return bad.reshape(-1)
 
-    attempt = 1
-    while (bad := invalid(negs)).any():
-        if attempt > max_tries:
-            r = np.flatnonzero(bad.any(1))[0]
-            raise ValueError(f"could not sample {m} distinct negatives for user {users[owner[r]]}: too few items")
-        r, c = np.nonzero(bad)
-        negs[r, c] = hash_ints(n_items, seed, server_round, users[owner[r]], slot[r] * m + c, attempt)
-        attempt += 1
+    negs = _keyed_draws(n_items, seed, server_round, s_user, s_slot, invalid, max_tries=max_tries).reshape(-1, m)
     return owner, slot, np.concatenate([pos[:, None], negs], axis=1)
 
 
@@ -379,7 +377,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             new[n] = loc[n] - cfg.user_lr * (g + cfg.user_l2 * loc[n])
         loc = new
     if clip_users:
-        update = _clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params, model,
+        update = _clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params,
                                     noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None,
                                     generator=generator)
     else:
@@ -411,7 +409,7 @@ def _add_loss(acc: torch.Tensor | None, lv: torch.Tensor, o: torch.Tensor, k: in
     return per if acc is None else acc + per
 
 
-def _clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, model, *, noise_std, generator, chunk=32):
+def _clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std, generator, chunk=32):
     """Mean over users of each user's release (``-gradient``) clipped to ``cfg.update_clip``.
 
     ``r_tab[t]`` holds the users' (un-noised) table gradients row-compactly (row

@@ -100,7 +100,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         p = p - cfg.user_lr * (gp + cfg.user_l2 * p)
     if clip_users:
         update = _clipped_user_mean(
-            {"item_embedding": r_item, "item_bias": r_bias}, {}, uniq, k, n_items, cfg, params, model,
+            {"item_embedding": r_item, "item_bias": r_bias}, {}, uniq, k, n_items, cfg, params,
             noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None, generator=generator)
     else:
         dtype = item_emb.dtype

@@ -25,7 +25,7 @@ from fedrec.models.protocol import FederatedModel
 
 __all__ = ["Recommender", "MF", "GMF", "MLP", "NeuMF", "bpr_loss", "bce_loss", "LOSSES", "build_model", "MODELS",
            "FederatedModel", "FEDERATED_MODELS", "FedMF", "FedGMF", "FedMLP", "FedNeuMF", "TwoTower",
-           "federated_model_class", "build_federated_model"]
+           "federated_model_class", "build_federated_model", "wants_item_features"]
 
 MODELS = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
 
@@ -64,6 +64,12 @@ def federated_model_class(spec: str) -> type[FederatedModel]:
     if not (inspect.isclass(cls) and issubclass(cls, FederatedModel)):
         raise ValueError(f"model {spec!r}: {file} has no FederatedModel subclass named {name!r}")
     return cls
+
+
+def wants_item_features(spec: str) -> bool:
+    """Whether the model named by ``spec`` ranks items through their features
+    (its constructor takes ``item_features``)."""
+    return "item_features" in inspect.signature(federated_model_class(spec).__init__).parameters
 
 
 def build_federated_model(spec: str, n_items: int, *, item_features: np.ndarray | None = None, **kwargs) -> FederatedModel:
