@@ -24,7 +24,7 @@ import numpy as np
 from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import init_global_params, load_federation
-from fedrec.simulate import simulate
+from fedrec_app.simulations.simulate import simulate
 
 
 def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:

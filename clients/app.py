@@ -8,12 +8,26 @@ restart and a server resume) or in ``context.state`` — and never appear in a r
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec import node
 
-__all__ = ["app", "make_client_app"]
+__all__ = ["app", "make_client_app", "stored_state", "state_record", "STATE_KEY"]
+
+STATE_KEY = "fedrec-users"  # the users' local state in Flower's context state (no state-dir)
+
+
+def state_record(arrays: dict) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def stored_state(context: Context) -> dict | None:
+    if STATE_KEY not in context.state:
+        return None
+    a = context.state[STATE_KEY]
+    return {k: a[k].numpy() for k in a.keys()}
 
 
 def make_client_app(run_config: dict | None = None) -> ClientApp:
@@ -30,21 +44,24 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
         server_round = int(msg.content["config"]["server-round"])
         node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
         # the state as of the previous round (a resumed server repeats rounds)
-        state = node.load_state(context.state, fed, partition, cfg, directory=directory, at_most_round=server_round - 1)
+        state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory,
+                                at_most_round=server_round - 1)
         update, metrics, state = node.train_round(
             cfg, fed, partition, state,
             global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},
             server_round=server_round,
         )
-        node.save_state(context.state, state, directory=directory, server_round=server_round)
-        content = RecordDict({"arrays": ArrayRecord(node.to_arrays(update)), "metrics": MetricRecord(metrics)})
+        kept = node.save_state(state, directory=directory, server_round=server_round)
+        if kept is not None:
+            context.state[STATE_KEY] = state_record(kept)
+        content = RecordDict({"arrays": state_record(update), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         cfg, fed, partition, directory = _setup(context)
         server_round = int(msg.content["config"]["server-round"])
-        state = node.load_state(context.state, fed, partition, cfg, directory=directory, at_most_round=server_round)
+        state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory, at_most_round=server_round)
         metrics = node.evaluate_round(
             cfg, fed, partition, state,
             global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},

@@ -9,11 +9,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-from fedrec.engine.cohort import LocalConfig, steps_per_round
+from typing import TYPE_CHECKING
 
-__all__ = ["FedConfig", "DEFAULTS"]
+if TYPE_CHECKING:  # the engine (torch) is imported where it is used: `fedrec --help` stays fast
+    from fedrec.engine.cohort import LocalConfig
+
+__all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "options"]
+
+#: Sections of the configuration, in the order ``--help`` shows them.
+SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "server",
+            "fault tolerance", "evaluation", "outputs")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; ``key`` is the dashed config key (the CLI names its flag)."""
+
+    def __init__(self, key: str, value, why: str, *, message: str | None = None):
+        super().__init__(message or f"config {key}={value!r}: {why}")
+        self.key, self.value, self.why = key, value, why
+
+
+def _opt(default, section: str, help: str, *, choices: tuple | None = None, flag: str | None = None):
+    """A config field: its one default, its section, its help text, its choices and (if not
+    ``--key``) its command-line flag.  The CLI and ``[tool.flwr.app.config]`` come from these."""
+    assert section in SECTIONS, section
+    return field(default=default, metadata={"section": section, "help": help, "choices": choices, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -21,68 +43,100 @@ class FedConfig:
     """Settings of a federated run.  Defaults are the tuned ML-100K settings."""
 
     # data
-    data: str = "ml-100k"
-    format: str = "auto"
-    min_rating: float = 0.0  # 0: every rating is a positive
-    kcore: int = 0
-    split: str = "leave-last-out"
-    cold_users: float = 0.0  # fraction of users held out of training (user cold-start; fixed split seed)
-    cold_items: float = 0.0  # fraction of items held out of training (item cold-start; fixed split seed)
+    data: str = _opt("ml-100k", "data", "'ml-100k' (bundled), 'synthetic:USERSxITEMS[:SEED]', or a path to an "
+                     "ML-100K/ML-1M directory, a MovieLens ratings.csv, or a generic CSV/TSV/Parquet file")
+    format: str = _opt("auto", "data", "input format (default: detected)",
+                       choices=("auto", "ml-100k", "ml-1m", "ml-csv", "generic"))
+    user_col: str = _opt("", "data", "generic files: user id column (default: user)")
+    item_col: str = _opt("", "data", "generic files: item id column (default: item)")
+    rating_col: str = _opt("", "data", "generic files: optional rating column")
+    timestamp_col: str = _opt("", "data", "generic files: optional timestamp column (default: row order)")
+    sep: str = _opt("", "data", "generic files: field separator (default: sniffed)")
+    duplicates: str = _opt("error", "data", "repeated (user, item) pairs: refuse, or keep the first or last",
+                           choices=("error", "first", "last"))
+    min_rating: float = _opt(0.0, "data", "positives = ratings >= this (0: every rating is a positive)")
+    kcore: int = _opt(0, "data", "iterative k-core filter (0: none)")
+    split: str = _opt("leave-last-out", "data", "chronological split: leave-last-out (valid = 2nd-to-last, test = "
+                      "last) or temporal-ratio", choices=("leave-last-out", "temporal-ratio"))
+    cold_users: float = _opt(0.0, "data", "fraction of users held out of training (user cold-start; fixed split seed)")
+    cold_items: float = _opt(0.0, "data", "fraction of items held out of training, ranked through item features "
+                             "(needs a feature-aware model such as two-tower)")
     # model
-    model: str = "mf"  # mf | gmf | mlp | neumf | two-tower | path/to/file.py:ClassName
-    dim: int = 64
-    init_std: float = 0.1
-    engine: str = "auto"  # auto: a model's registered fast path where it has one | generic: always torch.func
+    model: str = _opt("mf", "model", "mf, gmf, mlp, neumf, two-tower, or your own: path/to/file.py:ClassName "
+                      "(a fedrec.models.FederatedModel; see examples/my_model.py)")
+    dim: int = _opt(64, "model", "embedding dimension")
+    init_std: float = _opt(0.1, "model", "std of the initial parameters")
+    engine: str = _opt("auto", "model", "auto: a model's registered fast path where it has one (MF); generic: the "
+                       "torch.func engine for every model", choices=("auto", "generic"))
     # federation
-    num_server_rounds: int = 500  # the most rounds (a guard: training stops on validation, see patience)
-    users_per_node: int = 64
-    fraction_train: float = 1.0
-    seed: int = 0
+    num_server_rounds: int = _opt(500, "federation", "the most server rounds (a guard: training stops on validation, "
+                                  "see --patience)", flag="--rounds")
+    users_per_node: int = _opt(64, "federation", "users simulated by one SuperNode, each with its own state and DP")
+    fraction_train: float = _opt(1.0, "federation", "fraction of nodes asked to train per round")
+    seed: int = _opt(0, "federation", "seed of initialisation, sampling and noise (counter-based: runs reproduce)")
     # local training
-    user_lr: float = 1.0
-    user_steps: int = 1
-    item_steps: int = 1
-    negatives: int = 1
-    user_l2: float = 0.0
+    user_lr: float = _opt(1.0, "local training", "SGD rate of the local user state")
+    user_steps: int = _opt(1, "local training", "local-state-only steps before the released steps")
+    item_steps: int = _opt(1, "local training", "steps whose gradients of global parameters are released")
+    negatives: int = _opt(1, "local training", "distinct negatives per positive, all in the positive's one clipped "
+                          "sample")
+    user_l2: float = _opt(0.0, "local training", "L2 penalty on the local state")
     # interaction-level DP (Opacus mechanism, per user)
-    noise_multiplier: float = 0.0
-    target_epsilon: float = 0.0  # > 0: calibrate noise_multiplier for the planned rounds
-    max_grad_norm: float = 1.0
-    sample_rate: float = 1.0
-    delta: float = 1e-5
-    prior_noise: float = 0.0  # > 0: item biases start from a DP popularity prior with this noise (both units)
-    budget_epsilon: float = 0.0  # > 0: a user declines a round that would take it past this (interaction-level)
+    noise_multiplier: float = _opt(0.0, "interaction-level DP", "DP-SGD noise multiplier (0: no DP)")
+    target_epsilon: float = _opt(0.0, "interaction-level DP", "> 0: calibrate the noise multiplier for this epsilon "
+                                 "over the planned rounds (Opacus RDP accountant)")
+    max_grad_norm: float = _opt(1.0, "interaction-level DP", "per-sample clipping norm (one sample = one interaction "
+                                "with its negatives)")
+    sample_rate: float = _opt(1.0, "interaction-level DP", "Poisson sampling rate of a user's samples per step")
+    delta: float = _opt(1e-5, "interaction-level DP", "delta of both units")
+    prior_noise: float = _opt(0.0, "interaction-level DP", "> 0: start item biases from a DP popularity prior with "
+                              "this noise (composed into both units' epsilon)")
+    budget_epsilon: float = _opt(0.0, "interaction-level DP", "> 0: a user declines a round that would take its "
+                                 "interaction-level epsilon past this")
     # user-level DP (whole per-user update clipped, Gaussian noise on the sum before the server optimiser)
-    user_dp: str = "off"  # off | client (clip on the client) | server (Flower server-side clipping) | adaptive
-    user_noise_multiplier: float = 0.0
-    user_target_epsilon: float = 0.0  # > 0: calibrate user_noise_multiplier for the planned rounds
-    user_clip: float = 0.1
-    user_sample_rate: float = 1.0  # Poisson probability that a user takes part in a round
-    user_clip_quantile: float = 0.5  # adaptive clipping target quantile
+    user_dp: str = _opt("off", "user-level DP", "where users' updates are clipped: on the node per user (client), "
+                        "by the server (server, adaptive; one user per node)",
+                        choices=("off", "client", "server", "adaptive"))
+    user_noise_multiplier: float = _opt(0.0, "user-level DP", "noise multiplier on the sum of clipped user updates")
+    user_target_epsilon: float = _opt(0.0, "user-level DP", "> 0: calibrate the user-level noise for this epsilon "
+                                      "over the planned rounds")
+    user_clip: float = _opt(0.1, "user-level DP", "clip of one user's update")
+    user_sample_rate: float = _opt(1.0, "user-level DP", "Poisson probability that a user takes part in a round")
+    user_clip_quantile: float = _opt(0.5, "user-level DP", "adaptive clipping: target quantile")
     # server
-    aggregation: str = "fedavg"  # fedavg | itemwise
-    server_opt: str = "adam"  # adam | yogi | sgd
-    server_lr: float = 5e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    server_eps: float = 1e-8
+    aggregation: str = _opt("fedavg", "server", "fedavg, or itemwise (each item row averaged over the users who "
+                            "touched it; no DP)", choices=("fedavg", "itemwise"))
+    server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt)",
+                           choices=("adam", "yogi", "sgd"))
+    server_lr: float = _opt(5e-3, "server", "server learning rate")
+    beta1: float = _opt(0.9, "server", "first-moment decay of adam/yogi")
+    beta2: float = _opt(0.999, "server", "second-moment decay of adam/yogi")
+    server_eps: float = _opt(1e-8, "server", "epsilon of adam/yogi (numerical, not privacy)")
+    # fault tolerance
+    min_replies: int = _opt(1, "fault tolerance", "fewer contributing replies leave the round's parameters unchanged")
+    round_timeout: float = _opt(600.0, "fault tolerance", "seconds the server waits for replies")
+    dropout_rate: float = _opt(0.0, "fault tolerance", "simulated probability that a node fails in a round")
+    resume: bool = _opt(False, "fault tolerance", "continue from OUT/checkpoint (same config) instead of starting "
+                        "over")
+    state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")
     # evaluation
-    min_replies: int = 1  # fewer valid replies: the round leaves the global parameters unchanged
-    round_timeout: float = 600.0  # seconds the server waits for replies (bounded waits)
-    dropout_rate: float = 0.0  # simulated: probability that a node fails in a round
-    resume: bool = False  # continue from OUT/checkpoint (same config) instead of starting over
-    state_dir: str = ""  # where nodes keep users' local state ("": OUT/client-state, or memory)
-    # evaluation
-    eval_every: int = 10
-    patience: int = 5  # > 0: stop after this many evaluations without a better validation metric (0: never)
-    ties: str = "pessimistic"
-    select_metric: str = "ndcg@10"
+    eval_every: int = _opt(10, "evaluation", "federated validation every N rounds")
+    patience: int = _opt(5, "evaluation", "stop after N evaluations without a better validation metric; --rounds "
+                         "is then the most rounds (0: run every round)")
+    ties: str = _opt("pessimistic", "evaluation", "tie rule of full ranking; ties never favour the model",
+                     choices=("pessimistic", "random"))
+    select_metric: str = _opt("ndcg@10", "evaluation", "validation metric that picks the round")
     # outputs
-    out: str = ""
+    out: str = _opt("", "outputs", "run directory (config.json, rounds.csv, metrics.json, checkpoint/)")
 
     def __post_init__(self):
         def bad(key, why):
-            raise ValueError(f"config {key.replace('_', '-')}={getattr(self, key)!r}: {why}")
+            raise ConfigError(key.replace("_", "-"), getattr(self, key), why)
+
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                bad(f.name, "choose " + ", ".join(repr(c) for c in choices))
 
         for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "eval_every", "min_replies"):
             if getattr(self, key) < 1:
@@ -104,8 +158,6 @@ class FedConfig:
             bad("dropout_rate", "must be in [0, 1)")
         if not 0 < self.user_clip_quantile < 1:
             bad("user_clip_quantile", "must be in (0, 1)")
-        if self.user_dp not in ("off", "client", "server", "adaptive"):
-            bad("user_dp", "choose 'off', 'client', 'server' or 'adaptive'")
         if self.user_dp == "off" and (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
             bad("user_dp", "user-noise-multiplier/user-target-epsilon given but user-dp is 'off'")
         if self.user_dp != "off" and not (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
@@ -128,24 +180,14 @@ class FedConfig:
         try:
             feature_aware = wants_item_features(self.model)
         except ValueError as e:
-            raise ValueError(f"config {e}") from None
+            raise ConfigError("model", self.model, str(e).split(": ", 1)[-1]) from None
         for key in ("cold_users", "cold_items"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
         if self.cold_items > 0 and not feature_aware:
             bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
-        if self.aggregation not in ("fedavg", "itemwise"):
-            bad("aggregation", "choose 'fedavg' or 'itemwise'")
         if self.aggregation == "itemwise" and self.dp:
             bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
-        if self.server_opt not in ("adam", "yogi", "sgd"):
-            bad("server_opt", "choose 'adam', 'yogi' or 'sgd'")
-        if self.split not in ("leave-last-out", "temporal-ratio"):
-            bad("split", "choose 'leave-last-out' or 'temporal-ratio'")
-        if self.engine not in ("auto", "generic"):
-            bad("engine", "choose 'auto' (fast paths where registered) or 'generic'")
-        if self.ties not in ("pessimistic", "random"):
-            bad("ties", "choose 'pessimistic' or 'random'")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:
             bad("target_epsilon", "give noise-multiplier or target-epsilon, not both")
 
@@ -166,6 +208,8 @@ class FedConfig:
 
     @property
     def local(self) -> LocalConfig:
+        from fedrec.engine.cohort import LocalConfig
+
         return LocalConfig(
             user_lr=self.user_lr,
             user_steps=self.user_steps,
@@ -180,6 +224,8 @@ class FedConfig:
 
     @property
     def steps_per_round(self) -> int:
+        from fedrec.engine.cohort import steps_per_round
+
         return steps_per_round(self.local)
 
     def planned_steps(self) -> int:
@@ -189,26 +235,22 @@ class FedConfig:
     def resolved(self) -> "FedConfig":
         """Calibrate ``noise_multiplier`` from ``target_epsilon`` (Opacus RDP accountant)
         for a user taking part in every planned round; returns a new config."""
-        from fedrec.privacy.accounting import calibrate_noise
-
         out = self
         if self.target_epsilon > 0:
-            sigma = calibrate_noise(
-                target_epsilon=self.target_epsilon,
-                delta=self.delta,
-                sample_rate=self.sample_rate,
-                steps=self.planned_steps(),
-                extra=self.prior,
-            )
+            sigma = _calibrated("target_epsilon", self.target_epsilon,
+                                target_epsilon=self.target_epsilon,
+                                delta=self.delta,
+                                sample_rate=self.sample_rate,
+                                steps=self.planned_steps(),
+                                extra=self.prior)
             out = dataclasses.replace(out, noise_multiplier=sigma, target_epsilon=0.0)
         if self.user_target_epsilon > 0:
-            sigma = calibrate_noise(
-                target_epsilon=self.user_target_epsilon,
-                delta=self.delta,
-                sample_rate=self.user_sample_rate,
-                steps=self.num_server_rounds,
-                extra=self.prior,
-            )
+            sigma = _calibrated("user_target_epsilon", self.user_target_epsilon,
+                                target_epsilon=self.user_target_epsilon,
+                                delta=self.delta,
+                                sample_rate=self.user_sample_rate,
+                                steps=self.num_server_rounds,
+                                extra=self.prior)
             out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
         return out
 
@@ -220,7 +262,8 @@ class FedConfig:
         for key, value in dict(run_config).items():
             name = key.replace("-", "_")
             if name not in names:
-                raise ValueError(f"unknown config key {key!r}; known: {sorted(k.replace('_', '-') for k in names)}")
+                known = sorted(k.replace("_", "-") for k in names)
+                raise ConfigError(key, value, "unknown key", message=f"unknown config key {key!r}; known: {known}")
             default = names[name].default
             try:
                 if isinstance(default, bool):
@@ -239,9 +282,9 @@ class FedConfig:
                 else:
                     value = str(value)
             except (TypeError, ValueError):
-                raise ValueError(f"config {key}={value!r}: expected {type(default).__name__}") from None
+                raise ConfigError(key, value, f"expected {type(default).__name__}") from None
             if isinstance(value, float) and math.isnan(value):
-                raise ValueError(f"config {key}=nan: not a number")
+                raise ConfigError(key, value, "not a number")
             kwargs[name] = value
         return cls(**kwargs)
 
@@ -250,4 +293,27 @@ class FedConfig:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
 
-DEFAULTS = FedConfig()
+def _calibrated(key: str, value: float, **kw) -> float:
+    """Opacus's noise calibration; its errors name the config key and value."""
+    from fedrec.privacy.accounting import calibrate_noise
+
+    try:
+        return calibrate_noise(**kw)
+    except (ValueError, ArithmeticError) as e:
+        why = str(e).strip() or type(e).__name__
+        raise ConfigError(key.replace("_", "-"), value, f"cannot be reached over {kw.get('steps')} steps at sample "
+                          f"rate {kw.get('sample_rate')} and delta {kw.get('delta')}: {why}") from None
+
+
+def options() -> list:
+    """The config's fields with their metadata (default, section, help, choices,
+    flag), without building a config (no model is loaded: ``--help`` stays fast)."""
+    return list(fields(FedConfig))
+
+
+def __getattr__(name: str):
+    if name == "DEFAULTS":  # built on first use: validating a config loads the model's class
+        global DEFAULTS
+        DEFAULTS = FedConfig()
+        return DEFAULTS
+    raise AttributeError(name)

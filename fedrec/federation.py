@@ -13,7 +13,7 @@ from fedrec.data import Dataset, Split, hold_out_items, hold_out_users, load_dat
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
-__all__ = ["Federation", "load_federation", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features",
+__all__ = ["Federation", "load_federation", "reader_options", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features",
            "activity_groups", "SPLIT_SEED"]
 
 
@@ -44,8 +44,8 @@ class Federation:
 
 @functools.lru_cache(maxsize=4)
 def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, users_per_node: int,
-            cold_users: float = 0.0, cold_items: float = 0.0) -> Federation:
-    ds = load_dataset(data, format=format, min_rating=min_rating or None, kcore=kcore)
+            cold_users: float = 0.0, cold_items: float = 0.0, reader_options: tuple = ()) -> Federation:
+    ds = load_dataset(data, format=format, min_rating=min_rating or None, kcore=kcore, **dict(reader_options))
     sp_ = make_split(ds, kind=split)
     if cold_items > 0:
         sp_ = hold_out_items(sp_, ds, fraction=cold_items, seed=SPLIT_SEED)
@@ -58,7 +58,15 @@ def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, u
 def load_federation(cfg: FedConfig) -> Federation:
     """Dataset, split and node cohorts for ``cfg`` (users with training data only)."""
     return _cached(cfg.data, cfg.format, cfg.min_rating, cfg.kcore, cfg.split, cfg.users_per_node,
-                   cfg.cold_users, cfg.cold_items)
+                   cfg.cold_users, cfg.cold_items, reader_options(cfg))
+
+
+def reader_options(cfg: FedConfig) -> tuple:
+    """The data reader's options that ``cfg`` sets (generic files; duplicates), as sorted pairs."""
+    opts = {k: getattr(cfg, k) for k in ("user_col", "item_col", "rating_col", "timestamp_col", "sep") if getattr(cfg, k)}
+    if cfg.duplicates != "error":
+        opts["duplicates"] = cfg.duplicates
+    return tuple(sorted(opts.items()))
 
 
 _MODELS: dict = {}  # (dataset id, model settings) -> (dataset, model)

@@ -21,10 +21,7 @@ from fedrec.privacy.accounting import epsilons_for_steps
 from fedrec.rng import hash_uniform
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
-           "active_users", "train_round", "evaluate_round", "to_arrays"]
-
-STATE_KEY = "fedrec-users"
-
+           "active_users", "train_round", "evaluate_round"]
 
 NodeState = LocalState  # a node's state is the local state of its users
 
@@ -51,10 +48,11 @@ def state_dir(cfg: FedConfig, partition: int, node_config=None) -> Path | None:
     return Path(base) / f"node-{partition}" if base else None
 
 
-def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig, *,
+def load_state(stored: dict | None, fed: Federation, partition: int, cfg: FedConfig, *,
                directory: Path | None = None, at_most_round: int | None = None) -> NodeState:
     """The node's users' state: from ``directory`` (latest round <= ``at_most_round``)
-    if given and present, else from the node's context state, else fresh."""
+    if given and present, else from ``stored`` (the arrays :func:`save_state` returned,
+    kept by the caller, e.g. in Flower's context state), else fresh."""
     users = fed.cohorts[partition]
     if directory is not None:
         found = load_local_state(directory, at_most_round=at_most_round)
@@ -63,9 +61,8 @@ def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig, *,
             if not np.array_equal(st.users, users):
                 raise ValueError(f"local state in {directory} belongs to other users than partition {partition}")
             return st
-    elif STATE_KEY in record_dict:
-        a = record_dict[STATE_KEY]
-        return NodeState.from_arrays({k: a[k].numpy() for k in a.keys()})
+    elif stored:
+        return NodeState.from_arrays(stored)
     return NodeState(
         users=users,
         local=init_local_state(users, cfg, fed),
@@ -74,13 +71,12 @@ def load_state(record_dict, fed: Federation, partition: int, cfg: FedConfig, *,
     )
 
 
-def save_state(record_dict, state: NodeState, *, directory: Path | None = None, server_round: int = 0) -> None:
+def save_state(state: NodeState, *, directory: Path | None = None, server_round: int = 0) -> dict | None:
+    """Persist ``state`` in ``directory``; without one, return its arrays for the caller to keep."""
     if directory is not None:
         save_local_state(directory, state, server_round=server_round)
-        return
-    from flwr.app import ArrayRecord
-
-    record_dict[STATE_KEY] = ArrayRecord(to_arrays(state.arrays()))
+        return None
+    return state.arrays()
 
 
 def maybe_fail(cfg: FedConfig, partition: int, server_round: int) -> None:
@@ -90,12 +86,6 @@ def maybe_fail(cfg: FedConfig, partition: int, server_round: int) -> None:
         u = np.random.default_rng([cfg.seed, server_round, partition, 11]).random()
         if u < cfg.dropout_rate:
             raise SimulatedDropout(f"simulated dropout of node {partition} in round {server_round}")
-
-
-def to_arrays(d: dict) -> dict:
-    from flwr.app import Array
-
-    return {k: Array(np.ascontiguousarray(v)) for k, v in d.items()}
 
 
 MAX_PAIRS = 400_000  # training pairs per vectorised chunk (about 0.5 GB of per-pair tensors at dim 64)

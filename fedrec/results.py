@@ -9,7 +9,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["package_versions", "write_json", "write_metrics", "append_round", "read_metrics"]
+__all__ = ["check_run_dir", "RunDirError", "RUN_FILES", "package_versions", "write_json", "write_metrics", "append_round", "read_metrics"]
 
 _PACKAGES = ("fedrec", "torch", "flwr", "opacus", "numpy", "scipy", "pandas")
 
@@ -90,3 +90,22 @@ def append_round(out_dir: str | Path, row: dict, *, name: str = "rounds") -> Non
         w.writerow(row)
     with (out_dir / f"{name}.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+#: Files whose presence means a directory holds a run (finished or partial).
+RUN_FILES = ("metrics.json", "rounds.csv", "checkpoint/checkpoint.npz")
+
+
+class RunDirError(ValueError):
+    """A run directory that would be overwritten."""
+
+
+def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> None:
+    """Refuse to start a run in a directory that holds one, unless ``resume``
+    (continue it) or ``overwrite`` (replace it) says so: nothing is lost silently."""
+    if not out or resume or overwrite:
+        return
+    found = [f for f in RUN_FILES if (Path(out) / f).exists()]
+    if found:
+        raise RunDirError(f"{flag} {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
+                          "--overwrite to replace it, or another directory")

@@ -6,7 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.config import FedConfig
-from server.run import run_server
+from fedrec_app.server.run import run_server
 
 __all__ = ["app", "make_server_app"]
 

@@ -25,9 +25,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: corrupt, or made for another configuration."""
 
 
+def _meaningful(cfg: FedConfig) -> dict:
+    return {k: v for k, v in cfg.to_run_config().items() if k not in _IGNORED}
+
+
 def config_fingerprint(cfg: FedConfig) -> str:
-    rc = {k: v for k, v in cfg.to_run_config().items() if k not in _IGNORED}
-    return hashlib.sha256(json.dumps(rc, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_meaningful(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, params: dict, strategy, best: dict | None,
@@ -38,8 +41,8 @@ def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, param
     st = strategy.opt_state
     arrays.update({f"m/{k}": v for k, v in st.m.items()})
     arrays.update({f"v/{k}": v for k, v in st.v.items()})
-    meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "best": best,
-            "extra": extra or {}}
+    meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "config": _meaningful(cfg),
+            "best": best, "extra": extra or {}}
     tmp = directory / "checkpoint.tmp.npz"
     np.savez(tmp, meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8), **arrays)
     final = directory / "checkpoint.npz"
@@ -56,10 +59,16 @@ def load_checkpoint(directory: Path, cfg: FedConfig) -> dict:
             data = {k: z[k] for k in z.files if k != "meta"}
     except FileNotFoundError:
         raise
-    except Exception as e:  # noqa: BLE001 - any decoding failure means corrupt
-        raise CheckpointError(f"checkpoint {path} is corrupt: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any decoding failure: truncated, garbage, not ours
+        raise CheckpointError(f"checkpoint {path} is not a readable fedrec checkpoint ({type(e).__name__}): "
+                              "remove it, or run without --resume and with --overwrite to start over") from None
     if meta.get("fingerprint") != config_fingerprint(cfg):
-        raise CheckpointError(f"checkpoint {path} was made with a different configuration; refusing to resume")
+        theirs, ours = meta.get("config") or {}, _meaningful(cfg)
+        diff = [f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
+                if theirs.get(k) != ours.get(k)] if theirs else []
+        raise CheckpointError(f"checkpoint {path} was made with another configuration"
+                              + (f" ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''})" if diff else "")
+                              + ": refusing to resume")
     out = {"round": meta["round"], "opt_t": meta["opt_t"], "best": meta.get("best"), "extra": meta.get("extra", {})}
     for prefix in ("param", "m", "v"):
         out[prefix] = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith(prefix + "/")}

@@ -18,9 +18,9 @@ from fedrec.federation import federated_model, load_federation
 from fedrec.privacy.accounting import epsilon
 from fedrec.privacy.prior import popularity_prior
 from fedrec.results import append_round, write_json, write_metrics
-from server.checkpoint import load_checkpoint, save_checkpoint
-from server.optimizers import OptState
-from server.strategy import FedRecStrategy
+from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
+from fedrec.optim import OptState
+from fedrec_app.server.strategy import FedRecStrategy
 
 __all__ = ["run_server", "RunLog", "EarlyStop"]
 
@@ -80,7 +80,7 @@ class RunLog:
         if row.get("skipped"):
             msg += " (too few replies: parameters unchanged)"
         if ev:
-            msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f} | test ndcg@10 {ev['test/ndcg@10']:.4f}"
+            msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f}"  # test only at the end
             if self.best is None or ev[sel] > self.best[sel]:
                 self.since_best = 0
                 self.best = dict(row)

@@ -12,7 +12,7 @@ Usage::
     .venv/bin/python -m server.secagg --data ml-100k --rounds 3
 
     from fedrec.config import FedConfig
-    from server.secagg import run_secagg, plain_aggregates
+    from fedrec_app.server.secagg import run_secagg, plain_aggregates
     out = run_secagg(FedConfig(data="ml-100k"), num_rounds=3)
     plain = plain_aggregates(FedConfig(data="ml-100k"), out)   # same rounds, no SecAgg
 
@@ -33,7 +33,7 @@ The pieces:
 * **Server** (:class:`SecAggFedRecStrategy`, a legacy ``FedAvg``).  Its
   ``aggregate_fit`` receives only that mean.  It applies item-wise scaling if
   configured, then fedrec's server optimiser
-  (:func:`server.optimizers.server_step`).  The result is the next global
+  (:func:`fedrec.optim.server_step`).  The result is the next global
   parameters.
 
 Choice of ranges (``C`` = ``clipping_range``, ``Q`` = ``quantization_range``)
@@ -113,8 +113,9 @@ from flwr.server.strategy import FedAvg
 from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import federated_model, load_federation
-from server.optimizers import OptState, server_step
-from server.strategy import itemwise_scale
+from fedrec.optim import OptState, server_step
+from fedrec_app.clients.app import STATE_KEY, state_record, stored_state
+from fedrec_app.server.strategy import itemwise_scale
 
 __all__ = [
     "SecAggSettings",
@@ -200,12 +201,12 @@ class SecAggNodeClient(NumPyClient):
         return {k: np.asarray(a, dtype=np.float32) for k, a in zip(self.keys, parameters)}
 
     def fit(self, parameters, config):
-        state = node.load_state(self.ctx.state, self.fed, self.partition, self.cfg)
+        state = node.load_state(stored_state(self.ctx), self.fed, self.partition, self.cfg)
         update, metrics, state = node.train_round(
             self.cfg, self.fed, self.partition, state,
             global_params=self._params(parameters), server_round=int(config["server-round"]),
         )
-        node.save_state(self.ctx.state, state)
+        self.ctx.state[STATE_KEY] = state_record(node.save_state(state))
         n = int(metrics["num-examples"])
         arrays = _update_list(update)
         # what SecAgg+ would clip: |w * x| > C with w = n / max_weight
@@ -219,7 +220,7 @@ class SecAggNodeClient(NumPyClient):
         return arrays, n, out
 
     def evaluate(self, parameters, config):
-        state = node.load_state(self.ctx.state, self.fed, self.partition, self.cfg)
+        state = node.load_state(stored_state(self.ctx), self.fed, self.partition, self.cfg)
         m = node.evaluate_round(self.cfg, self.fed, self.partition, state, global_params=self._params(parameters))
         return 0.0, int(m.pop("num-examples")), m
 
@@ -391,7 +392,7 @@ def run_secagg(cfg: FedConfig, *, num_rounds: int | None = None, settings: SecAg
     """
     from flwr.simulation import run_simulation
 
-    from fedrec.simulate import backend_config
+    from fedrec.flower_compat import backend_config
 
     cfg = cfg.resolved()
     num_rounds = num_rounds or cfg.num_server_rounds

@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedrec.config import FedConfig
-from server.optimizers import OptState, server_step
+from fedrec.optim import OptState, server_step
 
 __all__ = ["FedRecStrategy", "SumOfUpdates", "validate_reply", "aggregate_train_metrics", "itemwise_scale"]
 

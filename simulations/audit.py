@@ -254,7 +254,7 @@ def audit(
         raise ValueError("the canary is one interaction = one training pair only with negatives=1")
     if not 2 <= guesses <= m:
         raise ValueError(f"need 2 <= guesses <= m; got {guesses}, m={m}")
-    from simulations.leakage import dp_epsilon
+    from fedrec_app.simulations.leakage import dp_epsilon
 
     rng = np.random.default_rng([seed, 41])
     n_items = train.shape[1]

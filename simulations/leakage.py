@@ -89,7 +89,7 @@ import torch
 
 from fedrec.data import Split
 from fedrec.engine import LocalConfig, mf_round, steps_per_round
-from server.optimizers import OptState, server_step
+from fedrec.optim import OptState, server_step
 
 __all__ = [
     "ATTACKS",
@@ -371,7 +371,7 @@ def train_federated(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Federated MF in-process: every round all users with training data train
     (:func:`fedrec.engine.mf_round`, one cohort) and the server applies the project's server
-    optimiser (:func:`server.optimizers.server_step`: Adam, betas 0.9/0.999, or SGD) to the mean release.
+    optimiser (:func:`fedrec.optim.server_step`: Adam, betas 0.9/0.999, or SGD) to the mean release.
 
     This is the federated algorithm of the project with ``fraction-train 1``,
     without Flower's transport (the mean over all users equals the user-weighted
@@ -624,7 +624,7 @@ def leakage_table(
         if interaction_epsilons:
             e = max(interaction_epsilons)
             sigma = dp_noise(target_epsilon=e, delta=delta, sample_rate=dp_sample_rate, steps=dp_rounds * steps)
-            from simulations.sweeps import DP_PRESET
+            from fedrec_app.simulations.sweeps import DP_PRESET
 
             cfg = LocalConfig(user_lr=DP_PRESET["user_lr"], user_steps=local.user_steps, item_steps=local.item_steps,
                               negatives=local.negatives, sample_rate=dp_sample_rate, noise_multiplier=sigma,
@@ -706,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from fedrec.data import load_dataset, make_split
-    from simulations.audit import audit
+    from fedrec_app.simulations.audit import audit
 
     t0 = time.time()
     split = make_split(load_dataset(args.data), kind=args.split)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import build_model, load_federation
-from simulations.runner import Cell, run_cells, write_rows
-from simulations.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
+from fedrec_app.simulations.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
 
 __all__ = ["MODELS", "MODEL_PRESETS", "models_cells", "centralized_rows", "run_models"]
 

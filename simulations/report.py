@@ -63,7 +63,7 @@ def _cell_table(rows: list[dict], pred) -> list[tuple[str, list[dict]]]:
 
 
 def _ms(rs: list[dict], key: str, nd: int = 4) -> str:
-    from simulations.plots import mean_sd
+    from fedrec_app.simulations.plots import mean_sd
 
     m, sd = mean_sd(r.get(key) for r in rs)
     if m != m:  # nan
@@ -72,7 +72,7 @@ def _ms(rs: list[dict], key: str, nd: int = 4) -> str:
 
 
 def _eps_cell(rs: list[dict]) -> str:
-    from simulations.plots import mean_sd
+    from fedrec_app.simulations.plots import mean_sd
 
     unit = rs[0].get("unit")
     if unit == "interaction-level":
@@ -92,7 +92,7 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
     import json
     import sys
 
-    from simulations.plots import mean_sd
+    from fedrec_app.simulations.plots import mean_sd
 
     out = Path(out)
     command = command or "fedrec " + " ".join(sys.argv[1:]) if sys.argv and "fedrec" in sys.argv[0] else (

@@ -66,7 +66,7 @@ def run_cells(
 ) -> list[dict]:
     """Run every (cell, seed) not yet finished; write ``results.csv``/``results.json``.
 
-    ``run`` defaults to :func:`fedrec.simulate.simulate` (Flower's simulation engine).
+    ``run`` defaults to :func:`fedrec_app.simulations.simulate.simulate` (Flower's simulation engine).
     """
     run = run or _default_run
     out = Path(out)
@@ -102,10 +102,11 @@ def _same_config(d: Path, cfg: FedConfig) -> bool:
 
 
 def _default_run(cfg: FedConfig) -> dict:
-    from fedrec.simulate import reuse_ray, simulate
+    from fedrec.flower_compat import reuse_ray
+    from fedrec_app.simulations.simulate import simulate
 
     with reuse_ray():
-        return simulate(cfg)
+        return simulate(cfg, overwrite=True)  # a cell without metrics.json is rerun from scratch
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:

@@ -23,8 +23,8 @@ import numpy as np
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
-from simulations.coldstart import KS, FoldIn, user_coldstart
-from simulations.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.coldstart import KS, FoldIn, user_coldstart
+from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
 __all__ = ["Study", "STUDIES", "study_cells", "run_study", "DP_PRESET", "USER_PRESET"]
 
@@ -172,8 +172,8 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
 def run_study(name: str, out: Path, *, data: str = "ml-100k", seeds: int | None = None, rounds: int | None = None,
               say=print) -> dict:
     """Run (or resume) a study; write results, cold-start results, plots and ``report.md``."""
-    from simulations.plots import make_plots
-    from simulations.report import write_study_report
+    from fedrec_app.simulations.plots import make_plots
+    from fedrec_app.simulations.report import write_study_report
 
     study = STUDIES[name]
     t0 = time.perf_counter()

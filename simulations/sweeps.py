@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fedrec.config import FedConfig
-from simulations.runner import Cell
+from fedrec_app.simulations.runner import Cell
 
 __all__ = ["SWEEPS", "dp_preset", "dp_levels"]
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fedrec.cli import build_parser, main
+from fedrec_app.simulations.cli import build_parser, main
 
 
 @pytest.mark.parametrize("cmd", [[], ["baseline"], ["simulate"], ["privacy"], ["run-default"]])

@@ -5,6 +5,7 @@ every process it started (after the run, and on Ctrl-C)."""
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec import deploy
+from fedrec_app.simulations import deploy
 
 DATA = "synthetic:3x30:1"  # 3 users -> 3 SuperNodes with users-per-node=1
 
@@ -71,7 +72,7 @@ def test_node_keys_are_what_flower_accepts(tmp_path):
 
 def test_parser_and_run_config():
     p = deploy.build_parser(argparse.ArgumentParser(prog="fedrec deploy"))
-    args = p.parse_args(["--out", "x", "--data", DATA, "--rounds", "2", "--noise-multiplier", "1.0",
+    args = p.parse_args(["--out", "x", "--data", DATA, "--users-per-node", "1", "--rounds", "2", "--noise-multiplier", "1.0",
                          "--run-config", "seed=3 sample-rate=0.5", "--insecure"])
     assert deploy._overrides_from_args(args) == {
         "data": DATA, "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
@@ -89,9 +90,15 @@ def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
     assert deploy.main(["--out", str(tmp_path / "a"), "--data", DATA, "--run-config", "no-such-key=8"]) == 2
     assert "no-such-key" in capsys.readouterr().err
     # 3 users on 1-user nodes is more than --max-nodes 2
-    assert deploy.main(["--out", str(tmp_path / "b"), "--data", DATA, "--max-nodes", "2"]) == 2
+    assert deploy.main(["--out", str(tmp_path / "b"), "--data", DATA, "--users-per-node", "1", "--max-nodes", "2"]) == 2
     assert "--max-nodes" in capsys.readouterr().err
     assert deploy.main(["--out", str(tmp_path / "c"), "--data", DATA, "--noise-multiplier", "-1"]) == 2
+    assert "--noise-multiplier -1.0: must be >= 0" in capsys.readouterr().err
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "metrics.json").write_text("{}")
+    assert deploy.main(["--out", str(tmp_path / "d"), "--data", DATA]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "d" / "metrics.json").read_text() == "{}"
     assert set(_all_flower()) <= before
 
 
@@ -167,15 +174,33 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     assert saved["ok"] and saved["survivors"] == {}
 
 
+def _kill_ours(tmp_path: Path) -> None:
+    """Clean up after a failed test: every process it started (tagged by tmp_path)."""
+    for pid in _ours(tmp_path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started in the background
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process(tmp_path):
-    """Insecure mode, interrupted (SIGINT, as Ctrl-C) while the ServerApp runs."""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_ctrl_c_stops_every_process(tmp_path, how):
+    """Insecure mode, stopped while the ServerApp runs: by SIGINT (Ctrl-C) that arrives with
+    SIGINT inherited as ignored (Python then installs no KeyboardInterrupt handler), or by
+    SIGKILL of `fedrec deploy` itself (its children must die with it)."""
     out = tmp_path / "run"
     env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
     before = set(_all_flower())
-    cmd = [sys.executable, "-m", "fedrec.deploy", "--insecure", "--out", str(out), "--data", DATA,
-           "--rounds", "50", "--noise-multiplier", "1.0", "--sample-rate", "0.5", "--eval-every", "50"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "-m", "fedrec_app.simulations.deploy", "--insecure", "--out", str(out), "--data", DATA,
+           "--users-per-node", "1", "--rounds", "50", "--noise-multiplier", "1.0", "--sample-rate", "0.5",
+           "--eval-every", "50"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_ignore_sigint)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the ServerApp (and the nodes' ClientApps) are up
@@ -188,16 +213,64 @@ def test_ctrl_c_stops_every_process(tmp_path):
             pytest.fail(f"the run did not start: {sorted(running)}")
         seen = _ours(tmp_path)
         assert len([c for c in seen.values() if deploy._program(c) == "flower-supernode"]) == 3
-        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
         output, _ = proc.communicate(timeout=60)
+        while _ours(tmp_path) and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+        stopped_in = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        left = _ours(tmp_path)
+        _kill_ours(tmp_path)
+    assert not left, left
+    assert stopped_in < 15, stopped_in  # the issue's goal: within 10 s (measured, see the README)
+    assert not (set(_all_flower()) - before) & set(seen)
+    assert not (out / "metrics.json").exists()
+    if how == "sigkill":
+        assert proc.returncode == -signal.SIGKILL
+        return
     assert proc.returncode == 130, output
     assert "interrupted" in output and "stopped all" in output
-    assert not _ours(tmp_path)
-    assert not (set(_all_flower()) - before) & set(seen)
     saved = json.loads((out / "deploy" / "deploy.json").read_text())
     assert not saved["ok"] and saved["error"].startswith("interrupted") and saved["survivors"] == {}
-    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_non_editable_install_then_deploy_without_app(tmp_path):
+    """`pip install .` (a wheel, not the source tree) and then `fedrec deploy` with no --app and
+    no --out, from a directory that is not the project: the app comes from the installed
+    fedrec_app package, and no generic top-level package (clients, server, simulations) is installed."""
+    root = Path(__file__).resolve().parents[1]
+    wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    work.mkdir()
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("fedrec", "clients", "server", "simulations"):
+        shutil.copytree(root / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(wheels), str(src)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    *map(str, wheels.glob("fedrec-*.whl"))], check=True, capture_output=True)
+    assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == \
+        ["bin", "fedrec", "fedrec_app"]
+    env = dict(os.environ, PYTHONPATH=str(target), HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    where = subprocess.run([sys.executable, "-c", "import fedrec, fedrec_app.server.app as a, "
+                            "fedrec_app.clients.app as c; print(fedrec.__file__, a.__file__, c.__file__)"],
+                           env=env, cwd=work, capture_output=True, text=True, check=True).stdout.split()
+    assert all(w.startswith(str(target)) for w in where), where
+    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "deploy", "--insecure", "--data", DATA,
+           "--users-per-node", "2", "--rounds", "1", "--eval-every", "1"]
+    try:
+        r = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=400)
+    finally:
+        _kill_ours(tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads((work / "runs" / "deploy" / "metrics.json").read_text())
+    assert doc["config"]["num-server-rounds"] == 1 and 0 <= doc["test"]["ndcg@10"] <= 1
+    app = (work / "runs" / "deploy" / "deploy" / "app" / "pyproject.toml").read_text()
+    assert 'serverapp = "fedrec_app.server.app:app"' in app

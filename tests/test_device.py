@@ -9,8 +9,8 @@ from fedrec.config import FedConfig
 from fedrec.device import DeviceRecommender, LocalState, load_global_params, load_local_state, save_local_state
 from fedrec.federation import init_global_params, load_federation
 from fedrec.privacy.accounting import epsilon
-from server.checkpoint import save_checkpoint
-from server.optimizers import OptState
+from fedrec_app.server.checkpoint import save_checkpoint
+from fedrec.optim import OptState
 
 
 def _params(n_items=30, d=4, seed=0):

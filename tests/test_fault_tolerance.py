@@ -12,14 +12,14 @@ import pytest
 from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
-from fedrec.simulate import simulate
-from server.checkpoint import CheckpointError
+from fedrec_app.simulations.simulate import simulate
+from fedrec_app.server.checkpoint import CheckpointError
 
 pytestmark = pytest.mark.slow
 
 BASE = dict(data="synthetic:60x40:0", dim=4, users_per_node=20, num_server_rounds=4, eval_every=2,
             noise_multiplier=1.0, sample_rate=0.5)
-RUN = "import sys; from fedrec.config import FedConfig; from fedrec.simulate import simulate; " \
+RUN = "import sys; from fedrec.config import FedConfig; from fedrec_app.simulations.simulate import simulate; " \
       "simulate(FedConfig(**eval(sys.argv[1])), num_cpus=2)"
 
 

@@ -10,8 +10,8 @@ import torch
 from fedrec.data import leave_last_out, synthetic_dataset
 from fedrec.privacy.accounting import calibrate_noise
 from fedrec.engine import LocalConfig
-from simulations.audit import audit, eps_lower_bound, p_value
-from simulations.leakage import clip_and_noise, leakage_table, roc_auc, train_federated, update_attack
+from fedrec_app.simulations.audit import audit, eps_lower_bound, p_value
+from fedrec_app.simulations.leakage import clip_and_noise, leakage_table, roc_auc, train_federated, update_attack
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "my_model.py")
 
 @pytest.mark.slow
 def test_bring_your_own_model_through_flower_with_dp(tmp_path):
-    from fedrec.simulate import simulate
+    from fedrec_app.simulations.simulate import simulate
 
     out = tmp_path / "byom"
     cfg = FedConfig(data="synthetic:40x50:2", model=f"{EXAMPLE}:Bilinear", dim=8, num_server_rounds=3,
@@ -34,7 +34,7 @@ def test_bring_your_own_model_through_flower_with_dp(tmp_path):
 
 @pytest.mark.slow
 def test_neumf_user_level_dp_and_early_stopping(tmp_path):
-    from fedrec.simulate import simulate
+    from fedrec_app.simulations.simulate import simulate
 
     out = tmp_path / "neumf"
     cfg = FedConfig(data="synthetic:40x50:2", model="neumf", dim=8, num_server_rounds=40, users_per_node=10,
@@ -84,7 +84,7 @@ def test_every_model_scores_all_items_and_declares_its_state():
 def test_models_sweep_writes_table_plot_and_report(tmp_path, monkeypatch):
     import csv
 
-    import simulations.models as sm
+    import fedrec_app.simulations.models as sm
 
     monkeypatch.setattr(sm, "CENTRAL", dict(sm.CENTRAL, epochs=2))
     cells = sm.models_cells("synthetic:40x50:2", models=("gmf",), rounds=2)  # the private cells exist ...

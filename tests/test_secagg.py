@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fedrec.config import FedConfig
-from server import secagg
-from server.optimizers import OptState, server_step
+from fedrec_app.server import secagg
+from fedrec.optim import OptState, server_step
 
 pytestmark = pytest.mark.slow
 

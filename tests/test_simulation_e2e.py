@@ -9,8 +9,8 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedrec.config import FedConfig
-from fedrec.simulate import simulate
-from server import strategy as strategy_mod
+from fedrec_app.simulations.simulate import simulate
+from fedrec_app.server import strategy as strategy_mod
 
 pytestmark = pytest.mark.slow
 

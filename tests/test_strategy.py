@@ -7,8 +7,8 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricReco
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.config import FedConfig
-from server.optimizers import OptState, server_step
-from server.strategy import FedRecStrategy, aggregate_train_metrics, validate_reply
+from fedrec.optim import OptState, server_step
+from fedrec_app.server.strategy import FedRecStrategy, aggregate_train_metrics, validate_reply
 
 N_ITEMS, DIM = 6, 3
 SHAPES = {"item_embedding": (N_ITEMS, DIM), "item_bias": (N_ITEMS,)}
@@ -161,7 +161,7 @@ def test_nodes_without_trained_users_carry_no_weight():
 def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
     """The server optimiser (and its state) only ever sees the noised sum: capture
     what reaches ``server_step`` and rebuild it from Flower's noise draw."""
-    import server.strategy as st
+    import fedrec_app.server.strategy as st
 
     seen = {}
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from simulations.coldstart import FoldIn, user_coldstart
-from simulations.plots import mean_sd
-from simulations.study import run_study
+from fedrec_app.simulations.coldstart import FoldIn, user_coldstart
+from fedrec_app.simulations.plots import mean_sd
+from fedrec_app.simulations.study import run_study
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_epsilons_reported_per_unit_within_their_targets(study):
 
 def test_rerun_resumes_without_training_again(study, monkeypatch):
     out, res = study
-    import simulations.runner as runner
+    import fedrec_app.simulations.runner as runner
 
     def boom(cfg):
         raise AssertionError("a finished run was run again")

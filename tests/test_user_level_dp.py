@@ -10,7 +10,7 @@ from opacus.accountants import RDPAccountant
 
 from fedrec.config import FedConfig
 from fedrec.data import load_dataset, make_split
-from fedrec.simulate import simulate
+from fedrec_app.simulations.simulate import simulate
 from fedrec.engine import LocalConfig, mf_round
 
 pytestmark = pytest.mark.slow

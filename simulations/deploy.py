@@ -51,6 +51,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedrec.results import check_run_dir
+
 __all__ = [
     "main",
     "run",
@@ -292,9 +294,12 @@ class Supervisor:
     """Starts processes (each in its own session, tagged through the environment),
     records every descendant it sees, and stops them all again."""
 
-    def __init__(self, env: dict[str, str], tag: str):
+    def __init__(self, env: dict[str, str], tag: str, *, guard: bool = True, grace: float = 5.0):
         self.env = env
         self.tag = tag
+        # each process runs under fedrec_app.simulations.guard: it dies with this process, with its descendants
+        self.guard = guard and sys.platform.startswith("linux")
+        self.grace = grace
         self.marker = f"{TAG_ENV}={tag}".encode()
         self.started: list[_Started] = []
         self.seen: dict[int, str] = {}  # every tagged/descendant process observed: pid -> command
@@ -307,8 +312,10 @@ class Supervisor:
         logfile = open(log, "ab")  # noqa: SIM115 - closed in shutdown()
         logfile.write(("$ " + " ".join(cmd) + "\n").encode())
         logfile.flush()
+        guarded = [sys.executable, "-m", "fedrec_app.simulations.guard", str(os.getpid()), str(self.grace), "--",
+                   *cmd] if self.guard else cmd
         popen = subprocess.Popen(
-            cmd,
+            guarded,
             cwd=cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -498,8 +505,33 @@ def _wait_for(what: str, cond, timeout: float, sup: Supervisor, *, names=("super
 # --------------------------------------------------------------------------
 
 
-def _default_app_dir() -> Path:
-    return Path(__file__).resolve().parents[1]
+#: The fedrec Flower app's components, as installed (``fedrec_app``, see pyproject.toml).
+COMPONENTS = {"serverapp": "fedrec_app.server.app:app", "clientapp": "fedrec_app.clients.app:app"}
+
+
+def write_app_dir(directory: str | Path) -> Path:
+    """Write the fedrec Flower app as a project directory (a ``pyproject.toml``
+    only) for ``flwr run``: its components are the installed ``fedrec_app``
+    modules and its ``[tool.flwr.app.config]`` is :data:`fedrec.config.DEFAULTS`.
+    Works from a source tree and from a plain ``pip install .`` alike."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from fedrec.config import DEFAULTS
+
+    try:
+        v = version("fedrec")
+    except PackageNotFoundError:  # a source tree that was never installed
+        v = "0.0.0"
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    lines = ["[project]", 'name = "fedrec-app"', f'version = "{v}"',
+             'description = "fedrec Flower app (components installed with fedrec)"', 'license = "Apache-2.0"',
+             "dependencies = []", "", "[tool.flwr.app]", 'publisher = "fedrec"', "", "[tool.flwr.app.components]"]
+    lines += [f'{k} = "{ref}"' for k, ref in COMPONENTS.items()]
+    lines += ["", "[tool.flwr.app.config]"]
+    lines += [f"{k} = {_toml_value(val)}" for k, val in {**DEFAULTS.to_run_config(), "out": "runs/flwr"}.items()]
+    (d / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return d
 
 
 def _app_config(app: Path) -> dict:
@@ -525,14 +557,6 @@ def plan_nodes(run_config: dict) -> int:
 
     cfg = FedConfig.from_run_config(run_config).resolved()
     return load_federation(cfg).n_nodes
-
-
-_RUN_KEYS = (  # (argparse dest, run-config key)
-    ("data", "data"), ("num_server_rounds", "num-server-rounds"), ("users_per_node", "users-per-node"),
-    ("seed", "seed"), ("noise_multiplier", "noise-multiplier"), ("target_epsilon", "target-epsilon"),
-    ("sample_rate", "sample-rate"), ("max_grad_norm", "max-grad-norm"), ("delta", "delta"),
-    ("eval_every", "eval-every"),
-)
 
 
 def _parse_kv(items: list[str] | None) -> dict:
@@ -627,8 +651,9 @@ def deploy(
     max_nodes: int = 128,
     startup_timeout: float = 120.0,
     timeout: float = 86400.0,
-    shutdown_timeout: float = 15.0,
+    shutdown_timeout: float = 5.0,
     verbose: bool = False,
+    overwrite: bool = False,
     on_ready: Callable[[dict], None] | None = None,
 ) -> DeployResult:
     """Start SuperLink + SuperNodes, run the app with ``overrides`` (run-config keys),
@@ -638,9 +663,10 @@ def deploy(
     ``on_ready`` (for tests) is called once every SuperNode is connected, before
     the run, with the supervisor, the SuperLink address, the CA and the paths."""
     t0 = time.monotonic()
-    app_dir = Path(app).resolve() if app else _default_app_dir()
-    defaults = _app_config(app_dir)
     out = Path(out).expanduser().resolve()
+    workdir = Path(workdir).expanduser().resolve() if workdir else out / "deploy"
+    app_dir = Path(app).resolve() if app else write_app_dir(workdir / "app")
+    defaults = _app_config(app_dir)
     overrides = dict(overrides)
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
@@ -649,16 +675,24 @@ def deploy(
     overrides["out"] = str(out)
     fused = {**defaults, **overrides}
     try:
+        check_run_dir(out, resume=bool(fused.get("resume")), overwrite=overwrite)
+    except ValueError as e:
+        raise DeployError(str(e)) from None
+    try:
         n_nodes = plan_nodes(fused)
     except (ValueError, FileNotFoundError) as e:
-        raise DeployError(str(e)) from e
+        from fedrec.config import ConfigError
+        from fedrec_app.simulations.flags import config_flag
+
+        if isinstance(e, ConfigError):
+            raise DeployError(f"{config_flag(e.key)} {e.value}: {e.why}") from None
+        raise DeployError(str(e).splitlines()[0]) from None
     if n_nodes > max_nodes:
         raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get('users-per-node')}) but "
                           f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
     secure = not insecure
     if insecure and auth:
         auth = False  # Flower refuses SuperNode authentication without TLS
-    workdir = Path(workdir).expanduser().resolve() if workdir else out / "deploy"
     logs = workdir / "logs"
     flwr_home = workdir / "flwr-home"
     for d in (workdir, logs, flwr_home, out):
@@ -706,7 +740,7 @@ def deploy(
     result = DeployResult(ok=False, run_id=None, status=None, out=out, workdir=workdir, n_nodes=n_nodes,
                           ports={"superlink": link_port, "supernodes": node_ports}, secure=secure, auth=bool(auth),
                           seconds=0.0)
-    sup = Supervisor(env, tag)
+    sup = Supervisor(env, tag, grace=min(shutdown_timeout, 5.0))
     tls_link = ([] if not secure else
                 ["--ssl-ca-certfile", str(cert_paths.ca), "--ssl-certfile", str(cert_paths.cert),
                  "--ssl-keyfile", str(cert_paths.key)])
@@ -717,7 +751,9 @@ def deploy(
     old_subreaper = _child_subreaper(True)
     old_handlers = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT explicitly: Python installs no KeyboardInterrupt handler when SIGINT arrives
+        # inherited as ignored (a job started in the background)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old_handlers[sig] = signal.signal(sig, _raise_interrupt)
     _say(f"{n_nodes} SuperNodes for {fused.get('data')} (users-per-node={fused.get('users-per-node')}), "
          f"{'TLS' if secure else 'INSECURE (no TLS)'}{' + SuperNode authentication' if auth else ''}; "
@@ -816,7 +852,7 @@ def deploy(
             _say(f"{result.error}: stopping every process")
     finally:
         if old_handlers:  # a second Ctrl-C must not cut the shutdown short
-            old_handlers.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, signal.SIG_IGN))
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             survivors = sup.shutdown(shutdown_timeout)
             _reap_adopted(sup, 5.0)
@@ -919,45 +955,41 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             "cohort of users (users-per-node), TLS and SuperNode authentication by default; every process "
             "is stopped at the end, on error and on Ctrl-C. Run-config options left out keep the app's "
             "[tool.flwr.app.config] defaults.")
-    g = parser.add_argument_group("run config (passed to `flwr run --run-config`)")
-    g.add_argument("--out", required=True, help="run directory written by the ServerApp (metrics.json, rounds.csv, ...)")
-    g.add_argument("--data", default=None, help="'ml-100k', 'synthetic:USERSxITEMS[:SEED]' or a path")
-    g.add_argument("--rounds", dest="num_server_rounds", type=int, default=None, help="server rounds")
-    g.add_argument("--users-per-node", type=int, default=1,
-                   help="users hosted by one SuperNode (default 1: one SuperNode per user)")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--noise-multiplier", type=float, default=None, help="DP noise multiplier (0: no DP)")
-    g.add_argument("--target-epsilon", type=float, default=None, help="calibrate the noise for this epsilon")
-    g.add_argument("--sample-rate", type=float, default=None, help="Poisson sampling rate of a user's pairs")
-    g.add_argument("--max-grad-norm", type=float, default=None, help="per-pair clipping norm")
-    g.add_argument("--delta", type=float, default=None)
-    g.add_argument("--eval-every", type=int, default=None, help="federated evaluation every N rounds")
+    from fedrec.config import SECTIONS
+    from fedrec_app.simulations.flags import add_config_args
+
+    parser.add_argument("--out", default="runs/deploy",
+                        help="run directory written by the ServerApp (metrics.json, rounds.csv, ...; default runs/deploy)")
+    add_config_args(parser, tuple(s for s in SECTIONS if s != "outputs"))
+    g = parser.add_argument_group("more run config")
     g.add_argument("--run-config", action="append", default=None, metavar="'K=V ...'",
-                   help="more run-config overrides (TOML values, keys of [tool.flwr.app.config]); repeatable")
+                   help="run-config overrides as TOML values (keys of [tool.flwr.app.config]); repeatable")
     g = parser.add_argument_group("deployment")
     g.add_argument("--insecure", action="store_true",
                    help="plain HTTP, no SuperNode authentication: for local tests only")
     g.add_argument("--no-auth", action="store_true", help="TLS but no SuperNode authentication")
     g.add_argument("--certs", default=None,
                    help="directory with ca.crt, server.crt, server.key to use (default: generate fresh ones)")
-    g.add_argument("--app", default=None, help="Flower app directory (default: the fedrec project)")
+    g.add_argument("--app", default=None, help="Flower app directory (default: the installed fedrec app, written to WORKDIR/app)")
     g.add_argument("--workdir", default=None, help="logs, certificates, keys, Flower home (default: OUT/deploy)")
     g.add_argument("--max-nodes", type=int, default=128, help="refuse to start more SuperNodes than this (default 128)")
     g.add_argument("--startup-timeout", type=float, default=120.0,
                    help="seconds for the SuperLink to listen and every SuperNode to connect (default 120)")
     g.add_argument("--timeout", type=float, default=86400.0, help="seconds for the whole run (default 86400)")
-    g.add_argument("--shutdown-timeout", type=float, default=15.0,
-                   help="seconds between SIGTERM and SIGKILL at shutdown (default 15)")
+    g.add_argument("--shutdown-timeout", type=float, default=5.0,
+                   help="seconds between SIGTERM and SIGKILL at shutdown (default 5)")
     g.add_argument("--verbose", action="store_true", help="echo all of Flower's run log, not only fedrec's lines")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (default: refuse; --run-config resume=true continues it)")
     return parser
 
 
 def _overrides_from_args(args) -> dict:
+    from fedrec.config import SECTIONS
+    from fedrec_app.simulations.flags import config_overrides
+
     o = _parse_kv(args.run_config)
-    for dest, key in _RUN_KEYS:
-        v = getattr(args, dest, None)
-        if v is not None:
-            o[key] = v
+    o.update(config_overrides(args, tuple(s for s in SECTIONS if s != "outputs")))  # --out is the deployment's
     if "out" in o:
         raise DeployError("give the run directory with --out, not --run-config out=...")
     return o
@@ -973,7 +1005,7 @@ def run(args) -> int:
             out=args.out, app=args.app, workdir=args.workdir, insecure=args.insecure,
             auth=not (args.no_auth or args.insecure), certs=args.certs, max_nodes=args.max_nodes,
             startup_timeout=args.startup_timeout, timeout=args.timeout, shutdown_timeout=args.shutdown_timeout,
-            verbose=args.verbose,
+            verbose=args.verbose, overwrite=args.overwrite,
         )
     except DeployError as e:
         print(f"fedrec deploy: error: {e}", file=sys.stderr)

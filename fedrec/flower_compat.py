@@ -1,0 +1,100 @@
+"""Every use of Flower internals, in one version-guarded module.
+
+fedrec runs on Flower's public API except for two speed patches of its
+simulation engine, kept here so that a Flower upgrade breaks one module, loudly:
+
+- :func:`fast_grid_polling`: ``run_simulation``'s ``InMemoryGrid`` polls for
+  replies every 0.1 s, a fixed latency per round that dominates fast rounds;
+  the patched grid polls every :data:`GRID_PULL_INTERVAL` seconds.
+- :func:`reuse_ray`: Flower shuts Ray down after every simulation; a sweep of
+  many runs keeps it up (starting it costs seconds per run).
+
+Both were written against :data:`TESTED_FLOWER` (``flwr==1.41.*``).  On another
+version they do nothing (the run is correct, only slower) and say so once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import warnings
+
+__all__ = ["GRID_PULL_INTERVAL", "TESTED_FLOWER", "backend_config", "fast_grid_polling", "reuse_ray",
+           "patches_supported"]
+
+#: Seconds between the ServerApp's polls for replies (Flower's default: 0.1).
+GRID_PULL_INTERVAL = 0.01
+#: The Flower release line the patches were written and tested against.
+TESTED_FLOWER = "1.41"
+
+
+def patches_supported() -> bool:
+    """Whether the installed Flower is the release line the patches were tested on."""
+    from importlib.metadata import version
+
+    return version("flwr").startswith(TESTED_FLOWER + ".")
+
+
+def _skip(what: str) -> None:
+    from importlib.metadata import version
+
+    warnings.warn(f"fedrec: {what} is written for flwr {TESTED_FLOWER}.* and flwr {version('flwr')} is installed: "
+                  "left out (runs are correct, only slower)", RuntimeWarning, stacklevel=3)
+
+
+@contextlib.contextmanager
+def fast_grid_polling():
+    """Within the block, ``run_simulation``'s grid polls every :data:`GRID_PULL_INTERVAL` s."""
+    if not patches_supported():
+        _skip("fast grid polling")
+        yield
+        return
+    rs = importlib.import_module("flwr.simulation.run_simulation")
+    base = rs.InMemoryGrid
+
+    class _Grid(base):  # the same grid, polling more often
+        def __init__(self, *a, **k):
+            k.setdefault("pull_interval", GRID_PULL_INTERVAL)
+            super().__init__(*a, **k)
+
+    rs.InMemoryGrid = _Grid
+    try:
+        yield
+    finally:
+        rs.InMemoryGrid = base
+
+
+@contextlib.contextmanager
+def reuse_ray():
+    """Keep Ray running between the simulations of a sweep; Ray stops when the process exits."""
+    if not patches_supported():
+        _skip("keeping Ray up between runs")
+        yield
+        return
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    real = raybackend.ray.shutdown
+    raybackend.ray.shutdown = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        raybackend.ray.shutdown = real
+
+
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None) -> dict:
+    """Ray backend: one CPU (and one torch thread) per ClientApp actor.
+
+    ``ray_address`` (e.g. ``"auto"`` or ``"HEAD_IP:6379"``) connects to a running
+    multi-machine Ray cluster instead of starting a local one; actors are then
+    spread over every machine's CPUs (see ``docs/ray-cluster.md``).
+    """
+    if ray_address:
+        return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"address": ray_address, "logging_level": logging.ERROR, "log_to_driver": True}}
+    n = num_cpus or os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": n, "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True},
+    }

@@ -1,0 +1,53 @@
+"""Run a federated experiment on Flower's simulation engine from Python."""
+
+from __future__ import annotations
+
+import logging
+
+from fedrec.config import FedConfig
+from fedrec.federation import load_federation
+from fedrec.flower_compat import backend_config, fast_grid_polling
+from fedrec.results import check_run_dir
+
+__all__ = ["simulate"]
+
+
+def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
+             ray_address: str | None = None, overwrite: bool = False) -> dict:
+    """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run summary.
+
+    The config reaches both apps explicitly (``run_simulation`` does not read
+    ``[tool.flwr.app.config]``); the number of SuperNodes is the number of user
+    cohorts (users / users-per-node).  A run directory that holds a run is
+    refused unless ``cfg.resume`` or ``overwrite``.
+    """
+    from flwr.simulation import run_simulation
+
+    from fedrec_app.clients.app import make_client_app
+    from fedrec_app.server.app import make_server_app
+
+    check_run_dir(cfg.out, resume=cfg.resume, overwrite=overwrite)
+    cfg = cfg.resolved()
+    fed = load_federation(cfg)
+    if cfg.resume and cfg.out:
+        from pathlib import Path
+
+        from fedrec_app.server.checkpoint import load_checkpoint
+
+        if (Path(cfg.out) / "checkpoint" / "checkpoint.npz").exists():
+            load_checkpoint(Path(cfg.out) / "checkpoint", cfg)  # a corrupt/incompatible checkpoint fails here, clearly
+    rc = cfg.to_run_config()
+    results: list = []
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    with fast_grid_polling():
+        run_simulation(
+            server_app=make_server_app(rc, results),
+            client_app=make_client_app(rc),
+            num_supernodes=fed.n_nodes,
+            backend_config=backend_config(num_cpus, ray_address),
+            verbose_logging=verbose,
+        )
+    if not results:
+        raise RuntimeError("the simulation ended without a result (see the log above)")
+    return results[0]

@@ -1,0 +1,76 @@
+"""Imports point inward: the library (fedrec) knows nothing of the apps or the
+experiments, and Flower internals are touched in one module only."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_NAMES = ("fedrec_app", "clients", "server", "simulations")
+#: package folder -> top-level names its modules must not import
+FORBIDDEN = {
+    "fedrec": APP_NAMES,
+    "clients": ("fedrec_app.server", "fedrec_app.simulations", "server", "simulations"),
+    "server": ("fedrec_app.simulations", "simulations"),
+}
+#: Flower modules that are not public API; only fedrec/flower_compat.py may import them
+FLOWER_INTERNALS = ("flwr.simulation.run_simulation", "flwr.server.superlink")
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path`` (``from . import x`` resolved to the package)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            out += [(n.lineno, a.name) for a in n.names]
+        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            out.append((n.lineno, n.module))
+        elif isinstance(n, ast.Call) and getattr(n.func, "attr", getattr(n.func, "id", "")) == "import_module" \
+                and n.args and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str):
+            out.append((n.lineno, n.args[0].value))
+    return out
+
+
+def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, mod in imported_modules(path):
+            if any(mod == f or mod.startswith(f + ".") for f in forbidden):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {mod}")
+    return bad
+
+
+def test_imports_point_inward():
+    bad = [v for pkg, forb in FORBIDDEN.items() for v in violations(pkg, forb)]
+    assert not bad, "imports that point outward:\n" + "\n".join(bad)
+
+
+def test_flower_internals_only_in_flower_compat():
+    bad = [v for pkg in ("fedrec", "clients", "server", "simulations") for v in violations(pkg, FLOWER_INTERNALS)
+           if not v.startswith("fedrec/flower_compat.py")]
+    assert not bad, "Flower internals outside fedrec/flower_compat.py:\n" + "\n".join(bad)
+
+
+def test_the_check_finds_an_outward_import(tmp_path, monkeypatch):
+    """The check itself can fail: a library module importing the app is reported."""
+    pkg = tmp_path / "fedrec"
+    pkg.mkdir()
+    (pkg / "bad.py").write_text("import os\nfrom fedrec_app.server.run import run_server\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert violations("fedrec", APP_NAMES) == ["fedrec/bad.py:2 imports fedrec_app.server.run"]
+
+
+def test_app_packages_install_under_fedrec_app():
+    """No generic top-level package names (clients, server, simulations) are installed."""
+    import tomllib
+
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = doc["tool"]["setuptools"]["packages"]
+    assert all(p.split(".")[0] in ("fedrec", "fedrec_app") for p in packages), packages
+    assert doc["tool"]["setuptools"]["package-dir"] == {
+        "fedrec_app.clients": "clients", "fedrec_app.server": "server", "fedrec_app.simulations": "simulations"}
+    comps = doc["tool"]["flwr"]["app"]["components"]
+    assert comps == {"serverapp": "fedrec_app.server.app:app", "clientapp": "fedrec_app.clients.app:app"}
