@@ -34,13 +34,16 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
     """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none)."""
     client = ClientApp()
 
-    def _setup(context: Context):
-        cfg, fed, partition = node.setup(run_config if run_config is not None else context.run_config, context.node_config)
+    def _setup(context: Context, msg: Message):
+        config = msg.content["config"]
+        mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
+        cfg, fed, partition = node.setup(run_config if run_config is not None else context.run_config,
+                                         context.node_config, mechanism)
         return cfg, fed, partition, node.state_dir(cfg, partition, context.node_config)
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg, fed, partition, directory = _setup(context)
+        cfg, fed, partition, directory = _setup(context, msg)
         server_round = int(msg.content["config"]["server-round"])
         node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
         # the state as of the previous round (a resumed server repeats rounds)
@@ -59,7 +62,7 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg, fed, partition, directory = _setup(context)
+        cfg, fed, partition, directory = _setup(context, msg)
         server_round = int(msg.content["config"]["server-round"])
         state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory, at_most_round=server_round)
         metrics = node.evaluate_round(

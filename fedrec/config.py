@@ -120,7 +120,8 @@ class FedConfig:
                         "over")
     state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")
     # evaluation
-    eval_every: int = _opt(10, "evaluation", "federated validation every N rounds")
+    eval_every: int = _opt(10, "evaluation", "federated evaluation every N rounds (0: off; the model is then the "
+                           "last round's, and nodes release no metrics)")
     patience: int = _opt(5, "evaluation", "stop after N evaluations without a better validation metric; --rounds "
                          "is then the most rounds (0: run every round)")
     ties: str = _opt("pessimistic", "evaluation", "tie rule of full ranking; ties never favour the model",
@@ -138,10 +139,10 @@ class FedConfig:
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, "choose " + ", ".join(repr(c) for c in choices))
 
-        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "eval_every", "min_replies"):
+        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
-        for key in ("user_steps", "kcore", "min_rating", "user_l2", "patience", "noise_multiplier", "target_epsilon",
+        for key in ("user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every", "noise_multiplier", "target_epsilon",
                     "budget_epsilon", "user_noise_multiplier", "user_target_epsilon", "prior_noise"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")

@@ -188,18 +188,17 @@ class DeviceRecommender:
     times: np.ndarray  # (n,) their timestamps
     dp_steps: int = 0
     rounds: int = 0
-    privacy: dict = field(default_factory=dict)  # noise_multiplier, sample_rate, delta, budget_epsilon
+    privacy: dict = field(default_factory=dict)  # the mechanism its DP steps were taken under (run-config keys)
 
     # --- lifecycle --------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, user: int = 0, dim: int = 64, seed: int = 0,
-               noise_multiplier: float = 0.0, sample_rate: float = 1.0, delta: float = 1e-5,
-               budget_epsilon: float = 0.0) -> "DeviceRecommender":
-        """A new device state (random initial training embedding, no interactions)."""
-        emb = (np.random.default_rng([seed, 2, user]).standard_normal(dim) * 0.1).astype(np.float32)
-        dev = cls(Path(path), int(user), emb, np.zeros(dim, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float64),
-                  privacy={"noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate),
-                           "delta": float(delta), "budget_epsilon": float(budget_epsilon)})
+               init_std: float = 0.1) -> "DeviceRecommender":
+        """A new device state (the initial training embedding a simulated node would
+        give this user, no interactions).  The privacy mechanism comes with the first
+        round it trains (the run's config, as the server resolved it)."""
+        emb = (np.random.default_rng([seed, 2, user]).standard_normal(dim) * init_std).astype(np.float32)
+        dev = cls(Path(path), int(user), emb, np.zeros(dim, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float64))
         dev.save()
         return dev
 
@@ -251,52 +250,66 @@ class DeviceRecommender:
         return sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(self.user + 1, n_items))
 
     # --- federated training ----------------------------------------------
-    def train(self, global_params: dict[str, np.ndarray], local, *, server_round: int, seed: int = 0,
-              generator: torch.Generator | None = None) -> dict[str, np.ndarray] | None:
-        """One round of local (DP-)training; returns the release (item pseudo-gradients)
-        or ``None`` if the round would exceed the budget (the device declines).
+    def train(self, global_params: dict[str, np.ndarray], cfg, *, server_round: int
+              ) -> dict[str, np.ndarray] | None:
+        """One round of local (DP-)training; returns the release (the pseudo-gradients
+        of the global parameters) or ``None`` if the user does not take part (the round
+        would exceed ``budget-epsilon``, or user-level Poisson sampling left it out).
 
-        ``local`` is a :class:`fedrec.engine.LocalConfig`; the engine the simulated
-        nodes run (:func:`fedrec.engine.train_cohort`) does the work.
+        ``cfg`` is the run's :class:`fedrec.config.FedConfig` (its mechanism as the
+        server resolved it).  The device is a one-user client of the same handler as a
+        simulated node (:func:`fedrec.node.train_round`): the same engine, sampling,
+        clipping, noise and accountant, DP popularity prior included.
         """
-        from fedrec.engine import mf_round, steps_per_round
+        from fedrec import node
 
-        q = global_params["item_embedding"]
-        steps = steps_per_round(local) if local.dp else 0
-        if self.would_exceed_budget(steps):
+        cfg = cfg.resolved()
+        mech = _mechanism(cfg)
+        if self.dp_steps and self.privacy and self.privacy != mech:
+            raise ValueError(f"device {self.path}: this round's mechanism {mech} differs from the one its "
+                             f"{self.dp_steps} DP steps were accounted under {self.privacy}")
+        fed = self.federation(global_params)
+        state = LocalState(np.array([self.user]), {"user": self.train_emb[None, :].copy()},
+                           np.array([self.dp_steps]), np.array([self.rounds]))
+        update, metrics, new = node.train_round(cfg, fed, 0, state, global_params=global_params,
+                                                server_round=server_round)
+        if metrics["num-examples"] == 0:
             return None
-        emb, item_update, bias_update, _ = mf_round(
-            torch.as_tensor(self.train_emb[None, :]), torch.as_tensor(q), torch.as_tensor(global_params["item_bias"]),
-            self.train_matrix(q.shape[0]), np.array([self.user]), local, seed=seed, server_round=server_round,
-            generator=generator)
-        self.train_emb = emb[0].numpy().astype(np.float32)
-        self.dp_steps += steps
-        self.rounds += 1
+        self.train_emb = new.local["user"][0].astype(np.float32)
+        self.dp_steps, self.rounds = int(new.dp_steps[0]), int(new.rounds[0])
+        if cfg.dp:
+            self.privacy = mech
         self.save()
-        return {"item_embedding": item_update.numpy(), "item_bias": bias_update.numpy()}
+        return update
+
+    def federation(self, global_params: dict[str, np.ndarray]):
+        """This device's view of the federation: its own interactions only (as a node
+        reads from its data file), the item count from the global parameters."""
+        from fedrec.data import Dataset, Split
+        from fedrec.federation import Federation
+
+        n_items = int(global_params["item_embedding"].shape[0])
+        train = self.train_matrix(n_items)
+        empty = sp.csr_matrix(train.shape, dtype=np.float32)
+        z = np.zeros(0, dtype=np.int64)
+        ds = Dataset(user=z, item=z, timestamp=z, n_users=train.shape[0], n_items=n_items,
+                     user_ids=np.arange(train.shape[0]), item_ids=np.arange(n_items), name="device")
+        return Federation(ds, Split(train=train, valid=empty, test=empty, kind="device"), (np.array([self.user]),))
 
     # --- privacy ----------------------------------------------------------
-    def privacy_spent(self, delta: float | None = None) -> dict:
-        """Interaction-level epsilon spent so far (Opacus RDP over every DP step taken)."""
-        from fedrec.privacy.accounting import epsilon
+    def privacy_spent(self) -> dict:
+        """Interaction-level epsilon spent so far: every DP step taken, the DP popularity
+        prior composed, by the accountant simulated nodes use (:func:`fedrec.node.user_epsilons`)."""
+        from fedrec import node
+        from fedrec.config import FedConfig
 
-        delta = float(delta if delta is not None else self.privacy.get("delta", 1e-5))
-        nm = float(self.privacy.get("noise_multiplier", 0.0))
-        eps = epsilon(noise_multiplier=nm, sample_rate=float(self.privacy.get("sample_rate", 1.0)),
-                      steps=self.dp_steps, delta=delta) if self.dp_steps or nm > 0 else 0.0
-        return {"unit": "interaction-level", "epsilon": eps, "delta": delta, "steps": self.dp_steps,
-                "rounds": self.rounds, "budget_epsilon": self.privacy.get("budget_epsilon", 0.0)}
-
-    def would_exceed_budget(self, steps: int) -> bool:
-        from fedrec.privacy.accounting import epsilon
-
-        budget = float(self.privacy.get("budget_epsilon", 0.0))
-        if budget <= 0 or steps == 0:
-            return False
-        nxt = epsilon(noise_multiplier=float(self.privacy["noise_multiplier"]),
-                      sample_rate=float(self.privacy["sample_rate"]), steps=self.dp_steps + steps,
-                      delta=float(self.privacy["delta"]))
-        return nxt > budget
+        mech = self.privacy or {}
+        eps = 0.0
+        if self.dp_steps:
+            cfg = FedConfig(**{k.replace("-", "_"): v for k, v in mech.items() if k != "steps-per-round"})
+            eps = float(node.user_epsilons(cfg, np.array([self.dp_steps]))[0])
+        return {"unit": "interaction-level", "epsilon": eps, "delta": mech.get("delta"), "steps": self.dp_steps,
+                "rounds": self.rounds, "mechanism": mech}
 
     # --- ranking (on the device only) -------------------------------------
     def refit(self, global_params: dict[str, np.ndarray], **kw) -> None:
@@ -324,3 +337,9 @@ class DeviceRecommender:
         top = np.argpartition(-scores, n - 1)[:n] if n > 0 else np.zeros(0, np.int64)
         top = top[np.argsort(-scores[top], kind="stable")]
         return top, scores[top]
+
+
+def _mechanism(cfg) -> dict:
+    """What a user's interaction-level accountant depends on (run-config keys)."""
+    return {"noise-multiplier": float(cfg.noise_multiplier), "sample-rate": float(cfg.sample_rate),
+            "delta": float(cfg.delta), "prior-noise": float(cfg.prior_noise)}

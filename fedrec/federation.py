@@ -13,7 +13,7 @@ from fedrec.data import Dataset, Split, hold_out_items, hold_out_users, load_dat
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
-__all__ = ["Federation", "load_federation", "reader_options", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features",
+__all__ = ["Federation", "load_federation", "reader_options", "write_node_data", "load_node_data", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features",
            "activity_groups", "SPLIT_SEED"]
 
 
@@ -134,3 +134,94 @@ def activity_groups(split: Split) -> np.ndarray:
 def init_local_state(users: np.ndarray, cfg: FedConfig, fed: Federation) -> dict[str, np.ndarray]:
     """Initial local state of ``users``, a function of (seed, user) only."""
     return federated_model(cfg, fed).init_local(users, cfg.seed)
+
+
+# --------------------------------------------------------------------------
+# planning and running: what one node holds
+# --------------------------------------------------------------------------
+
+NODE_FORMAT = 1  # version of the node data files
+
+
+def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
+    """Write one file per node, ``node-P.npz``, with only what node P needs: its users'
+    rows of train/valid/test, the item side (count, genres, years: public item
+    features) and the federation-wide evaluation inputs (item popularity, activity
+    group of each user, held-out items).  A node that reads its file
+    (:func:`load_node_data`) never loads the dataset or the other users' data.
+    Returns the paths."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ds, split = fed.dataset, fed.split
+    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
+    groups = activity_groups(split)
+    codes = np.select([groups == "light", groups == "medium"], [0, 1], 2).astype(np.int8)
+    paths = []
+    for p in (range(fed.n_nodes) if partitions is None else partitions):
+        users = np.asarray(fed.cohorts[p], dtype=np.int64)
+        arrays = {"format": np.array(NODE_FORMAT), "partition": np.array(p), "n_nodes": np.array(fed.n_nodes),
+                  "n_users": np.array(ds.n_users), "n_items": np.array(ds.n_items), "users": users,
+                  "item_popularity": popularity, "group_codes": codes[users],
+                  "cold_items": np.asarray(split.cold_items, dtype=np.int64),
+                  "name": np.array(ds.name), "kind": np.array(split.kind)}
+        for stage in ("train", "valid", "test"):
+            m = getattr(split, stage)[users].tocsr()
+            arrays[f"{stage}/indptr"], arrays[f"{stage}/indices"] = m.indptr.astype(np.int64), m.indices.astype(np.int32)
+        for k in ("item_genres", "item_year"):
+            if getattr(ds, k) is not None:
+                arrays[k] = np.asarray(getattr(ds, k))
+        if ds.genre_names:
+            arrays["genre_names"] = np.array(ds.genre_names)
+        path = directory / f"node-{p}.npz"
+        tmp = directory / f"node-{p}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+@functools.lru_cache(maxsize=2)
+def load_node_data(path: str) -> tuple[Federation, int]:
+    """A node's view of the federation from its file (:func:`write_node_data`):
+    ``(federation, partition)``.  Its matrices have every user's row, but only the
+    node's users' rows hold data; the other cohorts are empty."""
+    import dataclasses
+    from pathlib import Path
+
+    import scipy.sparse as sp
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"node data file {path}: not readable ({type(e).__name__})") from None
+    if int(a.get("format", -1)) != NODE_FORMAT:
+        raise ValueError(f"node data file {path}: format {a.get('format')}, expected {NODE_FORMAT}")
+    n_users, n_items, users = int(a["n_users"]), int(a["n_items"]), a["users"]
+    p, n_nodes = int(a["partition"]), int(a["n_nodes"])
+
+    def full(stage: str) -> sp.csr_matrix:
+        indptr_own, indices = a[f"{stage}/indptr"], a[f"{stage}/indices"]
+        counts = np.zeros(n_users, dtype=np.int64)
+        counts[users] = np.diff(indptr_own)
+        order = np.argsort(users, kind="stable")  # rows in user order
+        idx = np.concatenate([indices[indptr_own[j]:indptr_own[j + 1]] for j in order]) if len(users) else \
+            np.zeros(0, np.int32)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return sp.csr_matrix((np.ones(len(idx), dtype=np.float32), idx, indptr), shape=(n_users, n_items))
+
+    split = Split(train=full("train"), valid=full("valid"), test=full("test"), kind=str(a["kind"]),
+                  cold_items=a["cold_items"])
+    empty = np.zeros(0, dtype=np.int64)
+    ds = Dataset(user=empty, item=empty, timestamp=empty, n_users=n_users, n_items=n_items,
+                 user_ids=np.arange(n_users), item_ids=np.arange(n_items), item_genres=a.get("item_genres"),
+                 genre_names=tuple(str(x) for x in a.get("genre_names", ())), item_year=a.get("item_year"),
+                 name=str(a["name"]))
+    cohorts = tuple(users if q == p else empty for q in range(n_nodes))
+    fed = Federation(ds, split, cohorts)
+    groups = np.full(n_users, "", dtype=object)
+    groups[users] = np.array(["light", "medium", "heavy"], dtype=object)[a["group_codes"]]
+    object.__setattr__(fed, "_node_eval", {"popularity": a["item_popularity"], "groups": groups})
+    return fed, p

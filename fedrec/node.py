@@ -6,6 +6,7 @@ benchmarks compare the two).  A node hosts the cohort of users of its partition.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from fedrec.privacy.accounting import epsilons_for_steps
 from fedrec.rng import hash_uniform
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
-           "active_users", "train_round", "evaluate_round"]
+           "active_users", "train_round", "evaluate_round", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
 
@@ -30,8 +31,25 @@ class SimulatedDropout(RuntimeError):
     """A node failing on purpose (``dropout-rate``): the server sees an error reply."""
 
 
-def setup(run_config, node_config) -> tuple[FedConfig, Federation, int]:
-    cfg = FedConfig.from_run_config(dict(run_config)).resolved()
+def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedConfig, Federation, int]:
+    """The node's config, data and partition, for one message.
+
+    Planning and running are separate: ``mechanism`` (what the server resolved once
+    and sent in the message config: the noise multipliers) replaces the node's own
+    calibration, and a node config ``data-file`` (written by
+    :func:`fedrec.federation.write_node_data`) gives the node its own users' data
+    only; without one (simulation) the node derives its cohort from the dataset.
+    Both are cached in the process."""
+    cfg = _config(tuple(sorted(dict(run_config).items())), tuple(sorted((mechanism or {}).items())))
+    data_file = (node_config or {}).get("data-file")
+    if data_file:
+        from fedrec.federation import load_node_data
+
+        fed, partition = load_node_data(str(data_file))
+        given = node_config.get("partition-id")
+        if given is not None and int(given) != partition:
+            raise ValueError(f"node config data-file={data_file} holds partition {partition}, not partition-id={given}")
+        return cfg, fed, partition
     fed = load_federation(cfg)
     partition = int(node_config.get("partition-id", 0))
     n_part = int(node_config.get("num-partitions", fed.n_nodes))
@@ -39,6 +57,17 @@ def setup(run_config, node_config) -> tuple[FedConfig, Federation, int]:
     # (e.g. `flwr run` with Flower's default connection) splits the users evenly
     fed = fed.with_nodes(n_part)
     return cfg, fed, partition
+
+
+@functools.lru_cache(maxsize=4)
+def _config(run_config: tuple, mechanism: tuple) -> FedConfig:
+    import dataclasses
+
+    cfg = FedConfig.from_run_config(dict(run_config))
+    if mechanism:  # resolved by the server: no calibration on the node
+        return dataclasses.replace(cfg, target_epsilon=0.0, user_target_epsilon=0.0,
+                                   **{k.replace("-", "_"): float(v) for k, v in mechanism})
+    return cfg.resolved()
 
 
 def state_dir(cfg: FedConfig, partition: int, node_config=None) -> Path | None:
@@ -118,8 +147,7 @@ def active_users(cfg: FedConfig, state: NodeState, server_round: int) -> tuple[n
         take = hash_uniform(cfg.seed, server_round, state.users, 0, 77) < cfg.user_sample_rate
     declined = np.zeros_like(take)
     if cfg.budget_epsilon > 0:
-        nxt = epsilons_for_steps(state.dp_steps + cfg.steps_per_round, noise_multiplier=cfg.noise_multiplier,
-                                 sample_rate=cfg.sample_rate, delta=cfg.delta, extra=cfg.prior)
+        nxt = user_epsilons(cfg, state.dp_steps + cfg.steps_per_round)
         declined = take & (nxt > cfg.budget_epsilon)
     return take & ~declined, int(declined.sum())
 
@@ -192,10 +220,16 @@ def train_round(
         update["item_counts"] = (counts / max(k, 1)).astype(np.float32)
     metrics = {"num-examples": k, "train-loss": loss, "declined": declined}
     if cfg.dp:
-        eps = epsilons_for_steps(steps, noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate,
-                                 delta=cfg.delta, extra=cfg.prior)
-        metrics["epsilon"] = [float(x) for x in eps]
+        metrics["epsilon"] = [float(x) for x in user_epsilons(cfg, steps)]
     return update, metrics, new
+
+
+def user_epsilons(cfg: FedConfig, steps: np.ndarray) -> np.ndarray:
+    """Each user's interaction-level epsilon after ``steps`` DP-SGD steps, the DP
+    popularity prior composed (Opacus RDP).  The one accountant of a node and of a
+    device (:class:`fedrec.device.DeviceRecommender`)."""
+    return epsilons_for_steps(np.asarray(steps), noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate,
+                              delta=cfg.delta, extra=cfg.prior)
 
 
 def evaluate_round(
@@ -264,7 +298,8 @@ def _eval_extras(fed: Federation) -> dict:
     from fedrec.federation import activity_groups
 
     split = fed.split
-    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
+    node_eval = getattr(fed, "_node_eval", None)  # a node's view: federation-wide inputs from its data file
+    popularity = node_eval["popularity"] if node_eval else np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
     genres = fed.dataset.item_genres
     feats = genres.astype(np.float32) if genres is not None else None
     views = {}
@@ -278,10 +313,16 @@ def _eval_extras(fed: Federation) -> dict:
             m.eliminate_zeros()
         # the cold-start ranking task: held-out items among held-out items only (warm
         # items are masked like history: added to the validation matrix the test masks)
-        warm_all = sp.csr_matrix(np.broadcast_to(1.0 - cold, (split.n_users, split.n_items)))
+        rows = np.flatnonzero(np.diff(split.train.indptr) + np.diff(split.valid.indptr) + np.diff(split.test.indptr))
+        warm = np.flatnonzero(cold == 0)
+        # every warm item, in the rows of users with data (not a dense users x items matrix)
+        indptr = np.searchsorted(rows, np.arange(split.n_users + 1), side="left") * len(warm)
+        warm_all = sp.csr_matrix((np.ones(len(rows) * len(warm), dtype=np.float32), np.tile(warm, len(rows)), indptr),
+                                 shape=(split.n_users, split.n_items))
         views = {"cold-items": dataclasses.replace(split, test=cold_test),
                  "warm-items": dataclasses.replace(split, test=warm_test),
                  "cold-among-cold": dataclasses.replace(split, test=cold_test, valid=(split.valid + warm_all).tocsr())}
-    out = {"popularity": popularity, "features": feats, "groups": activity_groups(split), "item_views": views}
+    groups = node_eval["groups"] if node_eval else activity_groups(split)
+    out = {"popularity": popularity, "features": feats, "groups": groups, "item_views": views}
     object.__setattr__(fed, "_eval_extras", out)
     return out

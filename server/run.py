@@ -165,6 +165,10 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
         except EarlyStop as e:
             _say(f"stopped early after round {log.rows[-1]['round']}: {e}")
     summary = summarize(cfg, log)
+    if cfg.eval_every == 0:
+        _say(f"evaluation off: the model is round {log.rows[-1]['round'] if log.rows else 0}'s "
+             f"(checkpoint/); {summary['seconds']:.1f}s")
+        return summary
     _say(f"best round on validation: {summary['selected_round']}; test ndcg@10 {summary['test'].get('ndcg@10', float('nan')):.4f} "
          f"hr@10 {summary['test'].get('hr@10', float('nan')):.4f}; {summary['seconds']:.1f}s")
     return summary
@@ -231,6 +235,10 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "popularity_prior_noise": cfg.prior_noise or None,
             "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to the clip, not to who replied",
         })
+    for u in units:
+        u["not_covered"] = ("nothing: evaluation was off" if cfg.eval_every == 0 else
+                            "evaluation replies: exact metric sums of each node's users on their held-out items, "
+                            f"every {cfg.eval_every} rounds (a simulation's measurement; not noised)")
     if units:
         privacy = units[0] if len(units) == 1 else {"units": units}
     out = {

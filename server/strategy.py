@@ -270,6 +270,7 @@ class FedRecStrategy(FedAvg):
         node_ids = self.wait_for_nodes(grid)
         chosen = self.sample(server_round, node_ids)
         config["server-round"] = server_round
+        config.update(self.mechanism())
         self.round_info[server_round] = {"sent": len(chosen)}
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return list(self._construct_messages(record, chosen, MessageType.TRAIN))
@@ -356,6 +357,8 @@ class FedRecStrategy(FedAvg):
     # --- evaluation ------------------------------------------------------
     def is_eval_round(self, server_round: int) -> bool:
         """(``server_round`` already includes the resume offset.)"""
+        if self.cfg.eval_every == 0:  # evaluation off: nodes release no metrics
+            return False
         return server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_server_rounds
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -363,8 +366,16 @@ class FedRecStrategy(FedAvg):
         if not self.is_eval_round(server_round):
             return []
         config["server-round"] = server_round
+        config.update(self.mechanism())
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, self.wait_for_nodes(grid), MessageType.EVALUATE)
+
+    def mechanism(self) -> dict:
+        """The privacy mechanism as resolved once by the server (noise multipliers
+        calibrated for the planned rounds), sent with every message so that nodes
+        never calibrate: ``mechanism/<run-config key>``."""
+        return {f"mechanism/{k}": float(getattr(self.cfg, k.replace("-", "_")))
+                for k in ("noise-multiplier", "user-noise-multiplier")}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Exact means over users: sum the nodes' metric sums, divide by each stage's

@@ -115,7 +115,9 @@ def cmd_simulate(args) -> int:
     cfg = config_from_args(args)
     summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose, ray_address=args.ray_address,
                        overwrite=args.overwrite)
-    _log(f"selected round {summary['selected_round']} (on validation); wrote {cfg.out}/metrics.json")
+    picked = "evaluation off: the last round's model" if summary['selected_round'] is None else \
+        f"selected round {summary['selected_round']} (on validation)"
+    _log(f"{picked}; wrote {cfg.out}/metrics.json")
     return 0
 
 

@@ -552,11 +552,15 @@ def _app_config(app: Path) -> dict:
 def plan_nodes(run_config: dict) -> int:
     """Number of SuperNodes = number of user cohorts for this run config
     (users with training data / users-per-node, rounded up), as the app computes it."""
+    return _plan(run_config).n_nodes
+
+
+def _plan(run_config: dict):
+    """The federation of this run config (validated; an unreachable epsilon fails here)."""
     from fedrec.config import FedConfig
     from fedrec.federation import load_federation
 
-    cfg = FedConfig.from_run_config(run_config).resolved()
-    return load_federation(cfg).n_nodes
+    return load_federation(FedConfig.from_run_config(run_config).resolved())
 
 
 def _parse_kv(items: list[str] | None) -> dict:
@@ -654,6 +658,7 @@ def deploy(
     shutdown_timeout: float = 5.0,
     verbose: bool = False,
     overwrite: bool = False,
+    exact_evaluation: bool = False,
     on_ready: Callable[[dict], None] | None = None,
 ) -> DeployResult:
     """Start SuperLink + SuperNodes, run the app with ``overrides`` (run-config keys),
@@ -673,13 +678,21 @@ def deploy(
         raise DeployError(f"run-config keys {unknown} are not in [tool.flwr.app.config] of {app_dir / 'pyproject.toml'}; "
                           f"Flower only overrides existing keys: {sorted(defaults)}")
     overrides["out"] = str(out)
+    # evaluation replies are exact metric sums of a node's users: no epsilon covers them, so a
+    # deployment runs without evaluation unless a test deployment asks for it
+    if not exact_evaluation:
+        if float(overrides.get("eval-every", 0)) > 0:
+            raise DeployError(f"--eval-every {overrides['eval-every']}: evaluation replies are exact metric sums of "
+                              "each node's users on their held-out items, covered by no epsilon; a deployment runs "
+                              "without them (--eval-every 0, the default here) unless --exact-evaluation says so")
+        overrides["eval-every"] = 0
     fused = {**defaults, **overrides}
     try:
         check_run_dir(out, resume=bool(fused.get("resume")), overwrite=overwrite)
     except ValueError as e:
         raise DeployError(str(e)) from None
     try:
-        n_nodes = plan_nodes(fused)
+        fed = _plan(fused)
     except (ValueError, FileNotFoundError) as e:
         from fedrec.config import ConfigError
         from fedrec_app.simulations.flags import config_flag
@@ -687,6 +700,7 @@ def deploy(
         if isinstance(e, ConfigError):
             raise DeployError(f"{config_flag(e.key)} {e.value}: {e.why}") from None
         raise DeployError(str(e).splitlines()[0]) from None
+    n_nodes = fed.n_nodes
     if n_nodes > max_nodes:
         raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get('users-per-node')}) but "
                           f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
@@ -697,6 +711,9 @@ def deploy(
     flwr_home = workdir / "flwr-home"
     for d in (workdir, logs, flwr_home, out):
         d.mkdir(parents=True, exist_ok=True)
+    from fedrec.federation import write_node_data
+
+    write_node_data(fed, workdir / "nodes")  # each SuperNode reads only its own users' data
 
     tag = uuid.uuid4().hex
     bindir = str(Path(sys.executable).parent)
@@ -783,7 +800,8 @@ def deploy(
             for p in range(n_nodes):
                 cmd = [_flower_bin("flower-supernode"), *tls_node, "--superlink", address,
                        "--host", HOST, "--port", str(node_ports[p]), *runtime_tls,
-                       "--node-config", f"partition-id={p} num-partitions={n_nodes}",
+                       "--node-config", f"partition-id={p} num-partitions={n_nodes} "
+                                         f"data-file=\"{workdir / 'nodes' / f'node-{p}.npz'}\"",
                        "--max-wait-time", str(int(startup_timeout))]
                 if auth:
                     cmd += ["--auth-supernode-private-key", str(node_keys[p][0])]
@@ -979,6 +997,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--shutdown-timeout", type=float, default=5.0,
                    help="seconds between SIGTERM and SIGKILL at shutdown (default 5)")
     g.add_argument("--verbose", action="store_true", help="echo all of Flower's run log, not only fedrec's lines")
+    g.add_argument("--exact-evaluation", action="store_true",
+                   help="let nodes reply with exact metric sums on their users' held-out items (not covered by any "
+                        "epsilon: for test deployments; default: evaluation off, --eval-every 0)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --out (default: refuse; --run-config resume=true continues it)")
     return parser
@@ -1005,7 +1026,7 @@ def run(args) -> int:
             out=args.out, app=args.app, workdir=args.workdir, insecure=args.insecure,
             auth=not (args.no_auth or args.insecure), certs=args.certs, max_nodes=args.max_nodes,
             startup_timeout=args.startup_timeout, timeout=args.timeout, shutdown_timeout=args.shutdown_timeout,
-            verbose=args.verbose, overwrite=args.overwrite,
+            verbose=args.verbose, overwrite=args.overwrite, exact_evaluation=args.exact_evaluation,
         )
     except DeployError as e:
         print(f"fedrec deploy: error: {e}", file=sys.stderr)

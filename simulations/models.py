@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import build_model, load_federation
+from fedrec_app.simulations.report import EVALUATION_NOTE
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 from fedrec_app.simulations.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
 
@@ -174,7 +175,8 @@ def write_models_report(out: Path, rows: list[dict], models, *, data: str, seeds
              "validation NDCG@10; mean ± sd over seeds. Epsilon 8 at delta 1e-5 in the named unit "
              "(interaction-level: one interaction of a user; user-level: everything a user contributes), "
              "training and the DP popularity prior composed; private cells use the study's presets "
-             "(dimension 8, server SGD, 60 rounds) and are not selected beyond the round on validation.", "",
+             "(dimension 8, server SGD, 60 rounds) and are not selected beyond the round on validation. "
+             + EVALUATION_NOTE, "",
              f"MostPop {refs['MostPop']:.4f}, EASE {refs['EASE']:.4f} (centralized, same split).", "",
              "| model | centralized | federated, non-private | kept | interaction-level eps 8 | user-level eps 8 |",
              "|---|---|---|---|---|---|"]

@@ -33,13 +33,19 @@ def _fmt(x, sd=None, nd=4):
     return f"{x:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd else "")
 
 
+#: What no epsilon covers in a simulation report (said in every report).
+EVALUATION_NOTE = ("Evaluation replies (each node's exact metric sums on its users' held-out items, every "
+                   "eval-every rounds) are not covered by any epsilon: a simulation's measurement, not a release of "
+                   "a deployment.")
+
+
 def write_report(out: Path, name: str, rows: list[dict], *, command: str, data: str) -> Path:
     out = Path(out)
     summary = summarize_rows(rows)
     lines = [f"# fedrec sweep `{name}` on {data}", "", f"Command: `{command}`", "",
              "Full ranking over all items, test metrics at the round picked on validation NDCG@10; "
              "mean ± standard deviation over seeds. Epsilon: interaction-level, per user (median / max), "
-             "after all rounds, Opacus RDP accountant.", "",
+             "after all rounds, Opacus RDP accountant. " + EVALUATION_NOTE, "",
              "| cell | privacy unit | epsilon median / max | test NDCG@10 | test HR@10 | test Recall@20 | round | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
@@ -104,7 +110,8 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
          "validation NDCG@10 (never on test); `sampled` metrics (99 negatives) are for comparison with papers only. "
          "Epsilons are computed by the Opacus RDP accountant at delta = 1e-5 and name their unit: "
          "*interaction-level* (DP-SGD on each user's device: protects each single interaction) or *user-level* "
-         "(each user's whole update clipped, Gaussian noise on the sum: protects everything a user contributes).", ""]
+         "(each user's whole update clipped, Gaussian noise on the sum: protects everything a user contributes). "
+         + EVALUATION_NOTE, ""]
     # 1. privacy vs accuracy
     priv = _cell_table(rows, lambda r: r.get("experiment") == "privacy")
     if priv:

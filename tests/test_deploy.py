@@ -94,6 +94,8 @@ def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
     assert "--max-nodes" in capsys.readouterr().err
     assert deploy.main(["--out", str(tmp_path / "c"), "--data", DATA, "--noise-multiplier", "-1"]) == 2
     assert "--noise-multiplier -1.0: must be >= 0" in capsys.readouterr().err
+    assert deploy.main(["--out", str(tmp_path / "e"), "--data", DATA, "--eval-every", "5"]) == 2
+    assert "--eval-every 5: evaluation replies are exact" in capsys.readouterr().err
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "metrics.json").write_text("{}")
     assert deploy.main(["--out", str(tmp_path / "d"), "--data", DATA]) == 2
@@ -136,7 +138,7 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     res = deploy.deploy(
         {"data": DATA, "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
          "sample-rate": 0.5, "eval-every": 2},
-        out=out, startup_timeout=90, timeout=240, on_ready=on_ready,
+        out=out, startup_timeout=90, timeout=240, on_ready=on_ready, exact_evaluation=True,
     )
     seconds = time.perf_counter() - t0
     logs = out / "deploy" / "logs"
@@ -198,7 +200,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
     before = set(_all_flower())
     cmd = [sys.executable, "-m", "fedrec_app.simulations.deploy", "--insecure", "--out", str(out), "--data", DATA,
            "--users-per-node", "1", "--rounds", "50", "--noise-multiplier", "1.0", "--sample-rate", "0.5",
-           "--eval-every", "50"]
+           "--eval-every", "50", "--exact-evaluation"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=_ignore_sigint)
     try:
@@ -264,13 +266,15 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
                            env=env, cwd=work, capture_output=True, text=True, check=True).stdout.split()
     assert all(w.startswith(str(target)) for w in where), where
     cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "deploy", "--insecure", "--data", DATA,
-           "--users-per-node", "2", "--rounds", "1", "--eval-every", "1"]
+           "--users-per-node", "2", "--rounds", "1"]
     try:
         r = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=400)
     finally:
         _kill_ours(tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((work / "runs" / "deploy" / "metrics.json").read_text())
-    assert doc["config"]["num-server-rounds"] == 1 and 0 <= doc["test"]["ndcg@10"] <= 1
+    assert doc["config"]["num-server-rounds"] == 1
+    assert doc["config"]["eval-every"] == 0 and not doc["test"]  # a deployment releases no evaluation by default
+    assert "evaluation off" in r.stdout
     app = (work / "runs" / "deploy" / "deploy" / "app" / "pyproject.toml").read_text()
     assert 'serverapp = "fedrec_app.server.app:app"' in app

@@ -81,30 +81,51 @@ def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path)
     user = int(fed.cohorts[7][0])
     params = init_global_params(cfg, fed)
     st = node.load_state({}, fed, 7, cfg)
-    _, _, _ = node.train_round(cfg, fed, 7, st, global_params=params, server_round=1)
-    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed, noise_multiplier=1.2,
-                                   sample_rate=0.5, budget_epsilon=6.0)
+    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed)
     np.testing.assert_array_equal(dev.train_emb, st.local["user"][0])
     dev.add_interactions(fed.split.train[user].indices)
     # with the noise off, the release and the new embedding equal the simulated node's exactly
     nonoise = FedConfig(data=cfg.data, dim=4, users_per_node=1)
     up_node, _, st_node = node.train_round(nonoise, fed, 7, st, global_params=params, server_round=1)
-    rel = dev.train(params, nonoise.local, server_round=1, seed=cfg.seed, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(rel["item_embedding"], up_node["item_embedding"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dev.train_emb, st_node.local["user"][0], rtol=1e-6, atol=1e-7)
+    rel = dev.train(params, nonoise, server_round=1)
+    for k in up_node:
+        np.testing.assert_array_equal(rel[k], up_node[k])
+    np.testing.assert_array_equal(dev.train_emb, st_node.local["user"][0])
     # with DP: privacy spent composes every step, and the budget stops training
-    dev = DeviceRecommender.create(tmp_path / "v.npz", user=user, dim=4, noise_multiplier=1.2, sample_rate=0.5,
-                                   budget_epsilon=6.0)
+    dev = DeviceRecommender.create(tmp_path / "v.npz", user=user, dim=4)
     dev.add_interactions(fed.split.train[user].indices)
     released = 0
     for r in range(1, 20):
-        if dev.train(params, cfg.local, server_round=r, generator=torch.Generator().manual_seed(r)) is None:
+        if dev.train(params, cfg, server_round=r) is None:
             break
         released += 1
     spent = DeviceRecommender.open(tmp_path / "v.npz").privacy_spent()
     assert spent["epsilon"] == pytest.approx(epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released, delta=1e-5))
     assert spent["epsilon"] <= 6.0 < epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released + 2, delta=1e-5)
     assert spent["unit"] == "interaction-level"
+    with pytest.raises(ValueError, match="differs from the one its"):  # one accountant, one mechanism
+        dev.train(params, FedConfig(data=cfg.data, dim=4, users_per_node=1, noise_multiplier=2.0), server_round=30)
+
+
+def test_device_and_node_report_the_same_epsilon_with_the_prior(tmp_path):
+    """A device and the simulated node that trained the same user report the same
+    epsilon, the DP popularity prior composed (the device used to leave it out)."""
+    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
+                    prior_noise=2.0).resolved()
+    fed = load_federation(cfg)
+    user = int(fed.cohorts[7][0])
+    params = init_global_params(cfg, fed)
+    st = node.load_state({}, fed, 7, cfg)
+    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed)
+    dev.add_interactions(fed.split.train[user].indices)
+    for r in (1, 2, 3):
+        _, m, st = node.train_round(cfg, fed, 7, st, global_params=params, server_round=r)
+        assert dev.train(params, cfg, server_round=r) is not None
+    spent = DeviceRecommender.open(tmp_path / "u.npz").privacy_spent()
+    assert spent["steps"] == int(st.dp_steps[0]) == 6
+    assert spent["epsilon"] == pytest.approx(m["epsilon"][0], rel=1e-12)
+    assert spent["epsilon"] > epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=6, delta=1e-5)  # prior included
+    assert spent["mechanism"]["prior-noise"] == 2.0
 
 
 def test_local_state_files_keep_recent_rounds_and_load_as_of_a_round(tmp_path):

@@ -73,3 +73,36 @@ def test_simulation_with_dp_keeps_user_embeddings_local(tmp_path, monkeypatch):
     assert len(rows) == 3 and "epsilon-median" in rows[0]
     assert (out / "checkpoint" / "checkpoint.npz").exists()
     assert summary["selected_round"] in (1, 2)
+    assert "evaluation replies" in priv["not_covered"]  # said, not hidden
+
+
+def test_server_sends_the_mechanism_and_evaluation_can_be_off(tmp_path, monkeypatch):
+    """Nodes get the mechanism the server resolved (they never calibrate), and with
+    --eval-every 0 no evaluation message is sent and no metric is released."""
+    cls = strategy_mod.FedRecStrategy
+    sent = []
+    orig_ct, orig_ce = cls.configure_train, cls.configure_evaluate
+
+    def configure_train(self, *a, **k):
+        msgs = list(orig_ct(self, *a, **k))
+        sent.extend(("train", dict(m.content["config"])) for m in msgs)
+        return msgs
+
+    def configure_evaluate(self, *a, **k):
+        msgs = list(orig_ce(self, *a, **k))
+        sent.extend(("eval", dict(m.content["config"])) for m in msgs)
+        return msgs
+
+    monkeypatch.setattr(cls, "configure_train", configure_train)
+    monkeypatch.setattr(cls, "configure_evaluate", configure_evaluate)
+    out = tmp_path / "run"
+    cfg = FedConfig(data="synthetic:20x60:1", num_server_rounds=2, users_per_node=10, dim=8, eval_every=0,
+                    target_epsilon=5.0, sample_rate=0.5, out=str(out))
+    summary = simulate(cfg, num_cpus=2)
+    sigma = cfg.resolved().noise_multiplier
+    assert [k for k, _ in sent] == ["train"] * 4  # 2 nodes x 2 rounds, no evaluation
+    assert all(c["mechanism/noise-multiplier"] == pytest.approx(sigma) for _, c in sent)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["test"] == {} and doc["validation"] == {} and summary["selected_round"] is None
+    assert doc["privacy"]["not_covered"] == "nothing: evaluation was off"
+    assert "valid" not in (out / "rounds.csv").read_text()

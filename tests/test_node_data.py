@@ -1,0 +1,82 @@
+"""Planning and running are separate: a node trains and evaluates from its own data
+file (its users' rows only) exactly as it does from the whole federation, and it
+takes the privacy mechanism the server resolved instead of calibrating again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedrec import node
+from fedrec.config import FedConfig
+from fedrec.federation import init_global_params, load_federation, load_node_data, write_node_data
+
+
+@pytest.mark.parametrize("settings", [
+    dict(model="mf", noise_multiplier=1.0, sample_rate=0.5),
+    dict(model="two-tower", cold_items=0.2),  # item features and the held-out item views
+])
+def test_node_file_gives_the_same_training_and_evaluation(tmp_path, settings):
+    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, **settings).resolved()
+    fed = load_federation(cfg)
+    params = init_global_params(cfg, fed)
+    paths = write_node_data(fed, tmp_path)
+    assert [p.name for p in paths] == [f"node-{p}.npz" for p in range(fed.n_nodes)] and fed.n_nodes == 3
+    for p, path in enumerate(paths):
+        view, part = load_node_data(str(path))
+        assert part == p
+        users = fed.cohorts[p]
+        np.testing.assert_array_equal(view.cohorts[p], users)
+        assert all(len(c) == 0 for q, c in enumerate(view.cohorts) if q != p)  # no other node's users
+        for stage in ("train", "valid", "test"):  # only its users' rows hold data, and exactly theirs
+            mine, full = getattr(view.split, stage), getattr(fed.split, stage)
+            assert mine.nnz == full[users].nnz
+            assert (mine[users] != full[users]).nnz == 0
+        st = node.load_state({}, fed, p, cfg)
+        u1, m1, s1 = node.train_round(cfg, fed, p, st, global_params=params, server_round=2)
+        u2, m2, s2 = node.train_round(cfg, view, p, node.load_state({}, view, p, cfg), global_params=params,
+                                      server_round=2)
+        for k in u1:
+            np.testing.assert_array_equal(u1[k], u2[k])
+        assert m1 == m2
+        e1 = node.evaluate_round(cfg, fed, p, s1, global_params=params)
+        e2 = node.evaluate_round(cfg, view, p, s2, global_params=params)
+        assert e1.keys() == e2.keys()
+        for k in e1:
+            np.testing.assert_allclose(e1[k], e2[k], rtol=1e-12, err_msg=k)
+
+
+def test_node_file_size_grows_with_its_own_users(tmp_path):
+    fed = load_federation(FedConfig(data="synthetic:200x50:1", users_per_node=20))
+    paths = write_node_data(fed, tmp_path)
+    view, p = load_node_data(str(paths[0]))
+    own = sum(getattr(view.split, s).nnz for s in ("train", "valid", "test"))
+    total = sum(getattr(fed.split, s).nnz for s in ("train", "valid", "test"))
+    assert own == sum(getattr(fed.split, s)[fed.cohorts[0]].nnz for s in ("train", "valid", "test"))
+    assert own < total / 5
+
+
+def test_setup_reads_the_data_file_and_the_servers_mechanism(tmp_path, monkeypatch):
+    import fedrec.privacy.accounting as acc
+
+    rc = FedConfig(data="synthetic:40x30:3", users_per_node=15, target_epsilon=4.0).to_run_config()
+    fed = load_federation(FedConfig.from_run_config(rc))
+    path = write_node_data(fed, tmp_path, partitions=[1])[0]
+
+    def no_calibration(**kw):
+        raise AssertionError("the node calibrated the noise itself")
+
+    monkeypatch.setattr(acc, "calibrate_noise", no_calibration)
+    cfg, view, part = node.setup(rc, {"data-file": str(path), "partition-id": 1},
+                                 {"noise-multiplier": 1.25, "user-noise-multiplier": 0.0})
+    assert part == 1 and cfg.noise_multiplier == 1.25 and cfg.target_epsilon == 0
+    np.testing.assert_array_equal(view.cohorts[1], fed.cohorts[1])
+    with pytest.raises(ValueError, match="holds partition 1, not partition-id=0"):
+        node.setup(rc, {"data-file": str(path), "partition-id": 0}, {"noise-multiplier": 1.25})
+
+
+def test_unreadable_node_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "node-0.npz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=f"node data file {bad}: not readable"):
+        load_node_data(str(bad))
