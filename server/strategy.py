@@ -110,7 +110,11 @@ class _DropDiscrepancyWarning(logging.Filter):
         return "differs from the number of sampled clients" not in str(record.msg)
 
 
-logging.getLogger("flwr").addFilter(_DropDiscrepancyWarning())
+def _quiet_dp_discrepancy() -> None:
+    """Install the filter once, when a strategy with a DP wrapper is built (not at import)."""
+    flwr_log = logging.getLogger("flwr")
+    if not any(isinstance(f, _DropDiscrepancyWarning) for f in flwr_log.filters):
+        flwr_log.addFilter(_DropDiscrepancyWarning())
 
 
 class SumOfUpdates(FedAvg):
@@ -202,6 +206,7 @@ class FedRecStrategy(FedAvg):
         self.n_users = n_users or n_nodes * cfg.users_per_node
         self.dp_wrapper: Strategy | None = None
         if cfg.user_level:
+            _quiet_dp_discrepancy()
             self.summer = SumOfUpdates(self._train_messages, self.keys)
             sigma, clip = cfg.user_noise_multiplier, cfg.user_clip
             if cfg.user_dp == "client":
@@ -344,9 +349,13 @@ class FedRecStrategy(FedAvg):
         """Flower's DP wrapper clips (server-side modes) and noises the sum; the mean
         over the expected users per round is what the server optimiser sees."""
         # Flower draws its noise from numpy's global generator: seed it per round so
-        # a resumed run repeats the same noise
+        # a resumed run repeats the same noise, and give the caller's generator back after
+        saved = np.random.get_state()
         np.random.seed(int(np.random.default_rng([self.cfg.seed, server_round, 13]).integers(2**31)))
-        noised, metrics = self.dp_wrapper.aggregate_train(server_round, replies)
+        try:
+            noised, metrics = self.dp_wrapper.aggregate_train(server_round, replies)
+        finally:
+            np.random.set_state(saved)
         if noised is None:
             return None, None
         expected = self.cfg.user_sample_rate * self.n_users

@@ -27,7 +27,11 @@ def test_user_level_run_reports_its_epsilon(tmp_path, mode, upn):
     cfg = FedConfig(data="synthetic:40x30:0", dim=4, users_per_node=upn, num_server_rounds=3, eval_every=3,
                     user_dp=mode, user_target_epsilon=8.0, user_clip=0.05, user_sample_rate=0.5, server_opt="sgd",
                     server_lr=1.0, out=str(tmp_path))
+    np.random.seed(1234)  # the caller's global generator: Flower's DP noise must not consume or reseed it
     simulate(cfg, num_cpus=2)
+    after = np.random.random()
+    np.random.seed(1234)
+    assert after == np.random.random()
     rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     sigma = cfg.resolved().user_noise_multiplier
     for r in rows:
