@@ -9,7 +9,8 @@ ClientApp (one ``flwr-clientapp`` process per message).  Per message:
 - importing torch and fedrec (a fixed cost of any torch ClientApp process);
 - fedrec's set-up: reading the node's data (its file, or the whole dataset), the
   mechanism (sent by the server, or calibrated again for ``--target-epsilon``),
-  building the model, loading the users' state;
+  building the model, loading the users' state ("setup MB": what it adds to the
+  process's resident memory after the imports);
 - the computation: one training round (interaction-level DP-SGD) and one
   evaluation (full ranking of all items for the node's users).
 
@@ -38,17 +39,24 @@ from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import init_global_params
 tI = time.perf_counter()
+def rss_mb():  # current resident memory (the peak is set by the imports)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+mI = rss_mb()
 rc, node_config, mechanism = json.loads(sys.argv[1])
 cfg, fed, p = node.setup(rc, node_config, mechanism)
 state = node.load_state({}, fed, p, cfg)
 params = init_global_params(cfg, fed)
 t2 = time.perf_counter()
+m2 = rss_mb()
 update, metrics, state = node.train_round(cfg, fed, p, state, global_params=params, server_round=1)
 t3 = time.perf_counter()
 node.evaluate_round(cfg, fed, p, state, global_params=params)
 t4 = time.perf_counter()
 print(json.dumps({"flower": t1 - t0, "imports": tI - t1, "setup": t2 - tI, "train": t3 - t2, "evaluate": t4 - t3,
-                  "users": int(len(state.users)), "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "users": int(len(state.users)), "setup_mb": m2 - mI,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -95,11 +103,11 @@ def main() -> None:
     print(f"\nper ClientApp message (median of {args.repeats} fresh processes), users-per-node "
           f"{args.users_per_node}, interaction-level DP at target epsilon {args.target_epsilon}:")
     print(f"{'data':<16} {'mode':<50} {'flower':>7} {'imports':>8} {'setup':>7} {'compute':>8} "
-          f"{'setup/compute':>13} {'peak MB':>8}")
+          f"{'setup/compute':>13} {'setup MB':>9} {'peak MB':>8}")
     for r in rows:
         comp = r["train"] + r["evaluate"]
         print(f"{Path(r['data']).name:<16} {r['mode']:<50} {r['flower']:7.2f} {r['imports']:8.2f} {r['setup']:7.2f} "
-              f"{comp:8.2f} {r['setup'] / comp:12.0%} {r['peak_mb']:8.0f}")
+              f"{comp:8.2f} {r['setup'] / comp:12.0%} {r['setup_mb']:9.1f} {r['peak_mb']:8.0f}")
     print("\nnode file: " + "; ".join(f"{Path(r['data']).name} {r['file_mb']:.2f} MB ({r['users']} users of "
                                       f"{r['n_users']})" for r in rows[::2]))
     out = Path("runs") / "bench-node-cost.json"

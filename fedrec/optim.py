@@ -3,6 +3,20 @@
 Pure functions over dicts of numpy arrays.  ``update`` is the aggregated client
 pseudo-gradient in the *ascent* direction (clients send ``-gradient`` or
 ``new - old``); ``sgd`` with ``lr=1`` is plain FedAvg.
+
+Why not Flower's ``FedAdam``/``FedYogi``/``FedAvgM`` (``flwr.serverapp.strategy``):
+those are strategies that average *and* step in one ``aggregate_train``.
+Flower's DP wrappers (``DifferentialPrivacy*Clipping``) wrap a strategy and add
+their Gaussian noise to what the wrapped strategy returns
+(``dp_fixed_clipping.py``: ``self.strategy.aggregate_train(...)`` then
+``_add_noise_to_aggregated_arrays``).  Wrapping ``FedAdam`` would put the noise
+*after* the optimiser: Adam's moments, and with them every later parameter,
+would be computed from the un-noised sum, which no epsilon covers.  fedrec wraps
+a plain sum (``SumOfUpdates``) with Flower's wrapper and applies this optimiser
+to the noised sum, so the optimiser is post-processing of the DP release.  The
+same step also serves item-wise scaling, frozen cold-item rows, the checkpoint
+of its moments on resume, and SecAgg+.  ``tests/test_strategy.py`` checks it
+against ``torch.optim.Adam``.
 """
 
 from __future__ import annotations

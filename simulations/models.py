@@ -27,10 +27,13 @@ __all__ = ["MODELS", "MODEL_PRESETS", "models_cells", "centralized_rows", "run_m
 MODELS = ("mf", "gmf", "mlp", "neumf", "two-tower")
 
 #: Non-private federated settings per model (ML-100K validation; MF: the project's tuned defaults).
+#: GMF and MLP: server lr 1e-2 and patience 10 were best on validation (seed 0: GMF valid NDCG@10
+#: 0.0694 against 0.0639 with the defaults; MLP 0.0604 against 0.0582); their validation curves
+#: plateau for more than 5 evaluations before improving again.
 MODEL_PRESETS: dict[str, dict] = {
     "mf": {},
-    "gmf": dict(dim=32),
-    "mlp": dict(dim=32),
+    "gmf": dict(dim=32, server_lr=1e-2, patience=10),
+    "mlp": dict(dim=32, server_lr=1e-2, patience=10),
     "neumf": dict(dim=32),
     "two-tower": dict(dim=64),
 }
