@@ -299,15 +299,14 @@ class DeviceRecommender:
     # --- privacy ----------------------------------------------------------
     def privacy_spent(self) -> dict:
         """Interaction-level epsilon spent so far: every DP step taken, the DP popularity
-        prior composed, by the accountant simulated nodes use (:func:`fedrec.node.user_epsilons`)."""
-        from fedrec import node
-        from fedrec.config import FedConfig
+        prior composed, by the mechanism object simulated nodes use
+        (:class:`fedrec.privacy.InteractionLevel`, through :func:`fedrec.node.user_epsilons`)."""
+        from fedrec.privacy.mechanisms import InteractionLevel
 
         mech = self.privacy or {}
         eps = 0.0
         if self.dp_steps:
-            cfg = FedConfig(**{k.replace("-", "_"): v for k, v in mech.items() if k != "steps-per-round"})
-            eps = float(node.user_epsilons(cfg, np.array([self.dp_steps]))[0])
+            eps = InteractionLevel(**{k: v for k, v in mech.items() if k != "unit"}).epsilon(self.dp_steps)
         return {"unit": "interaction-level", "epsilon": eps, "delta": mech.get("delta"), "steps": self.dp_steps,
                 "rounds": self.rounds, "mechanism": mech}
 
@@ -340,6 +339,7 @@ class DeviceRecommender:
 
 
 def _mechanism(cfg) -> dict:
-    """What a user's interaction-level accountant depends on (run-config keys)."""
-    return {"noise-multiplier": float(cfg.noise_multiplier), "sample-rate": float(cfg.sample_rate),
-            "delta": float(cfg.delta), "prior-noise": float(cfg.prior_noise)}
+    """The interaction-level mechanism a round runs under, as stored with the device's steps."""
+    from fedrec.privacy.mechanisms import InteractionLevel
+
+    return InteractionLevel.from_config(cfg).to_dict()

@@ -18,7 +18,7 @@ from fedrec.device import LocalState, load_local_state, save_local_state
 from fedrec.engine import train_cohort
 from fedrec.federation import Federation, federated_model, init_local_state, load_federation
 from fedrec.metrics.evaluate import evaluate
-from fedrec.privacy.accounting import epsilons_for_steps
+from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
@@ -228,8 +228,7 @@ def user_epsilons(cfg: FedConfig, steps: np.ndarray) -> np.ndarray:
     """Each user's interaction-level epsilon after ``steps`` DP-SGD steps, the DP
     popularity prior composed (Opacus RDP).  The one accountant of a node and of a
     device (:class:`fedrec.device.DeviceRecommender`)."""
-    return epsilons_for_steps(np.asarray(steps), noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate,
-                              delta=cfg.delta, extra=cfg.prior)
+    return InteractionLevel.from_config(cfg).epsilons(steps)
 
 
 def evaluate_round(

@@ -15,7 +15,7 @@ import shutil
 
 from fedrec.federation import federated_model, load_federation
 
-from fedrec.privacy.accounting import epsilon
+from fedrec.privacy.mechanisms import UserLevel
 from fedrec.privacy.prior import popularity_prior
 from fedrec.results import append_round, write_json, write_metrics
 from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
@@ -61,9 +61,7 @@ class RunLog:
         if self.cfg.user_level:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
-            row["user-epsilon"] = epsilon(noise_multiplier=self.cfg.user_noise_multiplier,
-                                          sample_rate=self.cfg.user_sample_rate, steps=server_round, delta=self.cfg.delta,
-                                          extra=self.cfg.prior)
+            row["user-epsilon"] = UserLevel.from_config(self.cfg).epsilon(server_round)
         if ev:
             row.update({k: v for k, v in ev.items()})
         self.last = now

@@ -125,7 +125,7 @@ def test_device_and_node_report_the_same_epsilon_with_the_prior(tmp_path):
     assert spent["steps"] == int(st.dp_steps[0]) == 6
     assert spent["epsilon"] == pytest.approx(m["epsilon"][0], rel=1e-12)
     assert spent["epsilon"] > epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=6, delta=1e-5)  # prior included
-    assert spent["mechanism"]["prior-noise"] == 2.0
+    assert spent["mechanism"]["prior_noise"] == 2.0 and spent["mechanism"]["unit"] == "interaction-level"
 
 
 def test_local_state_files_keep_recent_rounds_and_load_as_of_a_round(tmp_path):

@@ -97,3 +97,27 @@ def test_popularity_prior_tracks_popularity_and_has_unit_sensitivity():
     n = np.asarray(x.sum(axis=1)).ravel()
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) / np.sqrt(np.maximum(n, 1))
     assert np.allclose(norms[n > 0], 1.0)
+
+
+def test_mechanism_objects_account_with_opacus_and_compose_the_prior():
+    """The mechanisms as data: each unit's epsilon is Opacus's RDP over its releases,
+    the prior's one Gaussian release included; the config names which ones run."""
+    from opacus.accountants import RDPAccountant
+
+    from fedrec.config import FedConfig
+    from fedrec.privacy import InteractionLevel, UserLevel, mechanisms_of
+
+    def rdp(history):
+        acc = RDPAccountant()
+        acc.history = list(history)
+        return acc.get_epsilon(delta=1e-5)
+
+    il = InteractionLevel(noise_multiplier=1.1, sample_rate=0.3, max_grad_norm=1.0, delta=1e-5, prior_noise=4.0)
+    assert il.epsilon(20) == pytest.approx(rdp([(4.0, 1.0, 1), (1.1, 0.3, 20)]), rel=1e-12)
+    assert list(il.epsilons([0, 20])) == [pytest.approx(rdp([(4.0, 1.0, 1)])), pytest.approx(il.epsilon(20))]
+    ul = UserLevel(noise_multiplier=0.9, sample_rate=0.5, clip=0.1, delta=1e-5)
+    assert ul.epsilon(7) == pytest.approx(rdp([(0.9, 0.5, 7)]), rel=1e-12)
+    cfg = FedConfig(noise_multiplier=1.1, sample_rate=0.3, prior_noise=4.0, user_dp="client",
+                    user_noise_multiplier=0.9, user_sample_rate=0.5)
+    assert [m.unit for m in mechanisms_of(cfg)] == ["interaction-level", "user-level"]
+    assert mechanisms_of(cfg)[0] == il and mechanisms_of(FedConfig()) == []

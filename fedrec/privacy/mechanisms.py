@@ -1,0 +1,108 @@
+"""The privacy mechanisms of a run, as data: what is clipped, what is noised, how
+it is accounted, and in which unit.
+
+Every part of fedrec that reports, budgets or calibrates an epsilon asks these
+objects (the node and the device for each user's interaction-level epsilon and
+budget, the server for the user-level epsilon and the ``privacy`` section of
+``metrics.json``); the engine applies the same parameters (``LocalConfig``;
+Flower's DP wrappers for user-level noise).  The accountant is Opacus's
+(:mod:`fedrec.privacy.accounting`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fedrec.privacy.accounting import epsilons_for_steps
+from fedrec.privacy.prior import prior_mechanism
+
+__all__ = ["InteractionLevel", "UserLevel", "PopularityPrior", "mechanisms_of"]
+
+
+@dataclass(frozen=True)
+class PopularityPrior:
+    """One Gaussian release of every user's unit-norm item vector, before training:
+    sensitivity 1 in both units, so it composes into both units' epsilon."""
+
+    noise: float
+
+    @property
+    def releases(self) -> tuple:
+        return prior_mechanism(self.noise)
+
+
+@dataclass(frozen=True)
+class InteractionLevel:
+    """DP-SGD on each user's device: each sample (one interaction with its
+    negatives) clipped to ``max_grad_norm`` over every parameter it touches,
+    Gaussian noise of std ``noise_multiplier * max_grad_norm`` per coordinate of
+    the user's release, the samples Poisson-sampled at ``sample_rate`` per step.
+    Accounted per user over its own DP steps (the prior composed)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    max_grad_norm: float
+    delta: float
+    prior_noise: float = 0.0
+
+    unit = "interaction-level"
+    protects = "each single interaction (user, item) of a user"
+
+    @classmethod
+    def from_config(cls, cfg) -> "InteractionLevel":
+        return cls(float(cfg.noise_multiplier), float(cfg.sample_rate), float(cfg.max_grad_norm), float(cfg.delta),
+                   float(cfg.prior_noise))
+
+    def epsilons(self, steps) -> np.ndarray:
+        """Each user's epsilon after ``steps`` DP-SGD steps (an array of step counts)."""
+        return epsilons_for_steps(np.atleast_1d(np.asarray(steps)), noise_multiplier=self.noise_multiplier,
+                                  sample_rate=self.sample_rate, delta=self.delta,
+                                  extra=PopularityPrior(self.prior_noise).releases)
+
+    def epsilon(self, steps: int) -> float:
+        return float(self.epsilons([steps])[0])
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class UserLevel:
+    """DP-FedAvg: each user's whole release clipped to ``clip``, Gaussian noise of std
+    ``noise_multiplier * clip`` on the sum (Flower's DP wrappers), users
+    Poisson-sampled at ``sample_rate`` per round.  Accounted over rounds (the prior
+    composed); every round counts for every user."""
+
+    noise_multiplier: float
+    sample_rate: float
+    clip: float
+    delta: float
+    prior_noise: float = 0.0
+
+    unit = "user-level"
+    protects = "everything one user contributes (all of its interactions, every round)"
+
+    @classmethod
+    def from_config(cls, cfg) -> "UserLevel":
+        return cls(float(cfg.user_noise_multiplier), float(cfg.user_sample_rate), float(cfg.user_clip),
+                   float(cfg.delta), float(cfg.prior_noise))
+
+    def epsilon(self, rounds: int) -> float:
+        return float(epsilons_for_steps(np.array([rounds]), noise_multiplier=self.noise_multiplier,
+                                        sample_rate=self.sample_rate, delta=self.delta,
+                                        extra=PopularityPrior(self.prior_noise).releases)[0])
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, **asdict(self)}
+
+
+def mechanisms_of(cfg) -> list:
+    """The mechanisms a (resolved) config runs, in the order reports list them."""
+    out = []
+    if cfg.dp:
+        out.append(InteractionLevel.from_config(cfg))
+    if cfg.user_level:
+        out.append(UserLevel.from_config(cfg))
+    return out
