@@ -9,7 +9,7 @@ message-API apps (``clients/app.py``, ``server/app.py``).
 
 Usage::
 
-    .venv/bin/python -m server.secagg --data ml-100k --rounds 3
+    .venv/bin/python -m fedrec_app.server.secagg --data ml-100k --rounds 3
 
     from fedrec.config import FedConfig
     from fedrec_app.server.secagg import run_secagg, plain_aggregates
@@ -463,7 +463,7 @@ def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m server.secagg",
+        prog="python -m fedrec_app.server.secagg",
         description="Federated MF with Flower's SecAgg+ (the server sees only the sum of the node updates); "
                     "compares each round's aggregate with the plain weighted mean.",
     )

@@ -246,12 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("privacy", help="epsilon for a mechanism, or the noise for a target epsilon (no training)",
                        description="Opacus accountant for the Poisson-subsampled Gaussian mechanism.")
-    p.add_argument("--noise-multiplier", type=float, default=None)
-    p.add_argument("--target-epsilon", type=float, default=None)
+    p.add_argument("--noise-multiplier", type=float, default=None,
+                   help="noise std / clipping norm of each step: prints the epsilon it reaches")
+    p.add_argument("--target-epsilon", type=float, default=None,
+                   help="prints the smallest noise multiplier that stays within this epsilon")
     p.add_argument("--sample-rate", type=float, required=True, help="Poisson sampling rate per step")
     p.add_argument("--steps", type=int, required=True, help="number of steps (compositions)")
-    p.add_argument("--delta", type=float, default=1e-5)
-    p.add_argument("--accountant", default="rdp", choices=["rdp", "prv", "gdp"])
+    p.add_argument("--delta", type=float, default=1e-5, help="delta of the (epsilon, delta) guarantee (default 1e-5)")
+    p.add_argument("--accountant", default="rdp", choices=["rdp", "prv", "gdp"], help="Opacus accountant (default rdp)")
     p.add_argument("--unit", default="interaction", choices=["interaction", "user"],
                    help="what one step's sample is: an interaction (client DP-SGD) or a user (server-side)")
     p.set_defaults(func=cmd_privacy)
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=deploy.run)
 
     p = sub.add_parser("run-default", help="the main job: the default study (fedrec sweep default) on bundled ML-100K")
-    p.add_argument("--out", default="runs/default")
+    p.add_argument("--out", default="runs/default", help="study directory (default runs/default)")
     p.set_defaults(func=cmd_run_default)
     return parser
 

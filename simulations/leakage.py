@@ -678,9 +678,9 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m simulations.leakage --data ml-100k --out runs/leakage``."""
+    """Command line: ``python -m fedrec_app.simulations.leakage --data ml-100k --out runs/leakage``."""
     ap = argparse.ArgumentParser(
-        prog="python -m simulations.leakage",
+        prog="python -m fedrec_app.simulations.leakage",
         description="Measured privacy leakage of federated MF: update attacks of an honest-but-curious server "
         "under no protection, interaction-level DP, user-level DP and secure aggregation; membership inference "
         "on the final model; one-run DP audit (simulations.audit).",

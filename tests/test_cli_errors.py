@@ -117,3 +117,18 @@ def test_help_imports_neither_torch_nor_flower():
             "print(sorted(m for m in ('torch', 'flwr', 'opacus', 'ray') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from fedrec_app.simulations.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"fedrec {name} {'/'.join(a.option_strings) or a.dest}"
+               for name, p in sub.choices.items() for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert not missing, missing
+    rounds = next(a for a in sub.choices["simulate"]._actions if "--rounds" in a.option_strings)
+    assert rounds.metavar == "ROUNDS" and "NUM_SERVER_ROUNDS" not in sub.choices["simulate"].format_help()
