@@ -74,16 +74,22 @@ def test_works_from_a_saved_server_checkpoint_without_a_server(tmp_path):
         np.testing.assert_array_equal(got[k], p[k])
 
 
-def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path):
+def _node_and_device(tmp_path, **privacy):
+    """User 7 of a small federation (one user per node), its node state, and a device
+    holding the same user's training interactions."""
     cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
-                    budget_epsilon=6.0).resolved()
+                    **privacy).resolved()
     fed = load_federation(cfg)
     user = int(fed.cohorts[7][0])
-    params = init_global_params(cfg, fed)
     st = node.load_state({}, fed, 7, cfg)
     dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed)
-    np.testing.assert_array_equal(dev.train_emb, st.local["user"][0])
     dev.add_interactions(fed.split.train[user].indices)
+    return cfg, fed, user, init_global_params(cfg, fed), st, dev
+
+
+def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path):
+    cfg, fed, user, params, st, dev = _node_and_device(tmp_path, budget_epsilon=6.0)
+    np.testing.assert_array_equal(dev.train_emb, st.local["user"][0])
     # with the noise off, the release and the new embedding equal the simulated node's exactly
     nonoise = FedConfig(data=cfg.data, dim=4, users_per_node=1)
     up_node, _, st_node = node.train_round(nonoise, fed, 7, st, global_params=params, server_round=1)
@@ -110,14 +116,7 @@ def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path)
 def test_device_and_node_report_the_same_epsilon_with_the_prior(tmp_path):
     """A device and the simulated node that trained the same user report the same
     epsilon, the DP popularity prior composed (the device used to leave it out)."""
-    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
-                    prior_noise=2.0).resolved()
-    fed = load_federation(cfg)
-    user = int(fed.cohorts[7][0])
-    params = init_global_params(cfg, fed)
-    st = node.load_state({}, fed, 7, cfg)
-    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed)
-    dev.add_interactions(fed.split.train[user].indices)
+    cfg, fed, user, params, st, dev = _node_and_device(tmp_path, prior_noise=2.0)
     for r in (1, 2, 3):
         _, m, st = node.train_round(cfg, fed, 7, st, global_params=params, server_round=r)
         assert dev.train(params, cfg, server_round=r) is not None
