@@ -221,6 +221,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
         while _ours(tmp_path) and time.monotonic() - t0 < 30:
             time.sleep(0.2)
         stopped_in = time.monotonic() - t0
+        print(f"{how}: every process gone {stopped_in:.1f} s after the signal")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -228,7 +229,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
         left = _ours(tmp_path)
         _kill_ours(tmp_path)
     assert not left, left
-    assert stopped_in < 15, stopped_in  # the goal: within 10 s (measured, see the README)
+    assert stopped_in < 10, stopped_in  # the goal: within 10 s, under load (measured: see the README)
     assert not (set(_all_flower()) - before) & set(seen)
     assert not (out / "metrics.json").exists()
     if how == "sigkill":
