@@ -288,16 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Errors whose message is already the one line a user needs (it names the flag or file and the value).
+_SELF_EXPLAINING = ("ValueError", "FileNotFoundError", "DataFormatError", "CheckpointError", "UsageError",
+                    "RunDirError", "DeployError")
+
+
 def error_line(e: BaseException) -> str:
     """One line for an error: a bad config value names its flag and value."""
     from fedrec.config import ConfigError
 
+    first = str(e).splitlines()[0] if str(e) else ""
     if isinstance(e, ConfigError):
         return f"{config_flag(e.key)} {e.value}: {e.why}"
-    if isinstance(e, (ValueError, FileNotFoundError, OSError)) and type(e) in (ValueError, FileNotFoundError) or \
-            type(e).__name__ in ("DataFormatError", "CheckpointError", "UsageError", "RunDirError", "DeployError"):
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (FEDREC_DEBUG=1 shows the traceback)"
+    if type(e).__name__ in _SELF_EXPLAINING:
+        return first or type(e).__name__
+    return f"{type(e).__name__}: {first} (FEDREC_DEBUG=1 shows the traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:

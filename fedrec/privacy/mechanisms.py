@@ -57,12 +57,10 @@ class InteractionLevel:
 
     def epsilons(self, steps) -> np.ndarray:
         """Each user's epsilon after ``steps`` DP-SGD steps (an array of step counts)."""
-        return epsilons_for_steps(np.atleast_1d(np.asarray(steps)), noise_multiplier=self.noise_multiplier,
-                                  sample_rate=self.sample_rate, delta=self.delta,
-                                  extra=PopularityPrior(self.prior_noise).releases)
+        return _epsilons(self, steps)
 
     def epsilon(self, steps: int) -> float:
-        return float(self.epsilons([steps])[0])
+        return float(_epsilons(self, [steps])[0])
 
     def to_dict(self) -> dict:
         return {"unit": self.unit, **asdict(self)}
@@ -90,12 +88,18 @@ class UserLevel:
                    float(cfg.delta), float(cfg.prior_noise))
 
     def epsilon(self, rounds: int) -> float:
-        return float(epsilons_for_steps(np.array([rounds]), noise_multiplier=self.noise_multiplier,
-                                        sample_rate=self.sample_rate, delta=self.delta,
-                                        extra=PopularityPrior(self.prior_noise).releases)[0])
+        return float(_epsilons(self, [rounds])[0])
 
     def to_dict(self) -> dict:
         return {"unit": self.unit, **asdict(self)}
+
+
+def _epsilons(mech, counts) -> np.ndarray:
+    """Epsilon after each count of compositions of ``mech``'s subsampled Gaussian
+    release, its DP popularity prior composed (Opacus RDP)."""
+    return epsilons_for_steps(np.atleast_1d(np.asarray(counts)), noise_multiplier=mech.noise_multiplier,
+                              sample_rate=mech.sample_rate, delta=mech.delta,
+                              extra=PopularityPrior(mech.prior_noise).releases)
 
 
 def mechanisms_of(cfg) -> list:
