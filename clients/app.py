@@ -14,16 +14,18 @@ from flwr.clientapp import ClientApp
 
 from fedrec import node
 
-__all__ = ["app", "make_client_app", "stored_state", "state_record", "STATE_KEY"]
+__all__ = ["app", "make_client_app", "stored_state", "array_record", "STATE_KEY"]
 
 STATE_KEY = "fedrec-users"  # the users' local state in Flower's context state (no state-dir)
 
 
-def state_record(arrays: dict) -> ArrayRecord:
+def array_record(arrays: dict) -> ArrayRecord:
+    """A Flower ArrayRecord of a dict of numpy arrays (a reply's update, or the users' kept state)."""
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 def stored_state(context: Context) -> dict | None:
+    """The users' state kept in Flower's context state, as numpy arrays (None: none kept)."""
     if STATE_KEY not in context.state:
         return None
     a = context.state[STATE_KEY]
@@ -56,8 +58,8 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
         )
         kept = node.save_state(state, directory=directory, server_round=server_round)
         if kept is not None:
-            context.state[STATE_KEY] = state_record(kept)
-        content = RecordDict({"arrays": state_record(update), "metrics": MetricRecord(metrics)})
+            context.state[STATE_KEY] = array_record(kept)
+        content = RecordDict({"arrays": array_record(update), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @client.evaluate()

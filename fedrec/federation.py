@@ -122,6 +122,10 @@ def item_features(ds: Dataset) -> np.ndarray:
     return (f / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
+#: The user-activity groups, lightest first (:func:`activity_groups`).
+ACTIVITY_GROUPS = ("light", "medium", "heavy")
+
+
 def activity_groups(split: Split) -> np.ndarray:
     """Each user's activity group by training interactions: ``light`` (bottom
     third of users with training data), ``medium``, ``heavy`` (top third)."""
@@ -157,7 +161,8 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
     ds, split = fed.dataset, fed.split
     popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
     groups = activity_groups(split)
-    codes = np.select([groups == "light", groups == "medium"], [0, 1], 2).astype(np.int8)
+    codes = np.select([groups == g for g in ACTIVITY_GROUPS[:-1]], range(len(ACTIVITY_GROUPS) - 1),
+                      len(ACTIVITY_GROUPS) - 1).astype(np.int8)
     paths = []
     for p in (range(fed.n_nodes) if partitions is None else partitions):
         users = np.asarray(fed.cohorts[p], dtype=np.int64)
@@ -187,7 +192,6 @@ def load_node_data(path: str) -> tuple[Federation, int]:
     """A node's view of the federation from its file (:func:`write_node_data`):
     ``(federation, partition)``.  Its matrices have every user's row, but only the
     node's users' rows hold data; the other cohorts are empty."""
-    import dataclasses
     from pathlib import Path
 
     import scipy.sparse as sp
@@ -206,7 +210,7 @@ def load_node_data(path: str) -> tuple[Federation, int]:
         indptr_own, indices = a[f"{stage}/indptr"], a[f"{stage}/indices"]
         counts = np.zeros(n_users, dtype=np.int64)
         counts[users] = np.diff(indptr_own)
-        order = np.argsort(users, kind="stable")  # rows in user order
+        order = np.argsort(users, kind="stable")  # rows in user order, each row's columns as written
         idx = np.concatenate([indices[indptr_own[j]:indptr_own[j + 1]] for j in order]) if len(users) else \
             np.zeros(0, np.int32)
         indptr = np.concatenate([[0], np.cumsum(counts)])
@@ -222,6 +226,6 @@ def load_node_data(path: str) -> tuple[Federation, int]:
     cohorts = tuple(users if q == p else empty for q in range(n_nodes))
     fed = Federation(ds, split, cohorts)
     groups = np.full(n_users, "", dtype=object)
-    groups[users] = np.array(["light", "medium", "heavy"], dtype=object)[a["group_codes"]]
+    groups[users] = np.array(ACTIVITY_GROUPS, dtype=object)[a["group_codes"]]
     object.__setattr__(fed, "_node_eval", {"popularity": a["item_popularity"], "groups": groups})
     return fed, p

@@ -114,7 +114,7 @@ from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import federated_model, load_federation
 from fedrec.optim import OptState, server_step
-from fedrec_app.clients.app import STATE_KEY, state_record, stored_state
+from fedrec_app.clients.app import STATE_KEY, array_record, stored_state
 from fedrec_app.server.strategy import itemwise_scale
 
 __all__ = [
@@ -206,7 +206,7 @@ class SecAggNodeClient(NumPyClient):
             self.cfg, self.fed, self.partition, state,
             global_params=self._params(parameters), server_round=int(config["server-round"]),
         )
-        self.ctx.state[STATE_KEY] = state_record(node.save_state(state))
+        self.ctx.state[STATE_KEY] = array_record(node.save_state(state))
         n = int(metrics["num-examples"])
         arrays = _update_list(update)
         # what SecAgg+ would clip: |w * x| > C with w = n / max_weight
