@@ -1,7 +1,9 @@
 """fedrec ClientApp: one Flower node hosts one user (or a cohort of users).
 
 Handlers are thin: read the config, call :mod:`fedrec.node` (pure functions),
-reply.  Users' embeddings and privacy accounting (:class:`fedrec.device.LocalState`)
+reply.  With ``secure-aggregation`` the server drives Flower's SecAgg+ workflow,
+which speaks Flower's legacy encoding (``fitins``/``fitres``): the same handlers
+answer it, and Flower's ``secaggplus_mod`` masks the reply (:func:`secure_aggregation_mod`).  Users' embeddings and privacy accounting (:class:`fedrec.device.LocalState`)
 are kept on the node — in files under ``state-dir`` (so they survive a SuperNode
 restart and a server resume) or in ``context.state`` — and never appear in a reply.
 """
@@ -9,12 +11,14 @@ restart and a server resume) or in ``context.state`` — and never appear in a r
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec import node
 
-__all__ = ["app", "make_client_app", "stored_state", "array_record", "STATE_KEY"]
+__all__ = ["app", "make_client_app", "stored_state", "array_record", "secure_aggregation_mod", "STATE_KEY"]
+
+SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 
 STATE_KEY = "fedrec-users"  # the users' local state in Flower's context state (no state-dir)
 
@@ -32,12 +36,64 @@ def stored_state(context: Context) -> dict | None:
     return {k: a[k].numpy() for k in a.keys()}
 
 
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's ``secaggplus_mod`` for the messages of a SecAgg+ round; every other
+    message goes straight to the handlers."""
+    if msg.metadata.message_type == MessageType.TRAIN and SECAGG_CONFIGS in msg.content.config_records:
+        from flwr.client.mod import secaggplus_mod
+
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def _read(msg: Message) -> tuple[dict, dict[str, np.ndarray]]:
+    """The config and the global parameters of a message, in either encoding: fedrec's
+    (``config``, ``arrays``) or Flower's legacy one (``fitins.*``/``evaluateins.*``, sent by
+    the SecAgg+ workflow; the parameters' names come in the config's ``param-keys``)."""
+    legacy = next((p for p in ("fitins", "evaluateins") if f"{p}.config" in msg.content.config_records), None)
+    if legacy is None:
+        return dict(msg.content["config"]), {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    ins = (compat.recorddict_to_fitins(msg.content, keep_input=True) if legacy == "fitins"
+           else compat.recorddict_to_evaluateins(msg.content, keep_input=True))
+    config = dict(ins.config)
+    config["legacy"] = True
+    return config, dict(zip(str(config["param-keys"]).split(","), parameters_to_ndarrays(ins.parameters)))
+
+
+def _legacy_train_reply(msg: Message, update: dict[str, np.ndarray], metrics: dict, config: dict) -> Message:
+    """A train reply in Flower's legacy encoding (what ``secaggplus_mod`` masks): the update
+    in float64 (float32 cannot resolve a quantisation step of 2C/Q), lists as bytes."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    arrays = [np.asarray(update[k], dtype=np.float64) for k in update]
+    n = int(metrics["num-examples"])
+    # what SecAgg+ would clip: |w * x| > C with w = n / max-weight (Flower clips silently)
+    w, clip = n / float(config["secagg-max-weight"]), float(config["secagg-clip"])
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and k != "num-examples"}
+    scalars["epsilon"] = np.asarray(metrics.get("epsilon", []), dtype=np.float64).tobytes()
+    scalars["secagg-clipped"] = int(sum(int((np.abs(w * a) > clip).sum()) for a in arrays))
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, scalars)
+    return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+
+
+def _legacy_evaluate_reply(msg: Message, metrics: dict) -> Message:
+    from flwr.common import Code, EvaluateRes, Status
+    from flwr.compat.common import recorddict_compat as compat
+
+    scalars = {k: (np.asarray(v, dtype=np.int64).tobytes() if isinstance(v, list) else v) for k, v in metrics.items()}
+    res = EvaluateRes(Status(Code.OK, ""), 0.0, int(metrics.get("test-count", 0)), scalars)
+    return Message(content=compat.evaluateres_to_recorddict(res), reply_to=msg)
+
+
 def make_client_app(run_config: dict | None = None) -> ClientApp:
     """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none)."""
-    client = ClientApp()
+    client = ClientApp(mods=[secure_aggregation_mod])
 
-    def _setup(context: Context, msg: Message):
-        config = msg.content["config"]
+    def _setup(context: Context, config: dict):
         mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
         cfg, fed, partition = node.setup(run_config if run_config is not None else context.run_config,
                                          context.node_config, mechanism)
@@ -45,32 +101,32 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg, fed, partition, directory = _setup(context, msg)
-        server_round = int(msg.content["config"]["server-round"])
+        config, global_params = _read(msg)
+        cfg, fed, partition, directory = _setup(context, config)
+        server_round = int(config["server-round"])
         node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
         # the state as of the previous round (a resumed server repeats rounds)
         state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory,
                                 at_most_round=server_round - 1)
-        update, metrics, state = node.train_round(
-            cfg, fed, partition, state,
-            global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},
-            server_round=server_round,
-        )
+        update, metrics, state = node.train_round(cfg, fed, partition, state, global_params=global_params,
+                                                  server_round=server_round)
         kept = node.save_state(state, directory=directory, server_round=server_round)
         if kept is not None:
             context.state[STATE_KEY] = array_record(kept)
+        if config.get("legacy"):
+            return _legacy_train_reply(msg, update, metrics, config)
         content = RecordDict({"arrays": array_record(update), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg, fed, partition, directory = _setup(context, msg)
-        server_round = int(msg.content["config"]["server-round"])
+        config, global_params = _read(msg)
+        cfg, fed, partition, directory = _setup(context, config)
+        server_round = int(config["server-round"])
         state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory, at_most_round=server_round)
-        metrics = node.evaluate_round(
-            cfg, fed, partition, state,
-            global_params={k: v.numpy() for k, v in msg.content["arrays"].items()},
-        )
+        metrics = node.evaluate_round(cfg, fed, partition, state, global_params=global_params)
+        if config.get("legacy"):
+            return _legacy_evaluate_reply(msg, metrics)
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
     return client

@@ -112,6 +112,16 @@ class FedConfig:
     beta1: float = _opt(0.9, "server", "first-moment decay of adam/yogi")
     beta2: float = _opt(0.999, "server", "second-moment decay of adam/yogi")
     server_eps: float = _opt(1e-8, "server", "epsilon of adam/yogi (numerical, not privacy)")
+    secure_aggregation: bool = _opt(False, "server", "sum the nodes' updates with Flower's SecAgg+: the server sees "
+                                    "only each round's sum (2+ nodes per round; not with user-level DP)")
+    secagg_clip: float = _opt(1.0, "server", "SecAgg+: each node's weighted update is clipped to [-C, C] before "
+                              "quantisation (nodes count the values that would be; the run warns)")
+    secagg_quantization: int = _opt(0, "server", "SecAgg+: quantisation range (0: the largest power of two whose "
+                                    "sum over the nodes cannot wrap around the modulus)")
+    secagg_shares: float = _opt(1.0, "server", "SecAgg+: neighbours of each node (<= 1: a fraction of the sampled "
+                                "nodes; 1: every node, plain SecAgg)")
+    secagg_threshold: float = _opt(0.67, "server", "SecAgg+: shares that reconstruct a secret (<= 1: a fraction of "
+                                   "the shares)")
     # fault tolerance
     min_replies: int = _opt(1, "fault tolerance", "fewer contributing replies leave the round's parameters unchanged")
     round_timeout: float = _opt(600.0, "fault tolerance", "seconds the server waits for replies")
@@ -187,6 +197,14 @@ class FedConfig:
                 bad(key, "must be in [0, 1)")
         if self.cold_items > 0 and not feature_aware:
             bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
+        if self.secure_aggregation and self.user_dp != "off":
+            bad("secure_aggregation", "SecAgg+ hides single replies, which user-level DP clips on the server or "
+                "sums with the current parameters: use interaction-level DP with secure aggregation")
+        for key in ("secagg_clip", "secagg_shares", "secagg_threshold"):
+            if not getattr(self, key) > 0:
+                bad(key, "must be > 0")
+        if self.secagg_quantization < 0:
+            bad("secagg_quantization", "must be >= 0 (0: automatic)")
         if self.aggregation == "itemwise" and self.dp:
             bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:

@@ -19,7 +19,7 @@ def make_server_app(run_config: dict | None = None, results: list | None = None)
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         rc = run_config if run_config is not None else dict(context.run_config)
-        summary = run_server(grid, FedConfig.from_run_config(rc).resolved())
+        summary = run_server(grid, FedConfig.from_run_config(rc).resolved(), context)
         if results is not None:
             results.append(summary)
 

@@ -33,12 +33,12 @@ def config_fingerprint(cfg: FedConfig) -> str:
     return hashlib.sha256(json.dumps(_meaningful(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, params: dict, strategy, best: dict | None,
+def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, params: dict, opt_state, best: dict | None,
                     extra: dict | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {f"param/{k}": v for k, v in params.items()}
-    st = strategy.opt_state
+    st = opt_state
     arrays.update({f"m/{k}": v for k, v in st.m.items()})
     arrays.update({f"v/{k}": v for k, v in st.v.items()})
     meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "config": _meaningful(cfg),

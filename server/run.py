@@ -5,21 +5,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import json
+import shutil
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig
-import json
-import shutil
-
 from fedrec.federation import federated_model, load_federation
-
+from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import UserLevel
 from fedrec.privacy.prior import popularity_prior
 from fedrec.results import append_round, write_json, write_metrics
 from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
-from fedrec.optim import OptState
 from fedrec_app.server.strategy import FedRecStrategy
 
 __all__ = ["run_server", "RunLog", "EarlyStop"]
@@ -34,10 +33,12 @@ def _say(msg: str) -> None:
 
 
 class RunLog:
-    """Collects per-round rows, prints progress, tracks the best round on validation."""
+    """Collects per-round rows, prints progress, tracks the best round on validation,
+    checkpoints.  ``server`` is the composed strategy (:class:`FedRecStrategy`, or the
+    SecAgg+ one): its ``record``, ``offset``, ``optimizer.state`` and ``user_dp`` are read."""
 
-    def __init__(self, cfg: FedConfig, strategy: FedRecStrategy):
-        self.cfg, self.strategy = cfg, strategy
+    def __init__(self, cfg: FedConfig, server):
+        self.cfg, self.server = cfg, server
         self.t0 = time.perf_counter()
         self.last = self.t0
         self.rows: list[dict] = []
@@ -50,12 +51,13 @@ class RunLog:
         """Flower's ``evaluate_fn`` hook: called after every round (and before round 1)."""
         if server_round == 0:
             return None
-        server_round += self.strategy.round_offset
+        server_round += self.server.offset
+        record = self.server.record
         now = time.perf_counter()
-        res = self.strategy.result_train.get(server_round)
-        ev = self.strategy.result_eval.get(server_round)
+        res = record.train.get(server_round)
+        ev = record.evaluation.get(server_round)
         row = {"round": server_round, "seconds": round(now - self.last, 4), "elapsed": round(now - self.t0, 3)}
-        row.update(self.strategy.round_info.get(server_round, {}))
+        row.update(record.round_info.get(server_round, {}))
         if res:
             row.update({k: v for k, v in res.items()})
         if self.cfg.user_level:
@@ -90,10 +92,11 @@ class RunLog:
         _say(msg)
         if self.out:
             append_round(self.out, row)
-            extra = {"user_clip": self.strategy.dp_wrapper.clipping_norm} if self.strategy.dp_wrapper is not None else {}
+            user_dp = getattr(self.server, "user_dp", None)
+            extra = {"user_clip": user_dp.clipping_norm} if user_dp is not None else {}
             extra["since_best"] = self.since_best
             save_checkpoint(self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
-                            params={k: v.numpy() for k, v in arrays.items()}, strategy=self.strategy,
+                            params={k: v.numpy() for k, v in arrays.items()}, opt_state=self.server.optimizer.state,
                             best=self.best, extra=extra)
         if ev and self.cfg.patience and self.since_best >= self.cfg.patience:
             self.stopped_early = True
@@ -101,20 +104,53 @@ class RunLog:
         return None
 
 
-def run_server(grid: Grid, cfg: FedConfig) -> dict:
+def _strategy(cfg: FedConfig, fed, model, shapes: dict):
+    """The composed server for ``cfg``: :class:`FedRecStrategy`, or with
+    ``secure-aggregation`` the same pieces behind Flower's SecAgg+ workflow."""
+    if not cfg.secure_aggregation:
+        return FedRecStrategy(cfg, shapes=shapes, n_nodes=fed.n_nodes, n_users=fed.n_users,
+                              item_tables=model.item_tables, cold_items=fed.split.cold_items)
+    from fedrec_app.server.secure import SecureAggregation
+
+    if fed.n_nodes < 2:
+        raise ValueError(f"secure-aggregation needs at least 2 nodes; {cfg.data!r} with users-per-node="
+                         f"{cfg.users_per_node} gives {fed.n_nodes}")
+    return SecureAggregation(cfg, shapes=shapes, n_nodes=fed.n_nodes, max_weight=max(len(c) for c in fed.cohorts),
+                             item_tables=model.item_tables, cold_items=fed.split.cold_items, stop=EarlyStop)
+
+
+def _run_secure(grid: Grid, context, cfg: FedConfig, strategy, params: dict, num_rounds: int) -> None:
+    """The rounds through Flower's legacy workflow with SecAgg+ as its fit workflow."""
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.workflow import DefaultWorkflow
+
+    from fedrec_app.server.secure import secagg_workflow
+
+    strategy.initial = params
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds, round_timeout=cfg.round_timeout),
+                           strategy=strategy)
+    DefaultWorkflow(fit_workflow=secagg_workflow(cfg, n_nodes=strategy.n_nodes, max_weight=strategy.max_weight))(
+        grid, legacy)
+    if strategy.stopped:
+        raise EarlyStop(strategy.stopped)
+
+
+def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; write the run directory.
 
     With ``cfg.resume`` and a checkpoint in ``OUT/checkpoint`` the run continues
     after the checkpoint's round (parameters, optimiser state, best round and
     the per-round log as they were then); a checkpoint of another configuration
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
+    ``context`` (the ServerApp's) is needed with ``secure-aggregation``.
     """
     fed = load_federation(cfg)
     model = federated_model(cfg, fed)
     params = model.global_params()
-    strategy = FedRecStrategy(cfg, shapes={k: v.shape for k, v in params.items()}, n_nodes=fed.n_nodes,
-                              n_users=fed.n_users, item_tables=model.item_tables, cold_items=fed.split.cold_items)
+    strategy = _strategy(cfg, fed, model, {k: v.shape for k, v in params.items()})
     log = RunLog(cfg, strategy)
+    if cfg.secure_aggregation:
+        strategy.on_round = log
     start = 0
     if log.out:
         log.out.mkdir(parents=True, exist_ok=True)
@@ -123,10 +159,10 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
             ck = load_checkpoint(ck_dir, cfg)
             start = int(ck["round"])
             params = {k: v.astype(np.float32) for k, v in ck["param"].items()}
-            strategy.opt_state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
-            strategy.round_offset = start
-            if strategy.dp_wrapper is not None and "user_clip" in ck.get("extra", {}):
-                strategy.dp_wrapper.clipping_norm = float(ck["extra"]["user_clip"])
+            strategy.optimizer.state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
+            strategy.offset = start
+            if strategy.user_dp is not None and "user_clip" in ck.get("extra", {}):
+                strategy.user_dp.clipping_norm = float(ck["extra"]["user_clip"])
             log.best = ck["best"]
             log.since_best = int(ck.get("extra", {}).get("since_best", 0))
             log.rows = _rows_up_to(log.out, start)
@@ -146,6 +182,8 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
     privacy = []
     if cfg.dp:
         privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}")
+    if cfg.secure_aggregation:
+        privacy.append(f"SecAgg+ (the server sees only each round's sum; clip {cfg.secagg_clip})")
     if cfg.user_level:
         privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} clip {cfg.user_clip} "
                        f"user sample rate {cfg.user_sample_rate}")
@@ -153,13 +191,16 @@ def run_server(grid: Grid, cfg: FedConfig) -> dict:
          f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
     if start < cfg.num_server_rounds and not (cfg.patience and log.since_best >= cfg.patience):
         try:
-            strategy.start(
-                grid=grid,
-                initial_arrays=ArrayRecord({k: Array(v) for k, v in params.items()}),
-                num_rounds=cfg.num_server_rounds - start,
-                timeout=cfg.round_timeout,
-                evaluate_fn=log,
-            )
+            if cfg.secure_aggregation:
+                _run_secure(grid, context, cfg, strategy, params, cfg.num_server_rounds - start)
+            else:
+                strategy.start(
+                    grid=grid,
+                    initial_arrays=ArrayRecord({k: Array(v) for k, v in params.items()}),
+                    num_rounds=cfg.num_server_rounds - start,
+                    timeout=cfg.round_timeout,
+                    evaluate_fn=log,
+                )
         except EarlyStop as e:
             _say(f"stopped early after round {log.rows[-1]['round']}: {e}")
     summary = summarize(cfg, log)
@@ -244,7 +285,7 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         "valid": valid,
         "test": test,
         "seconds": time.perf_counter() - log.t0,
-        "rejected": len(log.strategy.rejected),
+        "rejected": len(log.server.record.rejected),
         "failed": int(sum(r.get("failed", 0) for r in log.rows)),
         "declined": int(sum(r.get("declined", 0) for r in log.rows)),
         "privacy": privacy,

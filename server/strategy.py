@@ -1,11 +1,26 @@
-"""fedrec's strategy: Flower FedAvg over the global (item) parameters only,
-followed by a server optimiser.
+"""fedrec's server, composed the way Flower composes strategies.
+
+Each piece is small and does one thing; :class:`FedRecStrategy` stacks them::
+
+    Resumed                              the resume offset: every piece below sees absolute rounds
+     └ ServerOptimizer                   freeze held-out items' rows, then FedOpt (fedrec.optim)
+        └ ValidReplies                   drop error and malformed replies, min-replies, bookkeeping
+           └ MeanOfUpdates               Flower FedAvg of the nodes' mean updates (item-wise: per row)
+             or UserLevelMean            (user-level DP) mean over the expected users of ...
+                 └ Flower's DifferentialPrivacy*Clipping   ... the noised sum of ...
+                    └ SumOfUpdates       ... the users' (clipped) updates
+
+Every piece writes what it saw into one :class:`RunRecord` (round information,
+train and evaluation metrics, rejected replies): the run log reads that, and
+nothing else.  The message-building base, :class:`NodeMessages`, is Flower's
+``FedAvg`` with fedrec's seeded node sampling, the mechanism in every message's
+config and exact evaluation means.  Secure aggregation (``secure-aggregation``)
+runs the same :class:`ServerOptimizer`, :class:`RunRecord`, sampling and
+evaluation behind Flower's SecAgg+ workflow (:mod:`fedrec_app.server.secure`).
 
 Clients reply with a pseudo-gradient of the global parameters (never their user
-embedding), ``num-examples`` (the number of users the node trained: every user
-weighs the same) and their metrics.  ``aggregate_train`` rejects malformed
-replies, lets :class:`flwr.serverapp.strategy.FedAvg` average the rest, turns
-item-wise averaging on where asked, and applies the server optimiser.
+state), ``num-examples`` (the users the node trained: every user weighs the
+same) and their metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ import math
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from logging import WARNING
 
 import numpy as np
@@ -32,9 +48,27 @@ from flwr.serverapp.strategy import (
 from fedrec.config import FedConfig
 from fedrec.optim import OptState, server_step
 
-__all__ = ["FedRecStrategy", "SumOfUpdates", "validate_reply", "aggregate_train_metrics", "itemwise_scale"]
+__all__ = [
+    "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "SumOfUpdates", "UserLevelMean", "ValidReplies",
+    "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "aggregate_train_metrics", "itemwise_scale",
+    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "COUNTS_KEY",
+]
 
 COUNTS_KEY = "item_counts"
+
+
+# --------------------------------------------------------------------------- pure pieces
+def validate_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> str | None:
+    """Why these arrays cannot be an update (keys, shapes, non-finite values), or ``None``."""
+    if set(arrays) != set(expected):
+        return f"array keys {sorted(arrays)} != expected {sorted(expected)}"
+    for k, shape in expected.items():
+        a = arrays[k]
+        if tuple(a.shape) != shape:
+            return f"array {k!r} has shape {tuple(a.shape)}, expected {shape}"
+        if not np.isfinite(a).all():
+            return f"array {k!r} has non-finite values"
+    return None
 
 
 def validate_reply(content: RecordDict, expected: dict[str, tuple[int, ...]], max_examples: int,
@@ -49,15 +83,14 @@ def validate_reply(content: RecordDict, expected: dict[str, tuple[int, ...]], ma
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
         return "expected exactly one ArrayRecord and one MetricRecord"
     arrays = next(iter(content.array_records.values()))
-    if set(arrays.keys()) != set(expected):
-        return f"array keys {sorted(arrays.keys())} != expected {sorted(expected)}"
-    for k, shape in expected.items():
-        a = arrays[k].numpy()
-        if tuple(a.shape) != shape:
-            return f"array {k!r} has shape {tuple(a.shape)}, expected {shape}"
-        if not np.isfinite(a).all():
-            return f"array {k!r} has non-finite values"
-    metrics = next(iter(content.metric_records.values()))
+    reason = validate_arrays({k: arrays[k].numpy() for k in arrays.keys()}, expected)
+    if reason:
+        return reason
+    return validate_metrics(dict(next(iter(content.metric_records.values()))), max_examples, min_examples)
+
+
+def validate_metrics(metrics: dict, max_examples: int, min_examples: int = 1) -> str | None:
+    """Why a reply's train metrics are unusable (``num-examples``, ``train-loss``), or ``None``."""
     n = metrics.get("num-examples")
     if not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n) or n != int(n) \
             or n < min_examples or n > max_examples:
@@ -75,13 +108,14 @@ def itemwise_scale(update: dict[str, np.ndarray], frac: np.ndarray, item_tables)
     return {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in item_tables else v for k, v in update.items()}
 
 
-def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Combine train metrics: user-weighted mean loss, node and user counts, and the
-    exact distribution of per-user epsilons (nodes send the list of their users')."""
+def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: str = "num-examples") -> MetricRecord:
+    """Combine train metrics (RecordDicts or plain dicts): user-weighted mean loss, node
+    and user counts, and the exact distribution of per-user epsilons (nodes send the list
+    of their users')."""
     loss = users = declined = 0.0
     eps: list[float] = []
     for r in records:
-        m = next(iter(r.metric_records.values()))
+        m = next(iter(r.metric_records.values())) if isinstance(r, RecordDict) else r
         n = float(m[weight_key])
         users += n
         loss += n * float(m["train-loss"])
@@ -94,6 +128,72 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
     return MetricRecord(out)
 
 
+def sample_nodes(seed: int, server_round: int, node_ids: Iterable[int], fraction: float) -> list[int]:
+    """Seeded, reproducible sample of ``fraction`` of the nodes for a round (at least one)."""
+    node_ids = sorted(node_ids)
+    k = max(1, int(round(fraction * len(node_ids))))
+    if k >= len(node_ids):
+        return node_ids
+    rng = np.random.default_rng([seed, server_round, 7])
+    return sorted(rng.choice(node_ids, size=k, replace=False).tolist())
+
+
+def mechanism_config(cfg: FedConfig) -> dict[str, float]:
+    """The privacy mechanism as resolved once by the server (noise multipliers
+    calibrated for the planned rounds), sent with every message so that nodes
+    never calibrate: ``mechanism/<run-config key>``."""
+    return {f"mechanism/{k}": float(getattr(cfg, k.replace("-", "_"))) for k in ("noise-multiplier", "user-noise-multiplier")}
+
+
+def is_eval_round(cfg: FedConfig, server_round: int) -> bool:
+    """Whether nodes evaluate after ``server_round`` (absolute round)."""
+    if cfg.eval_every == 0:  # evaluation off: nodes release no metrics
+        return False
+    return server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds
+
+
+def evaluation_means(replies: Iterable[dict]) -> dict[str, float] | None:
+    """Exact means over users from the nodes' evaluation replies: the nodes' metric sums
+    divided by each stage's user count (``<stage>-count``); coverage from the summed
+    top-10 counts (``test-topk``).  ``None`` when no reply carried a metric."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    topk = None
+    for m in replies:
+        for k, v in m.items():
+            if k.endswith("-count"):
+                counts[k[: -len("-count")]] = counts.get(k[: -len("-count")], 0) + int(v)
+            elif k == "test-topk":
+                v = np.asarray(v, dtype=np.int64)
+                topk = v if topk is None else topk + v
+            elif "/" in k:
+                sums[k] = sums.get(k, 0.0) + float(v)
+    if not sums:
+        return None
+    out = {k: v / max(1, counts.get(k.split("/")[0], 0)) for k, v in sums.items()}
+    out.update({f"{s}-users": float(c) for s, c in counts.items()})
+    if topk is not None and len(topk):
+        out["test/coverage@10"] = float((topk > 0).mean())
+    return out
+
+
+def wait_for_nodes(get_node_ids, n_nodes: int, timeout: float = 120.0) -> list[int]:
+    """Node ids once ``n_nodes`` are connected, or those connected when their number has
+    been stable for 10 s (a smaller federation: users are spread over them) or after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last, stable_since = -1, time.monotonic()
+    while len(ids := list(get_node_ids())) < n_nodes and time.monotonic() < deadline:
+        if len(ids) != last:
+            last, stable_since = len(ids), time.monotonic()
+        elif ids and time.monotonic() - stable_since > 10.0:
+            log(WARNING, "%d nodes connected (expected %d): users are spread over them", len(ids), n_nodes)
+            break
+        time.sleep(0.05)
+    if len(ids) < n_nodes and time.monotonic() >= deadline:
+        log(WARNING, "only %d of %d nodes connected after %.0fs", len(ids), n_nodes, timeout)
+    return sorted(ids)
+
+
 def _crash_point(server_round: int) -> None:
     """Fault injection for tests: ``FEDREC_CRASH_AT_ROUND=N`` kills the server process
     (no cleanup, like SIGKILL) when round N's replies arrive — after the nodes have
@@ -102,10 +202,141 @@ def _crash_point(server_round: int) -> None:
         os._exit(70)
 
 
+@dataclass
+class RunRecord:
+    """What the server saw, per absolute round: what the run log, the checkpoint and
+    the report read.  ``rejected``: (round, node, reason) of every dropped reply."""
+
+    round_info: dict[int, dict] = field(default_factory=dict)
+    train: dict[int, dict] = field(default_factory=dict)
+    evaluation: dict[int, dict] = field(default_factory=dict)
+    rejected: list[tuple[int, int, str]] = field(default_factory=list)
+    n_nodes: int = 0  # nodes connected (a deployment may start fewer than planned)
+
+    def info(self, server_round: int) -> dict:
+        return self.round_info.setdefault(server_round, {})
+
+
+# --------------------------------------------------------------------------- strategies
+class NodeMessages(FedAvg):
+    """Flower's FedAvg with fedrec's messages: seeded node sampling, ``server-round`` and
+    the resolved mechanism in every config, evaluation every ``eval-every`` rounds on
+    every node, exact evaluation means.  ``aggregate_train`` is FedAvg's weighted mean."""
+
+    def __init__(self, cfg: FedConfig, record: RunRecord, *, n_nodes: int):
+        super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=1.0, min_train_nodes=1,
+                         min_evaluate_nodes=n_nodes, min_available_nodes=n_nodes,
+                         train_metrics_aggr_fn=aggregate_train_metrics)
+        self.cfg, self.record = cfg, record
+        record.n_nodes = n_nodes
+        self.current: dict[str, np.ndarray] | None = None  # the parameters sent this round
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, node_ids: list[int],
+                  kind: str) -> list[Message]:
+        config["server-round"] = server_round
+        config.update(mechanism_config(self.cfg))
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return list(self._construct_messages(record, node_ids, kind))
+
+    def _nodes(self, grid: Grid) -> list[int]:
+        ids = wait_for_nodes(grid.get_node_ids, self.record.n_nodes)
+        self.record.n_nodes = len(ids) or self.record.n_nodes
+        return ids
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self.current = {k: v.numpy() for k, v in arrays.items()}
+        chosen = sample_nodes(self.cfg.seed, server_round, self._nodes(grid), self.cfg.fraction_train)
+        self.record.info(server_round)["sent"] = len(chosen)
+        return self._messages(server_round, arrays, config, chosen, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        if not is_eval_round(self.cfg, server_round):
+            return []
+        return self._messages(server_round, arrays, config, self._nodes(grid), MessageType.EVALUATE)
+
+    def aggregate_evaluate(self, server_round, replies):
+        metrics = []
+        for msg in replies:
+            if msg.has_error():
+                log(WARNING, "round %d: evaluation error from node %s: %s", server_round,
+                    msg.metadata.src_node_id, msg.error.reason)
+                continue
+            metrics.append(dict(next(iter(msg.content.metric_records.values()))))
+        out = evaluation_means(metrics)
+        if out is None:
+            return None
+        self.record.evaluation[server_round] = out
+        return MetricRecord(out)
+
+
+class MeanOfUpdates(NodeMessages):
+    """The user-weighted mean of the nodes' mean updates (Flower's FedAvg); with
+    ``itemwise``, each item-table row is divided by the fraction of users that touched it."""
+
+    def __init__(self, cfg: FedConfig, record: RunRecord, *, n_nodes: int, keys: tuple[str, ...],
+                 item_tables: tuple[str, ...] = ()):
+        super().__init__(cfg, record, n_nodes=n_nodes)
+        self.keys, self.item_tables = keys, item_tables
+
+    def aggregate_train(self, server_round, replies):
+        mean, metrics = super().aggregate_train(server_round, replies)
+        if mean is None:
+            return None, metrics
+        update = {k: mean[k].numpy() for k in self.keys}
+        if self.cfg.aggregation == "itemwise":
+            update = itemwise_scale(update, mean[COUNTS_KEY].numpy(), self.item_tables)
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in update.items()}), metrics
+
+
+class SumOfUpdates(NodeMessages):
+    """What Flower's DP wrappers wrap for user-level DP.
+
+    Replies hold ``current + sum of the node's users' updates``; this returns
+    ``current + sum over replies of (reply - current)``: the sum of every user's
+    (clipped) update, on which the wrapper then puts Gaussian noise of std
+    ``noise_multiplier * clip`` (``num_sampled_clients=1``).
+    """
+
+    def __init__(self, cfg: FedConfig, record: RunRecord, *, n_nodes: int, keys: tuple[str, ...]):
+        super().__init__(cfg, record, n_nodes=n_nodes)
+        self.keys = keys
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        total = {k: np.zeros_like(self.current[k], dtype=np.float64) for k in self.keys}
+        for msg in replies:
+            arrays = next(iter(msg.content.array_records.values()))
+            for k in self.keys:
+                total[k] += arrays[k].numpy().astype(np.float64) - self.current[k]
+        out = ArrayRecord({k: Array((self.current[k] + total[k]).astype(np.float64)) for k in self.keys})
+        return out, aggregate_train_metrics([m.content for m in replies])
+
+
+class _Wrapper(Strategy):
+    """A strategy around another: everything not overridden goes to ``inner``."""
+
+    def __init__(self, inner: Strategy):
+        self.inner = inner
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+
 class _DropDiscrepancyWarning(logging.Filter):
     # Flower's DP wrappers warn when replies != num_sampled_clients; fedrec passes 1
-    # on purpose (noise std sigma*C on the *sum*; see FedRecStrategy) and records
-    # what arrived itself.
+    # on purpose (noise std sigma*C on the *sum*) and records what arrived itself.
     def filter(self, record: logging.LogRecord) -> bool:
         return "differs from the number of sampled clients" not in str(record.msg)
 
@@ -117,186 +348,75 @@ def _quiet_dp_discrepancy() -> None:
         flwr_log.addFilter(_DropDiscrepancyWarning())
 
 
-class SumOfUpdates(FedAvg):
-    """The item-aggregation strategy Flower's DP wrappers wrap for user-level DP.
+class UserLevelMean(_Wrapper):
+    """User-level DP: Flower's DP wrapper (``client``: users clipped on the node;
+    ``server``/``adaptive``: one user per node, clipped by the wrapper) over
+    :class:`SumOfUpdates` returns ``current + sum + N(0, (sigma C)^2)``; this divides
+    the noised sum by the *expected* number of users per round (``user-sample-rate *
+    n_users``, a fixed denominator as in DP-FedAvg).  No server state is computed
+    from un-noised client data.  Flower draws its noise from numpy's global
+    generator: it is seeded per round (a resumed run repeats the same noise) and the
+    caller's generator state is given back afterwards."""
 
-    Replies hold ``current + sum of the node's users' updates``; this returns
-    ``current + sum over replies of (reply - current)``: the sum of every user's
-    (clipped) update, on which the wrapper then puts Gaussian noise of std
-    ``noise_multiplier * clip`` (``num_sampled_clients=1``).  No server
-    optimiser here: it runs on the *noised* sum, in :class:`FedRecStrategy`.
-    """
+    def __init__(self, cfg: FedConfig, record: RunRecord, *, n_nodes: int, n_users: int, keys: tuple[str, ...]):
+        _quiet_dp_discrepancy()
+        self.summer = SumOfUpdates(cfg, record, n_nodes=n_nodes, keys=keys)
+        sigma, clip = cfg.user_noise_multiplier, cfg.user_clip
+        if cfg.user_dp == "client":
+            wrapper = DifferentialPrivacyClientSideFixedClipping(
+                self.summer, noise_multiplier=sigma, clipping_norm=clip, num_sampled_clients=1)
+        elif cfg.user_dp == "server":
+            wrapper = DifferentialPrivacyServerSideFixedClipping(
+                self.summer, noise_multiplier=sigma, clipping_norm=clip, num_sampled_clients=1)
+        else:
+            wrapper = DifferentialPrivacyServerSideAdaptiveClipping(
+                self.summer, noise_multiplier=sigma, num_sampled_clients=1, initial_clipping_norm=clip,
+                target_clipped_quantile=cfg.user_clip_quantile, clip_norm_lr=0.2,
+                clipped_count_stddev=max(sigma, cfg.user_sample_rate * n_users / 20))
+        super().__init__(wrapper)
+        self.cfg, self.record, self.keys, self.n_users = cfg, record, keys, n_users
 
-    def __init__(self, make_messages, keys: tuple[str, ...]):
-        super().__init__(train_metrics_aggr_fn=aggregate_train_metrics)
-        self.make_messages = make_messages
-        self.keys = keys
-        self.current: dict[str, np.ndarray] | None = None
-
-    def configure_train(self, server_round, arrays, config, grid):
-        self.current = {k: v.numpy() for k, v in arrays.items()}
-        return self.make_messages(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
-        total = {k: np.zeros_like(self.current[k], dtype=np.float64) for k in self.keys}
-        for msg in replies:
-            arrays = next(iter(msg.content.array_records.values()))
-            for k in self.keys:
-                total[k] += arrays[k].numpy().astype(np.float64) - self.current[k]
-        out = ArrayRecord({k: Array((self.current[k] + total[k]).astype(np.float64)) for k in self.keys})
-        return out, aggregate_train_metrics([m.content for m in replies], "num-examples")
+    def aggregate_train(self, server_round, replies):
+        saved = np.random.get_state()
+        np.random.seed(int(np.random.default_rng([self.cfg.seed, server_round, 13]).integers(2**31)))
+        try:
+            noised, metrics = self.inner.aggregate_train(server_round, replies)
+        finally:
+            np.random.set_state(saved)
+        if noised is None:
+            return None, None
+        expected = self.cfg.user_sample_rate * self.n_users
+        sent = self.summer.current
+        update = {k: (noised[k].numpy().astype(np.float64) - sent[k]) / expected for k in self.keys}
+        self.record.info(server_round)["user-clip"] = float(self.inner.clipping_norm)
+        return ArrayRecord({k: Array(v) for k, v in update.items()}), metrics
 
 
-class FedRecStrategy(FedAvg):
-    """FedAvg over global parameters + a server optimiser, with seeded node sampling.
+class ValidReplies(_Wrapper):
+    """Leaves out error replies (failed or dropped nodes) and malformed ones with a logged
+    reason, counts them, and passes the contributing replies (``num-examples`` > 0) on;
+    with fewer than ``min-replies`` of them the round changes nothing.  Train metrics
+    (loss, users, declined users, epsilons) are over every valid reply."""
 
-    Parameters
-    ----------
-    cfg
-        The run's configuration (``aggregation``, ``server_opt``, ``server_lr``,
-        ``fraction_train``, ``seed``, ``eval_every`` ...).
-    shapes
-        Shapes of the global parameters (what every reply must match).
-    n_nodes
-        Nodes in the federation (for evaluation every round).
-    n_users
-        Users in the federation (population of the user-level accountant).
-
-    User-level DP (``cfg.user_dp``) wraps :class:`SumOfUpdates` in Flower's
-    ``DifferentialPrivacyClientSideFixedClipping`` (users' updates clipped on
-    the node, per user), ``DifferentialPrivacyServerSideFixedClipping`` or
-    ``DifferentialPrivacyServerSideAdaptiveClipping`` (one user per node).  The
-    wrapper returns ``current + sum + N(0, (sigma C)^2)``; only then is the sum
-    divided by the *expected* number of users per round (``user-sample-rate *
-    n_users``, a fixed denominator as in DP-FedAvg) and handed to the server
-    optimiser.  No server state is computed from un-noised client data.
-    """
-
-    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, n_users: int | None = None,
-                 item_tables: tuple[str, ...] = (), cold_items: np.ndarray | None = None):
-        super().__init__(
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=1.0,
-            min_train_nodes=1,
-            min_evaluate_nodes=n_nodes,
-            min_available_nodes=n_nodes,
-            train_metrics_aggr_fn=aggregate_train_metrics,
-        )
-        self.cfg = cfg
-        # rows of held-out items: not in the catalogue at training time, so no update
-        # reaches them (a feature-aware model ranks them through its item tower)
-        self.item_tables = tuple(t for t in item_tables if t in shapes)
-        self.cold_items = np.asarray(cold_items if cold_items is not None else [], dtype=np.int64)
-        self.keys = tuple(shapes)
-        self.sent: dict[str, np.ndarray] | None = None
-        self.shapes = dict(shapes)
-        if cfg.aggregation == "itemwise":
-            if not self.item_tables:
-                raise ValueError("item-wise aggregation needs a model with item tables")
-            self.shapes[COUNTS_KEY] = (shapes[self.item_tables[0]][0],)
-        self.n_nodes = n_nodes
-        self.opt_state = OptState()
-        self.current: dict[str, np.ndarray] | None = None
-        self.rejected: list[tuple[int, int, str]] = []  # (round, node, reason)
-        self.round_info: dict[int, dict] = {}
-        self.result_train: dict[int, dict] = {}
-        self.result_eval: dict[int, dict] = {}
-        self.round_offset = 0  # > 0 when resuming: Flower counts from 1 again
-        self.n_users = n_users or n_nodes * cfg.users_per_node
-        self.dp_wrapper: Strategy | None = None
-        if cfg.user_level:
-            _quiet_dp_discrepancy()
-            self.summer = SumOfUpdates(self._train_messages, self.keys)
-            sigma, clip = cfg.user_noise_multiplier, cfg.user_clip
-            if cfg.user_dp == "client":
-                self.dp_wrapper = DifferentialPrivacyClientSideFixedClipping(
-                    self.summer, noise_multiplier=sigma, clipping_norm=clip, num_sampled_clients=1)
-            elif cfg.user_dp == "server":
-                self.dp_wrapper = DifferentialPrivacyServerSideFixedClipping(
-                    self.summer, noise_multiplier=sigma, clipping_norm=clip, num_sampled_clients=1)
-            else:
-                self.dp_wrapper = DifferentialPrivacyServerSideAdaptiveClipping(
-                    self.summer, noise_multiplier=sigma, num_sampled_clients=1, initial_clipping_norm=clip,
-                    target_clipped_quantile=cfg.user_clip_quantile, clip_norm_lr=0.2,
-                    clipped_count_stddev=max(sigma, cfg.user_sample_rate * self.n_users / 20))
-
-    def freeze_cold_rows(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The update with the rows of held-out items zeroed in every item table."""
-        if not len(self.cold_items):
-            return update
-        out = dict(update)
-        for t in self.item_tables:
-            out[t] = update[t].copy()
-            out[t][self.cold_items] = 0.0
-        return out
+    def __init__(self, inner: Strategy, cfg: FedConfig, record: RunRecord, *, shapes: dict[str, tuple[int, ...]],
+                 n_users: int):
+        super().__init__(inner)
+        self.cfg, self.record, self.shapes, self.n_users = cfg, record, dict(shapes), n_users
 
     @property
     def max_examples(self) -> int:
         """Most users one node can host (bounds a reply's weight): users-per-node, or
         the even spread of all users over the nodes that connected."""
-        return max(self.cfg.users_per_node, -(-self.n_users // max(1, self.n_nodes)))
+        return max(self.cfg.users_per_node, -(-self.n_users // max(1, self.record.n_nodes)))
 
-    # --- sampling --------------------------------------------------------
-    def sample(self, server_round: int, node_ids: list[int]) -> list[int]:
-        """Seeded, reproducible sample of ``fraction_train`` of the nodes for a round."""
-        node_ids = sorted(node_ids)
-        k = max(1, int(round(self.cfg.fraction_train * len(node_ids))))
-        if k >= len(node_ids):
-            return node_ids
-        rng = np.random.default_rng([self.cfg.seed, server_round, 7])
-        return sorted(rng.choice(node_ids, size=k, replace=False).tolist())
-
-    def wait_for_nodes(self, grid: Grid, timeout: float = 120.0) -> list[int]:
-        """Node ids once all ``n_nodes`` are connected, or those connected after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        last, stable_since = -1, time.monotonic()
-        while len(ids := list(grid.get_node_ids())) < self.n_nodes and time.monotonic() < deadline:
-            if len(ids) != last:
-                last, stable_since = len(ids), time.monotonic()
-            elif ids and time.monotonic() - stable_since > 10.0:
-                log(WARNING, "%d nodes connected (expected %d): users are spread over them", len(ids), self.n_nodes)
-                self.n_nodes = len(ids)  # a federation with fewer nodes; stop waiting for more
-                break
-            time.sleep(0.05)
-        if len(ids) < self.n_nodes:
-            log(WARNING, "only %d of %d nodes connected after %.0fs", len(ids), self.n_nodes, timeout)
-        return sorted(ids)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        server_round += self.round_offset
-        self.current = {k: v.numpy() for k, v in arrays.items()}
-        self.sent = self.current
-        if self.dp_wrapper is not None:  # the wrapper sees the round (clip norm, current arrays)
-            return self.dp_wrapper.configure_train(server_round, arrays, config, grid)
-        return self._train_messages(server_round, arrays, config, grid)
-
-    def _train_messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        node_ids = self.wait_for_nodes(grid)
-        chosen = self.sample(server_round, node_ids)
-        config["server-round"] = server_round
-        config.update(self.mechanism())
-        self.round_info[server_round] = {"sent": len(chosen)}
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return list(self._construct_messages(record, chosen, MessageType.TRAIN))
-
-    # --- aggregation -----------------------------------------------------
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Average the valid replies and step the server optimiser.
-
-        Error replies (failed or dropped nodes) and malformed replies are left
-        out with a logged reason and counted; replies of nodes none of whose
-        users trained (``num-examples`` 0) carry no weight.  With fewer than
-        ``min-replies`` contributing replies the global parameters stay as they are.
-        """
-        server_round += self.round_offset
+    def aggregate_train(self, server_round, replies):
         _crash_point(server_round)
         good, failed, rejected = [], 0, 0
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
                 failed += 1
-                self.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
+                self.record.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
                 log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
                 continue
             reason = validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=0)
@@ -304,114 +424,142 @@ class FedRecStrategy(FedAvg):
                 good.append(msg)
             else:
                 rejected += 1
-                self.rejected.append((server_round, node, reason))
+                self.record.rejected.append((server_round, node, reason))
                 log(WARNING, "round %d: rejected reply of node %s: %s", server_round, node, reason)
         contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
-        info = self.round_info.setdefault(server_round, {})
+        info = self.record.info(server_round)
         sent = info.get("sent", len(good) + failed + rejected)
         info.update({"replies": len(good), "contributing": len(contributing), "failed": failed, "rejected": rejected,
                      "missing": max(0, sent - len(good) - failed - rejected)})
+        if good:  # loss, counts and epsilons over every valid reply (declined users included)
+            self.record.train[server_round] = dict(aggregate_train_metrics([m.content for m in good]))
         if len(contributing) < self.cfg.min_replies:
             info["skipped"] = 1
             log(WARNING, "round %d: %d contributing replies < min-replies %d; global parameters unchanged",
                 server_round, len(contributing), self.cfg.min_replies)
-            if good:
-                self.result_train[server_round] = dict(aggregate_train_metrics([m.content for m in good], "num-examples"))
             return None, None
-        if self.dp_wrapper is not None:
-            update, metrics = self._user_level_update(server_round, contributing)
-            if update is None:
-                return None, None
+        update, _ = self.inner.aggregate_train(server_round, contributing)
+        if update is None:
+            return None, None
+        return update, MetricRecord(self.record.train[server_round])
+
+
+class ServerOptimizer(_Wrapper):
+    """Turns the update the inner strategy aggregated (ascent direction) into the next
+    global parameters: the rows of held-out items are frozen in every item table (no
+    update may reach an item that is not in the catalogue at training time), then one
+    step of the server optimiser (:func:`fedrec.optim.server_step`; see there why not
+    Flower's FedAdam).  ``state`` (the moments) is what the checkpoint keeps."""
+
+    def __init__(self, inner: Strategy | None, cfg: FedConfig, *, item_tables: tuple[str, ...] = (),
+                 cold_items: np.ndarray | None = None):
+        super().__init__(inner)
+        self.cfg = cfg
+        self.item_tables = item_tables
+        self.cold_items = np.asarray(cold_items if cold_items is not None else [], dtype=np.int64)
+        self.state = OptState()
+        self.current: dict[str, np.ndarray] | None = None
+
+    def freeze_cold_rows(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The update with the rows of held-out items zeroed in every item table."""
+        if not len(self.cold_items):
+            return update
+        out = dict(update)
+        for t in self.item_tables:
+            out[t] = np.array(update[t], copy=True)
+            out[t][self.cold_items] = 0.0
+        return out
+
+    def step(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The next global parameters from ``current`` and an aggregated ``update``."""
+        c = self.cfg
+        new, self.state = server_step(self.current, self.freeze_cold_rows(update), self.state, opt=c.server_opt,
+                                      lr=c.server_lr, beta1=c.beta1, beta2=c.beta2, eps=c.server_eps)
+        self.current = {k: np.asarray(v, dtype=np.float32) for k, v in new.items()}
+        return self.current
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self.current = {k: v.numpy() for k, v in arrays.items()}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        update, metrics = self.inner.aggregate_train(server_round, replies)
+        if update is None:
+            return None, None
+        new = self.step({k: update[k].numpy() for k in update.keys()})
+        return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
+
+
+class Resumed(_Wrapper):
+    """Outermost: Flower counts rounds from 1 in every run; after a resume from round
+    ``offset`` the pieces below see absolute rounds (sampling, noise seeds, evaluation
+    rounds and the record all depend on them)."""
+
+    def __init__(self, inner: Strategy, offset: int = 0):
+        super().__init__(inner)
+        self.offset = offset
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
+
+
+class FedRecStrategy(Resumed):
+    """fedrec's server strategy for a run: the pieces of this module stacked for ``cfg``.
+
+    Parameters
+    ----------
+    cfg
+        The run's configuration (``aggregation``, ``user-dp``, ``server-opt``,
+        ``server-lr``, ``fraction-train``, ``min-replies``, ``seed``, ``eval-every`` ...).
+    shapes
+        Shapes of the global parameters (what every reply must match).
+    n_nodes
+        Nodes in the federation.
+    n_users
+        Users in the federation (population of the user-level accountant).
+    item_tables, cold_items
+        The model's item tables, and the held-out items whose rows no update may touch.
+
+    The pieces stay reachable: ``record`` (:class:`RunRecord`), ``optimizer``
+    (:class:`ServerOptimizer`, whose ``state`` the checkpoint keeps), ``user_dp``
+    (Flower's DP wrapper, or ``None``) and ``offset`` (rounds done before a resume).
+    """
+
+    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, n_users: int | None = None,
+                 item_tables: tuple[str, ...] = (), cold_items: np.ndarray | None = None):
+        self.cfg = cfg
+        self.record = RunRecord()
+        keys = tuple(shapes)
+        item_tables = tuple(t for t in item_tables if t in shapes)
+        n_users = n_users or n_nodes * cfg.users_per_node
+        expected = dict(shapes)
+        if cfg.user_level:
+            aggregate: Strategy = UserLevelMean(cfg, self.record, n_nodes=n_nodes, n_users=n_users, keys=keys)
+            self.user_dp = aggregate.inner
         else:
-            mean, metrics = super().aggregate_train(server_round, contributing)
-            update = {k: mean[k].numpy() for k in self.keys}
-            if self.cfg.aggregation == "itemwise":
-                update = itemwise_scale(update, mean[COUNTS_KEY].numpy(), self.item_tables)
-        update = self.freeze_cold_rows(update)
-        # loss, counts and epsilons over every valid reply (declined users included)
-        metrics = aggregate_train_metrics([m.content for m in good], "num-examples")
-        new, self.opt_state = server_step(
-            self.current,
-            update,
-            self.opt_state,
-            opt=self.cfg.server_opt,
-            lr=self.cfg.server_lr,
-            beta1=self.cfg.beta1,
-            beta2=self.cfg.beta2,
-            eps=self.cfg.server_eps,
-        )
-        self.current = new
-        if metrics is not None:
-            self.result_train[server_round] = dict(metrics)
-        return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in new.items()}), metrics
+            if cfg.aggregation == "itemwise":
+                if not item_tables:
+                    raise ValueError("item-wise aggregation needs a model with item tables")
+                expected[COUNTS_KEY] = (shapes[item_tables[0]][0],)
+            aggregate = MeanOfUpdates(cfg, self.record, n_nodes=n_nodes, keys=keys, item_tables=item_tables)
+            self.user_dp = None
+        self.valid = ValidReplies(aggregate, cfg, self.record, shapes=expected, n_users=n_users)
+        self.optimizer = ServerOptimizer(self.valid, cfg, item_tables=item_tables, cold_items=cold_items)
+        super().__init__(self.optimizer)
 
-    def _user_level_update(self, server_round: int, replies: list[Message]):
-        """Flower's DP wrapper clips (server-side modes) and noises the sum; the mean
-        over the expected users per round is what the server optimiser sees."""
-        # Flower draws its noise from numpy's global generator: seed it per round so
-        # a resumed run repeats the same noise, and give the caller's generator back after
-        saved = np.random.get_state()
-        np.random.seed(int(np.random.default_rng([self.cfg.seed, server_round, 13]).integers(2**31)))
-        try:
-            noised, metrics = self.dp_wrapper.aggregate_train(server_round, replies)
-        finally:
-            np.random.set_state(saved)
-        if noised is None:
-            return None, None
-        expected = self.cfg.user_sample_rate * self.n_users
-        update = {k: (noised[k].numpy().astype(np.float64) - self.sent[k]) / expected for k in self.keys}
-        self.round_info[server_round]["user-clip"] = float(self.dp_wrapper.clipping_norm)
-        return update, metrics
+    @property
+    def rejected(self) -> list[tuple[int, int, str]]:
+        return self.record.rejected
 
-    # --- evaluation ------------------------------------------------------
-    def is_eval_round(self, server_round: int) -> bool:
-        """(``server_round`` already includes the resume offset.)"""
-        if self.cfg.eval_every == 0:  # evaluation off: nodes release no metrics
-            return False
-        return server_round % self.cfg.eval_every == 0 or server_round == self.cfg.num_server_rounds
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        server_round += self.round_offset
-        if not self.is_eval_round(server_round):
-            return []
-        config["server-round"] = server_round
-        config.update(self.mechanism())
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, self.wait_for_nodes(grid), MessageType.EVALUATE)
-
-    def mechanism(self) -> dict:
-        """The privacy mechanism as resolved once by the server (noise multipliers
-        calibrated for the planned rounds), sent with every message so that nodes
-        never calibrate: ``mechanism/<run-config key>``."""
-        return {f"mechanism/{k}": float(getattr(self.cfg, k.replace("-", "_")))
-                for k in ("noise-multiplier", "user-noise-multiplier")}
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Exact means over users: sum the nodes' metric sums, divide by each stage's
-        user count (``<stage>-count``); coverage from the summed top-10 counts."""
-        server_round += self.round_offset
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        topk = None
-        for msg in replies:
-            if msg.has_error():
-                log(WARNING, "round %d: evaluation error from node %s: %s", server_round,
-                    msg.metadata.src_node_id, msg.error.reason)
-                continue
-            m = next(iter(msg.content.metric_records.values()))
-            for k, v in m.items():
-                if k.endswith("-count"):
-                    counts[k[: -len("-count")]] = counts.get(k[: -len("-count")], 0) + int(v)
-                elif k == "test-topk":
-                    v = np.asarray(v, dtype=np.int64)
-                    topk = v if topk is None else topk + v
-                elif "/" in k:
-                    sums[k] = sums.get(k, 0.0) + float(v)
-        if not sums:
-            return None
-        out = {k: v / max(1, counts.get(k.split("/")[0], 0)) for k, v in sums.items()}
-        out.update({f"{s}-users": float(c) for s, c in counts.items()})
-        if topk is not None and len(topk):
-            out["test/coverage@10"] = float((topk > 0).mean())
-        self.result_eval[server_round] = out
-        return MetricRecord(out)
+    @property
+    def round_info(self) -> dict[int, dict]:
+        return self.record.round_info

@@ -16,7 +16,7 @@ class _S:
 def test_round_trip(tmp_path):
     cfg = FedConfig(num_server_rounds=10)
     params = {"item_embedding": np.arange(6, dtype=np.float32).reshape(3, 2), "item_bias": np.zeros(3, np.float32)}
-    save_checkpoint(tmp_path, cfg=cfg, server_round=4, params=params, strategy=_S(), best={"round": 3})
+    save_checkpoint(tmp_path, cfg=cfg, server_round=4, params=params, opt_state=_S().opt_state, best={"round": 3})
     # the number of rounds may change on resume (run longer); the meaning of the run may not
     ck = load_checkpoint(tmp_path, FedConfig(num_server_rounds=20))
     assert ck["round"] == 4 and ck["opt_t"] == 4 and ck["best"] == {"round": 3}
@@ -26,7 +26,7 @@ def test_round_trip(tmp_path):
 
 def test_incompatible_config_is_refused(tmp_path):
     params = {"item_bias": np.zeros(3, np.float32)}
-    save_checkpoint(tmp_path, cfg=FedConfig(), server_round=1, params=params, strategy=_S(), best=None)
+    save_checkpoint(tmp_path, cfg=FedConfig(), server_round=1, params=params, opt_state=_S().opt_state, best=None)
     with pytest.raises(CheckpointError, match=r"another configuration \(server-lr=0.005 there, 0.1 here\)"):
         load_checkpoint(tmp_path, FedConfig(server_lr=0.1))
 

@@ -67,11 +67,8 @@ def _checkpoint(out, cfg):
     from fedrec.optim import OptState
     from fedrec_app.server.checkpoint import save_checkpoint
 
-    class S:
-        opt_state = OptState()
-
     save_checkpoint(out / "checkpoint", cfg=cfg, server_round=1, params={"item_bias": np.zeros(20, np.float32)},
-                    strategy=S(), best=None)
+                    opt_state=OptState(), best=None)
     return out / "checkpoint" / "checkpoint.npz"
 
 

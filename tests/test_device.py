@@ -65,10 +65,7 @@ def test_zero_interactions_fall_back_to_a_non_personal_ranking(tmp_path):
 def test_works_from_a_saved_server_checkpoint_without_a_server(tmp_path):
     p = _params()
 
-    class _S:  # what save_checkpoint reads from a strategy
-        opt_state = OptState()
-
-    save_checkpoint(tmp_path / "checkpoint", cfg=FedConfig(), server_round=7, params=p, strategy=_S(), best=None)
+    save_checkpoint(tmp_path / "checkpoint", cfg=FedConfig(), server_round=7, params=p, opt_state=OptState(), best=None)
     got = load_global_params(tmp_path)
     for k in p:
         np.testing.assert_array_equal(got[k], p[k])

@@ -8,7 +8,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.config import FedConfig
 from fedrec.optim import OptState, server_step
-from fedrec_app.server.strategy import FedRecStrategy, aggregate_train_metrics, validate_reply
+from fedrec_app.server.strategy import FedRecStrategy, aggregate_train_metrics, sample_nodes, validate_reply
 
 N_ITEMS, DIM = 6, 3
 SHAPES = {"item_embedding": (N_ITEMS, DIM), "item_bias": (N_ITEMS,)}
@@ -32,7 +32,7 @@ def _reply(node, emb, bias, n, extra=None, metrics=None):
 def _strategy(**kw):
     cfg = FedConfig(server_opt="sgd", server_lr=1.0, users_per_node=10, **kw)
     s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=3, item_tables=("item_embedding", "item_bias"))
-    s.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    s.optimizer.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
     return s
 
 
@@ -119,11 +119,11 @@ def test_validate_reply_accepts_good_reply():
 
 
 def test_seeded_sampling_is_reproducible():
-    s = _strategy(fraction_train=0.5)
     ids = list(range(10, 30))
-    assert s.sample(4, ids) == s.sample(4, list(reversed(ids)))
-    assert s.sample(4, ids) != s.sample(5, ids)
-    assert len(s.sample(4, ids)) == 10
+    assert sample_nodes(0, 4, ids, 0.5) == sample_nodes(0, 4, list(reversed(ids)), 0.5)
+    assert sample_nodes(0, 4, ids, 0.5) != sample_nodes(0, 5, ids, 0.5)
+    assert sample_nodes(0, 4, ids, 0.5) != sample_nodes(1, 4, ids, 0.5)
+    assert len(sample_nodes(0, 4, ids, 0.5)) == 10 and len(set(sample_nodes(0, 4, ids, 0.5))) == 10
 
 
 def _error(node, reason="node died"):
@@ -174,10 +174,9 @@ def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
                     user_clip=0.5, user_sample_rate=0.5, seed=3)
     s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=4, n_users=4)
     cur = {"item_embedding": np.full((N_ITEMS, DIM), 0.25, np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
-    s.current = dict(cur)
-    s.dp_wrapper.current_arrays = ArrayRecord({k: Array(v) for k, v in cur.items()})
-    s.summer.current = dict(cur)
-    s.sent = dict(cur)
+    s.optimizer.current = dict(cur)
+    s.user_dp.current_arrays = ArrayRecord({k: Array(v) for k, v in cur.items()})
+    s.valid.inner.summer.current = dict(cur)
     rng = np.random.default_rng(0)
     deltas = [rng.normal(size=(N_ITEMS, DIM)) * 0.01 for _ in range(2)]  # norms < clip: clipping is a no-op
     replies = [_reply(i + 1, cur["item_embedding"] + d, cur["item_bias"], 1) for i, d in enumerate(deltas)]
@@ -186,8 +185,8 @@ def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
     np.random.seed(int(np.random.default_rng([cfg.seed, 1, 13]).integers(2**31)))
     if mode == "adaptive":
         np.random.normal(0, 1)  # the noisy clipped-count draw comes first
-    sigma = s.dp_wrapper.noise_multiplier  # adaptive: Flower's effective multiplier for the update
-    used_clip = s.dp_wrapper.clipping_norm  # adaptive: the norm after this round's geometric update
+    sigma = s.user_dp.noise_multiplier  # adaptive: Flower's effective multiplier for the update
+    used_clip = s.user_dp.clipping_norm  # adaptive: the norm after this round's geometric update
     noise = [np.random.normal(0, sigma * used_clip, size=a.shape) for a in (cur["item_embedding"], cur["item_bias"])]
     expected = (sum(deltas) + noise[0]) / (0.5 * 4)
     np.testing.assert_allclose(seen["update"]["item_embedding"], expected, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,261 @@
+"""Secure aggregation: the same server pipeline behind Flower's SecAgg+.
+
+With ``secure-aggregation`` the server never sees one node's update, only the
+sum of a round's updates.  fedrec uses Flower's SecAgg+ as it is
+(``secaggplus_mod`` on the nodes, :class:`flwr.server.workflow.SecAggPlusWorkflow`
+on the server) and adds no cryptography.  In flwr 1.41 SecAgg+ exists only as a
+workflow of Flower's legacy strategy interface, so :class:`SecureAggregation` is
+a legacy ``Strategy`` made of the pieces of :mod:`fedrec_app.server.strategy`:
+the same seeded node sampling and mechanism config, the same reply checks (on
+what the server can check: each node's weight and metrics, and the aggregate),
+the same :class:`ServerOptimizer` (held-out rows frozen, FedOpt step), the same
+:class:`RunRecord`, evaluation means, run log, checkpoint and early stop.  The
+nodes run the same ClientApp handlers; only the encoding of the messages differs.
+
+The protocol.  Each node sends ``w_i * update_i`` with ``w_i = num_examples_i /
+max_weight``, clipped to ``[-C, C]`` (``secagg-clip``), stochastically quantised
+to integers in ``[0, Q]`` and masked; pairwise masks cancel in the sum and the
+server removes the self-masks with shares of the other nodes; it then divides
+the sum by ``sum_i w_i``: the *user-weighted mean* of the nodes' updates, what
+plain FedAvg computes.
+
+Choice of ranges.  ``max_weight`` is the largest cohort, so ``w_i <= 1``.
+Without DP, one user's release per item is a convex combination of sigmoid
+weights in ``[0, 1]``; observed node updates on ML-100K are at most 0.01
+without DP and 0.04 with noise multiplier 1 and sample rate 0.5, so ``C = 1``
+leaves 25x headroom.  Flower clips silently; the nodes count the values they
+would clip (``secagg-clipped``) and the run warns when any is.  ``Q`` defaults
+to the largest power of two (at most 2**30, the limit of Flower's int32
+rounding) with ``n_nodes * Q < 2**32``, so the sum cannot wrap around the
+modulus (``Q = 2**28`` for 15 nodes).  Nodes send float64: float32 cannot
+resolve a step of ``2C/Q``.  Per coordinate, when nothing was clipped::
+
+    |secure - plain| <= N * C * (2 + 1/min_i w_i) / (Q * sum_i w_i)
+
+about ``3C/Q`` with full cohorts (:func:`quantization_bound`); the error is
+zero-mean (stochastic rounding).
+
+What the server still sees, and the limits: each node's ``num_examples`` (its
+cohort size, public in fedrec) and scalar train metrics (loss, declined users,
+the users' epsilons); evaluation replies as in the plain pipeline (a
+simulation's measurement, off by default in deployments).  SecAgg+ is not
+differential privacy: combine it with interaction-level DP on the nodes.  It
+needs 2+ nodes per round, tolerates the drop-out of up to ``num_shares -
+threshold`` neighbours of a node, assumes a semi-honest server, and Flower
+derives its mask PRG seeds by XOR-folding to 32 bits (research strength, not a
+production security guarantee).  User-level DP is refused with it (the DP
+wrappers clip single replies).
+"""
+
+from __future__ import annotations
+
+import math
+from logging import WARNING
+
+import numpy as np
+from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.logger import log
+from flwr.server.strategy import Strategy as LegacyStrategy
+
+from fedrec.config import FedConfig
+from fedrec_app.server.strategy import (
+    COUNTS_KEY,
+    RunRecord,
+    ServerOptimizer,
+    _crash_point,
+    aggregate_train_metrics,
+    evaluation_means,
+    is_eval_round,
+    itemwise_scale,
+    mechanism_config,
+    sample_nodes,
+    validate_arrays,
+    validate_metrics,
+)
+
+__all__ = ["SecureAggregation", "secagg_workflow", "auto_quantization_range", "quantization_bound", "MODULUS_RANGE"]
+
+MODULUS_RANGE = 2**32
+
+
+def auto_quantization_range(n_nodes: int, modulus_range: int = MODULUS_RANGE) -> int:
+    """Largest power of two ``Q <= 2**30`` with ``n_nodes * Q < modulus_range``: the sum of
+    ``n_nodes`` values in ``[0, Q]`` cannot wrap around the modulus."""
+    k = int(math.log2(modulus_range)) - math.ceil(math.log2(max(n_nodes, 1) + 1))
+    return 2 ** max(1, min(30, k))
+
+
+def quantization_bound(num_examples, *, clipping_range: float, quantization_range: int, max_weight: float) -> float:
+    """Worst-case ``|secure - plain|`` per coordinate of a round's mean update, for the
+    round's node weights ``num_examples`` (when no value was clipped)."""
+    q = quantization_range
+    w = np.array([round(n / max_weight * q) / q for n in num_examples])
+    return float(len(w) * clipping_range * (2.0 + 1.0 / w.min()) / (q * w.sum()))
+
+
+def _fraction_or_count(x: float) -> float | int:
+    return int(x) if x > 1 else float(x)
+
+
+def secagg_workflow(cfg: FedConfig, *, n_nodes: int, max_weight: int):
+    """Flower's ``SecAggPlusWorkflow`` with the run's settings (see the module docstring)."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    return SecAggPlusWorkflow(
+        num_shares=_fraction_or_count(cfg.secagg_shares),
+        reconstruction_threshold=_fraction_or_count(cfg.secagg_threshold),
+        max_weight=float(max_weight),
+        clipping_range=cfg.secagg_clip,
+        quantization_range=cfg.secagg_quantization or auto_quantization_range(n_nodes),
+        timeout=cfg.round_timeout,
+    )
+
+
+def _metrics(raw: dict) -> dict:
+    """A legacy reply's metrics with the lists the nodes sent as bytes decoded."""
+    out = dict(raw)
+    if isinstance(out.get("epsilon"), bytes):
+        out["epsilon"] = np.frombuffer(out["epsilon"], dtype=np.float64).tolist()
+    if isinstance(out.get("test-topk"), bytes):
+        out["test-topk"] = np.frombuffer(out["test-topk"], dtype=np.int64)
+    return out
+
+
+class SecureAggregation(LegacyStrategy):
+    """The server pipeline as a legacy strategy for Flower's SecAgg+ workflow.
+
+    ``aggregate_fit`` receives only the aggregate (every "result" carries the same
+    unmasked mean) plus each node's weight and metrics.  ``on_round(server_round,
+    parameters)`` is the run log (called after each round, once its evaluation is in);
+    when it raises ``stop`` the remaining rounds send nothing.  ``record``,
+    ``optimizer``, ``offset`` and ``user_dp`` (``None``) are what the run log and the
+    checkpoint read, as on :class:`~fedrec_app.server.strategy.FedRecStrategy`.
+    """
+
+    def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, max_weight: int,
+                 item_tables: tuple[str, ...] = (), cold_items=None, on_round=None,
+                 stop: type[Exception] = StopIteration):
+        super().__init__()
+        self.cfg, self.n_nodes, self.max_weight = cfg, n_nodes, max_weight
+        self.keys = tuple(shapes)
+        self.item_tables = tuple(t for t in item_tables if t in shapes)
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        if cfg.aggregation == "itemwise":
+            if not self.item_tables:
+                raise ValueError("item-wise aggregation needs a model with item tables")
+            self.shapes[COUNTS_KEY] = (self.shapes[self.item_tables[0]][0],)
+        self.initial: dict[str, np.ndarray] | None = None  # set before the run (after a resume, the checkpoint's)
+        self.record = RunRecord(n_nodes=n_nodes)
+        self.optimizer = ServerOptimizer(None, cfg, item_tables=self.item_tables, cold_items=cold_items)
+        self.offset = 0
+        self.user_dp = None
+        self.on_round, self.stop = on_round, stop
+        self.stopped: str | None = None  # why the run stopped early
+
+    # --- helpers ---------------------------------------------------------
+    def _config(self, server_round: int) -> dict:
+        return {"server-round": server_round, **mechanism_config(self.cfg), "param-keys": ",".join(self.keys),
+                "secagg-clip": float(self.cfg.secagg_clip), "secagg-max-weight": float(self.max_weight)}
+
+    def _nodes(self, client_manager) -> dict[int, object]:
+        client_manager.wait_for(self.n_nodes, timeout=int(self.cfg.round_timeout))
+        return {int(p.node_id): p for p in client_manager.all().values()}
+
+    def _log_round(self, server_round: int, parameters) -> None:
+        if self.on_round is None or self.stopped:
+            return
+        from flwr.app import Array, ArrayRecord
+
+        arrays = ArrayRecord({k: Array(v) for k, v in zip(self.keys, parameters_to_ndarrays(parameters))})
+        try:
+            self.on_round(server_round, arrays)
+        except self.stop as e:
+            self.stopped = str(e)
+
+    # --- legacy Strategy -------------------------------------------------
+    def initialize_parameters(self, client_manager):
+        return ndarrays_to_parameters([self.initial[k] for k in self.keys])
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        if self.stopped:
+            return []
+        r = server_round + self.offset
+        self.optimizer.current = dict(zip(self.keys, parameters_to_ndarrays(parameters)))
+        nodes = self._nodes(client_manager)
+        chosen = sample_nodes(self.cfg.seed, r, nodes, self.cfg.fraction_train)
+        self.record.info(r)["sent"] = len(chosen)
+        ins = FitIns(parameters, self._config(r))
+        return [(nodes[n], ins) for n in chosen]
+
+    def aggregate_fit(self, server_round, results, failures):
+        r = server_round + self.offset
+        _crash_point(r)
+        info = self.record.info(r)
+        for f in failures:
+            reason = f"error reply: {f if isinstance(f, BaseException) else f[1].status.message}"
+            self.record.rejected.append((r, -1, reason))
+            log(WARNING, "round %d: %s", r, reason)
+        metrics, bad = [], 0
+        for proxy, res in results:
+            m = {**_metrics(res.metrics), "num-examples": int(res.num_examples)}
+            reason = validate_metrics(m, max_examples=self.max_weight, min_examples=0)
+            if reason:
+                bad += 1
+                self.record.rejected.append((r, int(proxy.node_id), reason))
+            metrics.append(m)
+        info.update({"replies": len(results), "contributing": sum(m["num-examples"] > 0 for m in metrics),
+                     "failed": len(failures), "rejected": bad,
+                     "missing": max(0, info.get("sent", 0) - len(results) - len(failures))})
+        if metrics:
+            self.record.train[r] = dict(aggregate_train_metrics(metrics))
+        clipped = int(sum(m.get("secagg-clipped", 0) for m in metrics))
+        if clipped:
+            info["secagg-clipped"] = clipped
+            log(WARNING, "round %d: %d values outside the clipping range +-%g were clipped by SecAgg+", r, clipped,
+                self.cfg.secagg_clip)
+        if not results or bad or failures or info["contributing"] < self.cfg.min_replies:
+            # a masked sum cannot be taken apart: one bad reply spoils the round
+            info["skipped"] = 1
+            log(WARNING, "round %d: %d results, %d failures, %d malformed; global parameters unchanged",
+                r, len(results), len(failures), bad)
+            return None, {}
+        keys = list(self.shapes)
+        mean = dict(zip(keys, parameters_to_ndarrays(results[0][1].parameters)))
+        reason = validate_arrays(mean, self.shapes)
+        if reason:
+            info["skipped"] = 1
+            self.record.rejected.append((r, -1, f"aggregate: {reason}"))
+            log(WARNING, "round %d: unusable aggregate (%s); global parameters unchanged", r, reason)
+            return None, {}
+        update = {k: mean[k] for k in self.keys}
+        if self.cfg.aggregation == "itemwise":
+            update = itemwise_scale(update, mean[COUNTS_KEY], self.item_tables)
+        new = self.optimizer.step(update)
+        return ndarrays_to_parameters([new[k] for k in self.keys]), self.record.train[r]
+
+    def evaluate(self, server_round, parameters):
+        # Flower's centralised-evaluation hook, right after each round's fit: the run log,
+        # unless nodes evaluate this round (then it runs once their replies are in)
+        r = server_round + self.offset
+        if server_round > 0 and not is_eval_round(self.cfg, r):
+            self._log_round(server_round, parameters)
+        return None
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        r = server_round + self.offset
+        if self.stopped or not is_eval_round(self.cfg, r):
+            return []
+        self._eval_parameters = parameters
+        nodes = self._nodes(client_manager)
+        ins = EvaluateIns(parameters, self._config(r))
+        return [(nodes[n], ins) for n in sorted(nodes)]
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        r = server_round + self.offset
+        for f in failures:
+            log(WARNING, "round %d: evaluation error: %s", r, f)
+        out = evaluation_means(_metrics(res.metrics) for _, res in results)
+        if out is not None:
+            self.record.evaluation[r] = out
+        self._log_round(server_round, self._eval_parameters)
+        return None, out or {}
