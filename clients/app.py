@@ -14,8 +14,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrec import node
-
 __all__ = ["app", "make_client_app", "stored_state", "array_record", "secure_aggregation_mod", "STATE_KEY"]
 
 SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
@@ -94,6 +92,11 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
     client = ClientApp(mods=[secure_aggregation_mod])
 
     def _setup(context: Context, config: dict):
+        # fedrec.node (torch, Opacus: ~6 s) is imported by the handlers, not with the app:
+        # in a deployment every message starts a ClientApp process, and the SecAgg+ stages
+        # that never reach a handler (set-up, key sharing, unmasking) do not need it
+        from fedrec import node
+
         mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
         cfg, fed, partition = node.setup(run_config if run_config is not None else context.run_config,
                                          context.node_config, mechanism)
@@ -101,6 +104,8 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
+        from fedrec import node
+
         config, global_params = _read(msg)
         cfg, fed, partition, directory = _setup(context, config)
         server_round = int(config["server-round"])
@@ -120,6 +125,8 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        from fedrec import node
+
         config, global_params = _read(msg)
         cfg, fed, partition, directory = _setup(context, config)
         server_round = int(config["server-round"])
