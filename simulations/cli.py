@@ -48,6 +48,10 @@ def cmd_baseline(args) -> int:
 
     from fedrec.results import check_run_dir
 
+    if args.model == "private-mostpop" and not args.epsilon > 0:
+        raise UsageError(f"--epsilon {args.epsilon}: private-mostpop needs an epsilon > 0")
+    if not 0 < args.delta < 1:
+        raise UsageError(f"--delta {args.delta}: must be in (0, 1)")
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
     check_run_dir(out, overwrite=args.overwrite)
@@ -74,6 +78,8 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
               item_popularity=np.asarray(split.train.sum(0)).ravel(), item_features=ds.item_genres)
     if args.model == "mostpop":
         res = baselines.fit_most_popular(split, **ev)
+    elif args.model == "private-mostpop":
+        res = baselines.fit_private_most_popular(split, epsilon=args.epsilon, delta=args.delta, **ev)
     elif args.model == "ease":
         lambdas = [float(x) for x in args.ease_lambdas.split(",")]
         res = baselines.fit_ease(split, lambdas=lambdas, progress=_log, **ev)
@@ -219,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_eval_args(p)
     p.add_argument("--model", default="ease",
-                   help="mostpop, ease, bpr-mf, or a federated model trained centrally: mf, gmf, mlp, neumf, two-tower, "
-                        "path/to/file.py:ClassName (default: ease)")
+                   help="mostpop, private-mostpop (DP item counts at --epsilon), ease, bpr-mf, or a federated model "
+                        "trained centrally: mf, gmf, mlp, neumf, two-tower, path/to/file.py:ClassName (default: ease)")
+    p.add_argument("--epsilon", type=float, default=0.0,
+                   help="private-mostpop: user-level epsilon of the one release (covers every interaction too)")
+    p.add_argument("--delta", type=float, default=1e-5, help="private-mostpop: delta (default 1e-5)")
     p.add_argument("--out", required=True, help="output directory (metrics.json, config.json, id_map.json)")
     p.add_argument("--overwrite", action="store_true", help="replace the results already in --out (default: refuse)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

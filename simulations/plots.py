@@ -58,7 +58,7 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
         for unit, (color, marker) in UNIT_STYLE.items():
             pts = []
             for name, rs in cells.items():
-                if rs[0].get("unit") != unit:
+                if rs[0].get("unit") != unit or rs[0].get("baseline"):
                     continue
                 eps = statistics.fmean(_epsilon_of(r) for r in rs)
                 m, sd = mean_sd(r.get(key) for r in rs)
@@ -67,6 +67,11 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
                 pts.sort()
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
                             marker=marker, capsize=3, label=f"{unit} DP (mean ± sd over seeds)")
+        pm = sorted((_epsilon_of(rs[0]), *mean_sd(r.get(key) for r in rs)) for rs in cells.values()
+                    if rs[0].get("mechanism") == "private-mostpop")
+        if pm:
+            ax.errorbar([p[0] for p in pm], [p[1] for p in pm], yerr=[p[2] for p in pm], color="tab:gray",
+                        marker="x", ls=":", capsize=3, label="private MostPop (user-level)")
         for name, style in (("non-private", ("k", "-")), ("MostPop", ("tab:gray", "--")),
                             ("EASE (centralized)", ("tab:green", ":"))):
             if name in cells:

@@ -122,22 +122,33 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
     return cells
 
 
-def baseline_rows(data: str, cold_users: float, seeds: list[int]) -> list[dict]:
-    """MostPop and EASE on the study's split (deterministic: one row each, all seeds)."""
-    from fedrec.baselines import fit_ease, fit_most_popular
+def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tuple[float, ...] = ()) -> list[dict]:
+    """MostPop and EASE on the study's split (deterministic: one row each, all seeds), and
+    private MostPop at each of ``epsilons`` (user-level; its noise drawn per seed): the
+    floor a private model must beat."""
+    from fedrec.baselines import fit_ease, fit_most_popular, fit_private_most_popular
 
     split = load_federation(FedConfig(data=data, cold_users=cold_users)).split
     rows = []
+
+    def row(name: str, s: int, res, t: float, **labels) -> dict:
+        out = {"cell": name, "seed": s, "experiment": "privacy", "unit": "none", "target_epsilon": math.inf,
+               "baseline": True, "seconds": time.perf_counter() - t, **labels}
+        for stage, r in (("test", res.test), ("valid", res.valid)):
+            for m in ("ndcg@10", "hr@10", "recall@20", "sampled_ndcg@10", "sampled_hr@10", "coverage@10"):
+                out[f"{stage}_{m}"] = r.metrics.get(m)
+        return out
+
     for name, fit in (("MostPop", fit_most_popular), ("EASE (centralized)", fit_ease)):
         t = time.perf_counter()
         res = fit(split, sampled_negatives=99)
+        rows += [row(name, s, res, t) for s in seeds]
+    for eps in sorted(set(epsilons), reverse=True):
         for s in seeds:
-            row = {"cell": name, "seed": s, "experiment": "privacy", "unit": "none", "target_epsilon": math.inf,
-                   "baseline": True, "seconds": time.perf_counter() - t}
-            for stage, r in (("test", res.test), ("valid", res.valid)):
-                for m in ("ndcg@10", "hr@10", "recall@20", "sampled_ndcg@10", "sampled_hr@10", "coverage@10"):
-                    row[f"{stage}_{m}"] = r.metrics.get(m)
-            rows.append(row)
+            t = time.perf_counter()
+            res = fit_private_most_popular(split, epsilon=eps, seed=s, sampled_negatives=99)
+            rows.append(row(f"private MostPop eps {eps:g}", s, res, t, unit="user-level", target_epsilon=eps,
+                            user_epsilon=res.selected["epsilon"], mechanism="private-mostpop"))
     return rows
 
 
@@ -185,7 +196,7 @@ def run_study(name: str, out: Path, *, data: str = "ml-100k", seeds: int | None 
         f"federated runs (finished ones are kept)")
     rows = run_cells(cells, seed_list, out, say=say)
     if study.privacy_cells:
-        rows += baseline_rows(data, study.cold_users, seed_list)
+        rows += baseline_rows(data, study.cold_users, seed_list, study.interaction_eps + study.user_eps)
     write_rows(out, rows)
     cold = coldstart_rows(out, cells, seed_list, study, say=say)
     (out / "coldstart.json").write_text(json.dumps(cold, indent=1, default=str) + "\n")

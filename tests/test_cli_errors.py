@@ -129,3 +129,12 @@ def test_every_option_of_every_command_has_help_text():
     assert not missing, missing
     rounds = next(a for a in sub.choices["simulate"]._actions if "--rounds" in a.option_strings)
     assert rounds.metavar == "ROUNDS" and "NUM_SERVER_ROUNDS" not in sub.choices["simulate"].format_help()
+
+
+def test_private_mostpop_needs_an_epsilon(capsys, tmp_path):
+    out = tmp_path / "pm"
+    line = _error(capsys, ["baseline", "--data", DATA, "--model", "private-mostpop", "--out", str(out)])
+    assert "--epsilon 0.0" in line and not out.exists()
+    assert main(["baseline", "--data", DATA, "--model", "private-mostpop", "--epsilon", "2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["selected"]["epsilon"] <= 2.0 and "user-level" in metrics["selected"]["unit"]

@@ -26,7 +26,8 @@ def study(tmp_path_factory):
 def test_every_experiment_has_rows_plots_and_a_report(study):
     out, res = study
     cells = {r["cell"] for r in res["rows"]}
-    assert {"non-private", "interaction-eps8", "user-eps8", "item-coldstart", "population-120", "MostPop"} <= cells
+    assert {"non-private", "interaction-eps8", "user-eps8", "item-coldstart", "population-120", "MostPop",
+            "private MostPop eps 8"} <= cells
     assert len([r for r in res["rows"] if r["cell"] == "non-private"]) == 2  # seeds
     for name in ("privacy_utility", "user_coldstart", "groups", "beyond", "item_coldstart", "population"):
         assert (out / res["plots"][name]).stat().st_size > 10_000, name
@@ -42,7 +43,7 @@ def test_report_numbers_are_the_results_files_numbers(study):
     out, _ = study
     rows = json.loads((out / "results.json").read_text())
     text = (out / "report.md").read_text()
-    for cell in ("non-private", "interaction-eps8", "user-eps8", "MostPop"):
+    for cell in ("non-private", "interaction-eps8", "user-eps8", "MostPop", "private MostPop eps 8"):
         line = next(l for l in text.splitlines() if l.startswith(f"| {cell} |") and "±" in l)
         got = [float(x) for x in re.findall(r"(-?\d+\.\d+) ± ", line)]
         rs = [r for r in rows if r["cell"] == cell]

@@ -21,12 +21,27 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["popularity_prior", "prior_mechanism"]
+__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity"]
 
 
 def prior_mechanism(noise: float) -> tuple[tuple[float, float, int], ...]:
     """The prior's release for the accountant: ``((noise, 1.0, 1),)``, or ``()`` if none."""
     return ((float(noise), 1.0, 1),) if noise > 0 else ()
+
+
+def noisy_popularity(train: sp.csr_matrix, *, noise: float, seed: int) -> np.ndarray:
+    """The release: the sum over users of ``1[items of u] / sqrt(n_u)`` plus Gaussian noise
+    of std ``noise`` per item (sensitivity 1 in either unit; see the module docstring).
+    The prior and private MostPop are post-processing of this one release (same seed:
+    same release)."""
+    if noise <= 0:
+        raise ValueError(f"noise must be > 0 for a private release; got {noise}")
+    t = sp.csr_matrix(train, dtype=np.float64)
+    t.data[:] = 1.0
+    n = np.asarray(t.sum(axis=1)).ravel()
+    scale = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
+    total = np.asarray((sp.diags(scale) @ t).sum(axis=0)).ravel()
+    return total + np.random.default_rng([int(seed), 21]).normal(0.0, noise, size=total.shape)
 
 
 def popularity_prior(train: sp.csr_matrix, *, noise: float, seed: int) -> np.ndarray:
@@ -39,13 +54,6 @@ def popularity_prior(train: sp.csr_matrix, *, noise: float, seed: int) -> np.nda
     noise
         Std of the Gaussian noise on the sum of the users' unit-norm vectors (> 0).
     """
-    if noise <= 0:
-        raise ValueError(f"noise must be > 0 for a private prior; got {noise}")
-    t = sp.csr_matrix(train, dtype=np.float64)
-    t.data[:] = 1.0
-    n = np.asarray(t.sum(axis=1)).ravel()
-    scale = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
-    total = np.asarray((sp.diags(scale) @ t).sum(axis=0)).ravel()
-    noisy = total + np.random.default_rng([int(seed), 21]).normal(0.0, noise, size=total.shape)
+    noisy = noisy_popularity(train, noise=noise, seed=seed)
     bias = np.log1p(np.maximum(noisy, 0.0))
     return (bias - bias.mean()).astype(np.float32)
