@@ -126,6 +126,17 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
                      f"{_ms(rs, 'test_recall@20')} | {_ms(rs, 'test_sampled_ndcg@10')} | "
                      f"{'–' if rnd != rnd else f'{rnd:.0f}'} | {len(rs)} |")
         L.append("")
+        words = []
+        if any(rs[0].get("twin") for _, rs in priv):
+            words.append("Each private preset has a non-private twin (`non-private @... preset`: the same dimension, "
+                         "optimiser, rounds and popularity prior, without noise). A private cell against its twin is "
+                         "what privacy costs; the twin against `non-private` is what the preset costs.")
+        if any(rs[0].get("mechanism") == "private-mostpop" for _, rs in priv):
+            words.append("`private MostPop` ranks items by one user-level DP release of the users' unit-norm item "
+                         "vectors at the same epsilon (it covers every single interaction too): the floor a private "
+                         "model must beat.")
+        if words:
+            L += [" ".join(words), ""]
     # 2. user cold-start
     if cold:
         ks = sorted({int(r["k"]) for r in cold})

@@ -37,6 +37,8 @@ DP_PRESET = dict(dim=8, sample_rate=0.3, max_grad_norm=0.5, user_lr=0.1, server_
 #: on the sum, SGD on the noised mean (see README, privacy section).
 USER_PRESET = dict(dim=8, user_lr=0.1, user_dp="client", user_clip=0.1, server_opt="sgd", server_lr=5.0,
                    prior_noise=5.0)
+#: The non-private twins' prior: exact popularity (a noise of 1e-9 changes no ranking).
+NOISE_FREE_PRIOR = 1e-9
 #: Both presets start the item biases from a DP popularity prior (Gaussian noise 5 on
 #: the sum of users' unit-norm item vectors), composed into each unit's epsilon; the
 #: study without it is in the README (it lifted interaction-level epsilon 2 from
@@ -107,6 +109,15 @@ def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) 
         cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"user-eps{e:g}", cfg, {"experiment": "privacy", "unit": "user-level",
                                                    "target_epsilon": float(e)}))
+    # non-private twins at the private presets: same dimension, optimiser, rounds and popularity
+    # prior (noise-free), no DP noise; a private cell against its twin is what privacy costs,
+    # the twin against "non-private" what the preset costs
+    twins = [("interaction", DP_PRESET, study.interaction_eps), ("user", {**USER_PRESET, "user_dp": "off"}, study.user_eps)]
+    for unit, preset, eps in twins if study.privacy_cells else ():
+        if eps:
+            cfg = replace(base, **{**preset, "prior_noise": NOISE_FREE_PRIOR}, num_server_rounds=p_rounds)
+            cells.append(Cell(f"non-private @{unit} preset", cfg, {"experiment": "privacy", "unit": "none",
+                                                                   "target_epsilon": math.inf, "twin": unit}))
     if study.item_coldstart:
         cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds)
         cells.append(Cell("item-coldstart", cfg, {"experiment": "item-coldstart", "unit": "none",

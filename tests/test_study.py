@@ -27,7 +27,7 @@ def test_every_experiment_has_rows_plots_and_a_report(study):
     out, res = study
     cells = {r["cell"] for r in res["rows"]}
     assert {"non-private", "interaction-eps8", "user-eps8", "item-coldstart", "population-120", "MostPop",
-            "private MostPop eps 8"} <= cells
+            "private MostPop eps 8", "non-private @interaction preset", "non-private @user preset"} <= cells
     assert len([r for r in res["rows"] if r["cell"] == "non-private"]) == 2  # seeds
     for name in ("privacy_utility", "user_coldstart", "groups", "beyond", "item_coldstart", "population"):
         assert (out / res["plots"][name]).stat().st_size > 10_000, name
@@ -36,6 +36,10 @@ def test_every_experiment_has_rows_plots_and_a_report(study):
                     "## 4. Beyond accuracy", "## 5. Population size", "## Configuration", "Versions:"):
         assert heading in text
     assert "interaction-level" in text and "user-level" in text
+    assert "what privacy costs" in text and "the floor a private model must beat" in text
+    twin = next(r for r in res["rows"] if r["cell"] == "non-private @user preset")
+    private = next(r for r in res["rows"] if r["cell"] == "user-eps8")
+    assert twin["test_ndcg@10"] is not None and "user_epsilon" not in twin and private["user_epsilon"] <= 8.01
     assert {int(r["k"]) for r in res["coldstart"]} == {0, 1, 2, 5, 10, 20}
 
 
