@@ -80,7 +80,9 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
                 if sd and name == "non-private":
                     ax.axhspan(m - sd, m + sd, color="k", alpha=0.08)
         ax.set_xscale("log")
-        ticks = sorted({round(_epsilon_of(r), 2) for rs in cells.values() for r in rs if math.isfinite(_epsilon_of(r))})
+        # two significant digits: 1.99 (computed) and 2.0 (targeted) share one tick
+        ticks = sorted({float(f"{_epsilon_of(r):.2g}") for rs in cells.values() for r in rs
+                        if math.isfinite(_epsilon_of(r))})
         if ticks:
             ax.set_xticks(ticks)
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
