@@ -53,21 +53,27 @@ def most_popular_scores(train: sp.csr_matrix) -> np.ndarray:
     return np.asarray(train.sum(axis=0)).ravel().astype(np.float64)
 
 
-def fit_most_popular(split: Split, **eval_kwargs) -> BaselineResult:
-    """MostPop: everyone gets the items most often seen in training."""
-    t = time.perf_counter()
-    pop = most_popular_scores(split.train)
+def _non_personal(name: str, item_scores: np.ndarray, split: Split, started: float, selected: dict | None = None,
+                  **eval_kwargs) -> BaselineResult:
+    """A baseline that gives every user the same item scores, evaluated on both stages."""
 
     def score(users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(pop, (len(users), len(pop)))
+        return np.broadcast_to(item_scores, (len(users), len(item_scores)))
 
     return BaselineResult(
-        "mostpop",
+        name,
         score,
         evaluate(score, split, stage="valid", **eval_kwargs),
         evaluate(score, split, stage="test", **eval_kwargs),
-        seconds=time.perf_counter() - t,
+        selected=selected or {},
+        seconds=time.perf_counter() - started,
     )
+
+
+def fit_most_popular(split: Split, **eval_kwargs) -> BaselineResult:
+    """MostPop: everyone gets the items most often seen in training."""
+    t = time.perf_counter()
+    return _non_personal("mostpop", most_popular_scores(split.train), split, t, **eval_kwargs)
 
 
 def fit_private_most_popular(split: Split, *, epsilon: float, delta: float = 1e-5, seed: int = 0,
@@ -88,21 +94,10 @@ def fit_private_most_popular(split: Split, *, epsilon: float, delta: float = 1e-
     t = time.perf_counter()
     noise = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant)
     spent = epsilon_of(noise_multiplier=noise, sample_rate=1.0, steps=1, delta=delta, accountant=accountant)
-    pop = noisy_popularity(split.train, noise=noise, seed=seed)
-    eval_kwargs = {**eval_kwargs, "seed": seed}
-
-    def score(users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(pop, (len(users), len(pop)))
-
-    return BaselineResult(
-        "private-mostpop",
-        score,
-        evaluate(score, split, stage="valid", **eval_kwargs),
-        evaluate(score, split, stage="test", **eval_kwargs),
-        selected={"noise_multiplier": noise, "epsilon": spent, "delta": delta, "accountant": accountant,
-                  "unit": "user-level (covers every single interaction too)"},
-        seconds=time.perf_counter() - t,
-    )
+    selected = {"noise_multiplier": noise, "epsilon": spent, "delta": delta, "accountant": accountant,
+                "unit": "user-level (covers every single interaction too)"}
+    return _non_personal("private-mostpop", noisy_popularity(split.train, noise=noise, seed=seed), split, t,
+                         selected, **{**eval_kwargs, "seed": seed})
 
 
 def ease_item_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:

@@ -151,6 +151,7 @@ class SecureAggregation(LegacyStrategy):
         self.user_dp = None
         self.on_round, self.stop = on_round, stop
         self.stopped: str | None = None  # why the run stopped early
+        self._eval_parameters = None  # the parameters the nodes evaluate this round
 
     # --- helpers ---------------------------------------------------------
     def _config(self, server_round: int) -> dict:
