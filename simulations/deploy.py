@@ -670,40 +670,50 @@ def deploy(
     t0 = time.monotonic()
     out = Path(out).expanduser().resolve()
     workdir = Path(workdir).expanduser().resolve() if workdir else out / "deploy"
-    app_dir = Path(app).resolve() if app else write_app_dir(workdir / "app")
-    defaults = _app_config(app_dir)
-    overrides = dict(overrides)
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise DeployError(f"run-config keys {unknown} are not in [tool.flwr.app.config] of {app_dir / 'pyproject.toml'}; "
-                          f"Flower only overrides existing keys: {sorted(defaults)}")
-    overrides["out"] = str(out)
-    # evaluation replies are exact metric sums of a node's users: no epsilon covers them, so a
-    # deployment runs without evaluation unless a test deployment asks for it
-    if not exact_evaluation:
-        if float(overrides.get("eval-every", 0)) > 0:
-            raise DeployError(f"--eval-every {overrides['eval-every']}: evaluation replies are exact metric sums of "
-                              "each node's users on their held-out items, covered by no epsilon; a deployment runs "
-                              "without them (--eval-every 0, the default here) unless --exact-evaluation says so")
-        overrides["eval-every"] = 0
-    fused = {**defaults, **overrides}
+    # bad input loses nothing and leaves nothing behind: what planning created goes if it fails
+    created = [d for d in (out, workdir) if not d.exists()]
     try:
-        check_run_dir(out, resume=bool(fused.get("resume")), overwrite=overwrite)
-    except ValueError as e:
-        raise DeployError(str(e)) from None
-    try:
-        fed = _plan(fused)
-    except (ValueError, FileNotFoundError) as e:
-        from fedrec.config import ConfigError
-        from fedrec_app.simulations.flags import config_flag
+        app_dir = Path(app).resolve() if app else write_app_dir(workdir / "app")
+        defaults = _app_config(app_dir)
+        overrides = dict(overrides)
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise DeployError(f"run-config keys {unknown} are not in [tool.flwr.app.config] of {app_dir / 'pyproject.toml'}; "
+                              f"Flower only overrides existing keys: {sorted(defaults)}")
+        overrides["out"] = str(out)
+        # evaluation replies are exact metric sums of a node's users: no epsilon covers them, so a
+        # deployment runs without evaluation unless a test deployment asks for it
+        if not exact_evaluation:
+            if float(overrides.get("eval-every", 0)) > 0:
+                raise DeployError(f"--eval-every {overrides['eval-every']}: evaluation replies are exact metric sums of "
+                                  "each node's users on their held-out items, covered by no epsilon; a deployment runs "
+                                  "without them (--eval-every 0, the default here) unless --exact-evaluation says so")
+            overrides["eval-every"] = 0
+        fused = {**defaults, **overrides}
+        try:
+            check_run_dir(out, resume=bool(fused.get("resume")), overwrite=overwrite)
+        except ValueError as e:
+            raise DeployError(str(e)) from None
+        try:
+            fed = _plan(fused)
+        except (ValueError, FileNotFoundError) as e:
+            from fedrec.config import ConfigError
+            from fedrec_app.simulations.flags import config_flag
 
-        if isinstance(e, ConfigError):
-            raise DeployError(f"{config_flag(e.key)} {e.value}: {e.why}") from None
-        raise DeployError(str(e).splitlines()[0]) from None
-    n_nodes = fed.n_nodes
-    if n_nodes > max_nodes:
-        raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get('users-per-node')}) but "
-                          f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
+            if isinstance(e, ConfigError):
+                raise DeployError(f"{config_flag(e.key)} {e.value}: {e.why}") from None
+            raise DeployError(str(e).splitlines()[0]) from None
+        n_nodes = fed.n_nodes
+        if n_nodes > max_nodes:
+            raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get('users-per-node')}) but "
+                              f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
+        if fused.get("secure-aggregation") and n_nodes < 2:
+            raise DeployError(f"--secure-aggregation needs at least 2 SuperNodes; users-per-node="
+                              f"{fused.get('users-per-node')} gives {n_nodes}")
+    except DeployError:
+        for d in created:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     secure = not insecure
     if insecure and auth:
         auth = False  # Flower refuses SuperNode authentication without TLS

@@ -138,3 +138,12 @@ def test_private_mostpop_needs_an_epsilon(capsys, tmp_path):
     assert main(["baseline", "--data", DATA, "--model", "private-mostpop", "--epsilon", "2", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selected"]["epsilon"] <= 2.0 and "user-level" in metrics["selected"]["unit"]
+
+
+def test_secure_aggregation_on_one_node_is_one_line(capsys, tmp_path):
+    line = _error(capsys, ["simulate", "--data", DATA, "--users-per-node", "12", "--secure-aggregation",
+                           "--out", str(tmp_path / "s")])
+    assert "--secure-aggregation needs at least 2 nodes" in line and "gives 1" in line
+    line = _error(capsys, ["simulate", "--data", DATA, "--secure-aggregation", "--user-dp", "client",
+                           "--user-noise-multiplier", "1", "--out", str(tmp_path / "s")])
+    assert "--secure-aggregation" in line and "user-level DP" in line

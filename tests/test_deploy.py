@@ -101,6 +101,14 @@ def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
     assert deploy.main(["--out", str(tmp_path / "d"), "--data", DATA]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "d" / "metrics.json").read_text() == "{}"
+    # SecAgg+ needs 2+ SuperNodes: 3 users on one node of 3 is refused
+    assert deploy.main(["--out", str(tmp_path / "f"), "--data", DATA, "--users-per-node", "3",
+                        "--secure-aggregation"]) == 2
+    assert "--secure-aggregation needs at least 2 SuperNodes" in capsys.readouterr().err
+    # nothing is left behind by a refused deployment (the app directory it wrote is removed);
+    # the existing run directory is kept as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["metrics.json"]
     assert set(_all_flower()) <= before
 
 
