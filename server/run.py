@@ -92,7 +92,7 @@ class RunLog:
         _say(msg)
         if self.out:
             append_round(self.out, row)
-            user_dp = getattr(self.server, "user_dp", None)
+            user_dp = self.server.user_dp
             extra = {"user_clip": user_dp.clipping_norm} if user_dp is not None else {}
             extra["since_best"] = self.since_best
             save_checkpoint(self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
@@ -110,11 +110,9 @@ def _strategy(cfg: FedConfig, fed, model, shapes: dict):
     if not cfg.secure_aggregation:
         return FedRecStrategy(cfg, shapes=shapes, n_nodes=fed.n_nodes, n_users=fed.n_users,
                               item_tables=model.item_tables, cold_items=fed.split.cold_items)
-    from fedrec_app.server.secure import SecureAggregation
+    from fedrec_app.server.secure import SecureAggregation, check_nodes
 
-    if fed.n_nodes < 2:
-        raise ValueError(f"secure-aggregation needs at least 2 nodes; {cfg.data!r} with users-per-node="
-                         f"{cfg.users_per_node} gives {fed.n_nodes}")
+    check_nodes(fed.n_nodes, cfg.users_per_node)
     return SecureAggregation(cfg, shapes=shapes, n_nodes=fed.n_nodes, max_weight=max(len(c) for c in fed.cohorts),
                              item_tables=model.item_tables, cold_items=fed.split.cold_items, stop=EarlyStop)
 

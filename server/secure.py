@@ -73,7 +73,8 @@ from fedrec_app.server.strategy import (
     validate_metrics,
 )
 
-__all__ = ["SecureAggregation", "secagg_workflow", "auto_quantization_range", "quantization_bound", "MODULUS_RANGE"]
+__all__ = ["SecureAggregation", "secagg_workflow", "check_nodes", "auto_quantization_range", "quantization_bound",
+           "MODULUS_RANGE"]
 
 MODULUS_RANGE = 2**32
 
@@ -91,6 +92,14 @@ def quantization_bound(num_examples, *, clipping_range: float, quantization_rang
     q = quantization_range
     w = np.array([round(n / max_weight * q) / q for n in num_examples])
     return float(len(w) * clipping_range * (2.0 + 1.0 / w.min()) / (q * w.sum()))
+
+
+def check_nodes(n_nodes: int, users_per_node: int, *, what: str = "nodes") -> None:
+    """SecAgg+ needs 2+ nodes per round: a federation of fewer is refused (ValueError, one
+    line), by every entry point before anything starts."""
+    if n_nodes < 2:
+        raise ValueError(f"--secure-aggregation needs at least 2 {what}; users-per-node={users_per_node} "
+                         f"gives {n_nodes}")
 
 
 def _fraction_or_count(x: float) -> float | int:

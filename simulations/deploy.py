@@ -707,9 +707,13 @@ def deploy(
         if n_nodes > max_nodes:
             raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get('users-per-node')}) but "
                               f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
-        if fused.get("secure-aggregation") and n_nodes < 2:
-            raise DeployError(f"--secure-aggregation needs at least 2 SuperNodes; users-per-node="
-                              f"{fused.get('users-per-node')} gives {n_nodes}")
+        if fused.get("secure-aggregation"):
+            from fedrec_app.server.secure import check_nodes
+
+            try:
+                check_nodes(n_nodes, fused.get("users-per-node"), what="SuperNodes")
+            except ValueError as e:
+                raise DeployError(str(e)) from None
     except DeployError:
         for d in created:
             shutil.rmtree(d, ignore_errors=True)

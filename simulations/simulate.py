@@ -29,9 +29,10 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     check_run_dir(cfg.out, resume=cfg.resume, overwrite=overwrite)
     cfg = cfg.resolved()
     fed = load_federation(cfg)
-    if cfg.secure_aggregation and fed.n_nodes < 2:
-        raise ValueError(f"--secure-aggregation needs at least 2 nodes; {cfg.data!r} with --users-per-node "
-                         f"{cfg.users_per_node} gives {fed.n_nodes}")
+    if cfg.secure_aggregation:
+        from fedrec_app.server.secure import check_nodes
+
+        check_nodes(fed.n_nodes, cfg.users_per_node)
     if cfg.resume and cfg.out:
         from pathlib import Path
 
