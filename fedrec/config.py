@@ -43,8 +43,9 @@ class FedConfig:
     """Settings of a federated run.  Defaults are the tuned ML-100K settings."""
 
     # data
-    data: str = _opt("ml-100k", "data", "'ml-100k' (bundled), 'synthetic:USERSxITEMS[:SEED]', or a path to an "
-                     "ML-100K/ML-1M directory, a MovieLens ratings.csv, or a generic CSV/TSV/Parquet file")
+    data: str = _opt("ml-latest-small", "data", "'ml-latest-small' (bundled), a fetched dataset ('ml-100k', "
+                     "'ml-1m', ...: `fedrec data list`), 'synthetic:USERSxITEMS[:SEED]', or a path to an ML-100K/ML-1M "
+                     "directory, a MovieLens ratings.csv, or a generic CSV/TSV/Parquet file")
     format: str = _opt("auto", "data", "input format (default: detected)",
                        choices=("auto", "ml-100k", "ml-1m", "ml-csv", "generic"))
     user_col: str = _opt("", "data", "generic files: user id column (default: user)")

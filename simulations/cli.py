@@ -158,8 +158,28 @@ def cmd_privacy(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    """`fedrec data list` and `fedrec data fetch NAME`."""
+    from fedrec.data.registry import REGISTRY, cached_dataset, data_root, fetch
+
+    root = Path(args.root) if args.root else data_root()
+    if args.action == "list":
+        print(f"dataset cache: {root} (set FEDREC_DATA or --root to move it)")
+        for entry in REGISTRY.values():
+            where = cached_dataset(entry.name, root)
+            state = f"cached at {where}" if where else ("bundled" if entry.name == "ml-latest-small" else "not fetched")
+            print(f"{entry.name:22s} {entry.size:>7s}  {state}\n{'':22s} terms: {entry.terms}\n"
+                  f"{'':22s} checksum: {entry.checksum_source}")
+        return 0
+    if not args.name:
+        raise UsageError("fedrec data fetch needs a dataset name; `fedrec data list` shows them")
+    for name in args.name:
+        fetch(name, root=root, mirror=args.mirror, force=args.force, say=_log)
+    return 0
+
+
 def cmd_run_default(args) -> int:
-    """The main job of `make run`: the default study on bundled ML-100K."""
+    """The main job of `make run`: the default study on bundled ml-latest-small."""
     return cmd_sweep(build_parser().parse_args(["sweep", "default", "--out", str(args.out)]))
 
 
@@ -274,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'models' (every model federated and centralized, non-private and epsilon 8 in "
                                 "each unit), 'tiny' (smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
-    p.add_argument("--data", default="ml-100k", help="any dataset the loaders read (default: bundled ml-100k)")
+    p.add_argument("--data", default="ml-latest-small",
+                   help="any dataset the loaders read (default: bundled ml-latest-small)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the study's, 3)")
     p.add_argument("--rounds", type=int, default=None, help="override the rounds of every cell")
     p.add_argument("--models", nargs="+", default=None,
@@ -291,7 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.build_parser(p)
     p.set_defaults(func=deploy.run)
 
-    p = sub.add_parser("run-default", help="the main job: the default study (fedrec sweep default) on bundled ML-100K")
+    p = sub.add_parser("data", help="list the datasets fedrec can fetch, or fetch one into the cache",
+                       description="`fedrec data list` shows every registered dataset, its licence terms, its checksum "
+                                   "source and whether it is cached; `fedrec data fetch NAME` downloads it from its "
+                                   "publisher, verifies its checksum, shows its terms and unpacks it into the cache "
+                                   "($FEDREC_DATA, default ~/.cache/fedrec), where --data NAME finds it.")
+    p.add_argument("action", choices=["list", "fetch"], help="list or fetch")
+    p.add_argument("name", nargs="*", help="fetch: dataset name(s), e.g. ml-100k ml-1m")
+    p.add_argument("--root", default=None, help="dataset cache (default: $FEDREC_DATA or ~/.cache/fedrec)")
+    p.add_argument("--mirror", default=None,
+                   help="base URL of a mirror that serves the publisher's file names (default: the publisher)")
+    p.add_argument("--force", action="store_true", help="fetch again even if the dataset is cached")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("run-default", help="the main job: the default study (fedrec sweep default) on bundled ml-latest-small")
     p.add_argument("--out", default="runs/default", help="study directory (default runs/default)")
     p.set_defaults(func=cmd_run_default)
     return parser
@@ -299,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Errors whose message is already the one line a user needs (it names the flag or file and the value).
 _SELF_EXPLAINING = ("ValueError", "FileNotFoundError", "DataFormatError", "CheckpointError", "UsageError",
-                    "RunDirError", "DeployError")
+                    "RunDirError", "DeployError", "FetchError")
 
 
 def error_line(e: BaseException) -> str:

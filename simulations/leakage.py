@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         "under no protection, interaction-level DP, user-level DP and secure aggregation; membership inference "
         "on the final model; one-run DP audit (simulations.audit).",
     )
-    ap.add_argument("--data", default="ml-100k", help="dataset (as for `fedrec simulate`; default ml-100k)")
+    ap.add_argument("--data", default="ml-latest-small", help="dataset (as for `fedrec simulate`; default ml-latest-small)")
     ap.add_argument("--split", default="leave-last-out", choices=("leave-last-out", "temporal-ratio"))
     ap.add_argument("--out", default="", help="directory for leakage.csv and leakage.json")
     ap.add_argument("--users", type=int, default=300, help="users attacked (random subset; default 300)")

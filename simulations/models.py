@@ -42,7 +42,7 @@ MODEL_PRESETS: dict[str, dict] = {
 CENTRAL = dict(epochs=100, lr=1e-3, batch_size=1024, n_negatives=4, patience=10)
 
 
-def models_cells(data: str = "ml-100k", *, models=MODELS, rounds: int | None = None, epsilon: float = 8.0,
+def models_cells(data: str = "ml-latest-small", *, models=MODELS, rounds: int | None = None, epsilon: float = 8.0,
                  private: bool = True) -> list[Cell]:
     """Federated cells: each model non-private and (``private``) at ``epsilon`` in each unit."""
     fed = load_federation(FedConfig(data=data))
@@ -193,7 +193,7 @@ def write_models_report(out: Path, rows: list[dict], models, *, data: str, seeds
     return path
 
 
-def run_models(out: Path, *, data: str = "ml-100k", seeds: int = 3, rounds: int | None = None, models=MODELS,
+def run_models(out: Path, *, data: str = "ml-latest-small", seeds: int = 3, rounds: int | None = None, models=MODELS,
                private: bool = True, command: str = "", say=print) -> Path:
     t0 = time.perf_counter()
     out = Path(out)

@@ -90,7 +90,7 @@ def _users_per_node(n_users: int) -> int:
     return max(1, math.ceil(n_users / 2))  # two nodes: one per core (Flower's cost is per node)
 
 
-def study_cells(study: Study, data: str = "ml-100k", rounds: int | None = None) -> list[Cell]:
+def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None = None) -> list[Cell]:
     """Every federated run of the study (without seeds)."""
     fed = load_federation(FedConfig(data=data, cold_users=study.cold_users))
     upn = _users_per_node(fed.n_users)
@@ -191,7 +191,7 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
     return rows
 
 
-def run_study(name: str, out: Path, *, data: str = "ml-100k", seeds: int | None = None, rounds: int | None = None,
+def run_study(name: str, out: Path, *, data: str = "ml-latest-small", seeds: int | None = None, rounds: int | None = None,
               say=print) -> dict:
     """Run (or resume) a study; write results, cold-start results, plots and ``report.md``."""
     from fedrec_app.simulations.plots import make_plots

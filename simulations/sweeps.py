@@ -20,7 +20,7 @@ def dp_preset(base: FedConfig, target_epsilon: float) -> FedConfig:
     return replace(base, **DP_PRESET, target_epsilon=target_epsilon, noise_multiplier=0.0)
 
 
-def dp_levels(*, data: str = "ml-100k", epsilons=(8, 4, 2, 1), users_per_node: int = 472,
+def dp_levels(*, data: str = "ml-latest-small", epsilons=(8, 4, 2, 1), users_per_node: int = 472,
               rounds: int | None = None) -> list[Cell]:
     """Non-private federated MF and interaction-level DP at several target epsilons."""
     base = FedConfig(data=data, users_per_node=users_per_node)

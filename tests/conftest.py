@@ -26,3 +26,20 @@ def tiny_split(tiny_ds):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+    """Path of a dataset in ``../shared/data`` (the developers' and CI's copies of data
+    that may not ship); the test skips, saying why, where it is absent."""
+
+    def get(name: str):
+        path = SHARED_DATA / name
+        if not path.is_dir():
+            pytest.skip(f"{name} is not at {path} (its licence forbids shipping it; CI has it)")
+        return path
+
+    return get

@@ -125,8 +125,21 @@ def test_synthetic_is_deterministic_and_scales_without_dense_matrices():
     assert big.n_users == 20000 and big.item_genres.shape == (3000, 6)
 
 
-def test_load_bundled_ml100k():
-    ds = load_dataset("ml-100k")
+def test_load_bundled_default(caplog):
+    with caplog.at_level("WARNING", logger="fedrec.data"):
+        ds = load_dataset("ml-latest-small")
+    assert (ds.n_users, ds.n_items, ds.n_interactions) == (610, 9742, 100836)
+    assert ds.item_genres.shape == (9742, 19) and ds.user_gender is None
+    # movies.csv lists 18 movies nobody rated: kept in the catalogue, and said so in one line
+    assert (ds.item_popularity() == 0).sum() == 18
+    assert ds.info["notes"] == ["18 item(s) of the item metadata have no interaction: kept in the ranked "
+                                "catalogue (they can be recommended, never hit)"]
+    s = leave_last_out(ds)
+    assert s.valid.nnz == 610 and s.test.nnz == 610 and s.train.nnz == 100836 - 2 * 610
+
+
+def test_load_ml100k_by_path(shared_data):
+    ds = load_dataset(str(shared_data("ml-100k")))
     assert (ds.n_users, ds.n_items, ds.n_interactions) == (943, 1682, 100000)
     assert ds.item_genres.shape == (1682, 19) and ds.user_gender is not None
     s = leave_last_out(ds)

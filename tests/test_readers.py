@@ -145,8 +145,8 @@ def test_ml100k_without_side_files(tmp_path):
     assert raw.item_info is None and raw.user_info is None
 
 
-def test_bundled_ml100k():
-    raw = read_interactions(bundled_path("ml-100k"))
+def test_ml100k_by_path(shared_data):
+    raw = read_interactions(shared_data("ml-100k"))
     assert len(raw.user) == 100_000
     assert len(np.unique(raw.user)) == 943
     assert len(np.unique(raw.item)) == 1682
@@ -159,11 +159,35 @@ def test_bundled_ml100k():
 
 
 def test_bundled_by_name():
-    raw = read_interactions("ml-100k")
-    assert raw.format == "ml-100k" and raw.name == "ml-100k"
-    assert len(raw.user) == 100_000
-    assert raw.source == str(bundled_path("ml-100k") / "u.data")
-    assert read_interactions("ml-100k", format="ml-100k").user.shape == (100_000,)
+    raw = read_interactions("ml-latest-small")
+    assert raw.format == "ml-csv" and raw.name == "ml-latest-small"
+    assert len(raw.user) == 100_836 and raw.rating.min() == 0.5 and raw.rating.max() == 5
+    assert raw.source == str(bundled_path() / "ratings.csv")
+    assert read_interactions("ml-latest-small", format="ml-csv").user.shape == (100_836,)
+    assert raw.item_info.genres.shape == (9742, 19) and np.isnan(raw.item_info.year).sum() == 13
+    assert (bundled_path() / "README.txt").is_file()  # its licence ships with it
+
+
+def test_unknown_items_and_short_users_are_kept_and_said(tmp_path, caplog):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,1\n1,11,4.0,2\n1,12,4.0,3\n"
+                                        "2,10,5.0,4\n2,99,3.0,5\n")
+    (folder / "movies.csv").write_text("movieId,title,genres\n10,A (1990),Drama\n11,B (1991),Drama\n"
+                                       "12,C (1992),Comedy\n13,D (1993),Comedy\n")
+    from fedrec.data import load_dataset
+
+    with caplog.at_level("WARNING", logger="fedrec.data"):
+        ds = load_dataset(str(folder))
+    assert ds.n_items == 5 and 99 in ds.item_ids.tolist() and 13 in ds.item_ids.tolist()
+    assert ds.info["notes"] == [
+        "1 interacted item(s) are not in the item metadata: kept, without genres or year",
+        "1 item(s) of the item metadata have no interaction: kept in the ranked catalogue (they can be "
+        "recommended, never hit)",
+        "1 user(s) have fewer than 3 interactions: kept in training, not evaluated (leave-last-out needs 3)",
+    ]
+    said = [r.getMessage() for r in caplog.records if r.name == "fedrec.data"]
+    assert len(said) == 3 and all(line.startswith(str(folder / "ratings.csv")) for line in said)
 
 
 def test_ml1m_tiny(ml1m):

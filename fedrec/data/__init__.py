@@ -45,7 +45,8 @@ def load_dataset(
 ) -> Dataset:
     """Read and prepare a dataset.
 
-    ``data`` is ``"ml-100k"`` (bundled), ``"synthetic:USERSxITEMS[:SEED]"`` or a path
+    ``data`` is ``"ml-latest-small"`` (bundled), the name of a fetched dataset
+    (:mod:`fedrec.data.registry`), ``"synthetic:USERSxITEMS[:SEED]"`` or a path
     readable by :func:`read_interactions`.
     """
     if data.startswith("synthetic"):

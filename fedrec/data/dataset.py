@@ -11,6 +11,7 @@ optional k-core filter and remaps ids.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,35 @@ def kcore_mask(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
             return keep
 
 
+def _notes(raw: RawData, item_ids: np.ndarray, item: np.ndarray, user: np.ndarray) -> list[str]:
+    """One line for each thing kept or dropped that a reader of the results should know."""
+    notes = []
+    if raw.item_info is not None:
+        listed = np.isin(item_ids, raw.item_info.item_ids)
+        rated = np.bincount(item, minlength=len(item_ids)) > 0
+        if (~listed).any():
+            notes.append(f"{int((~listed).sum())} interacted item(s) are not in the item metadata: kept, "
+                         f"without genres or year")
+        if (~rated).any():
+            notes.append(f"{int((~rated).sum())} item(s) of the item metadata have no interaction: kept in the "
+                         f"ranked catalogue (they can be recommended, never hit)")
+    few = int((np.bincount(user) < 3).sum())
+    if few:
+        notes.append(f"{few} user(s) have fewer than 3 interactions: kept in training, not evaluated "
+                     f"(leave-last-out needs 3)")
+    return notes
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """Log a data note once per process (``logging`` warning: shown by default, one line)."""
+    if line not in _SAID:
+        _SAID.add(line)
+        logging.getLogger("fedrec.data").warning(line)
+
+
 def build_dataset(
     raw: RawData,
     *,
@@ -178,6 +208,9 @@ def build_dataset(
     else:
         item_ids, item = np.unique(raw.item[keep], return_inverse=True)
     timestamp = raw.timestamp[keep].astype(np.int64)
+    notes = _notes(raw, item_ids, item, user)
+    for note in notes:
+        _say_once(f"{raw.source}: {note}")
 
     genres = genre_names = year = None
     if raw.item_info is not None:
@@ -216,5 +249,5 @@ def build_dataset(
         user_gender=gender,
         user_age=age,
         name=raw.name,
-        info={"min_rating": min_rating, "kcore": kcore, "format": raw.format},
+        info={"min_rating": min_rating, "kcore": kcore, "format": raw.format, **({"notes": notes} if notes else {})},
     )

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedrec.data.registry import REGISTRY, cached_dataset, missing_dataset_message
+
 __all__ = [
     "DataFormatError",
     "ItemInfo",
@@ -181,7 +183,7 @@ class RawData:
     name: str  # short name for reports, e.g. "ml-100k"
 
 
-def bundled_path(name: str = "ml-100k") -> Path:
+def bundled_path(name: str = "ml-latest-small") -> Path:
     """Path of a dataset shipped inside the package.
 
     Parameters
@@ -281,6 +283,11 @@ def read_interactions(
     TypeError
         For an unknown option, or a generic-only option with another format.
     """
+    location, defaults = _locate(path)
+    if defaults:  # a fetched dataset: its registry entry says how to read it; given options win
+        given = {k: v for k, v in options.items() if v is not None and v != _GENERIC_DEFAULTS.get(k)}
+        options = {**{k: v for k, v in defaults.items() if k != "format"}, **given}
+        format = defaults.get("format", "auto") if format == "auto" else format
     if format != "auto" and format not in FORMATS:
         allowed = ", ".join(repr(f) for f in ("auto", *FORMATS))
         raise ValueError(f"unknown format {format!r}; expected one of {allowed}")
@@ -288,7 +295,6 @@ def read_interactions(
     if duplicates not in _DUPLICATE_POLICIES:
         allowed = ", ".join(repr(p) for p in _DUPLICATE_POLICIES)
         raise ValueError(f"duplicates must be one of {allowed}, got {duplicates!r}")
-    location = _locate(path)
     if format == "auto":
         fmt, data_file = _detect_format(location)
     else:
@@ -305,14 +311,28 @@ def read_interactions(
 # --------------------------------------------------------------------------- #
 
 
-def _locate(path: str | PathLike[str]) -> Path:
-    """The existing path meant by ``path`` (a bundled dataset for a bare name)."""
+def _locate(path: str | PathLike[str]) -> tuple[Path, dict]:
+    """The existing path meant by ``path``, and the reader defaults of a fetched dataset.
+
+    A bare name is looked up as a bundled dataset, then in the dataset cache
+    (:func:`fedrec.data.registry.data_root`); a registered name that is in neither
+    raises the one line that says how to fetch it.
+    """
     location = Path(path)
     if location.exists():
-        return location
+        return location, {}
     name = str(path)
-    if location.name == name and name and bundled_path(name).is_dir():
-        return bundled_path(name)
+    if location.name == name and name:
+        if bundled_path(name).is_dir():
+            return bundled_path(name), {}
+        cached = cached_dataset(name)
+        entry = REGISTRY.get(name)
+        if cached is not None:
+            if entry is not None and entry.file_name:
+                return cached / entry.file_name, dict(entry.reader)
+            return cached, dict(entry.reader) if entry is not None else {}
+        if entry is not None:
+            raise DataFormatError(missing_dataset_message(name))
     raise _error(location, "missing file: no such file or directory")
 
 
