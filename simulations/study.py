@@ -13,6 +13,7 @@ the very models whose privacy-utility point is reported.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -66,7 +67,9 @@ class Study:
 
 
 STUDIES = {
-    "default": Study("default"),
+    # sized to finish in about 15 minutes on 2 cores for bundled ml-latest-small: each run costs
+    # about 20 s of start-up (Ray, actors, data) beside its rounds
+    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 1.0), user_eps=(8.0, 1.0)),
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
     "population": Study("population", seeds=2, item_coldstart=False, populations=(1_000, 10_000, 100_000),
@@ -139,27 +142,40 @@ def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tupl
     floor a private model must beat."""
     from fedrec.baselines import fit_ease, fit_most_popular, fit_private_most_popular
 
-    split = load_federation(FedConfig(data=data, cold_users=cold_users)).split
+    from fedrec.federation import activity_groups
+
+    fed = load_federation(FedConfig(data=data, cold_users=cold_users))
+    split = fed.split
+    genres = fed.dataset.item_genres
+    # the same beyond-accuracy inputs and activity groups as the federated cells' evaluation
+    extras = dict(sampled_negatives=99, item_popularity=np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64),
+                  item_features=genres.astype(np.float32) if genres is not None else None,
+                  user_groups={"activity": activity_groups(split)})
     rows = []
 
     def row(name: str, s: int, res, t: float, **labels) -> dict:
         out = {"cell": name, "seed": s, "experiment": "privacy", "unit": "none", "target_epsilon": math.inf,
                "baseline": True, "seconds": time.perf_counter() - t, **labels}
         for stage, r in (("test", res.test), ("valid", res.valid)):
-            for m in ("ndcg@10", "hr@10", "recall@20", "sampled_ndcg@10", "sampled_hr@10", "coverage@10"):
-                out[f"{stage}_{m}"] = r.metrics.get(m)
+            out.update({f"{stage}_{m}": v for m, v in r.metrics.items()})
+        for group, means in res.test.groups.get("activity", {}).items():
+            if group in ("light", "medium", "heavy"):
+                out.update({f"test@{group}_{m}": means[m] for m in ("ndcg@10", "hr@10", "recall@20")})
         return out
 
-    for name, fit in (("MostPop", fit_most_popular), ("EASE (centralized)", fit_ease)):
+    #: EASE's lambda grid in the study: 3 values, one Cholesky inverse each (ml-latest-small: ~18 s)
+    ease = functools.partial(fit_ease, lambdas=(100, 300, 1000))
+    for name, fit in (("MostPop", fit_most_popular), ("EASE (centralized)", ease)):
         t = time.perf_counter()
-        res = fit(split, sampled_negatives=99)
+        res = fit(split, **extras)
         rows += [row(name, s, res, t) for s in seeds]
     for eps in sorted(set(epsilons), reverse=True):
         for s in seeds:
             t = time.perf_counter()
-            res = fit_private_most_popular(split, epsilon=eps, seed=s, sampled_negatives=99)
+            res = fit_private_most_popular(split, epsilon=eps, seed=s, **extras)
             rows.append(row(f"private MostPop eps {eps:g}", s, res, t, unit="user-level", target_epsilon=eps,
-                            user_epsilon=res.selected["epsilon"], mechanism="private-mostpop"))
+                            user_epsilon=res.selected["epsilon"], user_noise_multiplier=res.selected["noise_multiplier"],
+                            delta=res.selected["delta"], mechanism="private-mostpop"))
     return rows
 
 
