@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="experiment sweeps with tables and a report (resumable)",
                        description="Run a named sweep of federated runs (cells x seeds) through Flower's simulation "
                                    "engine. Finished cells are kept and skipped when run again.")
-    p.add_argument("name", help="'default' (the main study, ~10 min on 2 cores), 'full' (every level), 'population', "
+    p.add_argument("name", help="'default' (the main study, ~15 min on 2 cores), 'full' (every level), 'population', "
                                 "'models' (every model federated and centralized, non-private and epsilon 8 in "
                                 "each unit), 'tiny' (smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")

@@ -2,7 +2,7 @@
 beyond-accuracy and activity groups, and population size.
 
 ``fedrec sweep default`` runs the reduced study the README's main command runs
-(about 15 minutes on 2 cores for bundled ML-100K); ``fedrec sweep full`` runs
+(about 15 minutes on 2 cores for bundled ml-latest-small); ``fedrec sweep full`` runs
 every level of the issue with more rounds.  Each federated run goes through
 Flower's simulation engine; finished runs are kept and skipped on a re-run.
 
@@ -69,7 +69,7 @@ class Study:
 STUDIES = {
     # sized to finish in about 15 minutes on 2 cores for bundled ml-latest-small: each run costs
     # about 20 s of start-up (Ray, actors, data) beside its rounds
-    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 1.0), user_eps=(8.0, 1.0)),
+    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0), user_eps=(8.0, 2.0)),
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
     "population": Study("population", seeds=2, item_coldstart=False, populations=(1_000, 10_000, 100_000),
@@ -122,7 +122,9 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
             cells.append(Cell(f"non-private @{unit} preset", cfg, {"experiment": "privacy", "unit": "none",
                                                                    "target_epsilon": math.inf, "twin": unit}))
     if study.item_coldstart:
-        cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds)
+        # every user trains here (no held-out users): two nodes of all of them, one per core
+        cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds,
+                      users_per_node=_users_per_node(fed.n_users + len(fed.split.cold_users)))
         cells.append(Cell("item-coldstart", cfg, {"experiment": "item-coldstart", "unit": "none",
                                                    "target_epsilon": math.inf}))
     for n in study.populations:

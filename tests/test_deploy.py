@@ -269,6 +269,10 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
                     *map(str, wheels.glob("fedrec-*.whl"))], check=True, capture_output=True)
     assert sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info")) == \
         ["bin", "fedrec", "fedrec_app"]
+    # the wheel carries the default dataset with its licence, and no dataset that may not ship
+    bundled = target / "fedrec" / "datasets"
+    assert sorted(p.name for p in bundled.iterdir() if p.is_dir() and p.name != "__pycache__") == ["ml-latest-small"]
+    assert {"ratings.csv", "movies.csv", "README.txt"} <= {p.name for p in (bundled / "ml-latest-small").iterdir()}
     env = dict(os.environ, PYTHONPATH=str(target), HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
     where = subprocess.run([sys.executable, "-c", "import fedrec, fedrec_app.server.app as a, "
                             "fedrec_app.clients.app as c; print(fedrec.__file__, a.__file__, c.__file__)"],
