@@ -481,3 +481,27 @@ def test_sparse_input_forms_agree():
     assert dense.ranks.tolist() == expected
     f32 = target_ranks(s.astype(np.float32), t, e)
     assert f32.ranks.tolist() == expected
+
+
+def test_masks_in_any_sparse_layout_give_the_same_ranks():
+    """A mask with duplicate or unsorted entries (a sum of CSR matrices, COO) masks the same
+    coordinates as its canonical CSR, including duplicates whose values cancel."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(6, 40))
+    targets = sp.csr_matrix((np.ones(6), (np.arange(6), rng.integers(0, 40, 6))), shape=(6, 40))
+    rows, cols = rng.integers(0, 6, 120), rng.integers(0, 40, 120)
+    canonical = sp.csr_matrix((np.ones(120), (rows, cols)), shape=(6, 40))
+    canonical.sum_duplicates()
+    canonical.data[:] = 1.0
+    canonical = canonical - canonical.multiply(targets)  # never mask a target
+    canonical.eliminate_zeros()
+    r, c = canonical.nonzero()
+    # the same coordinates: listed twice (once as +1, once as -1 at one of them), unsorted
+    dup = sp.coo_matrix((np.r_[np.ones(len(r)), -np.ones(1)], (np.r_[r, r[:1]], np.r_[c, c[:1]])), shape=(6, 40))
+    ip = canonical.indptr
+    reversed_rows = np.concatenate([canonical.indices[ip[u]:ip[u + 1]][::-1] for u in range(6)])
+    unsorted = sp.csr_matrix((np.ones(len(r)), reversed_rows, ip.copy()), shape=(6, 40))
+    unsorted.has_sorted_indices = False
+    want = fm.target_ranks(scores, targets, canonical).ranks
+    for mask in (dup, dup.tocsr(), canonical + sp.csr_matrix((6, 40)), unsorted):
+        np.testing.assert_array_equal(fm.target_ranks(scores, targets, mask).ranks, want)

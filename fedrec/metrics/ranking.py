@@ -142,6 +142,12 @@ def _coords(m: MatrixLike | None, shape: tuple[int, int], name: str) -> tuple[np
     if sp.issparse(m):
         if tuple(m.shape) != tuple(shape):
             raise ValueError(f"{name} has shape {m.shape}; expected {shape}")
+        if not (m.format == "csr" and m.has_canonical_format):
+            # sorted and without duplicates, in scipy's C code (a hash of every coordinate took
+            # 9 of 11 s of an evaluation masking millions of entries); |m| keeps a coordinate
+            # whenever any of its duplicate entries is non-zero, as the coordinate set does
+            m = abs(m).tocsr()
+            m.sum_duplicates()
         if m.format == "csr" and m.has_canonical_format:  # sorted, no duplicates
             r = np.repeat(np.arange(shape[0], dtype=np.int64), np.diff(m.indptr))
             keep = m.data != 0
