@@ -57,6 +57,7 @@ class Study:
     interaction_eps: tuple[float, ...] = (8.0, 2.0, 0.5)
     user_eps: tuple[float, ...] = (8.0, 2.0)
     item_coldstart: bool = True
+    item_rounds: int = 0  # rounds of the item cold-start cell (0: nonprivate_rounds)
     fit_eps: tuple[float, ...] = (1.0,)  # DP fold-in of new users, on the non-private model
     populations: tuple[int, ...] = ()  # synthetic users, user-level DP at population_eps
     population_eps: float = 2.0
@@ -69,7 +70,8 @@ class Study:
 STUDIES = {
     # sized to finish in about 15 minutes on 2 cores for bundled ml-latest-small: each run costs
     # about 20 s of start-up (Ray, actors, data) beside its rounds
-    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0), user_eps=(8.0, 2.0)),
+    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0), user_eps=(8.0, 2.0),
+                     item_rounds=40),
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
     "population": Study("population", seeds=2, item_coldstart=False, populations=(1_000, 10_000, 100_000),
@@ -123,7 +125,8 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
                                                                    "target_epsilon": math.inf, "twin": unit}))
     if study.item_coldstart:
         # every user trains here (no held-out users): two nodes of all of them, one per core
-        cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=np_rounds,
+        cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0,
+                      num_server_rounds=rounds or study.item_rounds or study.nonprivate_rounds,
                       users_per_node=_users_per_node(fed.n_users + len(fed.split.cold_users)))
         cells.append(Cell("item-coldstart", cfg, {"experiment": "item-coldstart", "unit": "none",
                                                    "target_epsilon": math.inf}))

@@ -83,3 +83,13 @@ def test_private_most_popular_is_one_calibrated_gaussian_release(tiny_split):
     zl = loose.selected["noise_multiplier"]
     assert zl < z / 10
     np.testing.assert_allclose(loose.score_fn(np.array([0]))[0], total, atol=6 * zl)
+
+
+def test_ease_mirrors_the_cholesky_inverse_by_blocks():
+    from fedrec.baselines import _mirror_lower
+
+    a = np.random.default_rng(1).normal(size=(37, 37))
+    for block in (1, 5, 16, 37, 64):
+        got = a.copy()
+        _mirror_lower(got, block=block)
+        np.testing.assert_array_equal(got, np.tril(a) + np.tril(a, -1).T)

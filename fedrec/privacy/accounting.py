@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
+
+# Opacus is imported where an epsilon is computed: importing it costs about 3 s (its package
+# loads the whole privacy engine), which every simulation actor of a run without DP saved
 
 __all__ = ["epsilon", "calibrate_noise", "epsilons_for_steps", "Mechanism"]
 
@@ -40,6 +41,8 @@ def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: flo
         return 0.0
     if any(m[0] <= 0 for m in history):
         return float("inf")
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(mechanism=accountant)
     acc.history = history
     return float(acc.get_epsilon(delta=delta))
@@ -77,6 +80,8 @@ def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, 
                         extra=extra)
             lo, hi = (mid, hi) if e > target_epsilon else (lo, mid)
         return hi
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
