@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +24,7 @@ __all__ = [
     "BaselineResult",
     "most_popular_scores",
     "ease_item_weights",
+    "ease_weights",
     "fit_most_popular",
     "fit_private_most_popular",
     "fit_ease",
@@ -102,23 +103,68 @@ def fit_private_most_popular(split: Split, *, epsilon: float, delta: float = 1e-
 
 def ease_item_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck 2019): ``B = I - P diagMat(1 / diag(P))``, ``P = (X'X + lam I)^-1``."""
-    if lam <= 0:
-        raise ValueError(f"EASE lambda must be > 0; got {lam}")
+    return next(ease_weights(train, (lam,)))[1]
+
+
+def ease_weights(train: sp.csr_matrix, lambdas: Sequence[float], *,
+                 method: str = "auto") -> Iterator[tuple[float, np.ndarray]]:
+    """EASE item weights for each lambda, one decomposition serving them all where it can.
+
+    ``P = (X'X + lam I)^-1`` is computed by
+
+    - ``"woodbury"`` (auto when fewer users have data than there are items):
+      ``P = (I - X' U diag(1 / (s + lam)) U' X) / lam`` from one eigendecomposition
+      ``X X' = U diag(s) U'`` of the small user Gram matrix; each lambda then costs one
+      matrix product (ml-latest-small: 549 users, 9,742 items);
+    - ``"cholesky"``: a Cholesky inverse of the item Gram matrix per lambda (18 s at
+      9,742 items against 46 s for a general inverse).
+
+    Yields
+    ------
+    (lambda, B)
+        ``B`` is ``(n_items, n_items)`` float64 with a zero diagonal.
+    """
+    lambdas = [float(lam) for lam in lambdas]
+    for lam in lambdas:
+        if not lam > 0:
+            raise ValueError(f"EASE lambda must be > 0; got {lam}")
+    x = train[np.flatnonzero(np.diff(train.indptr))].astype(np.float64)  # users with data
+    m, n = x.shape
+    if method == "auto":
+        method = "woodbury" if m < n else "cholesky"
+    if method == "woodbury":
+        s, u = np.linalg.eigh((x @ x.T).toarray())
+        w = np.asarray((x.T @ u).T)  # U'X, (m, n)
+        for lam in lambdas:
+            wd = w / np.sqrt(np.clip(s, 0.0, None) + lam)[:, None]
+            p = wd.T @ wd
+            p *= -1.0 / lam
+            p[np.diag_indices(n)] += 1.0 / lam
+            yield lam, _ease_from_inverse(p)
+        return
+    if method != "cholesky":
+        raise ValueError(f"EASE method must be 'auto', 'woodbury' or 'cholesky'; got {method!r}")
     from scipy.linalg import lapack
 
-    g = (train.T @ train).toarray().astype(np.float64)
-    g[np.diag_indices_from(g)] += lam
-    # X'X + lam I is symmetric positive definite: a Cholesky inverse costs about 2.5x
-    # less than a general inverse (18 s against 46 s for ml-latest-small's 9,742 items)
-    chol, info = lapack.dpotrf(g, lower=1, overwrite_a=1)
-    if info == 0:
-        p, info = lapack.dpotri(chol, lower=1, overwrite_c=1)
-    if info != 0:
-        raise ArithmeticError(f"EASE: X'X + {lam} I is not positive definite (LAPACK info {info})")
-    _mirror_lower(p)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b
+    gram = (x.T @ x).toarray()
+    for lam in lambdas:
+        g = gram.copy()
+        g[np.diag_indices_from(g)] += lam
+        chol, info = lapack.dpotrf(g, lower=1, overwrite_a=1)
+        if info == 0:
+            p, info = lapack.dpotri(chol, lower=1, overwrite_c=1)
+        if info != 0:
+            raise ArithmeticError(f"EASE: X'X + {lam} I is not positive definite (LAPACK info {info})")
+        _mirror_lower(p)
+        yield lam, _ease_from_inverse(p)
+
+
+def _ease_from_inverse(p: np.ndarray) -> np.ndarray:
+    """``B = -P diagMat(1 / diag(P))`` with a zero diagonal, in place of ``p``."""
+    d = np.diag(p).copy()
+    p /= -d[None, :]
+    p[np.diag_indices_from(p)] = 0.0
+    return p
 
 
 def _mirror_lower(p: np.ndarray, block: int = 1024) -> None:
@@ -134,7 +180,7 @@ def _mirror_lower(p: np.ndarray, block: int = 1024) -> None:
 def fit_ease(
     split: Split,
     *,
-    lambdas: Sequence[float] = (50, 100, 200, 300, 500, 1000),
+    lambdas: Sequence[float] = (10, 20, 50, 100, 200, 300, 500, 1000),
     select: str = "ndcg@10",
     progress: Callable[[str], None] | None = None,
     **eval_kwargs,
@@ -144,8 +190,7 @@ def fit_ease(
     history = []
     best = None
     x = split.train.astype(np.float64)
-    for lam in lambdas:
-        b = ease_item_weights(split.train, lam)
+    for lam, b in ease_weights(split.train, lambdas):
 
         def score(users: np.ndarray, b=b) -> np.ndarray:
             return np.asarray(x[users] @ b)

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (metrics.json, config.json, id_map.json)")
     p.add_argument("--overwrite", action="store_true", help="replace the results already in --out (default: refuse)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--ease-lambdas", default="50,100,200,300,500,1000",
+    p.add_argument("--ease-lambdas", default="10,20,50,100,200,300,500,1000",
                    help="EASE: lambdas tried, picked on validation NDCG@10")
     p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     p.add_argument("--epochs", type=int, default=100, help="max epochs; the best on validation is kept (default 100)")

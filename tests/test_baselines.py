@@ -93,3 +93,31 @@ def test_ease_mirrors_the_cholesky_inverse_by_blocks():
         got = a.copy()
         _mirror_lower(got, block=block)
         np.testing.assert_array_equal(got, np.tril(a) + np.tril(a, -1).T)
+
+
+@pytest.mark.parametrize("users,items", [(8, 30), (30, 8)])
+def test_ease_one_decomposition_matches_the_cholesky_inverse_and_the_direct_solve(users, items):
+    """Fewer users than items: the Woodbury route (one eigendecomposition of X X' for every
+    lambda) gives the Cholesky route's weights, and each column solves EASE's problem."""
+    from fedrec.baselines import ease_weights
+
+    rng = np.random.default_rng(2)
+    x = (rng.random((users, items)) < 0.35).astype(np.float64)
+    x[3] = 0.0  # a user without data is ignored by both routes
+    train = sp.csr_matrix(x)
+    lambdas = (0.5, 5.0, 50.0)
+    wood = dict(ease_weights(train, lambdas, method="woodbury"))
+    chol = dict(ease_weights(train, lambdas, method="cholesky"))
+    auto = dict(ease_weights(train, lambdas))
+    for lam in lambdas:
+        np.testing.assert_allclose(wood[lam], chol[lam], atol=1e-9)
+        np.testing.assert_array_equal(auto[lam], wood[lam] if users < items else chol[lam])
+        b = auto[lam]
+        assert np.all(np.diag(b) == 0)
+        j = 1
+        others = [k for k in range(items) if k != j]
+        xo = x[:, others]
+        direct = np.linalg.solve(xo.T @ xo + lam * np.eye(items - 1), xo.T @ x[:, j])
+        np.testing.assert_allclose(b[others, j], direct, atol=1e-8)
+    with pytest.raises(ValueError, match="method"):
+        next(ease_weights(train, (1.0,), method="svd"))
