@@ -160,6 +160,7 @@ def cmd_privacy(args) -> int:
 
 def cmd_data(args) -> int:
     """`fedrec data list` and `fedrec data fetch NAME`."""
+    from fedrec.data import bundled_path
     from fedrec.data.registry import REGISTRY, cached_dataset, data_root, fetch
 
     root = Path(args.root) if args.root else data_root()
@@ -167,7 +168,7 @@ def cmd_data(args) -> int:
         print(f"dataset cache: {root} (set FEDREC_DATA or --root to move it)")
         for entry in REGISTRY.values():
             where = cached_dataset(entry.name, root)
-            state = f"cached at {where}" if where else ("bundled" if entry.name == "ml-latest-small" else "not fetched")
+            state = f"cached at {where}" if where else ("bundled" if bundled_path(entry.name).is_dir() else "not fetched")
             print(f"{entry.name:22s} {entry.size:>7s}  {state}\n{'':22s} terms: {entry.terms}\n"
                   f"{'':22s} checksum: {entry.checksum_source}")
         return 0

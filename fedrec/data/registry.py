@@ -157,7 +157,7 @@ def cached_dataset(name: str, root: Path | None = None) -> Path | None:
 def missing_dataset_message(name: str, root: Path | None = None) -> str:
     """The one line that says how to get a registered dataset that is not in the cache."""
     return (f"dataset {name!r} is not in the cache {root or data_root()}: fetch it with "
-            f"`fedrec data fetch {name}` (its licence forbids shipping it) or pass the path of a local copy")
+            f"`fedrec data fetch {name}` (it does not ship with fedrec) or pass the path of a local copy")
 
 
 def fetch(
@@ -204,7 +204,7 @@ def fetch(
     if cached_dataset(entry.name, root) and not force:
         say(f"{entry.name} is already at {target} (--force fetches it again)")
         return target
-    url = entry.url if not mirror else mirror.rstrip("/") + "/" + entry.url.rsplit("/", 1)[1]
+    url = _mirrored(entry.url, mirror)
     say(f"{entry.name}: {entry.terms}")
     downloads = root / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -215,6 +215,11 @@ def fetch(
     part.unlink()
     say(f"{entry.name} is ready at {target}; its full licence terms: {target / entry.terms_file}")
     return target
+
+
+def _mirrored(url: str, mirror: str | None) -> str:
+    """``url``, or the same file name under ``mirror``."""
+    return url if not mirror else mirror.rstrip("/") + "/" + url.rsplit("/", 1)[1]
 
 
 def _entry(name: str | DatasetEntry) -> DatasetEntry:
@@ -276,7 +281,7 @@ def _publisher_md5(entry: DatasetEntry, mirror: str | None, timeout: float) -> s
         return entry.md5.lower()
     if not entry.md5_url:
         return None
-    url = entry.md5_url if not mirror else mirror.rstrip("/") + "/" + entry.md5_url.rsplit("/", 1)[1]
+    url = _mirrored(entry.md5_url, mirror)
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "fedrec"}), timeout=timeout) as r:
             text = r.read(4096).decode("ascii", "replace")
