@@ -22,7 +22,7 @@ from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
-           "active_users", "train_round", "evaluate_round", "user_epsilons"]
+           "active_users", "train_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
 
@@ -261,7 +261,7 @@ def evaluate_round(
             return model.score_users({n: torch.as_tensor(v[at]) for n, v in state.local.items()}, params).numpy()
 
     out: dict = {"num-examples": int(len(state.users))}
-    extras = _eval_extras(fed)
+    extras = evaluation_inputs(fed)
 
     def put(stage: str, r) -> None:
         sums, count = r.sums()
@@ -290,8 +290,10 @@ def evaluate_round(
     return out
 
 
-def _eval_extras(fed: Federation) -> dict:
-    """Per-federation evaluation inputs (cached on the federation object)."""
+def evaluation_inputs(fed: Federation) -> dict:
+    """Per-federation evaluation inputs, cached on the federation object: item
+    ``popularity`` (training counts), item ``features`` (genres), user activity
+    ``groups`` and the held-out-item ``item_views`` of the split."""
     cached = getattr(fed, "_eval_extras", None)
     if cached is not None:
         return cached

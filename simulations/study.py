@@ -146,15 +146,13 @@ def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tupl
     floor a private model must beat."""
     from fedrec.baselines import fit_ease, fit_most_popular, fit_private_most_popular
 
-    from fedrec.federation import activity_groups
+    from fedrec.node import evaluation_inputs
 
     fed = load_federation(FedConfig(data=data, cold_users=cold_users))
     split = fed.split
-    genres = fed.dataset.item_genres
-    # the same beyond-accuracy inputs and activity groups as the federated cells' evaluation
-    extras = dict(sampled_negatives=99, item_popularity=np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64),
-                  item_features=genres.astype(np.float32) if genres is not None else None,
-                  user_groups={"activity": activity_groups(split)})
+    inputs = evaluation_inputs(fed)  # the beyond-accuracy inputs and groups the federated cells use
+    extras = dict(sampled_negatives=99, item_popularity=inputs["popularity"], item_features=inputs["features"],
+                  user_groups={"activity": inputs["groups"]})
     rows = []
 
     def row(name: str, s: int, res, t: float, **labels) -> dict:
