@@ -157,6 +157,11 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
         if pm:
             ax.errorbar([p[0] for p in pm], [p[1] for p in pm], yerr=[p[2] for p in pm], color="tab:gray",
                         marker="x", ls=":", capsize=3, label="private MostPop (user-level)")
+        for name, rs in cells.items():  # each private preset's non-private twin, in its unit's colour
+            if rs[0].get("twin"):
+                color = UNIT_STYLE.get(f"{rs[0]['twin']}-level", ("k",))[0]
+                ax.axhline(mean_sd(r.get(key) for r in rs)[0], color=color, linestyle="-.", lw=1,
+                           label=f"{name} (no DP: what the private cell's preset gives)")
         for name, style in (("non-private", ("k", "-")), ("MostPop", ("tab:gray", "--")),
                             ("EASE (centralized)", ("tab:green", ":"))):
             if name in cells:
@@ -177,10 +182,10 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
         ax.set_title(f"{label} vs privacy")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle("Privacy vs accuracy: interaction-level and user-level epsilon "
-                 "(non-private: line with ± sd band)", fontsize=11)
-    return _save(fig, path, rect=(0, 0.07, 1, 1))
+                 "(non-private: line with ± sd band; dash-dot: each preset's non-private twin)", fontsize=11)
+    return _save(fig, path, rect=(0, 0.07 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
 
 
 def plot_user_coldstart(cold: list[dict], rows: list[dict], path: Path) -> Path | None:

@@ -246,6 +246,12 @@ def test_plots_are_written_with_references_and_labels(tmp_path, figures):
     for name in made.values():
         assert (tmp_path / name).stat().st_size > 1000
 
+    privacy = figures["privacy_utility.png"]
+    twins = [t for t in _labels(privacy) if t.startswith("non-private @") and "(no DP" in t]
+    assert len(twins) == 2  # each preset's twin is drawn beside its private cells
+    twin_lines = [ln for ln in privacy.axes[0].get_lines() if ln.get_linestyle() == "-."]
+    assert sorted(round(ln.get_ydata()[0], 5) for ln in twin_lines) == [0.039, 0.0405]
+
     user = figures["user_coldstart.png"]
     ax = user.axes[0]
     assert ax.get_ylim()[0] == 0 and ax.get_legend() is None and user.legends  # legend off the axes
