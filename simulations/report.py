@@ -187,6 +187,8 @@ def _eps_words(rs: list[dict]) -> str:
 
 
 def _privacy_groups(rows: list[dict]) -> dict[str, Any]:
+    from fedrec_app.simulations.plots import mostpop_rows
+
     cells = _cell_table(rows, lambda r: r.get("experiment") == "privacy")
     plain = [(n, rs) for n, rs in cells if rs[0].get("unit", "none") == "none" and not rs[0].get("baseline")
              and not rs[0].get("twin")]
@@ -194,8 +196,7 @@ def _privacy_groups(rows: list[dict]) -> dict[str, Any]:
         "private": [(n, rs) for n, rs in cells if rs[0].get("unit") in UNIT_PROTECTS and not rs[0].get("baseline")],
         "twins": {rs[0]["twin"]: (n, rs) for n, rs in cells if rs[0].get("twin")},
         "non_private": plain[0] if plain else None,
-        "mostpop": next(((n, rs) for n, rs in cells if rs[0].get("baseline") and not rs[0].get("mechanism")
-                         and rs[0].get("unit", "none") == "none" and "mostpop" in n.lower()), None),
+        "mostpop": next(((n, rs) for n, rs in cells if mostpop_rows(rs[:1])), None),
         "private_mostpop": [(n, rs) for n, rs in cells if rs[0].get("mechanism") == "private-mostpop"],
     }
 
