@@ -1,7 +1,11 @@
 """One validated, frozen configuration of a federated run.
 
 Built once from Flower's run config (``[tool.flwr.app.config]`` or the dict the
-CLI passes) by :func:`FedConfig.from_run_config`.  Keys use dashes, as in Flower.
+CLI passes) by :func:`FedConfig.from_run_config`.  The run config is nested in
+sections, one TOML table each (``[tool.flwr.app.config.interaction-level]``),
+which Flower flattens to ``<section>.<key>`` (``interaction-level.noise-multiplier``);
+keys use dashes, as in Flower.  A key without its section (``noise-multiplier``)
+is read too: run directories and checkpoints written before sections hold those.
 Every value is checked; errors name the key and the bad value.
 """
 
@@ -16,19 +20,26 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: `fedrec --help` stays fast
     from fedrec.engine.cohort import LocalConfig
 
-__all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "options"]
+__all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES", "options", "run_key",
+           "flat_run_config", "nested_run_config", "sectioned_run_config"]
 
 #: Sections of the configuration, in the order ``--help`` shows them.
 SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "server",
             "fault tolerance", "evaluation", "outputs")
 
+#: Each section's table in ``[tool.flwr.app.config]``: run-config keys are ``<table>.<key>``.
+SECTION_TABLES = {"data": "data", "model": "model", "federation": "federation", "local training": "local",
+                  "interaction-level DP": "interaction-level", "user-level DP": "user-level", "server": "server",
+                  "fault tolerance": "fault-tolerance", "evaluation": "evaluation", "outputs": "outputs"}
+
 
 class ConfigError(ValueError):
-    """A bad configuration value; ``key`` is the dashed config key (the CLI names its flag)."""
+    """A bad configuration value; the message names the key as given, and ``key`` is the
+    dashed key without its section (the CLI names its flag)."""
 
     def __init__(self, key: str, value, why: str, *, message: str | None = None):
         super().__init__(message or f"config {key}={value!r}: {why}")
-        self.key, self.value, self.why = key, value, why
+        self.key, self.value, self.why = key.split(".")[-1], value, why
 
 
 def _opt(default, section: str, help: str, *, choices: tuple | None = None, flag: str | None = None):
@@ -143,7 +154,7 @@ class FedConfig:
 
     def __post_init__(self):
         def bad(key, why):
-            raise ConfigError(key.replace("_", "-"), getattr(self, key), why)
+            raise ConfigError(run_key(key), getattr(self, key), why)
 
         for f in fields(self):
             choices = f.metadata.get("choices")
@@ -192,7 +203,7 @@ class FedConfig:
         try:
             feature_aware = wants_item_features(self.model)
         except ValueError as e:
-            raise ConfigError("model", self.model, str(e).split(": ", 1)[-1]) from None
+            raise ConfigError("model.model", self.model, str(e).split(": ", 1)[-1]) from None
         for key in ("cold_users", "cold_items"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
@@ -276,14 +287,16 @@ class FedConfig:
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "FedConfig":
-        """Build from a Flower run config (dashed keys).  Unknown keys are an error."""
+        """Build from a Flower run config: ``<section>.<key>`` keys as Flower flattens
+        ``[tool.flwr.app.config]``, nested tables, or keys without their section.
+        Unknown keys, a key under another section and a key given twice are errors."""
         names = {f.name: f for f in fields(cls)}
         kwargs = {}
-        for key, value in dict(run_config).items():
-            name = key.replace("-", "_")
-            if name not in names:
-                known = sorted(k.replace("_", "-") for k in names)
-                raise ConfigError(key, value, "unknown key", message=f"unknown config key {key!r}; known: {known}")
+        for key, value in _leaves(run_config):
+            name = _field_name(key, names)
+            if name in kwargs:
+                raise ConfigError(key, value, "given twice", message=f"config key {run_key(name)!r} is given twice "
+                                  f"(with and without its section?)")
             default = names[name].default
             try:
                 if isinstance(default, bool):
@@ -309,8 +322,69 @@ class FedConfig:
         return cls(**kwargs)
 
     def to_run_config(self) -> dict:
-        """Flower run config (dashed keys, scalar values)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+        """Flower run config: ``<section>.<key>`` keys (dashed), scalar values, in the
+        order of the sections (what Flower makes of ``[tool.flwr.app.config]``)."""
+        return {run_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+def run_key(name: str) -> str:
+    """The run-config key of a field or of a key without its section:
+    ``noise_multiplier`` -> ``interaction-level.noise-multiplier``."""
+    bare = name.split(".")[-1].replace("_", "-")
+    f = _FIELDS.get(bare.replace("-", "_"))
+    if f is None:
+        raise KeyError(name)
+    return f"{SECTION_TABLES[f.metadata['section']]}.{bare}"
+
+
+def flat_run_config(run_config: dict) -> dict:
+    """A run config (sectioned, nested or flat) with keys without their section
+    (``noise-multiplier``): the form fedrec's records compare and read."""
+    return {key.split(".")[-1]: value for key, value in _leaves(run_config)}
+
+
+def sectioned_run_config(run_config: dict) -> dict:
+    """A run config (sectioned, nested or flat) with ``<section>.<key>`` keys, as Flower
+    flattens ``[tool.flwr.app.config]``; keys that are no config field are kept as given."""
+    out = {}
+    for key, value in _leaves(run_config):
+        try:
+            out[run_key(key)] = value
+        except KeyError:
+            out[key] = value
+    return out
+
+
+def nested_run_config(run_config: dict) -> dict:
+    """A run config as nested tables, one per section (the TOML of ``[tool.flwr.app.config]``)."""
+    out: dict = {}
+    for key, value in _leaves(run_config):
+        table, _, leaf = run_key(key).partition(".")
+        out.setdefault(table, {})[leaf] = value
+    return out
+
+
+def _leaves(run_config: dict, prefix: str = ""):
+    """(key, value) of a run config, nested tables flattened to dotted keys."""
+    for key, value in dict(run_config).items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _field_name(key: str, names: dict) -> str:
+    """The field a run-config key names, or a :class:`ConfigError` that says which key is meant."""
+    table, _, bare = key.rpartition(".")
+    name = bare.replace("-", "_")
+    f = names.get(name)
+    if f is not None and (not table or SECTION_TABLES[f.metadata["section"]] == table):
+        return name
+    if f is not None:
+        raise ConfigError(key, None, "under another section", message=f"unknown config key {key!r}: "
+                          f"{bare!r} is in section {SECTION_TABLES[f.metadata['section']]!r} ({run_key(name)!r})")
+    known = [run_key(k) for k in names]
+    raise ConfigError(key, None, "unknown key", message=f"unknown config key {key!r}; known: {known}")
 
 
 def _calibrated(key: str, value: float, **kw) -> float:
@@ -321,8 +395,11 @@ def _calibrated(key: str, value: float, **kw) -> float:
         return calibrate_noise(**kw)
     except (ValueError, ArithmeticError) as e:
         why = str(e).strip() or type(e).__name__
-        raise ConfigError(key.replace("_", "-"), value, f"cannot be reached over {kw.get('steps')} steps at sample "
+        raise ConfigError(run_key(key), value, f"cannot be reached over {kw.get('steps')} steps at sample "
                           f"rate {kw.get('sample_rate')} and delta {kw.get('delta')}: {why}") from None
+
+
+_FIELDS = {f.name: f for f in fields(FedConfig)}
 
 
 def options() -> list:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.config import FedConfig
+from fedrec.config import FedConfig, flat_run_config
 
 __all__ = ["save_checkpoint", "load_checkpoint", "config_fingerprint", "CheckpointError"]
 
@@ -26,7 +26,8 @@ class CheckpointError(RuntimeError):
 
 
 def _meaningful(cfg: FedConfig) -> dict:
-    return {k: v for k, v in cfg.to_run_config().items() if k not in _IGNORED}
+    # keys without their section: checkpoints written before sections keep their fingerprint
+    return {k: v for k, v in flat_run_config(cfg.to_run_config()).items() if k not in _IGNORED}
 
 
 def config_fingerprint(cfg: FedConfig) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from fedrec.config import FedConfig
+from fedrec.config import FedConfig, nested_run_config
 from fedrec.federation import federated_model, load_federation
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import UserLevel
@@ -173,7 +173,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
             shutil.rmtree(ck_dir, ignore_errors=True)
             if not cfg.state_dir:
                 shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
-        write_json(log.out / "config.json", {"run_config": cfg.to_run_config(), "dataset": fed.dataset.summary(),
+        write_json(log.out / "config.json", {"run_config": nested_run_config(cfg.to_run_config()), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
     if cfg.prior_noise > 0 and start == 0:
         params = model.with_item_prior(params, popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed))
@@ -290,7 +290,7 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         "stopped_early": log.stopped_early,
     }
     if cfg.out:
-        write_metrics(cfg.out, validation=valid, test=test, config=cfg.to_run_config(), seed=cfg.seed,
+        write_metrics(cfg.out, validation=valid, test=test, config=nested_run_config(cfg.to_run_config()), seed=cfg.seed,
                       privacy=privacy, extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
                                               "seconds": out["seconds"], "rounds": len(log.rows),
                                               "rejected_replies": out["rejected"], "failed_replies": out["failed"],

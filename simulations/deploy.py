@@ -516,7 +516,7 @@ def write_app_dir(directory: str | Path) -> Path:
     Works from a source tree and from a plain ``pip install .`` alike."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from fedrec.config import DEFAULTS
+    from fedrec.config import DEFAULTS, nested_run_config, run_key
 
     try:
         v = version("fedrec")
@@ -528,8 +528,8 @@ def write_app_dir(directory: str | Path) -> Path:
              'description = "fedrec Flower app (components installed with fedrec)"', 'license = "Apache-2.0"',
              "dependencies = []", "", "[tool.flwr.app]", 'publisher = "fedrec"', "", "[tool.flwr.app.components]"]
     lines += [f'{k} = "{ref}"' for k, ref in COMPONENTS.items()]
-    lines += ["", "[tool.flwr.app.config]"]
-    lines += [f"{k} = {_toml_value(val)}" for k, val in {**DEFAULTS.to_run_config(), "out": "runs/flwr"}.items()]
+    for table, values in nested_run_config({**DEFAULTS.to_run_config(), run_key("out"): "runs/flwr"}).items():
+        lines += ["", f"[tool.flwr.app.config.{table}]"] + [f"{k} = {_toml_value(val)}" for k, val in values.items()]
     (d / "pyproject.toml").write_text("\n".join(lines) + "\n")
     return d
 
@@ -546,7 +546,9 @@ def _app_config(app: Path) -> dict:
         doc["tool"]["flwr"]["app"]["components"]
     except KeyError:
         raise DeployError(f"{pyproject} has no [tool.flwr.app.components]: not a Flower app (use --app)") from None
-    return dict(doc["tool"]["flwr"]["app"].get("config", {}))
+    from fedrec.config import sectioned_run_config
+
+    return sectioned_run_config(doc["tool"]["flwr"]["app"].get("config", {}))
 
 
 def plan_nodes(run_config: dict) -> int:
@@ -674,24 +676,27 @@ def deploy(
     created = [d for d in (out, workdir) if not d.exists()]
     try:
         app_dir = Path(app).resolve() if app else write_app_dir(workdir / "app")
+        from fedrec.config import run_key, sectioned_run_config
+
         defaults = _app_config(app_dir)
-        overrides = dict(overrides)
+        overrides = sectioned_run_config(overrides)  # keys with or without their section
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
             raise DeployError(f"run-config keys {unknown} are not in [tool.flwr.app.config] of {app_dir / 'pyproject.toml'}; "
                               f"Flower only overrides existing keys: {sorted(defaults)}")
-        overrides["out"] = str(out)
+        overrides[run_key("out")] = str(out)
         # evaluation replies are exact metric sums of a node's users: no epsilon covers them, so a
         # deployment runs without evaluation unless a test deployment asks for it
         if not exact_evaluation:
-            if float(overrides.get("eval-every", 0)) > 0:
-                raise DeployError(f"--eval-every {overrides['eval-every']}: evaluation replies are exact metric sums of "
-                                  "each node's users on their held-out items, covered by no epsilon; a deployment runs "
-                                  "without them (--eval-every 0, the default here) unless --exact-evaluation says so")
-            overrides["eval-every"] = 0
+            if float(overrides.get(run_key("eval-every"), 0)) > 0:
+                raise DeployError(f"--eval-every {overrides[run_key('eval-every')]}: evaluation replies are exact "
+                                  "metric sums of each node's users on their held-out items, covered by no epsilon; a "
+                                  "deployment runs without them (--eval-every 0, the default here) unless "
+                                  "--exact-evaluation says so")
+            overrides[run_key("eval-every")] = 0
         fused = {**defaults, **overrides}
         try:
-            check_run_dir(out, resume=bool(fused.get("resume")), overwrite=overwrite)
+            check_run_dir(out, resume=bool(fused.get(run_key("resume"))), overwrite=overwrite)
         except ValueError as e:
             raise DeployError(str(e)) from None
         try:
@@ -705,13 +710,13 @@ def deploy(
             raise DeployError(str(e).splitlines()[0]) from None
         n_nodes = fed.n_nodes
         if n_nodes > max_nodes:
-            raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get('users-per-node')}) but "
+            raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get(run_key('users-per-node'))}) but "
                               f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
-        if fused.get("secure-aggregation"):
+        if fused.get(run_key("secure-aggregation")):
             from fedrec_app.server.secure import check_nodes
 
             try:
-                check_nodes(n_nodes, fused.get("users-per-node"), what="SuperNodes")
+                check_nodes(n_nodes, fused.get(run_key("users-per-node")), what="SuperNodes")
             except ValueError as e:
                 raise DeployError(str(e)) from None
     except DeployError:
@@ -1023,9 +1028,11 @@ def _overrides_from_args(args) -> dict:
     from fedrec.config import SECTIONS
     from fedrec_app.simulations.flags import config_overrides
 
-    o = _parse_kv(args.run_config)
-    o.update(config_overrides(args, tuple(s for s in SECTIONS if s != "outputs")))  # --out is the deployment's
-    if "out" in o:
+    from fedrec.config import run_key, sectioned_run_config
+
+    o = sectioned_run_config(_parse_kv(args.run_config))
+    o.update(sectioned_run_config(config_overrides(args, tuple(s for s in SECTIONS if s != "outputs"))))
+    if run_key("out") in o:  # --out is the deployment's
         raise DeployError("give the run directory with --out, not --run-config out=...")
     return o
 

@@ -12,14 +12,15 @@ __all__ = ["add_config_args", "config_flag", "config_from_args", "config_overrid
 def add_config_args(p: argparse.ArgumentParser, sections: tuple[str, ...], *, skip: tuple[str, ...] = ()) -> None:
     """Add a flag for every option of :class:`fedrec.config.FedConfig` in ``sections``:
     its default, help text and choices come from the config (one source)."""
-    from fedrec.config import SECTIONS, options
+    from fedrec.config import SECTION_TABLES, SECTIONS, options
 
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in sorted(options(), key=lambda f: SECTIONS.index(f.metadata["section"])):
         sec = f.metadata["section"]
         if sec not in sections or f.name in skip:
             continue
-        g = groups.get(sec) or groups.setdefault(sec, p.add_argument_group(sec))
+        g = groups.get(sec) or groups.setdefault(sec, p.add_argument_group(
+            sec, f"run-config keys {SECTION_TABLES[sec]}.KEY ([tool.flwr.app.config.{SECTION_TABLES[sec]}])"))
         flag = config_flag(f.name)
         help_ = f.metadata["help"]
         if isinstance(f.default, bool):

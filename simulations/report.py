@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fedrec.config import flat_run_config, nested_run_config
 from fedrec.results import package_versions
 
 __all__ = ["write_report", "summarize_rows", "write_study_report", "Comparison", "seed_comparison", "findings",
@@ -397,7 +398,7 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
             doc = docs.get((name, int(r["seed"])), {})
             priv = (doc.get("metrics") or {}).get("privacy") or {}
             priv = next((u for u in priv.get("units", [priv]) if u.get("unit") == unit), {})
-            run_cfg = (doc.get("config") or {}).get("run_config") or {}
+            run_cfg = flat_run_config((doc.get("config") or {}).get("run_config") or {})
             e["target_epsilon"].append(r.get("target_epsilon"))
             e["delta"].append(_first(r.get("delta"), priv.get("delta"), getattr(cfg, "delta", None)))
             if e["mechanism"] == "private-mostpop":  # one release of unit-norm vectors to every user
@@ -624,7 +625,8 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
               "the calibrated values are in the DP parameters table (section 1) and in each run directory's "
               "`config.json`.", ""]
     L += ["```json"]
-    L += [json.dumps({c.name: {k: v for k, v in c.cfg.to_run_config().items() if k != "out"} for c in cells}, indent=1)]
+    L += [json.dumps({c.name: {t: v for t, v in nested_run_config(c.cfg.to_run_config()).items() if t != "outputs"}
+                      for c in cells}, indent=1)]
     L += ["```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()), ""]
     path = out / "report.md"
     path.write_text("\n".join(L) + "\n")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fedrec.config import FedConfig
+from fedrec.config import FedConfig, flat_run_config
 from fedrec.results import read_metrics
 
 __all__ = ["Cell", "run_cells", "load_rows", "ROW_METRICS"]
@@ -93,8 +93,9 @@ def _same_config(d: Path, cfg: FedConfig) -> bool:
     """Whether the finished run in ``d`` was made with ``cfg`` (as resolved)."""
     from fedrec.config import DEFAULTS
 
-    done = {**DEFAULTS.to_run_config(), **read_metrics(d).get("config", {})}  # keys added later: their defaults
-    want = cfg.resolved().to_run_config()
+    # keys added later: their defaults; records written before sections: keys without them
+    done = {**flat_run_config(DEFAULTS.to_run_config()), **flat_run_config(read_metrics(d).get("config", {}))}
+    want = flat_run_config(cfg.resolved().to_run_config())
     keys = set(want) - {"out", "resume", "round-timeout", "state-dir"}
     return all(done.get(k) == want[k] or (isinstance(want[k], float) and isinstance(done.get(k), (int, float))
                                            and abs(done[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])))

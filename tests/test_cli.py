@@ -81,6 +81,36 @@ def test_bad_config_names_key_and_value():
     assert FedConfig.from_run_config(rc) == FedConfig(users_per_node=3)
 
 
+def test_run_config_sections():
+    """The run config is nested in sections (``<table>.<key>``, as Flower flattens
+    ``[tool.flwr.app.config]``); nested tables and keys without their section (records
+    written before sections) read the same; a key under another section, or twice, is an error."""
+    from fedrec.config import (ConfigError, FedConfig, flat_run_config, nested_run_config, run_key,
+                               sectioned_run_config)
+
+    cfg = FedConfig(users_per_node=3, noise_multiplier=1.5, user_clip=0.2)
+    rc = cfg.to_run_config()
+    assert rc["interaction-level.noise-multiplier"] == 1.5 and rc["federation.users-per-node"] == 3
+    assert rc["user-level.user-clip"] == 0.2 and rc["outputs.out"] == ""
+    nested = nested_run_config(rc)
+    assert nested["interaction-level"]["noise-multiplier"] == 1.5 and "noise-multiplier" not in nested["model"]
+    flat = flat_run_config(rc)
+    assert flat["noise-multiplier"] == 1.5 and len(flat) == len(rc)
+    for form in (rc, nested, flat, {**flat_run_config(nested)}):
+        assert FedConfig.from_run_config(form) == cfg
+    assert sectioned_run_config(flat) == rc == sectioned_run_config(nested)
+    assert sectioned_run_config({"not-ours": 1}) == {"not-ours": 1}
+    assert run_key("noise_multiplier") == run_key("noise-multiplier") == "interaction-level.noise-multiplier"
+    with pytest.raises(ConfigError, match="'model.noise-multiplier': 'noise-multiplier' is in section "
+                                          "'interaction-level'") as e:
+        FedConfig.from_run_config({"model.noise-multiplier": 1.0})
+    assert e.value.key == "noise-multiplier"  # the CLI names the flag from it
+    with pytest.raises(ConfigError, match="'interaction-level.noise-multiplier' is given twice"):
+        FedConfig.from_run_config({"noise-multiplier": 1.0, "interaction-level": {"noise-multiplier": 2.0}})
+    with pytest.raises(ConfigError, match=r"config interaction-level.sample-rate=1.5: must be in \(0, 1\]"):
+        FedConfig.from_run_config({"interaction-level.sample-rate": 1.5})
+
+
 def test_flower_app_config_matches_fedconfig_defaults():
     """`flwr run .` and `fedrec simulate` share one set of defaults."""
     import tomllib
@@ -88,7 +118,10 @@ def test_flower_app_config_matches_fedconfig_defaults():
 
     from fedrec.config import FedConfig
 
+    from fedrec.config import SECTION_TABLES, nested_run_config
+
     app_cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    expected = FedConfig().to_run_config()
-    assert set(app_cfg) == set(expected)
-    assert {k: v for k, v in app_cfg.items() if k != "out"} == {k: v for k, v in expected.items() if k != "out"}
+    expected = nested_run_config(FedConfig().to_run_config())
+    assert list(app_cfg) == list(SECTION_TABLES.values()) == list(expected)  # one table per section, in order
+    app_cfg["outputs"].pop("out"), expected["outputs"].pop("out")
+    assert app_cfg == expected

@@ -73,10 +73,11 @@ def test_node_keys_are_what_flower_accepts(tmp_path):
 def test_parser_and_run_config():
     p = deploy.build_parser(argparse.ArgumentParser(prog="fedrec deploy"))
     args = p.parse_args(["--out", "x", "--data", DATA, "--users-per-node", "1", "--rounds", "2", "--noise-multiplier", "1.0",
-                         "--run-config", "seed=3 sample-rate=0.5", "--insecure"])
+                         "--run-config", "seed=3 interaction-level.sample-rate=0.5", "--insecure"])
+    # keys with or without their section; Flower gets them with it
     assert deploy._overrides_from_args(args) == {
-        "data": DATA, "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
-        "seed": 3, "sample-rate": 0.5,
+        "data.data": DATA, "federation.num-server-rounds": 2, "federation.users-per-node": 1,
+        "interaction-level.noise-multiplier": 1.0, "federation.seed": 3, "interaction-level.sample-rate": 0.5,
     }
     assert args.insecure and not args.no_auth
     assert deploy.plan_nodes({"data": DATA, "users-per-node": 1}) == 3
@@ -157,7 +158,8 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     # the run: 3 nodes, 2 rounds, a privacy section
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["privacy"]["unit"] == "interaction-level" and doc["privacy"]["epsilon_max"] > 0
-    assert doc["config"]["noise-multiplier"] == 1.0 and doc["config"]["users-per-node"] == 1
+    assert doc["config"]["interaction-level"]["noise-multiplier"] == 1.0
+    assert doc["config"]["federation"]["users-per-node"] == 1
     assert 0 <= doc["test"]["ndcg@10"] <= 1
     assert json.loads((out / "config.json").read_text())["nodes"] == 3
     assert len((out / "rounds.csv").read_text().strip().splitlines()) == 3
@@ -286,8 +288,8 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
         _kill_ours(tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((work / "runs" / "deploy" / "metrics.json").read_text())
-    assert doc["config"]["num-server-rounds"] == 1
-    assert doc["config"]["eval-every"] == 0 and not doc["test"]  # a deployment releases no evaluation by default
+    assert doc["config"]["federation"]["num-server-rounds"] == 1
+    assert doc["config"]["evaluation"]["eval-every"] == 0 and not doc["test"]  # a deployment releases no evaluation by default
     assert "evaluation off" in r.stdout
     app = (work / "runs" / "deploy" / "deploy" / "app" / "pyproject.toml").read_text()
     assert 'serverapp = "fedrec_app.server.app:app"' in app
