@@ -3,9 +3,12 @@
 fedrec runs on Flower's public API except for two speed patches of its
 simulation engine, kept here so that a Flower upgrade breaks one module, loudly:
 
-- :func:`fast_grid_polling`: ``run_simulation``'s ``InMemoryGrid`` polls for
-  replies every 0.1 s, a fixed latency per round that dominates fast rounds;
-  the patched grid polls every :data:`GRID_PULL_INTERVAL` seconds.
+- :func:`fast_grid_polling`: two fixed waits of 0.1 s per round dominate fast
+  rounds: ``run_simulation``'s ``InMemoryGrid`` polls for replies every 0.1 s,
+  and the engine's dispatch loop (``vce_api.add_messages_to_queue``) scans for
+  new messages every 0.1 s.  Within the block both poll every
+  :data:`GRID_PULL_INTERVAL` seconds (the loop itself is Flower's: only the
+  timeout of its stop event's ``wait`` is shortened).
 - :func:`reuse_ray`: Flower shuts Ray down after every simulation; a sweep of
   many runs keeps it up (starting it costs seconds per run).
 
@@ -24,7 +27,7 @@ import warnings
 __all__ = ["GRID_PULL_INTERVAL", "TESTED_FLOWER", "backend_config", "fast_grid_polling", "reuse_ray",
            "patches_supported"]
 
-#: Seconds between the ServerApp's polls for replies (Flower's default: 0.1).
+#: Seconds between the ServerApp's polls for replies and the engine's scans for new messages (Flower: 0.1).
 GRID_PULL_INTERVAL = 0.01
 #: The Flower release line the patches were written and tested against.
 TESTED_FLOWER = "1.41"
@@ -59,11 +62,30 @@ def fast_grid_polling():
             k.setdefault("pull_interval", GRID_PULL_INTERVAL)
             super().__init__(*a, **k)
 
-    rs.InMemoryGrid = _Grid
+    vce = importlib.import_module("flwr.server.superlink.fleet.vce.vce_api")
+    dispatch = vce.add_messages_to_queue
+
+    def _dispatch(state, queue, nodes_mapping, f_stop):  # Flower's loop, waking every GRID_PULL_INTERVAL s
+        return dispatch(state, queue, nodes_mapping, _ShortWait(f_stop))
+
+    rs.InMemoryGrid, vce.add_messages_to_queue = _Grid, _dispatch
     try:
         yield
     finally:
-        rs.InMemoryGrid = base
+        rs.InMemoryGrid, vce.add_messages_to_queue = base, dispatch
+
+
+class _ShortWait:
+    """A stop event whose ``wait`` returns after at most :data:`GRID_PULL_INTERVAL` s."""
+
+    def __init__(self, event):
+        self._event = event
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(GRID_PULL_INTERVAL if timeout is None else min(timeout, GRID_PULL_INTERVAL))
 
 
 @contextlib.contextmanager

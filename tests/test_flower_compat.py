@@ -1,0 +1,51 @@
+"""The version-guarded speed patches of Flower's simulation engine (fedrec/flower_compat.py)."""
+
+import threading
+import time
+from queue import Queue
+
+import pytest
+
+from fedrec import flower_compat
+
+
+class _State:
+    """A LinkState stand-in that records when the dispatch loop scans it."""
+
+    def __init__(self):
+        self.scans = []
+
+    def get_message_ins(self, node_id, limit):
+        self.scans.append(time.perf_counter())
+        return []
+
+
+def _scans_in(seconds: float) -> int:
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    state, stop = _State(), threading.Event()
+    th = threading.Thread(target=vce_api.add_messages_to_queue, args=(state, Queue(), {0: 0}, stop))
+    th.start()
+    time.sleep(seconds)
+    stop.set()
+    th.join(timeout=2)
+    assert not th.is_alive()
+    return len(state.scans)
+
+
+@pytest.mark.skipif(not flower_compat.patches_supported(), reason="patches are for the tested Flower line")
+def test_dispatch_loop_scans_every_pull_interval_inside_the_block_only():
+    import importlib
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    rs = importlib.import_module("flwr.simulation.run_simulation")  # the module, not its function
+
+    original, grid = vce_api.add_messages_to_queue, rs.InMemoryGrid
+    before = _scans_in(0.5)  # Flower's loop: one scan per 0.1 s
+    with flower_compat.fast_grid_polling():
+        assert vce_api.add_messages_to_queue is not original and rs.InMemoryGrid is not grid
+        during = _scans_in(0.5)
+    assert vce_api.add_messages_to_queue is original and rs.InMemoryGrid is grid
+    assert before <= 7
+    assert during >= 4 * before, (before, during)  # every GRID_PULL_INTERVAL = 0.01 s (noisy machine: >= 4x)
