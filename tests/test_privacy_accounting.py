@@ -20,6 +20,17 @@ def test_epsilon_equals_independent_opacus_accountant():
     assert epsilon(noise_multiplier=0.8, sample_rate=0.25, steps=30, delta=1e-5) == pytest.approx(acc.get_epsilon(1e-5))
 
 
+def test_cached_one_step_rdp_equals_opacus_for_composed_histories():
+    """The RDP of one step is cached per (noise, rate) and scaled by the steps: exactly what
+    Opacus's accountant computes, for every step count and composed mechanism."""
+    cases = [(1.0, 0.1, 17, ()), (0.7, 0.01, 1000, ((5.0, 1.0, 1),)), (2.0, 1.0, 3, ((3.0, 1.0, 2), (1.5, 0.5, 10))),
+             (1.1, 0.05, 1, ())] + [(0.9, 0.2, s, ((4.0, 1.0, 1),)) for s in (1, 2, 50, 51, 400)]
+    for z, q, steps, extra in cases:
+        acc = RDPAccountant()
+        acc.history = [(z, q, steps), *extra]
+        assert epsilon(noise_multiplier=z, sample_rate=q, steps=steps, delta=1e-5, extra=extra) == acc.get_epsilon(1e-5)
+
+
 def test_no_noise_is_infinite_and_no_steps_is_zero():
     assert epsilon(noise_multiplier=0.0, sample_rate=0.1, steps=5, delta=1e-5) == float("inf")
     assert epsilon(noise_multiplier=1.0, sample_rate=0.1, steps=0, delta=1e-5) == 0.0
