@@ -166,7 +166,8 @@ def train_round(
     Only the users :func:`active_users` selects train.  Returns the node's
     release, its metrics (``num-examples`` = users trained, possibly 0; loss;
     ``declined`` = users out of budget; each user's interaction-level epsilon
-    so far) and the new local state.  The release is the mean over the trained
+    so far) and the new local state.  A private run (either unit) releases no
+    training loss: no mechanism covers it.  The release is the mean over the trained
     users of their item pseudo-gradients (with item-wise aggregation also the
     fraction of them that touched each item row); with user-level DP it is the
     global parameters plus the *sum* of their clipped pseudo-gradients.
@@ -218,7 +219,11 @@ def train_round(
         update = {n: global_params[n] + k * v for n, v in update.items()}
     if cfg.aggregation == "itemwise":
         update["item_counts"] = (counts / max(k, 1)).astype(np.float32)
-    metrics = {"num-examples": k, "train-loss": loss, "declined": declined}
+    metrics = {"num-examples": k, "declined": declined}
+    if not (cfg.dp or cfg.user_level):
+        # the training loss is computed from every training pair of the users and no mechanism
+        # covers it: a private run does not release it (the engine does not even compute it)
+        metrics["train-loss"] = loss
     if cfg.dp:
         metrics["epsilon"] = [float(x) for x in user_epsilons(cfg, steps)]
     return update, metrics, new

@@ -69,7 +69,8 @@ class RunLog:
         self.last = now
         self.rows.append(row)
         sel = f"valid/{self.cfg.select_metric}"
-        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s loss {row.get('train-loss', float('nan')):.4f} users {int(row.get('users', 0))}"
+        loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else "loss not released (DP)"
+        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss} users {int(row.get('users', 0))}"
         if "epsilon-max" in row:
             msg += f" eps(interaction-level, delta={self.cfg.delta:g}) median {row['epsilon-median']:.2f} max {row['epsilon-max']:.2f}"
         if "user-epsilon" in row:

@@ -90,13 +90,15 @@ def validate_reply(content: RecordDict, expected: dict[str, tuple[int, ...]], ma
 
 
 def validate_metrics(metrics: dict, max_examples: int, min_examples: int = 1) -> str | None:
-    """Why a reply's train metrics are unusable (``num-examples``, ``train-loss``), or ``None``."""
+    """Why a reply's train metrics are unusable (``num-examples``; a ``train-loss`` that is
+    not a finite number), or ``None``.  Private runs send no loss."""
     n = metrics.get("num-examples")
     if not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n) or n != int(n) \
             or n < min_examples or n > max_examples:
         return f"num-examples={n!r} is not an integer in [{min_examples}, {max_examples}]"
-    if "train-loss" not in metrics:
-        return "metric 'train-loss' missing"
+    loss = metrics.get("train-loss", 0.0)
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        return f"train-loss={loss!r} is not a finite number"
     return None
 
 
@@ -109,19 +111,23 @@ def itemwise_scale(update: dict[str, np.ndarray], frac: np.ndarray, item_tables)
 
 
 def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: str = "num-examples") -> MetricRecord:
-    """Combine train metrics (RecordDicts or plain dicts): user-weighted mean loss, node
-    and user counts, and the exact distribution of per-user epsilons (nodes send the list
-    of their users')."""
-    loss = users = declined = 0.0
+    """Combine train metrics (RecordDicts or plain dicts): user-weighted mean loss (only
+    where replies carry one: private runs release none), node and user counts, and the
+    exact distribution of per-user epsilons (nodes send the list of their users')."""
+    loss = users = declined = loss_users = 0.0
     eps: list[float] = []
     for r in records:
         m = next(iter(r.metric_records.values())) if isinstance(r, RecordDict) else r
         n = float(m[weight_key])
         users += n
-        loss += n * float(m["train-loss"])
+        if "train-loss" in m:
+            loss += n * float(m["train-loss"])
+            loss_users += n
         declined += float(m.get("declined", 0))
         eps.extend(float(x) for x in m.get("epsilon", []))
-    out = {"train-loss": loss / max(users, 1.0), "nodes": float(len(records)), "users": users, "declined": declined}
+    out = {"nodes": float(len(records)), "users": users, "declined": declined}
+    if loss_users:
+        out["train-loss"] = loss / loss_users
     if eps:
         e = np.asarray(eps)
         out.update({"epsilon-min": float(e.min()), "epsilon-median": float(np.median(e)), "epsilon-max": float(e.max())})

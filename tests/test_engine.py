@@ -130,3 +130,24 @@ def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch)
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(s2.local["user"], s1.local["user"], rtol=1e-6, atol=1e-7)
     assert m1["train-loss"] == pytest.approx(m2["train-loss"])
+
+
+def test_private_node_releases_no_training_loss():
+    """The training loss is computed from every training pair and no mechanism covers it:
+    a node releases it only in a run without DP (either unit), and the server's round
+    metrics then have none."""
+    from fedrec import node
+    from fedrec.config import FedConfig
+    from fedrec.federation import init_global_params, load_federation
+    from fedrec_app.server.strategy import aggregate_train_metrics, validate_metrics
+
+    base = FedConfig(data="synthetic:30x40:0", dim=4, users_per_node=30)
+    for cfg, released in ((base, True), (FedConfig(**{**base.__dict__, "noise_multiplier": 1.0, "sample_rate": 0.5}), False),
+                          (FedConfig(**{**base.__dict__, "user_dp": "client", "user_noise_multiplier": 1.0}), False)):
+        fed = load_federation(cfg)
+        _, m, _ = node.train_round(cfg, fed, 0, node.load_state({}, fed, 0, cfg), global_params=init_global_params(cfg, fed),
+                                   server_round=1)
+        assert ("train-loss" in m) is released, cfg
+        assert validate_metrics(m, max_examples=30) is None
+        assert ("train-loss" in dict(aggregate_train_metrics([m]))) is released
+    assert "not a finite number" in validate_metrics({"num-examples": 3, "train-loss": float("nan")}, max_examples=30)

@@ -292,9 +292,6 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     dense = {d: params[d] for d in model.dense_names()}
     local_names = list(local)
     loc = {n: v.clone() for n, v in local.items()}
-    # gathered rows: each sample reads only its items' rows
-    rows = {t: v[items] for t, v in tables.items()}
-    crow = {t: v[items] for t, v in consts.items()}
 
     def loss_one(lc, rw, dn, cr):
         return model.sample_loss(model.score(lc, {**rw, **cr}, dn))
@@ -320,17 +317,23 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         release = step >= cfg.user_steps
         g_loc = {n: torch.zeros_like(v) for n, v in loc.items()}
         if per_sample:
-            mask = torch.as_tensor(sample_mask(seed, server_round, s_user, slot_np, step, q)) if cfg.dp else None
-            for lo in range(0, n_s, chunk):
-                sl = slice(lo, min(n_s, lo + chunk))
+            # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0, so
+            # skipping them changes no sum); no training loss either: it would be a release that
+            # no mechanism covers, so the node does not send one
+            todo = (torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)))
+                    if cfg.dp else None)
+            n_todo = n_s if todo is None else len(todo)
+            for lo in range(0, n_todo, chunk):
+                sl = slice(lo, min(n_todo, lo + chunk)) if todo is None else todo[lo:lo + chunk]
                 o = owner[sl]
-                (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[sl] for t, v in rows.items()},
-                                            dense, {t: v[sl] for t, v in crow.items()})
-                if step == 0:
+                it = items[sl]  # each sample reads only its items' rows
+                (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[it] for t, v in tables.items()},
+                                            dense, {t: v[it] for t, v in consts.items()})
+                if step == 0 and not cfg.dp:
                     first_loss = _add_loss(first_loss, lv, o, k)
                 if cfg.dp:
                     sq = sum(_sq(g) for g in (*gl.values(), *gr.values(), *gd.values()))
-                    w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0) * mask[sl]
+                    w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0)
                 else:
                     w = torch.ones(len(o), dtype=dtype)
                 for n, g in gl.items():
@@ -341,7 +344,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                         if clip_users:
                             r_tab[t].index_add_(0, inv[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
                         else:
-                            acc[t].index_add_(0, items[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
+                            acc[t].index_add_(0, it.reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
                     for d, g in gd.items():
                         if clip_users:
                             r_den[d].index_add_(0, o, _bc(c, g) * g)
@@ -350,9 +353,9 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         else:
             # no clipping: one backward of the batched loss, each sample weighted by 1/denom of its user
             lc = {n: v.detach().requires_grad_(True) for n, v in loc.items()}
-            rw = {t: v.detach().requires_grad_(True) for t, v in rows.items()}
+            rw = {t: v[items].detach().requires_grad_(True) for t, v in tables.items()}
             dn = {d: v.detach().requires_grad_(True) for d, v in dense.items()}
-            lv = loss_many({n: v[owner] for n, v in lc.items()}, rw, dn, crow)
+            lv = loss_many({n: v[owner] for n, v in lc.items()}, rw, dn, {t: v[items] for t, v in consts.items()})
             if step == 0:
                 first_loss = _add_loss(None, lv.detach(), owner, k)
             leaves = [*lc.values(), *rw.values(), *dn.values()]
@@ -388,8 +391,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             std = float(math.sqrt(float(var)))
             for n in params:
                 update[n] = update[n] - std * torch.randn(update[n].shape, generator=generator, dtype=dtype)
-    return CohortResult(local=loc, update=update, loss=float((first_loss / n_u).mean()), n_users=k,
-                        samples=(owner_np, items_np, n_items))
+    loss = float((first_loss / n_u).mean()) if first_loss is not None else math.nan
+    return CohortResult(local=loc, update=update, loss=loss, n_users=k, samples=(owner_np, items_np, n_items))
 
 
 def _bc(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -51,8 +51,9 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     denom = (q * n_u).to(item_emb.dtype)
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
     p = local["user"].clone()
-    dq = item_emb[pos][:, None, :] - item_emb[neg]  # (n, m, d)
-    db = item_bias[pos][:, None] - item_bias[neg]  # (n, m)
+    if not cfg.dp:  # every sample in every step: gather once
+        dq = item_emb[pos][:, None, :] - item_emb[neg]  # (n, m, d)
+        db = item_bias[pos][:, None] - item_bias[neg]  # (n, m)
     clip_users = cfg.update_clip > 0
     s_user = users[owner_np]
     if clip_users:
@@ -63,40 +64,49 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         r_bias = torch.zeros(len(uniq), dtype=item_bias.dtype)
     g_item = torch.zeros_like(item_emb)
     g_bias = torch.zeros_like(item_bias)
-    first_loss = None
+    first_loss = math.nan  # with DP the loss is not computed: it would be a release no mechanism covers
     for step in range(cfg.user_steps + cfg.item_steps):
-        ps = p[owner]
-        x = (ps[:, None, :] * dq).sum(-1) + db  # (n, m)
-        if first_loss is None:
-            per_user = torch.zeros(k, dtype=torch.float64).index_add_(0, owner, torch.nn.functional.softplus(-x).mean(1).double())
+        if cfg.dp:
+            # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0)
+            sel = torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)))
+            o, pos_s, neg_s = owner[sel], pos[sel], neg[sel]
+            dq_s = item_emb[pos_s][:, None, :] - item_emb[neg_s]
+            db_s = item_bias[pos_s][:, None] - item_bias[neg_s]
+            inv_s = inv[sel] if clip_users else None
+        else:
+            o, pos_s, neg_s, dq_s, db_s = owner, pos, neg, dq, db
+            inv_s = inv if clip_users else None
+        ps = p[o]
+        x = (ps[:, None, :] * dq_s).sum(-1) + db_s  # (n, m)
+        if step == 0 and not cfg.dp:
+            per_user = torch.zeros(k, dtype=torch.float64).index_add_(0, o, torch.nn.functional.softplus(-x).mean(1).double())
             first_loss = float((per_user / n_u).mean())
         coef = -torch.sigmoid(-x) / m
         csum = coef.sum(1)
-        gp_s = (coef[:, :, None] * dq).sum(1)  # per-sample gradient of p
+        gp_s = (coef[:, :, None] * dq_s).sum(1)  # per-sample gradient of p
         if cfg.dp:
-            mask = torch.as_tensor(sample_mask(seed, server_round, s_user, slot_np, step, q))
             sq = (gp_s.double() ** 2).sum(1) + ((ps.double() ** 2).sum(1) + 1.0) * (csum.double() ** 2 + (coef.double() ** 2).sum(1))
-            w = (torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0) * mask).to(item_emb.dtype)
+            w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0).to(item_emb.dtype)
         else:
             w = torch.ones_like(csum)
-        gp = torch.zeros_like(p).index_add_(0, owner, w[:, None] * gp_s)
+        gp = torch.zeros_like(p).index_add_(0, o, w[:, None] * gp_s)
         if cfg.dp:
             gp = gp + sigma_c * torch.randn(p.shape, generator=generator, dtype=p.dtype)
         gp = gp / denom[:, None]
         if step >= cfg.user_steps:
-            c = w / denom[owner]
+            c = w / denom[o]
             ci = (c * csum)  # d/db_i weight; d/dq_i = ci * p
             cn = -(c[:, None] * coef)  # (n, m)
             if clip_users:
-                r_item.index_add_(0, inv[:, 0], ci[:, None] * ps)
-                r_item.index_add_(0, inv[:, 1:].reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
-                r_bias.index_add_(0, inv[:, 0], ci)
-                r_bias.index_add_(0, inv[:, 1:].reshape(-1), cn.reshape(-1))
+                r_item.index_add_(0, inv_s[:, 0], ci[:, None] * ps)
+                r_item.index_add_(0, inv_s[:, 1:].reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
+                r_bias.index_add_(0, inv_s[:, 0], ci)
+                r_bias.index_add_(0, inv_s[:, 1:].reshape(-1), cn.reshape(-1))
             else:
-                g_item.index_add_(0, pos, ci[:, None] * ps)
-                g_item.index_add_(0, neg.reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
-                g_bias.index_add_(0, pos, ci)
-                g_bias.index_add_(0, neg.reshape(-1), cn.reshape(-1))
+                g_item.index_add_(0, pos_s, ci[:, None] * ps)
+                g_item.index_add_(0, neg_s.reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
+                g_bias.index_add_(0, pos_s, ci)
+                g_bias.index_add_(0, neg_s.reshape(-1), cn.reshape(-1))
         p = p - cfg.user_lr * (gp + cfg.user_l2 * p)
     if clip_users:
         update = _clipped_user_mean(
