@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh clone:
-#   make run   - create .venv, install fedrec, run the main job on bundled ML-100K
+#   make run   - create .venv, install fedrec, run the main job on the bundled ml-latest-small
 #   make test  - create .venv, install fedrec, run the test suite
 PYTHON ?= python3
 VENV ?= .venv

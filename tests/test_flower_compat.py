@@ -49,3 +49,27 @@ def test_dispatch_loop_scans_every_pull_interval_inside_the_block_only():
     assert vce_api.add_messages_to_queue is original and rs.InMemoryGrid is grid
     assert before <= 7
     assert during >= 4 * before, (before, during)  # every GRID_PULL_INTERVAL = 0.01 s (noisy machine: >= 4x)
+
+
+def test_local_ray_workers_run_at_ordinary_priority():
+    """Ray nices its workers to 15 by default: on a shared machine the actors that do a
+    simulation's work then get about 1/30 of a core against any ordinary process (an
+    ML-1M round: 1.9 s alone, 55 s beside two busy loops).  fedrec's backend starts them at 0."""
+    import os
+
+    import ray
+
+    args = flower_compat.backend_config(num_cpus=1)["init_args"]
+    assert args["_system_config"]["worker_niceness"] == flower_compat.WORKER_NICENESS == 0
+    if ray.is_initialized():
+        pytest.skip("Ray already runs in this process")
+    ray.init(**args)
+    try:
+        @ray.remote(num_cpus=1)
+        class Probe:
+            def niceness(self):
+                return os.nice(0)
+
+        assert ray.get(Probe.remote().niceness.remote(), timeout=120) == os.nice(0)
+    finally:
+        ray.shutdown()
