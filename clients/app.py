@@ -88,8 +88,12 @@ def _legacy_evaluate_reply(msg: Message, metrics: dict) -> Message:
     return Message(content=compat.evaluateres_to_recorddict(res), reply_to=msg)
 
 
-def make_client_app(run_config: dict | None = None) -> ClientApp:
-    """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none)."""
+def make_client_app(run_config: dict | None = None, *, node_data: str | None = None) -> ClientApp:
+    """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none).
+    ``node_data``: a directory of node files (``node-P.npz``, written by
+    :func:`fedrec.federation.write_node_data`) from which node P reads its users' data,
+    where its node config names no ``data-file`` (a simulation: as in a deployment, no
+    node loads the dataset)."""
     client = ClientApp(mods=[secure_aggregation_mod])
 
     def _setup(context: Context, config: dict):
@@ -99,9 +103,12 @@ def make_client_app(run_config: dict | None = None) -> ClientApp:
         from fedrec import node
 
         mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
+        node_config = dict(context.node_config)
+        if node_data and "data-file" not in node_config:
+            node_config["data-file"] = f"{node_data}/node-{int(node_config['partition-id'])}.npz"
         cfg, fed, partition = node.setup(run_config if run_config is not None else context.run_config,
-                                         context.node_config, mechanism)
-        return cfg, fed, partition, node.state_dir(cfg, partition, context.node_config)
+                                         node_config, mechanism)
+        return cfg, fed, partition, node.state_dir(cfg, partition, node_config)
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:

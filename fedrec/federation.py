@@ -187,7 +187,7 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
     return paths
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=64)  # an actor of a simulation serves several nodes, each from its own file
 def load_node_data(path: str) -> tuple[Federation, int]:
     """A node's view of the federation from its file (:func:`write_node_data`):
     ``(federation, partition)``.  Its matrices have every user's row, but only the

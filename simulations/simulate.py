@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
+from fedrec.federation import load_federation, write_node_data
 from fedrec.flower_compat import backend_config, fast_grid_polling
 from fedrec.results import check_run_dir
 
@@ -20,6 +22,12 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     ``[tool.flwr.app.config]``); the number of SuperNodes is the number of user
     cohorts (users / users-per-node).  A run directory that holds a run is
     refused unless ``cfg.resume`` or ``overwrite``.
+
+    As in a deployment, each node reads only its own users' data: the driver writes
+    one file per node (:func:`fedrec.federation.write_node_data`, in a temporary
+    directory removed at the end) and no actor loads the dataset.  On a Ray cluster
+    (``ray_address``) the actors load the dataset themselves (the same data on every
+    machine, see ``docs/ray-cluster.md``).
     """
     from flwr.simulation import run_simulation
 
@@ -44,10 +52,15 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     results: list = []
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    with fast_grid_polling():
+    with contextlib.ExitStack() as stack:
+        node_data = None
+        if not ray_address:
+            node_data = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrec-nodes-"))
+            write_node_data(fed, node_data)
+        stack.enter_context(fast_grid_polling())
         run_simulation(
             server_app=make_server_app(rc, results),
-            client_app=make_client_app(rc),
+            client_app=make_client_app(rc, node_data=node_data),
             num_supernodes=fed.n_nodes,
             backend_config=backend_config(num_cpus, ray_address),
             verbose_logging=verbose,

@@ -58,7 +58,7 @@ def test_model_specs_and_errors(tmp_path):
     bad.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(ValueError, match="importing .* failed: RuntimeError: boom"):
         federated_model_class(f"{bad}:X")
-    with pytest.raises(ValueError, match="config model='nope': choose one of"):
+    with pytest.raises(ValueError, match="config model.model='nope': choose one of"):
         FedConfig(model="nope")
     with pytest.raises(ValueError, match="cold-items.*two-tower"):
         FedConfig(model="mf", cold_items=0.1)

@@ -80,3 +80,44 @@ def test_unreadable_node_file_is_one_clear_error(tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=f"node data file {bad}: not readable"):
         load_node_data(str(bad))
+
+
+def test_simulation_client_reads_its_node_file_not_the_dataset(tmp_path, monkeypatch):
+    """In a simulation the ClientApp reads node P's file from the directory the driver
+    wrote (as a SuperNode of a deployment does): it never loads the dataset, and it
+    replies exactly what a client that loads the whole federation replies."""
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    import fedrec.node as node_mod
+    from fedrec_app.clients.app import array_record, make_client_app
+
+    for attr in ("_task_id", "_run_id", "_node_id"):  # the identity a server process would have
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5)
+    rc = cfg.to_run_config()
+    fed = load_federation(cfg.resolved())
+    write_node_data(fed, tmp_path)
+    params = init_global_params(cfg, fed)
+
+    def reply(app, p):
+        content = RecordDict({"arrays": array_record(params), "config": ConfigRecord(
+            {"server-round": 1, "mechanism/noise-multiplier": 1.0, "mechanism/user-noise-multiplier": 0.0})})
+        msg = Message(content=content, dst_node_id=p + 1, message_type=MessageType.TRAIN)
+        ctx = Context(run_id=1, node_id=p + 1, node_config={"partition-id": p, "num-partitions": fed.n_nodes},
+                      state=RecordDict(), run_config=rc)
+        out = app(msg, ctx).content
+        return {k: v.numpy() for k, v in out["arrays"].items()}, dict(out["metrics"])
+
+    whole = [reply(make_client_app(rc), p) for p in range(fed.n_nodes)]
+
+    def no_dataset(*a, **k):
+        raise AssertionError("a simulation node loaded the dataset")
+
+    monkeypatch.setattr(node_mod, "load_federation", no_dataset)
+    own = [reply(make_client_app(rc, node_data=str(tmp_path)), p) for p in range(fed.n_nodes)]
+    for (u1, m1), (u2, m2) in zip(whole, own):
+        assert u1.keys() == u2.keys() and m1 == m2
+        for k in u1:
+            np.testing.assert_array_equal(u1[k], u2[k])
