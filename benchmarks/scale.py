@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 
-def tree_rss_mib(root: int) -> float:
-    """Resident memory of ``root`` and all its descendants (MiB), from /proc."""
+def tree_rss_mib(root: int) -> tuple[float, dict[str, float]]:
+    """Resident memory of ``root`` and all its descendants (MiB), from /proc, and
+    the same per process name (``comm``: the driver, Ray's processes, each actor)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for d in Path("/proc").iterdir():
@@ -35,13 +36,17 @@ def tree_rss_mib(root: int) -> float:
             continue
         pid = int(d.name)
         children.setdefault(ppid, []).append(pid)
-        rss[pid] = pages
-    total, todo = 0, [root]
+        rss[pid] = (pages, stat.split("(", 1)[1].rsplit(")", 1)[0])
+    total, todo, per = 0, [root], {}
+    mib = os.sysconf("SC_PAGE_SIZE") / 2**20
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
+        pages, name = rss.get(p, (0, "?"))
+        total += pages
+        key = f"{name} ({p})" if p != root else f"driver {name} ({p})"
+        per[key] = pages * mib
         todo.extend(children.get(p, []))
-    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return total * mib, per
 
 
 def main() -> None:
@@ -68,9 +73,11 @@ def main() -> None:
     print(" ".join(cmd), flush=True)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd)
-    peak = 0.0
+    peak, at_peak = 0.0, {}
     while proc.poll() is None:
-        peak = max(peak, tree_rss_mib(proc.pid))
+        total, per = tree_rss_mib(proc.pid)
+        if total > peak:
+            peak, at_peak = total, per
         time.sleep(0.5)
     wall = time.perf_counter() - t
     if proc.returncode:
@@ -81,6 +88,8 @@ def main() -> None:
         print(f"round {r['round']}: {r['seconds']:.1f}s" + (" (includes Ray start)" if r["round"] == 1 else "")
               + (" (includes the full-ranking evaluation of every user)" if "test/ndcg@10" in r else ""))
     print(f"wall {wall:.0f}s; peak memory of the whole process tree {peak:.0f} MiB ({peak / 1024:.2f} GiB)")
+    print("at the peak: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(at_peak.items(), key=lambda kv: -kv[1])
+                                      if v >= 20) + " MiB")
 
 
 if __name__ == "__main__":
