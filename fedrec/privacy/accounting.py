@@ -48,7 +48,7 @@ def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: flo
         from opacus.accountants.analysis.rdp import get_privacy_spent
 
         rdp = sum(_rdp_of_one_step(m[0], m[1]) * m[2] for m in history)
-        return float(get_privacy_spent(orders=_ALPHAS, rdp=rdp, delta=delta)[0])
+        return float(get_privacy_spent(orders=list(_alphas()), rdp=rdp, delta=delta)[0])
     from opacus.accountants import create_accountant
 
     acc = create_accountant(mechanism=accountant)
@@ -56,18 +56,20 @@ def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: flo
     return float(acc.get_epsilon(delta=delta))
 
 
-_ALPHAS = None
+@functools.cache
+def _alphas() -> tuple:
+    """The RDP orders of Opacus's accountant."""
+    from opacus.accountants import RDPAccountant
+
+    return tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
 @functools.lru_cache(maxsize=256)
 def _rdp_of_one_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """Opacus's RDP of one Poisson-subsampled Gaussian step at its default orders."""
-    global _ALPHAS
-    from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis.rdp import compute_rdp
 
-    _ALPHAS = RDPAccountant.DEFAULT_ALPHAS
-    out = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=_ALPHAS)
+    out = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(_alphas()))
     out.setflags(write=False)
     return out
 
