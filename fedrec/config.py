@@ -328,11 +328,13 @@ class FedConfig:
 
 
 def run_key(name: str) -> str:
-    """The run-config key of a field or of a key without its section:
-    ``noise_multiplier`` -> ``interaction-level.noise-multiplier``."""
-    bare = name.split(".")[-1].replace("_", "-")
+    """The run-config key of a field or of a key with or without its section:
+    ``noise_multiplier`` -> ``interaction-level.noise-multiplier``.  ``KeyError``
+    for no field, or a key under another section."""
+    table, _, bare = name.rpartition(".")
+    bare = bare.replace("_", "-")
     f = _FIELDS.get(bare.replace("-", "_"))
-    if f is None:
+    if f is None or (table and table != SECTION_TABLES[f.metadata["section"]]):
         raise KeyError(name)
     return f"{SECTION_TABLES[f.metadata['section']]}.{bare}"
 

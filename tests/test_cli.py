@@ -99,7 +99,8 @@ def test_run_config_sections():
     for form in (rc, nested, flat, {**flat_run_config(nested)}):
         assert FedConfig.from_run_config(form) == cfg
     assert sectioned_run_config(flat) == rc == sectioned_run_config(nested)
-    assert sectioned_run_config({"not-ours": 1}) == {"not-ours": 1}
+    assert sectioned_run_config({"not-ours": 1, "model.noise-multiplier": 2}) == {"not-ours": 1,
+                                                                                "model.noise-multiplier": 2}
     assert run_key("noise_multiplier") == run_key("noise-multiplier") == "interaction-level.noise-multiplier"
     with pytest.raises(ConfigError, match="'model.noise-multiplier': 'noise-multiplier' is in section "
                                           "'interaction-level'") as e:
