@@ -311,6 +311,9 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                          + sum(v.numel() for v in dense.values()))
     chunk = max(1, MAX_GRAD_FLOATS // max(1, per_sample_floats))
     s_user = users[owner_np]
+    if not per_sample:  # one backward over every sample in every step: its rows gathered once
+        rows = {t: v[items] for t, v in tables.items()}
+        crow = {t: v[items] for t, v in consts.items()}
     first_loss = None
     total = cfg.user_steps + cfg.item_steps
     for step in range(total):
@@ -353,9 +356,9 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         else:
             # no clipping: one backward of the batched loss, each sample weighted by 1/denom of its user
             lc = {n: v.detach().requires_grad_(True) for n, v in loc.items()}
-            rw = {t: v[items].detach().requires_grad_(True) for t, v in tables.items()}
+            rw = {t: v.detach().requires_grad_(True) for t, v in rows.items()}
             dn = {d: v.detach().requires_grad_(True) for d, v in dense.items()}
-            lv = loss_many({n: v[owner] for n, v in lc.items()}, rw, dn, {t: v[items] for t, v in consts.items()})
+            lv = loss_many({n: v[owner] for n, v in lc.items()}, rw, dn, crow)
             if step == 0:
                 first_loss = _add_loss(None, lv.detach(), owner, k)
             leaves = [*lc.values(), *rw.values(), *dn.values()]
