@@ -24,12 +24,13 @@ __all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES",
            "flat_run_config", "nested_run_config", "sectioned_run_config"]
 
 #: Sections of the configuration, in the order ``--help`` shows them.
-SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "server",
-            "fault tolerance", "evaluation", "outputs")
+SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "private ALS",
+            "server", "fault tolerance", "evaluation", "outputs")
 
 #: Each section's table in ``[tool.flwr.app.config]``: run-config keys are ``<table>.<key>``.
 SECTION_TABLES = {"data": "data", "model": "model", "federation": "federation", "local training": "local",
-                  "interaction-level DP": "interaction-level", "user-level DP": "user-level", "server": "server",
+                  "interaction-level DP": "interaction-level", "user-level DP": "user-level", "private ALS": "als",
+                  "server": "server",
                   "fault tolerance": "fault-tolerance", "evaluation": "evaluation", "outputs": "outputs"}
 
 
@@ -116,6 +117,22 @@ class FedConfig:
     user_sample_rate: float = _opt(1.0, "user-level DP", "Poisson probability that a user takes part in a round")
     user_clip_quantile: float = _opt(0.5, "user-level DP", "adaptive clipping: target quantile")
     # server
+    # private ALS (user-level DP by sufficient statistics; fedrec.als)
+    als: bool = _opt(False, "private ALS", "train MF by alternating least squares instead of SGD: users solve their "
+                     "vectors on the device; the server solves item vectors from noisy per-item sums")
+    als_passes: int = _opt(3, "private ALS", "ALS passes (one server round each, after one round of item counts)")
+    als_cap: int = _opt(50, "private ALS", "most items a user contributes to the released statistics (a random "
+                        "subset of its training items, fixed per run)")
+    als_clip: float = _opt(0.05, "private ALS", "norm a user vector is clipped to before it is released in a sum")
+    als_head: float = _opt(0.1, "private ALS", "fraction of items trained: those with the largest noisy counts; the "
+                           "others are ranked below them by noisy count")
+    als_alpha: float = _opt(0.2, "private ALS", "weight of every (user, item) pair toward 0 (implicit ALS)")
+    als_reg: float = _opt(0.03, "private ALS", "item-solve ridge, in units of als-clip^2 x users")
+    als_user_reg: float = _opt(1.0, "private ALS", "user-solve ridge (on the device)")
+    als_noise_multiplier: float = _opt(0.0, "private ALS", "noise multiplier of every release (counts and passes; "
+                                       "0: no DP)")
+    als_target_epsilon: float = _opt(0.0, "private ALS", "> 0: calibrate als-noise-multiplier for this user-level "
+                                     "epsilon over the counts and all passes (Opacus RDP accountant)")
     aggregation: str = _opt("fedavg", "server", "fedavg, or itemwise (each item row averaged over the users who "
                             "touched it; no DP)", choices=("fedavg", "itemwise"))
     server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt)",
@@ -221,6 +238,34 @@ class FedConfig:
             bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:
             bad("target_epsilon", "give noise-multiplier or target-epsilon, not both")
+        for key in ("als_passes", "als_cap"):
+            if getattr(self, key) < 1:
+                bad(key, "must be >= 1")
+        for key in ("als_clip", "als_alpha"):
+            if not getattr(self, key) > 0:
+                bad(key, "must be > 0")
+        for key in ("als_reg", "als_user_reg", "als_noise_multiplier", "als_target_epsilon"):
+            if getattr(self, key) < 0:
+                bad(key, "must be >= 0")
+        if not 0 < self.als_head <= 1:
+            bad("als_head", "must be in (0, 1]")
+        if self.als_noise_multiplier > 0 and self.als_target_epsilon > 0:
+            bad("als_target_epsilon", "give als-noise-multiplier or als-target-epsilon, not both")
+        if not self.als and (self.als_noise_multiplier > 0 or self.als_target_epsilon > 0):
+            bad("als", "als-noise-multiplier/als-target-epsilon given but als is off")
+        if self.als:
+            if self.model != "mf":
+                bad("model", "ALS trains matrix factorisation: use model='mf' with als")
+            for key, off in (("dp", "noise-multiplier/target-epsilon"), ("user_level", "user-dp"),
+                             ("secure_aggregation", "secure-aggregation"), ("prior_noise", "prior-noise"),
+                             ("budget_epsilon", "budget-epsilon")):
+                if getattr(self, key):
+                    bad("als", f"ALS is its own user-level mechanism: leave {off} off")
+            if self.fraction_train < 1 or self.user_sample_rate < 1:
+                bad("als", "ALS's accounting has every user in every pass: leave fraction-train and "
+                    "user-sample-rate at 1")
+            if self.resume:
+                bad("resume", "ALS runs are a few rounds and are not resumed")
 
     @property
     def dp(self) -> bool:
@@ -283,7 +328,15 @@ class FedConfig:
                                 steps=self.num_server_rounds,
                                 extra=self.prior)
             out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
+        if self.als_target_epsilon > 0:
+            sigma = _calibrated("als_target_epsilon", self.als_target_epsilon, target_epsilon=self.als_target_epsilon,
+                                delta=self.delta, sample_rate=1.0, steps=self.als_passes + 1)
+            out = dataclasses.replace(out, als_noise_multiplier=sigma, als_target_epsilon=0.0)
         return out
+
+    @property
+    def als_private(self) -> bool:
+        return self.als and (self.als_noise_multiplier > 0 or self.als_target_epsilon > 0)
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "FedConfig":

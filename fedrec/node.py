@@ -22,7 +22,7 @@ from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
-           "active_users", "train_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
+           "active_users", "train_round", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
 
@@ -172,6 +172,8 @@ def train_round(
     fraction of them that touched each item row); with user-level DP it is the
     global parameters plus the *sum* of their clipped pseudo-gradients.
     """
+    if cfg.als:
+        return als_round(cfg, fed, partition, state, global_params=global_params, server_round=server_round)
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, server_round, partition, 3]).integers(2**62)))
     model = federated_model(cfg, fed)
@@ -229,6 +231,32 @@ def train_round(
     return update, metrics, new
 
 
+def als_round(cfg: FedConfig, fed: Federation, partition: int, state: NodeState, *,
+              global_params: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict, NodeState]:
+    """One round of (private) ALS on the node (:mod:`fedrec.als`).
+
+    Round 1 releases the sum of the users' capped item indicators (``counts``); every
+    later round solves each user's vector exactly from the item table it received and
+    all of the user's training items (kept on the node, never released), clips it to
+    ``als-clip`` and releases the sums ``b`` (per item, over the users' capped items)
+    and ``K`` (the Gram matrix of the clipped vectors).  The server adds the noise."""
+    from fedrec import als
+
+    train, users = fed.split.train, state.users
+    local = {n: v.copy() for n, v in state.local.items()}
+    if server_round <= 1:
+        update = {"counts": als.count_statistics(train, users, cap=cfg.als_cap, seed=cfg.seed)}
+    else:
+        U = als.user_vectors(global_params["item_embedding"], train, users, alpha=cfg.als_alpha,
+                             reg_user=cfg.als_user_reg)
+        local["user"] = U.astype(np.float32)
+        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_cap, seed=cfg.seed)
+        update = {"b": b, "K": K}
+    new = NodeState(users, local, state.dp_steps.copy(), state.rounds + 1)
+    metrics = {"num-examples": int(len(users)), "declined": 0}
+    return {n: v.astype(np.float64) for n, v in update.items()}, metrics, new
+
+
 def user_epsilons(cfg: FedConfig, steps: np.ndarray) -> np.ndarray:
     """Each user's interaction-level epsilon after ``steps`` DP-SGD steps, the DP
     popularity prior composed (Opacus RDP).  The one accountant of a node and of a
@@ -259,6 +287,12 @@ def evaluate_round(
     model = federated_model(cfg, fed)
     params = {n: torch.as_tensor(v) for n, v in global_params.items()}
     row = {int(u): j for j, u in enumerate(state.users.tolist())}
+    if cfg.als:  # each user's exact solve from the item table evaluated (on the device, never released)
+        from fedrec.als import user_vectors
+
+        U = user_vectors(global_params["item_embedding"], fed.split.train, state.users, alpha=cfg.als_alpha,
+                         reg_user=cfg.als_user_reg)
+        state = NodeState(state.users, {"user": U.astype(np.float32)}, state.dp_steps, state.rounds)
 
     def score(users: np.ndarray) -> np.ndarray:
         at = [row[int(u)] for u in users]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dataclasses
 import json
 import shutil
 
@@ -15,7 +16,7 @@ from flwr.serverapp import Grid
 from fedrec.config import FedConfig, nested_run_config
 from fedrec.federation import federated_model, load_federation
 from fedrec.optim import OptState
-from fedrec.privacy.mechanisms import UserLevel
+from fedrec.privacy.mechanisms import PrivateALS, UserLevel
 from fedrec.privacy.prior import popularity_prior
 from fedrec.results import append_round, write_json, write_metrics
 from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
@@ -64,12 +65,14 @@ class RunLog:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
             row["user-epsilon"] = UserLevel.from_config(self.cfg).epsilon(server_round)
+        if self.cfg.als_private:  # the counts (round 1), then one release per pass
+            row["user-epsilon"] = PrivateALS.from_config(self.cfg).epsilon(server_round)
         if ev:
             row.update({k: v for k, v in ev.items()})
         self.last = now
         self.rows.append(row)
         sel = f"valid/{self.cfg.select_metric}"
-        loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else "loss not released (DP)"
+        loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else ("ALS" if self.cfg.als else "loss not released (DP)")
         msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss} users {int(row.get('users', 0))}"
         if "epsilon-max" in row:
             msg += f" eps(interaction-level, delta={self.cfg.delta:g}) median {row['epsilon-median']:.2f} max {row['epsilon-max']:.2f}"
@@ -107,7 +110,13 @@ class RunLog:
 
 def _strategy(cfg: FedConfig, fed, model, shapes: dict):
     """The composed server for ``cfg``: :class:`FedRecStrategy`, or with
-    ``secure-aggregation`` the same pieces behind Flower's SecAgg+ workflow."""
+    ``secure-aggregation`` the same pieces behind Flower's SecAgg+ workflow, or with
+    ``als`` the ALS server (:class:`fedrec_app.server.als.ALSStrategy`)."""
+    if cfg.als:
+        from fedrec_app.server.als import ALSStrategy
+
+        return ALSStrategy(cfg, n_nodes=fed.n_nodes, n_users=fed.n_users, n_items=shapes["item_embedding"][0],
+                           dim=shapes["item_embedding"][1], cold_items=fed.split.cold_items)
     if not cfg.secure_aggregation:
         return FedRecStrategy(cfg, shapes=shapes, n_nodes=fed.n_nodes, n_users=fed.n_users,
                               item_tables=model.item_tables, cold_items=fed.split.cold_items)
@@ -143,6 +152,9 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
     ``context`` (the ServerApp's) is needed with ``secure-aggregation``.
     """
+    if cfg.als:  # the counts, then one round per pass; each pass evaluated, the best on validation kept
+        cfg = dataclasses.replace(cfg, num_server_rounds=cfg.als_passes + 1, eval_every=1 if cfg.eval_every else 0,
+                                  patience=0)
     fed = load_federation(cfg)
     model = federated_model(cfg, fed)
     params = model.global_params()
@@ -186,6 +198,10 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     if cfg.user_level:
         privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} clip {cfg.user_clip} "
                        f"user sample rate {cfg.user_sample_rate}")
+    if cfg.als:
+        privacy.append(f"ALS, {cfg.als_passes} passes" + (
+            f", user-level DP noise {cfg.als_noise_multiplier:.3f} cap {cfg.als_cap} clip {cfg.als_clip}"
+            if cfg.als_private else " (no DP)"))
     _say(f"{fed.dataset.summary()['name']}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
          f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
     if start < cfg.num_server_rounds and not (cfg.patience and log.since_best >= cfg.patience):
@@ -272,6 +288,22 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "epsilon": last.get("user-epsilon"),
             "popularity_prior_noise": cfg.prior_noise or None,
             "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to the clip, not to who replied",
+        })
+    if cfg.als_private:
+        units.append({
+            "unit": "user-level",
+            "protects": "everything one user contributes (all of its interactions, every round); so also each "
+                        "single interaction, at the same epsilon",
+            "mechanism": "private ALS: capped item counts once, then per pass the per-item sums of clipped user "
+                         "vectors and their Gram matrix, Gaussian noise added by the server to the sums",
+            "accountant": "opacus rdp (every user in every release)",
+            "noise_multiplier": cfg.als_noise_multiplier,
+            "cap": cfg.als_cap,
+            "clip": cfg.als_clip,
+            "passes": cfg.als_passes,
+            "delta": cfg.delta,
+            "epsilon": PrivateALS.from_config(cfg).epsilon(),
+            "note": "the number of users is treated as public (the denominator of the per-item Gram estimate)",
         })
     for u in units:
         u["not_covered"] = ("nothing: evaluation was off" if cfg.eval_every == 0 else

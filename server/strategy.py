@@ -155,6 +155,8 @@ def is_eval_round(cfg: FedConfig, server_round: int) -> bool:
     """Whether nodes evaluate after ``server_round`` (absolute round)."""
     if cfg.eval_every == 0:  # evaluation off: nodes release no metrics
         return False
+    if cfg.als and server_round <= 1:  # ALS: round 1 releases counts only, the item table is still random
+        return False
     return server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds
 
 

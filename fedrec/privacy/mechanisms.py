@@ -18,7 +18,7 @@ import numpy as np
 from fedrec.privacy.accounting import epsilons_for_steps
 from fedrec.privacy.prior import prior_mechanism
 
-__all__ = ["InteractionLevel", "UserLevel", "PopularityPrior", "mechanisms_of"]
+__all__ = ["InteractionLevel", "UserLevel", "PrivateALS", "PopularityPrior", "mechanisms_of"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,48 @@ class UserLevel:
         return {"unit": self.unit, **asdict(self)}
 
 
+@dataclass(frozen=True)
+class PrivateALS:
+    """Private ALS (:mod:`fedrec.als`): one release of capped item counts
+    (sensitivity ``sqrt(cap)``), then per pass one release of the per-item sums of
+    clipped user vectors and their Gram matrix (sensitivity ``clip sqrt(cap + 1)``),
+    each with Gaussian noise of std ``noise_multiplier`` times its sensitivity, added
+    by the server to the sum over every user.  Every user takes part in every
+    release (sampling rate 1).  Round 1 is the counts, round ``1 + t`` pass ``t``."""
+
+    noise_multiplier: float
+    cap: int
+    clip: float
+    passes: int
+    delta: float
+    unit = "user-level"
+    protects = "everything one user contributes (all of its interactions, every round)"
+
+    @classmethod
+    def from_config(cls, cfg) -> "PrivateALS":
+        return cls(float(cfg.als_noise_multiplier), int(cfg.als_cap), float(cfg.als_clip), int(cfg.als_passes),
+                   float(cfg.delta))
+
+    def releases(self, rounds: int) -> tuple:
+        """Opacus mechanisms ``(noise, rate, steps)`` of the first ``rounds`` rounds."""
+        from fedrec.als import als_releases
+
+        return als_releases(self.noise_multiplier, self.noise_multiplier, max(0, min(rounds, self.passes + 1) - 1)) \
+            if rounds > 0 else ()
+
+    def epsilon(self, rounds: int | None = None) -> float:
+        """Epsilon after ``rounds`` rounds (default: the whole run)."""
+        from fedrec.privacy.accounting import epsilon
+
+        history = self.releases(self.passes + 1 if rounds is None else rounds)
+        if not history:
+            return 0.0
+        return epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=0, delta=self.delta, extra=history)
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, **asdict(self)}
+
+
 def _epsilons(mech, counts) -> np.ndarray:
     """Epsilon after each count of compositions of ``mech``'s subsampled Gaussian
     release, its DP popularity prior composed (Opacus RDP)."""
@@ -109,4 +151,6 @@ def mechanisms_of(cfg) -> list:
         out.append(InteractionLevel.from_config(cfg))
     if cfg.user_level:
         out.append(UserLevel.from_config(cfg))
+    if cfg.als_private:
+        out.append(PrivateALS.from_config(cfg))
     return out

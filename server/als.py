@@ -1,0 +1,128 @@
+"""The server of (private) ALS: sums the nodes' statistics, adds the noise, solves the items.
+
+Round 1: the nodes' capped item counts are summed and noised once; they choose the
+trained items (the ``als-head`` fraction with the largest noisy counts) and rank
+the others (``item_bias``).  Round ``1 + t``: the per-item sums ``b`` and the Gram
+matrix ``K`` of the users' clipped vectors are summed and noised, and the item
+table is solved from them (:func:`fedrec.als.item_vectors`).  The noise is drawn
+from ``(seed, round, 17)`` and nothing else is computed from un-noised sums: the
+parameters sent to nodes are post-processing of the noised releases.  The
+messages (sampling, configs, evaluation) are :class:`NodeMessages`'s.
+"""
+
+from __future__ import annotations
+
+from logging import WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.common.logger import log
+
+from fedrec import als
+from fedrec.config import FedConfig
+from fedrec.optim import OptState
+from fedrec_app.server.strategy import NodeMessages, RunRecord, aggregate_train_metrics, validate_arrays, \
+    validate_metrics
+
+__all__ = ["ALSStrategy"]
+
+
+class _NoOptimizer:
+    """What the run log checkpoints of a server optimiser: ALS has none."""
+
+    state = OptState()
+
+
+class ALSStrategy(NodeMessages):
+    """(Private) ALS rounds through Flower; see the module docstring.
+
+    Parameters
+    ----------
+    cfg
+        A resolved config with ``als`` on (``als-noise-multiplier`` 0: no noise).
+    n_nodes, n_users
+        Nodes and users of the federation (``n_users``: the denominator of the
+        per-item Gram estimate, public).
+    n_items, dim
+        Shape of the item table.
+    cold_items
+        Held-out items: never trained, ranked last.
+    """
+
+    def __init__(self, cfg: FedConfig, *, n_nodes: int, n_users: int, n_items: int, dim: int,
+                 cold_items: np.ndarray | None = None):
+        self.record = RunRecord()
+        super().__init__(cfg, self.record, n_nodes=n_nodes)
+        self.n_users, self.n_items, self.dim = n_users, n_items, dim
+        self.cold_items = np.asarray(cold_items if cold_items is not None else [], dtype=np.int64)
+        self.counts: np.ndarray | None = None  # noisy counts (released)
+        self.head: np.ndarray | None = None
+        self.offset, self.user_dp, self.optimizer = 0, None, _NoOptimizer()
+
+    def expected(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        if server_round <= 1:
+            return {"counts": (self.n_items,)}
+        return {"b": (self.n_items, self.dim), "K": (self.dim, self.dim)}
+
+    def _sum(self, server_round: int, replies) -> tuple[dict[str, np.ndarray] | None, int]:
+        """The sum of the valid replies' arrays (float64) and how many users they hold."""
+        expected = self.expected(server_round)
+        total = {k: np.zeros(s) for k, s in expected.items()}
+        good, failed, rejected, users = [], 0, 0, 0
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                failed += 1
+                self.record.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
+                log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
+                continue
+            arrays = {k: v.numpy() for k, v in next(iter(msg.content.array_records.values())).items()} \
+                if len(msg.content.array_records) == 1 else {}
+            metrics = dict(next(iter(msg.content.metric_records.values()))) if len(msg.content.metric_records) == 1 \
+                else {}
+            reason = validate_arrays(arrays, expected) or validate_metrics(metrics, self.n_users, 0)
+            if reason:
+                rejected += 1
+                self.record.rejected.append((server_round, node, reason))
+                log(WARNING, "round %d: rejected reply of node %s: %s", server_round, node, reason)
+                continue
+            good.append(msg)
+            users += int(metrics["num-examples"])
+            for k in total:
+                total[k] += arrays[k].astype(np.float64)
+        info = self.record.info(server_round)
+        sent = info.get("sent", len(good) + failed + rejected)
+        info.update({"replies": len(good), "contributing": len(good), "failed": failed, "rejected": rejected,
+                     "missing": max(0, sent - len(good) - failed - rejected)})
+        if good:
+            self.record.train[server_round] = dict(aggregate_train_metrics([m.content for m in good]))
+        if len(good) < self.cfg.min_replies:
+            info["skipped"] = 1
+            log(WARNING, "round %d: %d replies < min-replies %d; global parameters unchanged", server_round,
+                len(good), self.cfg.min_replies)
+            return None, users
+        return total, users
+
+    def aggregate_train(self, server_round, replies):
+        c = self.cfg
+        total, _ = self._sum(server_round, list(replies))
+        if total is None or (server_round > 1 and self.counts is None):
+            return None, None
+        rng = np.random.default_rng([c.seed, server_round, 17])
+        z = c.als_noise_multiplier
+        params = {k: np.array(v, dtype=np.float32) for k, v in self.current.items()}
+        if server_round <= 1:
+            counts = total["counts"]
+            self.counts = als.noisy_counts(counts, noise_multiplier=z, cap=c.als_cap, rng=rng) if z > 0 else counts
+            self.head = als.head_items(self.counts, c.als_head, exclude=self.cold_items)
+            params["item_embedding"][~self.head] = 0.0
+            params["item_bias"] = als.tail_bias(self.counts, self.head)
+        else:
+            b, K = total["b"], total["K"]
+            if z > 0:
+                b, K = als.noisy_pass(b, K, noise_multiplier=z, cap=c.als_cap, clip=c.als_clip, rng=rng)
+            reg = c.als_reg * c.als_clip ** 2 * self.n_users
+            params["item_embedding"] = als.item_vectors(b, K, self.counts, self.head, n_users=self.n_users,
+                                                        alpha=c.als_alpha, reg=reg).astype(np.float32)
+        self.record.info(server_round)["trained-items"] = int(self.head.sum())
+        return ArrayRecord({k: Array(v) for k, v in params.items()}), MetricRecord(self.record.train[server_round])

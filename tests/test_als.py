@@ -1,0 +1,219 @@
+"""Private ALS (fedrec.als, the node's rounds, the ALS server): dense oracles,
+partition invariance, sensitivity, noise scale, accounting against Opacus, the
+config's refusals, and one run through Flower equal to the same math done directly."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from opacus.accountants import RDPAccountant
+
+from fedrec import als
+from fedrec.config import ConfigError, FedConfig
+from fedrec.privacy.mechanisms import PrivateALS, mechanisms_of
+
+
+def _train(n_users=12, n_items=15, p=0.4, seed=0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    m = (rng.random((n_users, n_items)) < p).astype(np.float32)
+    m[:, 0] = 1  # every user has at least one item
+    return sp.csr_matrix(m)
+
+
+def test_user_solve_is_the_dense_normal_equations():
+    train = _train()
+    V = np.random.default_rng(1).standard_normal((15, 3))
+    users = np.array([0, 3, 7, 11])
+    U = als.user_vectors(V, train, users, alpha=0.3, reg_user=0.7)
+    for j, u in enumerate(users):
+        items = train[u].indices
+        A = V[items].T @ V[items] + 0.3 * V.T @ V + 0.7 * np.eye(3)
+        np.testing.assert_allclose(U[j], np.linalg.solve(A, V[items].sum(0)), rtol=1e-10, atol=1e-12)
+
+
+def test_item_solve_and_statistics_match_the_dense_formulas():
+    train = _train()
+    users = np.arange(12)
+    U = np.random.default_rng(2).standard_normal((12, 3))
+    Uc = als.clip_rows(U, 0.5)
+    np.testing.assert_allclose(np.linalg.norm(Uc, axis=1), np.minimum(np.linalg.norm(U, axis=1), 0.5))
+    b, K = als.pass_statistics(Uc, train, users, cap=100, seed=0)  # no cap binds
+    dense = train.toarray()
+    np.testing.assert_allclose(b, dense.T @ Uc, atol=1e-12)
+    np.testing.assert_allclose(K, Uc.T @ Uc, atol=1e-12)
+    counts = als.count_statistics(train, users, cap=100, seed=0)
+    np.testing.assert_array_equal(counts, dense.sum(0))
+    head = als.head_items(counts, 0.5)
+    V = als.item_vectors(b, K, counts, head, n_users=12, alpha=0.2, reg=0.1)
+    for i in range(15):
+        if head[i]:
+            A = (counts[i] / 12 + 0.2) * K + 0.1 * np.eye(3)
+            np.testing.assert_allclose(V[i], np.linalg.solve(A, b[i]), rtol=1e-9, atol=1e-12)
+        else:
+            assert not V[i].any()
+
+
+def test_statistics_are_sums_over_any_partition_of_users():
+    train = _train(n_users=20, n_items=30, seed=4)
+    V = np.random.default_rng(3).standard_normal((30, 4))
+    users = np.arange(20)
+    U = als.clip_rows(als.user_vectors(V, train, users, alpha=0.2, reg_user=1.0), 0.1)
+    b, K = als.pass_statistics(U, train, users, cap=3, seed=5)
+    c = als.count_statistics(train, users, cap=3, seed=5)
+    parts = np.array_split(np.random.default_rng(6).permutation(20), 3)
+    bs, Ks, cs = 0, 0, 0
+    for part in parts:
+        Up = als.clip_rows(als.user_vectors(V, train, part, alpha=0.2, reg_user=1.0), 0.1)
+        bp, Kp = als.pass_statistics(Up, train, part, cap=3, seed=5)
+        bs, Ks, cs = bs + bp, Ks + Kp, cs + als.count_statistics(train, part, cap=3, seed=5)
+    np.testing.assert_allclose(bs, b, atol=1e-12)
+    np.testing.assert_allclose(Ks, K, atol=1e-12)
+    np.testing.assert_array_equal(cs, c)
+
+
+def test_capped_items_depend_on_the_user_alone():
+    items = np.arange(100, 180)
+    a = als.capped_items(items, user=7, cap=10, seed=3)
+    assert len(a) == 10 and set(a) <= set(items)
+    np.testing.assert_array_equal(a, als.capped_items(items[::-1], user=7, cap=10, seed=3))
+    assert not np.array_equal(a, als.capped_items(items, user=8, cap=10, seed=3))
+    np.testing.assert_array_equal(als.capped_items(items[:4], user=7, cap=10, seed=3), items[:4])
+
+
+def test_one_user_moves_the_releases_by_at_most_the_sensitivity():
+    cap, clip = 5, 0.2
+    train = _train(n_users=10, n_items=40, p=0.5, seed=7)
+    train = sp.csr_matrix(np.vstack([train.toarray(), np.ones((1, 40), np.float32)]))  # user 10: every item
+    users = np.arange(11)
+    V = np.random.default_rng(8).standard_normal((40, 4))
+    U = als.clip_rows(als.user_vectors(V, train, users, alpha=0.2, reg_user=0.01), clip)
+    b, K = als.pass_statistics(U, train, users, cap=cap, seed=1)
+    c = als.count_statistics(train, users, cap=cap, seed=1)
+    worst = 0.0
+    for j in users:
+        rest = users[users != j]
+        b2, K2 = als.pass_statistics(U[rest], train, rest, cap=cap, seed=1)
+        c2 = als.count_statistics(train, rest, cap=cap, seed=1)
+        assert (np.abs(b - b2).sum(1) > 0).sum() <= cap  # at most `cap` item rows touched
+        assert np.linalg.norm(c - c2) <= als.count_sensitivity(cap) + 1e-12
+        change = math.sqrt(np.sum((b - b2) ** 2) + np.sum(((K - K2) / clip) ** 2))
+        assert change <= als.pass_sensitivity(cap, clip) + 1e-12
+        worst = max(worst, change)
+    # the bound is attained by a user at the clip with at least `cap` items
+    assert np.linalg.norm(U[10]) == pytest.approx(clip)
+    assert worst == pytest.approx(als.pass_sensitivity(cap, clip))
+
+
+def test_noise_has_the_stated_scale_and_the_gram_stays_psd():
+    rng = np.random.default_rng(0)
+    z, cap, clip = 1.5, 8, 0.1
+    b = np.zeros((4000, 6))
+    K = 100.0 * np.eye(6)  # far from the PSD boundary: the projection leaves the noise as it is
+    bn, Kn = als.noisy_pass(b, K, noise_multiplier=z, cap=cap, clip=clip, rng=rng)
+    assert bn.std() == pytest.approx(z * clip * math.sqrt(cap + 1), rel=0.02)
+    offdiag = np.stack([als.noisy_pass(b[:1], K, noise_multiplier=z, cap=cap, clip=clip, rng=rng)[1][0, 1]
+                        for _ in range(3000)])
+    assert offdiag.std() == pytest.approx(z * clip ** 2 * math.sqrt(cap + 1) / math.sqrt(2), rel=0.05)
+    _, Kneg = als.noisy_pass(b[:1], np.zeros((6, 6)), noise_multiplier=z, cap=cap, clip=clip, rng=rng)
+    np.testing.assert_allclose(Kneg, Kneg.T)
+    assert np.linalg.eigvalsh(Kneg).min() >= -1e-12
+    cn = als.noisy_counts(np.zeros(20000), noise_multiplier=z, cap=cap, rng=rng)
+    assert cn.std() == pytest.approx(z * math.sqrt(cap), rel=0.02)
+
+
+def test_epsilon_is_opacus_rdp_over_the_counts_and_every_pass():
+    mech = PrivateALS(noise_multiplier=2.0, cap=50, clip=0.05, passes=3, delta=1e-5)
+    acc = RDPAccountant()
+    acc.history = [(2.0, 1.0, 4)]
+    assert mech.epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+    assert mech.epsilon() == pytest.approx(4.7285, abs=5e-4)  # pinned (Opacus 1.6 RDP)
+    assert mech.epsilon(0) == 0 and mech.epsilon(1) < mech.epsilon(2) < mech.epsilon()
+    assert mech.epsilon(10) == mech.epsilon()  # no release after the last pass
+    cfg = FedConfig(als=True, als_target_epsilon=8.0, als_passes=3).resolved()
+    assert PrivateALS.from_config(cfg).epsilon() == pytest.approx(8.0, abs=0.02)
+    assert [m.unit for m in mechanisms_of(cfg)] == ["user-level"]
+    assert mechanisms_of(FedConfig(als=True)) == []  # ALS without noise: no epsilon claimed
+
+
+@pytest.mark.parametrize("kw, key", [
+    (dict(als=True, model="gmf"), "model"),
+    (dict(als=True, user_dp="client", user_noise_multiplier=1.0), "als"),
+    (dict(als=True, noise_multiplier=1.0), "als"),
+    (dict(als=True, user_sample_rate=0.5), "als"),
+    (dict(als=True, secure_aggregation=True), "als"),
+    (dict(als_target_epsilon=8.0), "als"),
+    (dict(als=True, als_noise_multiplier=1.0, als_target_epsilon=8.0), "als-target-epsilon"),
+    (dict(als=True, als_head=0.0), "als-head"),
+])
+def test_config_refuses_what_the_accounting_does_not_cover(kw, key):
+    with pytest.raises(ConfigError) as e:
+        FedConfig(**kw)
+    assert e.value.key == key
+    assert "\n" not in str(e.value)
+
+
+def _direct(cfg: FedConfig, fed, V0: np.ndarray) -> list[np.ndarray]:
+    """The item tables of every pass, computed in one process from all users at once."""
+    train, users = fed.split.train, np.concatenate(fed.cohorts)
+    rng = np.random.default_rng([cfg.seed, 1, 17])
+    counts = als.noisy_counts(als.count_statistics(train, users, cap=cfg.als_cap, seed=cfg.seed),
+                              noise_multiplier=cfg.als_noise_multiplier, cap=cfg.als_cap, rng=rng)
+    head = als.head_items(counts, cfg.als_head)
+    V = V0.astype(np.float32).copy()
+    V[~head] = 0
+    out = []
+    for t in range(cfg.als_passes):
+        U = als.user_vectors(V, train, users, alpha=cfg.als_alpha, reg_user=cfg.als_user_reg)
+        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_cap, seed=cfg.seed)
+        b, K = als.noisy_pass(b, K, noise_multiplier=cfg.als_noise_multiplier, cap=cfg.als_cap, clip=cfg.als_clip,
+                              rng=np.random.default_rng([cfg.seed, t + 2, 17]))
+        V = als.item_vectors(b, K, counts, head, n_users=len(users), alpha=cfg.als_alpha,
+                             reg=cfg.als_reg * cfg.als_clip ** 2 * len(users)).astype(np.float32)
+        out.append(V)
+    return out
+
+
+@pytest.mark.slow
+def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
+    """Through Flower's simulation engine (4 nodes): the replies hold only counts and
+    per-item sums (no user vector), the item table of each pass equals the direct
+    computation, and metrics.json reports the user-level epsilon of all releases."""
+    from fedrec.federation import federated_model, load_federation
+    from fedrec_app.server import als as als_server
+    from fedrec_app.simulations.simulate import simulate
+
+    seen, tables = [], {}
+    orig = als_server.ALSStrategy.aggregate_train
+
+    def aggregate_train(self, rnd, replies):
+        replies = list(replies)
+        for m in replies:
+            seen.append({k: v.numpy().shape for rec in m.content.array_records.values() for k, v in rec.items()})
+        res = orig(self, rnd, replies)
+        tables[rnd] = res[0]["item_embedding"].numpy().copy()
+        return res
+
+    monkeypatch.setattr(als_server.ALSStrategy, "aggregate_train", aggregate_train)
+    out = tmp_path / "run"
+    cfg = FedConfig(data="synthetic:24x50:1", users_per_node=6, dim=4, als=True, als_passes=2, als_cap=4,
+                    als_head=0.5, als_noise_multiplier=1.0, out=str(out))
+    simulate(cfg, num_cpus=2)
+
+    assert len(seen) == 4 * 3  # 4 nodes x (counts + 2 passes)
+    assert all(set(s) == {"counts"} for s in seen[:4])
+    assert all(s == {"b": (50, 4), "K": (4, 4)} for s in seen[4:])
+    fed = load_federation(cfg)
+    V0 = federated_model(cfg, fed).global_params()["item_embedding"]
+    for t, V in enumerate(_direct(cfg, fed, V0)):
+        np.testing.assert_allclose(tables[t + 2], V, rtol=1e-5, atol=1e-6)
+    doc = json.loads((out / "metrics.json").read_text())
+    priv = doc["privacy"]
+    acc = RDPAccountant()
+    acc.history = [(1.0, 1.0, 3)]
+    assert priv["unit"] == "user-level" and priv["epsilon"] == pytest.approx(acc.get_epsilon(1e-5))
+    assert doc["selected"]["round"] in (2, 3) and 0 <= doc["test"]["ndcg@10"] <= 1
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3] and "valid/ndcg@10" not in rows[0]
+    assert rows[-1]["user-epsilon"] == pytest.approx(priv["epsilon"])
