@@ -74,6 +74,8 @@ class FedConfig:
     cold_users: float = _opt(0.0, "data", "fraction of users held out of training (user cold-start; fixed split seed)")
     cold_items: float = _opt(0.0, "data", "fraction of items held out of training, ranked through item features "
                              "(needs a feature-aware model such as two-tower)")
+    max_users: int = _opt(0, "data", "keep this many users with training data, drawn with a fixed seed (nested: a "
+                          "smaller population is a subset of a larger one; the catalogue is unchanged); 0: all")
     # model
     model: str = _opt("mf", "model", "mf, gmf, mlp, neumf, two-tower, or your own: path/to/file.py:ClassName "
                       "(a fedrec.models.FederatedModel; see examples/my_model.py)")
@@ -181,7 +183,7 @@ class FedConfig:
         for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
-        for key in ("user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every", "noise_multiplier", "target_epsilon",
+        for key in ("max_users", "user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every", "noise_multiplier", "target_epsilon",
                     "budget_epsilon", "user_noise_multiplier", "user_target_epsilon", "prior_noise"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.config import FedConfig
-from fedrec.data import Dataset, Split, hold_out_items, hold_out_users, load_dataset, make_split, partition_users
+from fedrec.data import (Dataset, Split, hold_out_items, hold_out_users, load_dataset, make_split, partition_users,
+                         subsample_users)
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
@@ -44,13 +45,15 @@ class Federation:
 
 @functools.lru_cache(maxsize=4)
 def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, users_per_node: int,
-            cold_users: float = 0.0, cold_items: float = 0.0, reader_options: tuple = ()) -> Federation:
+            cold_users: float = 0.0, cold_items: float = 0.0, reader_options: tuple = (), max_users: int = 0) -> Federation:
     ds = load_dataset(data, format=format, min_rating=min_rating or None, kcore=kcore, **dict(reader_options))
     sp_ = make_split(ds, kind=split)
     if cold_items > 0:
         sp_ = hold_out_items(sp_, ds, fraction=cold_items, seed=SPLIT_SEED)
     if cold_users > 0:
         sp_ = hold_out_users(sp_, ds, fraction=cold_users, seed=SPLIT_SEED)
+    if max_users > 0:
+        sp_ = subsample_users(sp_, max_users, seed=SPLIT_SEED)
     users = np.flatnonzero(np.diff(sp_.train.indptr) > 0)
     return Federation(ds, sp_, tuple(partition_users(users, users_per_node=users_per_node)))
 
@@ -58,7 +61,7 @@ def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, u
 def load_federation(cfg: FedConfig) -> Federation:
     """Dataset, split and node cohorts for ``cfg`` (users with training data only)."""
     return _cached(cfg.data, cfg.format, cfg.min_rating, cfg.kcore, cfg.split, cfg.users_per_node,
-                   cfg.cold_users, cfg.cold_items, reader_options(cfg))
+                   cfg.cold_users, cfg.cold_items, reader_options(cfg), cfg.max_users)
 
 
 def reader_options(cfg: FedConfig) -> tuple:

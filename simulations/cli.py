@@ -197,6 +197,15 @@ def cmd_sweep(args) -> int:
                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
+    if args.name == "frontier":
+        from fedrec_app.simulations.frontier import MECHANISMS, run_frontier
+
+        report = run_frontier(Path(args.out), data=args.data, mechanisms=tuple(args.mechanisms or MECHANISMS),
+                              epsilons=tuple(args.epsilons or (1.0, 2.0, 4.0, 8.0)),
+                              populations=tuple(args.users or (0,)), seeds=args.seeds or 3, rounds=args.rounds,
+                              command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+        _log(f"report: {report}")
+        return 0
     if args.name in STUDIES:
         run_study(args.name, Path(args.out), data=args.data, seeds=args.seeds, rounds=args.rounds, say=_log)
         return 0
@@ -293,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "engine. Finished cells are kept and skipped when run again.")
     p.add_argument("name", help="'default' (the main study, ~15 min on 2 cores), 'full' (every level), 'population', "
                                 "'models' (every model federated and centralized, non-private and epsilon 8 in "
-                                "each unit), 'tiny' (smoke test) or 'dp-levels'")
+                                "each unit), 'frontier' (every privacy mechanism x epsilon x seed beside its "
+                                "non-private twin, MostPop and private MostPop), 'tiny' (smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-latest-small",
                    help="any dataset the loaders read (default: bundled ml-latest-small)")
@@ -302,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None,
                    help="'models' only: which models (default: mf gmf mlp neumf two-tower; path.py:Class works too)")
     p.add_argument("--no-private", action="store_true", help="'models' only: the non-private cells only")
+    p.add_argument("--mechanisms", nargs="+", default=None,
+                   help="'frontier' only: private-als, dp-sgd, dp-fedavg (default: all)")
+    p.add_argument("--epsilons", nargs="+", type=float, default=None,
+                   help="'frontier' only: target epsilons (default: 1 2 4 8)")
+    p.add_argument("--users", nargs="+", type=int, default=None,
+                   help="'frontier' only: population sizes, users drawn with a fixed seed and nested (default: all "
+                        "users; 0 = all)")
     p.set_defaults(func=cmd_sweep)
 
     from fedrec_app.simulations import deploy

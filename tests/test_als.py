@@ -217,3 +217,62 @@ def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
     rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3] and "valid/ndcg@10" not in rows[0]
     assert rows[-1]["user-epsilon"] == pytest.approx(priv["epsilon"])
+
+
+def test_populations_are_nested_subsets_with_the_whole_catalogue():
+    from fedrec.federation import load_federation
+
+    small = load_federation(FedConfig(data="synthetic:60x40:2", max_users=10))
+    large = load_federation(FedConfig(data="synthetic:60x40:2", max_users=25))
+    full = load_federation(FedConfig(data="synthetic:60x40:2"))
+    users = lambda f: set(np.flatnonzero(np.diff(f.split.train.indptr) > 0).tolist())  # noqa: E731
+    assert len(users(small)) == small.n_users == 10 and len(users(large)) == 25
+    assert users(small) < users(large) < users(full)
+    assert small.split.train.shape == full.split.train.shape  # every item still ranked
+    kept = sorted(users(small))
+    for m in ("train", "valid", "test"):  # the kept users' rows are untouched, the others' empty
+        a, b = getattr(small.split, m), getattr(full.split, m)
+        assert (a[kept] != b[kept]).nnz == 0 and a.nnz == a[kept].nnz
+    with pytest.raises(ConfigError):
+        FedConfig(max_users=-1)
+
+
+def test_frontier_cells_pair_each_private_cell_with_its_twin():
+    from dataclasses import fields
+
+    from fedrec_app.simulations.frontier import frontier_cells
+
+    cells = frontier_cells("synthetic:40x30:1", epsilons=(8.0, 1.0), populations=(0, 20))
+    by = {c.name: c for c in cells}
+    assert len(cells) == 2 * 3 * 3  # populations x mechanisms x (twin + 2 epsilons)
+    for mech, noise_keys in (("private-als", ("als_target_epsilon",)),
+                             ("dp-sgd", ("target_epsilon", "prior_noise")),
+                             ("dp-fedavg", ("user_target_epsilon", "user_dp", "prior_noise"))):
+        twin, priv = by[f"{mech}-non-private-u20"], by[f"{mech}-eps8-u20"]
+        assert twin.labels["unit"] == "none" and priv.labels["epsilon"] == 8.0 and priv.labels["users"] == 20
+        differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(priv.cfg, f.name)}
+        assert differ <= set(noise_keys), (mech, differ)  # same preset: only the noise differs
+        assert not (twin.cfg.dp or twin.cfg.user_level or twin.cfg.als_private)
+    assert by["private-als-eps1"].cfg.resolved().als_noise_multiplier > by["private-als-eps8"].cfg.resolved().als_noise_multiplier
+
+
+def test_frontier_report_and_plot_from_rows(tmp_path):
+    from fedrec_app.simulations.frontier import plot_frontier, write_frontier_report
+
+    rows = []
+    for s, (a, b, m, p) in enumerate([(0.05, 0.06, 0.04, 0.039), (0.052, 0.061, 0.04, 0.041), (0.054, 0.059, 0.04, 0.04)]):
+        rows += [{"mechanism": "private-als", "unit": "user-level", "epsilon": 8.0, "seed": s, "users": 100,
+                  "ndcg@10": a, "hr@10": 0.1, "coverage@10": 0.05},
+                 {"mechanism": "private-als", "unit": "none", "epsilon": math.inf, "seed": s, "users": 100,
+                  "ndcg@10": b, "hr@10": 0.1, "coverage@10": 0.2},
+                 {"mechanism": "MostPop", "unit": "none", "epsilon": math.inf, "seed": s, "users": 100,
+                  "ndcg@10": m, "hr@10": 0.1, "coverage@10": 0.01},
+                 {"mechanism": "private-mostpop", "unit": "user-level", "epsilon": 8.0, "seed": s, "users": 100,
+                  "ndcg@10": p, "hr@10": 0.1, "coverage@10": 0.01}]
+    plots = plot_frontier(tmp_path, rows)
+    assert [p.name for p in plots] == ["frontier-100.png"] and plots[0].stat().st_size > 0
+    text = write_frontier_report(tmp_path, rows, data="x", command="fedrec sweep frontier", plot=plots,
+                                 seconds=1.0).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| private-als"))
+    assert "0.0520 ± 0.0020" in line and "0.0600" in line and "87%" in line  # mean ± sd, twin, kept
+    assert "0.0400 ± 0.0010" in line and "+0.0120 (6.0 sd)" in line  # private MostPop, margin over MostPop

@@ -8,6 +8,7 @@ from fedrec.data.splits import (
     Split,
     hold_out_items,
     hold_out_users,
+    subsample_users,
     leave_last_out,
     temporal_ratio,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "bundled_path",
     "hold_out_items",
     "hold_out_users",
+    "subsample_users",
     "is_positive",
     "kcore_mask",
     "leave_last_out",

@@ -161,6 +161,24 @@ def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1) -> Spl
     )
 
 
+def subsample_users(split: Split, n_users: int, *, seed: int) -> Split:
+    """Keep ``n_users`` of the users with training data, drawn with ``seed``; the others'
+    rows are emptied in train/valid/test (the item catalogue is unchanged).  Populations
+    are nested: the users kept for ``n`` are the first ``n`` of one fixed permutation, so
+    a smaller population is a subset of a larger one."""
+    have = np.flatnonzero(np.diff(split.train.indptr) > 0)
+    if n_users < 1:
+        raise ValueError(f"n_users must be >= 1; got {n_users}")
+    if n_users >= len(have):
+        return split
+    kept = np.random.default_rng(seed).permutation(have)[:n_users]
+    keep = np.zeros(split.train.shape[0], dtype=np.float32)
+    keep[kept] = 1.0
+    return Split(train=_rows(split.train, keep), valid=_rows(split.valid, keep), test=_rows(split.test, keep),
+                 kind=split.kind + f"+users({n_users})", cold_users=split.cold_users,
+                 cold_user_items=split.cold_user_items, cold_items=split.cold_items)
+
+
 def hold_out_users(split: Split, ds: Dataset, *, fraction: float, seed: int) -> Split:
     """Hold a random ``fraction`` of users out of training (user cold-start).
 

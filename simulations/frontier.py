@@ -1,0 +1,260 @@
+"""`fedrec sweep frontier`: every privacy mechanism x unit x epsilon x seed (and
+population size), each beside its non-private twin at the same preset, MostPop
+and private MostPop at the same epsilon; a table, a plot and a report section.
+
+Mechanisms (``MECHANISMS``):
+
+* ``private-als``: private alternating least squares (:mod:`fedrec.als`), user-level;
+* ``dp-sgd``: DP-SGD on each device with a DP popularity prior, interaction-level;
+* ``dp-fedavg``: DP-FedAvg (users' updates clipped on the node, noise on the sum), user-level.
+
+A user-level epsilon also bounds every single interaction at the same epsilon.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fedrec.config import FedConfig
+from fedrec.federation import load_federation
+from fedrec_app.simulations.runner import Cell, run_cells, write_rows
+
+__all__ = ["ALS_PRESET", "MECHANISMS", "frontier_cells", "run_frontier", "FRONTIER_COLUMNS"]
+
+#: Private ALS, chosen on ML-100K validation NDCG@10 (mean of seeds 0 and 1) at user-level
+#: epsilon 8; the ridge is in units of clip^2 x users, so the preset carries across datasets.
+ALS_PRESET = dict(model="mf", dim=8, als=True, als_passes=3, als_cap=50, als_clip=0.05, als_head=0.05, als_alpha=0.2,
+                  als_reg=0.3, als_user_reg=1.0)
+
+MECHANISMS = {
+    "private-als": "user-level",
+    "dp-sgd": "interaction-level",
+    "dp-fedavg": "user-level",
+}
+
+FRONTIER_COLUMNS = ("mechanism", "unit", "epsilon", "seed", "users", "ndcg@10", "hr@10", "coverage@10")
+
+
+def _users_per_node(n_users: int) -> int:
+    return max(1, -(-n_users // 2))  # two nodes: the 2 cores of CI, Flower's cost per node stays small
+
+
+def frontier_cells(data: str, *, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.0, 4.0, 8.0),
+                   populations=(0,), rounds: int | None = None) -> list[Cell]:
+    """Each mechanism's non-private twin and its private cells, for each population
+    (``0``: every user)."""
+    from fedrec_app.simulations.study import DP_PRESET, NOISE_FREE_PRIOR, USER_PRESET, prior_noise_for
+
+    cells = []
+    for pop in populations:
+        fed = load_federation(FedConfig(data=data, max_users=pop))
+        base = FedConfig(data=data, max_users=pop, users_per_node=_users_per_node(fed.n_users), patience=0,
+                         num_server_rounds=rounds or 60)
+        tag = f"-u{pop}" if pop else ""
+        for mech in mechanisms:
+            if mech not in MECHANISMS:
+                raise ValueError(f"unknown mechanism {mech!r}; choose from {sorted(MECHANISMS)}")
+            unit = MECHANISMS[mech]
+            labels = {"mechanism": mech, "users": fed.n_users}
+            if mech == "private-als":
+                twin = replace(base, **ALS_PRESET)
+                private = [(e, replace(twin, als_target_epsilon=e)) for e in epsilons]
+            elif mech == "dp-sgd":
+                twin = replace(base, **{**DP_PRESET, "prior_noise": NOISE_FREE_PRIOR})
+                private = [(e, replace(base, **DP_PRESET, target_epsilon=e)) for e in epsilons]
+                private = [(e, replace(c, prior_noise=prior_noise_for(e, c.prior_noise))) for e, c in private]
+            else:
+                preset = {k: v for k, v in USER_PRESET.items() if k != "user_dp"}
+                twin = replace(base, **{**preset, "prior_noise": NOISE_FREE_PRIOR})
+                private = [(e, replace(base, **USER_PRESET, user_target_epsilon=e)) for e in epsilons]
+                private = [(e, replace(c, prior_noise=prior_noise_for(e, c.prior_noise))) for e, c in private]
+            cells.append(Cell(f"{mech}-non-private{tag}", twin, {**labels, "unit": "none", "epsilon": math.inf}))
+            cells += [Cell(f"{mech}-eps{e:g}{tag}", c, {**labels, "unit": unit, "epsilon": float(e)}) for e, c in private]
+    return cells
+
+
+def _baselines(data: str, populations, epsilons, seeds: list[int]) -> list[dict]:
+    """MostPop (deterministic) and private MostPop (user-level, at each epsilon, per seed)
+    on each population's split."""
+    from fedrec.baselines import fit_most_popular, fit_private_most_popular
+
+    rows = []
+    for pop in populations:
+        fed = load_federation(FedConfig(data=data, max_users=pop))
+        res = fit_most_popular(fed.split, sampled_negatives=0)
+        for s in seeds:
+            rows.append(_baseline_row("MostPop", "none", math.inf, s, fed.n_users, res))
+        for e in epsilons:
+            for s in seeds:
+                res = fit_private_most_popular(fed.split, epsilon=e, seed=s, sampled_negatives=0)
+                rows.append(_baseline_row("private-mostpop", "user-level", float(e), s, fed.n_users, res))
+    return rows
+
+
+def _baseline_row(mech: str, unit: str, eps: float, seed: int, users: int, res) -> dict:
+    return {"mechanism": mech, "unit": unit, "epsilon": eps, "seed": seed, "users": users,
+            **{m: res.test.metrics.get(m) for m in ("ndcg@10", "hr@10", "coverage@10")},
+            "valid_ndcg@10": res.valid.metrics.get("ndcg@10"), "cell": mech, "baseline": True}
+
+
+def _frontier_row(r: dict) -> dict:
+    return {"mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
+            "users": r["users"], "ndcg@10": r.get("test_ndcg@10"), "hr@10": r.get("test_hr@10"),
+            "coverage@10": r.get("test_coverage@10"), "valid_ndcg@10": r.get("valid_ndcg@10"), "cell": r["cell"],
+            "user_epsilon": r.get("user_epsilon"), "epsilon_max": r.get("epsilon_max"),
+            "selected_round": r.get("selected_round"), "seconds": r.get("seconds")}
+
+
+def run_frontier(out: Path, *, data: str, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.0, 4.0, 8.0),
+                 populations=(0,), seeds: int = 3, rounds: int | None = None, command: str = "",
+                 say=print) -> Path:
+    """Run (or resume) the frontier; write ``results.csv`` (one row per run and baseline,
+    :data:`FRONTIER_COLUMNS` first), ``frontier.png`` and ``report.md``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    seed_list = list(range(seeds))
+    cells = frontier_cells(data, mechanisms=mechanisms, epsilons=epsilons, populations=populations, rounds=rounds)
+    say(f"frontier on {data}: {len(cells)} cells x {len(seed_list)} seeds (finished runs are kept)")
+    runs = run_cells(cells, seed_list, out, say=say)
+    write_rows(out, runs)  # the runs' full rows (results.json)
+    rows = [_frontier_row(r) for r in runs] + _baselines(data, populations, epsilons, seed_list)
+    keys = list(FRONTIER_COLUMNS) + [k for k in dict.fromkeys(k for r in rows for k in r) if k not in FRONTIER_COLUMNS]
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "frontier.json").write_text(json.dumps(rows, indent=1, default=str) + "\n")
+    plot = plot_frontier(out, rows)
+    report = write_frontier_report(out, rows, data=data, command=command, plot=plot,
+                                   seconds=time.perf_counter() - t0)
+    return report
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    g: dict[tuple, list[dict]] = {}
+    for r in rows:
+        g.setdefault((r["users"], r["mechanism"], r["unit"], r["epsilon"]), []).append(r)
+    return g
+
+
+def plot_frontier(out: Path, rows: list[dict]) -> list[Path]:
+    """One plot per population: test NDCG@10 against epsilon (log axis), mean and
+    standard deviation over seeds, per mechanism; its non-private twin dashed in the
+    same colour, MostPop black, private MostPop grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedrec_app.simulations.plots import mean_sd
+
+    paths = []
+    groups = _groups(rows)
+    for users in sorted({r["users"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        colours = iter(("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"))
+        mechs = [m for m in dict.fromkeys(r["mechanism"] for r in rows) if m not in ("MostPop", "private-mostpop")]
+        for mech in mechs + ["private-mostpop"]:
+            pts = sorted((k[3], v) for k, v in groups.items() if k[0] == users and k[1] == mech and math.isfinite(k[3]))
+            if not pts:
+                continue
+            c = "grey" if mech == "private-mostpop" else next(colours)
+            ms = [mean_sd(r["ndcg@10"] for r in v) for _, v in pts]
+            ax.errorbar([e for e, _ in pts], [m for m, _ in ms], yerr=[s for _, s in ms], color=c, marker="o",
+                        capsize=3, label=f"{mech} ({pts[0][1][0]['unit']})")
+            twin = groups.get((users, mech, "none", math.inf))
+            if twin:
+                ax.axhline(mean_sd(r["ndcg@10"] for r in twin)[0], color=c, ls="--", lw=1,
+                           label=f"{mech}, non-private twin")
+        mp = groups.get((users, "MostPop", "none", math.inf))
+        if mp:
+            ax.axhline(mean_sd(r["ndcg@10"] for r in mp)[0], color="black", ls=":", label="MostPop")
+        ax.set_xscale("log")
+        ax.set_xlabel("epsilon (delta 1e-5; user-level epsilons also bound each interaction)")
+        ax.set_ylabel("test NDCG@10 (full ranking)")
+        ax.set_title(f"privacy frontier, {users} users")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"frontier-{users}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    if len({r["users"] for r in rows}) > 1:
+        paths.append(_plot_population(out, rows))
+    return paths
+
+
+def _plot_population(out: Path, rows: list[dict]) -> Path:
+    """Fraction of the non-private twin's NDCG@10 kept, against the number of users."""
+    import matplotlib.pyplot as plt
+
+    from fedrec_app.simulations.plots import mean_sd
+
+    groups = _groups(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    keys = sorted({(k[1], k[3]) for k in groups if math.isfinite(k[3]) and k[1] not in ("MostPop",)})
+    for mech, eps in keys:
+        xs, ys = [], []
+        for users in sorted({k[0] for k in groups}):
+            v = groups.get((users, mech, MECHANISMS.get(mech, "user-level"), eps))
+            twin = groups.get((users, mech, "none", math.inf)) if mech != "private-mostpop" else \
+                groups.get((users, "private-als", "none", math.inf))
+            if v and twin:
+                xs.append(users)
+                ys.append(mean_sd(r["ndcg@10"] for r in v)[0] / mean_sd(r["ndcg@10"] for r in twin)[0])
+        if xs:
+            ax.plot(xs, ys, marker="o", ls="-" if mech != "private-mostpop" else ":", label=f"{mech}, eps {eps:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("users in the federation")
+    ax.set_ylabel("fraction of the non-private NDCG@10 kept")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "population.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: str, plot: list[Path],
+                          seconds: float) -> Path:
+    """``report.md``: per population, a table of every mechanism and epsilon with its
+    twin, MostPop and private MostPop at the same epsilon, and what privacy costs."""
+    from fedrec_app.simulations.plots import mean_sd
+
+    groups = _groups(rows)
+    lines = [f"# Privacy frontier on {data}", "", f"Command: `{command}` ({seconds:.0f} s)", "",
+             "Test NDCG@10, full ranking over all items, at the round (pass) picked on validation; mean ± "
+             "standard deviation over seeds. Each mechanism's **non-private twin** runs the same preset without "
+             "noise, so `twin - private` is what privacy costs and `twin - MostPop` what the preset itself adds. "
+             "Epsilons at delta 1e-5, Opacus RDP, over every release of the run; a user-level epsilon also bounds "
+             "each single interaction at the same epsilon. Private MostPop: item counts released once with "
+             "user-level DP at the same epsilon.", ""]
+    for users in sorted({r["users"] for r in rows}):
+        mp = mean_sd(r["ndcg@10"] for r in groups.get((users, "MostPop", "none", math.inf), []))
+        lines += [f"## {users} users", "", f"MostPop: {mp[0]:.4f}", "",
+                  "| mechanism | unit | epsilon | test NDCG@10 | HR@10 | coverage@10 | non-private twin | kept | "
+                  "private MostPop (same epsilon) | beats MostPop by | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for (u, mech, unit, eps), v in sorted(groups.items(), key=lambda kv: (kv[0][1], -kv[0][3])):
+            if u != users or mech in ("MostPop", "private-mostpop") or not math.isfinite(eps):
+                continue
+            m, s = mean_sd(r["ndcg@10"] for r in v)
+            twin = mean_sd(r["ndcg@10"] for r in groups.get((users, mech, "none", math.inf), []))[0]
+            pmp = mean_sd(r["ndcg@10"] for r in groups.get((users, "private-mostpop", "user-level", eps), []))
+            hr, cov = mean_sd(r["hr@10"] for r in v)[0], mean_sd(r["coverage@10"] for r in v)[0]
+            margin = (m - mp[0]) / s if s > 0 else float("inf")
+            lines.append(f"| {mech} | {unit} | {eps:g} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | {twin:.4f} | "
+                         f"{100 * m / twin:.0f}% | {pmp[0]:.4f} ± {pmp[1]:.4f} | {m - mp[0]:+.4f} "
+                         f"({margin:.1f} sd) | {len(v)} |")
+        lines.append("")
+    lines += [f"![frontier]({p.name})" for p in plot]
+    lines += ["", "Rows: `results.csv` (columns " + ", ".join(FRONTIER_COLUMNS) + ", then more); run directories "
+              "under `runs/`."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
