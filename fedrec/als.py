@@ -29,8 +29,10 @@ pair toward 0 (the "gravity" term) and weight 1 toward 1 on the positives::
 
 Every statistic is a sum over users, so nodes sum their users' and the server
 sums the nodes'.  ``n_users`` (the federation's size) is treated as public, as
-the fixed denominator of DP-FedAvg is.  A user-level guarantee also covers each
-single interaction at the same epsilon.
+the fixed denominator of DP-FedAvg is.  One interaction added or removed can turn a
+user's whole clipped vector, so the interaction-level epsilon is computed with twice
+a pass's sensitivity (:meth:`fedrec.privacy.mechanisms.PrivateALS.interaction_epsilon`),
+not assumed equal to the user-level one.
 """
 
 from __future__ import annotations

@@ -292,8 +292,7 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
     if cfg.als_private:
         units.append({
             "unit": "user-level",
-            "protects": "everything one user contributes (all of its interactions, every round); so also each "
-                        "single interaction, at the same epsilon",
+            "protects": "everything one user contributes (all of its interactions, every round)",
             "mechanism": "private ALS: capped item counts once, then per pass the per-item sums of clipped user "
                          "vectors and their Gram matrix, Gaussian noise added by the server to the sums",
             "accountant": "opacus rdp (every user in every release)",
@@ -303,7 +302,10 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "passes": cfg.als_passes,
             "delta": cfg.delta,
             "epsilon": PrivateALS.from_config(cfg).epsilon(),
-            "note": "the number of users is treated as public (the denominator of the per-item Gram estimate)",
+            "interaction_epsilon": PrivateALS.from_config(cfg).interaction_epsilon(),
+            "note": "the number of users is treated as public (the denominator of the per-item Gram estimate); "
+                    "interaction_epsilon: one interaction added or removed, computed from the sensitivities "
+                    "(larger than the user-level epsilon: one interaction can turn the user's whole vector)",
         })
     for u in units:
         u["not_covered"] = ("nothing: evaluation was off" if cfg.eval_every == 0 else

@@ -8,7 +8,10 @@ Mechanisms (``MECHANISMS``):
 * ``dp-sgd``: DP-SGD on each device with a DP popularity prior, interaction-level;
 * ``dp-fedavg``: DP-FedAvg (users' updates clipped on the node, noise on the sum), user-level.
 
-A user-level epsilon also bounds every single interaction at the same epsilon.
+A user-level epsilon is not an interaction-level epsilon of the same value: one
+interaction can change a user's whole clipped contribution.  Private ALS's
+interaction-level epsilon is computed (``PrivateALS.interaction_epsilon``) and
+reported beside its user-level one.
 """
 
 from __future__ import annotations
@@ -103,7 +106,13 @@ def _baseline_row(mech: str, unit: str, eps: float, seed: int, users: int, res) 
 
 
 def _frontier_row(r: dict) -> dict:
-    return {"mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
+    ie = r.get("epsilon_max") if r["unit"] == "interaction-level" else None
+    if r["mechanism"] == "private-als" and r["unit"] == "user-level":
+        from fedrec.privacy.mechanisms import PrivateALS
+
+        ie = PrivateALS(r["user_noise_multiplier"], ALS_PRESET["als_cap"], ALS_PRESET["als_clip"],
+                        ALS_PRESET["als_passes"], r.get("delta") or 1e-5).interaction_epsilon()
+    return {"interaction_epsilon": ie, "mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
             "users": r["users"], "ndcg@10": r.get("test_ndcg@10"), "hr@10": r.get("test_hr@10"),
             "coverage@10": r.get("test_coverage@10"), "valid_ndcg@10": r.get("valid_ndcg@10"), "cell": r["cell"],
             "user_epsilon": r.get("user_epsilon"), "epsilon_max": r.get("epsilon_max"),
@@ -175,7 +184,7 @@ def plot_frontier(out: Path, rows: list[dict]) -> list[Path]:
         if mp:
             ax.axhline(mean_sd(r["ndcg@10"] for r in mp)[0], color="black", ls=":", label="MostPop")
         ax.set_xscale("log")
-        ax.set_xlabel("epsilon (delta 1e-5; user-level epsilons also bound each interaction)")
+        ax.set_xlabel("target epsilon of the mechanism's unit (delta 1e-5)")
         ax.set_ylabel("test NDCG@10 (full ranking)")
         ax.set_title(f"privacy frontier, {users} users")
         ax.legend(fontsize=7)
@@ -231,15 +240,18 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
              "Test NDCG@10, full ranking over all items, at the round (pass) picked on validation; mean ± "
              "standard deviation over seeds. Each mechanism's **non-private twin** runs the same preset without "
              "noise, so `twin - private` is what privacy costs and `twin - MostPop` what the preset itself adds. "
-             "Epsilons at delta 1e-5, Opacus RDP, over every release of the run; a user-level epsilon also bounds "
-             "each single interaction at the same epsilon. Private MostPop: item counts released once with "
-             "user-level DP at the same epsilon.", ""]
+             "Epsilons at delta 1e-5, Opacus RDP, over every release of the run, in the unit named. A user-level "
+             "epsilon is not an interaction-level one of the same value (one interaction can change a user's "
+             "whole clipped contribution): for private ALS the interaction-level epsilon of the same run is "
+             "computed from the sensitivities and shown beside it. Private MostPop: one release of the users' "
+             "unit-norm item vectors at the same epsilon (a sum that one user, or one interaction, moves by "
+             "at most 1: user- and interaction-level).", ""]
     for users in sorted({r["users"] for r in rows}):
         mp = mean_sd(r["ndcg@10"] for r in groups.get((users, "MostPop", "none", math.inf), []))
         lines += [f"## {users} users", "", f"MostPop: {mp[0]:.4f}", "",
-                  "| mechanism | unit | epsilon | test NDCG@10 | HR@10 | coverage@10 | non-private twin | kept | "
-                  "private MostPop (same epsilon) | beats MostPop by | seeds |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| mechanism | unit | epsilon | interaction-level epsilon of the same run | test NDCG@10 | HR@10 | "
+                  "coverage@10 | non-private twin | kept | private MostPop (same epsilon) | beats MostPop by | seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for (u, mech, unit, eps), v in sorted(groups.items(), key=lambda kv: (kv[0][1], -kv[0][3])):
             if u != users or mech in ("MostPop", "private-mostpop") or not math.isfinite(eps):
                 continue
@@ -248,7 +260,9 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
             pmp = mean_sd(r["ndcg@10"] for r in groups.get((users, "private-mostpop", "user-level", eps), []))
             hr, cov = mean_sd(r["hr@10"] for r in v)[0], mean_sd(r["coverage@10"] for r in v)[0]
             margin = (m - mp[0]) / s if s > 0 else float("inf")
-            lines.append(f"| {mech} | {unit} | {eps:g} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | {twin:.4f} | "
+            ie = mean_sd(r.get("interaction_epsilon") for r in v)[0] if unit == "user-level" else eps
+            ie = "–" if math.isnan(ie) else f"{ie:.2f}"
+            lines.append(f"| {mech} | {unit} | {eps:g} | {ie} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | {twin:.4f} | "
                          f"{100 * m / twin:.0f}% | {pmp[0]:.4f} ± {pmp[1]:.4f} | {m - mp[0]:+.4f} "
                          f"({margin:.1f} sd) | {len(v)} |")
         lines.append("")

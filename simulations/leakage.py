@@ -98,6 +98,7 @@ __all__ = [
     "clip_and_noise",
     "release",
     "update_attack",
+    "als_attack",
     "popularity_auc",
     "train_federated",
     "membership_auc",
@@ -357,6 +358,41 @@ def update_attack(
     return {a: {"auc": float(np.mean(v)), "auc_std": float(np.std(v)), "n_targets": len(v)} for a, v in aucs.items()}
 
 
+def als_attack(train: sp.csr_matrix, users: np.ndarray, *, noise_multiplier: float, cap: int, clip: float,
+               dim: int = 8, alpha: float = 0.2, reg_user: float = 1.0, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean per-user ROC AUC of attacks on private ALS's releases of ONE user (the worst
+    case: a node that hosts a single user, seen after the server's noise).
+
+    ``counts``: the item counts release (the user's capped items, plus noise
+    ``noise_multiplier * sqrt(cap)``), items scored by their released count.
+    ``pass``: one pass's release ``(b, K)`` from the user's clipped exact solve
+    against a random item table, items scored by the norm of their released row.
+    Positives are all of the user's training items (those outside its cap are
+    never in a release)."""
+    from fedrec import als
+
+    rng = np.random.default_rng([seed, 23])
+    n_items = train.shape[1]
+    V = rng.standard_normal((n_items, dim)) * 0.1
+    aucs: dict[str, list[float]] = {"counts": [], "pass": []}
+    for u in np.asarray(users).tolist():
+        one = np.array([u])
+        labels = np.zeros(n_items, dtype=bool)
+        labels[train.indices[train.indptr[u]:train.indptr[u + 1]]] = True
+        if labels.all() or not labels.any():
+            continue
+        c = als.count_statistics(train, one, cap=cap, seed=seed)
+        if noise_multiplier > 0:
+            c = als.noisy_counts(c, noise_multiplier=noise_multiplier, cap=cap, rng=rng)
+        aucs["counts"].append(roc_auc(c, labels))
+        U = als.clip_rows(als.user_vectors(V, train, one, alpha=alpha, reg_user=reg_user), clip)
+        b, K = als.pass_statistics(U, train, one, cap=cap, seed=seed)
+        if noise_multiplier > 0:
+            b, K = als.noisy_pass(b, K, noise_multiplier=noise_multiplier, cap=cap, clip=clip, rng=rng)
+        aucs["pass"].append(roc_auc(np.linalg.norm(b, axis=1), labels))
+    return {k: {"auc": float(np.mean(v)), "auc_std": float(np.std(v)), "n_targets": len(v)} for k, v in aucs.items()}
+
+
 def train_federated(
     train: sp.csr_matrix,
     *,
@@ -498,6 +534,7 @@ def leakage_table(
     user_sigmas: tuple[float, ...] = (1.0, 4.0),
     user_clip: float | None = None,
     cohort_sizes: tuple[int, ...] = (10, 50),
+    als_epsilons: tuple[float, ...] = (8.0,),
     membership: bool = True,
     delta: float = 1e-5,
     seed: int = 0,
@@ -536,6 +573,10 @@ def leakage_table(
     cohort_sizes
         ``k`` of the secure-aggregation rows (no noise); the first one also
         gets a user-level-DP row with the first sigma (noise on the cohort sum).
+    als_epsilons
+        Private ALS (the sweep's preset, :data:`fedrec_app.simulations.frontier.ALS_PRESET`):
+        one user's counts and pass releases without noise and with the noise of each
+        run epsilon (the row's ``epsilon`` is that of the one attacked release).
     membership
         Add the membership-inference rows.
     delta
@@ -617,6 +658,22 @@ def leakage_table(
                              f"update:{a}", res, noise_multiplier=s, sample_rate=1.0, clip=user_clip,
                              cohort_size=k, delta=delta, epsilon_run=float("nan")))
         say("user-level DP + secure aggregation")
+    if als_epsilons:
+        from fedrec.privacy.accounting import calibrate_noise
+        from fedrec_app.simulations.frontier import ALS_PRESET as A
+
+        kw = dict(cap=A["als_cap"], clip=A["als_clip"], dim=A["dim"], alpha=A["als_alpha"],
+                  reg_user=A["als_user_reg"], seed=seed)
+        for a, res in als_attack(train, targets, noise_multiplier=0.0, **kw).items():
+            rows.append(_row("private ALS, one user's release, no noise", UNIT_NONE, inf, f"als:{a}", res, **base))
+        for e in als_epsilons:
+            z = calibrate_noise(target_epsilon=e, delta=delta, sample_rate=1.0, steps=A["als_passes"] + 1)
+            eps_one = dp_epsilon(noise_multiplier=z, sample_rate=1.0, steps=1, delta=delta)
+            for a, res in als_attack(train, targets, noise_multiplier=z, **kw).items():
+                rows.append(_row(f"private ALS (run eps={e:g}), one user's release (worst case k=1)", UNIT_USER, eps_one,
+                                 f"als:{a}", res, noise_multiplier=z, sample_rate=1.0, clip=A["als_clip"],
+                                 cohort_size=1, delta=delta, epsilon_run=e))
+        say("private ALS")
     if membership:
         for name, res in membership_auc(q, b, p, split, targets, seed=seed).items():
             rows.append(_row(f"final model, non-private ({rounds} rounds)", UNIT_NONE, inf,

@@ -274,5 +274,31 @@ def test_frontier_report_and_plot_from_rows(tmp_path):
     text = write_frontier_report(tmp_path, rows, data="x", command="fedrec sweep frontier", plot=plots,
                                  seconds=1.0).read_text()
     line = next(x for x in text.splitlines() if x.startswith("| private-als"))
-    assert "0.0520 ± 0.0020" in line and "0.0600" in line and "87%" in line  # mean ± sd, twin, kept
+    assert "| – |" in line and "0.0520 ± 0.0020" in line and "0.0600" in line and "87%" in line  # mean ± sd, twin, kept
     assert "0.0400 ± 0.0010" in line and "+0.0120 (6.0 sd)" in line  # private MostPop, margin over MostPop
+
+
+def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
+    from fedrec_app.simulations.leakage import als_attack
+
+    train = _train(n_users=60, n_items=80, p=0.15, seed=9)
+    users = np.arange(60)
+    clear = als_attack(train, users, noise_multiplier=0.0, cap=5, clip=0.05, dim=4)
+    noised = als_attack(train, users, noise_multiplier=1.3, cap=5, clip=0.05, dim=4)  # the epsilon-8 preset's noise
+    assert clear["counts"]["auc"] > 0.6 and clear["pass"]["auc"] > 0.6  # the capped items stand out
+    for a in ("counts", "pass"):
+        assert abs(noised[a]["auc"] - 0.5) < 0.03, (a, noised[a])
+
+
+def test_interaction_level_epsilon_of_private_als_is_computed_not_assumed():
+    mech = PrivateALS(noise_multiplier=2.0, cap=50, clip=0.05, passes=3, delta=1e-5)
+    acc = RDPAccountant()
+    acc.history = [(2.0 * 5.0, 1.0, 1), (1.0, 1.0, 3)]  # counts: z sqrt(cap / 2); passes: z / 2
+    assert mech.interaction_epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+    assert mech.interaction_epsilon() > mech.epsilon()
+    # an interaction moves a pass by at most twice a user's bound: removing one turns the user's vector
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=np.float32))
+    V = np.array([[1.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.5, 0.0]])
+    full = als.clip_rows(als.user_vectors(V, train, np.array([0]), alpha=0.0, reg_user=1e-3), 0.1)
+    less = als.clip_rows(als.user_vectors(V, train, np.array([1]), alpha=0.0, reg_user=1e-3), 0.1)
+    assert np.linalg.norm(full - less) == pytest.approx(2 * 0.1)  # opposite ends of the clip ball: twice a user

@@ -132,6 +132,23 @@ class PrivateALS:
             return 0.0
         return epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=0, delta=self.delta, extra=history)
 
+    def interaction_epsilon(self, rounds: int | None = None) -> float:
+        """Epsilon for one interaction (added to or removed from a user), computed, not
+        assumed equal to the user-level one.  Removing an interaction can swap one item
+        of the user's capped set for another (counts move by at most ``sqrt(2)``, against
+        ``sqrt(cap)`` for a whole user) and can turn the user's clipped vector anywhere in
+        the clip ball (a pass moves by at most ``2 clip sqrt(cap + 1)``, twice a whole
+        user's contribution).  So the same noise is multiplier ``z sqrt(cap / 2)`` for the
+        counts and ``z / 2`` for each pass."""
+        from fedrec.privacy.accounting import epsilon
+
+        rounds = self.passes + 1 if rounds is None else min(rounds, self.passes + 1)
+        if rounds <= 0:
+            return 0.0
+        z = self.noise_multiplier
+        history = ((z * (self.cap / 2) ** 0.5, 1.0, 1), (z / 2, 1.0, rounds - 1))
+        return epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=0, delta=self.delta, extra=history)
+
     def to_dict(self) -> dict:
         return {"unit": self.unit, **asdict(self)}
 
