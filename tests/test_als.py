@@ -244,11 +244,16 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
 
     cells = frontier_cells("synthetic:40x30:1", epsilons=(8.0, 1.0), populations=(0, 20))
     by = {c.name: c for c in cells}
-    assert len(cells) == 2 * 3 * 3  # populations x mechanisms x (twin + 2 epsilons)
+    assert len(cells) == 2 * (3 * 3 + 1)  # populations x (mechanisms x (twin + 2 epsilons) + private ALS's 2nd twin)
     for mech, noise_keys in (("private-als", ("als_target_epsilon",)),
                              ("dp-sgd", ("target_epsilon", "prior_noise")),
                              ("dp-fedavg", ("user_target_epsilon", "user_dp", "prior_noise"))):
         twin, priv = by[f"{mech}-non-private-u20"], by[f"{mech}-eps8-u20"]
+        if mech == "private-als":  # below epsilon 8 its own preset, with its own twin
+            low, low_twin = by["private-als-eps1-u20"], by["private-als-non-private-low-u20"]
+            assert low.cfg.als_head < priv.cfg.als_head and low.labels["preset"] == low_twin.labels["preset"] == "low"
+            assert {f.name for f in fields(FedConfig)
+                    if getattr(low.cfg, f.name) != getattr(low_twin.cfg, f.name)} == {"als_target_epsilon"}
         assert twin.labels["unit"] == "none" and priv.labels["epsilon"] == 8.0 and priv.labels["users"] == 20
         differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(priv.cfg, f.name)}
         assert differ <= set(noise_keys), (mech, differ)  # same preset: only the noise differs
