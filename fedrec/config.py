@@ -312,7 +312,9 @@ class FedConfig:
 
     def resolved(self) -> "FedConfig":
         """Calibrate ``noise_multiplier`` from ``target_epsilon`` (Opacus RDP accountant)
-        for a user taking part in every planned round; returns a new config."""
+        for a user taking part in every planned round (and the other units' noise from
+        theirs); with ``als``, the rounds are the passes' (``als-passes + 1``); returns a
+        new config."""
         out = self
         if self.target_epsilon > 0:
             sigma = _calibrated("target_epsilon", self.target_epsilon,
@@ -330,6 +332,9 @@ class FedConfig:
                                 steps=self.num_server_rounds,
                                 extra=self.prior)
             out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
+        if self.als:  # the counts, then one round per pass, each pass evaluated (the best on validation kept)
+            out = dataclasses.replace(out, num_server_rounds=self.als_passes + 1, eval_every=1 if self.eval_every else 0,
+                                      patience=0)
         if self.als_target_epsilon > 0:
             sigma = _calibrated("als_target_epsilon", self.als_target_epsilon, target_epsilon=self.als_target_epsilon,
                                 delta=self.delta, sample_rate=1.0, steps=self.als_passes + 1)

@@ -152,7 +152,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
     ``context`` (the ServerApp's) is needed with ``secure-aggregation``.
     """
-    if cfg.als:  # the counts, then one round per pass; each pass evaluated, the best on validation kept
+    if cfg.als:  # the counts, then one round per pass (FedConfig.resolved; again for an unresolved config)
         cfg = dataclasses.replace(cfg, num_server_rounds=cfg.als_passes + 1, eval_every=1 if cfg.eval_every else 0,
                                   patience=0)
     fed = load_federation(cfg)

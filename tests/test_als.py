@@ -307,3 +307,9 @@ def test_interaction_level_epsilon_of_private_als_is_computed_not_assumed():
     full = als.clip_rows(als.user_vectors(V, train, np.array([0]), alpha=0.0, reg_user=1e-3), 0.1)
     less = als.clip_rows(als.user_vectors(V, train, np.array([1]), alpha=0.0, reg_user=1e-3), 0.1)
     assert np.linalg.norm(full - less) == pytest.approx(2 * 0.1)  # opposite ends of the clip ball: twice a user
+
+
+def test_a_resolved_als_config_is_the_one_the_server_runs_and_records():
+    cfg = FedConfig(als=True, als_passes=2, num_server_rounds=500, patience=5, eval_every=10).resolved()
+    assert (cfg.num_server_rounds, cfg.eval_every, cfg.patience) == (3, 1, 0)  # a sweep finds its finished runs
+    assert FedConfig(als=True, eval_every=0).resolved().eval_every == 0  # evaluation off stays off
