@@ -133,8 +133,11 @@ class FedConfig:
     als_user_reg: float = _opt(1.0, "private ALS", "user-solve ridge (on the device)")
     als_noise_multiplier: float = _opt(0.0, "private ALS", "noise multiplier of every release (counts and passes; "
                                        "0: no DP)")
-    als_target_epsilon: float = _opt(0.0, "private ALS", "> 0: calibrate als-noise-multiplier for this user-level "
-                                     "epsilon over the counts and all passes (Opacus RDP accountant)")
+    als_target_epsilon: float = _opt(0.0, "private ALS", "> 0: calibrate als-noise-multiplier for this epsilon "
+                                     "over the counts and all passes (Opacus RDP accountant), in als-unit")
+    als_unit: str = _opt("user-level", "private ALS", "unit of als-target-epsilon: user-level, or interaction-level "
+                         "(one interaction's own sensitivities; the run reports both epsilons)",
+                         choices=("user-level", "interaction-level"))
     aggregation: str = _opt("fedavg", "server", "fedavg, or itemwise (each item row averaged over the users who "
                             "touched it; no DP)", choices=("fedavg", "itemwise"))
     server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt)",
@@ -335,10 +338,23 @@ class FedConfig:
         if self.als:  # the counts, then one round per pass, each pass evaluated (the best on validation kept)
             out = dataclasses.replace(out, num_server_rounds=self.als_passes + 1, eval_every=1 if self.eval_every else 0,
                                       patience=0)
-        if self.als_target_epsilon > 0:
+        if self.als_target_epsilon > 0 and self.als_unit == "user-level":
             sigma = _calibrated("als_target_epsilon", self.als_target_epsilon, target_epsilon=self.als_target_epsilon,
                                 delta=self.delta, sample_rate=1.0, steps=self.als_passes + 1)
             out = dataclasses.replace(out, als_noise_multiplier=sigma, als_target_epsilon=0.0)
+        elif self.als_target_epsilon > 0:
+            from fedrec.privacy.mechanisms import PrivateALS
+
+            def eps(z: float) -> float:
+                return PrivateALS(z, self.als_cap, self.als_clip, self.als_passes, self.delta).interaction_epsilon()
+
+            lo, hi = 1e-2, 1.0
+            while eps(hi) > self.als_target_epsilon:
+                lo, hi = hi, hi * 2
+            while hi - lo > 1e-4 * hi:
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if eps(mid) > self.als_target_epsilon else (lo, mid)
+            out = dataclasses.replace(out, als_noise_multiplier=hi, als_target_epsilon=0.0)
         return out
 
     @property

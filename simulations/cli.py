@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'models' only: which models (default: mf gmf mlp neumf two-tower; path.py:Class works too)")
     p.add_argument("--no-private", action="store_true", help="'models' only: the non-private cells only")
     p.add_argument("--mechanisms", nargs="+", default=None,
-                   help="'frontier' only: private-als, dp-sgd, dp-fedavg (default: all)")
+                   help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) (default: all)")
     p.add_argument("--epsilons", nargs="+", type=float, default=None,
                    help="'frontier' only: target epsilons (default: 1 2 4 8)")
     p.add_argument("--users", nargs="+", type=int, default=None,

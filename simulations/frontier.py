@@ -39,14 +39,16 @@ ALS_PRESET = dict(model="mf", dim=8, als=True, als_passes=3, als_cap=50, als_cli
 ALS_PRESET_LOW = {**ALS_PRESET, "als_passes": 2, "als_head": 0.02}
 
 
-def als_preset(epsilon: float) -> tuple[str, dict]:
-    """The private-ALS preset (name, settings) for a target epsilon (``inf``: non-private)."""
-    return ("high", ALS_PRESET) if epsilon >= 8 else ("low", ALS_PRESET_LOW)
+def als_preset(epsilon: float, unit: str = "user-level") -> tuple[str, dict]:
+    """The private-ALS preset (name, settings) for a target epsilon (``inf``: non-private).
+    An interaction-level epsilon of 16 is about the noise of a user-level 8."""
+    return ("high", ALS_PRESET) if epsilon >= (8 if unit == "user-level" else 16) else ("low", ALS_PRESET_LOW)
 
+#: Each mechanism and the units its epsilon is calibrated in.
 MECHANISMS = {
-    "private-als": "user-level",
-    "dp-sgd": "interaction-level",
-    "dp-fedavg": "user-level",
+    "private-als": ("user-level", "interaction-level"),
+    "dp-sgd": ("interaction-level",),
+    "dp-fedavg": ("user-level",),
 }
 
 FRONTIER_COLUMNS = ("mechanism", "unit", "epsilon", "seed", "users", "ndcg@10", "hr@10", "coverage@10")
@@ -71,17 +73,21 @@ def frontier_cells(data: str, *, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.
         for mech in mechanisms:
             if mech not in MECHANISMS:
                 raise ValueError(f"unknown mechanism {mech!r}; choose from {sorted(MECHANISMS)}")
-            unit = MECHANISMS[mech]
+            unit = MECHANISMS[mech][0]
             labels = {"mechanism": mech, "users": fed.n_users}
-            if mech == "private-als":  # one twin per preset the epsilons use
-                for name in dict.fromkeys(als_preset(e)[0] for e in epsilons):
+            if mech == "private-als":  # one twin per preset the epsilons use; both units
+                units = MECHANISMS[mech]
+                for name in dict.fromkeys(als_preset(e, u)[0] for u in units for e in epsilons):
                     preset = ALS_PRESET if name == "high" else ALS_PRESET_LOW
                     cells.append(Cell(f"{mech}-non-private{'' if name == 'high' else '-' + name}{tag}",
                                       replace(base, **preset), {**labels, "unit": "none", "epsilon": math.inf,
                                                                 "preset": name}))
-                cells += [Cell(f"{mech}-eps{e:g}{tag}", replace(base, **als_preset(e)[1], als_target_epsilon=e),
-                               {**labels, "unit": unit, "epsilon": float(e), "preset": als_preset(e)[0]})
-                          for e in epsilons]
+                for u in units:
+                    short = "" if u == "user-level" else "i"
+                    cells += [Cell(f"{mech}-{short}eps{e:g}{tag}",
+                                   replace(base, **als_preset(e, u)[1], als_target_epsilon=e, als_unit=u),
+                                   {**labels, "unit": u, "epsilon": float(e), "preset": als_preset(e, u)[0]})
+                              for e in epsilons]
                 continue
             elif mech == "dp-sgd":
                 twin = replace(base, **{**DP_PRESET, "prior_noise": NOISE_FREE_PRIOR})
@@ -123,16 +129,16 @@ def _baseline_row(mech: str, unit: str, eps: float, seed: int, users: int, res) 
 
 def _frontier_row(r: dict) -> dict:
     ie = r.get("epsilon_max") if r["unit"] == "interaction-level" else None
-    if r["mechanism"] == "private-als" and r["unit"] == "user-level":
+    if r["mechanism"] == "private-als" and r["unit"] != "none":
         from fedrec.privacy.mechanisms import PrivateALS
 
-        p = als_preset(r["epsilon"])[1]
+        p = als_preset(r["epsilon"], r["unit"])[1]
         ie = PrivateALS(r["user_noise_multiplier"], p["als_cap"], p["als_clip"], p["als_passes"],
                         r.get("delta") or 1e-5).interaction_epsilon()
-    return {"interaction_epsilon": ie, "preset": r.get("preset", ""), "mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
+    return {"interaction_epsilon": ie, "preset": r.get("preset", ""), "user_epsilon": r.get("user_epsilon"), "mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
             "users": r["users"], "ndcg@10": r.get("test_ndcg@10"), "hr@10": r.get("test_hr@10"),
             "coverage@10": r.get("test_coverage@10"), "valid_ndcg@10": r.get("valid_ndcg@10"), "cell": r["cell"],
-            "user_epsilon": r.get("user_epsilon"), "epsilon_max": r.get("epsilon_max"),
+            "epsilon_max": r.get("epsilon_max"),
             "selected_round": r.get("selected_round"), "seconds": r.get("seconds")}
 
 
@@ -200,13 +206,15 @@ def plot_frontier(out: Path, rows: list[dict]) -> list[Path]:
         colours = iter(("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"))
         mechs = [m for m in dict.fromkeys(r["mechanism"] for r in rows) if m not in ("MostPop", "private-mostpop")]
         for mech in mechs + ["private-mostpop"]:
-            pts = sorted((k[3], v) for k, v in groups.items() if k[0] == users and k[1] == mech and math.isfinite(k[3]))
-            if not pts:
-                continue
             c = "grey" if mech == "private-mostpop" else next(colours)
-            ms = [mean_sd(r["ndcg@10"] for r in v) for _, v in pts]
-            ax.errorbar([e for e, _ in pts], [m for m, _ in ms], yerr=[s for _, s in ms], color=c, marker="o",
-                        capsize=3, label=f"{mech} ({pts[0][1][0]['unit']})")
+            for unit, marker in (("user-level", "o"), ("interaction-level", "s")):
+                pts = sorted((k[3], v) for k, v in groups.items()
+                             if k[0] == users and k[1] == mech and k[2] == unit and math.isfinite(k[3]))
+                if not pts:
+                    continue
+                ms = [mean_sd(r["ndcg@10"] for r in v) for _, v in pts]
+                ax.errorbar([e for e, _ in pts], [m for m, _ in ms], yerr=[s for _, s in ms], color=c, marker=marker,
+                            ls="-" if unit == "user-level" else "-.", capsize=3, label=f"{mech} ({unit})")
             for twin in _twin(rows, users, mech):
                 ax.axhline(mean_sd(r["ndcg@10"] for r in twin)[0], color=c, ls="--", lw=1,
                            label=f"{mech}, non-private twin" + (f" ({twin[0]['preset']} preset)"
@@ -237,18 +245,18 @@ def _plot_population(out: Path, rows: list[dict]) -> Path:
 
     groups = _groups(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    keys = sorted({(k[1], k[3]) for k in groups if math.isfinite(k[3]) and k[1] not in ("MostPop",)})
-    for mech, eps in keys:
+    keys = sorted({(k[1], k[2], k[3]) for k in groups if math.isfinite(k[3]) and k[1] not in ("MostPop",)})
+    for mech, unit, eps in keys:
         xs, ys = [], []
         for users in sorted({k[0] for k in groups}):
-            v = groups.get((users, mech, MECHANISMS.get(mech, "user-level"), eps))
+            v = groups.get((users, mech, unit, eps))
             twin = _twin(rows, users, mech if mech != "private-mostpop" else "private-als",
                          eps if mech != "private-mostpop" else max(k[3] for k in groups if math.isfinite(k[3])))
             if v and twin:
                 xs.append(users)
                 ys.append(mean_sd(r["ndcg@10"] for r in v)[0] / mean_sd(r["ndcg@10"] for r in twin[0])[0])
         if xs:
-            ax.plot(xs, ys, marker="o", ls="-" if mech != "private-mostpop" else ":", label=f"{mech}, eps {eps:g}")
+            ax.plot(xs, ys, marker="o", ls="-" if mech != "private-mostpop" else ":", label=f"{mech}, {unit} eps {eps:g}")
     ax.set_xscale("log")
     ax.set_xlabel("users in the federation")
     ax.set_ylabel("fraction of the non-private NDCG@10 kept")
@@ -280,7 +288,7 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
     for users in sorted({r["users"] for r in rows}):
         mp = mean_sd(r["ndcg@10"] for r in groups.get((users, "MostPop", "none", math.inf), []))
         lines += [f"## {users} users", "", f"MostPop: {mp[0]:.4f}", "",
-                  "| mechanism | unit | epsilon | interaction-level epsilon of the same run | test NDCG@10 | HR@10 | "
+                  "| mechanism | unit | epsilon | interaction-level epsilon of the run | test NDCG@10 | HR@10 | "
                   "coverage@10 | non-private twin | kept | private MostPop (same epsilon) | beats MostPop by | seeds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for (u, mech, unit, eps), v in sorted(groups.items(), key=lambda kv: (kv[0][1], -kv[0][3])):
@@ -291,7 +299,7 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
             pmp = mean_sd(r["ndcg@10"] for r in groups.get((users, "private-mostpop", "user-level", eps), []))
             hr, cov = mean_sd(r["hr@10"] for r in v)[0], mean_sd(r["coverage@10"] for r in v)[0]
             margin = (m - mp[0]) / s if s > 0 else float("inf")
-            ie = mean_sd(r.get("interaction_epsilon") for r in v)[0] if unit == "user-level" else eps
+            ie = mean_sd(r.get("interaction_epsilon") for r in v)[0]
             ie = "–" if math.isnan(ie) else f"{ie:.2f}"
             lines.append(f"| {mech} | {unit} | {eps:g} | {ie} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | {twin:.4f} | "
                          f"{100 * m / twin:.0f}% | {pmp[0]:.4f} ± {pmp[1]:.4f} | {m - mp[0]:+.4f} "

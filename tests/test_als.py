@@ -244,7 +244,7 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
 
     cells = frontier_cells("synthetic:40x30:1", epsilons=(8.0, 1.0), populations=(0, 20))
     by = {c.name: c for c in cells}
-    assert len(cells) == 2 * (3 * 3 + 1)  # populations x (mechanisms x (twin + 2 epsilons) + private ALS's 2nd twin)
+    assert len(cells) == 2 * (3 * 3 + 1 + 2)  # populations x (mechanisms x (twin + 2 epsilons), ALS: 2nd twin, 2nd unit)
     for mech, noise_keys in (("private-als", ("als_target_epsilon",)),
                              ("dp-sgd", ("target_epsilon", "prior_noise")),
                              ("dp-fedavg", ("user_target_epsilon", "user_dp", "prior_noise"))):
@@ -258,6 +258,9 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
         differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(priv.cfg, f.name)}
         assert differ <= set(noise_keys), (mech, differ)  # same preset: only the noise differs
         assert not (twin.cfg.dp or twin.cfg.user_level or twin.cfg.als_private)
+    inter = by["private-als-ieps8-u20"]
+    assert inter.cfg.als_unit == "interaction-level" and inter.labels["unit"] == "interaction-level"
+    assert inter.labels["preset"] == "low"  # an interaction-level 8 is about the noise of a user-level 4
     assert by["private-als-eps1"].cfg.resolved().als_noise_multiplier > by["private-als-eps8"].cfg.resolved().als_noise_multiplier
 
 
@@ -313,3 +316,12 @@ def test_a_resolved_als_config_is_the_one_the_server_runs_and_records():
     cfg = FedConfig(als=True, als_passes=2, num_server_rounds=500, patience=5, eval_every=10).resolved()
     assert (cfg.num_server_rounds, cfg.eval_every, cfg.patience) == (3, 1, 0)  # a sweep finds its finished runs
     assert FedConfig(als=True, eval_every=0).resolved().eval_every == 0  # evaluation off stays off
+
+
+def test_als_noise_calibrated_for_either_unit():
+    user = FedConfig(als=True, als_target_epsilon=8.0).resolved()
+    inter = FedConfig(als=True, als_target_epsilon=8.0, als_unit="interaction-level").resolved()
+    assert PrivateALS.from_config(inter).interaction_epsilon() == pytest.approx(8.0, rel=1e-3)
+    assert PrivateALS.from_config(inter).interaction_epsilon() <= 8.0
+    assert PrivateALS.from_config(user).epsilon() == pytest.approx(8.0, abs=0.02)
+    assert inter.als_noise_multiplier > user.als_noise_multiplier  # an interaction costs more than a user's share
