@@ -118,7 +118,6 @@ class FedConfig:
     user_clip: float = _opt(0.1, "user-level DP", "clip of one user's update")
     user_sample_rate: float = _opt(1.0, "user-level DP", "Poisson probability that a user takes part in a round")
     user_clip_quantile: float = _opt(0.5, "user-level DP", "adaptive clipping: target quantile")
-    # server
     # private ALS (user-level DP by sufficient statistics; fedrec.als)
     als: bool = _opt(False, "private ALS", "train MF by alternating least squares instead of SGD: users solve their "
                      "vectors on the device; the server solves item vectors from noisy per-item sums")
@@ -138,6 +137,7 @@ class FedConfig:
     als_unit: str = _opt("user-level", "private ALS", "unit of als-target-epsilon: user-level, or interaction-level "
                          "(one interaction's own sensitivities; the run reports both epsilons)",
                          choices=("user-level", "interaction-level"))
+    # server
     aggregation: str = _opt("fedavg", "server", "fedavg, or itemwise (each item row averaged over the users who "
                             "touched it; no DP)", choices=("fedavg", "itemwise"))
     server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt)",

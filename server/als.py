@@ -21,8 +21,8 @@ from flwr.common.logger import log
 from fedrec import als
 from fedrec.config import FedConfig
 from fedrec.optim import OptState
-from fedrec_app.server.strategy import NodeMessages, RunRecord, aggregate_train_metrics, validate_arrays, \
-    validate_metrics
+from fedrec_app.server.strategy import NodeMessages, RunRecord, aggregate_train_metrics, triage_replies, \
+    validate_arrays, validate_metrics
 
 __all__ = ["ALSStrategy"]
 
@@ -67,29 +67,22 @@ class ALSStrategy(NodeMessages):
     def _sum(self, server_round: int, replies) -> tuple[dict[str, np.ndarray] | None, int]:
         """The sum of the valid replies' arrays (float64) and how many users they hold."""
         expected = self.expected(server_round)
+
+        def why_bad(msg) -> str | None:
+            c = msg.content
+            if len(c.array_records) != 1 or len(c.metric_records) != 1:
+                return "expected exactly one ArrayRecord and one MetricRecord"
+            arrays = {k: v.numpy() for k, v in next(iter(c.array_records.values())).items()}
+            return validate_arrays(arrays, expected) or validate_metrics(dict(next(iter(c.metric_records.values()))),
+                                                                          self.n_users, 0)
+
+        good, failed, rejected = triage_replies(self.record, server_round, replies, why_bad)
         total = {k: np.zeros(s) for k, s in expected.items()}
-        good, failed, rejected, users = [], 0, 0, 0
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                failed += 1
-                self.record.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
-                log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
-                continue
-            arrays = {k: v.numpy() for k, v in next(iter(msg.content.array_records.values())).items()} \
-                if len(msg.content.array_records) == 1 else {}
-            metrics = dict(next(iter(msg.content.metric_records.values()))) if len(msg.content.metric_records) == 1 \
-                else {}
-            reason = validate_arrays(arrays, expected) or validate_metrics(metrics, self.n_users, 0)
-            if reason:
-                rejected += 1
-                self.record.rejected.append((server_round, node, reason))
-                log(WARNING, "round %d: rejected reply of node %s: %s", server_round, node, reason)
-                continue
-            good.append(msg)
-            users += int(metrics["num-examples"])
-            for k in total:
-                total[k] += arrays[k].astype(np.float64)
+        users = 0
+        for msg in good:
+            users += int(next(iter(msg.content.metric_records.values()))["num-examples"])
+            for k, v in next(iter(msg.content.array_records.values())).items():
+                total[k] += v.numpy().astype(np.float64)
         info = self.record.info(server_round)
         sent = info.get("sent", len(good) + failed + rejected)
         info.update({"replies": len(good), "contributing": len(good), "failed": failed, "rejected": rejected,

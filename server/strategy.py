@@ -51,7 +51,7 @@ from fedrec.optim import OptState, server_step
 __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "SumOfUpdates", "UserLevelMean", "ValidReplies",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "aggregate_train_metrics", "itemwise_scale",
-    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "COUNTS_KEY",
+    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "COUNTS_KEY",
 ]
 
 COUNTS_KEY = "item_counts"
@@ -400,6 +400,28 @@ class UserLevelMean(_Wrapper):
         return ArrayRecord({k: Array(v) for k, v in update.items()}), metrics
 
 
+def triage_replies(record: RunRecord, server_round: int, replies: Iterable[Message],
+                   why_bad) -> tuple[list[Message], int, int]:
+    """(well-formed replies, failed, rejected): error replies and those ``why_bad(msg)``
+    gives a reason for are left out, recorded in ``record.rejected`` and logged."""
+    good, failed, rejected = [], 0, 0
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            failed += 1
+            record.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
+            log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
+            continue
+        reason = why_bad(msg)
+        if reason is None:
+            good.append(msg)
+        else:
+            rejected += 1
+            record.rejected.append((server_round, node, reason))
+            log(WARNING, "round %d: rejected reply of node %s: %s", server_round, node, reason)
+    return good, failed, rejected
+
+
 class ValidReplies(_Wrapper):
     """Leaves out error replies (failed or dropped nodes) and malformed ones with a logged
     reason, counts them, and passes the contributing replies (``num-examples`` > 0) on;
@@ -419,21 +441,9 @@ class ValidReplies(_Wrapper):
 
     def aggregate_train(self, server_round, replies):
         _crash_point(server_round)
-        good, failed, rejected = [], 0, 0
-        for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                failed += 1
-                self.record.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
-                log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
-                continue
-            reason = validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=0)
-            if reason is None:
-                good.append(msg)
-            else:
-                rejected += 1
-                self.record.rejected.append((server_round, node, reason))
-                log(WARNING, "round %d: rejected reply of node %s: %s", server_round, node, reason)
+        good, failed, rejected = triage_replies(
+            self.record, server_round, replies,
+            lambda msg: validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=0))
         contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
         info = self.record.info(server_round)
         sent = info.get("sent", len(good) + failed + rejected)

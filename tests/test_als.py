@@ -325,3 +325,34 @@ def test_als_noise_calibrated_for_either_unit():
     assert PrivateALS.from_config(inter).interaction_epsilon() <= 8.0
     assert PrivateALS.from_config(user).epsilon() == pytest.approx(8.0, abs=0.02)
     assert inter.als_noise_multiplier > user.als_noise_multiplier  # an interaction costs more than a user's share
+
+
+def test_the_als_server_sums_good_replies_and_rejects_malformed_ones():
+    from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+
+    from fedrec_app.server.als import ALSStrategy
+
+    def reply(node, arrays, n=3):
+        out = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+        content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+                              "metrics": MetricRecord({"num-examples": n})})
+        return Message(content=content, reply_to=out)
+
+    cfg = FedConfig(als=True, als_head=0.5, als_cap=2).resolved()
+    s = ALSStrategy(cfg, n_nodes=3, n_users=9, n_items=4, dim=2)
+    s.current = {"item_embedding": np.ones((4, 2), np.float32), "item_bias": np.zeros(4, np.float32)}
+    params, _ = s.aggregate_train(1, [reply(1, {"counts": [3.0, 0, 1, 2]}), reply(2, {"counts": [1.0, 0, 0, 2]}),
+                                      reply(3, {"counts": [1.0, 2]})])  # node 3: wrong shape
+    assert [r[1] for r in s.record.rejected] == [3] and "shape" in s.record.rejected[0][2]
+    np.testing.assert_array_equal(s.counts, [4, 0, 1, 4])  # no noise: the sum of the good replies
+    np.testing.assert_array_equal(s.head, [True, False, False, True])
+    emb = params["item_embedding"].numpy()
+    assert not emb[[1, 2]].any() and (emb[[0, 3]] == 1).all()  # untrained rows zeroed, trained kept
+    bias = params["item_bias"].numpy()
+    assert bias[0] == bias[3] == 0 and bias[2] > bias[1] and bias.max() - bias[1:3].max() > 100
+    K = np.eye(2)
+    params, _ = s.aggregate_train(2, [reply(1, {"b": np.ones((4, 2)), "K": K}), reply(2, {"b": np.ones((4, 2)), "K": K})])
+    V = params["item_embedding"].numpy()
+    reg = cfg.als_reg * cfg.als_clip ** 2 * 9
+    np.testing.assert_allclose(V[0], 2 / ((4 / 9 + cfg.als_alpha) * 2 + reg), rtol=1e-6)
+    assert not V[[1, 2]].any()
