@@ -215,14 +215,17 @@ def plot_frontier(out: Path, rows: list[dict]) -> list[Path]:
                 ms = [mean_sd(r["ndcg@10"] for r in v) for _, v in pts]
                 ax.errorbar([e for e, _ in pts], [m for m, _ in ms], yerr=[s for _, s in ms], color=c, marker=marker,
                             ls="-" if unit == "user-level" else "-.", capsize=3, label=f"{mech} ({unit})")
-            for twin in _twin(rows, users, mech):
-                ax.axhline(mean_sd(r["ndcg@10"] for r in twin)[0], color=c, ls="--", lw=1,
+            for twin, ls in zip(_twin(rows, users, mech), ("--", (0, (1, 1)), "-.")):
+                ax.axhline(mean_sd(r["ndcg@10"] for r in twin)[0], color=c, ls=ls, lw=1,
                            label=f"{mech}, non-private twin" + (f" ({twin[0]['preset']} preset)"
                                                                 if twin[0].get("preset") else ""))
         mp = groups.get((users, "MostPop", "none", math.inf))
         if mp:
             ax.axhline(mean_sd(r["ndcg@10"] for r in mp)[0], color="black", ls=":", label="MostPop")
         ax.set_xscale("log")
+        eps = sorted({r["epsilon"] for r in rows if r["users"] == users and math.isfinite(r["epsilon"])})
+        ax.set_xticks(eps, [f"{e:g}" for e in eps])
+        ax.minorticks_off()
         ax.set_xlabel("target epsilon of the mechanism's unit (delta 1e-5)")
         ax.set_ylabel("test NDCG@10 (full ranking)")
         ax.set_title(f"privacy frontier, {users} users")
@@ -258,6 +261,9 @@ def _plot_population(out: Path, rows: list[dict]) -> Path:
         if xs:
             ax.plot(xs, ys, marker="o", ls="-" if mech != "private-mostpop" else ":", label=f"{mech}, {unit} eps {eps:g}")
     ax.set_xscale("log")
+    sizes = sorted({r["users"] for r in rows})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("users in the federation")
     ax.set_ylabel("fraction of the non-private NDCG@10 kept")
     ax.legend(fontsize=7)
