@@ -792,6 +792,18 @@ def main(argv: list[str] | None = None) -> int:
             res = audit(split.train, cfg=cfg, m=args.canaries, guesses=args.guesses, delta=args.delta, seed=args.seed)
             res["setting"] = f"interaction-level DP (one-round eps={e:g}, q=1), one round"
             audits.append(res)
+        from fedrec_app.simulations.audit import audit_als
+        from fedrec_app.simulations.frontier import ALS_PRESET, ALS_PRESET_LOW
+
+        for e, preset in ((8.0, ALS_PRESET), (2.0, ALS_PRESET_LOW)):  # private ALS: its counts and one pass
+            z = dp_noise(target_epsilon=e, delta=args.delta, sample_rate=1.0, steps=preset["als_passes"] + 1)
+            for control in (False, True):
+                res = audit_als(noise_multiplier=z, cap=preset["als_cap"], clip=preset["als_clip"], dim=preset["dim"],
+                                m=args.canaries, guesses=args.guesses, delta=args.delta, seed=args.seed,
+                                negative_control=control)
+                res["setting"] = f"private ALS (run eps={e:g}), counts + one pass" + (
+                    " [NEGATIVE CONTROL: noise off]" if control else "")
+                audits.append(res)
         print(f"[{time.time() - t0:6.1f}s] audits done", file=sys.stderr)
     print(markdown_table(rows))
     if audits:

@@ -356,3 +356,13 @@ def test_the_als_server_sums_good_replies_and_rejects_malformed_ones():
     reg = cfg.als_reg * cfg.als_clip ** 2 * 9
     np.testing.assert_allclose(V[0], 2 / ((4 / 9 + cfg.als_alpha) * 2 + reg), rtol=1e-6)
     assert not V[[1, 2]].any()
+
+
+def test_one_run_audit_of_private_als_within_claim_and_negative_control_caught():
+    from fedrec_app.simulations.audit import audit_als
+
+    real = audit_als(noise_multiplier=3.0, m=300, guesses=100, seed=1)
+    broken = audit_als(noise_multiplier=3.0, m=300, guesses=100, seed=1, negative_control=True)
+    assert real["eps_claimed"] == broken["eps_claimed"] == pytest.approx(2.03, abs=0.01)
+    assert real["eps_lower"] <= real["eps_claimed"]
+    assert broken["correct"] == broken["guesses"] and broken["eps_lower"] > broken["eps_claimed"]
