@@ -174,9 +174,9 @@ def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     return g
 
 
-def _twin(rows: list[dict], users, mech: str, eps: float | None = None) -> list[list[dict]]:
-    """The non-private twin rows of ``mech`` (of the preset epsilon ``eps`` used; ``None``:
-    every twin, one list per preset)."""
+def _twin(rows: list[dict], users, mech: str, eps: float | None = None, unit: str | None = None) -> list[list[dict]]:
+    """The non-private twin rows of ``mech`` (of the preset its cell at ``eps`` in ``unit``
+    used; ``eps`` ``None``: every twin, one list per preset)."""
     by: dict[str, list[dict]] = {}
     for r in rows:
         if r["users"] == users and r["mechanism"] == mech and r["unit"] == "none":
@@ -184,7 +184,7 @@ def _twin(rows: list[dict], users, mech: str, eps: float | None = None) -> list[
     if eps is None:
         return list(by.values())
     want = [r.get("preset", "") for r in rows if r["users"] == users and r["mechanism"] == mech
-            and r["epsilon"] == eps]
+            and r["epsilon"] == eps and (unit is None or r["unit"] == unit)]
     return [by[want[0]]] if want and want[0] in by else []
 
 
@@ -253,8 +253,8 @@ def _plot_population(out: Path, rows: list[dict]) -> Path:
         xs, ys = [], []
         for users in sorted({k[0] for k in groups}):
             v = groups.get((users, mech, unit, eps))
-            twin = _twin(rows, users, mech if mech != "private-mostpop" else "private-als",
-                         eps if mech != "private-mostpop" else max(k[3] for k in groups if math.isfinite(k[3])))
+            twin = _twin(rows, users, mech, eps, unit) if mech != "private-mostpop" else \
+                _twin(rows, users, "private-als", max(k[3] for k in groups if math.isfinite(k[3])), "user-level")
             if v and twin:
                 xs.append(users)
                 ys.append(mean_sd(r["ndcg@10"] for r in v)[0] / mean_sd(r["ndcg@10"] for r in twin[0])[0])
@@ -301,7 +301,7 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
             if u != users or mech in ("MostPop", "private-mostpop") or not math.isfinite(eps):
                 continue
             m, s = mean_sd(r["ndcg@10"] for r in v)
-            twin = mean_sd(r["ndcg@10"] for t in _twin(rows, users, mech, eps) for r in t)[0]
+            twin = mean_sd(r["ndcg@10"] for t in _twin(rows, users, mech, eps, unit) for r in t)[0]
             pmp = mean_sd(r["ndcg@10"] for r in groups.get((users, "private-mostpop", "user-level", eps), []))
             hr, cov = mean_sd(r["hr@10"] for r in v)[0], mean_sd(r["coverage@10"] for r in v)[0]
             margin = (m - mp[0]) / s if s > 0 else float("inf")

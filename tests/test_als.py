@@ -277,6 +277,14 @@ def test_frontier_report_and_plot_from_rows(tmp_path):
                   "ndcg@10": m, "hr@10": 0.1, "coverage@10": 0.01},
                  {"mechanism": "private-mostpop", "unit": "user-level", "epsilon": 8.0, "seed": s, "users": 100,
                   "ndcg@10": p, "hr@10": 0.1, "coverage@10": 0.01}]
+    # a second unit at the same epsilon on another preset, with its own twin
+    rows += [{"mechanism": "private-als", "unit": "interaction-level", "epsilon": 8.0, "seed": s, "users": 100,
+              "ndcg@10": 0.045, "hr@10": 0.1, "coverage@10": 0.05, "preset": "low"} for s in range(3)]
+    rows += [{"mechanism": "private-als", "unit": "none", "epsilon": math.inf, "seed": s, "users": 100,
+              "ndcg@10": 0.05, "hr@10": 0.1, "coverage@10": 0.05, "preset": "low"} for s in range(3)]
+    for r in rows:
+        if r["mechanism"] == "private-als" and "preset" not in r:
+            r["preset"] = "high"
     plots = plot_frontier(tmp_path, rows)
     assert [p.name for p in plots] == ["frontier-100.png"] and plots[0].stat().st_size > 0
     text = write_frontier_report(tmp_path, rows, data="x", command="fedrec sweep frontier", plot=plots,
@@ -284,6 +292,8 @@ def test_frontier_report_and_plot_from_rows(tmp_path):
     line = next(x for x in text.splitlines() if x.startswith("| private-als"))
     assert "| – |" in line and "0.0520 ± 0.0020" in line and "0.0600" in line and "87%" in line  # mean ± sd, twin, kept
     assert "0.0400 ± 0.0010" in line and "+0.0120 (6.0 sd)" in line  # private MostPop, margin over MostPop
+    inter = next(x for x in text.splitlines() if x.startswith("| private-als | interaction-level"))
+    assert "| 0.0500 | 90% |" in inter  # kept: against the twin of its own preset
 
 
 def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
