@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import dataclasses
 import json
 import shutil
 
@@ -152,9 +151,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
     ``context`` (the ServerApp's) is needed with ``secure-aggregation``.
     """
-    if cfg.als:  # the counts, then one round per pass (FedConfig.resolved; again for an unresolved config)
-        cfg = dataclasses.replace(cfg, num_server_rounds=cfg.als_passes + 1, eval_every=1 if cfg.eval_every else 0,
-                                  patience=0)
+    if cfg.als:  # the counts, then one round per pass, as FedConfig.resolved sets them (here too for an unresolved config)
+        cfg = cfg.resolved()
     fed = load_federation(cfg)
     model = federated_model(cfg, fed)
     params = model.global_params()

@@ -116,21 +116,21 @@ class PrivateALS:
         return cls(float(cfg.als_noise_multiplier), int(cfg.als_cap), float(cfg.als_clip), int(cfg.als_passes),
                    float(cfg.delta))
 
-    def releases(self, rounds: int) -> tuple:
-        """Opacus mechanisms ``(noise, rate, steps)`` of the first ``rounds`` rounds."""
+    def releases(self, rounds: int, *, count_noise: float | None = None, pass_noise: float | None = None) -> tuple:
+        """Opacus mechanisms ``(noise, rate, steps)`` of the first ``rounds`` rounds (the
+        noise multipliers relative to the user-level sensitivities unless given)."""
         from fedrec.als import als_releases
 
-        return als_releases(self.noise_multiplier, self.noise_multiplier, max(0, min(rounds, self.passes + 1) - 1)) \
-            if rounds > 0 else ()
+        rounds = min(rounds, self.passes + 1)
+        if rounds <= 0:
+            return ()
+        z = self.noise_multiplier
+        return als_releases(z if pass_noise is None else pass_noise, z if count_noise is None else count_noise,
+                            rounds - 1)
 
     def epsilon(self, rounds: int | None = None) -> float:
-        """Epsilon after ``rounds`` rounds (default: the whole run)."""
-        from fedrec.privacy.accounting import epsilon
-
-        history = self.releases(self.passes + 1 if rounds is None else rounds)
-        if not history:
-            return 0.0
-        return epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=0, delta=self.delta, extra=history)
+        """User-level epsilon after ``rounds`` rounds (default: the whole run)."""
+        return self._epsilon(self.releases(self.passes + 1 if rounds is None else rounds))
 
     def interaction_epsilon(self, rounds: int | None = None) -> float:
         """Epsilon for one interaction (added to or removed from a user), computed, not
@@ -140,14 +140,15 @@ class PrivateALS:
         the clip ball (a pass moves by at most ``2 clip sqrt(cap + 1)``, twice a whole
         user's contribution).  So the same noise is multiplier ``z sqrt(cap / 2)`` for the
         counts and ``z / 2`` for each pass."""
+        z = self.noise_multiplier
+        return self._epsilon(self.releases(self.passes + 1 if rounds is None else rounds,
+                                           count_noise=z * (self.cap / 2) ** 0.5, pass_noise=z / 2))
+
+    def _epsilon(self, history: tuple) -> float:
         from fedrec.privacy.accounting import epsilon
 
-        rounds = self.passes + 1 if rounds is None else min(rounds, self.passes + 1)
-        if rounds <= 0:
-            return 0.0
-        z = self.noise_multiplier
-        history = ((z * (self.cap / 2) ** 0.5, 1.0, 1), (z / 2, 1.0, rounds - 1))
-        return epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=0, delta=self.delta, extra=history)
+        return epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=0, delta=self.delta, extra=history) \
+            if history else 0.0
 
     def to_dict(self) -> dict:
         return {"unit": self.unit, **asdict(self)}
