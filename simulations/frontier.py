@@ -54,15 +54,11 @@ MECHANISMS = {
 FRONTIER_COLUMNS = ("mechanism", "unit", "epsilon", "seed", "users", "ndcg@10", "hr@10", "coverage@10")
 
 
-def _users_per_node(n_users: int) -> int:
-    return max(1, -(-n_users // 2))  # two nodes: the 2 cores of CI, Flower's cost per node stays small
-
-
 def frontier_cells(data: str, *, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.0, 4.0, 8.0),
                    populations=(0,), rounds: int | None = None) -> list[Cell]:
     """Each mechanism's non-private twin and its private cells, for each population
     (``0``: every user)."""
-    from fedrec_app.simulations.study import DP_PRESET, NOISE_FREE_PRIOR, USER_PRESET, prior_noise_for
+    from fedrec_app.simulations.study import DP_PRESET, NOISE_FREE_PRIOR, USER_PRESET, _users_per_node, prior_noise_for
 
     cells = []
     for pop in populations:
@@ -89,7 +85,7 @@ def frontier_cells(data: str, *, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.
                                    {**labels, "unit": u, "epsilon": float(e), "preset": als_preset(e, u)[0]})
                               for e in epsilons]
                 continue
-            elif mech == "dp-sgd":
+            if mech == "dp-sgd":
                 twin = replace(base, **{**DP_PRESET, "prior_noise": NOISE_FREE_PRIOR})
                 private = [(e, replace(base, **DP_PRESET, target_epsilon=e)) for e in epsilons]
                 private = [(e, replace(c, prior_noise=prior_noise_for(e, c.prior_noise))) for e, c in private]
