@@ -12,17 +12,13 @@ messages (sampling, configs, evaluation) are :class:`NodeMessages`'s.
 
 from __future__ import annotations
 
-from logging import WARNING
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
-from flwr.common.logger import log
 
 from fedrec import als
 from fedrec.config import FedConfig
 from fedrec.optim import OptState
-from fedrec_app.server.strategy import NodeMessages, RunRecord, aggregate_train_metrics, triage_replies, \
-    validate_arrays, validate_metrics
+from fedrec_app.server.strategy import NodeMessages, RunRecord, accept_replies, validate_arrays, validate_metrics
 
 __all__ = ["ALSStrategy"]
 
@@ -64,8 +60,9 @@ class ALSStrategy(NodeMessages):
             return {"counts": (self.n_items,)}
         return {"b": (self.n_items, self.dim), "K": (self.dim, self.dim)}
 
-    def _sum(self, server_round: int, replies) -> tuple[dict[str, np.ndarray] | None, int]:
-        """The sum of the valid replies' arrays (float64) and how many users they hold."""
+    def _sum(self, server_round: int, replies) -> dict[str, np.ndarray] | None:
+        """The sum (float64) of the contributing replies' arrays; ``None`` with fewer than
+        ``min-replies`` of them (:func:`accept_replies` records the round)."""
         expected = self.expected(server_round)
 
         def why_bad(msg) -> str | None:
@@ -76,29 +73,18 @@ class ALSStrategy(NodeMessages):
             return validate_arrays(arrays, expected) or validate_metrics(dict(next(iter(c.metric_records.values()))),
                                                                           self.n_users, 0)
 
-        good, failed, rejected = triage_replies(self.record, server_round, replies, why_bad)
+        contributing = accept_replies(self.record, self.cfg, server_round, replies, why_bad)
+        if contributing is None:
+            return None
         total = {k: np.zeros(s) for k, s in expected.items()}
-        users = 0
-        for msg in good:
-            users += int(next(iter(msg.content.metric_records.values()))["num-examples"])
+        for msg in contributing:
             for k, v in next(iter(msg.content.array_records.values())).items():
                 total[k] += v.numpy().astype(np.float64)
-        info = self.record.info(server_round)
-        sent = info.get("sent", len(good) + failed + rejected)
-        info.update({"replies": len(good), "contributing": len(good), "failed": failed, "rejected": rejected,
-                     "missing": max(0, sent - len(good) - failed - rejected)})
-        if good:
-            self.record.train[server_round] = dict(aggregate_train_metrics([m.content for m in good]))
-        if len(good) < self.cfg.min_replies:
-            info["skipped"] = 1
-            log(WARNING, "round %d: %d replies < min-replies %d; global parameters unchanged", server_round,
-                len(good), self.cfg.min_replies)
-            return None, users
-        return total, users
+        return total
 
     def aggregate_train(self, server_round, replies):
         c = self.cfg
-        total, _ = self._sum(server_round, list(replies))
+        total = self._sum(server_round, replies)
         if total is None or (server_round > 1 and self.counts is None):
             return None, None
         rng = np.random.default_rng([c.seed, server_round, 17])

@@ -51,7 +51,7 @@ from fedrec.optim import OptState, server_step
 __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "SumOfUpdates", "UserLevelMean", "ValidReplies",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "aggregate_train_metrics", "itemwise_scale",
-    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "COUNTS_KEY",
+    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies", "COUNTS_KEY",
 ]
 
 COUNTS_KEY = "item_counts"
@@ -422,6 +422,28 @@ def triage_replies(record: RunRecord, server_round: int, replies: Iterable[Messa
     return good, failed, rejected
 
 
+def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies: Iterable[Message],
+                   why_bad) -> list[Message] | None:
+    """The round's contributing replies (well-formed, ``num-examples`` > 0), with the
+    round's counts (replies, contributing, failed, rejected, missing) and the train
+    metrics of every valid reply in ``record``; ``None`` (the round changes nothing)
+    when fewer than ``min-replies`` contribute."""
+    good, failed, rejected = triage_replies(record, server_round, replies, why_bad)
+    contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
+    info = record.info(server_round)
+    sent = info.get("sent", len(good) + failed + rejected)
+    info.update({"replies": len(good), "contributing": len(contributing), "failed": failed, "rejected": rejected,
+                 "missing": max(0, sent - len(good) - failed - rejected)})
+    if good:  # loss, counts and epsilons over every valid reply (declined users included)
+        record.train[server_round] = dict(aggregate_train_metrics([m.content for m in good]))
+    if len(contributing) < cfg.min_replies:
+        info["skipped"] = 1
+        log(WARNING, "round %d: %d contributing replies < min-replies %d; global parameters unchanged",
+            server_round, len(contributing), cfg.min_replies)
+        return None
+    return contributing
+
+
 class ValidReplies(_Wrapper):
     """Leaves out error replies (failed or dropped nodes) and malformed ones with a logged
     reason, counts them, and passes the contributing replies (``num-examples`` > 0) on;
@@ -441,20 +463,10 @@ class ValidReplies(_Wrapper):
 
     def aggregate_train(self, server_round, replies):
         _crash_point(server_round)
-        good, failed, rejected = triage_replies(
-            self.record, server_round, replies,
+        contributing = accept_replies(
+            self.record, self.cfg, server_round, replies,
             lambda msg: validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=0))
-        contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
-        info = self.record.info(server_round)
-        sent = info.get("sent", len(good) + failed + rejected)
-        info.update({"replies": len(good), "contributing": len(contributing), "failed": failed, "rejected": rejected,
-                     "missing": max(0, sent - len(good) - failed - rejected)})
-        if good:  # loss, counts and epsilons over every valid reply (declined users included)
-            self.record.train[server_round] = dict(aggregate_train_metrics([m.content for m in good]))
-        if len(contributing) < self.cfg.min_replies:
-            info["skipped"] = 1
-            log(WARNING, "round %d: %d contributing replies < min-replies %d; global parameters unchanged",
-                server_round, len(contributing), self.cfg.min_replies)
+        if contributing is None:
             return None, None
         update, _ = self.inner.aggregate_train(server_round, contributing)
         if update is None:
