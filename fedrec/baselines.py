@@ -29,6 +29,7 @@ __all__ = [
     "fit_private_most_popular",
     "fit_ease",
     "fit_centralized",
+    "fit_sequential",
     "train_epoch",
 ]
 
@@ -305,6 +306,83 @@ def fit_centralized(
         score,
         evaluate(score, split, stage="valid", **eval_kwargs),
         evaluate(score, split, stage="test", **eval_kwargs),
+        selected={"epoch": best_epoch, "on": f"valid {select}"},
+        history=history,
+        seconds=time.perf_counter() - t,
+    )
+
+
+def fit_sequential(
+    model,
+    split: Split,
+    histories: dict,
+    *,
+    epochs: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    n_negatives: int = 1,
+    seed: int = 0,
+    eval_every: int = 1,
+    patience: int = 10,
+    select: str = "ndcg@10",
+    progress: Callable[[str], None] | None = None,
+    **eval_kwargs,
+) -> BaselineResult:
+    """Centralized training of a sequential model (:class:`~fedrec.models.SequentialModel`):
+    Adam over shuffled mini-batches of ``batch_size`` training windows of every user,
+    the loss averaged over a batch's positions, fresh negatives every epoch; the epoch is
+    picked on validation ``select`` and the best one is evaluated on test.
+
+    ``histories`` maps ``"train"``, ``"valid"`` and ``"test"`` to the users' histories
+    before each stage (:func:`fedrec.data.sequences.stage_histories`).
+    """
+    from fedrec.engine.sequence import sequence_samples, trainable_users
+
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    users = np.flatnonzero(trainable_users(histories["train"], np.arange(split.n_users)))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    params = dict(model.named_parameters())
+    dense = {d: params[d] for d in model.dense_names()}
+    table = params["item_embedding"]
+
+    def scorer(stage: str):
+        return model.history_scorer({n: p.detach() for n, p in params.items()}, histories[stage])
+
+    best_state, best_val, best_epoch, since = None, -np.inf, 0, 0
+    history = []
+    for epoch in range(1, epochs + 1):
+        _, inp, cand, mask = (torch.as_tensor(x) for x in sequence_samples(
+            histories["train"], split.train, users, model.max_len, n_negatives, seed=seed, server_round=epoch))
+        total, count = 0.0, 0
+        for b in np.array_split(rng.permutation(len(inp)), max(1, -(-len(inp) // batch_size))):
+            b = torch.as_tensor(b)
+            lw = model.window_loss(table[inp[b]], table[cand[b]], mask[b], dense, train=True)
+            n = int(mask[b].sum())
+            opt.zero_grad()
+            (lw.sum() / n).backward()
+            opt.step()
+            total, count = total + float(lw.detach().sum()), count + n
+        if epoch % eval_every and epoch != epochs:
+            continue
+        v = evaluate(scorer("valid"), split, stage="valid", **eval_kwargs)
+        history.append({"epoch": epoch, "loss": total / count, **{f"valid_{k}": x for k, x in v.metrics.items()}})
+        if progress:
+            progress(f"epoch {epoch:3d} loss {total / count:.4f} valid {select} {v.metrics[select]:.4f}")
+        if v.metrics[select] > best_val:
+            best_val, best_epoch, since = v.metrics[select], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since += 1
+            if since >= patience:
+                break
+    model.load_state_dict(best_state)
+    return BaselineResult(
+        "centralized",
+        scorer("test"),
+        evaluate(scorer("valid"), split, stage="valid", **eval_kwargs),
+        evaluate(scorer("test"), split, stage="test", **eval_kwargs),
         selected={"epoch": best_epoch, "on": f"valid {select}"},
         history=history,
         seconds=time.perf_counter() - t,

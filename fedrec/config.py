@@ -77,10 +77,12 @@ class FedConfig:
     max_users: int = _opt(0, "data", "keep this many users with training data, drawn with a fixed seed (nested: a "
                           "smaller population is a subset of a larger one; the catalogue is unchanged); 0: all")
     # model
-    model: str = _opt("mf", "model", "mf, gmf, mlp, neumf, two-tower, or your own: path/to/file.py:ClassName "
-                      "(a fedrec.models.FederatedModel; see examples/my_model.py)")
+    model: str = _opt("mf", "model", "mf, gmf, mlp, neumf, two-tower, the sequential sasrec and gru4rec, or your "
+                      "own: path/to/file.py:ClassName (a fedrec.models.FederatedModel; see examples/my_model.py)")
     dim: int = _opt(64, "model", "embedding dimension")
     init_std: float = _opt(0.1, "model", "std of the initial parameters")
+    seq_len: int = _opt(50, "model", "sequential models: the last N items of the history they read (a training "
+                        "window's length)")
     engine: str = _opt("auto", "model", "auto: a model's registered fast path where it has one (MF); generic: the "
                        "torch.func engine for every model", choices=("auto", "generic"))
     # federation
@@ -183,7 +185,7 @@ class FedConfig:
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, "choose " + ", ".join(repr(c) for c in choices))
 
-        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies"):
+        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies", "seq_len"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
         for key in ("max_users", "user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every", "noise_multiplier", "target_epsilon",
@@ -229,6 +231,18 @@ class FedConfig:
         for key in ("cold_users", "cold_items"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, "must be in [0, 1)")
+        from fedrec.models import federated_model_class, is_sequential
+
+        if is_sequential(federated_model_class(self.model)):
+            if self.prior_noise > 0:
+                bad("prior_noise", "sequential models have no item bias to start from a popularity prior")
+            if self.dp or self.budget_epsilon > 0:
+                bad("model", "interaction-level DP is not available for sequential models: one interaction enters "
+                    "up to seq-len + 1 samples (as a target and as the input of later positions); use user-level "
+                    "DP (user-dp='client')")
+            if self.cold_users > 0:
+                bad("cold_users", "sequential models serve a new user from its history with no training: held-out "
+                    "users are for the models with user vectors")
         if self.cold_items > 0 and not feature_aware:
             bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
         if self.secure_aggregation and self.user_dp != "off":

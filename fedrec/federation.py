@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedrec.config import FedConfig
-from fedrec.data import (Dataset, Split, hold_out_items, hold_out_users, load_dataset, make_split, partition_users,
-                         subsample_users)
+from fedrec.data import (Dataset, Split, hold_out_items, hold_out_users, is_positive, load_dataset, make_split,
+                         partition_users, subsample_users)
+from fedrec.data.sequences import Histories, stage_histories
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
-__all__ = ["Federation", "load_federation", "reader_options", "write_node_data", "load_node_data", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features",
+__all__ = ["Federation", "load_federation", "reader_options", "write_node_data", "load_node_data", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features", "histories",
            "activity_groups", "SPLIT_SEED"]
 
 
@@ -79,22 +80,45 @@ def federated_model(cfg: FedConfig, fed: Federation):
     """The run's :class:`~fedrec.models.protocol.FederatedModel` (``cfg.model``), built once
     per (federation, model settings) in a process; its parameters are the initial
     global parameters (seeded by ``cfg.seed``)."""
-    key = (id(fed.dataset), cfg.model, cfg.dim, cfg.init_std, cfg.seed)
+    key = (id(fed.dataset), cfg.model, cfg.dim, cfg.init_std, cfg.seed, cfg.seq_len)
     cache = _MODELS
     if key not in cache or cache[key][0] is not fed.dataset:
         if len(cache) >= 8:
             cache.clear()
-        cache[key] = (fed.dataset, build_model(cfg.model, fed.dataset, dim=cfg.dim, init_std=cfg.init_std, seed=cfg.seed))
+        cache[key] = (fed.dataset, build_model(cfg.model, fed.dataset, dim=cfg.dim, init_std=cfg.init_std, seed=cfg.seed,
+                                               max_len=cfg.seq_len))
     return cache[key][1]
 
 
-def build_model(spec: str, ds: Dataset, *, dim: int, init_std: float = 0.1, seed: int = 0):
+def build_model(spec: str, ds: Dataset, *, dim: int, init_std: float = 0.1, seed: int = 0, max_len: int = 50):
     """The model named by ``spec`` for dataset ``ds`` (with its item features when the
-    model ranks items through them)."""
+    model ranks items through them; ``max_len``: the history a sequential model reads)."""
     from fedrec.models import build_federated_model, wants_item_features
 
     feats = item_features(ds) if wants_item_features(spec) else None
-    return build_federated_model(spec, ds.n_items, item_features=feats, dim=dim, init_std=init_std, seed=seed)
+    return build_federated_model(spec, ds.n_items, item_features=feats, dim=dim, init_std=init_std, seed=seed,
+                                 max_len=max_len)
+
+
+def histories(fed: Federation, stage: str) -> Histories:
+    """Each user's history before ``stage`` in time order (:func:`fedrec.data.sequences.stage_histories`),
+    from the dataset or, on a deployed node, from its data file; cached on the federation."""
+    cache = fed.__dict__.setdefault("_histories", {})
+    if stage not in cache:
+        if stage not in ("train", "valid", "test"):
+            raise ValueError(f"unknown stage {stage!r}; choose 'train', 'valid' or 'test'")
+        node_eval = getattr(fed, "_node_eval", None)
+        if node_eval is None:
+            cache[stage] = stage_histories(fed.dataset, fed.split, stage)
+        elif stage == "test":
+            cache[stage] = node_eval["history"]
+        else:  # the node's test-stage histories without the validation items
+            h = node_eval["history"]
+            u = np.repeat(np.arange(len(h.indptr) - 1), np.diff(h.indptr))
+            keep = is_positive(fed.split.train, u, h.items)
+            cache[stage] = Histories(np.r_[0, np.cumsum(np.bincount(u[keep], minlength=len(h.indptr) - 1))],
+                                     h.items[keep])
+    return cache[stage]
 
 
 def init_global_params(cfg: FedConfig, fed: Federation) -> dict[str, np.ndarray]:
@@ -177,6 +201,10 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
         for stage in ("train", "valid", "test"):
             m = getattr(split, stage)[users].tocsr()
             arrays[f"{stage}/indptr"], arrays[f"{stage}/indices"] = m.indptr.astype(np.int64), m.indices.astype(np.int32)
+        if len(ds.user):  # the users' histories in time order (sequential models read them)
+            h = histories(fed, "test")
+            arrays["history/lengths"] = h.lengths(users)
+            arrays["history/items"] = np.concatenate([h.of(u) for u in users.tolist()] or [np.zeros(0, np.int64)])
         for k in ("item_genres", "item_year"):
             if getattr(ds, k) is not None:
                 arrays[k] = np.asarray(getattr(ds, k))
@@ -230,5 +258,13 @@ def load_node_data(path: str) -> tuple[Federation, int]:
     fed = Federation(ds, split, cohorts)
     groups = np.full(n_users, "", dtype=object)
     groups[users] = np.array(ACTIVITY_GROUPS, dtype=object)[a["group_codes"]]
-    object.__setattr__(fed, "_node_eval", {"popularity": a["item_popularity"], "groups": groups})
+    lengths = np.zeros(n_users, dtype=np.int64)
+    hist_items = np.zeros(0, dtype=np.int64)
+    if "history/lengths" in a:  # rows in user order, as the matrices
+        order = np.argsort(users, kind="stable")
+        starts = np.r_[0, np.cumsum(a["history/lengths"])]
+        lengths[users] = a["history/lengths"]
+        hist_items = np.concatenate([a["history/items"][starts[j]:starts[j + 1]] for j in order] or [hist_items])
+    history = Histories(np.r_[0, np.cumsum(lengths)].astype(np.int64), hist_items.astype(np.int64))
+    object.__setattr__(fed, "_node_eval", {"popularity": a["item_popularity"], "groups": groups, "history": history})
     return fed, p

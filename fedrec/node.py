@@ -16,7 +16,9 @@ import torch
 from fedrec.config import FedConfig
 from fedrec.device import LocalState, load_local_state, save_local_state
 from fedrec.engine import train_cohort
-from fedrec.federation import Federation, federated_model, init_local_state, load_federation
+from fedrec.engine.sequence import train_sequences, trainable_users
+from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
+from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
@@ -178,6 +180,10 @@ def train_round(
     gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, server_round, partition, 3]).integers(2**62)))
     model = federated_model(cfg, fed)
     active, declined = active_users(cfg, state, server_round)
+    sequential = is_sequential(model)
+    if sequential:  # a user with one training item has no (prefix, next item) sample
+        hist = histories(fed, "train")
+        active &= trainable_users(hist, state.users)
     k = int(active.sum())
     params = {n: torch.as_tensor(v) for n, v in global_params.items()}
     update = {n: np.zeros(v.shape, dtype=np.float64) for n, v in global_params.items()}
@@ -191,18 +197,22 @@ def train_round(
             # users are independent: chunks bound the memory of the per-sample tensors (a
             # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
-            res = train_cohort(
-                model,
-                {n: torch.as_tensor(v[part]) for n, v in state.local.items()},
-                params,
-                fed.split.train,
-                state.users[part],
-                cfg.local,
-                seed=cfg.seed,
-                server_round=server_round,
-                generator=gen,
-                generic=cfg.engine == "generic",
-            )
+            if sequential:
+                res = train_sequences(model, params, hist, fed.split.train, state.users[part], cfg.local,
+                                      seed=cfg.seed, server_round=server_round, generator=gen)
+            else:
+                res = train_cohort(
+                    model,
+                    {n: torch.as_tensor(v[part]) for n, v in state.local.items()},
+                    params,
+                    fed.split.train,
+                    state.users[part],
+                    cfg.local,
+                    seed=cfg.seed,
+                    server_round=server_round,
+                    generator=gen,
+                    generic=cfg.engine == "generic",
+                )
             w = len(part) / k
             for n, v in res.local.items():
                 local[n][part] = v.numpy().astype(np.float32)
@@ -299,6 +309,10 @@ def evaluate_round(
         with torch.no_grad():
             return model.score_users({n: torch.as_tensor(v[at]) for n, v in state.local.items()}, params).numpy()
 
+    score_valid = score_test = score
+    if is_sequential(model):  # scores from each user's history before the stage (kept on the node)
+        score_valid, score_test = (model.history_scorer(params, histories(fed, s)) for s in ("valid", "test"))
+
     out: dict = {"num-examples": int(len(state.users))}
     extras = evaluation_inputs(fed)
 
@@ -308,9 +322,9 @@ def evaluate_round(
         for k, v in sums.items():
             out[f"{stage}/{k}"] = float(v)
 
-    put("valid", evaluate(score, fed.split, stage="valid", users=state.users, ties=cfg.ties,
+    put("valid", evaluate(score_valid, fed.split, stage="valid", users=state.users, ties=cfg.ties,
                           sampled_negatives=99, seed=cfg.seed))
-    r = evaluate(score, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
+    r = evaluate(score_test, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
                  seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"])
     put("test", r)
     out["test-topk"] = [int(x) for x in r.topk_item_counts]
@@ -324,7 +338,7 @@ def evaluate_round(
         for name, split in extras["item_views"].items():
             # full ranking only: sampling 99 negatives outside a user's positives is slow where the
             # cold-among-cold view masks every warm item as a positive (15 s of a round on ml-latest-small)
-            put(f"test@{name}", evaluate(score, split, stage="test", users=state.users, ties=cfg.ties, seed=cfg.seed,
+            put(f"test@{name}", evaluate(score_test, split, stage="test", users=state.users, ties=cfg.ties, seed=cfg.seed,
                                          sampled_negatives=0))
     return out
 

@@ -59,7 +59,8 @@ from fedrec.data.negatives import is_positive
 from fedrec.models.protocol import FederatedModel
 from fedrec.rng import hash_ints, hash_uniform
 
-__all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "steps_per_round",
+__all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "negative_sets",
+           "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
@@ -185,13 +186,23 @@ def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, s
     n_u = np.diff(rows.indptr)
     if (n_u == 0).any():
         raise ValueError(f"user {users[np.flatnonzero(n_u == 0)[0]]} has no training interactions")
-    n_items = train.shape[1]
     owner = np.repeat(np.arange(len(users)), n_u).astype(np.int64)
     slot = np.arange(len(owner)) - np.repeat(rows.indptr[:-1], n_u)
     pos = rows.indices.astype(np.int64)
-    m = negatives
-    s_user = np.repeat(users[owner], m)
-    s_slot = (slot[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+    negs = negative_sets(train, users[owner], pos, slot, negatives, seed=seed, server_round=server_round,
+                         exclude_positives=exclude_positives, max_tries=max_tries)
+    return owner, slot, np.concatenate([pos[:, None], negs], axis=1)
+
+
+def negative_sets(train: sp.csr_matrix, users: np.ndarray, positives: np.ndarray, slots: np.ndarray, m: int, *,
+                  seed: int, server_round: int, exclude_positives: bool = True, max_tries: int = 64) -> np.ndarray:
+    """``(n, m)`` distinct negatives of ``n`` samples (sample ``j``: user ``users[j]``, positive
+    ``positives[j]``), keyed by ``(seed, round, user, slots[j] * m + i, attempt)``: items that
+    are not training positives of the user, or with ``exclude_positives=False`` not the
+    sample's own positive."""
+    pos = np.asarray(positives, dtype=np.int64)
+    s_user = np.repeat(np.asarray(users, dtype=np.int64), m)
+    s_slot = (np.asarray(slots, dtype=np.int64)[:, None] * m + np.arange(m)[None, :]).reshape(-1)
 
     def invalid(flat: np.ndarray) -> np.ndarray:
         neg = flat.reshape(-1, m)
@@ -207,8 +218,7 @@ def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, s
             bad |= dup
         return bad.reshape(-1)
 
-    negs = _keyed_draws(n_items, seed, server_round, s_user, s_slot, invalid, max_tries=max_tries).reshape(-1, m)
-    return owner, slot, np.concatenate([pos[:, None], negs], axis=1)
+    return _keyed_draws(train.shape[1], seed, server_round, s_user, s_slot, invalid, max_tries=max_tries).reshape(-1, m)
 
 
 def sample_mask(seed: int, server_round: int, users: np.ndarray, slot: np.ndarray, step: int, q: float) -> np.ndarray:

@@ -22,12 +22,16 @@ from fedrec.models.losses import LOSSES, bce_loss, bpr_loss
 from fedrec.models.mf import MF
 from fedrec.models.ncf import GMF, MLP, NeuMF
 from fedrec.models.protocol import FederatedModel
+from fedrec.models.sequential import SEQUENTIAL_MODELS, GRU4Rec, SASRec, SequentialModel, is_sequential
 
 __all__ = ["Recommender", "MF", "GMF", "MLP", "NeuMF", "bpr_loss", "bce_loss", "LOSSES", "build_model", "MODELS",
            "FederatedModel", "FEDERATED_MODELS", "FedMF", "FedGMF", "FedMLP", "FedNeuMF", "TwoTower",
-           "federated_model_class", "build_federated_model", "wants_item_features"]
+           "federated_model_class", "build_federated_model", "wants_item_features",
+           "SequentialModel", "SASRec", "GRU4Rec", "SEQUENTIAL_MODELS", "is_sequential", "SHIPPED_MODELS"]
 
 MODELS = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
+#: every shipped model of the federated path: scored from local vectors, or from histories
+SHIPPED_MODELS = {**FEDERATED_MODELS, **SEQUENTIAL_MODELS}
 
 
 def build_model(name: str, n_users: int, n_items: int, **kwargs) -> Recommender:
@@ -41,11 +45,11 @@ def build_model(name: str, n_users: int, n_items: int, **kwargs) -> Recommender:
 
 def federated_model_class(spec: str) -> type[FederatedModel]:
     """The class named by ``spec``: a shipped name (``mf``, ``gmf``, ``mlp``, ``neumf``,
-    ``two-tower``) or ``path/to/file.py:ClassName`` (a user's own model)."""
-    if spec in FEDERATED_MODELS:
-        return FEDERATED_MODELS[spec]
+    ``two-tower``, ``sasrec``, ``gru4rec``) or ``path/to/file.py:ClassName`` (a user's own model)."""
+    if spec in SHIPPED_MODELS:
+        return SHIPPED_MODELS[spec]
     if ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
-        raise ValueError(f"model {spec!r}: choose one of {sorted(FEDERATED_MODELS)} or give path/to/file.py:ClassName")
+        raise ValueError(f"model {spec!r}: choose one of {sorted(SHIPPED_MODELS)} or give path/to/file.py:ClassName")
     path, name = spec.rsplit(":", 1)
     file = Path(path).expanduser().resolve()
     if not file.is_file():
