@@ -240,9 +240,6 @@ class FedConfig:
                 bad("model", "interaction-level DP is not available for sequential models: one interaction enters "
                     "up to seq-len + 1 samples (as a target and as the input of later positions); use user-level "
                     "DP (user-dp='client')")
-            if self.cold_users > 0:
-                bad("cold_users", "sequential models serve a new user from its history with no training: held-out "
-                    "users are for the models with user vectors")
         if self.cold_items > 0 and not feature_aware:
             bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
         if self.secure_aggregation and self.user_dp != "off":

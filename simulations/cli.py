@@ -83,6 +83,15 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
     elif args.model == "ease":
         lambdas = [float(x) for x in args.ease_lambdas.split(",")]
         res = baselines.fit_ease(split, lambdas=lambdas, progress=_log, **ev)
+    elif _sequential(args.model):  # the same encoder, trained on pooled histories
+        from fedrec.data.sequences import stage_histories
+        from fedrec.federation import build_model
+
+        model = build_model(args.model, ds, dim=args.dim, seed=args.seed, max_len=args.seq_len)
+        hist = {s: stage_histories(ds, split, s) for s in ("train", "valid", "test")}
+        res = baselines.fit_sequential(
+            model, split, hist, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size or 128,
+            n_negatives=args.negatives, seed=args.seed, patience=args.patience, progress=_log, **ev)
     else:
         if args.model == "bpr-mf":
             model = build_model("mf", ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)
@@ -93,7 +102,7 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
             model = Centralized(build_model(args.model, ds, dim=args.dim, seed=args.seed), ds.n_users, seed=args.seed)
         res = baselines.fit_centralized(
             model, split, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-            batch_size=args.batch_size, n_negatives=args.negatives, loss=args.loss,
+            batch_size=args.batch_size or 1024, n_negatives=args.negatives, loss=args.loss,
             patience=args.patience, progress=_log, **ev)
     config = {k: v for k, v in vars(args).items() if k != "func"}
     config["dataset"] = ds.summary()
@@ -111,6 +120,17 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
         _log(f"{stage:5s} " + "  ".join(f"{k} {r.metrics[k]:.4f}" for k in keys if k in r.metrics))
     _log(f"wrote {out / 'metrics.json'}")
     return 0
+
+
+def _sequential(spec: str) -> bool:
+    from fedrec.models import federated_model_class, is_sequential
+
+    if spec in ("mostpop", "private-mostpop", "ease", "bpr-mf"):
+        return False
+    try:
+        return is_sequential(federated_model_class(spec))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_simulate(args) -> int:
@@ -197,6 +217,14 @@ def cmd_sweep(args) -> int:
                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
+    if args.name == "sequential":
+        from fedrec_app.simulations.sequential import SEQUENTIAL, run_sequential
+
+        report = run_sequential(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
+                                models=tuple(args.models or SEQUENTIAL), private=not args.no_private,
+                                command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+        _log(f"report: {report}")
+        return 0
     if args.name == "frontier":
         from fedrec_app.simulations.frontier import MECHANISMS, run_frontier
 
@@ -256,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     p.add_argument("--model", default="ease",
                    help="mostpop, private-mostpop (DP item counts at --epsilon), ease, bpr-mf, or a federated model "
-                        "trained centrally: mf, gmf, mlp, neumf, two-tower, path/to/file.py:ClassName (default: ease)")
+                        "trained centrally: mf, gmf, mlp, neumf, two-tower, the sequential sasrec and gru4rec, "
+                        "path/to/file.py:ClassName (default: ease)")
     p.add_argument("--epsilon", type=float, default=0.0,
                    help="private-mostpop: user-level epsilon of the one release (covers every interaction too)")
     p.add_argument("--delta", type=float, default=1e-5, help="private-mostpop: delta (default 1e-5)")
@@ -270,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=10, help="early stop after N epochs without validation gain")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
-    p.add_argument("--batch-size", type=int, default=1024, help="batch size (default 1024)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size: pairs (default 1024), or training windows of a sequential model (default 128)")
+    p.add_argument("--seq-len", type=int, default=50, help="sequential models: items of the history read (default 50)")
     p.add_argument("--negatives", type=int, default=4, help="sampled negatives per positive (default 4)")
     p.add_argument("--loss", default="bpr", choices=["bpr", "bce"], help="loss (default bpr)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -303,15 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="'default' (the main study, ~15 min on 2 cores), 'full' (every level), 'population', "
                                 "'models' (every model federated and centralized, non-private and epsilon 8 in "
                                 "each unit), 'frontier' (every privacy mechanism x epsilon x seed beside its "
-                                "non-private twin, MostPop and private MostPop), 'tiny' (smoke test) or 'dp-levels'")
+                                "non-private twin, MostPop and private MostPop), 'sequential' (SASRec and GRU4Rec beside MF: "
+                                "accuracy, user-level epsilon 8, the zero-training user cold-start curve), 'tiny' "
+                                "(smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-latest-small",
                    help="any dataset the loaders read (default: bundled ml-latest-small)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the study's, 3)")
     p.add_argument("--rounds", type=int, default=None, help="override the rounds of every cell")
     p.add_argument("--models", nargs="+", default=None,
-                   help="'models' only: which models (default: mf gmf mlp neumf two-tower; path.py:Class works too)")
-    p.add_argument("--no-private", action="store_true", help="'models' only: the non-private cells only")
+                   help="'models' and 'sequential': which models (models' default: mf gmf mlp neumf two-tower; "
+                        "the sequential sasrec and gru4rec; path.py:Class works too)")
+    p.add_argument("--no-private", action="store_true", help="'models' and 'sequential': the non-private cells only")
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) (default: all)")
     p.add_argument("--epsilons", nargs="+", type=float, default=None,

@@ -28,7 +28,7 @@ from fedrec.metrics.ranking import target_ranks
 from fedrec.privacy.accounting import calibrate_noise, epsilon
 from fedrec.engine import LocalConfig, mf_round
 
-__all__ = ["FoldIn", "user_coldstart", "KS"]
+__all__ = ["FoldIn", "user_coldstart", "sequential_coldstart", "KS"]
 
 KS = (0, 1, 2, 5, 10, 20)
 
@@ -68,6 +68,48 @@ def _csr(rows: list[np.ndarray], n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(idx), np.float32), idx, indptr), shape=(len(rows), n_items))
 
 
+def _coldstart_targets(cold_user_items: dict[int, np.ndarray], n_items: int, kmax: int):
+    """The users with more than ``kmax`` distinct items, their sequences (first occurrence of
+    each item, in time order), the targets (after the first ``kmax``) and the masked history."""
+    seqs = {}
+    for u, s in sorted(cold_user_items.items()):
+        _, first = np.unique(np.asarray(s), return_index=True)
+        seqs[u] = np.asarray(s)[np.sort(first)]  # first occurrence of each item, in time order
+    users = [u for u, s in seqs.items() if len(s) > kmax]
+    if not users:
+        raise ValueError(f"no held-out user has more than {kmax} interactions")
+    targets = _csr([seqs[u][kmax:] for u in users], n_items)
+    history = _csr([seqs[u][:kmax] for u in users], n_items)
+    return users, seqs, targets, history
+
+
+def sequential_coldstart(model, params: dict[str, np.ndarray] | str | Path, cold_user_items: dict[int, np.ndarray], *,
+                         ks=KS) -> list[dict]:
+    """The same curve for a sequential model, with **no training at all**: a held-out user
+    is scored from its first ``k`` items (the model reads the last ``max_len`` of them);
+    ``k = 0`` is the model's ranking after an empty history.  Same users, targets and
+    mask as :func:`user_coldstart`; ``fit_epsilon`` is 0 (nothing is fitted or released)."""
+    from fedrec.data.sequences import Histories
+
+    if not isinstance(params, dict):
+        with np.load(params) as z:
+            params = {k: z[k] for k in z.files if k != "round"}
+    p = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
+    n_items = model.n_items
+    users, seqs, targets, history = _coldstart_targets(cold_user_items, n_items, max(ks))
+    out = []
+    for k in ks:
+        first = [seqs[u][:k] for u in users]
+        hist = Histories(np.r_[0, np.cumsum([len(f) for f in first])].astype(np.int64),
+                         np.concatenate(first).astype(np.int64) if k else np.zeros(0, np.int64))
+        scores = model.history_scorer(p, hist)(np.arange(len(users)))
+        tr = target_ranks(scores, targets, history, user_ids=np.asarray(users))
+        m = tr.metrics(ks=(10, 20))
+        out.append({"k": k, "users": len(users), "ndcg@10": float(m["ndcg@10"].mean()), "hr@10": float(m["hr@10"].mean()),
+                    "recall@20": float(m["recall@20"].mean()), "fit_epsilon": 0.0})
+    return out
+
+
 def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: dict[int, np.ndarray], *,
                    ks=KS, fit: FoldIn = FoldIn(), seed: int = 0) -> list[dict]:
     """Metrics of held-out users against ``k`` for one set of global parameters.
@@ -91,18 +133,9 @@ def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: 
     q = np.asarray(params["item_embedding"], dtype=np.float32)
     b = np.asarray(params["item_bias"], dtype=np.float32)
     n_items = q.shape[0]
-    kmax = max(ks)
-    seqs = {}
-    for u, s in sorted(cold_user_items.items()):
-        _, first = np.unique(np.asarray(s), return_index=True)
-        seqs[u] = np.asarray(s)[np.sort(first)]  # first occurrence of each item, in time order
-    users = [u for u, s in seqs.items() if len(s) > kmax]
-    if not users:
-        raise ValueError(f"no held-out user has more than {kmax} interactions")
+    users, seqs, targets, history = _coldstart_targets(cold_user_items, n_items, max(ks))
     loc = fit.local()
     out = []
-    targets = _csr([seqs[u][kmax:] for u in users], n_items)
-    history = _csr([seqs[u][:kmax] for u in users], n_items)
     for k in ks:
         seen = [seqs[u][:k] for u in users]
         if k == 0:

@@ -22,9 +22,11 @@ from fedrec_app.simulations.report import EVALUATION_NOTE
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 from fedrec_app.simulations.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
 
-__all__ = ["MODELS", "MODEL_PRESETS", "models_cells", "centralized_rows", "run_models"]
+__all__ = ["MODELS", "SEQUENTIAL", "MODEL_PRESETS", "models_cells", "centralized_rows", "run_models"]
 
 MODELS = ("mf", "gmf", "mlp", "neumf", "two-tower")
+#: Sequential models (history on the device, no user vector): `--models sasrec gru4rec`.
+SEQUENTIAL = ("sasrec", "gru4rec")
 
 #: Non-private federated settings per model (ML-100K validation; MF: the project's tuned defaults).
 #: GMF and MLP: server lr 1e-2 and patience 10 were best on validation (seed 0: GMF valid NDCG@10
@@ -38,10 +40,15 @@ MODEL_PRESETS: dict[str, dict] = {
     "mlp": dict(dim=32, server_lr=1e-2, patience=10, negatives=4),
     "neumf": dict(dim=32),
     "two-tower": dict(dim=64),
+    "sasrec": dict(dim=64, negatives=8),
+    "gru4rec": dict(dim=64, negatives=8),
 }
 
 #: Centralized counterparts: Adam, BPR with 4 negatives, epoch picked on validation.
 CENTRAL = dict(epochs=100, lr=1e-3, batch_size=1024, n_negatives=4, patience=10)
+#: Centralized sequential counterparts: Adam over mini-batches of 128 training windows, sampled softmax
+#: over the target and 8 negatives per position (as the federated preset), validation every 5 epochs.
+CENTRAL_SEQUENTIAL = dict(epochs=300, lr=1e-3, batch_size=128, n_negatives=8, eval_every=5, patience=4)
 
 
 def models_cells(data: str = "ml-latest-small", *, models=MODELS, rounds: int | None = None, epsilon: float = 8.0,
@@ -58,10 +65,13 @@ def models_cells(data: str = "ml-latest-small", *, models=MODELS, rounds: int | 
         if not private:
             continue
         p_rounds = rounds or 60
-        for unit, extra in (("interaction-level", {**DP_PRESET, "target_epsilon": epsilon}),
-                            ("user-level", {**USER_PRESET, "user_target_epsilon": epsilon})):
+        units = (("interaction-level", {**DP_PRESET, "target_epsilon": epsilon}),
+                 ("user-level", {**USER_PRESET, "user_target_epsilon": epsilon}))
+        if _sequential(m):  # one interaction enters up to seq-len + 1 samples: user-level only
+            units = units[1:]
+        for unit, extra in units:
             cfg = replace(base, model=m, **extra, num_server_rounds=p_rounds, patience=0)
-            cfg = replace(cfg, prior_noise=prior_noise_for(epsilon, cfg.prior_noise))
+            cfg = replace(cfg, prior_noise=0.0 if _sequential(m) else prior_noise_for(epsilon, cfg.prior_noise))
             cells.append(Cell(f"{m}-{unit.split('-')[0]}-eps{epsilon:g}", cfg,
                               {"model": m, "unit": unit, "target_epsilon": epsilon}))
     return cells
@@ -69,7 +79,8 @@ def models_cells(data: str = "ml-latest-small", *, models=MODELS, rounds: int | 
 
 def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=None, say=print) -> list[dict]:
     """Each model's centralized counterpart (and MostPop, EASE) on the federated runs' split."""
-    from fedrec.baselines import fit_centralized, fit_ease, fit_most_popular
+    from fedrec.baselines import fit_centralized, fit_ease, fit_most_popular, fit_sequential
+    from fedrec.federation import histories
     from fedrec.models.centralized import Centralized
 
     fed = load_federation(FedConfig(data=data))
@@ -90,12 +101,23 @@ def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=N
             path = out / "centralized" / f"{m}-seed{s}.json"
             if not path.exists():
                 say(f"centralized {m} seed {s}: training")
-                model = Centralized(build_model(m, fed.dataset, dim=dim, seed=s), fed.dataset.n_users, seed=s)
-                res = fit_centralized(model, split, seed=s, **CENTRAL)
+                if _sequential(m):
+                    model = build_model(m, fed.dataset, dim=dim, seed=s)
+                    res = fit_sequential(model, split, {st: histories(fed, st) for st in ("train", "valid", "test")},
+                                         seed=s, **CENTRAL_SEQUENTIAL)
+                else:
+                    model = Centralized(build_model(m, fed.dataset, dim=dim, seed=s), fed.dataset.n_users, seed=s)
+                    res = fit_centralized(model, split, seed=s, **CENTRAL)
                 path.write_text(json.dumps({"test": res.test.metrics, "valid": res.valid.metrics,
                                             "seconds": res.seconds, "selected": res.selected}))
             rows.append(_central_row(m, "centralized", s, json.loads(path.read_text())))
     return rows
+
+
+def _sequential(spec: str) -> bool:
+    from fedrec.models import federated_model_class, is_sequential
+
+    return is_sequential(federated_model_class(spec))
 
 
 def _central_row(model: str, kind: str, seed: int, doc: dict) -> dict:
@@ -188,6 +210,10 @@ def write_models_report(out: Path, rows: list[dict], models, *, data: str, seeds
     for t in table:
         lines.append(f"| {t['model']} | {f(t['centralized'])} | {f(t['federated'])} (round {t['federated-round']:.0f}) | "
                      f"{100 * t['kept']:.1f}% | {f(t['interaction-eps'])} | {f(t['user-eps'])} |")
+    if any(_sequential(m) for m in models):
+        lines += ["", "Sequential models (sasrec, gru4rec) have no interaction-level cell: one interaction is the "
+                  "target of one position and an input of up to seq-len later ones, so a per-sample clip does not "
+                  "bound it; fedrec refuses that unit for them (user-level DP covers the whole history)."]
     lines += ["", f"![models]({plot.name})", "", "Per-run results: `results.csv`; federated runs under `runs/`, "
               "centralized fits under `centralized/`."]
     path = out / "report.md"

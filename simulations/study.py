@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
-from fedrec_app.simulations.coldstart import KS, FoldIn, user_coldstart
+from fedrec.federation import federated_model, load_federation
+from fedrec.models import is_sequential
+from fedrec_app.simulations.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
 __all__ = ["Study", "STUDIES", "study_cells", "run_study", "DP_PRESET", "USER_PRESET"]
@@ -191,6 +192,11 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
             path = d / "coldstart.json"
             if path.exists():
                 got = json.loads(path.read_text())
+            elif is_sequential(model := federated_model(replace(cell.cfg, seed=seed), fed)):
+                # a sequential model serves a new user from its first items: nothing is fitted
+                got = [{"fit": "no training", **r} for r in
+                       sequential_coldstart(model, d / "best_params.npz", fed.split.cold_user_items, ks=KS)]
+                path.write_text(json.dumps(got, indent=1) + "\n")
             else:
                 fits = [("no DP", FoldIn())]
                 if cell.name == "non-private":
