@@ -226,9 +226,9 @@ def cmd_sweep(args) -> int:
         _log(f"report: {report}")
         return 0
     if args.name == "frontier":
-        from fedrec_app.simulations.frontier import MECHANISMS, run_frontier
+        from fedrec_app.simulations.frontier import DEFAULT_MECHANISMS, run_frontier
 
-        report = run_frontier(Path(args.out), data=args.data, mechanisms=tuple(args.mechanisms or MECHANISMS),
+        report = run_frontier(Path(args.out), data=args.data, mechanisms=tuple(args.mechanisms or DEFAULT_MECHANISMS),
                               epsilons=tuple(args.epsilons or (1.0, 2.0, 4.0, 8.0)),
                               populations=tuple(args.users or (0,)), seeds=args.seeds or 3, rounds=args.rounds,
                               command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the sequential sasrec and gru4rec; path.py:Class works too)")
     p.add_argument("--no-private", action="store_true", help="'models' and 'sequential': the non-private cells only")
     p.add_argument("--mechanisms", nargs="+", default=None,
-                   help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) (default: all)")
+                   help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "
+                        "(default: these three), sasrec-dp-fedavg (user-level, the sequential SASRec)")
     p.add_argument("--epsilons", nargs="+", type=float, default=None,
                    help="'frontier' only: target epsilons (default: 1 2 4 8)")
     p.add_argument("--users", nargs="+", type=int, default=None,

@@ -6,7 +6,9 @@ Mechanisms (``MECHANISMS``):
 
 * ``private-als``: private alternating least squares (:mod:`fedrec.als`), user-level;
 * ``dp-sgd``: DP-SGD on each device with a DP popularity prior, interaction-level;
-* ``dp-fedavg``: DP-FedAvg (users' updates clipped on the node, noise on the sum), user-level.
+* ``dp-fedavg``: DP-FedAvg (users' updates clipped on the node, noise on the sum), user-level;
+* ``sasrec-dp-fedavg``: the same mechanism on the sequential SASRec (the history stays on the
+  device), user-level only (see :mod:`fedrec.engine.sequence`); not in the default set.
 
 A user-level epsilon is not an interaction-level epsilon of the same value: one
 interaction can change a user's whole clipped contribution.  Private ALS's
@@ -27,7 +29,7 @@ from fedrec.config import FedConfig
 from fedrec.federation import load_federation
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
-__all__ = ["ALS_PRESET", "ALS_PRESET_LOW", "als_preset", "MECHANISMS", "frontier_cells", "run_frontier", "FRONTIER_COLUMNS"]
+__all__ = ["ALS_PRESET", "ALS_PRESET_LOW", "als_preset", "MECHANISMS", "DEFAULT_MECHANISMS", "frontier_cells", "run_frontier", "FRONTIER_COLUMNS"]
 
 #: Private ALS, chosen on ML-100K validation NDCG@10 (mean of seeds 0 and 1) at user-level
 #: epsilon 8; the ridge is in units of clip^2 x users, so the preset carries across datasets.
@@ -50,12 +52,15 @@ MECHANISMS = {
     "private-als": ("user-level", "interaction-level"),
     "dp-sgd": ("interaction-level",),
     "dp-fedavg": ("user-level",),
+    "sasrec-dp-fedavg": ("user-level",),
 }
+#: What `fedrec sweep frontier` runs without --mechanisms (the MF mechanisms).
+DEFAULT_MECHANISMS = ("private-als", "dp-sgd", "dp-fedavg")
 
 FRONTIER_COLUMNS = ("mechanism", "unit", "epsilon", "seed", "users", "ndcg@10", "hr@10", "coverage@10")
 
 
-def frontier_cells(data: str, *, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.0, 4.0, 8.0),
+def frontier_cells(data: str, *, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2.0, 4.0, 8.0),
                    populations=(0,), rounds: int | None = None) -> list[Cell]:
     """Each mechanism's non-private twin and its private cells, for each population
     (``0``: every user)."""
@@ -90,6 +95,13 @@ def frontier_cells(data: str, *, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.
                 twin = replace(base, **{**DP_PRESET, "prior_noise": NOISE_FREE_PRIOR})
                 private = [(e, replace(base, **DP_PRESET, target_epsilon=e)) for e in epsilons]
                 private = [(e, replace(c, prior_noise=prior_noise_for(e, c.prior_noise))) for e, c in private]
+            elif mech == "sasrec-dp-fedavg":  # no item bias, hence no popularity prior
+                from fedrec_app.simulations.sequential import SEQUENTIAL_USER_PRESET
+
+                preset = {k: v for k, v in SEQUENTIAL_USER_PRESET.items() if k != "user_dp"}
+                twin = replace(base, model="sasrec", **preset)
+                private = [(e, replace(base, model="sasrec", **SEQUENTIAL_USER_PRESET, user_target_epsilon=e))
+                           for e in epsilons]
             else:
                 preset = {k: v for k, v in USER_PRESET.items() if k != "user_dp"}
                 twin = replace(base, **{**preset, "prior_noise": NOISE_FREE_PRIOR})
@@ -139,7 +151,7 @@ def _frontier_row(r: dict) -> dict:
             "selected_round": r.get("selected_round"), "seconds": r.get("seconds")}
 
 
-def run_frontier(out: Path, *, data: str, mechanisms=tuple(MECHANISMS), epsilons=(1.0, 2.0, 4.0, 8.0),
+def run_frontier(out: Path, *, data: str, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2.0, 4.0, 8.0),
                  populations=(0,), seeds: int = 3, rounds: int | None = None, command: str = "",
                  say=print) -> Path:
     """Run (or resume) the frontier; write ``results.csv`` (one row per run and baseline,
