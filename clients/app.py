@@ -88,13 +88,21 @@ def _legacy_evaluate_reply(msg: Message, metrics: dict) -> Message:
     return Message(content=compat.evaluateres_to_recorddict(res), reply_to=msg)
 
 
-def make_client_app(run_config: dict | None = None, *, node_data: str | None = None) -> ClientApp:
+def make_client_app(run_config: dict | None = None, *, node_data: str | None = None, malicious=None) -> ClientApp:
     """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none).
     ``node_data``: a directory of node files (``node-P.npz``, written by
     :func:`fedrec.federation.write_node_data`) from which node P reads its users' data,
     where its node config names no ``data-file`` (a simulation: as in a deployment, no
-    node loads the dataset)."""
+    node loads the dataset).
+
+    ``malicious`` (attack studies): an object with ``first_partition`` and
+    ``train(run_config, config, global_params, partition) -> (update, metrics)``; the
+    nodes from that partition on are its sybils, whose train replies it writes
+    (they answer evaluation with nothing)."""
     client = ClientApp(mods=[secure_aggregation_mod])
+
+    def _is_malicious(context: Context) -> bool:
+        return malicious is not None and int(context.node_config.get("partition-id", -1)) >= malicious.first_partition
 
     def _setup(context: Context, config: dict):
         # fedrec.node (torch, Opacus: ~6 s) is imported by the handlers, not with the app:
@@ -115,6 +123,11 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         from fedrec import node
 
         config, global_params = _read(msg)
+        if _is_malicious(context):
+            update, metrics = malicious.train(run_config if run_config is not None else context.run_config, config,
+                                              global_params, int(context.node_config["partition-id"]))
+            return Message(content=RecordDict({"arrays": array_record(update), "metrics": MetricRecord(metrics)}),
+                           reply_to=msg)
         cfg, fed, partition, directory = _setup(context, config)
         server_round = int(config["server-round"])
         node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
@@ -136,6 +149,8 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         from fedrec import node
 
         config, global_params = _read(msg)
+        if _is_malicious(context):  # sybils have no held-out items: nothing to report
+            return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 0})}), reply_to=msg)
         cfg, fed, partition, directory = _setup(context, config)
         server_round = int(config["server-round"])
         state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory, at_most_round=server_round)

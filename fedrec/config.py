@@ -158,6 +158,10 @@ class FedConfig:
                                 "nodes; 1: every node, plain SecAgg)")
     secagg_threshold: float = _opt(0.67, "server", "SecAgg+: shares that reconstruct a secret (<= 1: a fraction of "
                                    "the shares)")
+    row_norm: float = _opt(0.0, "server", "robustness: each item row of one user's update (all tables' rows of the "
+                           "item) is clipped to this L2 norm before the mean (0: off; not with interaction-level DP)")
+    max_rows: int = _opt(0, "server", "robustness: one user's update keeps at most this many item rows, those of "
+                         "largest norm (0: off; not with interaction-level DP)")
     # fault tolerance
     min_replies: int = _opt(1, "fault tolerance", "fewer contributing replies leave the round's parameters unchanged")
     round_timeout: float = _opt(600.0, "fault tolerance", "seconds the server waits for replies")
@@ -173,6 +177,9 @@ class FedConfig:
     ties: str = _opt("pessimistic", "evaluation", "tie rule of full ranking; ties never favour the model",
                      choices=("pessimistic", "random"))
     select_metric: str = _opt("ndcg@10", "evaluation", "validation metric that picks the round")
+    exposure_items: str = _opt("", "evaluation", "comma-separated item indices whose exposure (ER@5, ER@10: the "
+                               "share of users, among those who have not seen the item, with it in their "
+                               "full-ranking top-K) is reported; attack studies")
     # outputs
     out: str = _opt("", "outputs", "run directory (config.json, rounds.csv, metrics.json, checkpoint/)")
 
@@ -250,6 +257,19 @@ class FedConfig:
                 bad(key, "must be > 0")
         if self.secagg_quantization < 0:
             bad("secagg_quantization", "must be >= 0 (0: automatic)")
+        try:
+            targets = self.exposure_targets
+        except ValueError:
+            bad("exposure_items", "must be comma-separated item indices")
+        if any(t < 0 for t in targets):
+            bad("exposure_items", "item indices must be >= 0")
+        if self.row_norm < 0 or self.max_rows < 0:
+            bad("row_norm" if self.row_norm < 0 else "max_rows", "must be >= 0")
+        if (self.row_norm > 0 or self.max_rows > 0) and self.dp:
+            bad("row_norm" if self.row_norm > 0 else "max_rows", "row bounds need each user's un-noised rows: not "
+                "with interaction-level DP (they compose with user-level DP)")
+        if (self.row_norm > 0 or self.max_rows > 0) and self.als:
+            bad("als", "ALS releases sufficient statistics, not updates: leave row-norm and max-rows off")
         if self.aggregation == "itemwise" and self.dp:
             bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:
@@ -284,6 +304,11 @@ class FedConfig:
                 bad("resume", "ALS runs are a few rounds and are not resumed")
 
     @property
+    def exposure_targets(self) -> tuple[int, ...]:
+        """The items of ``exposure_items``."""
+        return tuple(int(x) for x in self.exposure_items.split(",") if x.strip())
+
+    @property
     def dp(self) -> bool:
         return self.noise_multiplier > 0 or self.target_epsilon > 0
 
@@ -312,6 +337,8 @@ class FedConfig:
             max_grad_norm=self.max_grad_norm,
             user_l2=self.user_l2,
             update_clip=self.user_clip if self.user_dp in ("client",) else 0.0,
+            row_norm=self.row_norm,
+            max_rows=self.max_rows,
         )
 
     @property

@@ -23,7 +23,7 @@ from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "state_dir", "load_state", "save_state", "maybe_fail",
+__all__ = ["NodeState", "SimulatedDropout", "setup", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
            "active_users", "train_round", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
@@ -42,7 +42,7 @@ def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedCo
     :func:`fedrec.federation.write_node_data`) gives the node its own users' data
     only; without one (simulation) the node derives its cohort from the dataset.
     Both are cached in the process."""
-    cfg = _config(tuple(sorted(dict(run_config).items())), tuple(sorted((mechanism or {}).items())))
+    cfg = node_config_of(run_config, mechanism)
     data_file = (node_config or {}).get("data-file")
     if data_file:
         from fedrec.federation import load_node_data
@@ -59,6 +59,12 @@ def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedCo
     # (e.g. `flwr run` with Flower's default connection) splits the users evenly
     fed = fed.with_nodes(n_part)
     return cfg, fed, partition
+
+
+def node_config_of(run_config, mechanism: dict | None = None) -> FedConfig:
+    """The config a node runs: the run config with the mechanism the server resolved (the
+    noise multipliers, from the message config) in place of the node's own calibration."""
+    return _config(tuple(sorted(dict(run_config).items())), tuple(sorted((mechanism or {}).items())))
 
 
 @functools.lru_cache(maxsize=4)
@@ -328,6 +334,12 @@ def evaluate_round(
                  seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"])
     put("test", r)
     out["test-topk"] = [int(x) for x in r.topk_item_counts]
+    if cfg.exposure_targets:  # every user of the node, history (train + valid) masked
+        from fedrec.metrics.exposure import exposure_counts
+
+        history = (fed.split.train + fed.split.valid).tocsr()
+        for k, v in exposure_counts(score_test, state.users, history, cfg.exposure_targets).items():
+            out[f"exposure-{k}"] = [int(x) for x in v]
     per_group = extras["groups"][r.users]
     for g in ("light", "medium", "heavy"):
         m = per_group == g

@@ -166,10 +166,14 @@ def evaluation_means(replies: Iterable[dict]) -> dict[str, float] | None:
     top-10 counts (``test-topk``).  ``None`` when no reply carried a metric."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    exposure: dict[str, np.ndarray] = {}
     topk = None
     for m in replies:
         for k, v in m.items():
-            if k.endswith("-count"):
+            if k.startswith("exposure-"):
+                v = np.asarray(v, dtype=np.int64)
+                exposure[k[len("exposure-"):]] = exposure.get(k[len("exposure-"):], 0) + v
+            elif k.endswith("-count"):
                 counts[k[: -len("-count")]] = counts.get(k[: -len("-count")], 0) + int(v)
             elif k == "test-topk":
                 v = np.asarray(v, dtype=np.int64)
@@ -182,6 +186,10 @@ def evaluation_means(replies: Iterable[dict]) -> dict[str, float] | None:
     out.update({f"{s}-users": float(c) for s, c in counts.items()})
     if topk is not None and len(topk):
         out["test/coverage@10"] = float((topk > 0).mean())
+    if exposure:
+        from fedrec.metrics.exposure import exposure_ratios
+
+        out.update({f"test/{k}": v for k, v in exposure_ratios(exposure).items()})
     return out
 
 

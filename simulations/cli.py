@@ -217,6 +217,14 @@ def cmd_sweep(args) -> int:
                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
+    if args.name == "attacks":
+        from fedrec_app.simulations.attacks import run_attacks
+
+        report = run_attacks(Path(args.out), data=args.data, seeds=args.seeds or 1, rounds=args.rounds or 30,
+                             fractions=tuple(args.fractions or (0.01, 0.05)),
+                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+        _log(f"report: {report}")
+        return 0
     if args.name == "sequential":
         from fedrec_app.simulations.sequential import SEQUENTIAL, run_sequential
 
@@ -335,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'models' (every model federated and centralized, non-private and epsilon 8 in "
                                 "each unit), 'frontier' (every privacy mechanism x epsilon x seed beside its "
                                 "non-private twin, MostPop and private MostPop), 'sequential' (SASRec and GRU4Rec beside MF: "
-                                "accuracy, user-level epsilon 8, the zero-training user cold-start curve), 'tiny' "
+                                "accuracy, user-level epsilon 8, the zero-training user cold-start curve), 'attacks' "
+                                "(poisoning attacks x defences x malicious fraction: target exposure), 'tiny' "
                                 "(smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-latest-small",
@@ -345,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None,
                    help="'models' and 'sequential': which models (models' default: mf gmf mlp neumf two-tower; "
                         "the sequential sasrec and gru4rec; path.py:Class works too)")
+    p.add_argument("--fractions", nargs="+", type=float, default=None,
+                   help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
     p.add_argument("--no-private", action="store_true", help="'models' and 'sequential': the non-private cells only")
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "

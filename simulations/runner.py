@@ -17,7 +17,7 @@ from fedrec.results import read_metrics
 __all__ = ["Cell", "run_cells", "load_rows", "ROW_METRICS"]
 
 ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10",
-               "coverage@10", "diversity@10", "novelty@10", "arp@10")
+               "coverage@10", "diversity@10", "novelty@10", "arp@10", "er@5", "er@10")
 SLICE_METRICS = ("ndcg@10", "hr@10", "recall@20")
 
 

@@ -15,7 +15,7 @@ __all__ = ["simulate"]
 
 
 def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
-             ray_address: str | None = None, overwrite: bool = False) -> dict:
+             ray_address: str | None = None, overwrite: bool = False, attack=None) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run summary.
 
     The config reaches both apps explicitly (``run_simulation`` does not read
@@ -28,6 +28,9 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     directory removed at the end) and no actor loads the dataset.  On a Ray cluster
     (``ray_address``) the actors load the dataset themselves (the same data on every
     machine, see ``docs/ray-cluster.md``).
+
+    ``attack`` (:mod:`fedrec_app.simulations.attacks`): ``attack.nodes`` more SuperNodes
+    join, whose ClientApp the attack swaps (``make_client_app(malicious=...)``).
     """
     from flwr.simulation import run_simulation
 
@@ -37,6 +40,9 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     check_run_dir(cfg.out, resume=cfg.resume, overwrite=overwrite)
     cfg = cfg.resolved()
     fed = load_federation(cfg)
+    if attack is not None and attack.first_partition != fed.n_nodes:
+        raise ValueError(f"the attack's sybils start at partition {attack.first_partition}, but the run has "
+                         f"{fed.n_nodes} honest nodes")
     if cfg.secure_aggregation:
         from fedrec_app.server.secure import check_nodes
 
@@ -60,8 +66,8 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         stack.enter_context(fast_grid_polling())
         run_simulation(
             server_app=make_server_app(rc, results),
-            client_app=make_client_app(rc, node_data=node_data),
-            num_supernodes=fed.n_nodes,
+            client_app=make_client_app(rc, node_data=node_data, malicious=attack),
+            num_supernodes=fed.n_nodes + (attack.nodes if attack is not None else 0),
             backend_config=backend_config(num_cpus, ray_address),
             verbose_logging=verbose,
         )

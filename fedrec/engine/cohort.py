@@ -61,7 +61,8 @@ from fedrec.rng import hash_ints, hash_uniform
 
 __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "negative_sets",
            "steps_per_round",
-           "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS"]
+           "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
+           "clipped_user_mean"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
@@ -95,6 +96,12 @@ class LocalConfig:
         > 0: each user's whole release (after its interaction-level noise if
         any) is clipped to this L2 norm before the cohort's mean is taken
         (user-level DP, client-side clipping).
+    row_norm : float
+        > 0: robustness bound: each item row of a user's release (every table's
+        row of that item together) is clipped to this L2 norm (before ``update_clip``).
+    max_rows : int
+        > 0: robustness bound: a user's release keeps at most this many item rows,
+        those of largest norm (the others are dropped).
     """
 
     user_lr: float = 0.5
@@ -106,6 +113,8 @@ class LocalConfig:
     max_grad_norm: float = 1.0
     user_l2: float = 0.0
     update_clip: float = 0.0
+    row_norm: float = 0.0
+    max_rows: int = 0
 
     def __post_init__(self):
         if not 0 < self.sample_rate <= 1:
@@ -120,6 +129,19 @@ class LocalConfig:
             raise ValueError(f"negatives must be >= 1; got {self.negatives}")
         if self.update_clip < 0:
             raise ValueError(f"update_clip must be >= 0; got {self.update_clip}")
+        if self.row_norm < 0 or self.max_rows < 0:
+            raise ValueError(f"row_norm and max_rows must be >= 0; got {self.row_norm}, {self.max_rows}")
+        if self.dp and self.row_bounds:
+            raise ValueError("row bounds need each user's un-noised rows: not available with interaction-level DP")
+
+    @property
+    def row_bounds(self) -> bool:
+        return self.row_norm > 0 or self.max_rows > 0
+
+    @property
+    def per_user(self) -> bool:
+        """Whether each user's release is processed alone before the mean (clip or row bounds)."""
+        return self.update_clip > 0 or self.row_bounds
 
     @property
     def dp(self) -> bool:
@@ -295,7 +317,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     q = cfg.sample_rate
     denom = (q * n_u).to(dtype)  # expected batch size per user
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
-    clip_users = cfg.update_clip > 0
+    clip_users = cfg.per_user
     per_sample = cfg.dp or clip_users
     tables = {t: params[t] for t in model.table_names()}
     consts = model.constants()
@@ -393,7 +415,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             new[n] = loc[n] - cfg.user_lr * (g + cfg.user_l2 * loc[n])
         loc = new
     if clip_users:
-        update = _clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params,
+        update = clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params,
                                     noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None,
                                     generator=generator)
     else:
@@ -425,8 +447,31 @@ def _add_loss(acc: torch.Tensor | None, lv: torch.Tensor, o: torch.Tensor, k: in
     return per if acc is None else acc + per
 
 
-def _clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std, generator, chunk=32):
-    """Mean over users of each user's release (``-gradient``) clipped to ``cfg.update_clip``.
+def row_bound_factors(owner: torch.Tensor, rows: dict[str, torch.Tensor], *, row_norm: float = 0.0,
+                      max_rows: int = 0) -> torch.Tensor:
+    """Scale factors ``(n,)`` of row-compact user releases (row ``j``: user ``owner[j]``;
+    ``rows[t][j]``: table ``t``'s row of that item, all tables of an item together):
+    each row clipped to ``row_norm`` (> 0) and, per user, only the ``max_rows`` (> 0)
+    rows of largest norm kept (ties: the earlier row)."""
+    norm = sum(_sq(g) for g in rows.values()).sqrt()
+    f = torch.ones_like(norm)
+    if row_norm > 0:
+        f = torch.clamp(row_norm / (norm + 1e-12), max=1.0)
+    if max_rows > 0 and len(norm):
+        o = owner.numpy()
+        order = np.lexsort((np.arange(len(o)), -norm.numpy(), o))  # by user, largest norm first
+        start = np.searchsorted(o[order], o[order], side="left")
+        rank = np.empty(len(o), dtype=np.int64)
+        rank[order] = np.arange(len(o)) - start
+        f = f * torch.as_tensor(rank < max_rows, dtype=f.dtype)
+    return f
+
+
+def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std, generator, chunk=32):
+    """Mean over users of each user's release (``-gradient``), its item rows bounded
+    (``cfg.row_norm``, ``cfg.max_rows``, :func:`row_bound_factors`) and the whole
+    clipped to ``cfg.update_clip`` (each if > 0): the per-user stage of user-level DP
+    and of the robustness defences, and what an attack's sybils go through too.
 
     ``r_tab[t]`` holds the users' (un-noised) table gradients row-compactly (row
     ``j`` belongs to user ``keys[j] // n_items``, item ``keys[j] % n_items``),
@@ -442,12 +487,17 @@ def _clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std
     item = keys % n_items
     out = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in params.items()}
     if noise_std is None:
+        if cfg.row_bounds:  # robustness: each (user, item) row bounded, at most max_rows rows per user
+            f = row_bound_factors(owner, {t: g / steps for t, g in r_tab.items()}, row_norm=cfg.row_norm,
+                                  max_rows=cfg.max_rows)
+            r_tab = {t: g * _bc(f, g) for t, g in r_tab.items()}
         sq = torch.zeros(k, dtype=torch.float64)
         for g in r_tab.values():
             sq.index_add_(0, owner, _sq(g / steps))
         for g in r_den.values():
             sq += _sq(g / steps)
-        factor = torch.clamp(cfg.update_clip / (sq.sqrt() + 1e-12), max=1.0)
+        factor = (torch.clamp(cfg.update_clip / (sq.sqrt() + 1e-12), max=1.0) if cfg.update_clip > 0
+                  else torch.ones(k, dtype=torch.float64))
         for t, g in r_tab.items():
             out[t].index_add_(0, item, _bc(factor[owner], g) * g / steps)
         for d, g in r_den.items():

@@ -25,7 +25,7 @@ import torch
 
 from fedrec.engine.cohort import (
     CohortResult,
-    _clipped_user_mean,
+    clipped_user_mean,
     cohort_samples,
     register_fast_path,
     sample_mask,
@@ -54,7 +54,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     if not cfg.dp:  # every sample in every step: gather once
         dq = item_emb[pos][:, None, :] - item_emb[neg]  # (n, m, d)
         db = item_bias[pos][:, None] - item_bias[neg]  # (n, m)
-    clip_users = cfg.update_clip > 0
+    clip_users = cfg.per_user
     s_user = users[owner_np]
     if clip_users:
         keys = (owner[:, None] * n_items + torch.as_tensor(items_np)).reshape(-1)
@@ -109,7 +109,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
                 g_bias.index_add_(0, neg_s.reshape(-1), cn.reshape(-1))
         p = p - cfg.user_lr * (gp + cfg.user_l2 * p)
     if clip_users:
-        update = _clipped_user_mean(
+        update = clipped_user_mean(
             {"item_embedding": r_item, "item_bias": r_bias}, {}, uniq, k, n_items, cfg, params,
             noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None, generator=generator)
     else:

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from fedrec.data.sequences import PAD, Histories, training_windows
-from fedrec.engine.cohort import MAX_GRAD_FLOATS, CohortResult, LocalConfig, _clipped_user_mean, negative_sets
+from fedrec.engine.cohort import MAX_GRAD_FLOATS, CohortResult, LocalConfig, clipped_user_mean, negative_sets
 from fedrec.models.sequential import SequentialModel
 
 __all__ = ["train_sequences", "sequence_samples", "check_local_config", "trainable_users"]
@@ -106,7 +106,7 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
     per_window = model.max_len * (2 + cfg.negatives) * table.shape[1] + sum(v.numel() for v in dense.values())
     chunk = max(1, MAX_GRAD_FLOATS // per_window)
     user_loss = torch.zeros(k, dtype=torch.float64)
-    if cfg.update_clip <= 0:
+    if not cfg.per_user:
         # one backward of the weighted loss of every window
         tab = table.detach().requires_grad_(True)
         dn = {d: v.detach().requires_grad_(True) for d, v in dense.items()}
@@ -141,8 +141,8 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
             r_tab.index_add_(0, idx_c[sl].reshape(-1), (g_c * w[:, None, None, None]).reshape(-1, table.shape[1]))
             for d, g in g_d.items():
                 r_den[d].index_add_(0, owner[sl], g * w.reshape((-1,) + (1,) * (g.dim() - 1)))
-        update = _clipped_user_mean({"item_embedding": r_tab[:dummy]}, r_den, uniq, k, n_items,
-                                    LocalConfig(update_clip=cfg.update_clip), params, noise_std=None, generator=generator)
+        update = clipped_user_mean({"item_embedding": r_tab[:dummy]}, r_den, uniq, k, n_items,
+                                    LocalConfig(update_clip=cfg.update_clip, row_norm=cfg.row_norm, max_rows=cfg.max_rows), params, noise_std=None, generator=generator)
     loss = float((user_loss / torch.as_tensor(n_pos)).mean())
     items_np = np.concatenate([inp_np[mask_np], cand_np[mask_np].reshape(-1)])
     owner_rep = np.concatenate([np.repeat(owner_np, mask_np.sum(1)),

@@ -1,0 +1,321 @@
+"""Poisoning attacks as malicious Flower nodes.
+
+An attack adds ``nodes`` SuperNodes to a simulation whose ClientApp it swaps
+(:func:`fedrec_app.clients.app.make_client_app`, ``malicious=``): they host
+``sybils`` fake users and answer the server's train messages with crafted
+updates; the honest nodes run fedrec unchanged.  Every sybil's update goes
+through the same **per-user stage** as an honest user's
+(:func:`fedrec.engine.cohort.clipped_user_mean`: the row bounds ``row-norm`` /
+``max-rows`` and the user-level clip of the run's config): it models the server
+applying its per-user defences to each user's message, which in a cohort
+simulation happens where the per-user updates are.  The attack code never
+chooses whether it applies.
+
+Attacks (``kind``):
+
+``boost``
+    Explicit boosting (Bhagoji et al. 2019): each sybil has a fake profile (the
+    targets and ``filler`` items drawn by popularity), trains on it with fedrec's
+    own engine and local settings, and multiplies its update by ``boost``.
+``fedrecattack``
+    FedRecAttack-style (Rong et al., ICDE 2022): the attacker knows a fraction
+    ``public`` of the training interactions; each round it folds in approximate
+    user vectors for the users they reveal against the current item table, and
+    uploads, from every sybil, the gradient that lifts each target above those
+    users' current K-th item (on the target rows only), scaled to norm ``boost``.
+
+Sybil updates do not use DP noise (an attacker does not add any); with
+user-level DP the server's noise still applies to the sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["Attack", "ATTACKS", "DEFENCES", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
+
+ATTACKS = ("boost", "fedrecattack")
+
+
+def pick_targets(train: sp.csr_matrix, n: int, *, seed: int) -> tuple[int, ...]:
+    """``n`` target items drawn among the unpopular ones (bottom half by training count,
+    at least one interaction): the items an attacker wants to promote."""
+    pop = np.asarray(train.sum(0)).ravel()
+    cand = np.flatnonzero(pop > 0)
+    cand = cand[pop[cand] <= np.median(pop[cand])]
+    return tuple(int(x) for x in np.sort(np.random.default_rng([seed, 91]).choice(cand, size=n, replace=False)))
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A poisoning attack run by ``nodes`` malicious SuperNodes (partitions from ``first_partition``)."""
+
+    kind: str
+    targets: tuple[int, ...]
+    sybils: int
+    first_partition: int
+    nodes: int = 1
+    boost: float = 10.0
+    filler: int = 30
+    public: float = 0.01
+    top_k: int = 10
+    fold_steps: int = 30
+
+    def __post_init__(self):
+        if self.kind not in ATTACKS:
+            raise ValueError(f"unknown attack {self.kind!r}; choose one of {ATTACKS}")
+        if self.sybils < 1 or self.nodes < 1 or self.sybils < self.nodes:
+            raise ValueError(f"need sybils >= nodes >= 1; got {self.sybils} sybils on {self.nodes} nodes")
+
+    def sybils_of(self, partition: int) -> np.ndarray:
+        """Indices (0..sybils-1) of the sybils hosted by ``partition``."""
+        return np.array_split(np.arange(self.sybils), self.nodes)[partition - self.first_partition]
+
+    # --- what a malicious node answers -------------------------------------
+    def train(self, run_config, config: dict, global_params: dict[str, np.ndarray], partition: int):
+        from fedrec.federation import federated_model, load_federation
+        from fedrec.node import node_config_of
+
+        torch.set_num_threads(1)
+        mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
+        cfg = node_config_of(run_config, mechanism)
+        fed = load_federation(cfg)  # the attacker's view: item count, popularity, public interactions
+        model = federated_model(cfg, fed)
+        server_round = int(config["server-round"])
+        mine = self.sybils_of(partition)
+        params = {n: torch.as_tensor(v) for n, v in global_params.items()}
+        releases = (self._boost(cfg, fed, model, params, mine, server_round) if self.kind == "boost"
+                    else self._fedrecattack(cfg, fed, model, params, len(mine), server_round))
+        mean = per_user_stage(releases, model, params, cfg)
+        k = len(mine)
+        update = {n: (global_params[n] + k * v) if cfg.user_level else v for n, v in mean.items()}
+        update = {n: np.asarray(v, dtype=np.float32) for n, v in update.items()}
+        if cfg.aggregation == "itemwise":
+            touched = np.zeros(model.n_items)
+            for r in releases:
+                touched += np.abs(r[model.table_names()[0]].numpy().reshape(model.n_items, -1)).sum(1) > 0
+            update["item_counts"] = (touched / k).astype(np.float32)
+        metrics = {"num-examples": k, "declined": 0}  # the honest replies' keys, plausible values
+        if not (cfg.dp or cfg.user_level):
+            metrics["train-loss"] = 0.5
+        if cfg.dp:
+            metrics["epsilon"] = [0.0] * k
+        return update, metrics
+
+    def _boost(self, cfg, fed, model, params, mine, server_round) -> list[dict[str, torch.Tensor]]:
+        from fedrec.engine import train_cohort
+        from fedrec.engine.cohort import LocalConfig
+
+        pop = np.asarray(fed.split.train.sum(0)).ravel()
+        p = pop / pop.sum()
+        n_items = model.n_items
+        rows = []
+        for j in mine.tolist():
+            rng = np.random.default_rng([cfg.seed, 93, j])
+            filler = rng.choice(n_items, size=min(self.filler, n_items - len(self.targets)), replace=False, p=p)
+            rows.append(np.unique(np.r_[list(self.targets), filler]))
+        indptr = np.r_[0, np.cumsum([len(r) for r in rows])]
+        fake = sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(rows), indptr), shape=(len(rows), n_items))
+        honest = LocalConfig(user_lr=cfg.user_lr, user_steps=cfg.user_steps, item_steps=cfg.item_steps,
+                             negatives=cfg.negatives, user_l2=cfg.user_l2)
+        local0 = model.init_local(np.arange(len(rows)) + 10_000_000, cfg.seed)
+        out = []
+        for j in range(len(rows)):  # one user at a time: its own release
+            res = train_cohort(model, {n: torch.as_tensor(v[j:j + 1]) for n, v in local0.items()}, params, fake,
+                               np.array([j]), honest, seed=cfg.seed + 7, server_round=server_round)
+            out.append({n: v * self.boost for n, v in res.update.items()})
+        return out
+
+    def _fedrecattack(self, cfg, fed, model, params, k, server_round) -> list[dict[str, torch.Tensor]]:
+        from fedrec.engine import train_cohort
+        from fedrec.engine.cohort import LocalConfig
+
+        train = fed.split.train.tocoo()
+        pick = np.random.default_rng([cfg.seed, 95]).random(train.nnz) < self.public
+        public = sp.csr_matrix((np.ones(int(pick.sum()), np.float32), (train.row[pick], train.col[pick])),
+                               shape=train.shape)
+        users = np.flatnonzero(np.diff(public.indptr) > 0)
+        if not len(users) or not model.local_shapes:
+            return [{n: torch.zeros_like(v) for n, v in params.items()} for _ in range(k)]
+        fold = LocalConfig(user_lr=cfg.user_lr, user_steps=self.fold_steps - 1, item_steps=1, negatives=cfg.negatives)
+        local0 = {n: torch.as_tensor(v) for n, v in model.init_local(users, cfg.seed + 1).items()}
+        approx = train_cohort(model, local0, params, public, users, fold, seed=cfg.seed + 9,
+                              server_round=server_round).local
+        leaves = {n: v.detach().clone().requires_grad_(True) for n, v in params.items()}
+        scores = model.score_users(approx, leaves)  # (u, n_items)
+        with torch.no_grad():
+            masked = scores.detach().clone()
+            masked[torch.as_tensor(np.repeat(np.arange(len(users)), np.diff(public[users].indptr))),
+                   torch.as_tensor(public[users].indices.astype(np.int64))] = -np.inf
+            kth = masked.topk(self.top_k, dim=1).values[:, -1]
+        t = torch.as_tensor(self.targets)
+        loss = torch.nn.functional.softplus(kth[:, None] - scores[:, t]).mean()
+        grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        release = {}
+        for (n, v), g in zip(leaves.items(), grads):
+            g = torch.zeros_like(v) if g is None else g.detach()
+            if n in model.table_names():  # the target rows only: nothing else moves
+                keep = torch.zeros(v.shape[0], dtype=g.dtype)
+                keep[t] = 1.0
+                g = g * keep.reshape((-1,) + (1,) * (g.dim() - 1))
+            else:
+                g = torch.zeros_like(g)
+            release[n] = -g
+        norm = float(torch.sqrt(sum((r.double() ** 2).sum() for r in release.values())))
+        scale = self.boost / norm if norm > 0 else 0.0
+        return [{n: r * scale for n, r in release.items()} for _ in range(k)]
+
+
+def per_user_stage(releases: list[dict[str, torch.Tensor]], model, params: dict[str, torch.Tensor], cfg) -> dict:
+    """The mean of the users' ``releases`` after the run's per-user stage (row bounds and
+    the user-level clip, :func:`fedrec.engine.cohort.clipped_user_mean`), as numpy."""
+    from fedrec.engine.cohort import clipped_user_mean
+
+    k, n_items = len(releases), model.n_items
+    tables = model.table_names()
+    local = cfg.local
+    if not local.per_user:
+        return {n: (sum(r[n] for r in releases) / k).numpy() for n in params}
+    keys, r_tab = [], {t: [] for t in tables}
+    for j, r in enumerate(releases):
+        rows = torch.zeros(n_items, dtype=torch.bool)
+        for t in tables:
+            rows |= r[t].reshape(n_items, -1).abs().sum(1) > 0
+        idx = torch.nonzero(rows).ravel()
+        keys.append(j * n_items + idx)
+        for t in tables:
+            r_tab[t].append(-r[t][idx])  # clipped_user_mean takes gradients (-release)
+    keys = torch.cat(keys)
+    r_tab = {t: torch.cat(v) for t, v in r_tab.items()}
+    r_den = {d: torch.stack([-r[d] for r in releases]) for d in params if d not in tables}
+    out = clipped_user_mean(r_tab, r_den, keys, k, n_items, local, params, noise_std=None, generator=None)
+    return {n: v.numpy() for n, v in out.items()}
+
+
+# --------------------------------------------------------------------------
+# `fedrec sweep attacks`: attack x defence x malicious fraction x seed
+# --------------------------------------------------------------------------
+
+#: Defences as config settings (composable server pieces; see README).  ``row-bounds``: each
+#: user's item rows clipped to 0.05 (above the 99th percentile, 0.034, of honest MF users' rows
+#: in ML-100K's first round) and at most 500 rows per user (above the 90th percentile, 415);
+#: ``user-dp``: user-level DP-FedAvg at epsilon 8 (the study's preset); both composed.
+DEFENCES: dict[str, dict] = {
+    "none": {},
+    "row-bounds": dict(row_norm=0.05, max_rows=500),
+}
+
+
+def _defences() -> dict[str, dict]:
+    from fedrec_app.simulations.study import USER_PRESET
+
+    user = {**{k: v for k, v in USER_PRESET.items() if k != "prior_noise"}, "user_target_epsilon": 8.0}
+    return {**DEFENCES, "user-dp": user, "row-bounds+user-dp": {**DEFENCES["row-bounds"], **user}}
+
+
+def attack_cells(data: str, *, attacks=ATTACKS, defences=("none", "row-bounds", "user-dp"), fractions=(0.01, 0.05),
+                 rounds: int = 30, n_targets: int = 5) -> list[tuple]:
+    """``(Cell, Attack | None)`` pairs: each defence without attack, and each attack x
+    malicious fraction under it; the targets are the same unpopular items everywhere."""
+    from dataclasses import replace
+
+    from fedrec.config import FedConfig
+    from fedrec.federation import load_federation
+    from fedrec_app.simulations.runner import Cell
+    from fedrec_app.simulations.study import _users_per_node
+
+    fed = load_federation(FedConfig(data=data))
+    targets = pick_targets(fed.split.train, n_targets, seed=0)
+    base = FedConfig(data=data, users_per_node=_users_per_node(fed.n_users), num_server_rounds=rounds,
+                     eval_every=rounds, patience=0, exposure_items=",".join(map(str, targets)))
+    fed = load_federation(base)  # the honest nodes of the runs: the sybils' partitions come after them
+    table = _defences()
+    out = []
+    for d in defences:
+        cfg = replace(base, **table[d])
+        out.append((Cell(f"clean-{d}", cfg, {"attack": "none", "defence": d, "fraction": 0.0}), None))
+        for a in attacks:
+            for f in fractions:
+                sybils = max(1, round(f * fed.n_users))
+                att = Attack(a, targets, sybils=sybils, first_partition=fed.n_nodes)
+                out.append((Cell(f"{a}-{f:g}-{d}", cfg, {"attack": a, "defence": d, "fraction": f, "sybils": sybils}),
+                            att))
+    return out
+
+
+def run_attacks(out, *, data: str = "ml-latest-small", attacks=ATTACKS, defences=("none", "row-bounds", "user-dp"),
+                fractions=(0.01, 0.05), seeds: int = 1, rounds: int = 30, command: str = "", say=print):
+    """Run (or resume) the attack sweep; write ``results.csv``, ``attacks.png`` and ``report.md``."""
+    import time
+    from pathlib import Path
+
+    from fedrec_app.simulations.runner import run_cells, write_rows
+    from fedrec_app.simulations.simulate import simulate
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    pairs = attack_cells(data, attacks=attacks, defences=defences, fractions=fractions, rounds=rounds)
+    by_dir = {f"{c.name}-seed{s}": a for c, a in pairs for s in range(seeds)}
+
+    def run(cfg):  # a fresh Ray per run: actors kept up between runs keep the first run's ClientApp
+        return simulate(cfg, attack=by_dir[Path(cfg.out).name], overwrite=True)
+
+    say(f"attacks on {data}: {len(pairs)} cells x {seeds} seeds")
+    rows = run_cells([c for c, _ in pairs], list(range(seeds)), out, run=run, say=say)
+    write_rows(out, rows)
+    return write_attack_report(out, rows, data=data, seeds=seeds, rounds=rounds, seconds=time.perf_counter() - t0,
+                               command=command, targets=pairs[0][0].cfg.exposure_items)
+
+
+def write_attack_report(out, rows: list[dict], *, data: str, seeds: int, rounds: int, seconds: float, command: str,
+                        targets: str):
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedrec_app.simulations.plots import mean_sd
+
+    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    lines_ = [(a, f) for a, f in dict.fromkeys((r["attack"], r["fraction"]) for r in rows)]
+
+    def cell(a, f, d, key):
+        return mean_sd([r.get(key) for r in rows if (r["attack"], r["fraction"], r["defence"]) == (a, f, d)])
+
+    grid = [[cell(a, f, d, "test_er@10")[0] for d in defences] for a, f in lines_]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(defences), 0.9 + 0.45 * len(lines_)))
+    im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(0.05, max(max(g) for g in grid)))
+    ax.set_xticks(range(len(defences)), defences, fontsize=8)
+    ax.set_yticks(range(len(lines_)), [f"{a} {f:g}" for a, f in lines_], fontsize=8)
+    for i, g in enumerate(grid):
+        for j, v in enumerate(g):
+            ax.text(j, i, "–" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=7)
+    ax.set_title(f"Target exposure ER@10 after {rounds} rounds ({data})", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(out / "attacks.png", dpi=120)
+    plt.close(fig)
+
+    def f_(m):
+        return "–" if math.isnan(m[0]) else (f"{m[0]:.4f} ± {m[1]:.4f}" if seeds > 1 else f"{m[0]:.4f}")
+
+    lines = [f"# Poisoning attacks on {data}", "", f"Command: `{command}` ({seconds / 60:.1f} min; {seeds} seed(s)).", "",
+             f"Targets (item indices): {targets} — unpopular items. After {rounds} rounds: exposure ER@5 / ER@10 of "
+             "the targets (share of the users who have not seen a target with it in their full-ranking top-K, mean "
+             "over targets) and clean test NDCG@10. Sybils run as extra Flower nodes; each sybil's update goes "
+             "through the same per-user stage as an honest user's (the defence).", "",
+             "| attack | malicious | defence | ER@5 | ER@10 | test NDCG@10 |", "|---|---|---|---|---|---|"]
+    for a, f in lines_:
+        for d in defences:
+            lines.append(f"| {a} | {f:.1%} | {d} | {f_(cell(a, f, d, 'test_er@5'))} | {f_(cell(a, f, d, 'test_er@10'))} "
+                         f"| {f_(cell(a, f, d, 'test_ndcg@10'))} |")
+    lines += ["", "![target exposure](attacks.png)", "", "Per-run results: `results.csv`; runs under `runs/`."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

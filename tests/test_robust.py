@@ -1,0 +1,98 @@
+"""Poisoning attacks and defences: exposure, row bounds, the per-user stage, attacks that work."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from fedrec.config import ConfigError, FedConfig
+from fedrec.engine.cohort import LocalConfig, row_bound_factors
+from fedrec.metrics.exposure import exposure_counts, exposure_ratios
+from fedrec_app.simulations.attacks import Attack, per_user_stage, pick_targets
+
+
+def test_exposure_counts_by_hand_with_pessimistic_ties():
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0],   # target 2 ranks 3rd (after 0, 1)
+                       [1.0, 1.0, 1.0, 0.0, 0.0],   # target 2 ties with 0 and 1: rank 3 (pessimistic)
+                       [9.0, 0.0, 8.0, 0.0, 0.0]])  # user 2 has seen item 0: target 2 ranks 1st
+    seen = sp.csr_matrix(np.array([[0, 0, 0, 0, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=np.float32))
+    c = exposure_counts(lambda u: scores[u], np.arange(3), seen, [2, 4], ks=(1, 3))
+    assert c["eligible"] == [3, 2]  # item 4 is in user 0's history
+    assert c["hits@1"] == [1, 0] and c["hits@3"] == [3, 0]
+    r = exposure_ratios(c)
+    assert r["er@1"] == pytest.approx((1 / 3 + 0) / 2) and r["er@3"] == pytest.approx(0.5)
+
+
+def test_row_bounds_by_hand():
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    rows = {"e": torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 2.0], [1.0, 0.0], [0.0, 0.1]]),
+            "b": torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0])}
+    f = row_bound_factors(owner, rows, row_norm=1.0, max_rows=2)
+    # user 0 keeps its two largest rows (norms 5 and 2) clipped to 1; user 1 keeps both
+    assert torch.allclose(f, torch.tensor([0.2, 0.0, 0.5, 1.0, 1.0], dtype=f.dtype))
+    assert torch.allclose(row_bound_factors(owner, rows), torch.ones(5, dtype=f.dtype))
+
+
+def test_per_user_stage_bounds_what_a_sybil_can_change():
+    from fedrec.models import build_federated_model
+
+    model = build_federated_model("mf", 30, dim=4)
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rng = np.random.default_rng(0)
+    releases = [{"item_embedding": torch.as_tensor(rng.normal(size=(30, 4)) * 10, dtype=torch.float32),
+                 "item_bias": torch.as_tensor(rng.normal(size=30) * 10, dtype=torch.float32)} for _ in range(3)]
+    cfg = FedConfig(data="synthetic:20x30:1", row_norm=0.5, max_rows=4)
+    mean = per_user_stage(releases, model, params, cfg)
+    row_norm = np.sqrt((mean["item_embedding"] ** 2).sum(1) + mean["item_bias"] ** 2)
+    assert (row_norm > 0).sum() <= 3 * 4  # each sybil changes at most max_rows rows
+    assert row_norm.max() <= 0.5 + 1e-6  # and each by at most row_norm (its mean over 3 sybils)
+    plain = per_user_stage(releases, model, params, FedConfig(data="synthetic:20x30:1"))
+    assert np.allclose(plain["item_bias"], np.mean([r["item_bias"].numpy() for r in releases], 0), atol=1e-5)
+    with pytest.raises(ConfigError, match="un-noised rows"):
+        FedConfig(data="synthetic:20x30:1", row_norm=0.5, noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="interaction-level DP"):
+        LocalConfig(max_rows=3, noise_multiplier=1.0)
+
+
+def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0) -> float:
+    """ER@10 of the targets after ``rounds`` of FedAvg + server SGD with (or without) sybils."""
+    from fedrec import node
+    from fedrec.federation import federated_model, init_global_params, load_federation
+
+    cfg = FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8, row_norm=row_norm, server_opt="sgd",
+                    server_lr=2.0)
+    fed = load_federation(cfg)
+    targets = pick_targets(fed.split.train, 3, seed=0)
+    cfg = dataclasses.replace(cfg, exposure_items=",".join(map(str, targets))).resolved()
+    params = init_global_params(cfg, fed)
+    states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
+    att = Attack(kind, targets, sybils=6, first_partition=fed.n_nodes, boost=10.0) if kind != "none" else None
+    rc = cfg.to_run_config()
+    for r in range(1, rounds + 1):
+        ups = []
+        for p in range(fed.n_nodes):
+            up, m, states[p] = node.train_round(cfg, fed, p, states[p], global_params=params, server_round=r)
+            ups.append((up, m["num-examples"]))
+        if att is not None:
+            up, m = att.train(rc, {"server-round": r}, params, fed.n_nodes)
+            ups.append((up, m["num-examples"]))
+        total = sum(n for _, n in ups)
+        params = {k: params[k] + cfg.server_lr * sum(u[k] * n for u, n in ups) / total for k in params}
+    counts = {}
+    for p in range(fed.n_nodes):
+        out = node.evaluate_round(cfg, fed, p, states[p], global_params=params)
+        for k, v in out.items():
+            if k.startswith("exposure-"):
+                counts[k[9:]] = np.asarray(counts.get(k[9:], 0)) + np.asarray(v)
+    return exposure_ratios(counts)["er@10"]
+
+
+@pytest.mark.parametrize("kind", ["boost", "fedrecattack"])
+def test_each_attack_raises_exposure_and_row_bounds_cut_it(kind):
+    clean = _attacked_exposure("none")
+    attacked = _attacked_exposure(kind)
+    bounded = _attacked_exposure(kind, row_norm=0.01)
+    assert attacked > clean + 0.1, (clean, attacked)
+    assert bounded < attacked, (bounded, attacked)
