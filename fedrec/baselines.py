@@ -281,15 +281,27 @@ def fit_centralized(
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     score = model_scorer(model)
+
+    def run_epoch(epoch: int) -> float:
+        return train_epoch(model, opt, split.train, batch_size=batch_size, n_negatives=n_negatives, loss=loss, rng=rng)
+
+    return _select_epoch(model, split, run_epoch, lambda stage: score, epochs=epochs, eval_every=eval_every,
+                         patience=patience, select=select, progress=progress, started=t, **eval_kwargs)
+
+
+def _select_epoch(model, split: Split, run_epoch: Callable[[int], float], scorer: Callable[[str], ScoreFn], *,
+                  epochs: int, eval_every: int, patience: int, select: str, progress, started: float,
+                  **eval_kwargs) -> BaselineResult:
+    """Train epoch by epoch (``run_epoch(epoch)`` returns the mean training loss), evaluate
+    ``scorer("valid")`` every ``eval_every`` epochs, stop after ``patience`` evaluations
+    without a better ``select``, restore the best epoch and evaluate it on both stages."""
     best_state, best_val, best_epoch, since = None, -np.inf, 0, 0
     history = []
     for epoch in range(1, epochs + 1):
-        train_loss = train_epoch(
-            model, opt, split.train, batch_size=batch_size, n_negatives=n_negatives, loss=loss, rng=rng
-        )
+        train_loss = run_epoch(epoch)
         if epoch % eval_every and epoch != epochs:
             continue
-        v = evaluate(score, split, stage="valid", **eval_kwargs)
+        v = evaluate(scorer("valid"), split, stage="valid", **eval_kwargs)
         history.append({"epoch": epoch, "loss": train_loss, **{f"valid_{k}": x for k, x in v.metrics.items()}})
         if progress:
             progress(f"epoch {epoch:3d} loss {train_loss:.4f} valid {select} {v.metrics[select]:.4f}")
@@ -303,12 +315,12 @@ def fit_centralized(
     model.load_state_dict(best_state)
     return BaselineResult(
         "centralized",
-        score,
-        evaluate(score, split, stage="valid", **eval_kwargs),
-        evaluate(score, split, stage="test", **eval_kwargs),
+        scorer("test"),
+        evaluate(scorer("valid"), split, stage="valid", **eval_kwargs),
+        evaluate(scorer("test"), split, stage="test", **eval_kwargs),
         selected={"epoch": best_epoch, "on": f"valid {select}"},
         history=history,
-        seconds=time.perf_counter() - t,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -350,9 +362,7 @@ def fit_sequential(
     def scorer(stage: str):
         return model.history_scorer({n: p.detach() for n, p in params.items()}, histories[stage])
 
-    best_state, best_val, best_epoch, since = None, -np.inf, 0, 0
-    history = []
-    for epoch in range(1, epochs + 1):
+    def run_epoch(epoch: int) -> float:
         _, inp, cand, mask = (torch.as_tensor(x) for x in sequence_samples(
             histories["train"], split.train, users, model.max_len, n_negatives, seed=seed, server_round=epoch))
         total, count = 0.0, 0
@@ -364,26 +374,7 @@ def fit_sequential(
             (lw.sum() / n).backward()
             opt.step()
             total, count = total + float(lw.detach().sum()), count + n
-        if epoch % eval_every and epoch != epochs:
-            continue
-        v = evaluate(scorer("valid"), split, stage="valid", **eval_kwargs)
-        history.append({"epoch": epoch, "loss": total / count, **{f"valid_{k}": x for k, x in v.metrics.items()}})
-        if progress:
-            progress(f"epoch {epoch:3d} loss {total / count:.4f} valid {select} {v.metrics[select]:.4f}")
-        if v.metrics[select] > best_val:
-            best_val, best_epoch, since = v.metrics[select], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since += 1
-            if since >= patience:
-                break
-    model.load_state_dict(best_state)
-    return BaselineResult(
-        "centralized",
-        scorer("test"),
-        evaluate(scorer("valid"), split, stage="valid", **eval_kwargs),
-        evaluate(scorer("test"), split, stage="test", **eval_kwargs),
-        selected={"epoch": best_epoch, "on": f"valid {select}"},
-        history=history,
-        seconds=time.perf_counter() - t,
-    )
+        return total / count
+
+    return _select_epoch(model, split, run_epoch, scorer, epochs=epochs, eval_every=eval_every, patience=patience,
+                         select=select, progress=progress, started=t, **eval_kwargs)

@@ -166,3 +166,17 @@ def test_flower_run_of_a_sequential_model_with_user_level_dp(tmp_path):
     assert 0 <= doc["test"]["ndcg@10"] <= 1
     rows = (out / "rounds.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "train-loss" not in rows[0].split(",")  # a private run releases no loss
+
+
+def test_centralized_counterpart_selects_its_epoch_on_validation():
+    from fedrec.baselines import fit_sequential
+    from fedrec.federation import histories, load_federation
+
+    fed = load_federation(FedConfig(data="synthetic:40x50:3"))
+    m = GRU4Rec(fed.dataset.n_items, dim=8, max_len=5)
+    res = fit_sequential(m, fed.split, {s: histories(fed, s) for s in ("train", "valid", "test")}, epochs=3,
+                         batch_size=16, n_negatives=2, patience=5)
+    best = max(res.history, key=lambda h: h["valid_ndcg@10"])
+    assert res.selected["epoch"] == best["epoch"] and len(res.history) == 3
+    assert res.valid.metrics["ndcg@10"] == pytest.approx(best["valid_ndcg@10"])  # the best epoch restored
+    assert 0 <= res.test.metrics["ndcg@10"] <= 1
