@@ -43,3 +43,25 @@ def shared_data():
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every end-to-end run of the session (each simulation still starts
+    and terminates its own actors); stopped at the end of the session."""
+    from fedrec.flower_compat import reuse_ray
+
+    with reuse_ray():
+        yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def pytest_collection_modifyitems(items):
+    """End-to-end runs through Flower (marked ``slow``) share :func:`ray_session`: Ray's start
+    (15-20 s on 2 cores) is paid once, not per run."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.fixturenames.append("ray_session")
