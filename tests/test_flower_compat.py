@@ -61,9 +61,9 @@ def test_local_ray_workers_run_at_ordinary_priority():
 
     args = flower_compat.backend_config(num_cpus=1)["init_args"]
     assert args["_system_config"]["worker_niceness"] == flower_compat.WORKER_NICENESS == 0
-    if ray.is_initialized():
-        pytest.skip("Ray already runs in this process")
-    ray.init(**args)
+    started = not ray.is_initialized()  # else the session's Ray, started by fedrec's backend (tests/conftest.py)
+    if started:
+        ray.init(**args)
     try:
         @ray.remote(num_cpus=1)
         class Probe:
@@ -72,4 +72,5 @@ def test_local_ray_workers_run_at_ordinary_priority():
 
         assert ray.get(Probe.remote().niceness.remote(), timeout=120) == os.nice(0)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
