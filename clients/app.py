@@ -110,7 +110,7 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         # that never reach a handler (set-up, key sharing, unmasking) do not need it
         from fedrec import node
 
-        mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
+        mechanism = node.mechanism_of(config)
         node_config = dict(context.node_config)
         if node_data and "data-file" not in node_config:
             node_config["data-file"] = f"{node_data}/node-{int(node_config['partition-id'])}.npz"

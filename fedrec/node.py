@@ -23,7 +23,7 @@ from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
+__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
            "active_users", "train_round", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
@@ -59,6 +59,11 @@ def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedCo
     # (e.g. `flwr run` with Flower's default connection) splits the users evenly
     fed = fed.with_nodes(n_part)
     return cfg, fed, partition
+
+
+def mechanism_of(message_config: dict) -> dict:
+    """The mechanism the server resolved, from a message's config (``mechanism/<key>``)."""
+    return {k.split("/", 1)[1]: v for k, v in message_config.items() if k.startswith("mechanism/")}
 
 
 def node_config_of(run_config, mechanism: dict | None = None) -> FedConfig:

@@ -78,11 +78,10 @@ class Attack:
     # --- what a malicious node answers -------------------------------------
     def train(self, run_config, config: dict, global_params: dict[str, np.ndarray], partition: int):
         from fedrec.federation import federated_model, load_federation
-        from fedrec.node import node_config_of
+        from fedrec.node import mechanism_of, node_config_of
 
         torch.set_num_threads(1)
-        mechanism = {k.split("/", 1)[1]: v for k, v in config.items() if k.startswith("mechanism/")}
-        cfg = node_config_of(run_config, mechanism)
+        cfg = node_config_of(run_config, mechanism_of(config))
         fed = load_federation(cfg)  # the attacker's view: item count, popularity, public interactions
         model = federated_model(cfg, fed)
         server_round = int(config["server-round"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from fedrec.data.dataset import Dataset
 from fedrec.data.negatives import is_positive
@@ -133,13 +132,3 @@ def last_items(hist: Histories, users: np.ndarray, length: int) -> np.ndarray:
     src = hist.indptr[users][pu] + n[pu] - take[pu] + j
     out[pu, length - take[pu] + j] = hist.items[src]
     return out
-
-
-def training_positives(hist: Histories, n_items: int) -> sp.csr_matrix:
-    """The binary user x item matrix of the histories (for masks and negatives)."""
-    n_users = len(hist.indptr) - 1
-    u = np.repeat(np.arange(n_users), np.diff(hist.indptr))
-    m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, hist.items)), shape=(n_users, n_items))
-    m.sum_duplicates()
-    m.data[:] = 1.0
-    return m

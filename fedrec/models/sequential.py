@@ -26,14 +26,10 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from fedrec.data.sequences import Histories, last_items
+from fedrec.models.federated import _sub
 from fedrec.models.protocol import FederatedModel, Tensors
 
 __all__ = ["SequentialModel", "SASRec", "GRU4Rec", "SEQUENTIAL_MODELS", "is_sequential"]
-
-
-def _sub(dense: Tensors, prefix: str) -> dict[str, torch.Tensor]:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in dense.items() if k.startswith(prefix + ".")}
 
 
 class SequentialModel(FederatedModel):
