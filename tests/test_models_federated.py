@@ -80,6 +80,27 @@ def test_every_model_scores_all_items_and_declares_its_state():
                                       m.init_local(np.arange(3), seed=0)[next(iter(local))][2])
 
 
+def test_tower_full_ranking_equals_the_per_user_score(monkeypatch):
+    """MLP and NeuMF rank all items with the first layer split into user and item
+    halves, a few users at a time: equal to scoring each user with ``score``."""
+    import torch
+
+    import fedrec.models.federated as fm
+    from fedrec.models.protocol import FederatedModel
+
+    monkeypatch.setattr(fm, "_ACTIVATIONS_PER_CHUNK", 2 * 30 * 16)  # chunks of 2 users: 7 = 2+2+2+1
+    for name in ("mlp", "neumf"):
+        m = build_federated_model(name, 30, dim=6, layers=(16, 8, 4)).double()
+        g = torch.Generator().manual_seed(1)
+        params = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in m.named_parameters()}
+        local = {k: torch.randn((7, *s), generator=g, dtype=torch.float64) for k, s in m.local_shapes.items()}
+        fast = m.score_users(local, params)
+        per_user = FederatedModel.score_users(m, local, params)
+        torch.testing.assert_close(fast, per_user, rtol=1e-12, atol=1e-12)
+        assert fast.shape == (7, 30)
+        assert m.score_users({k: v[:0] for k, v in local.items()}, params).shape == (0, 30)
+
+
 @pytest.mark.slow
 def test_models_sweep_writes_table_plot_and_report(tmp_path, monkeypatch):
     import csv

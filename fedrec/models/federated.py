@@ -57,6 +57,40 @@ def _sub(dense: Tensors, prefix: str) -> dict[str, torch.Tensor]:
     return {k[n:]: v for k, v in dense.items() if k.startswith(prefix + ".")}
 
 
+_ACTIVATIONS_PER_CHUNK = 1 << 20
+
+
+def _tower_all(tower: nn.Sequential, weights: dict[str, torch.Tensor], users: torch.Tensor,
+               items: torch.Tensor) -> torch.Tensor:
+    """``tower([users_b, items_n])`` for every (user, item) pair: ``(b, n, out)``.
+
+    The first layer is split into its user and item halves, each applied once
+    (``b`` and ``n`` rows) instead of once per pair, so full ranking costs the
+    later, narrower layers only.  Equal to applying the tower to the concatenated
+    pairs (tested)."""
+    w, bias = weights["0.weight"], weights["0.bias"]
+    d = users.shape[-1]
+    user_part = users @ w[:, :d].T
+    item_part = items @ w[:, d:].T + bias
+    # a few users at a time: the (users, items, width) activations then stay
+    # small enough for the caches (about 3x faster than 256 users at once on ML-1M)
+    chunk = max(1, _ACTIVATIONS_PER_CHUNK // max(1, item_part.numel()))
+    outs = []
+    for start in range(0, max(1, len(user_part)), chunk):
+        h = user_part[start : start + chunk, None, :] + item_part[None]
+        for i, layer in enumerate(tower):
+            if i == 0:
+                continue
+            if isinstance(layer, nn.Linear):
+                h = torch.nn.functional.linear(h, weights[f"{i}.weight"], weights[f"{i}.bias"])
+            elif isinstance(layer, nn.ReLU):
+                h = torch.relu(h)
+            else:  # pragma: no cover - _mlp builds Linear and ReLU only
+                raise TypeError(f"unexpected layer {layer!r} in a tower")
+        outs.append(h)
+    return torch.cat(outs)
+
+
 class FedMF(FederatedModel):
     """Matrix factorisation: ``s(u, i) = p_u . q_i + b_i``.
 
@@ -106,6 +140,11 @@ class FedMLP(FederatedModel):
         x = torch.cat([local["user"].expand(q.shape[0], -1), q], -1)
         return functional_call(self.tower, _sub(dense, "tower"), (x,)).squeeze(-1) + items["item_bias"]
 
+    def score_users(self, local, params):
+        tables, dense = self.split_params(params)
+        out = _tower_all(self.tower, _sub(dense, "tower"), local["user"], tables["item_embedding"])
+        return out.squeeze(-1) + tables["item_bias"]
+
 
 class FedNeuMF(FederatedModel):
     """NeuMF: a GMF and an MLP branch joined by a global linear output.
@@ -128,6 +167,14 @@ class FedNeuMF(FederatedModel):
         x = torch.cat([local["user_mlp"].expand(qm.shape[0], -1), qm], -1)
         mlp = torch.relu(functional_call(self.tower, _sub(dense, "tower"), (x,)))
         return torch.cat([gmf, mlp], -1) @ dense["output"] + items["item_bias"]
+
+    def score_users(self, local, params):
+        tables, dense = self.split_params(params)
+        d = local["user"].shape[-1]
+        out = dense["output"]
+        gmf = (local["user"] * out[:d]) @ tables["item_embedding"].T
+        mlp = torch.relu(_tower_all(self.tower, _sub(dense, "tower"), local["user_mlp"], tables["item_embedding_mlp"]))
+        return gmf + mlp @ out[d:] + tables["item_bias"]
 
 
 class TwoTower(FederatedModel):
