@@ -109,7 +109,12 @@ class FedMF(FederatedModel):
         self.item_bias = nn.Parameter(torch.zeros(n_items))
 
     def score(self, local, items, dense):
-        return items["item_embedding"] @ local["user"] + items["item_bias"]
+        # a product and a sum rather than ``@``: under vmap a matrix-vector product per
+        # sample becomes a batched matmul of tiny matrices, whose backward is ~10x slower
+        return (items["item_embedding"] * local["user"]).sum(-1) + items["item_bias"]
+
+    def score_users(self, local, params):
+        return local["user"] @ params["item_embedding"].T + params["item_bias"]
 
 
 class FedGMF(FederatedModel):
