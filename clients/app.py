@@ -135,7 +135,7 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory,
                                 at_most_round=server_round - 1)
         update, metrics, state = node.train_round(cfg, fed, partition, state, global_params=global_params,
-                                                  server_round=server_round)
+                                                  server_round=server_round, trained_items=node.trained_items_of(config))
         kept = node.save_state(state, directory=directory, server_round=server_round)
         if kept is not None:
             context.state[STATE_KEY] = array_record(kept)

@@ -108,6 +108,9 @@ class FedConfig:
     delta: float = _opt(1e-5, "interaction-level DP", "delta of both units")
     prior_noise: float = _opt(0.0, "interaction-level DP", "> 0: start item biases from a DP popularity prior with "
                               "this noise (composed into both units' epsilon)")
+    train_head: float = _opt(0.0, "interaction-level DP", "> 0: train only this fraction of items, those with the "
+                             "largest counts in the DP popularity prior's release (DP-FEST; either unit): the other "
+                             "items' rows are frozen at zero (ranked by the prior) and never enter a clipped sample")
     budget_epsilon: float = _opt(0.0, "interaction-level DP", "> 0: a user declines a round that would take its "
                                  "interaction-level epsilon past this")
     # user-level DP (whole per-user update clipped, Gaussian noise on the sum before the server optimiser)
@@ -247,6 +250,10 @@ class FedConfig:
                 bad("model", "interaction-level DP is not available for sequential models: one interaction enters "
                     "up to seq-len + 1 samples (as a target and as the input of later positions); use user-level "
                     "DP (user-dp='client')")
+        if not 0 <= self.train_head <= 1:
+            bad("train_head", "must be in [0, 1] (0: every item trained)")
+        if self.train_head > 0 and self.prior_noise <= 0:
+            bad("train_head", "the trained items are chosen by the DP popularity prior's release: set prior-noise > 0")
         if self.cold_items > 0 and not feature_aware:
             bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
         if self.secure_aggregation and self.user_dp != "off":

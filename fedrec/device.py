@@ -250,8 +250,8 @@ class DeviceRecommender:
         return sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(self.user + 1, n_items))
 
     # --- federated training ----------------------------------------------
-    def train(self, global_params: dict[str, np.ndarray], cfg, *, server_round: int
-              ) -> dict[str, np.ndarray] | None:
+    def train(self, global_params: dict[str, np.ndarray], cfg, *, server_round: int,
+              trained_items: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
         """One round of local (DP-)training; returns the release (the pseudo-gradients
         of the global parameters) or ``None`` if the user does not take part (the round
         would exceed ``budget-epsilon``, or user-level Poisson sampling left it out).
@@ -260,6 +260,8 @@ class DeviceRecommender:
         server resolved it).  The device is a one-user client of the same handler as a
         simulated node (:func:`fedrec.node.train_round`): the same engine, sampling,
         clipping, noise and accountant, DP popularity prior included.
+        ``trained_items``: the server's trained-items mask (``train-head``; from the
+        message, :func:`fedrec.node.trained_items_of`).
         """
         from fedrec import node
 
@@ -272,7 +274,7 @@ class DeviceRecommender:
         state = LocalState(np.array([self.user]), {"user": self.train_emb[None, :].copy()},
                            np.array([self.dp_steps]), np.array([self.rounds]))
         update, metrics, new = node.train_round(cfg, fed, 0, state, global_params=global_params,
-                                                server_round=server_round)
+                                                server_round=server_round, trained_items=trained_items)
         if metrics["num-examples"] == 0:
             return None
         self.train_emb = new.local["user"][0].astype(np.float32)

@@ -23,7 +23,7 @@ from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
+__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
            "active_users", "train_round", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
@@ -59,6 +59,28 @@ def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedCo
     # (e.g. `flwr run` with Flower's default connection) splits the users evenly
     fed = fed.with_nodes(n_part)
     return cfg, fed, partition
+
+
+TRAINED_ITEMS_KEY = "trained-items"
+
+
+def trained_items_config(mask: np.ndarray | None) -> dict:
+    """Message-config entry of the items the server trains (``train-head``), bit-packed;
+    empty when every item is trained."""
+    return {} if mask is None else {TRAINED_ITEMS_KEY: np.packbits(np.asarray(mask, dtype=bool)).tobytes()}
+
+
+def trained_items_of(message_config: dict) -> np.ndarray | None:
+    """The items the server trains, from a message's config (``None``: every item)."""
+    raw = message_config.get(TRAINED_ITEMS_KEY)
+    return None if raw is None else np.unpackbits(np.frombuffer(bytes(raw), dtype=np.uint8)).astype(bool)
+
+
+def _item_mask(bits: np.ndarray, n_items: int) -> np.ndarray:
+    """The first ``n_items`` of an unpacked mask (the rest is byte padding, all False)."""
+    if len(bits) < n_items or bits[n_items:].any() or len(bits) - n_items >= 8:
+        raise ValueError(f"trained-items mask of {len(bits)} bits does not fit {n_items} items")
+    return bits[:n_items]
 
 
 def mechanism_of(message_config: dict) -> dict:
@@ -173,8 +195,13 @@ def train_round(
     *,
     global_params: dict[str, np.ndarray],
     server_round: int,
+    trained_items: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict, NodeState]:
     """Train the node's users for one round.
+
+    ``trained_items`` (``train-head``: the items the server trains, sent with the
+    message; :func:`trained_items_of`): a sample's gradients with respect to the other
+    items' rows, which the server keeps frozen, are dropped before clipping.
 
     Only the users :func:`active_users` selects train.  Returns the node's
     release, its metrics (``num-examples`` = users trained, possibly 0; loss;
@@ -199,6 +226,10 @@ def train_round(
     params = {n: torch.as_tensor(v) for n, v in global_params.items()}
     update = {n: np.zeros(v.shape, dtype=np.float64) for n, v in global_params.items()}
     n_items = model.n_items
+    if (trained_items is None) != (cfg.train_head <= 0):
+        raise ValueError(f"config train-head={cfg.train_head} but the message "
+                         f"{'carries no' if trained_items is None else 'carries a'} trained-items mask")
+    trainable = None if trained_items is None else torch.as_tensor(_item_mask(trained_items, n_items))
     loss, counts = 0.0, np.zeros(n_items)
     local = {n: v.copy() for n, v in state.local.items()}
     steps, rounds = state.dp_steps.copy(), state.rounds.copy()
@@ -223,6 +254,7 @@ def train_round(
                     server_round=server_round,
                     generator=gen,
                     generic=cfg.engine == "generic",
+                    trainable=trainable,
                 )
             w = len(part) / k
             for n, v in res.local.items():

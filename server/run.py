@@ -16,7 +16,8 @@ from fedrec.config import FedConfig, nested_run_config
 from fedrec.federation import federated_model, load_federation
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
-from fedrec.privacy.prior import popularity_prior
+from fedrec.node import trained_items_config
+from fedrec.privacy.prior import popularity_prior, prior_head
 from fedrec.results import append_round, write_json, write_metrics
 from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
 from fedrec_app.server.strategy import FedRecStrategy
@@ -107,23 +108,30 @@ class RunLog:
         return None
 
 
-def _strategy(cfg: FedConfig, fed, model, shapes: dict):
+def _strategy(cfg: FedConfig, fed, model, shapes: dict, head: np.ndarray | None = None):
     """The composed server for ``cfg``: :class:`FedRecStrategy`, or with
     ``secure-aggregation`` the same pieces behind Flower's SecAgg+ workflow, or with
-    ``als`` the ALS server (:class:`fedrec_app.server.als.ALSStrategy`)."""
+    ``als`` the ALS server (:class:`fedrec_app.server.als.ALSStrategy`).  ``head``
+    (``train-head``): the items trained; every other row is frozen like a held-out
+    item's, and the mask goes to the nodes with every message."""
     if cfg.als:
         from fedrec_app.server.als import ALSStrategy
 
         return ALSStrategy(cfg, n_nodes=fed.n_nodes, n_users=fed.n_users, n_items=shapes["item_embedding"][0],
                            dim=shapes["item_embedding"][1], cold_items=fed.split.cold_items)
+    frozen = fed.split.cold_items if head is None else np.union1d(fed.split.cold_items, np.flatnonzero(~head))
     if not cfg.secure_aggregation:
-        return FedRecStrategy(cfg, shapes=shapes, n_nodes=fed.n_nodes, n_users=fed.n_users,
-                              item_tables=model.item_tables, cold_items=fed.split.cold_items)
-    from fedrec_app.server.secure import SecureAggregation, check_nodes
+        strategy = FedRecStrategy(cfg, shapes=shapes, n_nodes=fed.n_nodes, n_users=fed.n_users,
+                                  item_tables=model.item_tables, cold_items=frozen)
+    else:
+        from fedrec_app.server.secure import SecureAggregation, check_nodes
 
-    check_nodes(fed.n_nodes, cfg.users_per_node)
-    return SecureAggregation(cfg, shapes=shapes, n_nodes=fed.n_nodes, max_weight=max(len(c) for c in fed.cohorts),
-                             item_tables=model.item_tables, cold_items=fed.split.cold_items, stop=EarlyStop)
+        check_nodes(fed.n_nodes, cfg.users_per_node)
+        strategy = SecureAggregation(cfg, shapes=shapes, n_nodes=fed.n_nodes,
+                                     max_weight=max(len(c) for c in fed.cohorts), item_tables=model.item_tables,
+                                     cold_items=frozen, stop=EarlyStop)
+    strategy.record.message_config = trained_items_config(head)
+    return strategy
 
 
 def _run_secure(grid: Grid, context, cfg: FedConfig, strategy, params: dict, num_rounds: int) -> None:
@@ -156,7 +164,11 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     fed = load_federation(cfg)
     model = federated_model(cfg, fed)
     params = model.global_params()
-    strategy = _strategy(cfg, fed, model, {k: v.shape for k, v in params.items()})
+    head = None
+    if cfg.train_head > 0:  # DP-FEST: train only the items the prior's release ranks highest
+        head = prior_head(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed, fraction=cfg.train_head,
+                          exclude=fed.split.cold_items)
+    strategy = _strategy(cfg, fed, model, {k: v.shape for k, v in params.items()}, head)
     log = RunLog(cfg, strategy)
     if cfg.secure_aggregation:
         strategy.on_round = log
@@ -186,6 +198,9 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
                 shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
         write_json(log.out / "config.json", {"run_config": nested_run_config(cfg.to_run_config()), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
+    if head is not None and start == 0:  # the frozen rows start (and stay) at zero: the prior ranks them
+        for t in model.table_names():
+            params[t][~head] = 0.0
     if cfg.prior_noise > 0 and start == 0:
         params = model.with_item_prior(params, popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed))
     privacy = []

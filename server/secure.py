@@ -165,7 +165,8 @@ class SecureAggregation(LegacyStrategy):
     # --- helpers ---------------------------------------------------------
     def _config(self, server_round: int) -> dict:
         return {"server-round": server_round, **mechanism_config(self.cfg), "param-keys": ",".join(self.keys),
-                "secagg-clip": float(self.cfg.secagg_clip), "secagg-max-weight": float(self.max_weight)}
+                "secagg-clip": float(self.cfg.secagg_clip), "secagg-max-weight": float(self.max_weight),
+                **self.record.message_config}
 
     def _nodes(self, client_manager) -> dict[int, object]:
         client_manager.wait_for(self.n_nodes, timeout=int(self.cfg.round_timeout))

@@ -228,6 +228,7 @@ class RunRecord:
     evaluation: dict[int, dict] = field(default_factory=dict)
     rejected: list[tuple[int, int, str]] = field(default_factory=list)
     n_nodes: int = 0  # nodes connected (a deployment may start fewer than planned)
+    message_config: dict = field(default_factory=dict)  # sent with every message (train-head's trained items)
 
     def info(self, server_round: int) -> dict:
         return self.round_info.setdefault(server_round, {})
@@ -251,6 +252,7 @@ class NodeMessages(FedAvg):
                   kind: str) -> list[Message]:
         config["server-round"] = server_round
         config.update(mechanism_config(self.cfg))
+        config.update(self.record.message_config)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return list(self._construct_messages(record, node_ids, kind))
 

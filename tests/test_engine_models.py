@@ -38,22 +38,44 @@ class _OpacusView(nn.Module):
     """One user's model as Opacus sees it: the user's local vectors and every global
     parameter as direct parameters of one leaf module (per-sample gradients by functorch)."""
 
-    def __init__(self, model, local, params):
+    def __init__(self, model, local, params, trainable=None):
         super().__init__()
         self.model = [model]  # not a submodule
         self.local_names, self.global_names = list(local), list(params)
+        # frozen item rows (DP-FEST) are constants: only the trained rows are parameters
+        self.rows = {t: torch.as_tensor(np.flatnonzero(trainable)) for t in model.table_names()} if trainable is not None else {}
+        self.consts = {}  # a plain dict: Opacus refuses buffers in a module it trains
         for k, v in local.items():
             setattr(self, "local__" + k, nn.Parameter(v.clone()))
         for k, v in params.items():
-            setattr(self, "global__" + k.replace(".", "__"), nn.Parameter(v.clone()))
+            name = k.replace(".", "__")
+            if k in self.rows:
+                self.consts[k] = v.clone()
+                v = v[self.rows[k]]
+            setattr(self, "global__" + name, nn.Parameter(v.clone()))
 
     def get(self, k):
         return getattr(self, "global__" + k.replace(".", "__"))
 
+    def table(self, k):
+        """Parameter ``k`` as the model reads it (frozen rows filled in from the constants)."""
+        if k not in self.rows:
+            return self.get(k)
+        return self.consts[k].index_put((self.rows[k],), self.get(k))
+
+    def grad(self, k):
+        """The gradient of parameter ``k`` in its full shape (zero on frozen rows)."""
+        g = self.get(k).grad
+        if k not in self.rows:
+            return g
+        full = torch.zeros_like(self.consts[k])
+        full[self.rows[k]] = g
+        return full
+
     def forward(self, items):  # items (B, 1+m) -> per-sample loss (B,)
         m = self.model[0]
         local = {k: getattr(self, "local__" + k) for k in self.local_names}
-        params = {k: self.get(k) for k in self.global_names}
+        params = {k: self.table(k) for k in self.global_names}
         tables, dense = m.split_params(params)
 
         def one(it):
@@ -62,16 +84,17 @@ class _OpacusView(nn.Module):
         return torch.stack([one(it) for it in items])
 
 
-def _opacus_release(model, local, params, train, user, cfg, *, seed, server_round, noise):
+def _opacus_release(model, local, params, train, user, cfg, *, seed, server_round, noise, trainable=None):
     """Release and new local state of one user by Opacus's PrivacyEngine, with the
-    engine's samples and Poisson masks fed as the batches."""
+    engine's samples and Poisson masks fed as the batches (``trainable``: the item rows
+    that are parameters; the others are constants)."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
     owner, slot, items = cohort_samples(train, np.array([user]), cfg.negatives, seed=seed, server_round=server_round,
                                         exclude_positives=not cfg.dp)
     n = len(owner)
-    view = _OpacusView(model, {k: v[0] for k, v in local.items()}, params)
+    view = _OpacusView(model, {k: v[0] for k, v in local.items()}, params, trainable)
     local_p = [getattr(view, "local__" + k) for k in view.local_names]
     global_p = [view.get(k) for k in view.global_names]
     opt = torch.optim.SGD([{"params": local_p, "lr": cfg.user_lr}, {"params": global_p, "lr": 0.0}])
@@ -89,7 +112,7 @@ def _opacus_release(model, local, params, train, user, cfg, *, seed, server_roun
         opt.step()
         if step >= cfg.user_steps:
             for k in params:
-                release[k] -= view._module.get(k).grad / cfg.item_steps
+                release[k] -= view._module.grad(k) / cfg.item_steps
     return release, {k: getattr(view._module, "local__" + k).detach()[None] for k in local}
 
 
@@ -109,6 +132,36 @@ def test_engine_equals_opacus_privacy_engine(name):
     for k in params:
         np.testing.assert_allclose(ours.update[k].numpy(), ref[k].numpy(), atol=2e-6, err_msg=k)
         assert float(ref[k].abs().sum()) > 0 or k.endswith("tower.4.bias"), k  # the comparison is not vacuous
+    for k in local:
+        np.testing.assert_allclose(ours.local[k].numpy(), ref_local[k].numpy(), atol=2e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+def test_frozen_rows_equal_opacus_with_those_rows_constant(name):
+    """DP-FEST (``trainable``): the engine's release and local state equal Opacus's on a
+    model whose frozen item rows are constants, so each sample is clipped over the rows
+    it trains only; the release is zero on every frozen row."""
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    user = 4
+    trainable = np.zeros(N_ITEMS, dtype=bool)
+    trainable[::3] = True
+    trainable[0] = True
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
+    cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7,
+                      noise_multiplier=1e-12, max_grad_norm=0.05)
+    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True,
+                        trainable=torch.as_tensor(trainable))
+    unmasked = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True)
+    ref, ref_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0,
+                                     trainable=trainable)
+    for k in params:
+        np.testing.assert_allclose(ours.update[k].numpy(), ref[k].numpy(), atol=2e-6, err_msg=k)
+        if k in model.table_names():
+            assert float(ours.update[k][~trainable].abs().sum()) == 0, k
+            assert float(ours.update[k][trainable].abs().sum()) > 0, k
+            assert float(unmasked.update[k][~trainable].abs().sum()) > 0, k  # the user did touch frozen rows
     for k in local:
         np.testing.assert_allclose(ours.local[k].numpy(), ref_local[k].numpy(), atol=2e-6, err_msg=k)
 
@@ -151,15 +204,18 @@ def test_noise_scale_equals_opacus(name):
     LocalConfig(update_clip=0.05, negatives=2),
     LocalConfig(sample_rate=0.5, noise_multiplier=0.7, max_grad_norm=0.3, update_clip=0.05),
 ])
-def test_mf_fast_path_equals_generic_engine(cfg):
+@pytest.mark.parametrize("frozen", [False, True])
+def test_mf_fast_path_equals_generic_engine(cfg, frozen):
     """The hand-derived MF path and the generic engine: same release, local state and
-    loss, noise included (the same draws in the same order)."""
+    loss, noise included (the same draws in the same order), with and without frozen rows."""
     train = _train()
     model = _model("mf")
     params = _params(model)
     users = np.arange(N_USERS)
     local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
     kw = dict(seed=1, server_round=3)
+    if frozen:
+        kw["trainable"] = torch.as_tensor(np.arange(N_ITEMS) % 2 == 0)
     fast = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), **kw)
     slow = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), generic=True, **kw)
     for k in params:

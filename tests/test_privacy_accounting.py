@@ -132,3 +132,28 @@ def test_mechanism_objects_account_with_opacus_and_compose_the_prior():
                     user_noise_multiplier=0.9, user_sample_rate=0.5)
     assert [m.unit for m in mechanisms_of(cfg)] == ["interaction-level", "user-level"]
     assert mechanisms_of(cfg)[0] == il and mechanisms_of(FedConfig()) == []
+
+
+def test_train_head_is_chosen_by_the_prior_release_and_costs_no_epsilon():
+    """DP-FEST's items are post-processing of the prior's one release (same noise and
+    seed): the largest noisy scores, never a held-out item; the accountant's history is
+    the prior's and training's, nothing more; without a prior the config refuses."""
+    import scipy.sparse as sp
+
+    from fedrec.config import ConfigError
+    from fedrec.privacy.mechanisms import mechanisms_of
+    from fedrec.privacy.prior import noisy_popularity, prior_head
+
+    train = sp.csr_matrix((np.random.default_rng(0).random((30, 20)) < 0.3).astype(np.float32))
+    noisy = noisy_popularity(train, noise=2.0, seed=4)
+    head = prior_head(train, noise=2.0, seed=4, fraction=0.25)
+    assert head.sum() == 5 and set(np.flatnonzero(head)) == set(np.argsort(-noisy)[:5])
+    top = int(np.argmax(noisy))
+    assert not prior_head(train, noise=2.0, seed=4, fraction=0.25, exclude=np.array([top]))[top]
+    with_head = FedConfig(noise_multiplier=1.1, sample_rate=0.3, prior_noise=4.0, train_head=0.1)
+    without = FedConfig(noise_multiplier=1.1, sample_rate=0.3, prior_noise=4.0)
+    assert mechanisms_of(with_head) == mechanisms_of(without)
+    with pytest.raises(ConfigError, match="train-head.*prior-noise > 0"):
+        FedConfig(noise_multiplier=1.1, train_head=0.1)
+    with pytest.raises(ConfigError, match="train-head.*must be in"):
+        FedConfig(prior_noise=1.0, train_head=1.5)

@@ -106,3 +106,40 @@ def test_server_sends_the_mechanism_and_evaluation_can_be_off(tmp_path, monkeypa
     assert doc["test"] == {} and doc["validation"] == {} and summary["selected_round"] is None
     assert doc["privacy"]["not_covered"] == "nothing: evaluation was off"
     assert "valid" not in (out / "rounds.csv").read_text()
+
+
+def test_train_head_freezes_the_other_rows_through_flower(tmp_path, monkeypatch):
+    """DP-FEST with user-level DP: the server trains only the items the DP prior's release
+    ranks highest; every message carries that mask, and after the run every other item's
+    rows are exactly where they started (embedding zero, bias the prior's) although
+    Flower's DP wrapper noised every coordinate of the sum."""
+    from fedrec import node
+    from fedrec.federation import load_federation
+    from fedrec.privacy.prior import popularity_prior, prior_head
+
+    cls = strategy_mod.FedRecStrategy
+    masks = []
+    orig_ct = cls.configure_train
+
+    def configure_train(self, *a, **k):
+        msgs = list(orig_ct(self, *a, **k))
+        masks.extend(node.trained_items_of(dict(m.content["config"])) for m in msgs)
+        return msgs
+
+    monkeypatch.setattr(cls, "configure_train", configure_train)
+    out = tmp_path / "run"
+    cfg = FedConfig(data="synthetic:20x60:1", num_server_rounds=2, users_per_node=10, dim=4, eval_every=1,
+                    user_dp="client", user_noise_multiplier=1.0, user_clip=0.5, server_opt="sgd", server_lr=1.0,
+                    prior_noise=1.0, train_head=0.25, out=str(out))
+    simulate(cfg, num_cpus=2)
+    fed = load_federation(cfg)
+    head = prior_head(fed.split.train, noise=1.0, seed=cfg.seed, fraction=0.25)
+    assert head.sum() == 15
+    assert len(masks) == 4 and all(np.array_equal(m[:60], head) and not m[60:].any() for m in masks)
+    with np.load(out / "checkpoint" / "checkpoint.npz") as z:
+        emb, bias = z["param/item_embedding"], z["param/item_bias"]
+    assert not emb[~head].any() and np.abs(emb[head]).min() > 0
+    prior = popularity_prior(fed.split.train, noise=1.0, seed=cfg.seed)
+    np.testing.assert_allclose(bias[~head], prior[~head], rtol=0, atol=1e-6)
+    assert np.abs(bias[head] - prior[head]).max() > 1e-3  # trained (and noised)
+    assert json.loads((out / "metrics.json").read_text())["privacy"]["unit"] == "user-level"

@@ -62,7 +62,7 @@ from fedrec.rng import hash_ints, hash_uniform
 __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "negative_sets",
            "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
-           "clipped_user_mean"]
+           "clipped_user_mean", "frozen_rows_zeroed"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
@@ -275,6 +275,7 @@ def train_cohort(
     server_round: int,
     generator: torch.Generator | None = None,
     generic: bool = False,
+    trainable: torch.Tensor | None = None,
 ) -> CohortResult:
     """One round of local training for the users of a cohort (see the module doc).
 
@@ -297,14 +298,26 @@ def train_cohort(
         Source of the Gaussian noise.
     generic
         Use the generic engine even where a fast path is registered.
+    trainable
+        ``(n_items,)`` 0/1 mask of the items whose rows are trained (DP-FEST: the
+        server freezes the others).  A sample's gradient with respect to a frozen
+        row is dropped *before* it is clipped, so the clip is spent on trained rows
+        only, and the release never carries a frozen row.  ``None``: every row.
     """
     fast = None if generic else FAST_PATHS.get(type(model))
-    if fast is not None:
-        return fast(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator)
-    return _generic(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator)
+    run = _generic if fast is None else fast
+    return run(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator,
+               trainable=trainable)
 
 
-def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator) -> CohortResult:
+def _row_mask(trainable: torch.Tensor | None, it: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``g`` (gradients of the rows ``it`` reads, ``(n, 1+m, *row)``) with frozen rows zeroed."""
+    if trainable is None:
+        return g
+    return g * trainable[it].reshape(tuple(it.shape) + (1,) * (g.dim() - it.dim())).to(g.dtype)
+
+
+def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator, trainable=None) -> CohortResult:
     k = len(users)
     n_items = model.n_items
     owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
@@ -364,6 +377,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                 it = items[sl]  # each sample reads only its items' rows
                 (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[it] for t, v in tables.items()},
                                             dense, {t: v[it] for t, v in consts.items()})
+                gr = {t: _row_mask(trainable, it, g) for t, g in gr.items()}
                 if step == 0 and not cfg.dp:
                     first_loss = _add_loss(first_loss, lv, o, k)
                 if cfg.dp:
@@ -397,7 +411,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             grads = torch.autograd.grad((lv / denom[owner]).sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
             gl = dict(zip(lc, grads[: len(lc)]))
-            gr = dict(zip(rw, grads[len(lc) : len(lc) + len(rw)]))
+            gr = {t: _row_mask(trainable, items, g) for t, g in zip(rw, grads[len(lc) : len(lc) + len(rw)])}
             gd = dict(zip(dn, grads[len(lc) + len(rw) :]))
             for n, g in gl.items():  # already divided by denom: undo, the common path divides below
                 g_loc[n] += g * _bc(denom, g)
@@ -417,7 +431,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     if clip_users:
         update = clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params,
                                     noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None,
-                                    generator=generator)
+                                    generator=generator, trainable=trainable)
     else:
         update = {n: (-acc[n] / (cfg.item_steps * k)).to(dtype) for n in params}
         if cfg.dp:
@@ -425,9 +439,15 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             var = (sigma_c**2 / (cfg.item_steps * denom.double() ** 2)).sum() / k**2
             std = float(math.sqrt(float(var)))
             for n in params:
-                update[n] = update[n] - std * torch.randn(update[n].shape, generator=generator, dtype=dtype)
+                noise = torch.randn(update[n].shape, generator=generator, dtype=dtype)
+                update[n] = update[n] - std * frozen_rows_zeroed(noise, trainable if n in tables else None)
     loss = float((first_loss / n_u).mean()) if first_loss is not None else math.nan
     return CohortResult(local=loc, update=update, loss=loss, n_users=k, samples=(owner_np, items_np, n_items))
+
+
+def frozen_rows_zeroed(x: torch.Tensor, trainable: torch.Tensor | None) -> torch.Tensor:
+    """``x`` (an item table's shape) with the rows of frozen items zeroed (``None``: as is)."""
+    return x if trainable is None else x * _bc(trainable, x)
 
 
 def _bc(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -467,7 +487,7 @@ def row_bound_factors(owner: torch.Tensor, rows: dict[str, torch.Tensor], *, row
     return f
 
 
-def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std, generator, chunk=32):
+def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std, generator, chunk=32, trainable=None):
     """Mean over users of each user's release (``-gradient``), its item rows bounded
     (``cfg.row_norm``, ``cfg.max_rows``, :func:`row_bound_factors`) and the whole
     clipped to ``cfg.update_clip`` (each if > 0): the per-user stage of user-level DP
@@ -478,7 +498,8 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
     ``r_den[d]`` the per-user dense gradients.  Without interaction-level noise a
     user's norm only involves what it touched.  With it (``noise_std``: per-user
     std), every user's release is dense: built, noised and clipped in chunks of
-    users, so the clip bounds exactly what the user contributes (noise included).
+    users, so the clip bounds exactly what the user contributes (noise included);
+    ``trainable`` (frozen item rows, DP-FEST): no noise on a frozen row.
     """
     steps = cfg.item_steps
     r_tab = {t: g.double() for t, g in r_tab.items()}
@@ -515,8 +536,10 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
                     dense_u[o, it] = r_tab[n][sel] / steps
                 else:
                     dense_u += r_den[n][lo:hi] / steps
-                parts[n] = dense_u + _bc(std, dense_u) * torch.randn(dense_u.shape, generator=generator,
-                                                                      dtype=v.dtype).double()
+                noise = torch.randn(dense_u.shape, generator=generator, dtype=v.dtype).double()
+                if trainable is not None and n in r_tab:
+                    noise = noise * trainable.reshape((1, -1) + (1,) * (noise.dim() - 2)).double()
+                parts[n] = dense_u + _bc(std, dense_u) * noise
             norm = sum(_sq(p) for p in parts.values()).sqrt()
             factor = torch.clamp(cfg.update_clip / (norm + 1e-12), max=1.0)
             for n, p in parts.items():

@@ -26,6 +26,7 @@ import torch
 from fedrec.engine.cohort import (
     CohortResult,
     clipped_user_mean,
+    frozen_rows_zeroed,
     cohort_samples,
     register_fast_path,
     sample_mask,
@@ -36,7 +37,8 @@ __all__ = ["train_mf_cohort", "mf_round"]
 
 
 @register_fast_path(FedMF)
-def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_round, generator=None) -> CohortResult:
+def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_round, generator=None,
+                    trainable=None) -> CohortResult:
     k = len(users)
     item_emb, item_bias = params["item_embedding"], params["item_bias"]
     n_items = item_emb.shape[0]
@@ -84,8 +86,13 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         coef = -torch.sigmoid(-x) / m
         csum = coef.sum(1)
         gp_s = (coef[:, :, None] * dq_s).sum(1)  # per-sample gradient of p
+        # row gradients: the positive's (q, b) is csum * (p, 1), negative j's -coef_j * (p, 1); a
+        # frozen row's (trainable 0) is dropped before clipping
+        m_pos = torch.ones_like(csum) if trainable is None else trainable[pos_s].to(csum.dtype)
+        m_neg = torch.ones_like(coef) if trainable is None else trainable[neg_s].to(coef.dtype)
         if cfg.dp:
-            sq = (gp_s.double() ** 2).sum(1) + ((ps.double() ** 2).sum(1) + 1.0) * (csum.double() ** 2 + (coef.double() ** 2).sum(1))
+            sq = (gp_s.double() ** 2).sum(1) + ((ps.double() ** 2).sum(1) + 1.0) * (
+                (csum.double() * m_pos) ** 2 + ((coef.double() * m_neg) ** 2).sum(1))
             w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0).to(item_emb.dtype)
         else:
             w = torch.ones_like(csum)
@@ -95,8 +102,8 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         gp = gp / denom[:, None]
         if step >= cfg.user_steps:
             c = w / denom[o]
-            ci = (c * csum)  # d/db_i weight; d/dq_i = ci * p
-            cn = -(c[:, None] * coef)  # (n, m)
+            ci = (c * csum * m_pos)  # d/db_i weight; d/dq_i = ci * p
+            cn = -(c[:, None] * coef * m_neg)  # (n, m)
             if clip_users:
                 r_item.index_add_(0, inv_s[:, 0], ci[:, None] * ps)
                 r_item.index_add_(0, inv_s[:, 1:].reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
@@ -111,7 +118,8 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     if clip_users:
         update = clipped_user_mean(
             {"item_embedding": r_item, "item_bias": r_bias}, {}, uniq, k, n_items, cfg, params,
-            noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None, generator=generator)
+            noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None, generator=generator,
+            trainable=trainable)
     else:
         dtype = item_emb.dtype
         update = {"item_embedding": (-g_item / (cfg.item_steps * k)).to(dtype),
@@ -120,7 +128,8 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             var = (sigma_c**2 / (cfg.item_steps * denom.double() ** 2)).sum() / k**2
             std = float(math.sqrt(float(var)))
             for n in ("item_embedding", "item_bias"):
-                update[n] = update[n] - std * torch.randn(update[n].shape, generator=generator, dtype=dtype)
+                noise = torch.randn(update[n].shape, generator=generator, dtype=dtype)
+                update[n] = update[n] - std * frozen_rows_zeroed(noise, trainable)
     return CohortResult(local={"user": p}, update=update, loss=first_loss, n_users=k,
                         samples=(owner_np, items_np, n_items))
 

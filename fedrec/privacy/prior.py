@@ -14,6 +14,12 @@ In a deployment each client would send ``x_u`` (e.g. through secure
 aggregation) and the server would add the noise; the simulation computes the
 same sum from the training data directly.  The item biases start from the log
 of the noisy scores, so the personal model starts from (private) popularity.
+
+The same release also picks the items a DP-FEST run trains (:func:`prior_head`,
+config ``train-head``; Ghazi et al., NeurIPS 2023: noise only on rows selected
+privately as frequent): post-processing of a release already composed, so the
+selection costs no epsilon.  The other items' rows stay frozen at zero and the
+prior alone ranks them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity"]
+__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity", "prior_head"]
 
 
 def prior_mechanism(noise: float) -> tuple[tuple[float, float, int], ...]:
@@ -57,3 +63,13 @@ def popularity_prior(train: sp.csr_matrix, *, noise: float, seed: int) -> np.nda
     noisy = noisy_popularity(train, noise=noise, seed=seed)
     bias = np.log1p(np.maximum(noisy, 0.0))
     return (bias - bias.mean()).astype(np.float32)
+
+
+def prior_head(train: sp.csr_matrix, *, noise: float, seed: int, fraction: float,
+               exclude: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the ``ceil(fraction * n_items)`` items with the largest scores in the
+    prior's release (:func:`noisy_popularity`, same ``noise`` and ``seed``: the same
+    release), never an item of ``exclude`` (held-out items)."""
+    from fedrec.als import head_items
+
+    return head_items(noisy_popularity(train, noise=noise, seed=seed), fraction, exclude=exclude)
