@@ -337,10 +337,14 @@ def test_als_noise_calibrated_for_either_unit():
     assert inter.als_noise_multiplier > user.als_noise_multiplier  # an interaction costs more than a user's share
 
 
-def test_the_als_server_sums_good_replies_and_rejects_malformed_ones():
+def test_the_als_server_sums_good_replies_and_rejects_malformed_ones(monkeypatch):
     from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
 
     from fedrec_app.server.als import ALSStrategy
+
+    for attr in ("_task_id", "_run_id", "_node_id"):  # the identity a server process would have (Message needs it)
+        monkeypatch.setattr(TaskIdentity, attr, 1)
 
     def reply(node, arrays, n=3):
         out = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
@@ -376,3 +380,22 @@ def test_one_run_audit_of_private_als_within_claim_and_negative_control_caught()
     assert real["eps_claimed"] == broken["eps_claimed"] == pytest.approx(2.03, abs=0.01)
     assert real["eps_lower"] <= real["eps_claimed"]
     assert broken["correct"] == broken["guesses"] and broken["eps_lower"] > broken["eps_claimed"]
+
+
+def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
+    from dataclasses import fields
+
+    from fedrec_app.simulations.frontier import FEST_HEAD, frontier_cells
+
+    cells = frontier_cells("synthetic:40x30:1", mechanisms=("dp-fest",), epsilons=(8.0, 2.0))
+    by = {c.name: c for c in cells}
+    assert sorted(by) == ["dp-fest-eps2", "dp-fest-eps8", "dp-fest-ieps2", "dp-fest-ieps8",
+                          "dp-fest-non-private-interaction-level", "dp-fest-non-private-user-level"]
+    for unit, priv, keys in (("interaction-level", "dp-fest-ieps8", {"target_epsilon", "prior_noise"}),
+                             ("user-level", "dp-fest-eps8", {"user_target_epsilon", "user_dp", "prior_noise"})):
+        twin, p = by[f"dp-fest-non-private-{unit}"], by[priv]
+        assert twin.labels["preset"] == p.labels["preset"] == unit and p.labels["unit"] == unit
+        assert twin.cfg.train_head == p.cfg.train_head == FEST_HEAD[unit] > 0
+        differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(p.cfg, f.name)}
+        assert differ <= keys, (unit, differ)
+        assert not (twin.cfg.dp or twin.cfg.user_level)
