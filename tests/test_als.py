@@ -385,7 +385,7 @@ def test_one_run_audit_of_private_als_within_claim_and_negative_control_caught()
 def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
     from dataclasses import fields
 
-    from fedrec_app.simulations.frontier import FEST_HEAD, frontier_cells
+    from fedrec_app.simulations.frontier import FEST_PRESET, frontier_cells
 
     cells = frontier_cells("synthetic:40x30:1", mechanisms=("dp-fest",), epsilons=(8.0, 2.0))
     by = {c.name: c for c in cells}
@@ -395,7 +395,7 @@ def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
                              ("user-level", "dp-fest-eps8", {"user_target_epsilon", "user_dp", "prior_noise"})):
         twin, p = by[f"dp-fest-non-private-{unit}"], by[priv]
         assert twin.labels["preset"] == p.labels["preset"] == unit and p.labels["unit"] == unit
-        assert twin.cfg.train_head == p.cfg.train_head == FEST_HEAD[unit] > 0
+        assert twin.cfg.train_head == p.cfg.train_head == FEST_PRESET[unit]["train_head"] > 0
         differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(p.cfg, f.name)}
         assert differ <= keys, (unit, differ)
         assert not (twin.cfg.dp or twin.cfg.user_level)
