@@ -185,6 +185,9 @@ class FedConfig:
                                "full-ranking top-K) is reported; attack studies")
     # outputs
     out: str = _opt("", "outputs", "run directory (config.json, rounds.csv, metrics.json, checkpoint/)")
+    mlflow: str = _opt("", "outputs", "MLflow tracking URI (e.g. sqlite:///runs/mlflow.db, a local file): the "
+                       "finished run is logged there (config, per-round metrics, privacy, artefacts; needs mlflow)")
+    mlflow_experiment: str = _opt("fedrec", "outputs", "MLflow experiment of the run (with --mlflow)")
 
     def __post_init__(self):
         def bad(key, why):
@@ -250,6 +253,8 @@ class FedConfig:
                 bad("model", "interaction-level DP is not available for sequential models: one interaction enters "
                     "up to seq-len + 1 samples (as a target and as the input of later positions); use user-level "
                     "DP (user-dp='client')")
+        if self.mlflow and not self.out:
+            bad("mlflow", "MLflow logs the run directory: give --out too")
         if not 0 <= self.train_head <= 1:
             bad("train_head", "must be in [0, 1] (0: every item trained)")
         if self.train_head > 0 and self.prior_noise <= 0:

@@ -77,17 +77,33 @@ def read_metrics(out_dir: str | Path) -> dict:
 
 
 def append_round(out_dir: str | Path, row: dict, *, name: str = "rounds") -> None:
-    """Append one row to ``rounds.csv`` (header written on first use) and ``rounds.jsonl``."""
+    """Append one row to ``rounds.csv`` and ``rounds.jsonl``.
+
+    The CSV's header is the union of every row's keys in order of first use: a row
+    with new columns (the first evaluation round's metrics) rewrites the file with
+    the wider header, earlier rows left empty there, so every row lines up with it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     row = _clean(row)
     path = out_dir / f"{name}.csv"
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
-        if new:
+    header: list[str] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+    if not header or any(k not in header for k in row):
+        rows = []
+        if header:
+            with path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        header = header + [k for k in row if k not in header]
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header, restval="")
             w.writeheader()
-        w.writerow(row)
+            w.writerows(rows)
+        tmp.replace(path)
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=header, restval="").writerow(row)
     with (out_dir / f"{name}.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
 

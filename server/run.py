@@ -344,4 +344,9 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
                                               "rejected_replies": out["rejected"], "failed_replies": out["failed"],
                                               "declined_user_rounds": out["declined"], "test_slices": slices,
                                               "stopped_early": log.stopped_early})
+        if cfg.mlflow:  # the finished run, logged where the researcher tracks experiments
+            from fedrec.tracking import log_run
+
+            out["mlflow_run_id"] = log_run(cfg.out, tracking_uri=cfg.mlflow, experiment=cfg.mlflow_experiment)
+            _say(f"logged to MLflow {cfg.mlflow} (experiment {cfg.mlflow_experiment!r}, run {out['mlflow_run_id']})")
     return out

@@ -277,6 +277,26 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--verbose", action="store_true", help="Flower's own logs")
 
 
+def cmd_track(args) -> int:
+    from pathlib import Path
+
+    from fedrec.tracking import log_run
+
+    dirs = []
+    for d in map(Path, args.runs):
+        if (d / "metrics.json").is_file():
+            dirs.append(d)
+        elif (d / "runs").is_dir():  # a sweep: every finished run in it
+            dirs += sorted(r for r in (d / "runs").iterdir() if (r / "metrics.json").is_file())
+        else:
+            raise ValueError(f"{d}: neither a finished run (metrics.json) nor a sweep directory (runs/)")
+    for d in dirs:
+        rid = log_run(d, tracking_uri=args.mlflow, experiment=args.experiment)
+        print(f"{d} -> MLflow run {rid}")
+    print(f"logged {len(dirs)} run(s) to {args.mlflow}, experiment {args.experiment!r}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedrec",
@@ -359,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-private", action="store_true", help="'models' and 'sequential': the non-private cells only")
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "
-                        "(default: these three), sasrec-dp-fedavg (user-level, the sequential SASRec)")
+                        "(default: these three), dp-fest (both units: DP-SGD/DP-FedAvg on the items the DP prior "
+                        "ranks highest), sasrec-dp-fedavg (user-level, the sequential SASRec)")
     p.add_argument("--epsilons", nargs="+", type=float, default=None,
                    help="'frontier' only: target epsilons (default: 1 2 4 8)")
     p.add_argument("--users", nargs="+", type=int, default=None,
@@ -388,6 +409,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base URL of a mirror that serves the publisher's file names (default: the publisher)")
     p.add_argument("--force", action="store_true", help="fetch again even if the dataset is cached")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("track", help="log finished runs to MLflow (config, per-round metrics, privacy, artefacts)",
+                       description="Log run directories (or every run of a sweep directory) to an MLflow tracking "
+                                   "store: the config as parameters, every round's metrics at step = round (@ "
+                                   "written _at_), the selected round's metrics and the privacy spent, the reports "
+                                   "and plots as artefacts. Never the nodes' state. Needs mlflow "
+                                   "(pip install mlflow-skinny).")
+    p.add_argument("runs", nargs="+", help="run directories, or sweep directories (their runs/*)")
+    p.add_argument("--mlflow", required=True,
+                   help="MLflow tracking URI, e.g. sqlite:///runs/mlflow.db (a local file, no server needed)")
+    p.add_argument("--experiment", default="fedrec", help="MLflow experiment (default fedrec; created if missing)")
+    p.set_defaults(func=cmd_track)
 
     p = sub.add_parser("run-default", help="the main job: the default study (fedrec sweep default) on bundled ml-latest-small")
     p.add_argument("--out", default="runs/default", help="study directory (default runs/default)")
