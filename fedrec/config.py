@@ -179,6 +179,8 @@ class FedConfig:
                          "is then the most rounds (0: run every round)")
     ties: str = _opt("pessimistic", "evaluation", "tie rule of full ranking; ties never favour the model",
                      choices=("pessimistic", "random"))
+    rank_consumed: bool = _opt(False, "evaluation", "rank the user's consumed items too (not masked), for domains "
+                               "where repeat consumption is legitimate; by default only unseen items compete")
     select_metric: str = _opt("ndcg@10", "evaluation", "validation metric that picks the round")
     exposure_items: str = _opt("", "evaluation", "comma-separated item indices whose exposure (ER@5, ER@10: the "
                                "share of users, among those who have not seen the item, with it in their "

@@ -366,9 +366,10 @@ def evaluate_round(
             out[f"{stage}/{k}"] = float(v)
 
     put("valid", evaluate(score_valid, fed.split, stage="valid", users=state.users, ties=cfg.ties,
-                          sampled_negatives=99, seed=cfg.seed))
+                          sampled_negatives=99, seed=cfg.seed, mask_consumed=not cfg.rank_consumed))
     r = evaluate(score_test, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
-                 seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"])
+                 seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"],
+                 mask_consumed=not cfg.rank_consumed)
     put("test", r)
     out["test-topk"] = [int(x) for x in r.topk_item_counts]
     if cfg.exposure_targets:  # every user of the node, history (train + valid) masked
@@ -388,7 +389,7 @@ def evaluate_round(
             # full ranking only: sampling 99 negatives outside a user's positives is slow where the
             # cold-among-cold view masks every warm item as a positive (15 s of a round on ml-latest-small)
             put(f"test@{name}", evaluate(score_test, split, stage="test", users=state.users, ties=cfg.ties, seed=cfg.seed,
-                                         sampled_negatives=0))
+                                         sampled_negatives=0, mask_consumed=not cfg.rank_consumed))
     return out
 
 

@@ -30,6 +30,9 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="tie rule of full ranking; ties never favour the model (default: pessimistic)")
     g.add_argument("--sampled-negatives", type=int, default=99,
                    help="negatives of the sampled metrics reported beside full ranking (0: off; default 99)")
+    g.add_argument("--rank-consumed", action="store_true",
+                   help="rank the user's consumed items too (not masked), where repeat consumption is legitimate; "
+                        "by default only unseen items compete with the target")
 
 
 def load_from_args(args):
@@ -74,7 +77,7 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
     from fedrec.results import write_json, write_metrics
 
     _log(f"data {ds.summary()} split {split.summary()}")
-    ev = dict(ties=args.ties, sampled_negatives=args.sampled_negatives, seed=args.seed,
+    ev = dict(ties=args.ties, sampled_negatives=args.sampled_negatives, seed=args.seed, mask_consumed=not args.rank_consumed,
               item_popularity=np.asarray(split.train.sum(0)).ravel(), item_features=ds.item_genres)
     if args.model == "mostpop":
         res = baselines.fit_most_popular(split, **ev)

@@ -103,6 +103,19 @@ def test_test_stage_masks_train_and_valid():
     assert res.metrics["auc"] == pytest.approx(2 / 3)
 
 
+def test_rank_consumed_lets_earlier_items_compete():
+    """mask_consumed=False: nothing is masked, so consumed items scored above the target
+    count against it (hand-computed ranks)."""
+    res = evaluate(Recorder(), SPLIT, stage="test", ks=(1, 2), sampled_negatives=0, mask_consumed=False)
+    # User 0: items 0, 1 (9, 9) now beat the target 3 (8): rank 2.
+    # User 1: the valid item 3 (8) and train item 2 (9) beat the target 4 (6): rank 2.
+    # User 2: item 0 (10) joins 1, 2, 3, 4 above the target 5 (0): rank 5.
+    assert res.per_user["mrr"] == pytest.approx([1 / 3, 1 / 3, 1 / 6])
+    assert res.per_user["hr@2"].tolist() == [0.0, 0.0, 0.0]
+    masked = evaluate(Recorder(), SPLIT, stage="test", ks=(1, 2), sampled_negatives=0)
+    assert masked.per_user["mrr"] == pytest.approx([1.0, 1.0, 0.2])
+
+
 def test_test_item_never_masked_even_if_scored_highest():
     # A model that puts the test item first gets rank 0 at the test stage.
     s = np.zeros((3, 6))

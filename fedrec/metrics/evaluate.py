@@ -171,6 +171,7 @@ def evaluate(
     item_popularity: np.ndarray | None = None,
     user_groups: Mapping[str, np.ndarray] | None = None,
     beyond_k: int = 10,
+    mask_consumed: bool = True,
 ) -> EvalResult:
     """Evaluate a scoring function on the validation or test stage of a split.
 
@@ -207,6 +208,11 @@ def evaluate(
         ``{"activity": activity_groups(split.train), "gender": ...}``.
     beyond_k : int
         Length ``K`` of the top-K lists for the beyond-accuracy metrics.
+    mask_consumed : bool
+        ``True`` (the protocol's default): the user's earlier items (train;
+        and valid at the test stage) are masked, so only unseen items compete
+        with the target.  ``False``: every item is ranked, consumed ones too
+        (domains where repeat consumption is legitimate); say so when reporting.
 
     Returns
     -------
@@ -220,6 +226,8 @@ def evaluate(
     ks = tuple(int(k) for k in ks)
     n_items = split.n_items
     targets, exclude = stage_matrices(split, stage)
+    if not mask_consumed:
+        exclude = sp.csr_matrix(exclude.shape, dtype=exclude.dtype)
     positives = sp.csr_matrix(split.train + split.valid + split.test) if sampled_negatives else None
     eval_users = users_to_evaluate(split, stage, users)
     if item_features is not None and len(item_features) != n_items:
