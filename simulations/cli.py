@@ -223,8 +223,15 @@ def cmd_sweep(args) -> int:
     if args.name == "attacks":
         from fedrec_app.simulations.attacks import run_attacks
 
+        from fedrec_app.simulations.attacks import ATTACKS, _defences
+
+        for name, given, known in (("--attacks", args.attacks, ATTACKS), ("--defences", args.defences, _defences())):
+            bad = [x for x in (given or ()) if x not in known]
+            if bad:
+                raise ValueError(f"{name} {' '.join(bad)}: choose from {', '.join(known)}")
         report = run_attacks(Path(args.out), data=args.data, seeds=args.seeds or 1, rounds=args.rounds or 30,
-                             fractions=tuple(args.fractions or (0.01, 0.05)),
+                             fractions=tuple(args.fractions or (0.01, 0.05)), attacks=tuple(args.attacks or ATTACKS),
+                             defences=tuple(args.defences or ("none", "row-bounds", "user-dp")),
                              command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
@@ -379,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the sequential sasrec and gru4rec; path.py:Class works too)")
     p.add_argument("--fractions", nargs="+", type=float, default=None,
                    help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
+    p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks (default: boost fedrecattack)")
+    p.add_argument("--defences", nargs="+", default=None,
+                   help="'attacks' only: which defences (default: none row-bounds user-dp; also row-bounds+user-dp)")
     p.add_argument("--no-private", action="store_true", help="'models' and 'sequential': the non-private cells only")
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "

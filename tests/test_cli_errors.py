@@ -147,3 +147,13 @@ def test_secure_aggregation_on_one_node_is_one_line(capsys, tmp_path):
     line = _error(capsys, ["simulate", "--data", DATA, "--secure-aggregation", "--user-dp", "client",
                            "--user-noise-multiplier", "1", "--out", str(tmp_path / "s")])
     assert "--secure-aggregation" in line and "user-level DP" in line
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--attacks", "nope"], "--attacks nope: choose from boost, fedrecattack"),
+    (["--defences", "none", "nope"], "--defences nope: choose from none, row-bounds"),
+])
+def test_attack_sweep_names_an_unknown_attack_or_defence(capsys, tmp_path, argv, words):
+    line = _error(capsys, ["sweep", "attacks", "--data", DATA, "--out", str(tmp_path / "a")] + argv)
+    assert line.startswith(f"fedrec: error: {words}"), line
+    assert not (tmp_path / "a").exists()  # nothing started
