@@ -244,7 +244,8 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
 
     cells = frontier_cells("synthetic:40x30:1", epsilons=(8.0, 1.0), populations=(0, 20))
     by = {c.name: c for c in cells}
-    assert len(cells) == 2 * (3 * 3 + 1 + 2)  # populations x (mechanisms x (twin + 2 epsilons), ALS: 2nd twin, 2nd unit)
+    # populations x (mechanisms x (twin + 2 epsilons), ALS: twins of its low and interaction presets, 2nd unit)
+    assert len(cells) == 2 * (3 * 3 + 2 + 2)
     for mech, noise_keys in (("private-als", ("als_target_epsilon",)),
                              ("dp-sgd", ("target_epsilon", "prior_noise")),
                              ("dp-fedavg", ("user_target_epsilon", "user_dp", "prior_noise"))):
@@ -260,7 +261,10 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
         assert not (twin.cfg.dp or twin.cfg.user_level or twin.cfg.als_private)
     inter = by["private-als-ieps8-u20"]
     assert inter.cfg.als_unit == "interaction-level" and inter.labels["unit"] == "interaction-level"
-    assert inter.labels["preset"] == "low"  # an interaction-level 8 is about the noise of a user-level 4
+    i_twin = by["private-als-non-private-interaction-u20"]
+    assert inter.labels["preset"] == i_twin.labels["preset"] == "interaction"
+    assert {f.name for f in fields(FedConfig)
+            if getattr(inter.cfg, f.name) != getattr(i_twin.cfg, f.name)} == {"als_target_epsilon", "als_unit"}
     assert by["private-als-eps1"].cfg.resolved().als_noise_multiplier > by["private-als-eps8"].cfg.resolved().als_noise_multiplier
 
 
