@@ -14,11 +14,16 @@ add interactions, recommend top-k (unseen items), fold in from a few
 interactions against the latest global item parameters, report the privacy
 spent.  It works from a saved global checkpoint without any server.
 
-Two embeddings, on purpose: ``train_emb`` is the one that takes part in
-federated training (moved only by the DP mechanism, so everything the device
-releases is covered by its accountant); ``rank_emb`` is refit on *all* of the
-user's interactions for on-device ranking only.  Nothing the device releases
-depends on ``rank_emb``, so it needs no noise.
+The device holds any federated model (``model``: ``mf``, ``gmf``, ``mlp``,
+``neumf``, the sequential ``sasrec`` and ``gru4rec``, or ``path.py:Class``); it
+reads the model's declarations, never names its tensors.  Two copies of the
+local state, on purpose: ``train_local`` takes part in federated training (moved
+only by the DP mechanism, so everything the device releases is covered by its
+accountant); ``rank_local`` is refit on *all* of the user's interactions for
+on-device ranking only.  Nothing the device releases depends on ``rank_local``,
+so it needs no noise.  (MF's ``train_emb``/``rank_emb`` are their ``user``
+vectors.)  A sequential model has no local vectors: the device's state is its
+ordered history, which it ranks from directly (zero-training cold start).
 """
 
 from __future__ import annotations
@@ -127,47 +132,78 @@ def load_global_params(path: str | Path) -> dict[str, np.ndarray]:
             if "param/feature_embedding" in z.files:
                 raise ValueError(f"{p} holds a feature-aware model's raw parameters; use the run's best_params.npz "
                                  "(the item table as nodes receive it)")
-            if "param/item_embedding" in z.files:
-                return {"item_embedding": z["param/item_embedding"], "item_bias": z["param/item_bias"]}
-            return {"item_embedding": z["item_embedding"], "item_bias": z["item_bias"]}
+            if any(k.startswith("param/") for k in z.files):  # a checkpoint: its param/<name> entries
+                params = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("param/")}
+            else:  # best_params.npz: the parameters and the round they are from
+                params = {k: z[k] for k in z.files if k != "round"}
     except FileNotFoundError:
         raise FileNotFoundError(f"no global parameters at {p}") from None
-    except KeyError as e:
-        raise ValueError(f"{p} holds no item_embedding/item_bias: {e}") from e
+    if not params:
+        raise ValueError(f"{p} holds no global parameters")
+    return params
 
 
 def fold_in(
     items: np.ndarray,
-    item_emb: np.ndarray,
-    item_bias: np.ndarray,
+    params: dict[str, np.ndarray],
     *,
-    init: np.ndarray | None = None,
+    model=None,
+    init: dict[str, np.ndarray] | None = None,
     steps: int = 100,
     lr: float = 0.5,
     l2: float = 0.01,
     negatives: int = 4,
     seed: int = 0,
-) -> np.ndarray:
-    """A user embedding fit to ``items`` against frozen item parameters (BPR, full-batch
-    SGD over sampled negatives).  With no items, the zero vector (scores = item
-    biases: a non-personal ranking)."""
-    from fedrec.engine import LocalConfig, mf_round
+) -> dict[str, np.ndarray]:
+    """Local state fit to ``items`` against frozen global parameters: ``steps`` local
+    steps of the cohort engine (the model's loss over sampled negatives, full batch, no
+    noise: the result is never released).  With no items, zeros (the global parameters
+    alone rank: for MF, the item biases).  ``model``: default MF of the parameters'
+    shape."""
+    from fedrec.engine import LocalConfig, train_cohort
 
-    d = item_emb.shape[1]
+    model = model if model is not None else _device_model("mf", params, {"dim": params["item_embedding"].shape[1]})
     items = np.unique(np.asarray(items, dtype=np.int64))
     if len(items) == 0:
-        return np.zeros(d, dtype=np.float32)
-    n_items = item_emb.shape[0]
+        return {k: np.zeros(shape, dtype=np.float32) for k, shape in model.local_shapes.items()}
+    n_items = model.n_items
     # the user's items as row 0 of a training matrix; one engine step per iteration,
     # with fresh negatives each (keyed by the iteration)
     train = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items), np.int64), items)), shape=(1, n_items))
     cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=negatives, user_l2=l2)
-    q = torch.as_tensor(item_emb, dtype=torch.float32)
-    b = torch.as_tensor(item_bias, dtype=torch.float32)
-    p = torch.as_tensor(init if init is not None else np.zeros(d), dtype=torch.float32).reshape(1, d).clone()
+    tp = {k: torch.as_tensor(np.asarray(params[k]), dtype=torch.float32) for k in model.global_shapes()}
+    local = {k: torch.as_tensor(np.asarray(init[k]) if init is not None else np.zeros(shape), dtype=torch.float32)
+             .reshape((1,) + tuple(shape)).clone() for k, shape in model.local_shapes.items()}
     for t in range(steps):
-        p, _, _, _ = mf_round(p, q, b, train, np.array([0]), cfg, seed=seed, server_round=t)
-    return p[0].numpy().astype(np.float32)
+        local = train_cohort(model, local, tp, train, np.array([0]), cfg, seed=seed, server_round=t).local
+    return {k: v[0].numpy().astype(np.float32) for k, v in local.items()}
+
+
+_DEVICE_MODELS: dict[tuple, object] = {}
+
+
+def _device_model(spec: str, params: dict[str, np.ndarray] | None, args: dict):
+    """The model ``spec`` as the run built it (``args``: dim, init_std, seed, seq_len), for
+    the item count of ``params`` (``None``: one item, for its declarations only)."""
+    from fedrec.models import build_federated_model, wants_item_features
+
+    if wants_item_features(spec):
+        raise ValueError(f"model {spec!r} ranks items through their features, which the device API does not "
+                         "load yet: use a model without item features on the device")
+    kw = dict(dim=int(args.get("dim", 64)), init_std=float(args.get("init_std", 0.1)), seed=int(args.get("seed", 0)),
+              max_len=int(args.get("seq_len", 50)))
+    n = 1
+    if params is not None:
+        tables = _device_model(spec, None, args).table_names()
+        if not tables or tables[0] not in params:
+            raise ValueError(f"the global parameters {sorted(params)} are not model {spec!r}'s (no {tables[:1]})")
+        n = int(params[tables[0]].shape[0])
+    key = (spec, n, tuple(sorted(kw.items())))
+    if key not in _DEVICE_MODELS:
+        if len(_DEVICE_MODELS) >= 8:
+            _DEVICE_MODELS.clear()
+        _DEVICE_MODELS[key] = build_federated_model(spec, n, **kw)
+    return _DEVICE_MODELS[key]
 
 
 @dataclass
@@ -182,23 +218,47 @@ class DeviceRecommender:
 
     path: Path
     user: int
-    train_emb: np.ndarray  # (d,) moved only through the DP mechanism; what training uses
-    rank_emb: np.ndarray  # (d,) refit on all local data; used for ranking only, never released
+    train_local: dict[str, np.ndarray]  # the model's local state as training moves it (only through the mechanism)
+    rank_local: dict[str, np.ndarray]  # refit on all local data; used for ranking only, never released
     items: np.ndarray  # (n,) item ids the user interacted with, in order
     times: np.ndarray  # (n,) their timestamps
     dp_steps: int = 0
     rounds: int = 0
     privacy: dict = field(default_factory=dict)  # the mechanism its DP steps were taken under (run-config keys)
+    model: str = "mf"  # the federation's model (``--model``)
+    model_args: dict = field(default_factory=dict)  # what the run built it with: dim, init_std, seed, seq_len
+
+    # --- MF's user vector under its earlier names ----------------------------
+    @property
+    def train_emb(self) -> np.ndarray:
+        return self.train_local["user"]
+
+    @train_emb.setter
+    def train_emb(self, v) -> None:
+        self.train_local["user"] = np.asarray(v, dtype=np.float32)
+
+    @property
+    def rank_emb(self) -> np.ndarray:
+        return self.rank_local["user"]
+
+    @rank_emb.setter
+    def rank_emb(self, v) -> None:
+        self.rank_local["user"] = np.asarray(v, dtype=np.float32)
 
     # --- lifecycle --------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, *, user: int = 0, dim: int = 64, seed: int = 0,
-               init_std: float = 0.1) -> "DeviceRecommender":
-        """A new device state (the initial training embedding a simulated node would
-        give this user, no interactions).  The privacy mechanism comes with the first
-        round it trains (the run's config, as the server resolved it)."""
-        emb = (np.random.default_rng([seed, 2, user]).standard_normal(dim) * init_std).astype(np.float32)
-        dev = cls(Path(path), int(user), emb, np.zeros(dim, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float64))
+    def create(cls, path: str | Path, *, user: int = 0, dim: int = 64, seed: int = 0, init_std: float = 0.1,
+               model: str = "mf", seq_len: int = 50) -> "DeviceRecommender":
+        """A new device state for a federation of ``model`` (built as the run builds it:
+        ``dim``, ``init_std``, ``seed``, ``seq_len``): the initial local state a simulated
+        node would give this user, no interactions.  The privacy mechanism comes with the
+        first round it trains (the run's config, as the server resolved it)."""
+        args = {"dim": int(dim), "init_std": float(init_std), "seed": int(seed), "seq_len": int(seq_len)}
+        m = _device_model(model, None, args)
+        train = {k: v[0].astype(np.float32) for k, v in m.init_local(np.array([user]), seed=seed).items()}
+        rank = {k: np.zeros_like(v) for k, v in train.items()}
+        dev = cls(Path(path), int(user), train, rank, np.zeros(0, np.int64), np.zeros(0, np.float64),
+                  model=model, model_args=args)
         dev.save()
         return dev
 
@@ -208,8 +268,14 @@ class DeviceRecommender:
         try:
             with np.load(p) as z:
                 meta = json.loads(bytes(z["meta"]).decode())
-                return cls(p, int(meta["user"]), z["train_emb"], z["rank_emb"], z["items"], z["times"],
-                           int(meta["dp_steps"]), int(meta["rounds"]), dict(meta["privacy"]))
+                train = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("train/")}
+                rank = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("rank/")}
+                if "train_emb" in z.files:  # a state written before devices held any model: MF's user vector
+                    train["user"], rank["user"] = z["train_emb"], z["rank_emb"]
+                model = meta.get("model", "mf")
+                args = meta.get("model_args") or {"dim": int(len(train["user"]))}
+                return cls(p, int(meta["user"]), train, rank, z["items"], z["times"], int(meta["dp_steps"]),
+                           int(meta["rounds"]), dict(meta["privacy"]), model, dict(args))
         except FileNotFoundError:
             raise FileNotFoundError(f"no device state at {p}; create one with DeviceRecommender.create") from None
         except Exception as e:  # noqa: BLE001
@@ -217,12 +283,19 @@ class DeviceRecommender:
 
     def save(self) -> None:
         """Write the state atomically (a crash mid-write keeps the previous file)."""
-        meta = {"user": self.user, "dp_steps": self.dp_steps, "rounds": self.rounds, "privacy": self.privacy}
+        meta = {"user": self.user, "dp_steps": self.dp_steps, "rounds": self.rounds, "privacy": self.privacy,
+                "model": self.model, "model_args": self.model_args}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
-        np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), train_emb=self.train_emb,
-                 rank_emb=self.rank_emb, items=self.items, times=self.times)
+        arrays = {f"train/{k}": v for k, v in self.train_local.items()}
+        arrays.update({f"rank/{k}": v for k, v in self.rank_local.items()})
+        np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), items=self.items, times=self.times,
+                 **arrays)
         tmp.replace(self.path)
+
+    def federated_model(self, global_params: dict[str, np.ndarray]):
+        """The model this device holds, for the item count of ``global_params``."""
+        return _device_model(self.model, global_params, self.model_args)
 
     # --- data -------------------------------------------------------------
     def add_interactions(self, items, times=None) -> None:
@@ -239,6 +312,10 @@ class DeviceRecommender:
         self.items = np.r_[self.items, items]
         self.times = np.r_[self.times, times]
         self.save()
+
+    def history(self) -> np.ndarray:
+        """The user's items in time order (ties: the order they were added)."""
+        return self.items[np.argsort(self.times, kind="stable")]
 
     def train_matrix(self, n_items: int) -> sp.csr_matrix:
         """The user's interactions as row ``user`` of a training matrix (other rows
@@ -259,25 +336,29 @@ class DeviceRecommender:
         ``cfg`` is the run's :class:`fedrec.config.FedConfig` (its mechanism as the
         server resolved it).  The device is a one-user client of the same handler as a
         simulated node (:func:`fedrec.node.train_round`): the same engine, sampling,
-        clipping, noise and accountant, DP popularity prior included.
+        clipping, noise and accountant, DP popularity prior included; a sequential
+        model trains on the device's own ordered history.
         ``trained_items``: the server's trained-items mask (``train-head``; from the
         message, :func:`fedrec.node.trained_items_of`).
         """
         from fedrec import node
 
         cfg = cfg.resolved()
+        if cfg.model != self.model or cfg.dim != int(self.model_args.get("dim", cfg.dim)):
+            raise ValueError(f"device {self.path} holds model {self.model!r} of dimension {self.model_args.get('dim')}; "
+                             f"the run trains {cfg.model!r} of dimension {cfg.dim}")
         mech = _mechanism(cfg)
         if self.dp_steps and self.privacy and self.privacy != mech:
             raise ValueError(f"device {self.path}: this round's mechanism {mech} differs from the one its "
                              f"{self.dp_steps} DP steps were accounted under {self.privacy}")
         fed = self.federation(global_params)
-        state = LocalState(np.array([self.user]), {"user": self.train_emb[None, :].copy()},
+        state = LocalState(np.array([self.user]), {k: v[None, ...].copy() for k, v in self.train_local.items()},
                            np.array([self.dp_steps]), np.array([self.rounds]))
         update, metrics, new = node.train_round(cfg, fed, 0, state, global_params=global_params,
                                                 server_round=server_round, trained_items=trained_items)
         if metrics["num-examples"] == 0:
             return None
-        self.train_emb = new.local["user"][0].astype(np.float32)
+        self.train_local = {k: v[0].astype(np.float32) for k, v in new.local.items()}
         self.dp_steps, self.rounds = int(new.dp_steps[0]), int(new.rounds[0])
         if cfg.dp:
             self.privacy = mech
@@ -286,16 +367,19 @@ class DeviceRecommender:
 
     def federation(self, global_params: dict[str, np.ndarray]):
         """This device's view of the federation: its own interactions only (as a node
-        reads from its data file), the item count from the global parameters."""
+        reads from its data file, in time order), the item count from the global parameters."""
         from fedrec.data import Dataset, Split
         from fedrec.federation import Federation
 
-        n_items = int(global_params["item_embedding"].shape[0])
+        n_items = self.federated_model(global_params).n_items
         train = self.train_matrix(n_items)
         empty = sp.csr_matrix(train.shape, dtype=np.float32)
-        z = np.zeros(0, dtype=np.int64)
-        ds = Dataset(user=z, item=z, timestamp=z, n_users=train.shape[0], n_items=n_items,
-                     user_ids=np.arange(train.shape[0]), item_ids=np.arange(n_items), name="device")
+        order = np.argsort(self.times, kind="stable")
+        ts = np.empty(len(order), dtype=np.int64)
+        ts[order] = np.arange(len(order))  # the order of the device's times, as integers
+        ds = Dataset(user=np.full(len(self.items), self.user, dtype=np.int64), item=self.items.astype(np.int64),
+                     timestamp=ts, n_users=train.shape[0], n_items=n_items, user_ids=np.arange(train.shape[0]),
+                     item_ids=np.arange(n_items), name="device")
         return Federation(ds, Split(train=train, valid=empty, test=empty, kind="device"), (np.array([self.user]),))
 
     # --- privacy ----------------------------------------------------------
@@ -314,23 +398,45 @@ class DeviceRecommender:
 
     # --- ranking (on the device only) -------------------------------------
     def refit(self, global_params: dict[str, np.ndarray], **kw) -> None:
-        """Refit the ranking embedding on all local interactions (no noise: never released)."""
-        self.rank_emb = fold_in(self.items, global_params["item_embedding"], global_params["item_bias"],
-                                init=self.train_emb, **kw)
+        """Refit the ranking state on all local interactions (no noise: never released).
+        A sequential model has nothing to fit: it ranks from the history."""
+        m = self.federated_model(global_params)
+        if m.local_shapes:
+            self.rank_local = fold_in(self.items, global_params, model=m, init=self.train_local, **kw)
         self.save()
 
     def fold_in(self, global_params: dict[str, np.ndarray], items=None, **kw) -> None:
-        """Cold start: add ``items`` (if given) and fit the ranking embedding from them."""
+        """Cold start: add ``items`` (if given) and fit the ranking state from them (a
+        sequential model ranks from them directly, with no training at all)."""
         if items is not None:
             self.add_interactions(items)
-        self.rank_emb = fold_in(self.items, global_params["item_embedding"], global_params["item_bias"], **kw)
+        m = self.federated_model(global_params)
+        if m.local_shapes:
+            self.rank_local = fold_in(self.items, global_params, model=m, **kw)
         self.save()
+
+    def scores(self, global_params: dict[str, np.ndarray]) -> np.ndarray:
+        """``(n_items,)`` scores of every item for this user: the model's score from the
+        ranking state, or, for a sequential model, after the user's last items."""
+        from fedrec.models import is_sequential
+
+        m = self.federated_model(global_params)
+        tp = {k: torch.as_tensor(np.asarray(global_params[k]), dtype=torch.float32) for k in m.global_shapes()}
+        with torch.no_grad():
+            if is_sequential(m):
+                L = m.max_len
+                hist = np.full(L, -1, dtype=np.int64)
+                tail = self.history()[-L:]
+                if len(tail):
+                    hist[L - len(tail):] = tail
+                return m.score_histories(torch.as_tensor(hist)[None], tp)[0].numpy()
+            local = {k: torch.as_tensor(v, dtype=torch.float32)[None] for k, v in self.rank_local.items()}
+            return m.score_users(local, tp)[0].numpy()
 
     def recommend(self, global_params: dict[str, np.ndarray], n: int = 10, *, exclude_seen: bool = True
                   ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` item ids and scores (``implicit``-style), excluding seen items."""
-        q, b = global_params["item_embedding"], global_params["item_bias"]
-        scores = q @ self.rank_emb + b
+        scores = np.asarray(self.scores(global_params), dtype=np.float64)
         if exclude_seen and len(self.items):
             scores = scores.copy()
             scores[self.items[self.items < len(scores)]] = -np.inf

@@ -133,3 +133,71 @@ def test_local_state_files_keep_recent_rounds_and_load_as_of_a_round(tmp_path):
     st, r = load_local_state(tmp_path, at_most_round=4)
     assert r == 4 and st.local["user"][0, 0] == 4
     assert load_local_state(tmp_path, at_most_round=2) is None
+
+
+def test_a_device_holds_any_model_and_ranks_with_its_score(tmp_path):
+    """The device reads the model's declarations: an MLP device keeps the MLP's local
+    vector, ranks with the model's own full ranking, folds in through the engine."""
+    from fedrec.models import build_federated_model
+
+    m = build_federated_model("mlp", 30, dim=4, seed=0)
+    p = {k: v + 0.05 * np.random.default_rng(1).standard_normal(v.shape).astype(np.float32)
+         for k, v in m.global_params().items()}
+    dev = DeviceRecommender.create(tmp_path / "mlp.npz", user=2, dim=4, model="mlp")
+    assert set(dev.train_local) == {"user"} and dev.train_local["user"].shape == (4,)
+    np.testing.assert_array_equal(dev.train_local["user"], m.init_local(np.array([2]), seed=0)["user"][0])
+    dev.fold_in(p, items=[3, 5, 8], steps=20)
+    again = DeviceRecommender.open(tmp_path / "mlp.npz")
+    assert again.model == "mlp" and np.abs(again.rank_local["user"]).sum() > 0
+    want = m.score_users({"user": torch.as_tensor(again.rank_local["user"])[None]},
+                         {k: torch.as_tensor(v) for k, v in p.items()})[0].numpy()
+    np.testing.assert_allclose(again.scores(p), want, rtol=1e-6)
+    ids, _ = again.recommend(p, n=5)
+    assert not {3, 5, 8} & set(ids.tolist())
+    with pytest.raises(ValueError, match="holds model 'mlp'"):
+        again.train(p, FedConfig(data="synthetic:10x30:0", model="mf", dim=4), server_round=1)
+
+
+def test_a_sequential_device_ranks_from_its_history_and_trains_as_its_node(tmp_path):
+    """SASRec on the device: no local vector; recommendations are the model's scores
+    after the device's last items in time order (no training), and a training round
+    releases exactly what the simulated node of that user releases."""
+    from fedrec.data.sequences import last_items
+
+    cfg = FedConfig(data="synthetic:30x40:0", model="sasrec", dim=8, seq_len=5, users_per_node=1,
+                    user_dp="client", user_noise_multiplier=1e-9, user_clip=10.0).resolved()
+    fed = load_federation(cfg)
+    from fedrec.federation import federated_model, histories
+
+    model = federated_model(cfg, fed)
+    params = init_global_params(cfg, fed)
+    user = int(fed.cohorts[4][0])
+    hist = histories(fed, "train")
+    seq = hist.items[hist.indptr[user]:hist.indptr[user + 1]]
+    dev = DeviceRecommender.create(tmp_path / "s.npz", user=user, dim=8, model="sasrec", seq_len=5)
+    assert dev.train_local == {}
+    dev.add_interactions(seq[::-1], times=np.arange(len(seq))[::-1])  # added out of order, ordered by time
+    np.testing.assert_array_equal(dev.history(), seq)
+    x = torch.as_tensor(last_items(hist, np.array([user]), 5))
+    want = model.score_histories(x, {k: torch.as_tensor(v) for k, v in params.items()})[0].detach().numpy()
+    np.testing.assert_allclose(dev.scores(params), want, rtol=1e-5, atol=1e-6)
+    st = node.load_state({}, fed, 4, cfg)
+    up_node, _, _ = node.train_round(cfg, fed, 4, st, global_params=params, server_round=1)
+    rel = dev.train(params, cfg, server_round=1)
+    for k in up_node:
+        np.testing.assert_allclose(rel[k], up_node[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    assert any(np.abs(rel[k] - params[k]).max() > 0 for k in rel)
+
+
+def test_a_device_state_written_before_any_model_opens_as_mf(tmp_path):
+    import json
+
+    np.savez(tmp_path / "old.npz", meta=np.frombuffer(json.dumps({"user": 1, "dp_steps": 0, "rounds": 0,
+                                                                   "privacy": {}}).encode(), np.uint8),
+             train_emb=np.ones(4, np.float32), rank_emb=np.full(4, 2.0, np.float32),
+             items=np.array([3]), times=np.array([0.0]))
+    dev = DeviceRecommender.open(tmp_path / "old.npz")
+    assert dev.model == "mf" and dev.model_args["dim"] == 4
+    np.testing.assert_array_equal(dev.rank_emb, np.full(4, 2.0))
+    p = _params()
+    np.testing.assert_allclose(dev.scores(p), p["item_embedding"] @ np.full(4, 2.0) + p["item_bias"], rtol=1e-6)
