@@ -29,6 +29,8 @@ import math
 import time
 from pathlib import Path
 
+from fedrec.config import sectioned_run_config
+
 __all__ = ["log_run", "metric_key", "ARTEFACTS"]
 
 #: Files of a run directory copied as artefacts (if present): everything the server wrote for
@@ -39,17 +41,6 @@ ARTEFACTS = ("config.json", "metrics.json", "rounds.csv", "rounds.jsonl", "repor
 def metric_key(name: str) -> str:
     """An MLflow metric name for a fedrec metric name (``@`` -> ``_at_``)."""
     return name.replace("@", "_at_")
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _number(x: str) -> float | None:
@@ -98,7 +89,7 @@ def log_run(run_dir: str | Path, *, tracking_uri: str, experiment: str = "fedrec
     rid = run.info.run_id
     now = int(time.time() * 1000)
 
-    params = [Param(k, str(v)[:6000]) for k, v in _flat(config.get("run_config", {})).items()]
+    params = [Param(k, str(v)[:6000]) for k, v in sectioned_run_config(config.get("run_config", {})).items()]
     values: list[Metric] = []
     for row in rounds:
         step = int(row["round"])
