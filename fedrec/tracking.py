@@ -51,6 +51,16 @@ def _number(x: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database (``mlartifacts/``), as under
+    ``mlflow server``; MLflow's own default, ``./mlruns``, would write into whatever
+    directory the run was started from. Other stores keep their server's default."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+    return (db.parent / "mlartifacts").as_uri()
+
+
 def log_run(run_dir: str | Path, *, tracking_uri: str, experiment: str = "fedrec", run_name: str | None = None) -> str:
     """Log a finished run directory to MLflow; returns the MLflow run id.
 
@@ -82,7 +92,8 @@ def log_run(run_dir: str | Path, *, tracking_uri: str, experiment: str = "fedrec
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+        experiment, artifact_location=_artifact_location(tracking_uri))
     privacy = metrics.get("privacy") or {}
     tags = {"fedrec.run_dir": str(run_dir.resolve()), "fedrec.privacy.unit": str(privacy.get("unit", "none"))}
     run = client.create_run(exp_id, run_name=run_name or run_dir.name, tags=tags)

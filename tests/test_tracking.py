@@ -33,8 +33,11 @@ def test_tracking_refuses_what_is_not_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path):
+def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # artifacts go beside the database, not into the working directory
     from fedrec.config import FedConfig
     from fedrec.tracking import metric_key
     from fedrec_app.simulations.cli import main
@@ -70,3 +73,4 @@ def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path):
     # the command line logs finished runs too (a run directory, or a sweep's runs/)
     assert main(["track", str(out), "--mlflow", uri, "--experiment", "t"]) == 0
     assert len(client.search_runs([client.get_experiment_by_name("t").experiment_id])) == 2
+    assert not list(elsewhere.iterdir()) and (tmp_path / "mlartifacts").is_dir()
