@@ -70,7 +70,8 @@ class FedConfig:
     min_rating: float = _opt(0.0, "data", "positives = ratings >= this (0: every rating is a positive)")
     kcore: int = _opt(0, "data", "iterative k-core filter (0: none)")
     split: str = _opt("leave-last-out", "data", "chronological split: leave-last-out (valid = 2nd-to-last, test = "
-                      "last) or temporal-ratio", choices=("leave-last-out", "temporal-ratio"))
+                      "last), temporal-ratio, or window:START:END (train = before START, test = [START, END), unix "
+                      "seconds: one step of a stream, see `fedrec sweep stream`)")
     cold_users: float = _opt(0.0, "data", "fraction of users held out of training (user cold-start; fixed split seed)")
     cold_items: float = _opt(0.0, "data", "fraction of items held out of training, ranked through item features "
                              "(needs a feature-aware model such as two-tower)")
@@ -145,8 +146,9 @@ class FedConfig:
     # server
     aggregation: str = _opt("fedavg", "server", "fedavg, or itemwise (each item row averaged over the users who "
                             "touched it; no DP)", choices=("fedavg", "itemwise"))
-    server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt)",
-                           choices=("adam", "yogi", "sgd"))
+    server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt); none: the global "
+                           "parameters stay as they start (a frozen model; nodes still train their local state)",
+                           choices=("adam", "yogi", "sgd", "none"))
     server_lr: float = _opt(5e-3, "server", "server learning rate")
     beta1: float = _opt(0.9, "server", "first-moment decay of adam/yogi")
     beta2: float = _opt(0.999, "server", "second-moment decay of adam/yogi")
@@ -172,6 +174,9 @@ class FedConfig:
     resume: bool = _opt(False, "fault tolerance", "continue from OUT/checkpoint (same config) instead of starting "
                         "over")
     state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")
+    warm_start: str = _opt("", "fault tolerance", "start from this checkpoint directory of an earlier run of the same "
+                           "model (its global parameters and server-optimiser state; no prior is added), e.g. the "
+                           "previous window of a stream; rounds count on from the checkpoint's, up to --rounds")
     # evaluation
     eval_every: int = _opt(10, "evaluation", "federated evaluation every N rounds (0: off; the model is then the "
                            "last round's, and nodes release no metrics)")
@@ -210,6 +215,14 @@ class FedConfig:
         for key in ("init_std", "user_lr", "server_lr", "max_grad_norm", "user_clip", "round_timeout"):
             if not getattr(self, key) > 0:
                 bad(key, "must be > 0")
+        if self.split not in ("leave-last-out", "temporal-ratio"):
+            from fedrec.data.splits import parse_window
+
+            try:
+                if parse_window(self.split) is None:
+                    raise ValueError("choose 'leave-last-out', 'temporal-ratio' or 'window:START:END'")
+            except ValueError as e:
+                bad("split", str(e).split(": ", 1)[-1] if str(e).startswith("split ") else str(e))
         if not 0 < self.fraction_train <= 1:
             bad("fraction_train", "must be in (0, 1]")
         if not 0 < self.sample_rate <= 1:

@@ -51,10 +51,13 @@ def server_step(
     """Apply one server step; returns new params and new state (inputs untouched).
 
     ``adam`` and ``yogi`` use bias-corrected moments (Adam: Kingma & Ba 2015;
-    Yogi: Zaheer et al. 2018); ``sgd`` is ``params + lr * update``.
+    Yogi: Zaheer et al. 2018); ``sgd`` is ``params + lr * update``; ``none`` leaves the
+    parameters (a frozen global model) and the state as they are.
     """
     if set(update) != set(params):
         raise KeyError(f"update keys {sorted(update)} do not match parameters {sorted(params)}")
+    if opt == "none":
+        return {k: x.copy() for k, x in params.items()}, state
     t = state.t + 1
     new_params, m, v = {}, {}, {}
     for k, x in params.items():
@@ -71,7 +74,7 @@ def server_step(
         elif opt == "yogi":
             vk = vk - (1 - beta2) * d2 * np.sign(vk - d2)
         else:
-            raise ValueError(f"unknown server optimiser {opt!r}; choose 'adam', 'yogi' or 'sgd'")
+            raise ValueError(f"unknown server optimiser {opt!r}; choose 'adam', 'yogi', 'sgd' or 'none'")
         m_hat = mk / (1 - beta1**t)
         v_hat = vk / (1 - beta2**t)
         new_params[k] = x + lr * m_hat / (np.sqrt(v_hat) + eps)

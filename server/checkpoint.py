@@ -51,8 +51,10 @@ def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, param
     return final
 
 
-def load_checkpoint(directory: Path, cfg: FedConfig) -> dict:
-    """Read ``checkpoint.npz``; raise :class:`CheckpointError` if unusable."""
+def load_checkpoint(directory: Path, cfg: FedConfig, *, same_config: bool = True) -> dict:
+    """Read ``checkpoint.npz``; raise :class:`CheckpointError` if unusable.  With
+    ``same_config=False`` (a warm start) a checkpoint of another configuration is read
+    too; the caller checks its parameters' names and shapes."""
     path = Path(directory) / "checkpoint.npz"
     try:
         with np.load(path) as z:
@@ -63,7 +65,7 @@ def load_checkpoint(directory: Path, cfg: FedConfig) -> dict:
     except Exception as e:  # noqa: BLE001 - any decoding failure: truncated, garbage, not ours
         raise CheckpointError(f"checkpoint {path} is not a readable fedrec checkpoint ({type(e).__name__}): "
                               "remove it, or run without --resume and with --overwrite to start over") from None
-    if meta.get("fingerprint") != config_fingerprint(cfg):
+    if same_config and meta.get("fingerprint") != config_fingerprint(cfg):
         theirs, ours = meta.get("config") or {}, _meaningful(cfg)
         diff = [f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
                 if theirs.get(k) != ours.get(k)] if theirs else []

@@ -150,6 +150,32 @@ def _run_secure(grid: Grid, context, cfg: FedConfig, strategy, params: dict, num
         raise EarlyStop(strategy.stopped)
 
 
+def _warm_start(cfg: FedConfig, strategy, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+    """Global parameters, server-optimiser state and round of the checkpoint
+    ``cfg.warm_start`` (an earlier run of the same model, e.g. the previous window of a
+    stream).  The rounds count on from the checkpoint's, as after a resume: sampling,
+    noise seeds and the accountant see one sequence of rounds across both runs."""
+    ck_dir = Path(cfg.warm_start)
+    try:
+        ck = load_checkpoint(ck_dir, cfg, same_config=False)
+    except FileNotFoundError:
+        raise ValueError(f"warm-start {ck_dir}: no checkpoint.npz there (a run directory's checkpoint/)") from None
+    theirs = {k: v.shape for k, v in ck["param"].items()}
+    ours = {k: v.shape for k, v in params.items()}
+    if theirs != ours:
+        raise ValueError(f"warm-start {ck_dir}: its parameters {theirs} are not this model's {ours}")
+    start = int(ck["round"])
+    if start >= cfg.num_server_rounds:
+        raise ValueError(f"warm-start {ck_dir}: the checkpoint is at round {start}; num-server-rounds "
+                         f"({cfg.num_server_rounds}) must be larger (rounds count on from the checkpoint's)")
+    strategy.optimizer.state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
+    strategy.offset = start
+    if strategy.user_dp is not None and "user_clip" in ck.get("extra", {}):
+        strategy.user_dp.clipping_norm = float(ck["extra"]["user_clip"])
+    _say(f"warm start from {ck_dir}: rounds {start + 1}-{cfg.num_server_rounds} follow its round {start}")
+    return {k: v.astype(np.float32) for k, v in ck["param"].items()}, start
+
+
 def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; write the run directory.
 
@@ -198,6 +224,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
                 shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
         write_json(log.out / "config.json", {"run_config": nested_run_config(cfg.to_run_config()), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
+    if cfg.warm_start and start == 0:
+        params, start = _warm_start(cfg, strategy, params)
     if head is not None and start == 0:  # the frozen rows start (and stay) at zero: the prior ranks them
         for t in model.table_names():
             params[t][~head] = 0.0

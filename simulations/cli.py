@@ -235,6 +235,15 @@ def cmd_sweep(args) -> int:
                              command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
+    if args.name == "stream":
+        from fedrec_app.simulations.stream import STREAM_PRIVACY, run_stream
+
+        report = run_stream(Path(args.out), data=args.data, windows=args.windows, warmup=args.warmup,
+                            warmup_rounds=args.warmup_rounds, rounds=args.rounds or 20, seeds=args.seeds or 1,
+                            privacy=("non-private",) if args.no_private else STREAM_PRIVACY,
+                            command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+        _log(f"report: {report}")
+        return 0
     if args.name == "sequential":
         from fedrec_app.simulations.sequential import SEQUENTIAL, run_sequential
 
@@ -374,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "each unit), 'frontier' (every privacy mechanism x epsilon x seed beside its "
                                 "non-private twin, MostPop and private MostPop), 'sequential' (SASRec and GRU4Rec beside MF: "
                                 "accuracy, user-level epsilon 8, the zero-training user cold-start curve), 'attacks' "
-                                "(poisoning attacks x defences x malicious fraction: target exposure), 'tiny' "
+                                "(poisoning attacks x defences x malicious fraction: target exposure), 'stream' (rounds follow the "
+                                "timestamps: prequential NDCG@10 per window of a continuing and a frozen model, "
+                                "drift, epsilon over time), 'tiny' "
                                 "(smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-latest-small",
@@ -389,7 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks (default: boost fedrecattack)")
     p.add_argument("--defences", nargs="+", default=None,
                    help="'attacks' only: which defences (default: none row-bounds user-dp; also row-bounds+user-dp)")
-    p.add_argument("--no-private", action="store_true", help="'models' and 'sequential': the non-private cells only")
+    p.add_argument("--no-private", action="store_true",
+                   help="'models', 'sequential' and 'stream': the non-private cells only")
+    p.add_argument("--windows", type=int, default=6, help="'stream' only: time windows after the warm-up (default 6)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="'stream' only: share of the interactions before the first window (default 0.5)")
+    p.add_argument("--warmup-rounds", type=int, default=150,
+                   help="'stream' only: rounds on the warm-up; --rounds is then the rounds per window (default 20)")
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "
                         "(default: these three), dp-fest (both units: DP-SGD/DP-FedAvg on the items the DP prior "

@@ -10,7 +10,9 @@ from fedrec.data.splits import (
     hold_out_users,
     subsample_users,
     leave_last_out,
+    parse_window,
     temporal_ratio,
+    time_window,
 )
 from fedrec.data.synthetic import synthetic_dataset
 
@@ -33,7 +35,9 @@ __all__ = [
     "read_interactions",
     "sample_negatives",
     "synthetic_dataset",
+    "parse_window",
     "temporal_ratio",
+    "time_window",
 ]
 
 
@@ -97,9 +101,13 @@ def _cached_synthetic(spec: str) -> Dataset:
 
 
 def make_split(ds: Dataset, *, kind: str = "leave-last-out", valid: float = 0.1, test: float = 0.1) -> Split:
-    """Split by name: ``leave-last-out`` (default) or ``temporal-ratio``."""
+    """Split by name: ``leave-last-out`` (default), ``temporal-ratio``, or
+    ``window:START:END`` (:func:`time_window`: one step of a stream)."""
     if kind == "leave-last-out":
         return leave_last_out(ds)
     if kind == "temporal-ratio":
         return temporal_ratio(ds, valid=valid, test=test)
-    raise ValueError(f"unknown split {kind!r}; choose 'leave-last-out' or 'temporal-ratio'")
+    window = parse_window(kind)
+    if window is not None:
+        return time_window(ds, *window)
+    raise ValueError(f"unknown split {kind!r}; choose 'leave-last-out', 'temporal-ratio' or 'window:START:END'")

@@ -19,6 +19,8 @@ __all__ = [
     "Split",
     "leave_last_out",
     "temporal_ratio",
+    "time_window",
+    "parse_window",
     "hold_out_users",
     "hold_out_items",
     "chronological_order",
@@ -159,6 +161,51 @@ def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1) -> Spl
         test=_csr(u[is_test], i[is_test], shape),
         kind=f"temporal-ratio(valid={valid},test={test})",
     )
+
+
+def time_window(ds: Dataset, start: int, end: int) -> Split:
+    """The split of one step of a stream (prequential evaluation): train = every
+    interaction before ``start`` (what the devices know at that time), test = those
+    in ``[start, end)`` of the users who have a training interaction (the next
+    interactions each device ranks before it learns them), validation empty.
+
+    Users whose first interaction is at or after ``start`` have no row in this split
+    yet: they enter the first window that starts after their first interaction.
+    Items are in the catalogue throughout; an item's first training interaction is
+    its first one before ``start``.  Repeated (user, item) pairs within the test
+    window count once; a pair already in training is not a test target.
+    """
+    if not start < end:
+        raise ValueError(f"a time window needs start < end; got start={start}, end={end}")
+    shape = (ds.n_users, ds.n_items)
+    ts = np.asarray(ds.timestamp)
+    before = ts < start
+    train = _csr(ds.user[before], ds.item[before], shape)
+    known = np.diff(train.indptr) > 0
+    inside = (ts >= start) & (ts < end) & known[ds.user]
+    test = _csr(ds.user[inside], ds.item[inside], shape)
+    test = (test - test.multiply(train)).tocsr()  # a pair the user already has is no target
+    test.eliminate_zeros()
+    test.sort_indices()
+    return Split(train=train, valid=_csr(ds.user[:0], ds.item[:0], shape), test=test,
+                 kind=f"window:{int(start)}:{int(end)}")
+
+
+def parse_window(kind: str) -> tuple[int, int] | None:
+    """``(start, end)`` of a ``window:START:END`` split name (unix seconds), ``None`` for
+    another split; ``ValueError`` if malformed or ``start >= end``."""
+    if not kind.startswith("window:"):
+        return None
+    parts = kind.split(":")
+    try:
+        start, end = int(parts[1]), int(parts[2])
+        if len(parts) != 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(f"split {kind!r}: expected window:START:END (integer timestamps)") from None
+    if not start < end:
+        raise ValueError(f"split {kind!r}: START must be before END")
+    return start, end
 
 
 def subsample_users(split: Split, n_users: int, *, seed: int) -> Split:
