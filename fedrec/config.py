@@ -223,6 +223,9 @@ class FedConfig:
                     raise ValueError("choose 'leave-last-out', 'temporal-ratio' or 'window:START:END'")
             except ValueError as e:
                 bad("split", str(e).split(": ", 1)[-1] if str(e).startswith("split ") else str(e))
+            if self.patience > 0:
+                bad("patience", "a window split has no validation to stop on: pass --patience 0 (the model "
+                                "evaluated is the last round's)")
         if not 0 < self.fraction_train <= 1:
             bad("fraction_train", "must be in (0, 1]")
         if not 0 < self.sample_rate <= 1:

@@ -84,8 +84,11 @@ class RunLog:
         if row.get("skipped"):
             msg += " (too few replies: parameters unchanged)"
         if ev:
-            msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f}"  # test only at the end
-            if self.best is None or ev[sel] > self.best[sel]:
+            # a window split has no validation: the model is the last evaluated round's (no selection)
+            no_validation = self.cfg.split.startswith("window:")
+            if not no_validation:
+                msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f}"  # test only at the end
+            if self.best is None or no_validation or ev[sel] > self.best[sel]:
                 self.since_best = 0
                 self.best = dict(row)
                 if self.out:  # the selected model, as nodes see it (for cold-start studies and devices)

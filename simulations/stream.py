@@ -45,7 +45,7 @@ import scipy.sparse as sp
 
 from fedrec.config import FedConfig
 
-__all__ = ["stream_cutoffs", "carry_local_state", "js_divergence", "run_stream", "STREAM_PRIVACY"]
+__all__ = ["stream_cutoffs", "carry_local_state", "js_divergence", "genre_profile", "run_stream", "STREAM_PRIVACY"]
 
 #: The privacy settings of a stream: non-private, and user-level DP-FedAvg (the study's
 #: preset) at this epsilon over the whole stream.
@@ -127,6 +127,18 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
+def genre_profile(window: sp.csr_matrix, genres: np.ndarray, *, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Sum over users of each user's genre histogram in ``window`` scaled to L2 norm 1
+    (user-level sensitivity 1), plus Gaussian noise of std ``noise`` per genre (0: the
+    exact statistic, a centralized reference)."""
+    h = np.asarray((sp.csr_matrix(window, dtype=np.float64) @ np.asarray(genres, dtype=np.float64)))
+    norms = np.linalg.norm(h, axis=1)
+    total = (h[norms > 0] / norms[norms > 0, None]).sum(axis=0)
+    if noise > 0:
+        total = total + np.random.default_rng([int(seed), 23]).normal(0.0, noise, size=total.shape)
+    return total
+
+
 def _window_matrix(ds, start: int, end: int) -> sp.csr_matrix:
     inside = (ds.timestamp >= start) & (ds.timestamp < end)
     m = sp.csr_matrix((np.ones(int(inside.sum())), (ds.user[inside], ds.item[inside])), shape=(ds.n_users, ds.n_items))
@@ -189,7 +201,7 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     cuts = stream_cutoffs(ds.timestamp, windows=windows, warmup=warmup)
     n_stages = len(cuts) - 1
     total_rounds = warmup_rounds + (n_stages - 1) * rounds
-    last = load_federation(FedConfig(data=data, split=f"window:{int(cuts[-2])}:{int(cuts[-1])}"))
+    last = load_federation(FedConfig(data=data, split=f"window:{int(cuts[-2])}:{int(cuts[-1])}", patience=0))
     upn = _users_per_node(last.n_users)
     say(f"stream on {data}: {n_stages} windows after a {warmup:g} warm-up, {warmup_rounds} + {rounds}/window rounds "
         f"({total_rounds} in all), privacy {', '.join(privacy)}, {seeds} seed(s)")
@@ -201,14 +213,19 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     mats = [_window_matrix(ds, a, b) for a, b in windows_]
     exact = [np.asarray(m.sum(axis=0)).ravel() for m in mats]
     noisy = [noisy_popularity(m, noise=drift_noise, seed=1000 + j) for j, m in enumerate(mats)]
-    drift_release = ((float(drift_noise), 1.0, len(mats)),)
-    drift_eps = epsilon_of(noise_multiplier=drift_noise, sample_rate=1.0, steps=len(mats), delta=probe.delta)
+    genres = ds.item_genres if ds.item_genres is not None and ds.item_genres.shape[1] > 1 else None
+    if genres is not None:  # the same shift over genres: a coarse histogram that the noise does not swamp
+        genre_exact = [genre_profile(m, genres) for m in mats]
+        genre_noisy = [genre_profile(m, genres, noise=drift_noise, seed=2000 + j) for j, m in enumerate(mats)]
+    n_releases = len(mats) * (2 if genres is not None else 1)
+    drift_release = ((float(drift_noise), 1.0, n_releases),)
+    drift_eps = epsilon_of(noise_multiplier=drift_noise, sample_rate=1.0, steps=n_releases, delta=probe.delta)
 
     rows: list[dict] = []
     with reuse_ray():
         for priv in privacy:
             for seed in range(seeds):
-                base = FedConfig(data=data, users_per_node=upn, seed=seed)
+                base = FedConfig(data=data, users_per_node=upn, seed=seed, patience=0)
                 if priv == "user-level":
                     base = replace(base, **USER_PRESET, user_target_epsilon=STREAM_EPSILON)
                     z = replace(base, num_server_rounds=total_rounds).resolved()
@@ -264,17 +281,19 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     # references and drift per stage (the same splits and users as the federated rows)
     refs = []
     for w in range(n_stages):
-        fed = load_federation(FedConfig(data=data, split=f"window:{int(cuts[w])}:{int(cuts[w + 1])}"))
+        fed = load_federation(FedConfig(data=data, split=f"window:{int(cuts[w])}:{int(cuts[w + 1])}", patience=0))
         hist = np.asarray(fed.split.train.sum(axis=0)).ravel()
         refs.append({"stage": w, "start": int(cuts[w]), "end": int(cuts[w + 1]),
                      "mostpop_window": _mostpop(fed.split, exact[w], probe.ties)["ndcg@10"],
                      "mostpop_history": _mostpop(fed.split, hist, probe.ties)["ndcg@10"],
                      "js_exact": js_divergence(exact[w], exact[w + 1]),
                      "js_dp": js_divergence(noisy[w], noisy[w + 1]),
-                     "new_items": int(((exact[w + 1] > 0) & (hist == 0)).sum())})
+                     "new_items": int(((exact[w + 1] > 0) & (hist == 0)).sum()),
+                     "genre_js_exact": js_divergence(genre_exact[w], genre_exact[w + 1]) if genres is not None else None,
+                     "genre_js_dp": js_divergence(genre_noisy[w], genre_noisy[w + 1]) if genres is not None else None})
     doc = {"data": data, "cutoffs": cuts.tolist(), "windows": n_stages, "warmup": warmup,
            "warmup_rounds": warmup_rounds, "rounds_per_window": rounds, "seeds": seeds,
-           "drift": {"noise": drift_noise, "releases": len(mats), "epsilon_user_level": drift_eps,
+           "drift": {"noise": drift_noise, "releases": n_releases, "epsilon_user_level": drift_eps,
                      "delta": probe.delta},
            "rows": rows, "references": refs, "seconds": time.perf_counter() - t0, "command": command}
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=float))
@@ -289,7 +308,7 @@ def _write_csv(path: Path, rows: list[dict], refs: list[dict]) -> None:
     by_stage = {r["stage"]: r for r in refs}
     cols = ["privacy", "seed", "model", "stage", "start", "end", "rounds", "users", "new_users", "test_users",
             "ndcg@10", "hr@10", "table_drift", "epsilon", "epsilon_with_drift", "mostpop_window", "mostpop_history",
-            "js_exact", "js_dp", "new_items"]
+            "js_exact", "js_dp", "genre_js_exact", "genre_js_dp", "new_items"]
     with path.open("w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         wr.writeheader()
@@ -342,9 +361,13 @@ def plot_stream(doc: dict, path: Path) -> Path:
     ax.plot(stages, [r["js_exact"] for r in refs], marker="o", label="popularity JS, exact (central)")
     ax.plot(stages, [r["js_dp"] for r in refs], marker="o",
             label=f"popularity JS, DP releases (eps {doc['drift']['epsilon_user_level']:.2f} user-level)")
+    if any(r.get("genre_js_exact") is not None for r in refs):
+        ax.plot(stages, [r["genre_js_exact"] for r in refs], marker="s", color="C4", label="genre JS, exact (central)")
+        ax.plot(stages, [r["genre_js_dp"] for r in refs], marker="s", color="C5", label="genre JS, DP releases")
     for priv, style in zip(privs, ("-", "--")):
         s = _series(doc, priv, "continuing", "table_drift")
         ax.plot(stages, [m for m, _ in s], style, marker="x", color="C3", label=f"item-table change, {priv}")
+    ax.set_yscale("log")
     ax.set_xticks(stages, labels, rotation=30, fontsize=7)
     ax.set_title("drift between consecutive windows", fontsize=9)
     ax.legend(fontsize=6)
@@ -378,7 +401,10 @@ def stream_table(doc: dict) -> list[str]:
     head = ["window (from)", "users known (new)", "test users", "new items"]
     for priv in privs:
         head += [f"continuing, {priv}", f"frozen, {priv}"]
-    head += ["MostPop prev. window", "MostPop history", "JS exact", "JS DP", "table change"]
+    genre = any(r.get("genre_js_exact") is not None for r in doc["references"])
+    head += ["MostPop prev. window", "MostPop history", "item JS exact", "item JS DP"]
+    head += ["genre JS exact", "genre JS DP"] if genre else []
+    head += ["table change"]
     if "user-level" in privs:
         head += ["user-level eps spent"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -391,8 +417,9 @@ def stream_table(doc: dict) -> list[str]:
             for model in ("continuing", "frozen"):
                 cells.append(_fmt(*_series(doc, priv, model, "ndcg@10")[w]))
         drift = _series(doc, privs[0], "continuing", "table_drift")[w][0]
-        cells += [_fmt(ref["mostpop_window"]), _fmt(ref["mostpop_history"]), _fmt(ref["js_exact"]),
-                  _fmt(ref["js_dp"]), _fmt(drift)]
+        cells += [_fmt(ref["mostpop_window"]), _fmt(ref["mostpop_history"]), _fmt(ref["js_exact"]), _fmt(ref["js_dp"])]
+        cells += [_fmt(ref.get("genre_js_exact")), _fmt(ref.get("genre_js_dp"))] if genre else []
+        cells += [_fmt(drift)]
         if "user-level" in privs:
             e = _series(doc, "user-level", "continuing", "epsilon_with_drift")[w][0]
             cells.append("–" if math.isnan(e) else f"{e:.2f}")
@@ -409,8 +436,9 @@ def write_stream_report(out: Path, doc: dict) -> Path:
              "trained on everything before the window, then learns them. `continuing` trains in every window; "
              "`frozen` keeps the warm-up's global parameters (devices still fit their own state). MostPop columns are "
              "centralized, non-private references on the same splits and users. JS: Jensen-Shannon divergence "
-             "(base 2) of item popularity between a window and the one before; the DP column uses one Gaussian "
-             f"release per window (noise {doc['drift']['noise']:g}, unit-norm user vectors): "
+             "(base 2) of item popularity (and of genre popularity) between a window and the one before; the DP "
+             f"columns use one Gaussian release per window and statistic (noise {doc['drift']['noise']:g}, each user's "
+             "window vector of norm 1): "
              f"user-level epsilon {doc['drift']['epsilon_user_level']:.2f} for all {doc['drift']['releases']} "
              f"releases (delta {doc['drift']['delta']:g}). Table change: relative Frobenius change of the item tables "
              "over the window's training. User-level epsilon spent: the training (calibrated for "

@@ -96,3 +96,23 @@ def test_each_attack_raises_exposure_and_row_bounds_cut_it(kind):
     bounded = _attacked_exposure(kind, row_norm=0.01)
     assert attacked > clean + 0.1, (clean, attacked)
     assert bounded < attacked, (bounded, attacked)
+
+
+def test_adam_eps_floor_damps_rows_that_few_users_push():
+    """The ``adam-eps`` defence by hand: with Adam's epsilon at 1e-4, a row whose mean update
+    is 1e-6 per coordinate (a few bounded sybils among many users) moves by about
+    lr * 1e-6 / (1e-6 + 1e-4) per step, not by a full lr as with epsilon 1e-8; a row
+    whose mean update is 1e-2 (an item many users train) keeps nearly the full step."""
+    from fedrec.optim import OptState, server_step
+    from fedrec_app.simulations.attacks import DEFENCES
+
+    d = DEFENCES["row-bounds+adam-eps"]
+    lr, eps = d["server_lr"], d["server_eps"]
+    params = {"t": np.zeros((2, 3))}
+    update = {"t": np.array([[1e-6] * 3, [1e-2] * 3])}
+    damped, _ = server_step(params, update, OptState(m={}, v={}, t=0), opt="adam", lr=lr, eps=eps)
+    plain, _ = server_step(params, update, OptState(m={}, v={}, t=0), opt="adam", lr=lr, eps=1e-8)
+    # first step: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps)
+    np.testing.assert_allclose(damped["t"][0], lr * 1e-6 / (1e-6 + eps), rtol=1e-6)
+    np.testing.assert_allclose(damped["t"][1], lr * 1e-2 / (1e-2 + eps), rtol=1e-6)
+    assert damped["t"][0, 0] < plain["t"][0, 0] / 50 and damped["t"][1, 0] > 0.98 * plain["t"][1, 0]

@@ -71,12 +71,14 @@ def test_a_node_file_of_a_window_holds_nothing_from_the_future(tmp_path):
 
 
 def test_window_split_config_errors_are_one_line():
-    assert FedConfig(split="window:10:20").split == "window:10:20"
+    assert FedConfig(split="window:10:20", patience=0).split == "window:10:20"
     for bad, why in (("window:20:10", "START must be before END"), ("window:a:b", "expected window:START:END"),
                      ("window:1:2:3", "expected window:START:END"), ("random", "choose")):
         with pytest.raises(ConfigError, match=why) as e:
-            FedConfig(split=bad)
+            FedConfig(split=bad, patience=0)
         assert "\n" not in str(e.value) and "split" in str(e.value)
+    with pytest.raises(ConfigError, match="no validation to stop on: pass --patience 0"):
+        FedConfig(split="window:10:20")
 
 
 def test_cutoffs_are_increasing_and_refuse_too_many_windows():
@@ -167,7 +169,23 @@ def test_a_tiny_stream_through_flower(tmp_path):
     logged = (tmp_path / "runs" / "user-level-seed0" / "continuing-stage1" / "rounds.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in logged] == [4, 5]  # the stage counted on from stage 0's round 3
     assert (tmp_path / "stream.png").stat().st_size > 0 and "Prequential" in report.read_text()
-    # a second call keeps the finished stages
+    # a second call keeps the finished stages (runs nothing again)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/*/metrics.json")}
     run_stream(tmp_path, data="synthetic:24x40:3", windows=2, warmup=0.5, warmup_rounds=3, rounds=2, seeds=1,
                privacy=("user-level",), say=lambda *_: None)
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == doc["rows"]
+    assert len(stamps) == 3 and stamps == {p: p.stat().st_mtime_ns for p in stamps}
+
+
+def test_genre_profile_by_hand():
+    import scipy.sparse as sp
+
+    from fedrec_app.simulations.stream import genre_profile
+
+    window = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float64))
+    genres = np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float64)
+    # user 0: genre counts (2, 1) -> (2, 1)/sqrt(5); user 1: (0, 1); user 2: nothing
+    np.testing.assert_allclose(genre_profile(window, genres), [2 / np.sqrt(5), 1 / np.sqrt(5) + 1])
+    noisy = genre_profile(window, genres, noise=5.0, seed=3)
+    np.testing.assert_allclose(noisy, genre_profile(window, genres, noise=5.0, seed=3))
+    assert not np.allclose(noisy, genre_profile(window, genres))
