@@ -294,9 +294,9 @@ def write_attack_report(out, rows: list[dict], *, data: str, seeds: int, rounds:
         return mean_sd([r.get(key) for r in rows if (r["attack"], r["fraction"], r["defence"]) == (a, f, d)])
 
     grid = [[cell(a, f, d, "test_er@10")[0] for d in defences] for a, f in lines_]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(defences), 0.9 + 0.45 * len(lines_)))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(defences), 1.3 + 0.45 * len(lines_)))
     im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(0.05, max(max(g) for g in grid)))
-    ax.set_xticks(range(len(defences)), defences, fontsize=8)
+    ax.set_xticks(range(len(defences)), defences, fontsize=8, rotation=20, ha="right")
     ax.set_yticks(range(len(lines_)), [f"{a} {f:g}" for a, f in lines_], fontsize=8)
     for i, g in enumerate(grid):
         for j, v in enumerate(g):

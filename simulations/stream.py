@@ -320,7 +320,7 @@ def _mean_sd(xs):
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not xs:
         return float("nan"), float("nan")
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")  # one seed: no spread
 
 
 def _series(doc: dict, priv: str, model: str, key: str):
@@ -346,7 +346,7 @@ def plot_stream(doc: dict, path: Path) -> Path:
         tag = "non-private" if priv == "non-private" else f"user-level eps {STREAM_EPSILON:g}"
         for model, color in (("continuing", "C0"), ("frozen", "C1")):
             s = _series(doc, priv, model, "ndcg@10")
-            ax.errorbar(stages, [m for m, _ in s], yerr=[sd for _, sd in s], fmt=style, marker="o", color=color,
+            ax.errorbar(stages, [m for m, _ in s], yerr=[0.0 if math.isnan(sd) else sd for _, sd in s], fmt=style, marker="o", color=color,
                         capsize=2, label=f"{model}, {tag}")
     refs = doc["references"]
     ax.plot(stages, [r["mostpop_window"] for r in refs], ":", marker="s", color="C2",
@@ -391,7 +391,7 @@ def plot_stream(doc: dict, path: Path) -> Path:
 def _fmt(m, sd=None):
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return "–"
-    return f"{m:.4f}" if sd is None else f"{m:.4f} ± {sd:.4f}"
+    return f"{m:.4f}" if sd is None or math.isnan(sd) else f"{m:.4f} ± {sd:.4f}"
 
 
 def stream_table(doc: dict) -> list[str]:
