@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data
@@ -47,9 +48,9 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         from fedrec_app.server.secure import check_nodes
 
         check_nodes(fed.n_nodes, cfg.users_per_node)
+    if cfg.warm_start and not (Path(cfg.warm_start) / "checkpoint.npz").is_file():  # before Ray starts
+        raise ValueError(f"--warm-start {cfg.warm_start}: no checkpoint.npz there (a run directory's checkpoint/)")
     if cfg.resume and cfg.out:
-        from pathlib import Path
-
         from fedrec_app.server.checkpoint import load_checkpoint
 
         if (Path(cfg.out) / "checkpoint" / "checkpoint.npz").exists():

@@ -58,14 +58,14 @@ def stream_cutoffs(timestamps: np.ndarray, *, windows: int, warmup: float) -> np
     share of the interactions, then windows of equal interaction counts, the last
     after the last interaction."""
     if windows < 1:
-        raise ValueError(f"windows must be >= 1; got {windows}")
+        raise ValueError(f"--windows {windows}: must be >= 1")
     if not 0 < warmup < 1:
-        raise ValueError(f"warmup must be in (0, 1); got {warmup}")
+        raise ValueError(f"--warmup {warmup:g}: must be in (0, 1)")
     ts = np.sort(np.asarray(timestamps, dtype=np.int64))
     qs = warmup + (1 - warmup) * np.arange(windows) / windows
     cuts = [int(ts[min(len(ts) - 1, int(q * len(ts)))]) for q in qs] + [int(ts[-1]) + 1]
     if np.any(np.diff(cuts) <= 0):
-        raise ValueError(f"{windows} windows after a {warmup:g} warm-up need more distinct timestamps "
+        raise ValueError(f"--windows {windows}: after a {warmup:g} warm-up they need more distinct timestamps "
                          f"(cut points {cuts}); use fewer windows")
     return np.asarray(cuts, dtype=np.int64)
 

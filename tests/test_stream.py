@@ -189,3 +189,18 @@ def test_genre_profile_by_hand():
     noisy = genre_profile(window, genres, noise=5.0, seed=3)
     np.testing.assert_allclose(noisy, genre_profile(window, genres, noise=5.0, seed=3))
     assert not np.allclose(noisy, genre_profile(window, genres))
+
+
+def test_bad_stream_input_is_one_line_and_starts_nothing(tmp_path, capsys):
+    from fedrec_app.simulations.cli import main
+
+    out = tmp_path / "s"
+    assert main(["sweep", "stream", "--data", "synthetic:24x40:3", "--windows", "0", "--out", str(out)]) == 2
+    assert main(["sweep", "stream", "--data", "synthetic:24x40:3", "--warmup", "1.5", "--out", str(out)]) == 2
+    assert main(["simulate", "--data", "synthetic:24x40:3", "--split", "window:5:9", "--patience", "0",
+                 "--warm-start", str(tmp_path / "none"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [e for e in err if e.startswith("fedrec: error:")] == [
+        "fedrec: error: --windows 0: must be >= 1", "fedrec: error: --warmup 1.5: must be in (0, 1)",
+        f"fedrec: error: --warm-start {tmp_path / 'none'}: no checkpoint.npz there (a run directory's checkpoint/)"]
+    assert not (tmp_path / "r").exists()
