@@ -167,15 +167,22 @@ def _warm_start(cfg: FedConfig, strategy, params: dict[str, np.ndarray]) -> tupl
     ours = {k: v.shape for k, v in params.items()}
     if theirs != ours:
         raise ValueError(f"warm-start {ck_dir}: its parameters {theirs} are not this model's {ours}")
-    start = int(ck["round"])
-    if start >= cfg.num_server_rounds:
-        raise ValueError(f"warm-start {ck_dir}: the checkpoint is at round {start}; num-server-rounds "
+    if int(ck["round"]) >= cfg.num_server_rounds:
+        raise ValueError(f"warm-start {ck_dir}: the checkpoint is at round {ck['round']}; num-server-rounds "
                          f"({cfg.num_server_rounds}) must be larger (rounds count on from the checkpoint's)")
+    params, start = _restore(ck, strategy)
+    _say(f"warm start from {ck_dir}: rounds {start + 1}-{cfg.num_server_rounds} follow its round {start}")
+    return params, start
+
+
+def _restore(ck: dict, strategy) -> tuple[dict[str, np.ndarray], int]:
+    """Put a checkpoint's server-optimiser state, round offset and user-level clip into
+    ``strategy``; returns its global parameters and round (a resume and a warm start)."""
+    start = int(ck["round"])
     strategy.optimizer.state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
     strategy.offset = start
     if strategy.user_dp is not None and "user_clip" in ck.get("extra", {}):
         strategy.user_dp.clipping_norm = float(ck["extra"]["user_clip"])
-    _say(f"warm start from {ck_dir}: rounds {start + 1}-{cfg.num_server_rounds} follow its round {start}")
     return {k: v.astype(np.float32) for k, v in ck["param"].items()}, start
 
 
@@ -207,12 +214,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
         ck_dir = log.out / "checkpoint"
         if cfg.resume and (ck_dir / "checkpoint.npz").exists():
             ck = load_checkpoint(ck_dir, cfg)
-            start = int(ck["round"])
-            params = {k: v.astype(np.float32) for k, v in ck["param"].items()}
-            strategy.optimizer.state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
-            strategy.offset = start
-            if strategy.user_dp is not None and "user_clip" in ck.get("extra", {}):
-                strategy.user_dp.clipping_norm = float(ck["extra"]["user_clip"])
+            params, start = _restore(ck, strategy)
             log.best = ck["best"]
             log.since_best = int(ck.get("extra", {}).get("since_best", 0))
             log.rows = _rows_up_to(log.out, start)

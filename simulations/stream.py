@@ -316,16 +316,11 @@ def _write_csv(path: Path, rows: list[dict], refs: list[dict]) -> None:
             wr.writerow({**by_stage[r["stage"]], **r})
 
 
-def _mean_sd(xs):
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not xs:
-        return float("nan"), float("nan")
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")  # one seed: no spread
-
-
 def _series(doc: dict, priv: str, model: str, key: str):
+    from fedrec_app.simulations.plots import mean_sd
+
     stages = range(doc["windows"])
-    return [_mean_sd([r.get(key) for r in doc["rows"] if (r["privacy"], r["model"], r["stage"]) == (priv, model, w)])
+    return [mean_sd([r.get(key) for r in doc["rows"] if (r["privacy"], r["model"], r["stage"]) == (priv, model, w)])
             for w in stages]
 
 
@@ -346,7 +341,7 @@ def plot_stream(doc: dict, path: Path) -> Path:
         tag = "non-private" if priv == "non-private" else f"user-level eps {STREAM_EPSILON:g}"
         for model, color in (("continuing", "C0"), ("frozen", "C1")):
             s = _series(doc, priv, model, "ndcg@10")
-            ax.errorbar(stages, [m for m, _ in s], yerr=[0.0 if math.isnan(sd) else sd for _, sd in s], fmt=style, marker="o", color=color,
+            ax.errorbar(stages, [m for m, _ in s], yerr=[sd for _, sd in s], fmt=style, marker="o", color=color,
                         capsize=2, label=f"{model}, {tag}")
     refs = doc["references"]
     ax.plot(stages, [r["mostpop_window"] for r in refs], ":", marker="s", color="C2",
@@ -391,7 +386,7 @@ def plot_stream(doc: dict, path: Path) -> Path:
 def _fmt(m, sd=None):
     if m is None or (isinstance(m, float) and math.isnan(m)):
         return "–"
-    return f"{m:.4f}" if sd is None or math.isnan(sd) else f"{m:.4f} ± {sd:.4f}"
+    return f"{m:.4f}" if sd is None else f"{m:.4f} ± {sd:.4f}"
 
 
 def stream_table(doc: dict) -> list[str]:
@@ -415,7 +410,8 @@ def stream_table(doc: dict) -> list[str]:
                  f"{first['users']} ({first['new_users']})", str(first["test_users"]), str(ref["new_items"])]
         for priv in privs:
             for model in ("continuing", "frozen"):
-                cells.append(_fmt(*_series(doc, priv, model, "ndcg@10")[w]))
+                m, sd = _series(doc, priv, model, "ndcg@10")[w]
+                cells.append(_fmt(m, sd if doc["seeds"] > 1 else None))  # one seed: no spread
         drift = _series(doc, privs[0], "continuing", "table_drift")[w][0]
         cells += [_fmt(ref["mostpop_window"]), _fmt(ref["mostpop_history"]), _fmt(ref["js_exact"]), _fmt(ref["js_dp"])]
         cells += [_fmt(ref.get("genre_js_exact")), _fmt(ref.get("genre_js_dp"))] if genre else []
