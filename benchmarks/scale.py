@@ -2,6 +2,7 @@
 the peak memory of the whole process tree (driver, Ray and every actor).
 
     .venv/bin/python benchmarks/scale.py --data synthetic:138000x27000:0:144 --rounds 3 --users-per-node 69000
+    .venv/bin/python benchmarks/scale.py --rounds 3 --users-per-node 69000 --device cuda   # on a GPU machine
 
 Prints seconds per round (from the run's ``rounds.jsonl``), the final evaluation
 and the peak resident memory summed over all processes of the run, sampled
@@ -58,6 +59,8 @@ def main() -> None:
     ap.add_argument("--noise-multiplier", type=float, default=1.0, help="interaction-level DP (0: off)")
     ap.add_argument("--sample-rate", type=float, default=0.1)
     ap.add_argument("--out", default=None, help="run directory (default: a temporary one)")
+    ap.add_argument("--device", default="cpu", help="where the cohort engine computes: cpu or cuda (the actors "
+                    "share the GPUs)")
     args = ap.parse_args()
     # generate/cache the dataset first, so its one-off cost is not counted in round 1
     t = time.perf_counter()
@@ -67,7 +70,7 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="fedrec-scale-"))
     cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "simulate", "--data", args.data, "--rounds", str(args.rounds),
            "--users-per-node", str(args.users_per_node), "--dim", str(args.dim), "--eval-every", "100000",
-           "--out", str(out)]
+           "--out", str(out), "--device", args.device]
     if args.noise_multiplier > 0:
         cmd += ["--noise-multiplier", str(args.noise_multiplier), "--sample-rate", str(args.sample_rate)]
     print(" ".join(cmd), flush=True)

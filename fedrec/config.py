@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 
 from typing import TYPE_CHECKING
@@ -86,6 +87,9 @@ class FedConfig:
                         "window's length)")
     engine: str = _opt("auto", "model", "auto: a model's registered fast path where it has one (MF); generic: the "
                        "torch.func engine for every model", choices=("auto", "generic"))
+    device: str = _opt("cpu", "model", "where local training and evaluation compute: cpu, cuda or cuda:N (a GPU "
+                       "PyTorch sees; samples and noise are drawn on the CPU, so results equal a CPU run's within "
+                       "float tolerance)")
     # federation
     num_server_rounds: int = _opt(500, "federation", "the most server rounds (a guard: training stops on validation, "
                                   "see --patience)", flag="--rounds")
@@ -264,7 +268,14 @@ class FedConfig:
                 bad(key, "must be in [0, 1)")
         from fedrec.models import federated_model_class, is_sequential
 
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            bad("device", "choose 'cpu', 'cuda' or 'cuda:N'")
+        if self.als and self.device != "cpu":
+            bad("device", "private ALS solves on the CPU only (numpy): use device='cpu'")
         if is_sequential(federated_model_class(self.model)):
+            if self.device != "cpu":
+                bad("device", "sequential models train on the CPU only (the GPU path covers the cohort engine's "
+                    "models: mf, gmf, mlp, neumf, two-tower and your own FederatedModel)")
             if self.prior_noise > 0:
                 bad("prior_noise", "sequential models have no item bias to start from a popularity prior")
             if self.dp or self.budget_epsilon > 0:

@@ -107,8 +107,11 @@ def reuse_ray():
         raybackend.ray.shutdown = real
 
 
-def backend_config(num_cpus: int | None = None, ray_address: str | None = None) -> dict:
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None, gpus: int = 0) -> dict:
     """Ray backend: one CPU (and one torch thread) per ClientApp actor.
+
+    ``gpus`` (> 0, ``device=cuda``): the actors share that many GPUs, an equal fraction
+    each, so that Ray makes the GPUs visible to them.
 
     A local Ray starts its workers at niceness 0 (Ray's ``worker_niceness``; Ray's
     default, 15, gives the actors that do a simulation's work about 1/30 of a core
@@ -120,12 +123,13 @@ def backend_config(num_cpus: int | None = None, ray_address: str | None = None) 
     spread over every machine's CPUs (see ``docs/ray-cluster.md``; start its nodes with
     ``RAY_worker_niceness=0`` for the same fair share).
     """
-    if ray_address:
-        return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"address": ray_address, "logging_level": logging.ERROR, "log_to_driver": True}}
     n = num_cpus or os.cpu_count() or 1
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": n, "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True,
-                      "_system_config": {"worker_niceness": WORKER_NICENESS}},
-    }
+    share = min(1.0, gpus / n) if gpus > 0 else 0.0  # n actors (one per CPU) share the GPUs
+    if ray_address:
+        return {"client_resources": {"num_cpus": 1, "num_gpus": share},
+                "init_args": {"address": ray_address, "logging_level": logging.ERROR, "log_to_driver": True}}
+    init = {"num_cpus": n, "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True,
+            "_system_config": {"worker_niceness": WORKER_NICENESS}}
+    if gpus > 0:
+        init["num_gpus"] = gpus
+    return {"client_resources": {"num_cpus": 1, "num_gpus": share}, "init_args": init}

@@ -24,7 +24,7 @@ from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.rng import hash_uniform
 
 __all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
-           "active_users", "train_round", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
+           "active_users", "compute_device", "train_round", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
 
@@ -187,6 +187,20 @@ def active_users(cfg: FedConfig, state: NodeState, server_round: int) -> tuple[n
     return take & ~declined, int(declined.sum())
 
 
+def compute_device(name: str) -> torch.device | None:
+    """The torch device of config ``device`` (``None``: the CPU); a GPU that PyTorch
+    does not see is refused in one line."""
+    if name == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={name}: PyTorch sees no GPU on this machine (torch.cuda.is_available() is "
+                         f"False); use device=cpu")
+    dev = torch.device(name)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
 def train_round(
     cfg: FedConfig,
     fed: Federation,
@@ -255,6 +269,7 @@ def train_round(
                     generator=gen,
                     generic=cfg.engine == "generic",
                     trainable=trainable,
+                    device=compute_device(cfg.device),
                 )
             w = len(part) / k
             for n, v in res.local.items():
@@ -347,10 +362,16 @@ def evaluate_round(
                          reg_user=cfg.als_user_reg)
         state = NodeState(state.users, {"user": U.astype(np.float32)}, state.dp_steps, state.rounds)
 
+    dev = compute_device(cfg.device)
+    if dev is not None:  # the model's own tensors (public item features) beside the parameters
+        model.to(dev)
+        params = {n: v.to(dev) for n, v in params.items()}
+
     def score(users: np.ndarray) -> np.ndarray:
         at = [row[int(u)] for u in users]
         with torch.no_grad():
-            return model.score_users({n: torch.as_tensor(v[at]) for n, v in state.local.items()}, params).numpy()
+            local = {n: torch.as_tensor(v[at], device=dev) for n, v in state.local.items()}
+            return model.score_users(local, params).cpu().numpy()
 
     score_valid = score_test = score
     if is_sequential(model):  # scores from each user's history before the stage (kept on the node)

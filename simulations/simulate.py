@@ -48,6 +48,17 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         from fedrec_app.server.secure import check_nodes
 
         check_nodes(fed.n_nodes, cfg.users_per_node)
+    gpus = 0
+    if cfg.device != "cpu":  # a GPU PyTorch does not see is refused before Ray starts
+        from fedrec.node import compute_device
+
+        compute_device(cfg.device)
+        import torch
+
+        if cfg.device != "cuda":
+            raise ValueError(f"device={cfg.device}: in a simulation Ray gives each actor its GPU (CUDA_VISIBLE_DEVICES);"
+                             f" use device=cuda")
+        gpus = torch.cuda.device_count()
     if cfg.warm_start and not (Path(cfg.warm_start) / "checkpoint.npz").is_file():  # before Ray starts
         raise ValueError(f"--warm-start {cfg.warm_start}: no checkpoint.npz there (a run directory's checkpoint/)")
     if cfg.resume and cfg.out:
@@ -69,7 +80,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
             server_app=make_server_app(rc, results),
             client_app=make_client_app(rc, node_data=node_data, malicious=attack),
             num_supernodes=fed.n_nodes + (attack.nodes if attack is not None else 0),
-            backend_config=backend_config(num_cpus, ray_address),
+            backend_config=backend_config(num_cpus, ray_address, gpus=gpus),
             verbose_logging=verbose,
         )
     if not results:

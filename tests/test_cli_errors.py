@@ -157,3 +157,21 @@ def test_attack_sweep_names_an_unknown_attack_or_defence(capsys, tmp_path, argv,
     line = _error(capsys, ["sweep", "attacks", "--data", DATA, "--out", str(tmp_path / "a")] + argv)
     assert line.startswith(f"fedrec: error: {words}"), line
     assert not (tmp_path / "a").exists()  # nothing started
+
+
+def test_device_refusals_name_the_flag_and_start_nothing(capsys, tmp_path):
+    """A device that is not one, a GPU that PyTorch does not see, a sequential model on a GPU:
+    one line each, before any engine starts, and no run directory."""
+    import torch
+
+    base = ["simulate", "--data", DATA, "--rounds", "1"]
+    line = _error(capsys, base + ["--out", str(tmp_path / "a"), "--device", "gpu"])
+    assert line == "fedrec: error: --device gpu: choose 'cpu', 'cuda' or 'cuda:N'"
+    line = _error(capsys, base + ["--out", str(tmp_path / "b"), "--device", "cuda", "--model", "sasrec"])
+    assert line.startswith("fedrec: error: --device cuda: sequential models train on the CPU only")
+    if not torch.cuda.is_available():
+        line = _error(capsys, base + ["--out", str(tmp_path / "c"), "--device", "cuda"])
+        assert "PyTorch sees no GPU" in line
+    line = _error(capsys, base + ["--out", str(tmp_path / "d"), "--device", "cuda:0"])
+    assert "cuda" in line  # no GPU: not seen; a GPU: Ray gives each actor its own, so cuda:N is refused
+    assert not any((tmp_path / x).exists() for x in "abcd")

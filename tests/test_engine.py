@@ -151,3 +151,35 @@ def test_private_node_releases_no_training_loss():
         assert validate_metrics(m, max_examples=30) is None
         assert ("train-loss" in dict(aggregate_train_metrics([m]))) is released
     assert "not a finite number" in validate_metrics({"num-examples": 3, "train-loss": float("nan")}, max_examples=30)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch sees no GPU here (the engine's own device test "
+                    "runs on the CPU: tests/test_engine_models.py::test_engine_on_a_device_equals_the_cpu_run)")
+@pytest.mark.parametrize("model", ["mf", "mlp", "two-tower"])
+def test_node_on_a_gpu_trains_and_ranks_as_on_the_cpu(model):
+    """``device=cuda``: a node's DP round (release, local state, epsilons) and its full-ranking
+    evaluation equal the CPU's within float tolerance."""
+    from dataclasses import replace
+
+    from fedrec import node
+    from fedrec.config import FedConfig
+    from fedrec.federation import init_global_params, load_federation
+
+    cfg = FedConfig(data="synthetic:60x40:0", model=model, dim=4, users_per_node=60, noise_multiplier=1.0,
+                    sample_rate=0.5).resolved()
+    fed = load_federation(cfg)
+    params = init_global_params(cfg, fed)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        c = replace(cfg, device=dev)
+        st = node.load_state({}, fed, 0, c)
+        up, m, st = node.train_round(c, fed, 0, st, global_params=params, server_round=1)
+        ev = node.evaluate_round(c, fed, 0, st, global_params={k: params[k] - v for k, v in up.items()})
+        out[dev] = (up, m, st, ev)
+    (up0, m0, st0, ev0), (up1, m1, st1, ev1) = out["cpu"], out["cuda"]
+    for k in up0:
+        np.testing.assert_allclose(up1[k], up0[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    for k in st0.local:
+        np.testing.assert_allclose(st1.local[k], st0.local[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert m1["epsilon"] == m0["epsilon"]
+    assert ev1["valid/ndcg@10"] == pytest.approx(ev0["valid/ndcg@10"], abs=1e-6)

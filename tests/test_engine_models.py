@@ -286,3 +286,46 @@ def test_one_interaction_enters_one_sample_whatever_the_negatives():
     fewer.eliminate_zeros()
     _, _, b = cohort_samples(fewer, np.array([0]), 5, seed=0, server_round=1, exclude_positives=False)
     np.testing.assert_array_equal(b, a[mine[:-1]])  # the user's other samples are exactly as they were
+
+
+DEVICE_CONFIGS = [
+    LocalConfig(negatives=2),
+    LocalConfig(negatives=3, sample_rate=0.6, noise_multiplier=1.0, max_grad_norm=0.2, item_steps=2),
+    LocalConfig(sample_rate=0.5, noise_multiplier=0.7, max_grad_norm=0.3, update_clip=0.05),
+    LocalConfig(update_clip=0.05, row_norm=0.01, max_rows=5, negatives=2),
+]
+DEVICES = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                   reason="PyTorch sees no GPU here"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", DEVICE_CONFIGS, ids=["plain", "dp", "dp+user-clip", "row-bounds"])
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+@pytest.mark.parametrize("generic", [False, True])
+def test_engine_on_a_device_equals_the_cpu_run(name, cfg, device, generic):
+    """``device=``: the engine computes where it is told and returns CPU tensors equal to the
+    CPU run's (noise included: drawn on the CPU and moved).
+
+    Every tensor the engine creates must be placed on the requested device explicitly: the
+    run happens with PyTorch's default device set to ``meta``, so a tensor created without
+    a device (which on a GPU run would be a CPU tensor mixed into GPU arithmetic) is a meta
+    tensor that either fails the run or carries no value, and the comparison fails.  This
+    catches on a CPU-only machine what a GPU run would; on a machine with a GPU the
+    ``cuda`` case runs too."""
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    users = np.arange(N_USERS)
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
+    trainable = torch.as_tensor(np.arange(N_ITEMS) % 3 != 0)
+    kw = dict(seed=1, server_round=3, generic=generic, trainable=None if cfg.row_bounds else trainable)
+    ref = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), **kw)
+    with torch.device("meta"):
+        got = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5),
+                           device=device, **kw)
+    for k in params:
+        assert got.update[k].device.type == "cpu"
+        np.testing.assert_allclose(got.update[k].numpy(), ref.update[k].numpy(), atol=1e-6, rtol=1e-5, err_msg=k)
+    for k in local:
+        np.testing.assert_allclose(got.local[k].numpy(), ref.local[k].numpy(), atol=1e-6, rtol=1e-5, err_msg=k)
+    assert (math.isnan(got.loss) and math.isnan(ref.loss)) or got.loss == pytest.approx(ref.loss, abs=1e-6)

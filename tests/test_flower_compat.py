@@ -74,3 +74,14 @@ def test_local_ray_workers_run_at_ordinary_priority():
     finally:
         if started:
             ray.shutdown()
+
+
+def test_actors_share_the_gpus_only_when_asked():
+    """``device=cuda``: each of the n actors (one per CPU) asks Ray for GPUs / n, so that Ray makes
+    a GPU visible to it; a CPU run asks for none (Ray then hides no device it does not manage)."""
+    cpu = flower_compat.backend_config(num_cpus=4)
+    assert cpu["client_resources"]["num_gpus"] == 0.0 and "num_gpus" not in cpu["init_args"]
+    gpu = flower_compat.backend_config(num_cpus=4, gpus=2)
+    assert gpu["client_resources"] == {"num_cpus": 1, "num_gpus": 0.5} and gpu["init_args"]["num_gpus"] == 2
+    assert flower_compat.backend_config(num_cpus=1, gpus=2)["client_resources"]["num_gpus"] == 1.0
+    assert flower_compat.backend_config(num_cpus=4, ray_address="auto", gpus=1)["client_resources"]["num_gpus"] == 0.25

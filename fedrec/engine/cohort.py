@@ -62,7 +62,7 @@ from fedrec.rng import hash_ints, hash_uniform
 __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "negative_sets",
            "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
-           "clipped_user_mean", "frozen_rows_zeroed"]
+           "clipped_user_mean", "frozen_rows_zeroed", "gaussian"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
@@ -276,6 +276,7 @@ def train_cohort(
     generator: torch.Generator | None = None,
     generic: bool = False,
     trainable: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> CohortResult:
     """One round of local training for the users of a cohort (see the module doc).
 
@@ -303,11 +304,30 @@ def train_cohort(
         server freezes the others).  A sample's gradient with respect to a frozen
         row is dropped *before* it is clipped, so the clip is spent on trained rows
         only, and the release never carries a frozen row.  ``None``: every row.
+    device
+        Where the tensors of the computation live (``"cuda"``, ``"cuda:1"``; ``None``:
+        the CPU).  Inputs may be on the CPU and results come back to it; samples,
+        Poisson masks and noise are drawn on the CPU (the same draws as a CPU run)
+        and moved, so a run on a GPU equals the CPU run within float tolerance.
     """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
     fast = None if generic else FAST_PATHS.get(type(model))
     run = _generic if fast is None else fast
-    return run(model, local, params, train, users, cfg, seed=seed, server_round=server_round, generator=generator,
-               trainable=trainable)
+    on = lambda d: {n: v.to(dev) for n, v in d.items()}  # noqa: E731
+    res = run(model, on(local), on(params), train, users, cfg, seed=seed, server_round=server_round,
+              generator=generator, trainable=None if trainable is None else trainable.to(dev))
+    if dev.type == "cpu":
+        return res
+    return CohortResult(local={n: v.cpu() for n, v in res.local.items()},
+                        update={n: v.cpu() for n, v in res.update.items()}, loss=res.loss, n_users=res.n_users,
+                        samples=res.samples)
+
+
+def gaussian(shape, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Standard Gaussian noise of ``shape`` drawn on the CPU from ``generator`` and moved to
+    ``device``: the same draws wherever the engine computes."""
+    noise = torch.randn(shape, generator=generator, dtype=dtype, device="cpu")
+    return noise if device.type == "cpu" else noise.to(device)
 
 
 def _row_mask(trainable: torch.Tensor | None, it: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -323,17 +343,18 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
                                                  exclude_positives=not cfg.dp)
     n_s = len(owner_np)
-    owner = torch.as_tensor(owner_np)
-    items = torch.as_tensor(items_np)
-    n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64))
-    dtype = next(iter(params.values())).dtype
+    ref = next(iter(params.values()))
+    dtype, dev = ref.dtype, ref.device
+    owner = torch.as_tensor(owner_np, device=dev)
+    items = torch.as_tensor(items_np, device=dev)
+    n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64), device=dev)
     q = cfg.sample_rate
     denom = (q * n_u).to(dtype)  # expected batch size per user
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
     clip_users = cfg.per_user
     per_sample = cfg.dp or clip_users
     tables = {t: params[t] for t in model.table_names()}
-    consts = model.constants()
+    consts = {t: v.to(dev) for t, v in model.constants().items()}
     dense = {d: params[d] for d in model.dense_names()}
     local_names = list(local)
     loc = {n: v.clone() for n, v in local.items()}
@@ -349,8 +370,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         keys = owner[:, None] * n_items + items  # (n_s, 1+m) per-(user, item) row keys
         uniq, inv = torch.unique(keys.reshape(-1), return_inverse=True)
         inv = inv.reshape(keys.shape)
-        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=v.dtype) for t, v in tables.items()}
-        r_den = {d: torch.zeros((k,) + tuple(v.shape), dtype=v.dtype) for d, v in dense.items()}
+        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=v.dtype, device=dev) for t, v in tables.items()}
+        r_den = {d: torch.zeros((k,) + tuple(v.shape), dtype=v.dtype, device=dev) for d, v in dense.items()}
     per_sample_floats = (sum(int(np.prod(s)) for s in model.local_shapes.values())
                          + sum(int(np.prod(v.shape[1:])) * items.shape[1] for v in tables.values())
                          + sum(v.numel() for v in dense.values()))
@@ -368,8 +389,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0, so
             # skipping them changes no sum); no training loss either: it would be a release that
             # no mechanism covers, so the node does not send one
-            todo = (torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)))
-                    if cfg.dp else None)
+            todo = (torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)),
+                                    device=dev) if cfg.dp else None)
             n_todo = n_s if todo is None else len(todo)
             for lo in range(0, n_todo, chunk):
                 sl = slice(lo, min(n_todo, lo + chunk)) if todo is None else todo[lo:lo + chunk]
@@ -384,7 +405,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                     sq = sum(_sq(g) for g in (*gl.values(), *gr.values(), *gd.values()))
                     w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0)
                 else:
-                    w = torch.ones(len(o), dtype=dtype)
+                    w = torch.ones(len(o), dtype=dtype, device=dev)
                 for n, g in gl.items():
                     g_loc[n].index_add_(0, o, _bc(w, g) * g)
                 if release:
@@ -424,7 +445,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         for n in local_names:
             g = g_loc[n].to(dtype)
             if cfg.dp:
-                g = g + sigma_c * torch.randn(g.shape, generator=generator, dtype=dtype)
+                g = g + sigma_c * gaussian(g.shape, generator, dtype, dev)
             g = g / _bc(denom, g)
             new[n] = loc[n] - cfg.user_lr * (g + cfg.user_l2 * loc[n])
         loc = new
@@ -439,7 +460,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             var = (sigma_c**2 / (cfg.item_steps * denom.double() ** 2)).sum() / k**2
             std = float(math.sqrt(float(var)))
             for n in params:
-                noise = torch.randn(update[n].shape, generator=generator, dtype=dtype)
+                noise = gaussian(update[n].shape, generator, dtype, dev)
                 update[n] = update[n] - std * frozen_rows_zeroed(noise, trainable if n in tables else None)
     loss = float((first_loss / n_u).mean()) if first_loss is not None else math.nan
     return CohortResult(local=loc, update=update, loss=loss, n_users=k, samples=(owner_np, items_np, n_items))
@@ -463,7 +484,7 @@ def _sq(g: torch.Tensor) -> torch.Tensor:
 
 def _add_loss(acc: torch.Tensor | None, lv: torch.Tensor, o: torch.Tensor, k: int) -> torch.Tensor:
     """Per-user sums of the sample losses (accumulated over chunks)."""
-    per = torch.zeros(k, dtype=torch.float64).index_add_(0, o, lv.detach().double())
+    per = torch.zeros(k, dtype=torch.float64, device=lv.device).index_add_(0, o, lv.detach().double())
     return per if acc is None else acc + per
 
 
@@ -478,12 +499,12 @@ def row_bound_factors(owner: torch.Tensor, rows: dict[str, torch.Tensor], *, row
     if row_norm > 0:
         f = torch.clamp(row_norm / (norm + 1e-12), max=1.0)
     if max_rows > 0 and len(norm):
-        o = owner.numpy()
-        order = np.lexsort((np.arange(len(o)), -norm.numpy(), o))  # by user, largest norm first
+        o = owner.cpu().numpy()
+        order = np.lexsort((np.arange(len(o)), -norm.cpu().numpy(), o))  # by user, largest norm first
         start = np.searchsorted(o[order], o[order], side="left")
         rank = np.empty(len(o), dtype=np.int64)
         rank[order] = np.arange(len(o)) - start
-        f = f * torch.as_tensor(rank < max_rows, dtype=f.dtype)
+        f = f * torch.as_tensor(rank < max_rows, dtype=f.dtype, device=f.device)
     return f
 
 
@@ -512,13 +533,14 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
             f = row_bound_factors(owner, {t: g / steps for t, g in r_tab.items()}, row_norm=cfg.row_norm,
                                   max_rows=cfg.max_rows)
             r_tab = {t: g * _bc(f, g) for t, g in r_tab.items()}
-        sq = torch.zeros(k, dtype=torch.float64)
+        dev = keys.device
+        sq = torch.zeros(k, dtype=torch.float64, device=dev)
         for g in r_tab.values():
             sq.index_add_(0, owner, _sq(g / steps))
         for g in r_den.values():
             sq += _sq(g / steps)
         factor = (torch.clamp(cfg.update_clip / (sq.sqrt() + 1e-12), max=1.0) if cfg.update_clip > 0
-                  else torch.ones(k, dtype=torch.float64))
+                  else torch.ones(k, dtype=torch.float64, device=dev))
         for t, g in r_tab.items():
             out[t].index_add_(0, item, _bc(factor[owner], g) * g / steps)
         for d, g in r_den.items():
@@ -531,12 +553,12 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
             std = noise_std[lo:hi]
             parts = {}
             for n, v in params.items():
-                dense_u = torch.zeros((hi - lo,) + tuple(v.shape), dtype=torch.float64)
+                dense_u = torch.zeros((hi - lo,) + tuple(v.shape), dtype=torch.float64, device=v.device)
                 if n in r_tab:
                     dense_u[o, it] = r_tab[n][sel] / steps
                 else:
                     dense_u += r_den[n][lo:hi] / steps
-                noise = torch.randn(dense_u.shape, generator=generator, dtype=v.dtype).double()
+                noise = gaussian(dense_u.shape, generator, v.dtype, v.device).double()
                 if trainable is not None and n in r_tab:
                     noise = noise * trainable.reshape((1, -1) + (1,) * (noise.dim() - 2)).double()
                 parts[n] = dense_u + _bc(std, dense_u) * noise

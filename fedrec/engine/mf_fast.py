@@ -28,6 +28,7 @@ from fedrec.engine.cohort import (
     clipped_user_mean,
     frozen_rows_zeroed,
     cohort_samples,
+    gaussian,
     register_fast_path,
     sample_mask,
 )
@@ -45,10 +46,11 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
                                                  exclude_positives=not cfg.dp)
     m = cfg.negatives
-    owner = torch.as_tensor(owner_np)
-    pos = torch.as_tensor(items_np[:, 0])
-    neg = torch.as_tensor(items_np[:, 1:])  # (n, m)
-    n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64))
+    dev = item_emb.device
+    owner = torch.as_tensor(owner_np, device=dev)
+    pos = torch.as_tensor(items_np[:, 0], device=dev)
+    neg = torch.as_tensor(items_np[:, 1:], device=dev)  # (n, m)
+    n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64), device=dev)
     q = cfg.sample_rate
     denom = (q * n_u).to(item_emb.dtype)
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
@@ -59,18 +61,18 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     clip_users = cfg.per_user
     s_user = users[owner_np]
     if clip_users:
-        keys = (owner[:, None] * n_items + torch.as_tensor(items_np)).reshape(-1)
+        keys = (owner[:, None] * n_items + torch.as_tensor(items_np, device=dev)).reshape(-1)
         uniq, inv = torch.unique(keys, return_inverse=True)
         inv = inv.reshape(items_np.shape)
-        r_item = torch.zeros((len(uniq), item_emb.shape[1]), dtype=item_emb.dtype)
-        r_bias = torch.zeros(len(uniq), dtype=item_bias.dtype)
+        r_item = torch.zeros((len(uniq), item_emb.shape[1]), dtype=item_emb.dtype, device=dev)
+        r_bias = torch.zeros(len(uniq), dtype=item_bias.dtype, device=dev)
     g_item = torch.zeros_like(item_emb)
     g_bias = torch.zeros_like(item_bias)
     first_loss = math.nan  # with DP the loss is not computed: it would be a release no mechanism covers
     for step in range(cfg.user_steps + cfg.item_steps):
         if cfg.dp:
             # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0)
-            sel = torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)))
+            sel = torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)), device=dev)
             o, pos_s, neg_s = owner[sel], pos[sel], neg[sel]
             dq_s = item_emb[pos_s][:, None, :] - item_emb[neg_s]
             db_s = item_bias[pos_s][:, None] - item_bias[neg_s]
@@ -81,7 +83,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         ps = p[o]
         x = (ps[:, None, :] * dq_s).sum(-1) + db_s  # (n, m)
         if step == 0 and not cfg.dp:
-            per_user = torch.zeros(k, dtype=torch.float64).index_add_(0, o, torch.nn.functional.softplus(-x).mean(1).double())
+            per_user = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(0, o, torch.nn.functional.softplus(-x).mean(1).double())
             first_loss = float((per_user / n_u).mean())
         coef = -torch.sigmoid(-x) / m
         csum = coef.sum(1)
@@ -98,7 +100,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             w = torch.ones_like(csum)
         gp = torch.zeros_like(p).index_add_(0, o, w[:, None] * gp_s)
         if cfg.dp:
-            gp = gp + sigma_c * torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            gp = gp + sigma_c * gaussian(p.shape, generator, p.dtype, dev)
         gp = gp / denom[:, None]
         if step >= cfg.user_steps:
             c = w / denom[o]
@@ -128,7 +130,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             var = (sigma_c**2 / (cfg.item_steps * denom.double() ** 2)).sum() / k**2
             std = float(math.sqrt(float(var)))
             for n in ("item_embedding", "item_bias"):
-                noise = torch.randn(update[n].shape, generator=generator, dtype=dtype)
+                noise = gaussian(update[n].shape, generator, dtype, dev)
                 update[n] = update[n] - std * frozen_rows_zeroed(noise, trainable)
     return CohortResult(local={"user": p}, update=update, loss=first_loss, n_users=k,
                         samples=(owner_np, items_np, n_items))
