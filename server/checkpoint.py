@@ -7,6 +7,7 @@ corrupt checkpoint or one from a different configuration with a clear error.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -27,9 +28,16 @@ class CheckpointError(RuntimeError):
 
 def _meaningful(cfg: FedConfig) -> dict:
     # keys without their section: checkpoints written before sections keep their fingerprint
-    return {k: v for k, v in flat_run_config(cfg.to_run_config()).items() if k not in _IGNORED}
+    return dict(_meaningful_items(cfg))
 
 
+@functools.lru_cache(maxsize=16)
+def _meaningful_items(cfg: FedConfig) -> tuple:
+    # computed once per config (a frozen dataclass), not at every round's checkpoint
+    return tuple((k, v) for k, v in flat_run_config(cfg.to_run_config()).items() if k not in _IGNORED)
+
+
+@functools.lru_cache(maxsize=16)
 def config_fingerprint(cfg: FedConfig) -> str:
     return hashlib.sha256(json.dumps(_meaningful(cfg), sort_keys=True).encode()).hexdigest()[:16]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import json
@@ -47,6 +48,35 @@ class RunLog:
         self.since_best = 0  # evaluations since the best one
         self.stopped_early = False
         self.out = Path(cfg.out) if cfg.out else None
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def _checkpoint(self, **kwargs) -> None:
+        """Write a checkpoint on a background thread, so the next round does not wait for
+        the disk (a few ms per round: a fifth of a DP round on ML-100K).  One write at a
+        time, in round order: the previous one is finished (and its error raised) first.
+        A server killed meanwhile leaves the previous complete checkpoint, at most one
+        round older; resuming from it repeats that round exactly (nodes keep their last
+        three rounds' state, and the log is cut back to the checkpoint's round)."""
+        self.flush()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedrec-checkpoint")
+        self._pending = self._writer.submit(save_checkpoint, **kwargs)
+
+    def flush(self) -> None:
+        """Wait for the checkpoint being written (raising its error, if any)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish the last checkpoint and stop the writer thread."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's ``evaluate_fn`` hook: called after every round (and before round 1)."""
@@ -102,9 +132,10 @@ class RunLog:
             user_dp = self.server.user_dp
             extra = {"user_clip": user_dp.clipping_norm} if user_dp is not None else {}
             extra["since_best"] = self.since_best
-            save_checkpoint(self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
-                            params={k: v.numpy() for k, v in arrays.items()}, opt_state=self.server.optimizer.state,
-                            best=self.best, extra=extra)
+            # the optimiser's state is replaced, never changed in place, by each step (fedrec.optim.server_step)
+            self._checkpoint(directory=self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
+                             params={k: v.numpy() for k, v in arrays.items()}, opt_state=self.server.optimizer.state,
+                             best=None if self.best is None else dict(self.best), extra=extra)
         if ev and self.cfg.patience and self.since_best >= self.cfg.patience:
             self.stopped_early = True
             raise EarlyStop(f"no better validation {self.cfg.select_metric} in {self.since_best} evaluations")
@@ -264,6 +295,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
                 )
         except EarlyStop as e:
             _say(f"stopped early after round {log.rows[-1]['round']}: {e}")
+        finally:
+            log.close()  # the last round's checkpoint is on disk before the run returns
     summary = summarize(cfg, log)
     if cfg.eval_every == 0:
         _say(f"evaluation off: the model is round {log.rows[-1]['round'] if log.rows else 0}'s "

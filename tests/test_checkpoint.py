@@ -36,3 +36,38 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable fedrec checkpoint") as e:
         load_checkpoint(tmp_path, FedConfig())
     assert "\n" not in str(e.value) and "allow_pickle" not in str(e.value)
+
+
+def test_background_writes_land_in_round_order_and_their_errors_surface(tmp_path, monkeypatch):
+    """The run log writes checkpoints on a background thread: one at a time, in round
+    order (the next waits for the previous), the last one on disk once the log is closed,
+    and a failed write raises at the next write or at the close instead of being lost."""
+    import threading
+    import time
+
+    import fedrec_app.server.run as run
+    from fedrec_app.server.run import RunLog
+
+    cfg = FedConfig(num_server_rounds=10)
+    params = {"item_bias": np.zeros(3, np.float32)}
+    real, order, threads = run.save_checkpoint, [], set()
+
+    def slow(**kw):
+        time.sleep(0.05)  # slower than the rounds: each write must still finish before the next starts
+        order.append(kw["server_round"])
+        threads.add(threading.current_thread().name)
+        return real(**kw)
+
+    monkeypatch.setattr(run, "save_checkpoint", slow)
+    log = RunLog(cfg, server=None)
+    for r in (1, 2, 3):
+        log._checkpoint(directory=tmp_path, cfg=cfg, server_round=r, params=params, opt_state=_S().opt_state, best=None)
+    log.close()
+    assert order == [1, 2, 3] and load_checkpoint(tmp_path, cfg)["round"] == 3
+    assert threads and all(t.startswith("fedrec-checkpoint") for t in threads)
+    bad = RunLog(cfg, server=None)
+    (tmp_path / "file").write_text("not a directory")
+    bad._checkpoint(directory=tmp_path / "file", cfg=cfg, server_round=1, params=params, opt_state=_S().opt_state,
+                    best=None)
+    with pytest.raises(OSError):
+        bad.close()
