@@ -28,6 +28,7 @@ ordered history, which it ranks from directly (zero-training cold start).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -182,27 +183,49 @@ def fold_in(
 _DEVICE_MODELS: dict[tuple, object] = {}
 
 
-def _device_model(spec: str, params: dict[str, np.ndarray] | None, args: dict):
-    """The model ``spec`` as the run built it (``args``: dim, init_std, seed, seq_len), for
-    the item count of ``params`` (``None``: one item, for its declarations only)."""
-    from fedrec.models import build_federated_model, wants_item_features
+def _catalogue(n_items: int, item_meta: dict[str, np.ndarray]):
+    """A dataset of no interactions over ``n_items`` items carrying the public item metadata
+    ``item_meta`` (``item_genres``, ``item_year``): what the federation's feature-aware
+    models read through :func:`fedrec.federation.item_features`."""
+    from fedrec.data import Dataset
 
-    if wants_item_features(spec):
-        raise ValueError(f"model {spec!r} ranks items through their features, which the device API does not "
-                         "load yet: use a model without item features on the device")
+    none = np.zeros(0, dtype=np.int64)
+    return Dataset(user=none, item=none, timestamp=none, n_users=0, n_items=n_items, user_ids=none,
+                   item_ids=np.arange(n_items), item_genres=item_meta.get("item_genres"),
+                   item_year=item_meta.get("item_year"), name="device")
+
+
+def _device_model(spec: str, params: dict[str, np.ndarray] | None, args: dict,
+                  item_meta: dict[str, np.ndarray] | None = None):
+    """The model ``spec`` as the run built it (``args``: dim, init_std, seed, seq_len), for
+    the item count of ``params`` (``None``: its declarations only).  A feature-aware
+    model (two-tower) reads the public item metadata ``item_meta`` the device keeps."""
+    from fedrec.federation import build_model
+    from fedrec.models import wants_item_features
+
+    feature_aware = wants_item_features(spec)
+    if feature_aware and not item_meta:
+        raise ValueError(f"model {spec!r} ranks items through their public features: create the device with "
+                         "item_genres= and/or item_year= (the federation's dataset.item_genres / item_year)")
     kw = dict(dim=int(args.get("dim", 64)), init_std=float(args.get("init_std", 0.1)), seed=int(args.get("seed", 0)),
               max_len=int(args.get("seq_len", 50)))
-    n = 1
+    n = len(next(iter(item_meta.values()))) if feature_aware else 1
     if params is not None:
-        tables = _device_model(spec, None, args).table_names()
+        tables = _device_model(spec, None, args, item_meta).table_names()
         if not tables or tables[0] not in params:
             raise ValueError(f"the global parameters {sorted(params)} are not model {spec!r}'s (no {tables[:1]})")
+        if feature_aware and int(params[tables[0]].shape[0]) != n:
+            raise ValueError(f"the global parameters hold {params[tables[0]].shape[0]} items; the device's item "
+                             f"metadata {n}")
         n = int(params[tables[0]].shape[0])
-    key = (spec, n, tuple(sorted(kw.items())))
+    meta_key = tuple((k, v.shape, hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest())
+                     for k, v in sorted((item_meta or {}).items())) if feature_aware else ()
+    key = (spec, n, tuple(sorted(kw.items())), meta_key)
     if key not in _DEVICE_MODELS:
         if len(_DEVICE_MODELS) >= 8:
             _DEVICE_MODELS.clear()
-        _DEVICE_MODELS[key] = build_federated_model(spec, n, **kw)
+        _DEVICE_MODELS[key] = build_model(spec, _catalogue(n, item_meta or {}), dim=kw["dim"],
+                                          init_std=kw["init_std"], seed=kw["seed"], max_len=kw["max_len"])
     return _DEVICE_MODELS[key]
 
 
@@ -227,6 +250,7 @@ class DeviceRecommender:
     privacy: dict = field(default_factory=dict)  # the mechanism its DP steps were taken under (run-config keys)
     model: str = "mf"  # the federation's model (``--model``)
     model_args: dict = field(default_factory=dict)  # what the run built it with: dim, init_std, seed, seq_len
+    item_meta: dict = field(default_factory=dict)  # public item metadata a feature-aware model reads (item_genres, item_year)
 
     # --- MF's user vector under its earlier names ----------------------------
     @property
@@ -248,17 +272,26 @@ class DeviceRecommender:
     # --- lifecycle --------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, user: int = 0, dim: int = 64, seed: int = 0, init_std: float = 0.1,
-               model: str = "mf", seq_len: int = 50) -> "DeviceRecommender":
+               model: str = "mf", seq_len: int = 50, item_genres: np.ndarray | None = None,
+               item_year: np.ndarray | None = None) -> "DeviceRecommender":
         """A new device state for a federation of ``model`` (built as the run builds it:
         ``dim``, ``init_std``, ``seed``, ``seq_len``): the initial local state a simulated
         node would give this user, no interactions.  The privacy mechanism comes with the
-        first round it trains (the run's config, as the server resolved it)."""
+        first round it trains (the run's config, as the server resolved it).
+
+        A feature-aware model (``two-tower``) ranks items through public item metadata:
+        pass the federation's ``item_genres`` (multi-hot, one row per item) and/or
+        ``item_year`` (as ``dataset.item_genres`` / ``dataset.item_year`` hold them); the
+        device keeps them and builds the item tower's input exactly as the nodes do."""
         args = {"dim": int(dim), "init_std": float(init_std), "seed": int(seed), "seq_len": int(seq_len)}
-        m = _device_model(model, None, args)
+        meta = {k: np.asarray(v) for k, v in (("item_genres", item_genres), ("item_year", item_year)) if v is not None}
+        if len({len(v) for v in meta.values()}) > 1:
+            raise ValueError(f"item_genres and item_year describe {[len(v) for v in meta.values()]} items")
+        m = _device_model(model, None, args, meta)
         train = {k: v[0].astype(np.float32) for k, v in m.init_local(np.array([user]), seed=seed).items()}
         rank = {k: np.zeros_like(v) for k, v in train.items()}
         dev = cls(Path(path), int(user), train, rank, np.zeros(0, np.int64), np.zeros(0, np.float64),
-                  model=model, model_args=args)
+                  model=model, model_args=args, item_meta=meta)
         dev.save()
         return dev
 
@@ -274,8 +307,9 @@ class DeviceRecommender:
                     train["user"], rank["user"] = z["train_emb"], z["rank_emb"]
                 model = meta.get("model", "mf")
                 args = meta.get("model_args") or {"dim": int(len(train["user"]))}
+                item_meta = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("item_meta/")}
                 return cls(p, int(meta["user"]), train, rank, z["items"], z["times"], int(meta["dp_steps"]),
-                           int(meta["rounds"]), dict(meta["privacy"]), model, dict(args))
+                           int(meta["rounds"]), dict(meta["privacy"]), model, dict(args), item_meta)
         except FileNotFoundError:
             raise FileNotFoundError(f"no device state at {p}; create one with DeviceRecommender.create") from None
         except Exception as e:  # noqa: BLE001
@@ -289,13 +323,14 @@ class DeviceRecommender:
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         arrays = {f"train/{k}": v for k, v in self.train_local.items()}
         arrays.update({f"rank/{k}": v for k, v in self.rank_local.items()})
+        arrays.update({f"item_meta/{k}": v for k, v in self.item_meta.items()})
         np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), items=self.items, times=self.times,
                  **arrays)
         tmp.replace(self.path)
 
     def federated_model(self, global_params: dict[str, np.ndarray]):
         """The model this device holds, for the item count of ``global_params``."""
-        return _device_model(self.model, global_params, self.model_args)
+        return _device_model(self.model, global_params, self.model_args, self.item_meta)
 
     # --- data -------------------------------------------------------------
     def add_interactions(self, items, times=None) -> None:
@@ -379,7 +414,8 @@ class DeviceRecommender:
         ts[order] = np.arange(len(order))  # the order of the device's times, as integers
         ds = Dataset(user=np.full(len(self.items), self.user, dtype=np.int64), item=self.items.astype(np.int64),
                      timestamp=ts, n_users=train.shape[0], n_items=n_items, user_ids=np.arange(train.shape[0]),
-                     item_ids=np.arange(n_items), name="device")
+                     item_ids=np.arange(n_items), item_genres=self.item_meta.get("item_genres"),
+                     item_year=self.item_meta.get("item_year"), name="device")
         return Federation(ds, Split(train=train, valid=empty, test=empty, kind="device"), (np.array([self.user]),))
 
     # --- privacy ----------------------------------------------------------

@@ -201,3 +201,41 @@ def test_a_device_state_written_before_any_model_opens_as_mf(tmp_path):
     np.testing.assert_array_equal(dev.rank_emb, np.full(4, 2.0))
     p = _params()
     np.testing.assert_allclose(dev.scores(p), p["item_embedding"] @ np.full(4, 2.0) + p["item_bias"], rtol=1e-6)
+
+
+def test_a_two_tower_device_ranks_through_the_item_tower_and_trains_as_its_node(tmp_path):
+    """Two-tower on the device: it keeps the public item metadata the nodes read (genres,
+    year), ranks every item through the tower (items nobody trained included), and a
+    training round releases exactly what the simulated node of that user releases."""
+    from fedrec.federation import federated_model
+
+    cfg = FedConfig(data="synthetic:30x40:0", model="two-tower", dim=4, users_per_node=1).resolved()
+    fed = load_federation(cfg)
+    ds = fed.dataset
+    model = federated_model(cfg, fed)
+    g = np.random.default_rng(2)
+    params = {k: v + 0.1 * g.standard_normal(v.shape).astype(np.float32) for k, v in init_global_params(cfg, fed).items()}
+    with pytest.raises(ValueError, match="item_genres= and/or item_year="):
+        DeviceRecommender.create(tmp_path / "none.npz", user=0, dim=4, model="two-tower")
+    user = int(fed.cohorts[3][0])
+    dev = DeviceRecommender.create(tmp_path / "tt.npz", user=user, dim=4, model="two-tower",
+                                   item_genres=ds.item_genres, item_year=ds.item_year)
+    items = fed.split.train[user].indices
+    dev.add_interactions(items)
+    st = node.load_state({}, fed, 3, cfg)
+    up_node, _, _ = node.train_round(cfg, fed, 3, st, global_params=params, server_round=1)
+    rel = DeviceRecommender.open(tmp_path / "tt.npz").train(params, cfg, server_round=1)
+    for k in up_node:
+        np.testing.assert_allclose(rel[k], up_node[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    dev = DeviceRecommender.open(tmp_path / "tt.npz")
+    dev.refit(params, steps=20)
+    want = model.score_users({"user": torch.as_tensor(dev.rank_local["user"])[None]},
+                             {k: torch.as_tensor(v) for k, v in params.items()})[0].numpy()
+    np.testing.assert_allclose(dev.scores(params), want, rtol=1e-6)
+    # an item whose free row is zero (never trained) is still ranked by its features
+    cold = {k: v.copy() for k, v in params.items()}
+    cold["item_embedding"][:5] = 0.0
+    s = dev.scores(cold)[:5]
+    assert np.ptp(s) > 0
+    with pytest.raises(ValueError, match="holds 40 items|hold 40 items|the device's item metadata 40"):
+        dev.scores({k: v[:20] if v.shape[0] == 40 else v for k, v in params.items()})
