@@ -191,6 +191,10 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
     codes = np.select([groups == g for g in ACTIVITY_GROUPS[:-1]], range(len(ACTIVITY_GROUPS) - 1),
                       len(ACTIVITY_GROUPS) - 1).astype(np.int8)
     paths = []
+    # the histories are computed for the files, not kept on the federation: the process that
+    # writes node files (a simulation's driver) does not train, and at 138,000 users they are 190 MiB
+    cached = fed.__dict__.get("_histories", {}).get("test")
+    test_histories = cached if cached is not None or not len(ds.user) else stage_histories(ds, split, "test")
     for p in (range(fed.n_nodes) if partitions is None else partitions):
         users = np.asarray(fed.cohorts[p], dtype=np.int64)
         arrays = {"format": np.array(NODE_FORMAT), "partition": np.array(p), "n_nodes": np.array(fed.n_nodes),
@@ -202,7 +206,7 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
             m = getattr(split, stage)[users].tocsr()
             arrays[f"{stage}/indptr"], arrays[f"{stage}/indices"] = m.indptr.astype(np.int64), m.indices.astype(np.int32)
         if len(ds.user):  # the users' histories in time order (sequential models read them)
-            h = histories(fed, "test")
+            h = test_histories
             arrays["history/lengths"] = h.lengths(users)
             arrays["history/items"] = np.concatenate([h.of(u) for u in users.tolist()] or [np.zeros(0, np.int64)])
         for k in ("item_genres", "item_year"):
@@ -229,7 +233,7 @@ def load_node_data(path: str) -> tuple[Federation, int]:
 
     try:
         with np.load(Path(path), allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
+            a = {k: z[k] for k in z.files if not k.startswith("history/")}  # histories: when asked for
     except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"node data file {path}: not readable ({type(e).__name__})") from None
     if int(a.get("format", -1)) != NODE_FORMAT:
@@ -258,13 +262,33 @@ def load_node_data(path: str) -> tuple[Federation, int]:
     fed = Federation(ds, split, cohorts)
     groups = np.full(n_users, "", dtype=object)
     groups[users] = np.array(ACTIVITY_GROUPS, dtype=object)[a["group_codes"]]
-    lengths = np.zeros(n_users, dtype=np.int64)
-    hist_items = np.zeros(0, dtype=np.int64)
-    if "history/lengths" in a:  # rows in user order, as the matrices
-        order = np.argsort(users, kind="stable")
-        starts = np.r_[0, np.cumsum(a["history/lengths"])]
-        lengths[users] = a["history/lengths"]
-        hist_items = np.concatenate([a["history/items"][starts[j]:starts[j + 1]] for j in order] or [hist_items])
-    history = Histories(np.r_[0, np.cumsum(lengths)].astype(np.int64), hist_items.astype(np.int64))
-    object.__setattr__(fed, "_node_eval", {"popularity": a["item_popularity"], "groups": groups, "history": history})
+    object.__setattr__(fed, "_node_eval", _NodeEval({"popularity": a["item_popularity"], "groups": groups},
+                                                    path=str(path), users=users, n_users=n_users))
     return fed, p
+
+
+class _NodeEval(dict):
+    """A node's federation-wide inputs from its file; ``"history"`` (the users' ordered
+    histories, which only sequential models read: 80 MiB per 10 M interactions) is read
+    from the file when first asked for."""
+
+    def __init__(self, values: dict, *, path: str, users: np.ndarray, n_users: int):
+        super().__init__(values)
+        self._path, self._users, self._n_users = path, users, n_users
+
+    def __missing__(self, key):
+        if key != "history":
+            raise KeyError(key)
+        with np.load(self._path, allow_pickle=False) as z:
+            names = set(z.files)
+            own_lengths = z["history/lengths"] if "history/lengths" in names else None
+            own_items = z["history/items"] if "history/items" in names else None
+        lengths = np.zeros(self._n_users, dtype=np.int64)
+        items = np.zeros(0, dtype=np.int64)
+        if own_lengths is not None:  # rows in user order, as the matrices
+            order = np.argsort(self._users, kind="stable")
+            starts = np.r_[0, np.cumsum(own_lengths)]
+            lengths[self._users] = own_lengths
+            items = np.concatenate([own_items[starts[j]:starts[j + 1]] for j in order] or [items])
+        self["history"] = Histories(np.r_[0, np.cumsum(lengths)].astype(np.int64), items.astype(np.int64))
+        return self["history"]

@@ -75,6 +75,9 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         if not ray_address:
             node_data = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrec-nodes-"))
             write_node_data(fed, node_data)
+            from fedrec.node import trim_heap
+
+            trim_heap()  # the files' working set goes back to the OS before the actors start
         stack.enter_context(fast_grid_polling())
         run_simulation(
             server_app=make_server_app(rc, results),

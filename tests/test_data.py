@@ -144,3 +144,29 @@ def test_load_ml100k_by_path(shared_data):
     assert ds.item_genres.shape == (1682, 19) and ds.user_gender is not None
     s = leave_last_out(ds)
     assert s.valid.nnz == 943 and s.test.nnz == 943 and s.train.nnz == 100000 - 2 * 943
+
+
+def test_positive_keys_of_some_users_answer_as_the_whole_matrix():
+    """``positive_keys`` (computed once per call of the samplers, for the cohort's users only)
+    gives the same answers as the keys of the whole matrix, also when the matrix's
+    columns are not sorted within rows."""
+    import scipy.sparse as sp
+
+    from fedrec.data.negatives import is_positive, positive_keys
+
+    rng = np.random.default_rng(0)
+    dense = rng.random((20, 30)) < 0.3
+    train = sp.csr_matrix(dense.astype(np.float32))
+    shuffled = train.copy()
+    for r in range(20):  # unsorted columns within each row
+        a, b = shuffled.indptr[r], shuffled.indptr[r + 1]
+        shuffled.indices[a:b] = shuffled.indices[a:b][::-1].copy()
+    shuffled.has_sorted_indices = False
+    users = np.array([3, 7, 7, 12])
+    for m in (train, shuffled):
+        keys = positive_keys(m, users)
+        assert np.all(np.diff(keys) > 0)
+        u = np.repeat(users, 30)
+        i = np.tile(np.arange(30), len(users))
+        np.testing.assert_array_equal(is_positive(m, u, i, keys=keys), dense[u, i])
+        np.testing.assert_array_equal(is_positive(m, u, i), dense[u, i])

@@ -44,6 +44,14 @@ def test_node_file_gives_the_same_training_and_evaluation(tmp_path, settings):
         assert e1.keys() == e2.keys()
         for k in e1:
             np.testing.assert_allclose(e1[k], e2[k], rtol=1e-12, err_msg=k)
+        # the ordered histories (sequential models only) are read from the file when first asked for
+        from fedrec.federation import histories
+
+        assert "history" not in dict(view._node_eval)
+        for stage in ("test", "train"):
+            mine, full = histories(view, stage), histories(fed, stage)
+            for u in users.tolist():
+                np.testing.assert_array_equal(mine.of(u), full.of(u))
 
 
 def test_node_file_size_grows_with_its_own_users(tmp_path):

@@ -11,19 +11,28 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["sample_negatives", "is_positive"]
+__all__ = ["sample_negatives", "is_positive", "positive_keys"]
 
 
-def _keys(train: sp.csr_matrix) -> np.ndarray:
-    rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), np.diff(train.indptr))
-    keys = rows * train.shape[1] + train.indices.astype(np.int64)
-    keys.sort()
+def positive_keys(train: sp.csr_matrix, users: np.ndarray | None = None) -> np.ndarray:
+    """Sorted keys ``user * n_items + item`` of the training positives (of ``users`` only,
+    if given): what :func:`is_positive` searches; compute them once to ask many times."""
+    if users is None:
+        rows, sub = np.arange(train.shape[0], dtype=np.int64), train
+    else:
+        rows = np.unique(np.asarray(users, dtype=np.int64))
+        sub = train[rows]
+    keys = np.repeat(rows, np.diff(sub.indptr)) * train.shape[1] + sub.indices.astype(np.int64)
+    if not sub.has_sorted_indices:  # rows ascend; sorted columns within rows make the keys ascend
+        keys.sort()
     return keys
 
 
 def is_positive(train: sp.csr_matrix, users: np.ndarray, items: np.ndarray, *, keys=None) -> np.ndarray:
-    """Boolean array: is ``(users[j], items[j])`` a training positive?"""
-    keys = _keys(train) if keys is None else keys
+    """Boolean array: is ``(users[j], items[j])`` a training positive?  ``keys``:
+    :func:`positive_keys` of ``train`` (of at least ``users``), computed once by a caller
+    that asks many times."""
+    keys = positive_keys(train) if keys is None else keys
     q = users.astype(np.int64) * train.shape[1] + items.astype(np.int64)
     pos = np.searchsorted(keys, q)
     pos = np.minimum(pos, len(keys) - 1)
@@ -69,7 +78,7 @@ def sample_negatives(
     if len(users) and counts.max() >= n_items:
         bad = users[counts >= n_items][0]
         raise ValueError(f"user {bad} has interacted with all {n_items} items: no negative to sample")
-    keys = _keys(train)
+    keys = positive_keys(train)
     flat_users = np.repeat(users, n)
     out = rng.integers(0, n_items, size=flat_users.shape[0], dtype=np.int64)
     todo = np.flatnonzero(is_positive(train, flat_users, out, keys=keys))

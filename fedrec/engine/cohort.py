@@ -55,7 +55,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from fedrec.data.negatives import is_positive
+from fedrec.data.negatives import is_positive, positive_keys
 from fedrec.models.protocol import FederatedModel
 from fedrec.rng import hash_ints, hash_uniform
 
@@ -175,8 +175,9 @@ def keyed_negatives(
     """One training negative per ``(users[j], slot[j])``, uniform over the items that
     are not training positives of the user; a pure function of
     ``(seed, server_round, user, slot)`` (see :mod:`fedrec.rng`)."""
+    keys = positive_keys(train, users)  # once, for every attempt
     return _keyed_draws(train.shape[1], seed, server_round, users, slot,
-                        lambda out: is_positive(train, users, out), max_tries=max_tries)
+                        lambda out: is_positive(train, users, out, keys=keys), max_tries=max_tries)
 
 
 def _keyed_draws(n_items: int, seed: int, server_round: int, users: np.ndarray, slots: np.ndarray, invalid, *,
@@ -226,10 +227,12 @@ def negative_sets(train: sp.csr_matrix, users: np.ndarray, positives: np.ndarray
     s_user = np.repeat(np.asarray(users, dtype=np.int64), m)
     s_slot = (np.asarray(slots, dtype=np.int64)[:, None] * m + np.arange(m)[None, :]).reshape(-1)
 
+    keys = positive_keys(train, users) if exclude_positives else None  # once, for every attempt
+
     def invalid(flat: np.ndarray) -> np.ndarray:
         neg = flat.reshape(-1, m)
         if exclude_positives:
-            bad = is_positive(train, s_user, flat).reshape(neg.shape)
+            bad = is_positive(train, s_user, flat, keys=keys).reshape(neg.shape)
         else:
             bad = neg == pos[:, None]
         if m > 1:  # a repeat of an earlier negative of the same sample

@@ -46,6 +46,7 @@ __all__ = [
     "ScoreFn",
     "EvalResult",
     "stage_matrices",
+    "SCORES_PER_BATCH",
     "users_to_evaluate",
     "evaluate",
     # re-exported from fedrec.metrics.aggregate for federated callers
@@ -104,17 +105,38 @@ class EvalResult:
         return metric_sums(self.per_user)
 
 
+#: Scores computed per batch of users by default (256 users up to 16,384 items).
+SCORES_PER_BATCH = 1 << 22
+
+
 def stage_matrices(split: Split, stage: Stage) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """The ``(targets, exclude)`` matrices of a stage.
 
     ``"valid"``: ``(split.valid, split.train)``; ``"test"``:
     ``(split.test, split.train + split.valid)``.
     """
+    targets, masked = _stage_parts(split, stage)
+    return targets, sp.csr_matrix(sum(masked[1:], masked[0]))
+
+
+def _stage_parts(split: Split, stage: Stage) -> tuple[sp.csr_matrix, list[sp.csr_matrix]]:
+    """The targets of a stage and the matrices whose items it masks (their sum is
+    :func:`stage_matrices`' ``exclude``), without building that sum: :func:`evaluate`
+    takes the rows of each batch only (a whole-matrix sum is a full copy of every
+    user's interactions, hundreds of MiB at scale)."""
     if stage == "valid":
-        return sp.csr_matrix(split.valid), sp.csr_matrix(split.train)
+        return sp.csr_matrix(split.valid), [sp.csr_matrix(split.train)]
     if stage == "test":
-        return sp.csr_matrix(split.test), sp.csr_matrix(split.train + split.valid)
+        return sp.csr_matrix(split.test), [sp.csr_matrix(split.train), sp.csr_matrix(split.valid)]
     raise ValueError(f"stage must be 'valid' or 'test'; got {stage!r}")
+
+
+def _rows_sum(parts: list[sp.csr_matrix], rows: np.ndarray) -> sp.csr_matrix:
+    """``sum(parts)[rows]``, from the rows only."""
+    out = parts[0][rows]
+    for m in parts[1:]:
+        out = out + m[rows]
+    return sp.csr_matrix(out)
 
 
 def _row_nnz(m: sp.csr_matrix) -> np.ndarray:
@@ -135,7 +157,7 @@ def users_to_evaluate(split: Split, stage: Stage, users: np.ndarray | None = Non
     users : np.ndarray, optional
         Restrict to these users (e.g. a client's own users).
     """
-    targets, _ = stage_matrices(split, stage)
+    targets, _ = _stage_parts(split, stage)
     has = _row_nnz(targets) > 0
     if users is None:
         return np.flatnonzero(has).astype(np.int64)
@@ -164,7 +186,7 @@ def evaluate(
     ks: Sequence[int] = (10, 20),
     ties: Ties = "pessimistic",
     users: np.ndarray | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     sampled_negatives: int = 99,
     seed: int = 0,
     item_features: np.ndarray | None = None,
@@ -192,8 +214,10 @@ def evaluate(
         Tie rule (see :mod:`fedrec.metrics.ranking`).
     users : np.ndarray, optional
         Evaluate only these users (those without targets are still skipped).
-    batch_size : int
-        Users scored per call of ``score_fn``.
+    batch_size : int, optional
+        Users scored per call of ``score_fn``; default: 256, fewer for catalogues
+        above 16,384 items (:data:`SCORES_PER_BATCH` scores per batch), so the
+        working set stays about 16 MiB of scores whatever the catalogue.
     sampled_negatives : int
         Negatives per user for the ``sampled_*`` metrics; 0 disables them.
     seed : int
@@ -219,16 +243,18 @@ def evaluate(
     EvalResult
     """
     _check_ties(ties)
+    if batch_size is None:
+        batch_size = max(1, min(256, SCORES_PER_BATCH // max(1, split.n_items)))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if sampled_negatives < 0:
         raise ValueError(f"sampled_negatives must be >= 0; got {sampled_negatives}")
     ks = tuple(int(k) for k in ks)
     n_items = split.n_items
-    targets, exclude = stage_matrices(split, stage)
+    targets, masked = _stage_parts(split, stage)
     if not mask_consumed:
-        exclude = sp.csr_matrix(exclude.shape, dtype=exclude.dtype)
-    positives = sp.csr_matrix(split.train + split.valid + split.test) if sampled_negatives else None
+        masked = [sp.csr_matrix(targets.shape, dtype=np.float32)]
+    every = [sp.csr_matrix(m) for m in (split.train, split.valid, split.test)]  # positives of the sampled negatives
     eval_users = users_to_evaluate(split, stage, users)
     if item_features is not None and len(item_features) != n_items:
         raise ValueError(f"item_features has {len(item_features)} rows for {n_items} items")
@@ -251,7 +277,7 @@ def evaluate(
     for start in range(0, len(eval_users), batch_size):
         batch = eval_users[start : start + batch_size]
         scores = _call_score_fn(score_fn, batch, n_items)
-        t_b, e_b = targets[batch], exclude[batch]
+        t_b, e_b = targets[batch], _rows_sum(masked, batch)
 
         tie_rng = _user_rngs(seed, _STREAM_TIES, batch) if ties == "random" else None
         tr = target_ranks(scores, t_b, e_b, ties=ties, rng=tie_rng, user_ids=batch)
@@ -261,7 +287,7 @@ def evaluate(
 
         if sampled_negatives:
             negs = sample_negatives(
-                positives[batch],
+                _rows_sum(every, batch),
                 n_negatives=sampled_negatives,
                 rng=_user_rngs(seed, _STREAM_NEGATIVES, batch),
             )
