@@ -85,3 +85,23 @@ def test_actors_share_the_gpus_only_when_asked():
     assert gpu["client_resources"] == {"num_cpus": 1, "num_gpus": 0.5} and gpu["init_args"]["num_gpus"] == 2
     assert flower_compat.backend_config(num_cpus=1, gpus=2)["client_resources"]["num_gpus"] == 1.0
     assert flower_compat.backend_config(num_cpus=4, ray_address="auto", gpus=1)["client_resources"]["num_gpus"] == 0.25
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not flower_compat.patches_supported(), reason="patches are for the tested Flower line")
+def test_rounds_do_not_wait_for_polls(tmp_path, monkeypatch):
+    """Within ``fast_grid_polling`` the grid's push wakes the dispatch loop and a stored reply
+    wakes the grid: with a 0.5 s poll interval, rounds of a tiny run still take a small
+    fraction of it (polling alone would add 0.5 s per round: two polls, half an interval each)."""
+    import json
+
+    from fedrec.config import FedConfig
+    from fedrec_app.simulations.simulate import simulate
+
+    monkeypatch.setattr(flower_compat, "GRID_PULL_INTERVAL", 0.5)
+    out = tmp_path / "run"
+    simulate(FedConfig(data="synthetic:20x30:1", dim=4, users_per_node=10, num_server_rounds=6, eval_every=0,
+                       patience=0, out=str(out)))
+    rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+    secs = sorted(r["seconds"] for r in rows[1:])  # round 1 starts the actors
+    assert secs[len(secs) // 2] < 0.2, secs
