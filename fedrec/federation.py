@@ -100,10 +100,13 @@ def build_model(spec: str, ds: Dataset, *, dim: int, init_std: float = 0.1, seed
                                  max_len=max_len)
 
 
-def histories(fed: Federation, stage: str) -> Histories:
+def histories(fed: Federation, stage: str, *, keep: bool = True) -> Histories:
     """Each user's history before ``stage`` in time order (:func:`fedrec.data.sequences.stage_histories`),
-    from the dataset or, on a deployed node, from its data file; cached on the federation."""
+    from the dataset or, on a deployed node, from its data file; cached on the federation
+    (``keep=False``: computed without caching them if they are not cached yet)."""
     cache = fed.__dict__.setdefault("_histories", {})
+    if not keep and stage not in cache and getattr(fed, "_node_eval", None) is None:
+        return stage_histories(fed.dataset, fed.split, stage)
     if stage not in cache:
         if stage not in ("train", "valid", "test"):
             raise ValueError(f"unknown stage {stage!r}; choose 'train', 'valid' or 'test'")
@@ -193,8 +196,7 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
     paths = []
     # the histories are computed for the files, not kept on the federation: the process that
     # writes node files (a simulation's driver) does not train, and at 138,000 users they are 190 MiB
-    cached = fed.__dict__.get("_histories", {}).get("test")
-    test_histories = cached if cached is not None or not len(ds.user) else stage_histories(ds, split, "test")
+    test_histories = histories(fed, "test", keep=False) if len(ds.user) else None
     for p in (range(fed.n_nodes) if partitions is None else partitions):
         users = np.asarray(fed.cohorts[p], dtype=np.int64)
         arrays = {"format": np.array(NODE_FORMAT), "partition": np.array(p), "n_nodes": np.array(fed.n_nodes),

@@ -247,9 +247,13 @@ def train_round(
     loss, counts = 0.0, np.zeros(n_items)
     local = {n: v.copy() for n, v in state.local.items()}
     steps, rounds = state.dp_steps.copy(), state.rounds.copy()
+    device = compute_device(cfg.device)
+    pairs = 0
     if k:
         idx = np.flatnonzero(active)
-        for part in _chunks(idx, np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives):
+        user_pairs = np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives
+        pairs = int(user_pairs.sum())
+        for part in _chunks(idx, user_pairs):
             # users are independent: chunks bound the memory of the per-sample tensors (a
             # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
@@ -269,7 +273,7 @@ def train_round(
                     generator=gen,
                     generic=cfg.engine == "generic",
                     trainable=trainable,
-                    device=compute_device(cfg.device),
+                    device=device,
                 )
             w = len(part) / k
             for n, v in res.local.items():
@@ -296,7 +300,7 @@ def train_round(
         metrics["train-loss"] = loss
     if cfg.dp:
         metrics["epsilon"] = [float(x) for x in user_epsilons(cfg, steps)]
-    if k and int(np.diff(fed.split.train.indptr)[state.users[active]].sum()) * cfg.negatives >= TRIM_AFTER_PAIRS:
+    if pairs >= TRIM_AFTER_PAIRS:
         trim_heap()
     return update, metrics, new
 
