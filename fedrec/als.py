@@ -14,12 +14,15 @@ pair toward 0 (the "gravity" term) and weight 1 toward 1 on the positives::
   exactly from all of its training items and the public item table ``V``:
   ``p_u = (V_u^T V_u + alpha V^T V + reg_user I)^-1 V_u^T 1``.
 * **Item step, released with noise.**  Each user contributes its vector, clipped
-  to ``clip`` (Gamma), to the rows of at most ``cap`` (k) of its training items
-  (a fixed random subset, drawn once per run from (seed, user) alone) and its outer
+  to ``clip`` (Gamma), to the rows of at most ``pass_cap`` (k) of its training items
+  **among the trained (head) items** (a random subset, fixed per run from (seed,
+  user) alone; the head is public, chosen from the released counts) and its outer
   product to one global Gram matrix ``K``.  One user changes ``b = sum p_u`` (per
   item row) by at most ``sqrt(k) Gamma`` and ``K / Gamma`` by at most ``Gamma``, so
   the pair ``(b, K / Gamma)`` has L2 sensitivity ``Gamma sqrt(k + 1)``: one
-  Gaussian mechanism of noise multiplier ``z`` per pass.  The per-item Gram
+  Gaussian mechanism of noise multiplier ``z`` per pass.  Rows outside the head
+  are never trained, so restricting the contributions to the head loses no signal
+  and lets a smaller ``k`` cover most users' head items: less noise per pass.  The per-item Gram
   ``sum_{u in i} p_u p_u^T`` is never released: it is estimated as
   ``(count_i / n_users) K`` from the released values.
 * **Counts, released once.**  Each user adds 1 to the count of each of its (at
@@ -46,7 +49,7 @@ from fedrec.rng import hash_uniform
 
 __all__ = [
     "capped_items", "user_vectors", "clip_rows", "count_statistics", "pass_statistics", "noisy_counts",
-    "noisy_pass", "head_items", "item_vectors", "tail_bias", "pass_sensitivity", "count_sensitivity",
+    "noisy_pass", "head_items", "head_of", "item_vectors", "tail_bias", "pass_sensitivity", "count_sensitivity",
     "als_releases", "TAIL_OFFSET",
 ]
 
@@ -64,11 +67,16 @@ def capped_items(items: np.ndarray, user: int, cap: int, seed: int) -> np.ndarra
     return np.sort(items[np.argsort(h, kind="stable")[:cap]])
 
 
-def _rows(train: sp.csr_matrix, users: np.ndarray, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(position of the user in ``users``, item) of every capped pair of ``users``."""
+def _rows(train: sp.csr_matrix, users: np.ndarray, cap: int, seed: int,
+          head: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(position of the user in ``users``, item) of every capped pair of ``users``
+    (only items of the boolean mask ``head`` are candidates, if given)."""
     pos, items = [], []
     for j, u in enumerate(np.asarray(users).tolist()):
-        s = capped_items(train.indices[train.indptr[u]:train.indptr[u + 1]], u, cap, seed)
+        own = train.indices[train.indptr[u]:train.indptr[u + 1]]
+        if head is not None:
+            own = own[head[own]]
+        s = capped_items(own, u, cap, seed)
         pos.append(np.full(len(s), j, dtype=np.int64))
         items.append(s)
     if not pos:
@@ -112,11 +120,13 @@ def count_statistics(train: sp.csr_matrix, users: np.ndarray, *, cap: int, seed:
 
 
 def pass_statistics(U: np.ndarray, train: sp.csr_matrix, users: np.ndarray, *, cap: int,
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int, head: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``b`` (``(n_items, d)``: the sum of the (clipped) vectors ``U`` of the users who
-    have the item among their capped items) and ``K = U^T U`` (``(d, d)``)."""
+    have the item among their capped items) and ``K = U^T U`` (``(d, d)``).  With a
+    boolean ``head`` mask a user's capped items are drawn from its head items only
+    (rows outside the head stay zero)."""
     U = np.asarray(U, dtype=np.float64)
-    pos, items = _rows(train, users, cap, seed)
+    pos, items = _rows(train, users, cap, seed, None if head is None else np.asarray(head, dtype=bool))
     b = np.zeros((train.shape[1], U.shape[1]))
     np.add.at(b, items, U[pos])
     return b, U.T @ U
@@ -178,6 +188,12 @@ def item_vectors(b: np.ndarray, K: np.ndarray, counts: np.ndarray, head: np.ndar
     V = (bq / (frac[:, None] * w[None, :] + reg)) @ Q.T
     V[~head] = 0.0
     return V
+
+
+def head_of(item_bias: np.ndarray) -> np.ndarray:
+    """The trained-items mask a node reads from the item biases it received
+    (:func:`tail_bias`: 0 on the head, below ``TAIL_OFFSET / 2`` elsewhere)."""
+    return np.asarray(item_bias) > TAIL_OFFSET / 2
 
 
 def tail_bias(counts: np.ndarray, head: np.ndarray) -> np.ndarray:

@@ -134,6 +134,8 @@ class FedConfig:
     als_passes: int = _opt(3, "private ALS", "ALS passes (one server round each, after one round of item counts)")
     als_cap: int = _opt(50, "private ALS", "most items a user contributes to the released statistics (a random "
                         "subset of its training items, fixed per run)")
+    als_pass_cap: int = _opt(20, "private ALS", "most items a user's vector is added to in each pass: a random "
+                             "subset of its training items among the trained ones (the head), fixed per run")
     als_clip: float = _opt(0.05, "private ALS", "norm a user vector is clipped to before it is released in a sum")
     als_head: float = _opt(0.1, "private ALS", "fraction of items trained: those with the largest noisy counts; the "
                            "others are ranked below them by noisy count")
@@ -315,7 +317,7 @@ class FedConfig:
             bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:
             bad("target_epsilon", "give noise-multiplier or target-epsilon, not both")
-        for key in ("als_passes", "als_cap"):
+        for key in ("als_passes", "als_cap", "als_pass_cap"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
         for key in ("als_clip", "als_alpha"):
@@ -425,7 +427,8 @@ class FedConfig:
             from fedrec.privacy.mechanisms import PrivateALS
 
             def eps(z: float) -> float:
-                return PrivateALS(z, self.als_cap, self.als_clip, self.als_passes, self.delta).interaction_epsilon()
+                return PrivateALS(z, self.als_cap, self.als_pass_cap, self.als_clip, self.als_passes,
+                                  self.delta).interaction_epsilon()
 
             lo, hi = 1e-2, 1.0
             while eps(hi) > self.als_target_epsilon:

@@ -345,7 +345,9 @@ def als_round(cfg: FedConfig, fed: Federation, partition: int, state: NodeState,
     Round 1 releases the sum of the users' capped item indicators (``counts``); every
     later round solves each user's vector exactly from the item table it received and
     all of the user's training items (kept on the node, never released), clips it to
-    ``als-clip`` and releases the sums ``b`` (per item, over the users' capped items)
+    ``als-clip`` and releases the sums ``b`` (per item, over the users' capped head
+    items: at most ``als-pass-cap`` of the items the server trains, read from the
+    received item biases)
     and ``K`` (the Gram matrix of the clipped vectors).  The server adds the noise."""
     from fedrec import als
 
@@ -357,7 +359,8 @@ def als_round(cfg: FedConfig, fed: Federation, partition: int, state: NodeState,
         U = als.user_vectors(global_params["item_embedding"], train, users, alpha=cfg.als_alpha,
                              reg_user=cfg.als_user_reg)
         local["user"] = U.astype(np.float32)
-        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_cap, seed=cfg.seed)
+        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_pass_cap, seed=cfg.seed,
+                                   head=als.head_of(global_params["item_bias"]))
         update = {"b": b, "K": K}
     new = NodeState(users, local, state.dp_steps.copy(), state.rounds + 1)
     metrics = {"num-examples": int(len(users)), "declined": 0}

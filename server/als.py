@@ -99,7 +99,7 @@ class ALSStrategy(NodeMessages):
         else:
             b, K = total["b"], total["K"]
             if z > 0:
-                b, K = als.noisy_pass(b, K, noise_multiplier=z, cap=c.als_cap, clip=c.als_clip, rng=rng)
+                b, K = als.noisy_pass(b, K, noise_multiplier=z, cap=c.als_pass_cap, clip=c.als_clip, rng=rng)
             reg = c.als_reg * c.als_clip ** 2 * self.n_users
             params["item_embedding"] = als.item_vectors(b, K, self.counts, self.head, n_users=self.n_users,
                                                         alpha=c.als_alpha, reg=reg).astype(np.float32)

@@ -277,7 +277,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
                        f"user sample rate {cfg.user_sample_rate}")
     if cfg.als:
         privacy.append(f"ALS, {cfg.als_passes} passes" + (
-            f", user-level DP noise {cfg.als_noise_multiplier:.3f} cap {cfg.als_cap} clip {cfg.als_clip}"
+            f", user-level DP noise {cfg.als_noise_multiplier:.3f} cap {cfg.als_cap} (counts) / {cfg.als_pass_cap} "
+            f"(passes) clip {cfg.als_clip}"
             if cfg.als_private else " (no DP)"))
     _say(f"{fed.dataset.summary()['name']}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
          f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
@@ -373,10 +374,12 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "unit": "user-level",
             "protects": "everything one user contributes (all of its interactions, every round)",
             "mechanism": "private ALS: capped item counts once, then per pass the per-item sums of clipped user "
-                         "vectors and their Gram matrix, Gaussian noise added by the server to the sums",
+                         "vectors over capped head items and their Gram matrix, Gaussian noise added by the server "
+                         "to the sums",
             "accountant": "opacus rdp (every user in every release)",
             "noise_multiplier": cfg.als_noise_multiplier,
             "cap": cfg.als_cap,
+            "pass_cap": cfg.als_pass_cap,
             "clip": cfg.als_clip,
             "passes": cfg.als_passes,
             "delta": cfg.delta,

@@ -34,21 +34,25 @@ from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
 __all__ = ["ALS_PRESET", "ALS_PRESET_LOW", "ALS_PRESET_INTERACTION", "ALS_PRESETS", "als_preset", "FEST_PRESET", "MECHANISMS", "DEFAULT_MECHANISMS", "frontier_cells", "run_frontier", "FRONTIER_COLUMNS"]
 
-#: Private ALS, chosen on ML-100K validation NDCG@10 (mean of seeds 0 and 1) at user-level
-#: epsilon 8; the ridge is in units of clip^2 x users, so the preset carries across datasets.
-ALS_PRESET = dict(model="mf", dim=8, als=True, als_passes=3, als_cap=50, als_clip=0.05, als_head=0.05, als_alpha=0.2,
-                  als_reg=0.3, als_user_reg=1.0)
-#: Below epsilon 8 fewer items and passes were better on the same validation (epsilon 4: 0.0487
-#: against 0.0462 with the epsilon-8 preset; epsilon 2: 0.0460 against 0.0343): the noise per
-#: release grows, so train fewer, more popular items in fewer releases.  At interaction-level
-#: epsilon 8 too (0.0493 against 0.0465).
-ALS_PRESET_LOW = {**ALS_PRESET, "als_passes": 2, "als_head": 0.02}
-#: Interaction-level, below epsilon 16: 2 passes over the top 4% of items.  On ML-100K validation
-#: at interaction-level epsilon 8 (mean of seeds 0 and 1) the trained head mattered most: 2% (the
-#: low preset) 0.0457, 3% 0.0479, 4% 0.0525, 5% 0.0515; caps of 20, 30 or 100 instead of 50 lost
-#: (0.0447, 0.0439, 0.0424).  One interaction moves a pass twice as far as a whole user does but
-#: the counts only by sqrt(2) (``PrivateALS.interaction_epsilon``), so more items can be afforded.
-ALS_PRESET_INTERACTION = {**ALS_PRESET_LOW, "als_head": 0.04}
+#: Private ALS, chosen on ML-100K validation NDCG@10 at user-level epsilon 8; the ridge is in
+#: units of clip^2 x users, so the preset carries across datasets.  In each pass a user's vector
+#: goes to at most 20 of its items among the trained head (``als_pass_cap``; before, to 50 of all
+#: its items, most outside the head, where the rows are never trained): mean validation NDCG@10 of
+#: seeds 0-7 (the same math in one process, ``docs/design/private-als.md``), pass caps 10 / 20 /
+#: 40: 0.0568 / 0.0602 / 0.0592 (3 passes, top 5%; the old release 0.0533); top 3% / 8%: 0.0555 /
+#: 0.0582; 2 passes 0.0566; alpha 0.1 / 0.3, ridge 0.1 / 1, clip 0.1, count caps 20 / 100, 4
+#: passes: 0.0578-0.0603, none better.
+ALS_PRESET = dict(model="mf", dim=8, als=True, als_passes=3, als_cap=50, als_pass_cap=20, als_clip=0.05,
+                  als_head=0.05, als_alpha=0.2, als_reg=0.3, als_user_reg=1.0)
+#: Below epsilon 8 fewer releases: 2 passes over the top 3% (user-level epsilon 2, seeds 0-7:
+#: 0.0477 against 0.0445 for the top 2%, 0.0471 for 5%, 0.0460 with 3 passes; pass caps 10 / 40:
+#: 0.0474 / 0.0448; the previous release, top 2%: 0.0378).
+ALS_PRESET_LOW = {**ALS_PRESET, "als_passes": 2, "als_head": 0.03}
+#: Interaction-level, below epsilon 16: 2 passes over the top 5% (interaction-level epsilon 8,
+#: seeds 0-7: 0.0544 against 0.0519 for 3% and 0.0539 for 8%; 3 passes 0.0545).  One interaction
+#: moves a pass twice as far as a whole user does but the counts only by sqrt(2)
+#: (``PrivateALS.interaction_epsilon``), so more items can be afforded than at user level.
+ALS_PRESET_INTERACTION = {**ALS_PRESET_LOW, "als_head": 0.05}
 ALS_PRESETS = {"high": ALS_PRESET, "low": ALS_PRESET_LOW, "interaction": ALS_PRESET_INTERACTION}
 
 
@@ -183,7 +187,7 @@ def _frontier_row(r: dict) -> dict:
         from fedrec.privacy.mechanisms import PrivateALS
 
         p = als_preset(r["epsilon"], r["unit"])[1]
-        ie = PrivateALS(r["user_noise_multiplier"], p["als_cap"], p["als_clip"], p["als_passes"],
+        ie = PrivateALS(r["user_noise_multiplier"], p["als_cap"], p["als_pass_cap"], p["als_clip"], p["als_passes"],
                         r.get("delta") or 1e-5).interaction_epsilon()
     return {"interaction_epsilon": ie, "preset": r.get("preset", ""), "user_epsilon": r.get("user_epsilon"), "mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
             "users": r["users"], "ndcg@10": r.get("test_ndcg@10"), "hr@10": r.get("test_hr@10"),

@@ -73,6 +73,30 @@ def test_statistics_are_sums_over_any_partition_of_users():
     np.testing.assert_array_equal(cs, c)
 
 
+def test_a_pass_adds_each_user_to_its_own_head_items_only():
+    """With the trained head given, a user's vector goes to its items in the head (all
+    of them when they are at most the pass cap, else a subset of that size), and the
+    node reads the head back from the item biases the server sends."""
+    train = _train(n_users=12, n_items=15, p=0.5, seed=3)
+    users = np.arange(12)
+    U = np.random.default_rng(4).standard_normal((12, 3))
+    head = np.zeros(15, dtype=bool)
+    head[[0, 2, 5, 7, 11]] = True
+    dense = train.toarray()
+    b, K = als.pass_statistics(U, train, users, cap=5, seed=0, head=head)  # no user has more than 5 head items
+    np.testing.assert_allclose(b, (dense * head).T @ U, atol=1e-12)
+    np.testing.assert_allclose(K, U.T @ U, atol=1e-12)
+    b2, _ = als.pass_statistics(U, train, users, cap=2, seed=0, head=head)
+    alone = [als.pass_statistics(U[[j]], train, np.array([j]), cap=2, seed=0, head=head)[0] for j in users]
+    for j, bj in zip(users, alone):  # each user in at most 2 rows, all of them its own head items
+        mine = np.flatnonzero(np.abs(bj).sum(1) > 0)
+        assert len(mine) == min(2, int((dense[j] * head).sum())) and set(mine) <= set(np.flatnonzero(dense[j] * head))
+    np.testing.assert_allclose(sum(alone), b2, atol=1e-12)
+    counts = np.arange(15.0)
+    mask = als.head_items(counts, 0.3)
+    np.testing.assert_array_equal(als.head_of(als.tail_bias(counts, mask)), mask)
+
+
 def test_capped_items_depend_on_the_user_alone():
     items = np.arange(100, 180)
     a = als.capped_items(items, user=7, cap=10, seed=3)
@@ -82,21 +106,26 @@ def test_capped_items_depend_on_the_user_alone():
     np.testing.assert_array_equal(als.capped_items(items[:4], user=7, cap=10, seed=3), items[:4])
 
 
-def test_one_user_moves_the_releases_by_at_most_the_sensitivity():
+@pytest.mark.parametrize("with_head", [False, True])
+def test_one_user_moves_the_releases_by_at_most_the_sensitivity(with_head):
     cap, clip = 5, 0.2
     train = _train(n_users=10, n_items=40, p=0.5, seed=7)
     train = sp.csr_matrix(np.vstack([train.toarray(), np.ones((1, 40), np.float32)]))  # user 10: every item
     users = np.arange(11)
+    head = (np.arange(40) % 3 == 0) if with_head else None  # 14 trained items: user 10 has more than `cap`
     V = np.random.default_rng(8).standard_normal((40, 4))
     U = als.clip_rows(als.user_vectors(V, train, users, alpha=0.2, reg_user=0.01), clip)
-    b, K = als.pass_statistics(U, train, users, cap=cap, seed=1)
+    b, K = als.pass_statistics(U, train, users, cap=cap, seed=1, head=head)
     c = als.count_statistics(train, users, cap=cap, seed=1)
     worst = 0.0
     for j in users:
         rest = users[users != j]
-        b2, K2 = als.pass_statistics(U[rest], train, rest, cap=cap, seed=1)
+        b2, K2 = als.pass_statistics(U[rest], train, rest, cap=cap, seed=1, head=head)
         c2 = als.count_statistics(train, rest, cap=cap, seed=1)
-        assert (np.abs(b - b2).sum(1) > 0).sum() <= cap  # at most `cap` item rows touched
+        touched = np.abs(b - b2).sum(1) > 0
+        assert touched.sum() <= cap  # at most `cap` item rows touched
+        if with_head:
+            assert not touched[~head].any()  # never a row outside the trained head
         assert np.linalg.norm(c - c2) <= als.count_sensitivity(cap) + 1e-12
         change = math.sqrt(np.sum((b - b2) ** 2) + np.sum(((K - K2) / clip) ** 2))
         assert change <= als.pass_sensitivity(cap, clip) + 1e-12
@@ -124,7 +153,7 @@ def test_noise_has_the_stated_scale_and_the_gram_stays_psd():
 
 
 def test_epsilon_is_opacus_rdp_over_the_counts_and_every_pass():
-    mech = PrivateALS(noise_multiplier=2.0, cap=50, clip=0.05, passes=3, delta=1e-5)
+    mech = PrivateALS(noise_multiplier=2.0, cap=50, pass_cap=20, clip=0.05, passes=3, delta=1e-5)
     acc = RDPAccountant()
     acc.history = [(2.0, 1.0, 4)]
     assert mech.epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
@@ -166,8 +195,9 @@ def _direct(cfg: FedConfig, fed, V0: np.ndarray) -> list[np.ndarray]:
     out = []
     for t in range(cfg.als_passes):
         U = als.user_vectors(V, train, users, alpha=cfg.als_alpha, reg_user=cfg.als_user_reg)
-        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_cap, seed=cfg.seed)
-        b, K = als.noisy_pass(b, K, noise_multiplier=cfg.als_noise_multiplier, cap=cfg.als_cap, clip=cfg.als_clip,
+        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_pass_cap, seed=cfg.seed,
+                                   head=head)
+        b, K = als.noisy_pass(b, K, noise_multiplier=cfg.als_noise_multiplier, cap=cfg.als_pass_cap, clip=cfg.als_clip,
                               rng=np.random.default_rng([cfg.seed, t + 2, 17]))
         V = als.item_vectors(b, K, counts, head, n_users=len(users), alpha=cfg.als_alpha,
                              reg=cfg.als_reg * cfg.als_clip ** 2 * len(users)).astype(np.float32)
@@ -198,7 +228,7 @@ def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
     monkeypatch.setattr(als_server.ALSStrategy, "aggregate_train", aggregate_train)
     out = tmp_path / "run"
     cfg = FedConfig(data="synthetic:24x50:1", users_per_node=6, dim=4, als=True, als_passes=2, als_cap=4,
-                    als_head=0.5, als_noise_multiplier=1.0, out=str(out))
+                    als_pass_cap=3, als_head=0.5, als_noise_multiplier=1.0, out=str(out))
     simulate(cfg, num_cpus=2)
 
     assert len(seen) == 4 * 3  # 4 nodes x (counts + 2 passes)
@@ -313,7 +343,7 @@ def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
 
 
 def test_interaction_level_epsilon_of_private_als_is_computed_not_assumed():
-    mech = PrivateALS(noise_multiplier=2.0, cap=50, clip=0.05, passes=3, delta=1e-5)
+    mech = PrivateALS(noise_multiplier=2.0, cap=50, pass_cap=20, clip=0.05, passes=3, delta=1e-5)
     acc = RDPAccountant()
     acc.history = [(2.0 * 5.0, 1.0, 1), (1.0, 1.0, 3)]  # counts: z sqrt(cap / 2); passes: z / 2
     assert mech.interaction_epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)

@@ -98,13 +98,15 @@ class UserLevel:
 class PrivateALS:
     """Private ALS (:mod:`fedrec.als`): one release of capped item counts
     (sensitivity ``sqrt(cap)``), then per pass one release of the per-item sums of
-    clipped user vectors and their Gram matrix (sensitivity ``clip sqrt(cap + 1)``),
+    clipped user vectors over at most ``pass_cap`` head items per user and their Gram
+    matrix (sensitivity ``clip sqrt(pass_cap + 1)``),
     each with Gaussian noise of std ``noise_multiplier`` times its sensitivity, added
     by the server to the sum over every user.  Every user takes part in every
     release (sampling rate 1).  Round 1 is the counts, round ``1 + t`` pass ``t``."""
 
     noise_multiplier: float
     cap: int
+    pass_cap: int
     clip: float
     passes: int
     delta: float
@@ -113,8 +115,8 @@ class PrivateALS:
 
     @classmethod
     def from_config(cls, cfg) -> "PrivateALS":
-        return cls(float(cfg.als_noise_multiplier), int(cfg.als_cap), float(cfg.als_clip), int(cfg.als_passes),
-                   float(cfg.delta))
+        return cls(float(cfg.als_noise_multiplier), int(cfg.als_cap), int(cfg.als_pass_cap), float(cfg.als_clip),
+                   int(cfg.als_passes), float(cfg.delta))
 
     def releases(self, rounds: int, *, count_noise: float | None = None, pass_noise: float | None = None) -> tuple:
         """Opacus mechanisms ``(noise, rate, steps)`` of the first ``rounds`` rounds (the
@@ -137,8 +139,8 @@ class PrivateALS:
         assumed equal to the user-level one.  Removing an interaction can swap one item
         of the user's capped set for another (counts move by at most ``sqrt(2)``, against
         ``sqrt(cap)`` for a whole user) and can turn the user's clipped vector anywhere in
-        the clip ball (a pass moves by at most ``2 clip sqrt(cap + 1)``, twice a whole
-        user's contribution).  So the same noise is multiplier ``z sqrt(cap / 2)`` for the
+        the clip ball while its capped head set swaps at most one item (a pass moves by
+        at most ``2 clip sqrt(pass_cap + 1)``, twice a whole user's contribution).  So the same noise is multiplier ``z sqrt(cap / 2)`` for the
         counts and ``z / 2`` for each pass."""
         z = self.noise_multiplier
         return self._epsilon(self.releases(self.passes + 1 if rounds is None else rounds,
