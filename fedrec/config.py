@@ -103,6 +103,10 @@ class FedConfig:
     negatives: int = _opt(1, "local training", "distinct negatives per positive, all in the positive's one clipped "
                           "sample")
     user_l2: float = _opt(0.0, "local training", "L2 penalty on the local state")
+    weighting: str = _opt("user", "local training", "how a node's users weigh in its release of global gradients: "
+                          "user (each user's mean gradient, every user alike) or interaction (users weigh by their "
+                          "training interactions, as centralized training weighs them; non-private runs only)",
+                          choices=("user", "interaction"))
     # interaction-level DP (Opacus mechanism, per user)
     noise_multiplier: float = _opt(0.0, "interaction-level DP", "DP-SGD noise multiplier (0: no DP)")
     target_epsilon: float = _opt(0.0, "interaction-level DP", "> 0: calibrate the noise multiplier for this epsilon "
@@ -284,6 +288,14 @@ class FedConfig:
                 bad("model", "interaction-level DP is not available for sequential models: one interaction enters "
                     "up to seq-len + 1 samples (as a target and as the input of later positions); use user-level "
                     "DP (user-dp='client')")
+        if self.weighting == "interaction":
+            why = ("interaction-level DP" if self.dp else "user-level DP" if self.user_level else "ALS" if self.als
+                   else "row bounds" if self.row_norm > 0 or self.max_rows > 0
+                   else "item-wise aggregation" if self.aggregation == "itemwise"
+                   else "a sequential model" if is_sequential(federated_model_class(self.model)) else "")
+            if why:
+                bad("weighting", f"weighting users by their interactions is built for non-private SGD training of "
+                    f"the cohort engine's models, not with {why}: use weighting='user'")
         if self.mlflow and not self.out:
             bad("mlflow", "MLflow logs the run directory: give --out too")
         if not 0 <= self.train_head <= 1:

@@ -15,7 +15,7 @@ import torch
 
 from fedrec.config import FedConfig
 from fedrec.device import LocalState, load_local_state, save_local_state
-from fedrec.engine import train_cohort
+from fedrec.engine import interaction_weights, train_cohort
 from fedrec.engine.sequence import train_sequences, trainable_users
 from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
 from fedrec.models.sequential import is_sequential
@@ -253,6 +253,9 @@ def train_round(
         idx = np.flatnonzero(active)
         user_pairs = np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives
         pairs = int(user_pairs.sum())
+        # weighting='interaction': each user by its interactions over the node's mean, so the
+        # node's release (the chunks' user-weighted means) is the mean over its interactions
+        weights = interaction_weights(fed.split.train, state.users[idx]) if cfg.weighting == "interaction" else None
         for part in _chunks(idx, user_pairs):
             # users are independent: chunks bound the memory of the per-sample tensors (a
             # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
@@ -274,6 +277,7 @@ def train_round(
                     generic=cfg.engine == "generic",
                     trainable=trainable,
                     device=device,
+                    user_weights=weights[np.searchsorted(idx, part)] if weights is not None else None,
                 )
             w = len(part) / k
             for n, v in res.local.items():

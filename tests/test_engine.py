@@ -1,6 +1,8 @@
 """Local training of a cohort: equivalence across cohortings, DP mechanism checks
 against Opacus's per-sample clipping, noise scale."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -113,12 +115,15 @@ def test_noise_scale_of_release():
     assert abs(float(untouched.std()) / expected - 1) < 0.05
 
 
-def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch):
+@pytest.mark.parametrize("weighting", ["user", "interaction"])
+def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch, weighting):
+    """Chunks of users (bounded memory) release what one cohort does, also when users
+    weigh by their interactions (the weights are the node's, not a chunk's)."""
     from fedrec import node
     from fedrec.config import FedConfig
     from fedrec.federation import init_global_params, load_federation
 
-    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=60)
+    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=60, weighting=weighting)
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     st = node.load_state({}, fed, 0, cfg)
@@ -130,6 +135,26 @@ def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch)
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(s2.local["user"], s1.local["user"], rtol=1e-6, atol=1e-7)
     assert m1["train-loss"] == pytest.approx(m2["train-loss"])
+    if weighting == "interaction":  # wired through: users weigh differently than by default
+        plain, _, _ = node.train_round(replace(cfg, weighting="user"), fed, 0, st, global_params=params, server_round=1)
+        assert not np.allclose(plain["item_embedding"], whole["item_embedding"], atol=1e-6)
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(noise_multiplier=1.0), "interaction-level DP"),
+    (dict(user_dp="client", user_noise_multiplier=1.0), "user-level DP"),
+    (dict(als=True), "ALS"),
+    (dict(row_norm=0.1), "row bounds"),
+    (dict(aggregation="itemwise"), "item-wise aggregation"),
+    (dict(model="sasrec"), "a sequential model"),
+])
+def test_interaction_weighting_is_refused_where_it_is_not_built(kw, why):
+    from fedrec.config import ConfigError, FedConfig
+
+    with pytest.raises(ConfigError) as e:
+        FedConfig(weighting="interaction", **kw)
+    assert e.value.key == "weighting" and why in str(e.value) and "\n" not in str(e.value)
+    FedConfig(weighting="interaction", negatives=4, secure_aggregation=True)  # non-private SGD: accepted
 
 
 def test_private_node_releases_no_training_loss():

@@ -329,3 +329,49 @@ def test_engine_on_a_device_equals_the_cpu_run(name, cfg, device, generic):
     for k in local:
         np.testing.assert_allclose(got.local[k].numpy(), ref.local[k].numpy(), atol=1e-6, rtol=1e-5, err_msg=k)
     assert (math.isnan(got.loss) and math.isnan(ref.loss)) or got.loss == pytest.approx(ref.loss, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+def test_interaction_weighting_releases_the_mean_gradient_over_interactions(name):
+    """With ``user_weights = n_u / mean(n)`` the cohort's release is minus the gradient of
+    the mean loss over all of its samples (every interaction alike, as centralized
+    training weighs them), computed here by one autograd call on the whole cohort; the
+    default (every user alike) is the mean over users of their mean gradients."""
+    from fedrec.engine import interaction_weights
+
+    train = _train()
+    train = sp.csr_matrix(train.toarray() * (np.arange(N_USERS)[:, None] % 3 != 0) + np.eye(N_USERS, N_ITEMS))  # unequal users
+    model = _model(name)
+    params = _params(model)
+    users = np.arange(N_USERS)
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
+    cfg = LocalConfig(user_steps=0, item_steps=1, negatives=2)
+    owner, _, items = cohort_samples(train, users, cfg.negatives, seed=0, server_round=1, exclude_positives=True)
+    n_u = np.bincount(owner, minlength=N_USERS)
+    assert n_u.min() < n_u.max()
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    tables, dense = model.split_params(leaves)
+    losses = torch.stack([model.sample_loss(model.score({k: v[o] for k, v in local.items()},
+                                                        {t: v[torch.as_tensor(it)] for t, v in tables.items()}, dense))
+                          for o, it in zip(owner, items)])
+    per_interaction = torch.autograd.grad(losses.mean(), list(leaves.values()), allow_unused=True, retain_graph=True)
+    per_user = torch.autograd.grad((losses / torch.as_tensor(n_u[owner], dtype=losses.dtype)).sum() / N_USERS,
+                                   list(leaves.values()), allow_unused=True)
+    w = interaction_weights(train, users)
+    np.testing.assert_allclose(w, np.diff(train.indptr) / np.diff(train.indptr).mean())
+    for generic in (True, False):
+        weighted = train_cohort(model, local, params, train, users, cfg, seed=0, server_round=1, generic=generic,
+                                user_weights=w)
+        plain = train_cohort(model, local, params, train, users, cfg, seed=0, server_round=1, generic=generic)
+        for (k, v), gi, gu in zip(params.items(), per_interaction, per_user):
+            gi = torch.zeros_like(v) if gi is None else gi
+            gu = torch.zeros_like(v) if gu is None else gu
+            np.testing.assert_allclose(weighted.update[k].numpy(), -gi.numpy(), atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(plain.update[k].numpy(), -gu.numpy(), atol=1e-6, err_msg=k)
+        assert not np.allclose(weighted.update[model.table_names()[0]].numpy(),
+                               plain.update[model.table_names()[0]].numpy())
+        np.testing.assert_allclose(weighted.local[next(iter(local))].numpy(), plain.local[next(iter(local))].numpy(),
+                                   rtol=1e-5, atol=1e-6)  # the local steps are not weighted
+    with pytest.raises(ValueError, match="not with DP"):
+        train_cohort(model, local, params, train, users, LocalConfig(noise_multiplier=1.0), seed=0, server_round=1,
+                     user_weights=w)

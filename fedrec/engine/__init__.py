@@ -10,6 +10,7 @@ from fedrec.engine.cohort import (
     CohortResult,
     LocalConfig,
     cohort_samples,
+    interaction_weights,
     keyed_negatives,
     register_fast_path,
     steps_per_round,
@@ -18,4 +19,4 @@ from fedrec.engine.cohort import (
 from fedrec.engine.mf_fast import mf_round  # also registers the MF fast path
 
 __all__ = ["train_cohort", "LocalConfig", "CohortResult", "cohort_samples", "keyed_negatives", "steps_per_round",
-           "register_fast_path", "FAST_PATHS", "mf_round"]
+           "register_fast_path", "FAST_PATHS", "mf_round", "interaction_weights"]

@@ -62,7 +62,8 @@ from fedrec.rng import hash_ints, hash_uniform
 __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "negative_sets",
            "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
-           "clipped_user_mean", "frozen_rows_zeroed", "gaussian"]
+           "clipped_user_mean", "frozen_rows_zeroed", "gaussian", "interaction_weights",
+           "release_denominators"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
@@ -280,6 +281,7 @@ def train_cohort(
     generic: bool = False,
     trainable: torch.Tensor | None = None,
     device: str | torch.device | None = None,
+    user_weights: np.ndarray | None = None,
 ) -> CohortResult:
     """One round of local training for the users of a cohort (see the module doc).
 
@@ -312,18 +314,35 @@ def train_cohort(
         the CPU).  Inputs may be on the CPU and results come back to it; samples,
         Poisson masks and noise are drawn on the CPU (the same draws as a CPU run)
         and moved, so a run on a GPU equals the CPU run within float tolerance.
+    user_weights
+        ``(k,)`` weight of each user's release (non-private runs only): the cohort's
+        release is the mean over users of ``weight * (the user's mean gradient)``;
+        ``n_u / mean(n)`` makes it the mean over interactions
+        (``weighting = "interaction"``).  ``None``: every user weighs 1.  The local
+        state's steps are not weighted.
     """
+    if user_weights is not None and (cfg.dp or cfg.per_user):
+        raise ValueError("user_weights scale what a user releases: not with DP or user-level clipping")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     fast = None if generic else FAST_PATHS.get(type(model))
     run = _generic if fast is None else fast
     on = lambda d: {n: v.to(dev) for n, v in d.items()}  # noqa: E731
     res = run(model, on(local), on(params), train, users, cfg, seed=seed, server_round=server_round,
-              generator=generator, trainable=None if trainable is None else trainable.to(dev))
+              generator=generator, trainable=None if trainable is None else trainable.to(dev),
+              user_weights=None if user_weights is None else torch.as_tensor(np.asarray(user_weights), device=dev))
     if dev.type == "cpu":
         return res
     return CohortResult(local={n: v.cpu() for n, v in res.local.items()},
                         update={n: v.cpu() for n, v in res.update.items()}, loss=res.loss, n_users=res.n_users,
                         samples=res.samples)
+
+
+def interaction_weights(train: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
+    """``n_u / mean(n)`` of ``users`` (their training interactions): the weights that
+    make a cohort's mean of per-user mean gradients the mean over its interactions,
+    as centralized training weighs them (:func:`train_cohort`'s ``user_weights``)."""
+    n = np.diff(train.indptr)[np.asarray(users, dtype=np.int64)].astype(np.float64)
+    return n / max(float(n.mean()), 1e-300) if len(n) else n
 
 
 def gaussian(shape, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -340,7 +359,14 @@ def _row_mask(trainable: torch.Tensor | None, it: torch.Tensor, g: torch.Tensor)
     return g * trainable[it].reshape(tuple(it.shape) + (1,) * (g.dim() - it.dim())).to(g.dtype)
 
 
-def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator, trainable=None) -> CohortResult:
+def release_denominators(denom: torch.Tensor, user_weights: torch.Tensor | None) -> torch.Tensor:
+    """Each user's denominator of its released gradients: its expected batch size,
+    divided by its weight (``None``: as is)."""
+    return denom if user_weights is None else denom / user_weights.to(denom.dtype)
+
+
+def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator, trainable=None,
+             user_weights=None) -> CohortResult:
     k = len(users)
     n_items = model.n_items
     owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
@@ -353,6 +379,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64), device=dev)
     q = cfg.sample_rate
     denom = (q * n_u).to(dtype)  # expected batch size per user
+    rdenom = release_denominators(denom, user_weights)
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
     clip_users = cfg.per_user
     per_sample = cfg.dp or clip_users
@@ -412,7 +439,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                 for n, g in gl.items():
                     g_loc[n].index_add_(0, o, _bc(w, g) * g)
                 if release:
-                    c = w / denom[o]
+                    c = w / rdenom[o]
                     for t, g in gr.items():
                         if clip_users:
                             r_tab[t].index_add_(0, inv[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
@@ -432,13 +459,13 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             if step == 0:
                 first_loss = _add_loss(None, lv.detach(), owner, k)
             leaves = [*lc.values(), *rw.values(), *dn.values()]
-            grads = torch.autograd.grad((lv / denom[owner]).sum(), leaves, allow_unused=True)
+            grads = torch.autograd.grad((lv / rdenom[owner]).sum(), leaves, allow_unused=True)
             grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
             gl = dict(zip(lc, grads[: len(lc)]))
             gr = {t: _row_mask(trainable, items, g) for t, g in zip(rw, grads[len(lc) : len(lc) + len(rw)])}
             gd = dict(zip(dn, grads[len(lc) + len(rw) :]))
-            for n, g in gl.items():  # already divided by denom: undo, the common path divides below
-                g_loc[n] += g * _bc(denom, g)
+            for n, g in gl.items():  # already divided by rdenom: undo, the common path divides below
+                g_loc[n] += g * _bc(rdenom, g)
             if release:
                 for t, g in gr.items():
                     acc[t].index_add_(0, items.reshape(-1), g.reshape((-1,) + g.shape[2:]))

@@ -29,6 +29,7 @@ from fedrec.engine.cohort import (
     frozen_rows_zeroed,
     cohort_samples,
     gaussian,
+    release_denominators,
     register_fast_path,
     sample_mask,
 )
@@ -39,7 +40,7 @@ __all__ = ["train_mf_cohort", "mf_round"]
 
 @register_fast_path(FedMF)
 def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_round, generator=None,
-                    trainable=None) -> CohortResult:
+                    trainable=None, user_weights=None) -> CohortResult:
     k = len(users)
     item_emb, item_bias = params["item_embedding"], params["item_bias"]
     n_items = item_emb.shape[0]
@@ -53,6 +54,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64), device=dev)
     q = cfg.sample_rate
     denom = (q * n_u).to(item_emb.dtype)
+    rdenom = release_denominators(denom, user_weights)
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
     p = local["user"].clone()
     if not cfg.dp:  # every sample in every step: gather once
@@ -103,7 +105,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             gp = gp + sigma_c * gaussian(p.shape, generator, p.dtype, dev)
         gp = gp / denom[:, None]
         if step >= cfg.user_steps:
-            c = w / denom[o]
+            c = w / rdenom[o]
             ci = (c * csum * m_pos)  # d/db_i weight; d/dq_i = ci * p
             cn = -(c[:, None] * coef * m_neg)  # (n, m)
             if clip_users:
