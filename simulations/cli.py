@@ -231,7 +231,7 @@ def cmd_sweep(args) -> int:
                 raise ValueError(f"{name} {' '.join(bad)}: choose from {', '.join(known)}")
         report = run_attacks(Path(args.out), data=args.data, seeds=args.seeds or 1, rounds=args.rounds or 30,
                              fractions=tuple(args.fractions or (0.01, 0.05)), attacks=tuple(args.attacks or ATTACKS),
-                             defences=tuple(args.defences or ("none", "row-bounds", "user-dp")),
+                             defences=tuple(args.defences or ("none", "row-bounds", "user-dp")), server=args.server,
                              command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", nargs="+", type=float, default=None,
                    help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
     p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks (default: boost fedrecattack)")
+    p.add_argument("--server", choices=("adam", "fedavg"), default="adam",
+                   help="'attacks' only: the server of every cell: adam (fedrec's default, Adam 5e-3) or fedavg (plain "
+                        "FedAvg, server SGD lr 20, as in the attack papers) (default: adam)")
     p.add_argument("--defences", nargs="+", default=None,
                    help="'attacks' only: which defences (default: none row-bounds user-dp; also row-bounds+user-dp)")
     p.add_argument("--no-private", action="store_true",

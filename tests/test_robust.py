@@ -116,3 +116,18 @@ def test_adam_eps_floor_damps_rows_that_few_users_push():
     np.testing.assert_allclose(damped["t"][0], lr * 1e-6 / (1e-6 + eps), rtol=1e-6)
     np.testing.assert_allclose(damped["t"][1], lr * 1e-2 / (1e-2 + eps), rtol=1e-6)
     assert damped["t"][0, 0] < plain["t"][0, 0] / 50 and damped["t"][1, 0] > 0.98 * plain["t"][1, 0]
+
+
+def test_attack_sweep_server_is_plain_fedavg_or_fedrecs_adam():
+    """``--server fedavg`` runs every cell with server SGD (the attack papers' FedAvg);
+    a defence that sets the server's Adam is refused with it, in one line, before any run."""
+    from fedrec_app.simulations.attacks import SERVERS, attack_cells
+
+    cells = attack_cells("synthetic:60x40:0", attacks=("boost",), defences=("none", "row-bounds"), fractions=(0.05,),
+                         rounds=3, server="fedavg")
+    assert len(cells) == 4 and all((c.cfg.server_opt, c.cfg.server_lr) == ("sgd", 20.0) for c, _ in cells)
+    assert SERVERS["adam"] == {} and attack_cells("synthetic:60x40:0", attacks=("boost",), defences=("none",),
+                                                  fractions=(0.05,), rounds=3)[0][0].cfg.server_opt == "adam"
+    with pytest.raises(ValueError, match="set the server's Adam") as e:
+        attack_cells("synthetic:60x40:0", defences=("row-bounds+adam-eps",), server="fedavg")
+    assert "\n" not in str(e.value)
