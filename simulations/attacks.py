@@ -24,6 +24,15 @@ Attacks (``kind``):
     uploads, from every sybil, the gradient that lifts each target above those
     users' current K-th item (on the target rows only), scaled to norm ``boost``.
 
+``cluster``
+    ClusterAttack-style untargeted degradation (after Yu et al., "Untargeted Attack against
+    Federated Recommendation Systems via Poisonous Item Embeddings", KDD 2023): from the
+    item tables every node receives, the attacker clusters the items' rows (every table's
+    row of an item together: MF's vector and bias) into ``clusters`` groups (k-means, a few
+    Lloyd steps) and uploads, from every sybil, the update that pulls every row toward its
+    group's centre, scaled to norm ``boost``: collapsed rows stop telling
+    items apart.  No target, no data: only the public item table.
+
 Sybil updates do not use DP noise (an attacker does not add any); with
 user-level DP the server's noise still applies to the sum.
 """
@@ -36,9 +45,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["Attack", "ATTACKS", "DEFENCES", "SERVERS", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
+__all__ = ["Attack", "ATTACKS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
 
-ATTACKS = ("boost", "fedrecattack")
+ATTACKS = ("boost", "fedrecattack", "cluster")
+#: What `fedrec sweep attacks` runs without --attacks (the targeted attacks).
+DEFAULT_ATTACKS = ("boost", "fedrecattack")
 
 
 def pick_targets(train: sp.csr_matrix, n: int, *, seed: int) -> tuple[int, ...]:
@@ -64,6 +75,7 @@ class Attack:
     public: float = 0.01
     top_k: int = 10
     fold_steps: int = 30
+    clusters: int = 2
 
     def __post_init__(self):
         if self.kind not in ATTACKS:
@@ -87,8 +99,12 @@ class Attack:
         server_round = int(config["server-round"])
         mine = self.sybils_of(partition)
         params = {n: torch.as_tensor(v) for n, v in global_params.items()}
-        releases = (self._boost(cfg, fed, model, params, mine, server_round) if self.kind == "boost"
-                    else self._fedrecattack(cfg, fed, model, params, len(mine), server_round))
+        if self.kind == "boost":
+            releases = self._boost(cfg, fed, model, params, mine, server_round)
+        elif self.kind == "cluster":
+            releases = self._cluster(cfg, model, params, len(mine), server_round)
+        else:
+            releases = self._fedrecattack(cfg, fed, model, params, len(mine), server_round)
         mean = per_user_stage(releases, model, params, cfg)
         k = len(mine)
         update = {n: (global_params[n] + k * v) if cfg.user_level else v for n, v in mean.items()}
@@ -129,6 +145,18 @@ class Attack:
             out.append({n: v * self.boost for n, v in res.update.items()})
         return out
 
+    def _cluster(self, cfg, model, params, k, server_round) -> list[dict[str, torch.Tensor]]:
+        release = {n: torch.zeros_like(v) for n, v in params.items()}
+        tables = model.table_names()  # an item's row: all of its tables' rows together (MF: vector and bias)
+        widths = [int(np.prod(params[t].shape[1:])) for t in tables]
+        rows = torch.cat([params[t].reshape(model.n_items, -1) for t in tables], 1)
+        pull = torch.split(cluster_pull(rows, self.clusters, seed=cfg.seed + server_round), widths, 1)
+        for t, p in zip(tables, pull):
+            release[t] = p.reshape(params[t].shape)
+        norm = float(torch.sqrt(sum((r.double() ** 2).sum() for r in release.values())))
+        scale = self.boost / norm if norm > 0 else 0.0
+        return [{n: r * scale for n, r in release.items()} for _ in range(k)]
+
     def _fedrecattack(self, cfg, fed, model, params, k, server_round) -> list[dict[str, torch.Tensor]]:
         from fedrec.engine import train_cohort
         from fedrec.engine.cohort import LocalConfig
@@ -167,6 +195,22 @@ class Attack:
         norm = float(torch.sqrt(sum((r.double() ** 2).sum() for r in release.values())))
         scale = self.boost / norm if norm > 0 else 0.0
         return [{n: r * scale for n, r in release.items()} for _ in range(k)]
+
+
+def cluster_pull(table: torch.Tensor, clusters: int, *, seed: int, steps: int = 10) -> torch.Tensor:
+    """The update that moves every row of ``table`` (``(n, ...)``) to the centre of its
+    k-means group (``clusters`` groups, ``steps`` Lloyd iterations from rows drawn with
+    ``seed``): ``centre[group] - row``."""
+    x = table.reshape(table.shape[0], -1).double()
+    rng = np.random.default_rng([seed, 97])
+    centres = x[torch.as_tensor(rng.choice(len(x), size=min(clusters, len(x)), replace=False))].clone()
+    for _ in range(steps):
+        group = torch.cdist(x, centres).argmin(1)
+        for c in range(len(centres)):
+            if (group == c).any():
+                centres[c] = x[group == c].mean(0)
+    group = torch.cdist(x, centres).argmin(1)
+    return (centres[group] - x).reshape(table.shape).to(table.dtype)
 
 
 def per_user_stage(releases: list[dict[str, torch.Tensor]], model, params: dict[str, torch.Tensor], cfg) -> dict:
@@ -269,7 +313,7 @@ def attack_cells(data: str, *, attacks=ATTACKS, defences=("none", "row-bounds", 
     return out
 
 
-def run_attacks(out, *, data: str = "ml-latest-small", attacks=ATTACKS, defences=("none", "row-bounds", "user-dp"),
+def run_attacks(out, *, data: str = "ml-latest-small", attacks=DEFAULT_ATTACKS, defences=("none", "row-bounds", "user-dp"),
                 fractions=(0.01, 0.05), seeds: int = 1, rounds: int = 30, server: str = "adam", command: str = "",
                 say=print):
     """Run (or resume) the attack sweep; write ``results.csv``, ``attacks.png`` and ``report.md``."""

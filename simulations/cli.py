@@ -223,14 +223,14 @@ def cmd_sweep(args) -> int:
     if args.name == "attacks":
         from fedrec_app.simulations.attacks import run_attacks
 
-        from fedrec_app.simulations.attacks import ATTACKS, _defences
+        from fedrec_app.simulations.attacks import ATTACKS, DEFAULT_ATTACKS, _defences
 
         for name, given, known in (("--attacks", args.attacks, ATTACKS), ("--defences", args.defences, _defences())):
             bad = [x for x in (given or ()) if x not in known]
             if bad:
                 raise ValueError(f"{name} {' '.join(bad)}: choose from {', '.join(known)}")
         report = run_attacks(Path(args.out), data=args.data, seeds=args.seeds or 1, rounds=args.rounds or 30,
-                             fractions=tuple(args.fractions or (0.01, 0.05)), attacks=tuple(args.attacks or ATTACKS),
+                             fractions=tuple(args.fractions or (0.01, 0.05)), attacks=tuple(args.attacks or DEFAULT_ATTACKS),
                              defences=tuple(args.defences or ("none", "row-bounds", "user-dp")), server=args.server,
                              command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the sequential sasrec and gru4rec; path.py:Class works too)")
     p.add_argument("--fractions", nargs="+", type=float, default=None,
                    help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
-    p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks (default: boost fedrecattack)")
+    p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks: boost, fedrecattack (targeted), cluster (untargeted "
+                        "ClusterAttack-style) (default: boost fedrecattack)")
     p.add_argument("--server", choices=("adam", "fedavg"), default="adam",
                    help="'attacks' only: the server of every cell: adam (fedrec's default, Adam 5e-3) or fedavg (plain "
                         "FedAvg, server SGD lr 20, as in the attack papers) (default: adam)")
