@@ -277,7 +277,7 @@ def _defences() -> dict[str, dict]:
     return {**DEFENCES, "user-dp": user, "row-bounds+user-dp": {**DEFENCES["row-bounds"], **user}}
 
 
-def attack_cells(data: str, *, attacks=ATTACKS, defences=("none", "row-bounds", "user-dp"), fractions=(0.01, 0.05),
+def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-bounds", "user-dp"), fractions=(0.01, 0.05),
                  rounds: int = 30, n_targets: int = 5, server: str = "adam") -> list[tuple]:
     """``(Cell, Attack | None)`` pairs: each defence without attack, and each attack x
     malicious fraction under it; the targets are the same unpopular items everywhere.
