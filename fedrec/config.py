@@ -205,6 +205,9 @@ class FedConfig:
     mlflow: str = _opt("", "outputs", "MLflow tracking URI (e.g. sqlite:///runs/mlflow.db, a local file): the "
                        "finished run is logged there (config, per-round metrics, privacy, artefacts; needs mlflow)")
     mlflow_experiment: str = _opt("fedrec", "outputs", "MLflow experiment of the run (with --mlflow)")
+    tensorboard: str = _opt("", "outputs", "TensorBoard log directory: the finished run's per-round metrics, the "
+                            "selected round's metrics and the privacy spent are written under DIR/<run name> as "
+                            "scalars (needs tensorboard)")
 
     def __post_init__(self):
         def bad(key, why):
@@ -298,6 +301,8 @@ class FedConfig:
                     f"the cohort engine's models, not with {why}: use weighting='user'")
         if self.mlflow and not self.out:
             bad("mlflow", "MLflow logs the run directory: give --out too")
+        if self.tensorboard and not self.out:
+            bad("tensorboard", "TensorBoard logs the run directory: give --out too")
         if not 0 <= self.train_head <= 1:
             bad("train_head", "must be in [0, 1] (0: every item trained)")
         if self.train_head > 0 and self.prior_noise <= 0:

@@ -20,6 +20,10 @@ tracking store, where researchers compare runs:
 Any MLflow backend works; a local SQLite file needs no server
 (``sqlite:///runs/mlflow.db``).  MLflow is optional (``pip install
 mlflow-skinny``).
+
+:func:`log_tensorboard` writes the same per-round and summary metrics as TensorBoard
+scalars (``tensorboard --logdir DIR``; tags keep fedrec's names, ``@`` included) and
+the config as text.  TensorBoard is optional too (``pip install tensorboard``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from fedrec.config import sectioned_run_config
 
-__all__ = ["log_run", "metric_key", "ARTEFACTS"]
+__all__ = ["log_run", "log_tensorboard", "run_scalars", "metric_key", "ARTEFACTS"]
 
 #: Files of a run directory copied as artefacts (if present): everything the server wrote for
 #: the researcher, nothing of the nodes' state.
@@ -61,6 +65,65 @@ def _artifact_location(tracking_uri: str) -> str | None:
     return (db.parent / "mlartifacts").as_uri()
 
 
+def _finished_run(run_dir: Path) -> tuple[dict, dict, list[dict]]:
+    """``config.json``, ``metrics.json`` and the rows of ``rounds.jsonl`` of a finished run
+    (a one-line error naming the directory and the missing file otherwise)."""
+    needed = {n: run_dir / n for n in ("config.json", "rounds.jsonl", "metrics.json")}
+    for name, path in needed.items():
+        if not path.is_file():
+            raise ValueError(f"{run_dir}: no {name} (not a finished fedrec run directory)")
+    config = json.loads(needed["config.json"].read_text())
+    metrics = json.loads(needed["metrics.json"].read_text())
+    rounds = [json.loads(x) for x in needed["rounds.jsonl"].read_text().splitlines() if x.strip()]
+    return config, metrics, rounds
+
+
+def run_scalars(metrics: dict, rounds: list[dict]) -> list[tuple[str, float, int]]:
+    """``(name, value, step)`` of a run: every numeric value of each round's row at
+    ``step = round``, the validation and test metrics of the round picked on validation
+    (``selected/valid/...``, ``selected/test/...`` at that round) and the privacy spent
+    (``privacy/epsilon`` at the last round).  What both trackers log."""
+    out = []
+    for row in rounds:
+        step = int(row["round"])
+        for col, x in row.items():
+            v = _number(x) if col != "round" and not isinstance(x, (list, dict, bool)) else None
+            if v is not None:
+                out.append((col, v, step))
+    selected = int((metrics.get("selected") or {}).get("round") or 0)
+    for stage, key in (("validation", "valid"), ("test", "test")):
+        for name, x in (metrics.get(stage) or {}).items():
+            if isinstance(x, (int, float)) and math.isfinite(x):
+                out.append((f"selected/{key}/{name}", float(x), selected))
+    eps = (metrics.get("privacy") or {}).get("epsilon")
+    if isinstance(eps, (int, float)) and math.isfinite(eps):
+        out.append(("privacy/epsilon", float(eps), int(metrics.get("rounds") or 0)))
+    return out
+
+
+def log_tensorboard(run_dir: str | Path, logdir: str | Path, *, run_name: str | None = None) -> Path:
+    """Write a finished run directory's metrics as TensorBoard scalars under
+    ``logdir/<run name>`` (:func:`run_scalars`; the config and the privacy unit as text);
+    returns that directory.  Nothing of the nodes' state is read."""
+    run_dir = Path(run_dir)
+    config, metrics, rounds = _finished_run(run_dir)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("TensorBoard logging needs tensorboard: pip install tensorboard") from None
+    target = Path(logdir) / (run_name or run_dir.name)
+    writer = SummaryWriter(log_dir=str(target))
+    try:
+        for name, value, step in run_scalars(metrics, rounds):
+            writer.add_scalar(name, value, step)
+        params = sectioned_run_config(config.get("run_config", {}))
+        writer.add_text("config", "\n".join(f"{k} = {v}" for k, v in params.items()))
+        writer.add_text("privacy/unit", str((metrics.get("privacy") or {}).get("unit", "none")))
+    finally:
+        writer.close()
+    return target
+
+
 def log_run(run_dir: str | Path, *, tracking_uri: str, experiment: str = "fedrec", run_name: str | None = None) -> str:
     """Log a finished run directory to MLflow; returns the MLflow run id.
 
@@ -77,18 +140,12 @@ def log_run(run_dir: str | Path, *, tracking_uri: str, experiment: str = "fedrec
         Name of the MLflow run (default: the directory's name).
     """
     run_dir = Path(run_dir)
-    needed = {n: run_dir / n for n in ("config.json", "rounds.jsonl", "metrics.json")}
-    for name, path in needed.items():
-        if not path.is_file():
-            raise ValueError(f"{run_dir}: no {name} (not a finished fedrec run directory)")
+    config, metrics, rounds = _finished_run(run_dir)
     try:
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param
     except ImportError:
         raise ValueError("MLflow tracking needs mlflow: pip install mlflow-skinny") from None
-    config = json.loads(needed["config.json"].read_text())
-    metrics = json.loads(needed["metrics.json"].read_text())
-    rounds = [json.loads(x) for x in needed["rounds.jsonl"].read_text().splitlines() if x.strip()]
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -101,21 +158,8 @@ def log_run(run_dir: str | Path, *, tracking_uri: str, experiment: str = "fedrec
     now = int(time.time() * 1000)
 
     params = [Param(k, str(v)[:6000]) for k, v in sectioned_run_config(config.get("run_config", {})).items()]
-    values: list[Metric] = []
-    for row in rounds:
-        step = int(row["round"])
-        for col, x in row.items():
-            v = _number(x) if col != "round" and not isinstance(x, (list, dict, bool)) else None
-            if v is not None:
-                values.append(Metric(metric_key(col), v, now, step))
+    values = [Metric(metric_key(name), v, now, step) for name, v, step in run_scalars(metrics, rounds)]
     selected = (metrics.get("selected") or {}).get("round") or 0
-    for stage, key in (("validation", "valid"), ("test", "test")):
-        for name, x in (metrics.get(stage) or {}).items():
-            if isinstance(x, (int, float)) and math.isfinite(x):
-                values.append(Metric(metric_key(f"selected/{key}/{name}"), float(x), now, int(selected)))
-    eps = privacy.get("epsilon")
-    if isinstance(eps, (int, float)) and math.isfinite(eps):
-        values.append(Metric("privacy/epsilon", float(eps), now, int(metrics.get("rounds") or 0)))
     client.set_tag(rid, "fedrec.selected_round", str(selected))
     for j in range(0, max(len(params), len(values)), 100):  # within MLflow's batch limits (100 params)
         client.log_batch(rid, params=params[j:j + 100], metrics=values[j:j + 100])

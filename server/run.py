@@ -418,4 +418,9 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
 
             out["mlflow_run_id"] = log_run(cfg.out, tracking_uri=cfg.mlflow, experiment=cfg.mlflow_experiment)
             _say(f"logged to MLflow {cfg.mlflow} (experiment {cfg.mlflow_experiment!r}, run {out['mlflow_run_id']})")
+        if cfg.tensorboard:
+            from fedrec.tracking import log_tensorboard
+
+            out["tensorboard_dir"] = str(log_tensorboard(cfg.out, cfg.tensorboard))
+            _say(f"TensorBoard scalars in {out['tensorboard_dir']}")
     return out

@@ -299,7 +299,7 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
 def cmd_track(args) -> int:
     from pathlib import Path
 
-    from fedrec.tracking import log_run
+    from fedrec.tracking import log_run, log_tensorboard
 
     dirs = []
     for d in map(Path, args.runs):
@@ -309,10 +309,17 @@ def cmd_track(args) -> int:
             dirs += sorted(r for r in (d / "runs").iterdir() if (r / "metrics.json").is_file())
         else:
             raise ValueError(f"{d}: neither a finished run (metrics.json) nor a sweep directory (runs/)")
+    if not (args.mlflow or args.tensorboard):
+        raise ValueError("give --mlflow URI or --tensorboard DIR (or both)")
     for d in dirs:
-        rid = log_run(d, tracking_uri=args.mlflow, experiment=args.experiment)
-        print(f"{d} -> MLflow run {rid}")
-    print(f"logged {len(dirs)} run(s) to {args.mlflow}, experiment {args.experiment!r}")
+        if args.mlflow:
+            rid = log_run(d, tracking_uri=args.mlflow, experiment=args.experiment)
+            print(f"{d} -> MLflow run {rid}")
+        if args.tensorboard:
+            print(f"{d} -> TensorBoard {log_tensorboard(d, args.tensorboard)}")
+    where = " and ".join(x for x in (args.mlflow and f"{args.mlflow}, experiment {args.experiment!r}",
+                                     args.tensorboard and f"TensorBoard {args.tensorboard}") if x)
+    print(f"logged {len(dirs)} run(s) to {where}")
     return 0
 
 
@@ -444,15 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="fetch again even if the dataset is cached")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("track", help="log finished runs to MLflow (config, per-round metrics, privacy, artefacts)",
+    p = sub.add_parser("track", help="log finished runs to MLflow or TensorBoard (config, per-round metrics, privacy)",
                        description="Log run directories (or every run of a sweep directory) to an MLflow tracking "
                                    "store: the config as parameters, every round's metrics at step = round (@ "
                                    "written _at_), the selected round's metrics and the privacy spent, the reports "
-                                   "and plots as artefacts. Never the nodes' state. Needs mlflow "
-                                   "(pip install mlflow-skinny).")
+                                   "and plots as artefacts; and/or the same metrics as TensorBoard scalars. Never "
+                                   "the nodes' state. Needs mlflow (pip install mlflow-skinny) or tensorboard.")
     p.add_argument("runs", nargs="+", help="run directories, or sweep directories (their runs/*)")
-    p.add_argument("--mlflow", required=True,
+    p.add_argument("--mlflow", default="",
                    help="MLflow tracking URI, e.g. sqlite:///runs/mlflow.db (a local file, no server needed)")
+    p.add_argument("--tensorboard", default="",
+                   help="TensorBoard log directory: each run's scalars under DIR/<run name> (tensorboard --logdir DIR)")
     p.add_argument("--experiment", default="fedrec", help="MLflow experiment (default fedrec; created if missing)")
     p.set_defaults(func=cmd_track)
 

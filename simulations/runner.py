@@ -96,7 +96,7 @@ def _same_config(d: Path, cfg: FedConfig) -> bool:
     # keys added later: their defaults; records written before sections: keys without them
     done = {**flat_run_config(DEFAULTS.to_run_config()), **flat_run_config(read_metrics(d).get("config", {}))}
     want = flat_run_config(cfg.resolved().to_run_config())
-    keys = set(want) - {"out", "resume", "round-timeout", "state-dir", "mlflow", "mlflow-experiment"}
+    keys = set(want) - {"out", "resume", "round-timeout", "state-dir", "mlflow", "mlflow-experiment", "tensorboard"}
     return all(done.get(k) == want[k] or (isinstance(want[k], float) and isinstance(done.get(k), (int, float))
                                            and abs(done[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])))
                for k in keys)

@@ -30,6 +30,11 @@ def test_tracking_refuses_what_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
         log_run(tmp_path, tracking_uri=f"sqlite:///{tmp_path}/m.db")
     assert main(["track", str(tmp_path), "--mlflow", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert main(["track", str(tmp_path), "--tensorboard", str(tmp_path / "tb")]) == 2
+    from fedrec.config import ConfigError, FedConfig
+
+    with pytest.raises(ConfigError, match="give --out"):
+        FedConfig(tensorboard=str(tmp_path / "tb"))
 
 
 @pytest.mark.slow
@@ -46,7 +51,8 @@ def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatc
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "run"
     cfg = FedConfig(data="synthetic:20x40:1", num_server_rounds=3, users_per_node=10, dim=4, eval_every=2,
-                    user_dp="client", user_noise_multiplier=1.0, out=str(out), mlflow=uri, mlflow_experiment="t")
+                    user_dp="client", user_noise_multiplier=1.0, out=str(out), mlflow=uri, mlflow_experiment="t",
+                    tensorboard=str(tmp_path / "tb"))
     summary = simulate(cfg, num_cpus=2)
     client = mlflow.MlflowClient(uri)
     run = client.get_run(summary["mlflow_run_id"])
@@ -74,3 +80,22 @@ def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatc
     assert main(["track", str(out), "--mlflow", uri, "--experiment", "t"]) == 0
     assert len(client.search_runs([client.get_experiment_by_name("t").experiment_id])) == 2
     assert not list(elsewhere.iterdir()) and (tmp_path / "mlartifacts").is_dir()
+    # the same run as TensorBoard scalars: every rounds.csv value at its round, under tb/<run name>
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert summary["tensorboard_dir"] == str(tmp_path / "tb" / "run")
+    acc = EventAccumulator(summary["tensorboard_dir"])
+    acc.Reload()
+    compared = 0
+    for col in rows[0]:
+        want = {int(r["round"]): float(r[col]) for r in rows if col != "round" and r[col] not in ("", None)
+                and not r[col].startswith("[")}
+        if not want:
+            continue
+        assert {e.step: e.value for e in acc.Scalars(col)} == pytest.approx(want, rel=1e-6), col
+        compared += 1
+    assert compared >= 10
+    assert acc.Scalars("selected/test/ndcg@10")[0].value == pytest.approx(doc["test"]["ndcg@10"], rel=1e-6)
+    assert acc.Scalars("privacy/epsilon")[0].value == pytest.approx(doc["privacy"]["epsilon"], rel=1e-6)
+    assert main(["track", str(out), "--tensorboard", str(tmp_path / "tb2")]) == 0
+    assert EventAccumulator(str(tmp_path / "tb2" / "run")).Reload().Scalars("valid/ndcg@10")
