@@ -94,7 +94,9 @@ class RunLog:
         if self.cfg.user_level:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
-            row["user-epsilon"] = UserLevel.from_config(self.cfg).epsilon(server_round)
+            # (after a warm start from a run at another noise: its rounds composed as they ran)
+            row["user-epsilon"] = UserLevel.from_config(self.cfg).epsilon(server_round,
+                                                                            getattr(self.server, "user_earlier", ()))
         if self.cfg.als_private:  # the counts (round 1), then one release per pass
             row["user-epsilon"] = PrivateALS.from_config(self.cfg).epsilon(server_round)
         if ev:
@@ -132,6 +134,9 @@ class RunLog:
             user_dp = self.server.user_dp
             extra = {"user_clip": user_dp.clipping_norm} if user_dp is not None else {}
             extra["since_best"] = self.since_best
+            if self.cfg.user_level:  # the rounds so far as (noise, rate, rounds) segments: a warm start composes them
+                extra["user_segments"] = UserLevel.from_config(self.cfg).segments(
+                    server_round, getattr(self.server, "user_earlier", ()))
             # the optimiser's state is replaced, never changed in place, by each step (fedrec.optim.server_step)
             self._checkpoint(directory=self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
                              params={k: v.numpy() for k, v in arrays.items()}, opt_state=self.server.optimizer.state,
@@ -212,6 +217,9 @@ def _restore(ck: dict, strategy) -> tuple[dict[str, np.ndarray], int]:
     start = int(ck["round"])
     strategy.optimizer.state = OptState(m=ck["m"], v=ck["v"], t=int(ck["opt_t"]))
     strategy.offset = start
+    # the checkpoint's rounds as they ran (a checkpoint written before segments were recorded:
+    # none, i.e. all rounds at this run's noise, as that run's accountant assumed)
+    strategy.user_earlier = tuple(tuple(x) for x in ck.get("extra", {}).get("user_segments", ()))
     if strategy.user_dp is not None and "user_clip" in ck.get("extra", {}):
         strategy.user_dp.clipping_norm = float(ck["extra"]["user_clip"])
     return {k: v.astype(np.float32) for k, v in ck["param"].items()}, start
@@ -366,6 +374,7 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "rounds": last.get("round"),
             "delta": cfg.delta,
             "epsilon": last.get("user-epsilon"),
+            "earlier_segments": [list(x) for x in getattr(log.server, "user_earlier", ())] or None,
             "popularity_prior_noise": cfg.prior_noise or None,
             "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to the clip, not to who replied",
         })

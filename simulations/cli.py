@@ -240,7 +240,8 @@ def cmd_sweep(args) -> int:
 
         report = run_stream(Path(args.out), data=args.data, windows=args.windows, warmup=args.warmup,
                             warmup_rounds=args.warmup_rounds, rounds=args.rounds or 20, seeds=args.seeds or 1,
-                            privacy=("non-private",) if args.no_private else STREAM_PRIVACY,
+                            privacy=("non-private",) if args.no_private else
+                            STREAM_PRIVACY + (("user-level-window",) if args.window_budget else ()),
                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
         _log(f"report: {report}")
         return 0
@@ -418,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'stream' only: share of the interactions before the first window (default 0.5)")
     p.add_argument("--warmup-rounds", type=int, default=150,
                    help="'stream' only: rounds on the warm-up; --rounds is then the rounds per window (default 20)")
+    p.add_argument("--window-budget", action="store_true",
+                   help="'stream' only: also run user-level DP with a budget per window (epsilon 8 for each window's "
+                        "rounds, composed over the windows) beside the budget over the whole stream")
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "
                         "(default: these three), dp-fest (both units: DP-SGD/DP-FedAvg on the items the DP prior "

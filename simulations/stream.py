@@ -29,7 +29,13 @@ what the server holds).
 Privacy over time: the user-level runs calibrate the noise for epsilon 8 over every
 round of every stage (and the prior, released once), so the epsilon reported after
 stage ``w`` is what a user present since the start has spent by then; one who
-joined later has spent less (fewer rounds).
+joined later has spent less (fewer rounds).  The ``user-level-window`` runs give
+every window its own budget instead (epsilon 8 for the warm-up's rounds and the
+prior, epsilon 8 for each later window's rounds, each calibrated alone): the
+noise per window is smaller, and the epsilon of a user present since the start
+grows with the windows, composed over stages of different noise
+(:meth:`fedrec.privacy.mechanisms.UserLevel.epsilon`'s segments, carried from
+stage to stage in the checkpoint).
 """
 
 from __future__ import annotations
@@ -45,11 +51,14 @@ import scipy.sparse as sp
 
 from fedrec.config import FedConfig
 
-__all__ = ["stream_cutoffs", "carry_local_state", "js_divergence", "genre_profile", "run_stream", "STREAM_PRIVACY"]
+__all__ = ["stream_cutoffs", "carry_local_state", "js_divergence", "genre_profile", "run_stream", "STREAM_PRIVACY",
+           "STREAM_SETTINGS", "window_noise"]
 
 #: The privacy settings of a stream: non-private, and user-level DP-FedAvg (the study's
-#: preset) at this epsilon over the whole stream.
+#: preset) at this epsilon over the whole stream (``user-level``) or in each window
+#: (``user-level-window``: a budget per window; not in the default set).
 STREAM_PRIVACY = ("non-private", "user-level")
+STREAM_SETTINGS = STREAM_PRIVACY + ("user-level-window",)
 STREAM_EPSILON = 8.0
 
 
@@ -166,6 +175,14 @@ def _checkpoint_params(run_dir: Path) -> dict:
         return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("param/")}
 
 
+def window_noise(base: FedConfig, rounds: int, *, first: bool) -> float:
+    """The user-level noise multiplier that spends :data:`STREAM_EPSILON` on one window's
+    ``rounds`` (the first window's with the popularity prior, released once, composed)."""
+    cfg = replace(base, user_noise_multiplier=0.0, user_target_epsilon=STREAM_EPSILON, num_server_rounds=rounds,
+                  prior_noise=base.prior_noise if first else 0.0)
+    return float(cfg.resolved().user_noise_multiplier)
+
+
 def _stage_config(base: FedConfig, cuts: np.ndarray, w: int, *, last_round: int, out: Path, warm: Path | None,
                   frozen: bool) -> FedConfig:
     """Stage ``w``'s run: rounds count on from the previous stage's (so sampling, noise
@@ -194,8 +211,8 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for p in privacy:
-        if p not in STREAM_PRIVACY:
-            raise ValueError(f"unknown privacy setting {p!r}; choose from {', '.join(STREAM_PRIVACY)}")
+        if p not in STREAM_SETTINGS:
+            raise ValueError(f"unknown privacy setting {p!r}; choose from {', '.join(STREAM_SETTINGS)}")
     probe = FedConfig(data=data)
     ds = load_dataset(data, format=probe.format, min_rating=probe.min_rating or None)
     cuts = stream_cutoffs(ds.timestamp, windows=windows, warmup=warmup)
@@ -230,8 +247,14 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
                     base = replace(base, **USER_PRESET, user_target_epsilon=STREAM_EPSILON)
                     z = replace(base, num_server_rounds=total_rounds).resolved()
                     base = replace(base, user_noise_multiplier=z.user_noise_multiplier, user_target_epsilon=0.0)
+                elif priv == "user-level-window":
+                    base = replace(base, **USER_PRESET, user_noise_multiplier=1.0)  # each stage's noise: below
                 dirs = {"continuing": [], "frozen": []}
+                segments: list = []  # (noise, rate, rounds) of the stages so far (user-level-window)
                 for w in range(n_stages):
+                    if priv == "user-level-window":
+                        z_w = window_noise(base, warmup_rounds if w == 0 else rounds, first=w == 0)
+                        base = replace(base, user_noise_multiplier=z_w)
                     fed = load_federation(replace(base, split=f"window:{int(cuts[w])}:{int(cuts[w + 1])}"))
                     for model in ("continuing", "frozen"):
                         if model == "frozen" and w == 0:
@@ -266,18 +289,24 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
                                "test_users": int((np.diff(fed.split.test.indptr) > 0).sum()),
                                "ndcg@10": summary.get("test", {}).get("ndcg@10"),
                                "hr@10": summary.get("test", {}).get("hr@10")}
-                        if priv == "user-level":
+                        if priv in ("user-level", "user-level-window"):
                             mech = UserLevel.from_config(base)
-                            row["epsilon"] = mech.epsilon(cum)
+                            earlier = tuple(tuple(x) for x in segments)
+                            before = sum(x[2] for x in earlier)
+                            row["epsilon"] = mech.epsilon(cum, earlier)
+                            row["noise_multiplier"] = mech.noise_multiplier
                             row["epsilon_with_drift"] = epsilon_of(
-                                noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=cum,
-                                delta=mech.delta, extra=((mech.prior_noise, 1.0, 1),) + drift_release
-                                if mech.prior_noise > 0 else drift_release)
+                                noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=cum - before,
+                                delta=mech.delta, extra=(((mech.prior_noise, 1.0, 1),) if mech.prior_noise > 0 else ())
+                                + earlier + drift_release)
                         if w:
                             a = _item_tables(_checkpoint_params(dirs[model][-2]), ds.n_items)
                             b = _item_tables(_checkpoint_params(run_dir), ds.n_items)
                             row["table_drift"] = float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12))
                         rows.append(row)
+                    if priv == "user-level-window":  # this stage's rounds, at its noise, for the next stages
+                        segments = UserLevel.from_config(base).segments(warmup_rounds + w * rounds,
+                                                                        tuple(tuple(x) for x in segments))
     # references and drift per stage (the same splits and users as the federated rows)
     refs = []
     for w in range(n_stages):
@@ -337,8 +366,10 @@ def plot_stream(doc: dict, path: Path) -> Path:
     privs = list(dict.fromkeys(r["privacy"] for r in doc["rows"]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
-    for priv, style in zip(privs, ("-", "--")):
-        tag = "non-private" if priv == "non-private" else f"user-level eps {STREAM_EPSILON:g}"
+    tags = {"non-private": "non-private", "user-level": f"user-level eps {STREAM_EPSILON:g} over the stream",
+            "user-level-window": f"user-level eps {STREAM_EPSILON:g} per window"}
+    for priv, style in zip(privs, ("-", "--", "-.")):
+        tag = tags[priv]
         for model, color in (("continuing", "C0"), ("frozen", "C1")):
             s = _series(doc, priv, model, "ndcg@10")
             ax.errorbar(stages, [m for m, _ in s], yerr=[sd for _, sd in s], fmt=style, marker="o", color=color,
@@ -359,7 +390,7 @@ def plot_stream(doc: dict, path: Path) -> Path:
     if any(r.get("genre_js_exact") is not None for r in refs):
         ax.plot(stages, [r["genre_js_exact"] for r in refs], marker="s", color="C4", label="genre JS, exact (central)")
         ax.plot(stages, [r["genre_js_dp"] for r in refs], marker="s", color="C5", label="genre JS, DP releases")
-    for priv, style in zip(privs, ("-", "--")):
+    for priv, style in zip(privs, ("-", "--", "-.")):
         s = _series(doc, priv, "continuing", "table_drift")
         ax.plot(stages, [m for m, _ in s], style, marker="x", color="C3", label=f"item-table change, {priv}")
     ax.set_yscale("log")
@@ -367,13 +398,15 @@ def plot_stream(doc: dict, path: Path) -> Path:
     ax.set_title("drift between consecutive windows", fontsize=9)
     ax.legend(fontsize=6)
     ax = axes[2]
-    if "user-level" in privs:
-        s = _series(doc, "user-level", "continuing", "epsilon")
-        s2 = _series(doc, "user-level", "continuing", "epsilon_with_drift")
-        ax.plot(stages, [m for m, _ in s], marker="o", label="training + prior")
-        ax.plot(stages, [m for m, _ in s2], marker="o", label="training + prior + drift releases")
+    for priv, style in (("user-level", "-"), ("user-level-window", "-.")):
+        if priv not in privs:
+            continue
+        s = _series(doc, priv, "continuing", "epsilon")
+        s2 = _series(doc, priv, "continuing", "epsilon_with_drift")
+        ax.plot(stages, [m for m, _ in s], style, marker="o", label=f"training + prior ({tags[priv]})")
+        ax.plot(stages, [m for m, _ in s2], style, marker="x", label=f"+ drift releases ({tags[priv]})")
         ax.set_ylabel("user-level epsilon spent (a user present since the start)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     ax.set_xticks(stages, labels, rotation=30, fontsize=7)
     ax.set_title("privacy over time", fontsize=9)
     fig.suptitle(f"Streaming federated MF on {doc['data']}", fontsize=10)
@@ -400,8 +433,8 @@ def stream_table(doc: dict) -> list[str]:
     head += ["MostPop prev. window", "MostPop history", "item JS exact", "item JS DP"]
     head += ["genre JS exact", "genre JS DP"] if genre else []
     head += ["table change"]
-    if "user-level" in privs:
-        head += ["user-level eps spent"]
+    eps_privs = [p for p in ("user-level", "user-level-window") if p in privs]
+    head += [f"eps spent, {p}" for p in eps_privs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ref in doc["references"]:
         w = ref["stage"]
@@ -416,8 +449,8 @@ def stream_table(doc: dict) -> list[str]:
         cells += [_fmt(ref["mostpop_window"]), _fmt(ref["mostpop_history"]), _fmt(ref["js_exact"]), _fmt(ref["js_dp"])]
         cells += [_fmt(ref.get("genre_js_exact")), _fmt(ref.get("genre_js_dp"))] if genre else []
         cells += [_fmt(drift)]
-        if "user-level" in privs:
-            e = _series(doc, "user-level", "continuing", "epsilon_with_drift")[w][0]
+        for p in eps_privs:
+            e = _series(doc, p, "continuing", "epsilon_with_drift")[w][0]
             cells.append("–" if math.isnan(e) else f"{e:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -437,9 +470,10 @@ def write_stream_report(out: Path, doc: dict) -> Path:
              "window vector of norm 1): "
              f"user-level epsilon {doc['drift']['epsilon_user_level']:.2f} for all {doc['drift']['releases']} "
              f"releases (delta {doc['drift']['delta']:g}). Table change: relative Frobenius change of the item tables "
-             "over the window's training. User-level epsilon spent: the training (calibrated for "
-             f"{STREAM_EPSILON:g} over the whole stream), the prior and the drift releases composed, for a user "
-             "present since the start.", ""]
+             "over the window's training. User-level epsilon spent: the training (`user-level`: calibrated for "
+             f"{STREAM_EPSILON:g} over the whole stream; `user-level-window`: {STREAM_EPSILON:g} for each window's "
+             "rounds, the warm-up's with the prior, composed over windows of different noise), the prior and the "
+             "drift releases composed, for a user present since the start.", ""]
     lines += stream_table(doc)
     lines += ["", "![stream](stream.png)", ""]
     if doc.get("command"):

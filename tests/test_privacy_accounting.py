@@ -157,3 +157,22 @@ def test_train_head_is_chosen_by_the_prior_release_and_costs_no_epsilon():
         FedConfig(noise_multiplier=1.1, train_head=0.1)
     with pytest.raises(ConfigError, match="train-head.*must be in"):
         FedConfig(prior_noise=1.0, train_head=1.5)
+
+
+def test_user_level_epsilon_composes_earlier_segments_of_other_noise():
+    """A run that continues others (a stream's windows) composes their rounds at the noise
+    they ran with, the prior once: Opacus's RDP accountant over the same history; segments
+    of the same noise compose to the homogeneous figure."""
+    from opacus.accountants import RDPAccountant
+
+    from fedrec.privacy.mechanisms import UserLevel
+
+    mech = UserLevel(noise_multiplier=0.9, sample_rate=0.5, clip=0.1, delta=1e-5, prior_noise=4.0)
+    earlier = ((1.4, 0.5, 30), (1.1, 0.5, 10))
+    acc = RDPAccountant()
+    acc.history = [(4.0, 1.0, 1), (1.4, 0.5, 30), (1.1, 0.5, 10), (0.9, 0.5, 25)]
+    assert mech.epsilon(65, earlier) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert mech.epsilon(40, ((0.9, 0.5, 40),)) == pytest.approx(mech.epsilon(40), rel=1e-9)
+    assert mech.segments(65, earlier) == [[1.4, 0.5, 30], [1.1, 0.5, 10], [0.9, 0.5, 25]]
+    with pytest.raises(ValueError, match="inside the earlier segments"):
+        mech.epsilon(20, earlier)

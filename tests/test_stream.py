@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from opacus.accountants import RDPAccountant
 
 from fedrec.config import ConfigError, FedConfig
 from fedrec.data import Dataset, make_split, time_window
@@ -145,10 +146,10 @@ def test_a_tiny_stream_through_flower(tmp_path):
     from fedrec_app.simulations.stream import _checkpoint_params, run_stream
 
     report = run_stream(tmp_path, data="synthetic:24x40:3", windows=2, warmup=0.5, warmup_rounds=3, rounds=2,
-                        seeds=1, privacy=("user-level",), say=lambda *_: None)
+                        seeds=1, privacy=("user-level", "user-level-window"), say=lambda *_: None)
     doc = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["privacy"], r["model"], r["stage"]): r for r in doc["rows"]}
-    assert len(rows) == 4 and all(r["ndcg@10"] is not None for r in rows.values())
+    assert len(rows) == 8 and all(r["ndcg@10"] is not None for r in rows.values())
     runs = tmp_path / "runs" / "user-level-seed0"
     stage0 = _checkpoint_params(runs / "continuing-stage0")
     frozen = _checkpoint_params(runs / "frozen-stage1")
@@ -169,12 +170,25 @@ def test_a_tiny_stream_through_flower(tmp_path):
     logged = (tmp_path / "runs" / "user-level-seed0" / "continuing-stage1" / "rounds.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in logged] == [4, 5]  # the stage counted on from stage 0's round 3
     assert (tmp_path / "stream.png").stat().st_size > 0 and "Prequential" in report.read_text()
+    # a budget per window: each stage's noise spends 8 on its own rounds (the first with the prior); a user
+    # present since the start has spent the composition of both stages at their different noise, which the
+    # stage's own run reports too (the warm start carries stage 0's rounds as they ran)
+    win = {w: rows[("user-level-window", "continuing", w)] for w in (0, 1)}
+    z0, z1 = win[0]["noise_multiplier"], win[1]["noise_multiplier"]
+    assert z1 < z0 and win[0]["epsilon"] == pytest.approx(8.0, rel=1e-3)  # 2 rounds need less noise than 3 + prior
+    acc = RDPAccountant()
+    acc.history = [(cfg1.prior_noise, 1.0, 1), (z0, cfg1.user_sample_rate, 3), (z1, cfg1.user_sample_rate, 2)]
+    assert win[1]["epsilon"] == pytest.approx(acc.get_epsilon(cfg1.delta), rel=1e-9)
+    assert 8.0 < win[1]["epsilon"] < 16.0
+    ran = json.loads((runs.parent / "user-level-window-seed0" / "continuing-stage1" / "metrics.json").read_text())
+    assert ran["privacy"]["epsilon"] == pytest.approx(win[1]["epsilon"], rel=1e-9)
+    assert ran["privacy"]["earlier_segments"] == [[z0, cfg1.user_sample_rate, 3]]
     # a second call keeps the finished stages (runs nothing again)
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/*/metrics.json")}
     run_stream(tmp_path, data="synthetic:24x40:3", windows=2, warmup=0.5, warmup_rounds=3, rounds=2, seeds=1,
-               privacy=("user-level",), say=lambda *_: None)
+               privacy=("user-level", "user-level-window"), say=lambda *_: None)
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == doc["rows"]
-    assert len(stamps) == 3 and stamps == {p: p.stat().st_mtime_ns for p in stamps}
+    assert len(stamps) == 6 and stamps == {p: p.stat().st_mtime_ns for p in stamps}
 
 
 def test_genre_profile_by_hand():

@@ -87,8 +87,29 @@ class UserLevel:
         return cls(float(cfg.user_noise_multiplier), float(cfg.user_sample_rate), float(cfg.user_clip),
                    float(cfg.delta), float(cfg.prior_noise))
 
-    def epsilon(self, rounds: int) -> float:
-        return float(_epsilons(self, [rounds])[0])
+    def epsilon(self, rounds: int, earlier: tuple = ()) -> float:
+        """User-level epsilon after round ``rounds`` (the prior composed once).  ``earlier``:
+        the ``(noise, rate, rounds)`` segments of earlier runs this one continues (a
+        stream's previous windows, whose noise may differ); their rounds are the first
+        rounds, and the rest run at this mechanism's noise."""
+        if not earlier:
+            return float(_epsilons(self, [rounds])[0])
+        from fedrec.privacy.accounting import epsilon
+
+        before = sum(int(s) for _, _, s in earlier)
+        if rounds < before:
+            raise ValueError(f"round {rounds} lies inside the earlier segments ({before} rounds)")
+        segments = tuple((float(z), float(q), int(s)) for z, q, s in earlier)
+        return float(epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                             steps=rounds - before, delta=self.delta,
+                             extra=PopularityPrior(self.prior_noise).releases + segments))
+
+    def segments(self, rounds: int, earlier: tuple = ()) -> list:
+        """``earlier`` and this run's own segment up to round ``rounds``: what a run that
+        continues this one composes (:meth:`epsilon`'s ``earlier``)."""
+        before = sum(int(s) for _, _, s in earlier)
+        own = [(self.noise_multiplier, self.sample_rate, rounds - before)] if rounds > before else []
+        return [list(x) for x in earlier] + [list(x) for x in own]
 
     def to_dict(self) -> dict:
         return {"unit": self.unit, **asdict(self)}
