@@ -173,6 +173,7 @@ def canary_scores(
     init_std: float,
     user_norm: float,
     seed: int,
+    trainable: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Run one round for each canary user alone and score its canary (see the module doc).
 
@@ -190,7 +191,7 @@ def canary_scores(
     out = np.empty(m)
     for j in range(m):
         _, item_update, bias_update, _ = mf_round(p[j : j + 1], q, b, canary_train, np.array([j]), cfg, seed=seed,
-                                                  server_round=1, generator=noise)
+                                                  server_round=1, generator=noise, trainable=trainable)
         c, neg = n_items + j, int(would_be_negative[j])
         pos_stat = float(bias_update[c]) + float(item_update[c] @ p[j])
         neg_stat = float(bias_update[neg]) + float(item_update[neg] @ p[j])
@@ -211,8 +212,14 @@ def audit(
     user_norm: float = 2.0,
     seed: int = 0,
     negative_control: bool = False,
+    train_head: float = 0.0,
 ) -> dict:
     """One-run audit of the interaction-level DP round (see the module doc).
+
+    ``train_head > 0`` audits DP-FEST: only that fraction of the real items (the most
+    popular) and every canary item are trained (the auditor puts the canaries in the
+    head, where they are released); the other rows are frozen, their gradients
+    dropped before clipping.
 
     Parameters
     ----------
@@ -265,8 +272,14 @@ def audit(
     slot = np.diff(all_in.indptr) - 1  # the canary item is the user's last (largest) item
     would_be_negative = keyed_negatives(all_in, np.arange(m), slot, seed=seed, server_round=1)
     run_cfg = dataclasses.replace(cfg, noise_multiplier=0.0) if negative_control else cfg
+    trainable = None
+    if train_head > 0:
+        from fedrec.als import head_items
+
+        head = head_items(np.asarray(train.sum(0)).ravel(), train_head)
+        trainable = torch.as_tensor(np.r_[head, np.ones(m, dtype=bool)].astype(np.float64))
     scores = canary_scores(canary_train, n_items, run_cfg, would_be_negative=would_be_negative, dim=dim,
-                           init_std=init_std, user_norm=user_norm, seed=seed)
+                           init_std=init_std, user_norm=user_norm, seed=seed, trainable=trainable)
     k = guesses // 2
     order = np.lexsort((rng.random(m), scores))  # ascending score, random tie-break
     guess = np.zeros(m, dtype=np.int64)
@@ -292,6 +305,7 @@ def audit(
         "max_grad_norm": cfg.max_grad_norm,
         "steps": steps,
         "negative_control": negative_control,
+        "train_head": train_head,
     }
 
 

@@ -251,15 +251,17 @@ def release(
     seed: int,
     server_round: int,
     generator: torch.Generator | None = None,
+    trainable: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The SUM of the releases of ``users`` in one round (``k * CohortResult`` mean).
 
     ``user_emb`` holds the embeddings of ``users`` (``(k, d)``).  Returns
-    float64 ``(item_update (n_items, d), bias_update (n_items,))``.
+    float64 ``(item_update (n_items, d), bias_update (n_items,))``.  ``trainable``:
+    DP-FEST's mask of trained rows (the others' gradients dropped before clipping).
     """
     users = np.asarray(users, dtype=np.int64)
     _, item_update, bias_update, _ = mf_round(user_emb, item_emb, item_bias, train, users, cfg, seed=seed,
-                                              server_round=server_round, generator=generator)
+                                              server_round=server_round, generator=generator, trainable=trainable)
     k = len(users)
     return item_update.double().numpy() * k, bias_update.double().numpy() * k
 
@@ -278,8 +280,9 @@ def update_attack(
     seed: int = 0,
     server_round: int = 1,
     generator: torch.Generator | None = None,
+    trainable: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean per-user ROC AUC of the update attack.
+    """Mean per-user ROC AUC of the update attack (``trainable``: DP-FEST's trained rows).
 
     The users are shuffled and cut into cohorts of ``cohort_size`` (the
     remainder is dropped).  For each cohort the server sees the sum of the
@@ -331,14 +334,14 @@ def update_attack(
         cohort = users[c * cohort_size : (c + 1) * cohort_size]
         if user_level is None:
             g_item, g_bias = release(user_emb[cohort], item_emb, item_bias, train, cohort, cfg, seed=seed,
-                                     server_round=server_round, generator=generator)
+                                     server_round=server_round, generator=generator, trainable=trainable)
         else:
             clip, sigma = user_level
             g_item = np.zeros((n_items, item_emb.shape[1]))
             g_bias = np.zeros(n_items)
             for u in cohort:
                 gi, gb = release(user_emb[[u]], item_emb, item_bias, train, np.array([u]), cfg, seed=seed,
-                                 server_round=server_round, generator=generator)
+                                 server_round=server_round, generator=generator, trainable=trainable)
                 if cohort_size == 1:
                     noised = clip_and_noise({"item": gi, "bias": gb}, clip_norm=clip, noise_multiplier=sigma,
                                             generator=generator)

@@ -120,3 +120,38 @@ def test_audit_real_mechanism_within_claim_and_negative_control_caught(small_spl
     broken = audit(small_split.train, cfg=cfg, m=200, guesses=100, dim=16, seed=0, negative_control=True)
     assert broken["correct"] == broken["guesses"] == 100
     assert broken["eps_lower"] > broken["eps_claimed"] + 1.0
+
+
+def test_dp_fest_releases_only_trained_rows_and_leaks_nothing_under_noise(small_split, small_model):
+    """DP-FEST (trained rows only): without noise a user's release reveals its trained
+    items and is exactly zero on the frozen rows; under interaction-level noise and under
+    user-level clipping and noise the update attack is at chance."""
+    from fedrec_app.simulations.leakage import release
+
+    q, b, p = small_model
+    trained = torch.as_tensor((np.arange(80) % 2 == 0).astype(np.float64))
+    gi, gb = release(p[[3]], q, b, small_split.train, np.array([3]), LocalConfig(user_lr=1.0), seed=0,
+                     server_round=1, trainable=trained)
+    frozen = trained.numpy() == 0
+    assert not gi[frozen].any() and not gb[frozen].any() and np.abs(gb[~frozen]).sum() > 0
+    clear = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0), trainable=trained)
+    assert clear["signed"]["auc"] > 0.7  # the trained half of each user's items stands out
+    noisy = update_attack(q, b, p, small_split.train, np.arange(60),
+                          LocalConfig(user_lr=1.0, noise_multiplier=50.0, sample_rate=0.5, max_grad_norm=0.5),
+                          trainable=trained, generator=torch.Generator().manual_seed(1))
+    user = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0), trainable=trained,
+                         user_level=(0.1, 50.0), generator=torch.Generator().manual_seed(2))
+    for res in (noisy, user):
+        for a in ("norm", "signed"):
+            assert abs(res[a]["auc"] - 0.5) < 0.1, (a, res)
+
+
+def test_audit_of_dp_fest_within_claim_and_negative_control_caught(small_split):
+    sigma = calibrate_noise(target_epsilon=1.0, delta=1e-5, sample_rate=1.0, steps=2)
+    cfg = LocalConfig(user_lr=1.0, noise_multiplier=sigma, max_grad_norm=0.5)
+    real = audit(small_split.train, cfg=cfg, m=200, guesses=100, dim=16, seed=0, train_head=0.1)
+    assert real["train_head"] == 0.1 and real["eps_lower"] <= real["eps_claimed"] == pytest.approx(1.0, abs=0.05)
+    broken = audit(small_split.train, cfg=cfg, m=200, guesses=100, dim=16, seed=0, negative_control=True,
+                   train_head=0.1)
+    assert broken["correct"] == broken["guesses"] == 100
+    assert broken["eps_lower"] > broken["eps_claimed"] + 1.0

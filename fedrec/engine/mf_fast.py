@@ -142,10 +142,12 @@ _MF_VIEWS: dict[tuple[int, int], FedMF] = {}
 
 
 def mf_round(user_emb: torch.Tensor, item_emb: torch.Tensor, item_bias: torch.Tensor, train, users, cfg, *, seed: int,
-             server_round: int, generator: torch.Generator | None = None, generic: bool = False):
+             server_round: int, generator: torch.Generator | None = None, generic: bool = False,
+             trainable: torch.Tensor | None = None):
     """One round of the cohort engine for MF given as plain tensors (for MF-specific
     studies: attacks, audit, fold-in).  Returns ``(new user_emb, item_update,
-    bias_update, CohortResult)``; the updates are the cohort's mean release."""
+    bias_update, CohortResult)``; the updates are the cohort's mean release
+    (``trainable``: the 0/1 mask of trained item rows, DP-FEST; ``None``: every row)."""
     from fedrec.engine.cohort import train_cohort
 
     key = tuple(item_emb.shape)
@@ -154,5 +156,5 @@ def mf_round(user_emb: torch.Tensor, item_emb: torch.Tensor, item_bias: torch.Te
         model = _MF_VIEWS[key] = FedMF(key[0], dim=key[1])
     res = train_cohort(model, {"user": user_emb}, {"item_embedding": item_emb, "item_bias": item_bias}, train,
                        np.asarray(users, dtype=np.int64), cfg, seed=seed, server_round=server_round,
-                       generator=generator, generic=generic)
+                       generator=generator, generic=generic, trainable=trainable)
     return res.local["user"], res.update["item_embedding"], res.update["item_bias"], res
