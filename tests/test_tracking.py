@@ -37,6 +37,17 @@ def test_tracking_refuses_what_is_not_a_run(tmp_path):
         FedConfig(tensorboard=str(tmp_path / "tb"))
 
 
+def _numeric_columns(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """``column -> {round: value}`` of every numeric column of rounds.csv's rows."""
+    out = {}
+    for col in rows[0]:
+        want = {int(r["round"]): float(r[col]) for r in rows if col != "round" and r[col] not in ("", None)
+                and not r[col].startswith("[")}
+        if want:
+            out[col] = want
+    return out
+
+
 @pytest.mark.slow
 def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
@@ -59,16 +70,11 @@ def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatc
     with (out / "rounds.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and rows[1]["valid/ndcg@10"] != ""
-    compared = 0
-    for col in rows[0]:
-        want = {int(r["round"]): float(r[col]) for r in rows if col != "round" and r[col] not in ("", None)
-                and not r[col].startswith("[")}
-        if not want:
-            continue
+    columns = _numeric_columns(rows)
+    assert len(columns) >= 10
+    for col, want in columns.items():
         hist = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric_key(col))}
         assert hist == pytest.approx(want), col
-        compared += 1
-    assert compared >= 10
     assert run.data.params["model.model"] == "mf" and run.data.params["user-level.user-dp"] == "client"
     doc = json.loads((out / "metrics.json").read_text())
     assert run.data.metrics["selected/test/ndcg_at_10"] == pytest.approx(doc["test"]["ndcg@10"])
@@ -86,15 +92,8 @@ def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatc
     assert summary["tensorboard_dir"] == str(tmp_path / "tb" / "run")
     acc = EventAccumulator(summary["tensorboard_dir"])
     acc.Reload()
-    compared = 0
-    for col in rows[0]:
-        want = {int(r["round"]): float(r[col]) for r in rows if col != "round" and r[col] not in ("", None)
-                and not r[col].startswith("[")}
-        if not want:
-            continue
+    for col, want in columns.items():
         assert {e.step: e.value for e in acc.Scalars(col)} == pytest.approx(want, rel=1e-6), col
-        compared += 1
-    assert compared >= 10
     assert acc.Scalars("selected/test/ndcg@10")[0].value == pytest.approx(doc["test"]["ndcg@10"], rel=1e-6)
     assert acc.Scalars("privacy/epsilon")[0].value == pytest.approx(doc["privacy"]["epsilon"], rel=1e-6)
     assert main(["track", str(out), "--tensorboard", str(tmp_path / "tb2")]) == 0
