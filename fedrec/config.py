@@ -281,7 +281,8 @@ class FedConfig:
             bad("device", "choose 'cpu', 'cuda' or 'cuda:N'")
         if self.als and self.device != "cpu":
             bad("device", "private ALS solves on the CPU only (numpy): use device='cpu'")
-        if is_sequential(federated_model_class(self.model)):
+        sequential = is_sequential(federated_model_class(self.model))
+        if sequential:
             if self.device != "cpu":
                 bad("device", "sequential models train on the CPU only (the GPU path covers the cohort engine's "
                     "models: mf, gmf, mlp, neumf, two-tower and your own FederatedModel)")
@@ -295,7 +296,7 @@ class FedConfig:
             why = ("interaction-level DP" if self.dp else "user-level DP" if self.user_level else "ALS" if self.als
                    else "row bounds" if self.row_norm > 0 or self.max_rows > 0
                    else "item-wise aggregation" if self.aggregation == "itemwise"
-                   else "a sequential model" if is_sequential(federated_model_class(self.model)) else "")
+                   else "a sequential model" if sequential else "")
             if why:
                 bad("weighting", f"weighting users by their interactions is built for non-private SGD training of "
                     f"the cohort engine's models, not with {why}: use weighting='user'")
