@@ -375,3 +375,77 @@ def test_interaction_weighting_releases_the_mean_gradient_over_interactions(name
     with pytest.raises(ValueError, match="not with DP"):
         train_cohort(model, local, params, train, users, LocalConfig(noise_multiplier=1.0), seed=0, server_round=1,
                      user_weights=w)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
+def test_ghost_norms_equal_per_sample_gradients(name, frozen):
+    """Interaction-level DP-SGD with the layers' norms from Opacus's ghost norm sampler
+    (the shipped models declare batched scoring) equals per-sample gradients by
+    torch.func: release and local state, noise included, with and without frozen rows."""
+    from fedrec.engine.cohort import GhostNorms
+
+    assert GhostNorms.applies(_model(name))
+    train = _train()
+    model = _model(name)
+    params = _params(model)
+    users = np.arange(N_USERS)
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
+    cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7, noise_multiplier=0.3,
+                      max_grad_norm=0.05)
+    kw = dict(seed=2, server_round=5, generic=True)
+    if frozen:
+        kw["trainable"] = torch.as_tensor(np.arange(N_ITEMS) % 3 == 0)
+    ghost = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(4), **kw)
+    plain = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(4),
+                         ghost_norms=False, **kw)
+    for k in params:
+        np.testing.assert_allclose(ghost.update[k].numpy(), plain.update[k].numpy(), atol=1e-6, err_msg=k)
+    for k in local:
+        np.testing.assert_allclose(ghost.local[k].numpy(), plain.local[k].numpy(), atol=1e-6, err_msg=k)
+
+
+
+def _misused_model(how):
+    from torch.func import functional_call
+
+    from fedrec.models.protocol import FederatedModel
+
+    class Misused(FederatedModel):
+        batched_score = True
+
+        def __init__(self):
+            super().__init__()
+            self.n_items, self.local_shapes, self.item_tables = N_ITEMS, {"user": (DIM,)}, ("item_embedding",)
+            self.item_embedding = nn.Parameter(torch.randn(N_ITEMS, DIM) * 0.3)
+            self.layer = nn.Linear(DIM, DIM)
+
+        def score(self, local, items, dense):
+            w = {"weight": dense["layer.weight"], "bias": dense["layer.bias"]}
+            h = functional_call(self.layer, w, (items["item_embedding"],))
+            if how == "twice":
+                h = functional_call(self.layer, w, (h,))
+            s = (h * local["user"].unsqueeze(-2)).sum(-1)
+            if how == "reuse":
+                s = s + (items["item_embedding"] @ dense["layer.weight"]).sum(-1)
+            return s
+
+    return Misused()
+
+
+@pytest.mark.parametrize("how", ["reuse", "twice"])
+def test_ghost_norms_refuse_a_layer_used_against_the_declaration(how):
+    """A dense weight read outside its layer, or a layer called twice, would escape the
+    ghost norm: the engine raises instead of releasing an under-clipped update; the
+    same model without the declaration trains."""
+    train = _train()
+    model = _misused_model(how)
+    params = {k: torch.as_tensor(v) for k, v in model.global_params().items()}
+    users = np.arange(N_USERS)
+    local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
+    cfg = LocalConfig(noise_multiplier=1.0, max_grad_norm=0.1, negatives=1)
+    with pytest.raises(ValueError, match="batched_score = False"):
+        train_cohort(model, local, params, train, users, cfg, seed=0, server_round=1)
+    model.batched_score = False
+    r = train_cohort(model, local, params, train, users, cfg, seed=0, server_round=1)
+    assert all(torch.isfinite(v).all() for v in r.update.values())

@@ -40,7 +40,11 @@ User-level clipping (``update_clip > 0``) clips each user's whole release
 
 Per-sample gradients come from ``torch.func.vmap(grad)`` over the gathered rows
 of a chunk of samples (never whole tables); without DP and user clipping one
-backward of the batched loss gives the same sums.  Models with a registered
+backward of the batched loss gives the same sums.  With interaction-level DP a
+model that declares ``batched_score`` runs a batched forward instead: its user
+vectors' and rows' per-sample gradients are plain autograd on the gathered
+copies, its ``nn.Linear`` layers' per-sample norms come from Opacus's ghost norm
+sampler and their clipped sum from a second backward (:class:`GhostNorms`).  Models with a registered
 fast path (:func:`register_fast_path`, MF) use it unless ``generic=True``;
 tests hold each fast path equal to this engine.
 """
@@ -54,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 
 from fedrec.data.negatives import is_positive, positive_keys
 from fedrec.models.protocol import FederatedModel
@@ -63,7 +68,7 @@ __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "key
            "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
            "clipped_user_mean", "frozen_rows_zeroed", "gaussian", "interaction_weights",
-           "release_denominators"]
+           "release_denominators", "GhostNorms"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
@@ -282,6 +287,7 @@ def train_cohort(
     trainable: torch.Tensor | None = None,
     device: str | torch.device | None = None,
     user_weights: np.ndarray | None = None,
+    ghost_norms: bool = True,
 ) -> CohortResult:
     """One round of local training for the users of a cohort (see the module doc).
 
@@ -320,6 +326,11 @@ def train_cohort(
         ``n_u / mean(n)`` makes it the mean over interactions
         (``weighting = "interaction"``).  ``None``: every user weighs 1.  The local
         state's steps are not weighted.
+    ghost_norms
+        With interaction-level DP, take the per-sample norms of the layers of a model
+        that declares ``batched_score`` from Opacus's ghost norm sampler
+        (:class:`GhostNorms`); ``False``: per-sample gradients by ``torch.func``
+        for every model (the two are tested equal).
     """
     if user_weights is not None and (cfg.dp or cfg.per_user):
         raise ValueError("user_weights scale what a user releases: not with DP or user-level clipping")
@@ -327,9 +338,11 @@ def train_cohort(
     fast = None if generic else FAST_PATHS.get(type(model))
     run = _generic if fast is None else fast
     on = lambda d: {n: v.to(dev) for n, v in d.items()}  # noqa: E731
+    extra = {"ghost_norms": ghost_norms} if fast is None else {}
     res = run(model, on(local), on(params), train, users, cfg, seed=seed, server_round=server_round,
               generator=generator, trainable=None if trainable is None else trainable.to(dev),
-              user_weights=None if user_weights is None else torch.as_tensor(np.asarray(user_weights), device=dev))
+              user_weights=None if user_weights is None else torch.as_tensor(np.asarray(user_weights), device=dev),
+              **extra)
     if dev.type == "cpu":
         return res
     return CohortResult(local={n: v.cpu() for n, v in res.local.items()},
@@ -366,7 +379,7 @@ def release_denominators(denom: torch.Tensor, user_weights: torch.Tensor | None)
 
 
 def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator, trainable=None,
-             user_weights=None) -> CohortResult:
+             user_weights=None, ghost_norms=True) -> CohortResult:
     k = len(users)
     n_items = model.n_items
     owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
@@ -405,6 +418,11 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     per_sample_floats = (sum(int(np.prod(s)) for s in model.local_shapes.values())
                          + sum(int(np.prod(v.shape[1:])) * items.shape[1] for v in tables.values())
                          + sum(v.numel() for v in dense.values()))
+    # interaction-level DP-SGD of a model that scores batches through its layers: the layers'
+    # per-sample norms by Opacus's ghost norm sampler (no per-sample layer gradients)
+    ghost = GhostNorms(model) if (cfg.dp and not clip_users and ghost_norms and GhostNorms.applies(model)) else None
+    if ghost is not None:
+        per_sample_floats -= sum(v.numel() for v in dense.values())
     chunk = max(1, MAX_GRAD_FLOATS // max(1, per_sample_floats))
     s_user = users[owner_np]
     if not per_sample:  # one backward over every sample in every step: its rows gathered once
@@ -426,16 +444,22 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                 sl = slice(lo, min(n_todo, lo + chunk)) if todo is None else todo[lo:lo + chunk]
                 o = owner[sl]
                 it = items[sl]  # each sample reads only its items' rows
-                (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[it] for t, v in tables.items()},
-                                            dense, {t: v[it] for t, v in consts.items()})
-                gr = {t: _row_mask(trainable, it, g) for t, g in gr.items()}
-                if step == 0 and not cfg.dp:
-                    first_loss = _add_loss(first_loss, lv, o, k)
-                if cfg.dp:
-                    sq = sum(_sq(g) for g in (*gl.values(), *gr.values(), *gd.values()))
+                if ghost is not None:
+                    gl, gr, sq, dense_sum = ghost.pass_one(model, {n: v[o] for n, v in loc.items()},
+                                                           {t: v[it] for t, v in tables.items()}, dense,
+                                                           {t: v[it] for t, v in consts.items()}, trainable, it)
                     w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0)
                 else:
-                    w = torch.ones(len(o), dtype=dtype, device=dev)
+                    (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[it] for t, v in tables.items()},
+                                                dense, {t: v[it] for t, v in consts.items()})
+                    gr = {t: _row_mask(trainable, it, g) for t, g in gr.items()}
+                    if step == 0 and not cfg.dp:
+                        first_loss = _add_loss(first_loss, lv, o, k)
+                    if cfg.dp:
+                        sq = sum(_sq(g) for g in (*gl.values(), *gr.values(), *gd.values()))
+                        w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0)
+                    else:
+                        w = torch.ones(len(o), dtype=dtype, device=dev)
                 for n, g in gl.items():
                     g_loc[n].index_add_(0, o, _bc(w, g) * g)
                 if release:
@@ -445,7 +469,10 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                             r_tab[t].index_add_(0, inv[sl].reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
                         else:
                             acc[t].index_add_(0, it.reshape(-1), (_bc(c, g) * g).reshape((-1,) + g.shape[2:]))
-                    for d, g in gd.items():
+                    if ghost is not None:  # the clip-weighted sum of the layers' gradients: a second backward
+                        for d, g in dense_sum(c).items():
+                            acc[d] += g
+                    for d, g in ({} if ghost is not None else gd).items():
                         if clip_users:
                             r_den[d].index_add_(0, o, _bc(c, g) * g)
                         else:
@@ -494,6 +521,131 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                 update[n] = update[n] - std * frozen_rows_zeroed(noise, trainable if n in tables else None)
     loss = float((first_loss / n_u).mean()) if first_loss is not None else math.nan
     return CohortResult(local=loc, update=update, loss=loss, n_users=k, samples=(owner_np, items_np, n_items))
+
+
+class GhostNorms:
+    """Per-sample gradient norms of a model's ``nn.Linear`` layers by Opacus's ghost
+    norm sampler (``opacus.grad_sample.linear.compute_linear_norm_sample``), for
+    models that declare ``batched_score`` (see :class:`~fedrec.models.protocol.FederatedModel`).
+
+    One batched forward of a chunk of samples records each layer's input and the
+    gradient of its output; one backward gives the per-sample gradients of the
+    user vectors and item rows (each sample has its own gathered copy) and, from
+    the records, every layer's per-sample gradient norm without forming the
+    per-sample gradient; a second backward of the clip-weighted loss gives the
+    layers' clipped sum (:meth:`pass_one`).  On its first chunk it checks that the
+    records account for every dense gradient (a parameter used outside its
+    layer, or a layer called twice, would otherwise escape the clip) and raises
+    if not.
+    """
+
+    def __init__(self, model: FederatedModel):
+        from opacus.grad_sample.linear import compute_linear_norm_sample
+
+        self._norm_sample = compute_linear_norm_sample
+        self._layers = {m: name for name, m in model.named_modules() if type(m) is nn.Linear}
+        self._checked = False
+
+    @staticmethod
+    def applies(model: FederatedModel) -> bool:
+        """Whether ``model`` declares batched scoring and keeps every dense
+        parameter in an ``nn.Linear`` layer."""
+        if not getattr(model, "batched_score", False):
+            return False
+        in_layers = {f"{name}.{p}" if name else p for name, m in model.named_modules() if type(m) is nn.Linear
+                     for p, _ in m.named_parameters(recurse=False)}
+        return all(d in in_layers for d in model.dense_names())
+
+    def _forward(self, model, lc, rw, dn, consts):
+        """The chunk's per-sample losses and, per layer call, ``[layer, input, output grad]``
+        (the output grad filled in by the first backward)."""
+        records = []
+
+        def record(module, inputs, out):
+            rec = [module, inputs[0].detach(), None]
+            records.append(rec)
+            if out.requires_grad:
+                out.register_hook(lambda g: rec.__setitem__(2, g.detach()) if rec[2] is None else None)
+
+        handles = [m.register_forward_hook(record) for m in self._layers]
+        try:
+            lv = model.sample_loss(model.score(lc, {**rw, **consts}, dn))
+        finally:
+            for h in handles:
+                h.remove()
+        names = [self._layers[m] for m, _, _ in records]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"model {type(model).__name__}: layer {twice[0]!r} runs twice in one forward; ghost norms "
+                             "need one call per layer (set batched_score = False)")
+        return lv, records
+
+    def _check(self, model, lc, rw, dn, consts, n: int = 64) -> None:
+        """On ``n`` samples: the layer records account for every dense gradient (in
+        float64, so that only a real misuse, not rounding, can fail it)."""
+        sub = lambda d: {k: v[:n].detach().requires_grad_(v.requires_grad) for k, v in d.items()}  # noqa: E731
+        dn = {d: v.detach().requires_grad_(True) for d, v in dn.items()}
+        lv, records = self._forward(model, sub(lc), sub(rw), dn, {k: v[:n] for k, v in consts.items()})
+        grads = torch.autograd.grad(lv.sum(), list(dn.values()), allow_unused=True)
+        rebuilt, scale = {}, {}  # the records' sum of each dense gradient, and the sum of its terms' sizes
+        for module, act, gout in records:
+            if gout is None:
+                continue
+            name = self._layers[module]
+            g64, a64 = gout.double(), act.double()
+            rebuilt[f"{name}.weight"] = torch.einsum("n...i,n...j->ij", g64, a64)
+            scale[f"{name}.weight"] = float(torch.einsum("n...i,n...j->ij", g64.abs(), a64.abs()).norm())
+            if module.bias is not None:
+                rebuilt[f"{name}.bias"] = g64.reshape(-1, g64.shape[-1]).sum(0)
+                scale[f"{name}.bias"] = float(g64.abs().reshape(-1, g64.shape[-1]).sum(0).norm())
+        for d, g in zip(dn, grads):
+            g = torch.zeros_like(dn[d], dtype=torch.float64) if g is None else g.double()
+            r = rebuilt.get(d, torch.zeros_like(g))
+            if float((r - g).norm()) > 1e-4 * max(scale.get(d, 0.0), 1e-30):
+                raise ValueError(f"model {type(model).__name__}: dense parameter {d!r} gets gradient outside one call "
+                                 "of its nn.Linear layer, so its per-sample norm would escape the clip (set "
+                                 "batched_score = False)")
+
+    def pass_one(self, model, local, rows, dense, consts, trainable, items):
+        """Per-sample ``(local grads, row grads, squared norms)`` of a chunk and a
+        function ``c -> {dense name: sum_i c_i grad_i}`` (the second backward)."""
+        lc = {n: v.detach().requires_grad_(True) for n, v in local.items()}
+        rw = {t: v.detach().requires_grad_(True) for t, v in rows.items()}
+        dn = {d: v.detach().requires_grad_(True) for d, v in dense.items()}
+        if not self._checked and dn:
+            self._check(model, lc, rw, dn, consts)
+        self._checked = True
+        lv, records = self._forward(model, lc, rw, dn, consts)
+        leaves = [*lc.values(), *rw.values(), *dn.values()]
+        grads = torch.autograd.grad(lv.sum(), leaves, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
+        gl = dict(zip(lc, grads[: len(lc)]))
+        gr = {t: _row_mask(trainable, items, g) for t, g in zip(rw, grads[len(lc) : len(lc) + len(rw)])}
+        sq = sum((_sq(g) for g in (*gl.values(), *gr.values())), torch.zeros(len(lv), dtype=torch.float64, device=lv.device))
+        for module, act, gout in records:
+            if gout is None:  # the layer is not on the loss's path
+                continue
+            name = self._layers[module]
+            stand_in = _LinearView(dn[f"{name}.weight"], dn[f"{name}.bias"] if module.bias is not None else None)
+            for ns in self._norm_sample(stand_in, [act], gout).values():
+                sq = sq + ns.double() ** 2
+
+        def dense_sum(c: torch.Tensor) -> dict[str, torch.Tensor]:
+            if not dn:
+                return {}
+            out = torch.autograd.grad((lv * c.to(lv.dtype)).sum(), list(dn.values()), allow_unused=True)
+            return {d: torch.zeros_like(x) if g is None else g for (d, x), g in zip(dn.items(), out)}
+
+        return gl, gr, sq, dense_sum
+
+
+@dataclass
+class _LinearView:
+    """What Opacus's linear norm sampler reads of a layer: the weight and bias leaves
+    of this pass (so its answer is keyed by them and needs nothing of the module)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
 
 def frozen_rows_zeroed(x: torch.Tensor, trainable: torch.Tensor | None) -> torch.Tensor:

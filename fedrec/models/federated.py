@@ -57,6 +57,15 @@ def _sub(dense: Tensors, prefix: str) -> dict[str, torch.Tensor]:
     return {k[n:]: v for k, v in dense.items() if k.startswith(prefix + ".")}
 
 
+def _output(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free output layer ``h -> h . weight`` (a layer, so that DP-SGD takes its
+    per-sample gradient norms from Opacus's norm sampler for ``nn.Linear``)."""
+    layer = nn.Linear(len(weight), 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight[None])
+    return layer
+
+
 _ACTIVATIONS_PER_CHUNK = 1 << 20
 
 
@@ -99,6 +108,8 @@ class FedMF(FederatedModel):
     (the federated runs' long-standing initialisation).
     """
 
+    batched_score = True
+
     def __init__(self, n_items: int, *, dim: int = 64, init_std: float = 0.1, seed: int = 0, **_):
         super().__init__()
         self.n_items, self.init_std = n_items, init_std
@@ -111,7 +122,7 @@ class FedMF(FederatedModel):
     def score(self, local, items, dense):
         # a product and a sum rather than ``@``: under vmap a matrix-vector product per
         # sample becomes a batched matmul of tiny matrices, whose backward is ~10x slower
-        return (items["item_embedding"] * local["user"]).sum(-1) + items["item_bias"]
+        return (items["item_embedding"] * local["user"].unsqueeze(-2)).sum(-1) + items["item_bias"]
 
     def score_users(self, local, params):
         return local["user"] @ params["item_embedding"].T + params["item_bias"]
@@ -120,18 +131,23 @@ class FedMF(FederatedModel):
 class FedGMF(FederatedModel):
     """Generalised MF (He et al. 2017): ``s(u, i) = h . (p_u * q_i) + b_i``, ``h`` global."""
 
+    batched_score = True
+
     def __init__(self, n_items: int, *, dim: int = 32, init_std: float = 0.1, seed: int = 0, **_):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         _declare(self, n_items, dim, init_std, g)
-        self.output = nn.Parameter(torch.ones(dim))
+        self.output = _output(torch.ones(dim))
 
     def score(self, local, items, dense):
-        return (items["item_embedding"] * local["user"]) @ dense["output"] + items["item_bias"]
+        h = items["item_embedding"] * local["user"].unsqueeze(-2)
+        return functional_call(self.output, _sub(dense, "output"), (h,)).squeeze(-1) + items["item_bias"]
 
 
 class FedMLP(FederatedModel):
     """MLP over ``[p_u, q_i]`` (He et al. 2017); the tower is global."""
+
+    batched_score = True
 
     def __init__(self, n_items: int, *, dim: int = 32, layers: tuple[int, ...] = (64, 32, 16), init_std: float = 0.1,
                  seed: int = 0, **_):
@@ -142,7 +158,7 @@ class FedMLP(FederatedModel):
 
     def score(self, local, items, dense):
         q = items["item_embedding"]
-        x = torch.cat([local["user"].expand(q.shape[0], -1), q], -1)
+        x = torch.cat([local["user"].unsqueeze(-2).expand(q.shape), q], -1)
         return functional_call(self.tower, _sub(dense, "tower"), (x,)).squeeze(-1) + items["item_bias"]
 
     def score_users(self, local, params):
@@ -157,6 +173,8 @@ class FedNeuMF(FederatedModel):
     Local: ``user`` (GMF branch) and ``user_mlp`` (MLP branch).
     """
 
+    batched_score = True
+
     def __init__(self, n_items: int, *, dim: int = 32, layers: tuple[int, ...] = (64, 32, 16), init_std: float = 0.1,
                  seed: int = 0, **_):
         super().__init__()
@@ -164,19 +182,20 @@ class FedNeuMF(FederatedModel):
         _declare(self, n_items, dim, init_std, g, users=("user", "user_mlp"), tables=("item_embedding", "item_embedding_mlp"))
         layers = tuple(layers)
         self.tower = _mlp(2 * dim, layers[:-1], layers[-1], init_std, g)
-        self.output = nn.Parameter(torch.cat([torch.ones(dim), torch.randn(layers[-1], generator=g) * init_std]))
+        self.output = _output(torch.cat([torch.ones(dim), torch.randn(layers[-1], generator=g) * init_std]))
 
     def score(self, local, items, dense):
         q, qm = items["item_embedding"], items["item_embedding_mlp"]
-        gmf = q * local["user"]
-        x = torch.cat([local["user_mlp"].expand(qm.shape[0], -1), qm], -1)
+        gmf = q * local["user"].unsqueeze(-2)
+        x = torch.cat([local["user_mlp"].unsqueeze(-2).expand(qm.shape), qm], -1)
         mlp = torch.relu(functional_call(self.tower, _sub(dense, "tower"), (x,)))
-        return torch.cat([gmf, mlp], -1) @ dense["output"] + items["item_bias"]
+        out = functional_call(self.output, _sub(dense, "output"), (torch.cat([gmf, mlp], -1),))
+        return out.squeeze(-1) + items["item_bias"]
 
     def score_users(self, local, params):
         tables, dense = self.split_params(params)
         d = local["user"].shape[-1]
-        out = dense["output"]
+        out = dense["output.weight"][0]
         gmf = (local["user"] * out[:d]) @ tables["item_embedding"].T
         mlp = torch.relu(_tower_all(self.tower, _sub(dense, "tower"), local["user_mlp"], tables["item_embedding_mlp"]))
         return gmf + mlp @ out[d:] + tables["item_bias"]
@@ -191,6 +210,8 @@ class TwoTower(FederatedModel):
     start).  Items never seen in training keep ``e_i = 0`` (their rows are frozen
     by the server) and are ranked through the tower alone.
     """
+
+    batched_score = True
 
     def __init__(self, n_items: int, *, item_features: np.ndarray | None = None, dim: int = 64, layers: tuple[int, ...] = (64,),
                  init_std: float = 0.1, seed: int = 0, **_):
@@ -213,7 +234,7 @@ class TwoTower(FederatedModel):
 
     def score(self, local, items, dense):
         v = items["item_embedding"] + functional_call(self.tower, _sub(dense, "tower"), (items["item_features"],))
-        return v[:, : self.dim] @ local["user"] + v[:, self.dim]
+        return (v[..., : self.dim] * local["user"].unsqueeze(-2)).sum(-1) + v[..., self.dim]
 
 
 FEDERATED_MODELS = {"mf": FedMF, "gmf": FedGMF, "mlp": FedMLP, "neumf": FedNeuMF, "two-tower": TwoTower}
