@@ -154,8 +154,14 @@ class FedConfig:
                          "(one interaction's own sensitivities; the run reports both epsilons)",
                          choices=("user-level", "interaction-level"))
     # server
-    aggregation: str = _opt("fedavg", "server", "fedavg, or itemwise (each item row averaged over the users who "
-                            "touched it; no DP)", choices=("fedavg", "itemwise"))
+    aggregation: str = _opt("fedavg", "server", "fedavg, itemwise (each item row averaged over the users who "
+                            "touched it; no DP), or one of Flower's robust strategies over the nodes' updates: "
+                            "median (FedMedian), trimmed-mean (FedTrimmedAvg), krum, multikrum, bulyan",
+                            choices=("fedavg", "itemwise", "median", "trimmed-mean", "krum", "multikrum", "bulyan"))
+    trim_beta: float = _opt(0.2, "server", "trimmed-mean: fraction of the nodes' values cut at each end of every "
+                            "coordinate")
+    byzantine_nodes: int = _opt(1, "server", "krum, multikrum, bulyan: malicious nodes the rule tolerates (f; "
+                                "multikrum averages the n - f nodes Krum scores best)")
     server_opt: str = _opt("adam", "server", "server optimiser over the mean update (FedOpt); none: the global "
                            "parameters stay as they start (a frozen model; nodes still train their local state)",
                            choices=("adam", "yogi", "sgd", "none"))
@@ -260,6 +266,13 @@ class FedConfig:
                 "(use user-dp='client' for cohorts of users per node)")
         if self.user_dp != "off" and self.aggregation == "itemwise":
             bad("aggregation", "item-wise averaging is not valid with user-level DP")
+        if self.robust_aggregation and (self.user_dp != "off" or self.secure_aggregation or self.als):
+            bad("aggregation", f"{self.aggregation} needs each node's update: not with user-level DP (a noised sum), "
+                "secure aggregation (a sum) or private ALS")
+        if not 0 <= self.trim_beta < 0.5:
+            bad("trim_beta", "must be in [0, 0.5)")
+        if self.byzantine_nodes < 0:
+            bad("byzantine_nodes", "must be >= 0")
         if self.user_dp != "off" and self.fraction_train < 1:
             bad("fraction_train", "with user-level DP users are sampled by user-sample-rate (Poisson), not by node")
         if self.budget_epsilon > 0 and not self.dp:
@@ -383,6 +396,11 @@ class FedConfig:
     @property
     def user_level(self) -> bool:
         return self.user_dp != "off"
+
+    @property
+    def robust_aggregation(self) -> bool:
+        """Whether one of Flower's robust strategies aggregates the nodes' updates."""
+        return self.aggregation not in ("fedavg", "itemwise")
 
     @property
     def local(self) -> LocalConfig:

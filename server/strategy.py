@@ -6,6 +6,7 @@ Each piece is small and does one thing; :class:`FedRecStrategy` stacks them::
      └ ServerOptimizer                   freeze held-out items' rows, then FedOpt (fedrec.optim)
         └ ValidReplies                   drop error and malformed replies, min-replies, bookkeeping
            └ MeanOfUpdates               Flower FedAvg of the nodes' mean updates (item-wise: per row)
+             or RobustOfUpdates          Flower's FedMedian / FedTrimmedAvg / Krum / MultiKrum / Bulyan of them
              or UserLevelMean            (user-level DP) mean over the expected users of ...
                  └ Flower's DifferentialPrivacy*Clipping   ... the noised sum of ...
                     └ SumOfUpdates       ... the users' (clipped) updates
@@ -38,10 +39,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
+    Bulyan,
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
     Strategy,
 )
 
@@ -49,7 +55,7 @@ from fedrec.config import FedConfig
 from fedrec.optim import OptState, server_step
 
 __all__ = [
-    "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "SumOfUpdates", "UserLevelMean", "ValidReplies",
+    "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule", "SumOfUpdates", "UserLevelMean", "ValidReplies",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "aggregate_train_metrics", "itemwise_scale",
     "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies", "COUNTS_KEY",
 ]
@@ -304,6 +310,52 @@ class MeanOfUpdates(NodeMessages):
         if self.cfg.aggregation == "itemwise":
             update = itemwise_scale(update, mean[COUNTS_KEY].numpy(), self.item_tables)
         return ArrayRecord({k: Array(np.asarray(v)) for k, v in update.items()}), metrics
+
+
+#: Flower's robust strategies by ``aggregation`` name (their ``aggregate_train`` used as it is).
+ROBUST_RULES: dict[str, type[FedAvg]] = {"median": FedMedian, "trimmed-mean": FedTrimmedAvg, "krum": Krum,
+                                         "multikrum": MultiKrum, "bulyan": Bulyan}
+
+
+def robust_rule(cfg: FedConfig, n_nodes: int) -> FedAvg:
+    """Flower's robust strategy named by ``cfg.aggregation``, set up for ``n_nodes`` replies
+    (``trim-beta``; ``byzantine-nodes`` = f; MultiKrum averages the ``n - f`` best-scored
+    nodes).  Raises ``ValueError`` when ``n_nodes`` is too few for the rule to tolerate f
+    (Krum and MultiKrum need ``n >= 2f + 3``, Bulyan ``n >= 4f + 3``)."""
+    name, f = cfg.aggregation, cfg.byzantine_nodes
+    kw: dict = dict(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
+                    train_metrics_aggr_fn=aggregate_train_metrics)
+    need = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3}.get(name, 1)
+    if n_nodes < need:
+        raise ValueError(f"aggregation={name} with byzantine-nodes={f} needs at least {need} nodes per round; "
+                         f"the run has {n_nodes}")
+    if name == "trimmed-mean":
+        kw["beta"] = cfg.trim_beta
+    if name in ("krum", "multikrum", "bulyan"):
+        kw["num_malicious_nodes"] = f
+    if name == "multikrum":
+        kw["num_nodes_to_select"] = n_nodes - f
+    return ROBUST_RULES[name](**kw)
+
+
+class RobustOfUpdates(NodeMessages):
+    """The nodes' mean updates aggregated by one of Flower's robust strategies as it is
+    (:data:`ROBUST_RULES`): a coordinate-wise median or trimmed mean, or Krum's selection,
+    in place of FedAvg's weighted mean.  The updates are pseudo-gradients of the shared
+    parameters only (item tables and layers; a user's state never leaves its node), so
+    the rule compares exactly what the server aggregates.  A row a node's users did not
+    touch counts as that node's zero, as FedAvg counts it."""
+
+    def __init__(self, cfg: FedConfig, record: RunRecord, *, n_nodes: int, keys: tuple[str, ...]):
+        super().__init__(cfg, record, n_nodes=n_nodes)
+        self.keys = keys
+        self.rule = robust_rule(cfg, max(1, round(cfg.fraction_train * n_nodes)))
+
+    def aggregate_train(self, server_round, replies):
+        update, metrics = self.rule.aggregate_train(server_round, list(replies))
+        if update is None:
+            return None, metrics
+        return ArrayRecord({k: Array(np.asarray(update[k].numpy())) for k in self.keys}), metrics
 
 
 class SumOfUpdates(NodeMessages):
@@ -590,7 +642,10 @@ class FedRecStrategy(Resumed):
                 if not item_tables:
                     raise ValueError("item-wise aggregation needs a model with item tables")
                 expected[COUNTS_KEY] = (shapes[item_tables[0]][0],)
-            aggregate = MeanOfUpdates(cfg, self.record, n_nodes=n_nodes, keys=keys, item_tables=item_tables)
+            if cfg.robust_aggregation:
+                aggregate = RobustOfUpdates(cfg, self.record, n_nodes=n_nodes, keys=keys)
+            else:
+                aggregate = MeanOfUpdates(cfg, self.record, n_nodes=n_nodes, keys=keys, item_tables=item_tables)
             self.user_dp = None
         self.valid = ValidReplies(aggregate, cfg, self.record, shapes=expected, n_users=n_users)
         self.optimizer = ServerOptimizer(self.valid, cfg, item_tables=item_tables, cold_items=cold_items)

@@ -33,6 +33,12 @@ Attacks (``kind``):
     group's centre, scaled to norm ``boost``: collapsed rows stop telling
     items apart.  No target, no data: only the public item table.
 
+``+inflate`` (after any attack, e.g. ``fedrecattack+inflate``)
+    Sample-size inflation (after UA-FedRec, Yi et al., KDD 2023): the malicious
+    nodes report the largest ``num-examples`` the server accepts (its per-node cap:
+    the users one node can host) instead of their sybil count, to win weight in
+    FedAvg's weighted mean.  A count above the cap is rejected with the reply.
+
 Sybil updates do not use DP noise (an attacker does not add any); with
 user-level DP the server's noise still applies to the sum.
 """
@@ -45,9 +51,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["Attack", "ATTACKS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
+__all__ = ["Attack", "ATTACKS", "ATTACK_OPTIONS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
 
 ATTACKS = ("boost", "fedrecattack", "cluster")
+#: What an attack's name may add after ``+``.
+ATTACK_OPTIONS = ("inflate",)
 #: What `fedrec sweep attacks` runs without --attacks (the targeted attacks).
 DEFAULT_ATTACKS = ("boost", "fedrecattack")
 
@@ -76,6 +84,16 @@ class Attack:
     top_k: int = 10
     fold_steps: int = 30
     clusters: int = 2
+    inflate: bool = False
+
+    @classmethod
+    def named(cls, name: str, targets: tuple[int, ...], **kw) -> "Attack":
+        """The attack called ``name``: a kind of :data:`ATTACKS`, with ``+inflate`` optionally."""
+        kind, *options = name.split("+")
+        bad = [o for o in options if o not in ATTACK_OPTIONS]
+        if bad:
+            raise ValueError(f"attack {name!r}: unknown option {bad[0]!r}; options: {', '.join(ATTACK_OPTIONS)}")
+        return cls(kind, targets, inflate="inflate" in options, **kw)
 
     def __post_init__(self):
         if self.kind not in ATTACKS:
@@ -114,7 +132,10 @@ class Attack:
             for r in releases:
                 touched += np.abs(r[model.table_names()[0]].numpy().reshape(model.n_items, -1)).sum(1) > 0
             update["item_counts"] = (touched / k).astype(np.float32)
-        metrics = {"num-examples": k, "declined": 0}  # the honest replies' keys, plausible values
+        claim = k
+        if self.inflate:  # the most the server accepts: the users one node can host
+            claim = max(cfg.users_per_node, -(-fed.n_users // (fed.n_nodes + self.nodes)))
+        metrics = {"num-examples": claim, "declined": 0}  # the honest replies' keys, plausible values
         if not (cfg.dp or cfg.user_level):
             metrics["train-loss"] = 0.5
         if cfg.dp:
@@ -258,6 +279,10 @@ DEFENCES: dict[str, dict] = {
     # normalised step; a larger server learning rate keeps the well-trained rows' pace
     "adam-eps": dict(server_eps=1e-4, server_lr=1e-2),
     "row-bounds+adam-eps": dict(row_norm=0.05, max_rows=500, server_eps=1e-4, server_lr=1e-2),
+    # Flower's robust strategies over the nodes' updates, at the node size of a small device
+    # cohort (the honest users and the sybils alike, so that a malicious node is one of many)
+    **{rule: dict(aggregation=rule, users_per_node=16) for rule in ("median", "trimmed-mean", "krum", "multikrum",
+                                                                   "bulyan")},
 }
 
 
@@ -301,17 +326,20 @@ def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-b
         raise ValueError(f"--defences {' '.join(clash)} set the server's Adam: not with --server {server}")
     base = FedConfig(data=data, users_per_node=_users_per_node(fed.n_users), num_server_rounds=rounds,
                      eval_every=rounds, patience=0, exposure_items=",".join(map(str, targets)), **SERVERS[server])
-    fed = load_federation(base)  # the honest nodes of the runs: the sybils' partitions come after them
     out = []
     for d in defences:
         cfg = replace(base, **table[d])
+        sybils = {f: max(1, round(f * fed.n_users)) for f in fractions}
+        nodes = {f: -(-n // cfg.users_per_node) for f, n in sybils.items()}  # sybils hosted like honest users
+        if cfg.robust_aggregation:  # the rule tolerates the malicious nodes of the largest fraction
+            cfg = replace(cfg, byzantine_nodes=max([1, *nodes.values()]))
+        honest = load_federation(cfg).n_nodes  # the sybils' partitions come after the honest nodes
         out.append((Cell(f"clean-{d}", cfg, {"attack": "none", "defence": d, "fraction": 0.0}), None))
         for a in attacks:
             for f in fractions:
-                sybils = max(1, round(f * fed.n_users))
-                att = Attack(a, targets, sybils=sybils, first_partition=fed.n_nodes)
-                out.append((Cell(f"{a}-{f:g}-{d}", cfg, {"attack": a, "defence": d, "fraction": f, "sybils": sybils}),
-                            att))
+                att = Attack.named(a, targets, sybils=sybils[f], first_partition=honest, nodes=nodes[f])
+                out.append((Cell(f"{a}-{f:g}-{d}", cfg, {"attack": a, "defence": d, "fraction": f,
+                                                         "sybils": sybils[f]}), att))
     return out
 
 

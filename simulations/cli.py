@@ -225,7 +225,8 @@ def cmd_sweep(args) -> int:
 
         from fedrec_app.simulations.attacks import ATTACKS, DEFAULT_ATTACKS, _defences
 
-        for name, given, known in (("--attacks", args.attacks, ATTACKS), ("--defences", args.defences, _defences())):
+        for name, given, known in (("--attacks", [a.split("+")[0] for a in args.attacks or ()], ATTACKS),
+                                   ("--defences", args.defences, _defences())):
             bad = [x for x in (given or ()) if x not in known]
             if bad:
                 raise ValueError(f"{name} {' '.join(bad)}: choose from {', '.join(known)}")
@@ -406,12 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", nargs="+", type=float, default=None,
                    help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
     p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks: boost, fedrecattack (targeted), cluster (untargeted "
-                        "ClusterAttack-style) (default: boost fedrecattack)")
+                        "ClusterAttack-style); add +inflate to any (fedrecattack+inflate) for sample-size inflation "
+                        "(default: boost fedrecattack)")
     p.add_argument("--server", choices=("adam", "fedavg"), default="adam",
                    help="'attacks' only: the server of every cell: adam (fedrec's default, Adam 5e-3) or fedavg (plain "
                         "FedAvg, server SGD lr 20, as in the attack papers) (default: adam)")
     p.add_argument("--defences", nargs="+", default=None,
-                   help="'attacks' only: which defences (default: none row-bounds user-dp; also row-bounds+user-dp)")
+                   help="'attacks' only: which defences (default: none row-bounds user-dp; also row-bounds+user-dp, "
+                        "adam-eps, and Flower's robust strategies over nodes of 16 users: median trimmed-mean krum "
+                        "multikrum bulyan)")
     p.add_argument("--no-private", action="store_true",
                    help="'models', 'sequential' and 'stream': the non-private cells only")
     p.add_argument("--windows", type=int, default=6, help="'stream' only: time windows after the warm-up (default 6)")

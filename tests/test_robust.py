@@ -56,7 +56,7 @@ def test_per_user_stage_bounds_what_a_sybil_can_change():
         LocalConfig(max_rows=3, noise_multiplier=1.0)
 
 
-def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndcg: bool = False) -> float:
+def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndcg: bool = False, boost: float = 10.0) -> float:
     """ER@10 of the targets (``ndcg``: the users' test NDCG@10) after ``rounds`` of FedAvg +
     server SGD with (or without) sybils."""
     from fedrec import node
@@ -69,7 +69,7 @@ def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndc
     cfg = dataclasses.replace(cfg, exposure_items=",".join(map(str, targets))).resolved()
     params = init_global_params(cfg, fed)
     states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
-    att = Attack(kind, targets, sybils=6, first_partition=fed.n_nodes, boost=10.0) if kind != "none" else None
+    att = Attack.named(kind, targets, sybils=6, first_partition=fed.n_nodes, boost=boost) if kind != "none" else None
     rc = cfg.to_run_config()
     for r in range(1, rounds + 1):
         ups = []
@@ -156,3 +156,63 @@ def test_attack_sweep_server_is_plain_fedavg_or_fedrecs_adam():
     with pytest.raises(ValueError, match="set the server's Adam") as e:
         attack_cells("synthetic:60x40:0", defences=("row-bounds+adam-eps",), server="fedavg")
     assert "\n" not in str(e.value)
+
+
+def test_sample_size_inflation_claims_the_servers_cap_and_wins_weight():
+    """``+inflate``: the malicious node reports the most users the server accepts from one
+    node (its cap: here 60, the honest nodes' size) instead of its 6 sybils, so FedAvg
+    weighs it 10x; with the same update the targets' exposure rises further."""
+    from fedrec.federation import init_global_params, load_federation
+    from fedrec_app.server.strategy import FedRecStrategy
+
+    cfg = FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8).resolved()
+    fed = load_federation(cfg)
+    att = Attack.named("boost+inflate", (1, 2), sybils=6, first_partition=fed.n_nodes)
+    assert att.kind == "boost" and att.inflate
+    _, m = att.train(cfg.to_run_config(), {"server-round": 1}, init_global_params(cfg, fed), fed.n_nodes)
+    s = FedRecStrategy(cfg, shapes={}, n_nodes=fed.n_nodes + 1, n_users=fed.n_users)
+    s.record.n_nodes = fed.n_nodes + 1
+    assert m["num-examples"] == s.valid.max_examples == 60
+    with pytest.raises(ValueError, match="unknown option 'twice'"):
+        Attack.named("boost+twice", (1,), sybils=1, first_partition=2)
+    plain = _attacked_exposure("boost", boost=1.0)
+    inflated = _attacked_exposure("boost+inflate", boost=1.0)
+    assert inflated > plain + 0.05, (plain, inflated)
+
+
+def test_robust_defences_spread_the_sybils_over_nodes_of_the_honest_size():
+    """A robust rule's cells: honest users and sybils alike in nodes of 16 users, the rule
+    told the malicious nodes of the largest fraction; the sybils' partitions follow the
+    honest nodes."""
+    from fedrec.federation import load_federation
+    from fedrec_app.simulations.attacks import attack_cells
+
+    cells = attack_cells("synthetic:200x40:0", attacks=("fedrecattack",), defences=("none", "krum"),
+                         fractions=(0.05, 0.2), rounds=3)
+    by = {c.name: (c, a) for c, a in cells}
+    c, a = by["fedrecattack-0.2-krum"]
+    assert c.cfg.aggregation == "krum" and c.cfg.users_per_node == 16 and c.cfg.byzantine_nodes == 3
+    assert (a.sybils, a.nodes, a.first_partition) == (40, 3, load_federation(c.cfg).n_nodes) == (40, 3, 13)
+    assert by["fedrecattack-0.05-krum"][1].nodes == 1 and by["clean-krum"][0].cfg.byzantine_nodes == 3
+    assert by["fedrecattack-0.2-none"][1].nodes == 1  # two honest nodes of 100: the sybils fit one
+
+
+def test_attack_sweep_runs_through_flower_with_a_robust_rule(tmp_path):
+    """End to end through Flower's simulation engine: a clean and an attacked run (the
+    sybils as extra SuperNodes, inflating their count) under FedMedian; every reply is
+    accepted and the report is written."""
+    import csv
+
+    from fedrec_app.simulations.attacks import run_attacks
+
+    report = run_attacks(tmp_path, data="synthetic:64x30:0", attacks=("boost+inflate",), defences=("median",),
+                         fractions=(0.1,), rounds=2, say=lambda *_: None)
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert sorted(r["attack"] for r in rows) == ["boost+inflate", "none"]
+    assert all(float(r["test_ndcg@10"]) >= 0 for r in rows)
+    for run in ("clean-median-seed0", "boost+inflate-0.1-median-seed0"):
+        log = list(csv.DictReader(open(tmp_path / "runs" / run / "rounds.csv")))
+        sent = {int(float(r["sent"])) for r in log if r.get("sent")}
+        assert sent == ({4} if run.startswith("clean") else {5}), (run, sent)  # 4 honest nodes of 16 (+1 malicious)
+        assert all(float(r.get("rejected") or 0) == 0 for r in log)
+    assert "median" in report.read_text()

@@ -192,3 +192,75 @@ def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
     np.testing.assert_allclose(seen["update"]["item_embedding"], expected, rtol=1e-4, atol=1e-6)
     unnoised = sum(deltas) / 2
     assert np.abs(seen["update"]["item_embedding"] - unnoised).max() > 0.1
+
+
+def _robust(n_nodes, **kw):
+    cfg = FedConfig(server_opt="sgd", server_lr=1.0, users_per_node=10, **kw)
+    s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=n_nodes, item_tables=("item_embedding", "item_bias"))
+    s.optimizer.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    return s
+
+
+def _flat(u, b):
+    return np.r_[np.ravel(u), np.ravel(b)]
+
+
+def _krum_scores(vecs, f):
+    """Krum's score by hand: the summed squared distances to the n - f - 2 nearest others."""
+    n = len(vecs)
+    d = np.array([[np.sum((a - b) ** 2) for b in vecs] for a in vecs])
+    return np.array([np.sort(np.delete(d[i], i))[: max(1, n - f - 2)].sum() for i in range(n)])
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean", "krum", "multikrum", "bulyan"])
+def test_robust_rules_equal_their_oracles(rule):
+    """Flower's robust strategies aggregate the nodes' updates as their definitions say
+    (hand-computed: np.median; a sorted, trimmed np.mean; Krum's scores; MultiKrum's
+    weighted mean of the n - f best; Bulyan of identical honest updates and an outlier),
+    and a node's inflated num-examples moves no coordinate-wise rule."""
+    rng = np.random.default_rng(4)
+    n = 7
+    ups = [rng.normal(size=(N_ITEMS, DIM)) for _ in range(n)]
+    bs = [rng.normal(size=N_ITEMS) for _ in range(n)]
+    ups[6], bs[6] = ups[6] + 50.0, bs[6] - 50.0  # one malicious node, far away
+    ns = [3, 7, 1, 4, 4, 2, 10]
+    if rule == "bulyan":
+        ups = [np.full((N_ITEMS, DIM), 0.25)] * 6 + [ups[6]]
+        bs = [np.full(N_ITEMS, -0.5)] * 6 + [bs[6]]
+    s = _robust(n, aggregation=rule, byzantine_nodes=1, trim_beta=0.2)
+    arrays, _ = s.aggregate_train(1, [_reply(i + 1, u, b, k) for i, (u, b, k) in enumerate(zip(ups, bs, ns))])
+    got = _flat(arrays["item_embedding"].numpy(), arrays["item_bias"].numpy())
+    vecs = [_flat(u, b) for u, b in zip(ups, bs)]
+    if rule == "median":
+        want = np.median(vecs, axis=0)
+    elif rule == "trimmed-mean":
+        cut = int(0.2 * n)
+        want = np.sort(vecs, axis=0)[cut : n - cut].mean(0)
+    elif rule == "krum":
+        want = vecs[int(np.argmin(_krum_scores(vecs, 1)))]
+    elif rule == "multikrum":
+        best = np.argsort(_krum_scores(vecs, 1))[: n - 1]
+        want = np.average([vecs[i] for i in best], axis=0, weights=[ns[i] for i in best])
+        assert 6 not in best
+    else:
+        want = vecs[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(got).max() < 10  # the far node moved nothing far
+    if rule in ("median", "trimmed-mean", "bulyan"):  # weights do not enter: inflating a count gains nothing
+        s = _robust(n, aggregation=rule, byzantine_nodes=1, trim_beta=0.2)
+        inflated, _ = s.aggregate_train(1, [_reply(i + 1, u, b, 10 if i == 6 else k)
+                                            for i, (u, b, k) in enumerate(zip(ups, bs, ns))])
+        np.testing.assert_array_equal(inflated["item_embedding"].numpy(), arrays["item_embedding"].numpy())
+
+
+@pytest.mark.parametrize("rule,nodes", [("krum", 4), ("multikrum", 4), ("bulyan", 6)])
+def test_robust_rules_refuse_too_few_nodes(rule, nodes):
+    with pytest.raises(ValueError, match=f"aggregation={rule} with byzantine-nodes=1 needs at least"):
+        _robust(nodes, aggregation=rule, byzantine_nodes=1)
+
+
+@pytest.mark.parametrize("other", [dict(user_dp="client", user_noise_multiplier=1.0), dict(secure_aggregation=True),
+                                   dict(als=True)])
+def test_robust_rules_refuse_what_sums_the_updates(other):
+    with pytest.raises(ValueError, match="needs each node's update"):
+        FedConfig(aggregation="median", **other).resolved()
