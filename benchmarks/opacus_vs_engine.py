@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=UserWarning)  # Opacus's hooks warn at every backward
     fed = load_federation(FedConfig(data=args.data))
     train = fed.split.train
     users = np.flatnonzero(np.diff(train.indptr) > 0)[: args.users]

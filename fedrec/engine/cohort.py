@@ -72,6 +72,8 @@ __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "key
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
+#: Samples per batched forward of :class:`GhostNorms`.
+GHOST_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     if ghost is not None:
         per_sample_floats -= sum(v.numel() for v in dense.values())
     chunk = max(1, MAX_GRAD_FLOATS // max(1, per_sample_floats))
+    if ghost is not None:  # batched activations: chunks that stay in the caches (measured: 8192 samples of
+        chunk = min(chunk, GHOST_CHUNK)  # ML-100K's MLP 1.5x faster than the whole cohort at once)
     s_user = users[owner_np]
     if not per_sample:  # one backward over every sample in every step: its rows gathered once
         rows = {t: v[items] for t, v in tables.items()}
