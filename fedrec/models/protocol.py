@@ -57,7 +57,7 @@ class FederatedModel(nn.Module):
     module (``functional_call``) once per forward and used nowhere else.
     Interaction-level DP-SGD then takes the layers' per-sample gradient norms
     from Opacus's ghost norm sampler instead of materialising per-sample
-    gradients (two backward passes; 3-7x faster for MLP towers, see
+    gradients (two backward passes; about 3x faster for MLP towers, see
     ``benchmarks/opacus_vs_engine.py``); the engine checks the declaration at
     run time and raises if a dense gradient is not accounted for.
 
