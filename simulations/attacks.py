@@ -24,6 +24,19 @@ Attacks (``kind``):
     uploads, from every sybil, the gradient that lifts each target above those
     users' current K-th item (on the target rows only), scaled to norm ``boost``.
 
+``ahum``
+    A-hum-style (Rong et al., IJCAI 2022), with no data at all: each round the attacker
+    draws ``synthetic`` users (vectors like a new user's), mines them into *hard* users
+    for the targets (``hard_steps`` normalised gradient steps of half a vector's norm,
+    each followed by a return to that norm, that push the targets down their ranking), then uploads, from every sybil, the gradient
+    that lifts each target above those hard users' current K-th item (target rows only),
+    scaled to norm ``boost``.
+``disguise``
+    Popularity disguise (after PipAttack, Zhang et al., WSDM 2022): the attacker knows
+    which items are popular (from the ``public`` interactions) and uploads, from every
+    sybil, the update that moves each target's rows toward the mean row of the
+    ``popular`` most popular items, scaled to norm ``boost``: the targets take on what
+    the model learnt of popular items.
 ``cluster``
     ClusterAttack-style untargeted degradation (after Yu et al., "Untargeted Attack against
     Federated Recommendation Systems via Poisonous Item Embeddings", KDD 2023): from the
@@ -53,7 +66,7 @@ import torch
 
 __all__ = ["Attack", "ATTACKS", "ATTACK_OPTIONS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
 
-ATTACKS = ("boost", "fedrecattack", "cluster")
+ATTACKS = ("boost", "fedrecattack", "ahum", "disguise", "cluster")
 #: What an attack's name may add after ``+``.
 ATTACK_OPTIONS = ("inflate",)
 #: What `fedrec sweep attacks` runs without --attacks (the targeted attacks).
@@ -85,6 +98,9 @@ class Attack:
     fold_steps: int = 30
     clusters: int = 2
     inflate: bool = False
+    synthetic: int = 256
+    hard_steps: int = 10
+    popular: int = 50
 
     @classmethod
     def named(cls, name: str, targets: tuple[int, ...], **kw) -> "Attack":
@@ -121,6 +137,10 @@ class Attack:
             releases = self._boost(cfg, fed, model, params, mine, server_round)
         elif self.kind == "cluster":
             releases = self._cluster(cfg, model, params, len(mine), server_round)
+        elif self.kind == "ahum":
+            releases = self._ahum(cfg, model, params, len(mine), server_round)
+        elif self.kind == "disguise":
+            releases = self._disguise(cfg, fed, model, params, len(mine))
         else:
             releases = self._fedrecattack(cfg, fed, model, params, len(mine), server_round)
         mean = per_user_stage(releases, model, params, cfg)
@@ -182,14 +202,18 @@ class Attack:
             release[t] = p.reshape(params[t].shape)
         return self._every_sybil(release, k)
 
+    def _public(self, cfg, fed) -> sp.csr_matrix:
+        """The training interactions the attacker knows: a fraction ``public`` of them."""
+        train = fed.split.train.tocoo()
+        pick = np.random.default_rng([cfg.seed, 95]).random(train.nnz) < self.public
+        return sp.csr_matrix((np.ones(int(pick.sum()), np.float32), (train.row[pick], train.col[pick])),
+                             shape=train.shape)
+
     def _fedrecattack(self, cfg, fed, model, params, k, server_round) -> list[dict[str, torch.Tensor]]:
         from fedrec.engine import train_cohort
         from fedrec.engine.cohort import LocalConfig
 
-        train = fed.split.train.tocoo()
-        pick = np.random.default_rng([cfg.seed, 95]).random(train.nnz) < self.public
-        public = sp.csr_matrix((np.ones(int(pick.sum()), np.float32), (train.row[pick], train.col[pick])),
-                               shape=train.shape)
+        public = self._public(cfg, fed)
         users = np.flatnonzero(np.diff(public.indptr) > 0)
         if not len(users) or not model.local_shapes:
             return [{n: torch.zeros_like(v) for n, v in params.items()} for _ in range(k)]
@@ -197,12 +221,40 @@ class Attack:
         local0 = {n: torch.as_tensor(v) for n, v in model.init_local(users, cfg.seed + 1).items()}
         approx = train_cohort(model, local0, params, public, users, fold, seed=cfg.seed + 9,
                               server_round=server_round).local
+        seen = (torch.as_tensor(np.repeat(np.arange(len(users)), np.diff(public[users].indptr))),
+                torch.as_tensor(public[users].indices.astype(np.int64)))
+        return self._every_sybil(self._lift_targets(model, params, approx, seen), k)
+
+    def _ahum(self, cfg, model, params, k, server_round) -> list[dict[str, torch.Tensor]]:
+        if not model.local_shapes:
+            return [{n: torch.zeros_like(v) for n, v in params.items()} for _ in range(k)]
+        ids = np.arange(self.synthetic) + 30_000_000 + self.synthetic * server_round  # fresh users every round
+        local = {n: torch.as_tensor(v) for n, v in model.init_local(ids, cfg.seed + 3).items()}
+        norms = {n: v.reshape(len(ids), -1).norm(dim=1) for n, v in local.items()}
+        t = torch.as_tensor(self.targets)
+        fixed = {n: v.detach() for n, v in params.items()}
+        for _ in range(self.hard_steps):  # hard-user mining: the targets down each user's ranking
+            leaves = {n: v.detach().requires_grad_(True) for n, v in local.items()}
+            scores = model.score_users(leaves, fixed)
+            gap = scores[:, t].mean(1) - scores.mean(1)
+            grads = torch.autograd.grad(gap.sum(), list(leaves.values()))
+            local = {}
+            for (n, v), g in zip(leaves.items(), grads):
+                step = norms[n] / g.reshape(len(ids), -1).norm(dim=1).clamp(min=1e-12)  # a step of half the norm
+                w = (v - 0.5 * step.reshape((-1,) + (1,) * (g.dim() - 1)) * g).detach()
+                scale = norms[n] / w.reshape(len(ids), -1).norm(dim=1).clamp(min=1e-12)
+                local[n] = w * scale.reshape((-1,) + (1,) * (w.dim() - 1))  # at the user's own norm
+        return self._every_sybil(self._lift_targets(model, params, local, None), k)
+
+    def _lift_targets(self, model, params, users_local, seen) -> dict[str, torch.Tensor]:
+        """The release that lifts every target above the K-th item of the users
+        ``users_local`` (their ``seen`` items masked), on the target rows only."""
         leaves = {n: v.detach().clone().requires_grad_(True) for n, v in params.items()}
-        scores = model.score_users(approx, leaves)  # (u, n_items)
+        scores = model.score_users(users_local, leaves)  # (u, n_items)
         with torch.no_grad():
             masked = scores.detach().clone()
-            masked[torch.as_tensor(np.repeat(np.arange(len(users)), np.diff(public[users].indptr))),
-                   torch.as_tensor(public[users].indices.astype(np.int64))] = -np.inf
+            if seen is not None:
+                masked[seen] = -np.inf
             kth = masked.topk(self.top_k, dim=1).values[:, -1]
         t = torch.as_tensor(self.targets)
         loss = torch.nn.functional.softplus(kth[:, None] - scores[:, t]).mean()
@@ -210,13 +262,22 @@ class Attack:
         release = {}
         for (n, v), g in zip(leaves.items(), grads):
             g = torch.zeros_like(v) if g is None else g.detach()
-            if n in model.table_names():  # the target rows only: nothing else moves
-                keep = torch.zeros(v.shape[0], dtype=g.dtype)
-                keep[t] = 1.0
-                g = g * keep.reshape((-1,) + (1,) * (g.dim() - 1))
-            else:
-                g = torch.zeros_like(g)
-            release[n] = -g
+            release[n] = -g * self._target_rows(v) if n in model.table_names() else torch.zeros_like(g)
+        return release
+
+    def _target_rows(self, table: torch.Tensor) -> torch.Tensor:
+        """A 0/1 mask of the target rows, shaped to broadcast against ``table``."""
+        keep = torch.zeros(table.shape[0], dtype=table.dtype)
+        keep[torch.as_tensor(self.targets)] = 1.0
+        return keep.reshape((-1,) + (1,) * (table.dim() - 1))
+
+    def _disguise(self, cfg, fed, model, params, k) -> list[dict[str, torch.Tensor]]:
+        counts = np.asarray(self._public(cfg, fed).sum(0)).ravel()
+        popular = torch.as_tensor(np.argsort(-counts, kind="stable")[: self.popular])
+        release = {n: torch.zeros_like(v) for n, v in params.items()}
+        for n in model.table_names():
+            v = params[n]
+            release[n] = (v[popular].mean(0, keepdim=True) - v) * self._target_rows(v)
         return self._every_sybil(release, k)
 
 

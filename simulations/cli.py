@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the sequential sasrec and gru4rec; path.py:Class works too)")
     p.add_argument("--fractions", nargs="+", type=float, default=None,
                    help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
-    p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks: boost, fedrecattack (targeted), cluster (untargeted "
+    p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks: boost, fedrecattack, ahum (synthetic hard users), disguise "
+                        "(popularity disguise) (targeted), cluster (untargeted "
                         "ClusterAttack-style); add +inflate to any (fedrecattack+inflate) for sample-size inflation "
                         "(default: boost fedrecattack)")
     p.add_argument("--server", choices=("adam", "fedavg"), default="adam",

@@ -91,7 +91,7 @@ def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndc
     return sums[0] / sums[1] if ndcg else exposure_ratios(counts)["er@10"]
 
 
-@pytest.mark.parametrize("kind", ["boost", "fedrecattack"])
+@pytest.mark.parametrize("kind", ["boost", "fedrecattack", "ahum", "disguise"])
 def test_each_attack_raises_exposure_and_row_bounds_cut_it(kind):
     clean = _attacked_exposure("none")
     attacked = _attacked_exposure(kind)
