@@ -28,9 +28,9 @@ Attacks (``kind``):
     A-hum-style (Rong et al., IJCAI 2022), with no data at all: each round the attacker
     draws ``synthetic`` users (vectors like a new user's), mines them into *hard* users
     for the targets (``hard_steps`` normalised gradient steps of half a vector's norm,
-    each followed by a return to that norm, that push the targets down their ranking), then uploads, from every sybil, the gradient
-    that lifts each target above those hard users' current K-th item (target rows only),
-    scaled to norm ``boost``.
+    each followed by a return to that norm, that push the targets down their ranking),
+    then uploads, from every sybil, the gradient that lifts each target above those
+    hard users' current K-th item (target rows only), scaled to norm ``boost``.
 ``disguise``
     Popularity disguise (after PipAttack, Zhang et al., WSDM 2022): the attacker knows
     which items are popular (from the ``public`` interactions) and uploads, from every
@@ -230,7 +230,7 @@ class Attack:
             return [{n: torch.zeros_like(v) for n, v in params.items()} for _ in range(k)]
         ids = np.arange(self.synthetic) + 30_000_000 + self.synthetic * server_round  # fresh users every round
         local = {n: torch.as_tensor(v) for n, v in model.init_local(ids, cfg.seed + 3).items()}
-        norms = {n: v.reshape(len(ids), -1).norm(dim=1) for n, v in local.items()}
+        norms = {n: _row_norms(v) for n, v in local.items()}
         t = torch.as_tensor(self.targets)
         fixed = {n: v.detach() for n, v in params.items()}
         for _ in range(self.hard_steps):  # hard-user mining: the targets down each user's ranking
@@ -240,10 +240,8 @@ class Attack:
             grads = torch.autograd.grad(gap.sum(), list(leaves.values()))
             local = {}
             for (n, v), g in zip(leaves.items(), grads):
-                step = norms[n] / g.reshape(len(ids), -1).norm(dim=1).clamp(min=1e-12)  # a step of half the norm
-                w = (v - 0.5 * step.reshape((-1,) + (1,) * (g.dim() - 1)) * g).detach()
-                scale = norms[n] / w.reshape(len(ids), -1).norm(dim=1).clamp(min=1e-12)
-                local[n] = w * scale.reshape((-1,) + (1,) * (w.dim() - 1))  # at the user's own norm
+                w = (v - 0.5 * _per_row(norms[n] / _row_norms(g), g) * g).detach()  # a step of half the norm
+                local[n] = w * _per_row(norms[n] / _row_norms(w), w)  # back at the user's own norm
         return self._every_sybil(self._lift_targets(model, params, local, None), k)
 
     def _lift_targets(self, model, params, users_local, seen) -> dict[str, torch.Tensor]:
@@ -269,7 +267,7 @@ class Attack:
         """A 0/1 mask of the target rows, shaped to broadcast against ``table``."""
         keep = torch.zeros(table.shape[0], dtype=table.dtype)
         keep[torch.as_tensor(self.targets)] = 1.0
-        return keep.reshape((-1,) + (1,) * (table.dim() - 1))
+        return _per_row(keep, table)
 
     def _disguise(self, cfg, fed, model, params, k) -> list[dict[str, torch.Tensor]]:
         counts = np.asarray(self._public(cfg, fed).sum(0)).ravel()
@@ -279,6 +277,16 @@ class Attack:
             v = params[n]
             release[n] = (v[popular].mean(0, keepdim=True) - v) * self._target_rows(v)
         return self._every_sybil(release, k)
+
+
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each row of ``x`` (``(n, ...)``), at least 1e-12."""
+    return x.reshape(len(x), -1).norm(dim=1).clamp(min=1e-12)
+
+
+def _per_row(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``w`` (``(n,)``) shaped to scale the rows of ``like``."""
+    return w.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def cluster_pull(table: torch.Tensor, clusters: int, *, seed: int, steps: int = 10) -> torch.Tensor:
