@@ -55,7 +55,8 @@ from fedrec.config import FedConfig
 from fedrec.optim import OptState, server_step
 
 __all__ = [
-    "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule", "SumOfUpdates", "UserLevelMean", "ValidReplies",
+    "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule",
+    "SumOfUpdates", "UserLevelMean", "ValidReplies",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "aggregate_train_metrics", "itemwise_scale",
     "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies", "COUNTS_KEY",
 ]

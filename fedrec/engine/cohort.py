@@ -44,9 +44,9 @@ backward of the batched loss gives the same sums.  With interaction-level DP a
 model that declares ``batched_score`` runs a batched forward instead: its user
 vectors' and rows' per-sample gradients are plain autograd on the gathered
 copies, its ``nn.Linear`` layers' per-sample norms come from Opacus's ghost norm
-sampler and their clipped sum from a second backward (:class:`GhostNorms`).  Models with a registered
-fast path (:func:`register_fast_path`, MF) use it unless ``generic=True``;
-tests hold each fast path equal to this engine.
+sampler and their clipped sum from a second backward (:class:`GhostNorms`).
+Models with a registered fast path (:func:`register_fast_path`, MF) use it
+unless ``generic=True``; tests hold each fast path equal to this engine.
 """
 
 from __future__ import annotations
@@ -620,6 +620,8 @@ class GhostNorms:
             self._check(model, lc, rw, dn, consts)
         self._checked = True
         lv, records = self._forward(model, lc, rw, dn, consts)
+        # the layers' weights among the inputs: a layer on no other leaf's path (a tower over
+        # public item features) still gets its output gradient recorded
         leaves = [*lc.values(), *rw.values(), *dn.values()]
         grads = torch.autograd.grad(lv.sum(), leaves, retain_graph=True, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
