@@ -57,7 +57,7 @@ from fedrec.optim import OptState, server_step
 __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule",
     "SumOfUpdates", "UserLevelMean", "ValidReplies",
-    "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "aggregate_train_metrics", "itemwise_scale",
+    "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "max_node_users", "aggregate_train_metrics", "itemwise_scale",
     "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies", "COUNTS_KEY",
 ]
 
@@ -94,6 +94,12 @@ def validate_reply(content: RecordDict, expected: dict[str, tuple[int, ...]], ma
     if reason:
         return reason
     return validate_metrics(dict(next(iter(content.metric_records.values()))), max_examples, min_examples)
+
+
+def max_node_users(users_per_node: int, n_users: int, n_nodes: int) -> int:
+    """The most users one node's reply may claim (``num-examples``): users-per-node, or
+    the even spread of all users over the nodes that connected."""
+    return max(users_per_node, -(-n_users // max(1, n_nodes)))
 
 
 def validate_metrics(metrics: dict, max_examples: int, min_examples: int = 1) -> str | None:
@@ -520,9 +526,8 @@ class ValidReplies(_Wrapper):
 
     @property
     def max_examples(self) -> int:
-        """Most users one node can host (bounds a reply's weight): users-per-node, or
-        the even spread of all users over the nodes that connected."""
-        return max(self.cfg.users_per_node, -(-self.n_users // max(1, self.record.n_nodes)))
+        """Most users one node can host (bounds a reply's weight): :func:`max_node_users`."""
+        return max_node_users(self.cfg.users_per_node, self.n_users, self.record.n_nodes)
 
     def aggregate_train(self, server_round, replies):
         _crash_point(server_round)

@@ -154,7 +154,9 @@ class Attack:
             update["item_counts"] = (touched / k).astype(np.float32)
         claim = k
         if self.inflate:  # the most the server accepts: the users one node can host
-            claim = max(cfg.users_per_node, -(-fed.n_users // (fed.n_nodes + self.nodes)))
+            from fedrec_app.server.strategy import max_node_users
+
+            claim = max_node_users(cfg.users_per_node, fed.n_users, fed.n_nodes + self.nodes)
         metrics = {"num-examples": claim, "declined": 0}  # the honest replies' keys, plausible values
         if not (cfg.dp or cfg.user_level):
             metrics["train-loss"] = 0.5
