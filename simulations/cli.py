@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mechanisms", nargs="+", default=None,
                    help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "
                         "(default: these three), dp-fest (both units: DP-SGD/DP-FedAvg on the items the DP prior "
-                        "ranks highest), sasrec-dp-fedavg (user-level, the sequential SASRec)")
+                        "ranks highest), sasrec-dp-fedavg and sasrec-dp-fedadam (user-level, the sequential SASRec; "
+                        "server SGD or Adam)")
     p.add_argument("--epsilons", nargs="+", type=float, default=None,
                    help="'frontier' only: target epsilons (default: 1 2 4 8)")
     p.add_argument("--users", nargs="+", type=int, default=None,

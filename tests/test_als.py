@@ -433,3 +433,21 @@ def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
         differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(p.cfg, f.name)}
         assert differ <= keys, (unit, differ)
         assert not (twin.cfg.dp or twin.cfg.user_level)
+
+
+@pytest.mark.parametrize("mech, server_opt, rounds", [("sasrec-dp-fedavg", "sgd", 60), ("sasrec-dp-fedadam", "adam", 100)])
+def test_sequential_frontier_cells_differ_from_their_twin_only_in_the_mechanism(mech, server_opt, rounds):
+    from dataclasses import fields
+
+    from fedrec_app.simulations.frontier import frontier_cells
+
+    by = {c.name: c for c in frontier_cells("synthetic:40x30:1", mechanisms=(mech,), epsilons=(8.0,))}
+    assert sorted(by) == [f"{mech}-eps8", f"{mech}-non-private"]
+    twin, p = by[f"{mech}-non-private"], by[f"{mech}-eps8"]
+    assert p.cfg.model == twin.cfg.model == "sasrec" and p.labels["unit"] == "user-level"
+    assert p.cfg.server_opt == twin.cfg.server_opt == server_opt
+    assert p.cfg.num_server_rounds == twin.cfg.num_server_rounds == rounds
+    differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(p.cfg, f.name)}
+    assert differ == {"user_dp", "user_target_epsilon"}, differ
+    assert not twin.cfg.user_level and p.cfg.user_level
+    assert frontier_cells("synthetic:40x30:1", mechanisms=(mech,), epsilons=(8.0,), rounds=7)[0].cfg.num_server_rounds == 7
