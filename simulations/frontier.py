@@ -371,12 +371,12 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
             twin = mean_sd(r["ndcg@10"] for t in _twin(rows, users, mech, eps, unit) for r in t)[0]
             pmp = mean_sd(r["ndcg@10"] for r in groups.get((users, "private-mostpop", "user-level", eps), []))
             hr, cov = mean_sd(r["hr@10"] for r in v)[0], mean_sd(r["coverage@10"] for r in v)[0]
-            margin = (m - mp[0]) / s if s > 0 else float("inf")
+            margin = f"{(m - mp[0]) / s:.1f} sd" if s > 0 else ("one seed: no sd" if len(v) < 2 else "inf sd")
             ie = mean_sd(r.get("interaction_epsilon") for r in v)[0]
             ie = "–" if math.isnan(ie) else f"{ie:.2f}"
             lines.append(f"| {mech} | {unit} | {eps:g} | {ie} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | {twin:.4f} | "
                          f"{100 * m / twin:.0f}% | {pmp[0]:.4f} ± {pmp[1]:.4f} | {m - mp[0]:+.4f} "
-                         f"({margin:.1f} sd) | {len(v)} |")
+                         f"({margin}) | {len(v)} |")
         lines.append("")
     lines += [f"![frontier]({p.name})" for p in plot]
     lines += ["", "Rows: `results.csv` (columns " + ", ".join(FRONTIER_COLUMNS) + ", then more); run directories "

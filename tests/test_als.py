@@ -328,6 +328,10 @@ def test_frontier_report_and_plot_from_rows(tmp_path):
     assert "0.0400 ± 0.0010" in line and "+0.0120 (6.0 sd)" in line  # private MostPop, margin over MostPop
     inter = next(x for x in text.splitlines() if x.startswith("| private-als | interaction-level"))
     assert "| 0.0500 | 90% |" in inter  # kept: against the twin of its own preset
+    one = write_frontier_report(tmp_path, [r for r in rows if r["seed"] == 0], data="x", command="c", plot=plots,
+                                seconds=1.0).read_text()
+    line = next(x for x in one.splitlines() if x.startswith("| private-als | user-level"))
+    assert "+0.0100 (one seed: no sd) | 1 |" in line  # no spread, no margin in standard deviations
 
 
 def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
