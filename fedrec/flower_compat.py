@@ -143,8 +143,17 @@ def reuse_ray():
         raybackend.ray.shutdown = real
 
 
-def backend_config(num_cpus: int | None = None, ray_address: str | None = None, gpus: int = 0) -> dict:
+def backend_config(num_cpus: int | None = None, ray_address: str | None = None, gpus: int = 0,
+                   nodes: int | None = None) -> dict:
     """Ray backend: one CPU (and one torch thread) per ClientApp actor.
+
+    ``nodes`` (the run's SuperNodes): with fewer nodes than CPUs (``num_cpus``, default
+    every CPU), each actor asks Ray for ``num_cpus // nodes`` CPUs, so that Flower starts
+    about one actor per node instead of one per CPU. A node's round runs in one actor
+    call, so an actor beyond the number of nodes never works; each one still holds
+    torch and Flower (about 170 MiB idle, more with a CUDA context): on a 16-core
+    machine, 14 idle actors of a 2-node run held 2.4 GiB. Each actor still computes
+    with one torch thread (results do not depend on the machine's core count).
 
     ``gpus`` (> 0, ``device=cuda``): the actors share that many GPUs, an equal fraction
     each, so that Ray makes the GPUs visible to them.
@@ -160,7 +169,14 @@ def backend_config(num_cpus: int | None = None, ray_address: str | None = None, 
     ``RAY_worker_niceness=0`` for the same fair share).
     """
     n = num_cpus or os.cpu_count() or 1
-    share = min(1.0, gpus / n) if gpus > 0 else 0.0  # n actors (one per CPU) share the GPUs
+    per_actor = 1
+    if nodes is not None and not ray_address:
+        # Flower starts n // per_actor actors (between nodes and 2 x nodes - 1 when there are
+        # fewer nodes than CPUs); Ray itself keeps all n CPUs, so that a Ray kept up between
+        # the runs of a sweep (reuse_ray) serves a later run of more nodes all the same
+        per_actor = max(1, n // max(1, nodes))
+    actors = n // per_actor
+    share = min(1.0, gpus / actors) if gpus > 0 else 0.0  # the actors share the GPUs equally
     if ray_address:
         return {"client_resources": {"num_cpus": 1, "num_gpus": share},
                 "init_args": {"address": ray_address, "logging_level": logging.ERROR, "log_to_driver": True}}
@@ -168,4 +184,4 @@ def backend_config(num_cpus: int | None = None, ray_address: str | None = None, 
             "_system_config": {"worker_niceness": WORKER_NICENESS}}
     if gpus > 0:
         init["num_gpus"] = gpus
-    return {"client_resources": {"num_cpus": 1, "num_gpus": share}, "init_args": init}
+    return {"client_resources": {"num_cpus": per_actor, "num_gpus": share}, "init_args": init}

@@ -79,11 +79,12 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
 
             trim_heap()  # the files' working set goes back to the OS before the actors start
         stack.enter_context(fast_grid_polling())
+        supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)
         run_simulation(
             server_app=make_server_app(rc, results),
             client_app=make_client_app(rc, node_data=node_data, malicious=attack),
-            num_supernodes=fed.n_nodes + (attack.nodes if attack is not None else 0),
-            backend_config=backend_config(num_cpus, ray_address, gpus=gpus),
+            num_supernodes=supernodes,
+            backend_config=backend_config(num_cpus, ray_address, gpus=gpus, nodes=supernodes),
             verbose_logging=verbose,
         )
     if not results:

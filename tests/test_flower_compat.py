@@ -77,7 +77,7 @@ def test_local_ray_workers_run_at_ordinary_priority():
 
 
 def test_actors_share_the_gpus_only_when_asked():
-    """``device=cuda``: each of the n actors (one per CPU) asks Ray for GPUs / n, so that Ray makes
+    """``device=cuda``: each of the n actors (one per CPU when the nodes are not given) asks Ray for GPUs / n, so that Ray makes
     a GPU visible to it; a CPU run asks for none (Ray then hides no device it does not manage)."""
     cpu = flower_compat.backend_config(num_cpus=4)
     assert cpu["client_resources"]["num_gpus"] == 0.0 and "num_gpus" not in cpu["init_args"]
@@ -85,6 +85,41 @@ def test_actors_share_the_gpus_only_when_asked():
     assert gpu["client_resources"] == {"num_cpus": 1, "num_gpus": 0.5} and gpu["init_args"]["num_gpus"] == 2
     assert flower_compat.backend_config(num_cpus=1, gpus=2)["client_resources"]["num_gpus"] == 1.0
     assert flower_compat.backend_config(num_cpus=4, ray_address="auto", gpus=1)["client_resources"]["num_gpus"] == 0.25
+
+
+@pytest.mark.parametrize("cpus,nodes,actors", [(16, 2, 2), (16, 3, 3), (16, 6, 8), (16, 16, 16), (16, 40, 16),
+                                               (2, 1, 1), (2, 2, 2), (2, 9, 2), (1, 1, 1)])
+def test_about_one_actor_per_node(cpus, nodes, actors):
+    """A local run of fewer nodes than CPUs starts about one actor per node, not one per CPU
+    (an idle actor holds torch and Flower: 14 of them held 2.4 GiB in a 2-node run on 16 cores);
+    the count is Flower's own (``pool_size_from_resources``) arithmetic on the CPUs Ray keeps
+    (all of them, so that a Ray reused by a sweep serves a later run of more nodes)."""
+    cfg = flower_compat.backend_config(num_cpus=cpus, nodes=nodes, gpus=1)
+    per = cfg["client_resources"]["num_cpus"]
+    assert cfg["init_args"]["num_cpus"] == cpus and isinstance(per, int)
+    assert int(cpus / per) == actors  # flwr.simulation.ray_transport.ray_actor.pool_size_from_resources
+    assert cfg["client_resources"]["num_gpus"] == pytest.approx(1 / actors)  # every actor fits on the GPU
+    assert flower_compat.backend_config(num_cpus=cpus, nodes=nodes, ray_address="auto")["client_resources"]["num_cpus"] == 1
+
+
+def test_flower_starts_the_actors_the_config_asks_for():
+    """Flower's pool-size function, on a live Ray started from the config, agrees with the
+    arithmetic above (1 node on 2 CPUs: one actor; 3 nodes: two)."""
+    import ray
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    one = flower_compat.backend_config(num_cpus=2, nodes=1)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(**one["init_args"])
+    try:
+        if ray.cluster_resources().get("CPU") != 2:
+            pytest.skip("a Ray of another size is already running in this session")
+        assert pool_size_from_resources(one["client_resources"]) == 1
+        assert pool_size_from_resources(flower_compat.backend_config(num_cpus=2, nodes=3)["client_resources"]) == 2
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @pytest.mark.slow
