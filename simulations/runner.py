@@ -1,6 +1,7 @@
 """Sweeps of federated runs: cells x seeds, each a `fedrec simulate` run in its own
 directory.  Finished cells (a ``metrics.json`` exists) are kept and skipped when a
-sweep is run again after an interruption."""
+sweep is run again after an interruption; a finished cell whose configuration has
+changed since is moved aside (``<cell>-seed<N>.replaced-<UTC time>``) and run again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from fedrec.config import FedConfig, flat_run_config
 from fedrec.results import read_metrics
 
-__all__ = ["Cell", "run_cells", "load_rows", "ROW_METRICS"]
+__all__ = ["Cell", "run_cells", "load_rows", "config_differences", "ROW_METRICS"]
 
 ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10",
                "coverage@10", "diversity@10", "novelty@10", "arp@10", "er@5", "er@10")
@@ -76,9 +77,12 @@ def run_cells(
     t0 = time.perf_counter()
     for k, (cell, seed) in enumerate(todo, 1):
         d = out / "runs" / f"{cell.name}-seed{seed}"
-        if (d / "metrics.json").exists() and not _same_config(d, replace(cell.cfg, seed=seed, out=str(d))):
-            say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: finished with another configuration; running again")
-            (d / "metrics.json").unlink()
+        differ = (d / "metrics.json").exists() and config_differences(d, replace(cell.cfg, seed=seed, out=str(d)))
+        if differ:  # the finished run is kept aside, never deleted
+            aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+            d.rename(aside)
+            say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: finished with another configuration "
+                f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} differ); kept as {aside.name}, running again")
         if (d / "metrics.json").exists():
             say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: done before, kept")
         else:
@@ -89,17 +93,38 @@ def run_cells(
     return rows
 
 
-def _same_config(d: Path, cfg: FedConfig) -> bool:
-    """Whether the finished run in ``d`` was made with ``cfg`` (as resolved)."""
+_PATH_KEYS = ("data", "warm-start")
+
+
+def _same_path(a, b) -> bool:
+    """Two spellings of one file or directory (``../data/x`` and ``/work/data/x``) are the same."""
+    if a == b:
+        return True
+    try:
+        return bool(a) and bool(b) and Path(a).exists() and Path(b).exists() and Path(a).samefile(Path(b))
+    except (OSError, TypeError):
+        return False
+
+
+def config_differences(d: Path, cfg: FedConfig) -> list[str]:
+    """The config keys on which the finished run in ``d`` differs from ``cfg`` (as resolved);
+    empty when the run was made with ``cfg``."""
     from fedrec.config import DEFAULTS
 
     # keys added later: their defaults; records written before sections: keys without them
     done = {**flat_run_config(DEFAULTS.to_run_config()), **flat_run_config(read_metrics(d).get("config", {}))}
     want = flat_run_config(cfg.resolved().to_run_config())
     keys = set(want) - {"out", "resume", "round-timeout", "state-dir", "mlflow", "mlflow-experiment", "tensorboard"}
-    return all(done.get(k) == want[k] or (isinstance(want[k], float) and isinstance(done.get(k), (int, float))
-                                           and abs(done[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])))
-               for k in keys)
+
+    def same(k) -> bool:
+        if done.get(k) == want[k]:
+            return True
+        if k in _PATH_KEYS:
+            return _same_path(done.get(k), want[k])
+        return (isinstance(want[k], float) and isinstance(done.get(k), (int, float))
+                and abs(done[k] - want[k]) <= 1e-9 * max(1.0, abs(want[k])))
+
+    return sorted(k for k in keys if not same(k))
 
 
 def _default_run(cfg: FedConfig) -> dict:

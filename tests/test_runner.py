@@ -1,0 +1,55 @@
+"""Sweeps keep finished runs: a rerun skips them, a changed configuration moves them aside."""
+
+import json
+import os
+from pathlib import Path
+
+from fedrec.config import FedConfig
+from fedrec_app.simulations.runner import Cell, config_differences, run_cells
+
+
+def _fake_run(calls):
+    def run(cfg: FedConfig) -> dict:
+        calls.append(cfg)
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        doc = {"config": cfg.resolved().to_run_config(), "test": {"ndcg@10": 0.1 * len(calls)}}
+        (out / "metrics.json").write_text(json.dumps(doc))
+        return doc
+
+    return run
+
+
+def test_a_changed_configuration_moves_the_finished_run_aside(tmp_path):
+    calls, msgs = [], []
+    cell = Cell("mf", FedConfig(data="synthetic:30x20:0", dim=4))
+    run_cells([cell], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    run_cells([cell], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    assert len(calls) == 1 and "done before, kept" in msgs[-1]
+
+    changed = Cell("mf", FedConfig(data="synthetic:30x20:0", dim=8))
+    rows = run_cells([changed], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    assert len(calls) == 2 and rows[0]["test_ndcg@10"] == 0.2
+    aside = [p for p in (tmp_path / "runs").iterdir() if ".replaced-" in p.name]
+    assert len(aside) == 1 and aside[0].name.startswith("mf-seed0.replaced-")
+    old = json.loads((aside[0] / "metrics.json").read_text())
+    assert old["test"]["ndcg@10"] == 0.1 and config_differences(aside[0], FedConfig(data="synthetic:30x20:0", dim=4, seed=0)) == []  # nothing lost
+    assert "(dim differ)" in next(m for m in msgs if "another configuration" in m)
+
+
+def test_two_spellings_of_one_data_path_are_one_configuration(tmp_path, monkeypatch):
+    data = tmp_path / "data" / "ratings.csv"
+    data.parent.mkdir()
+    data.write_text("user,item\n1,1\n")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    calls = []
+    run_cells([Cell("mf", FedConfig(data="../data/ratings.csv"))], [0], tmp_path / "sweep", run=_fake_run(calls),
+              say=lambda m: None)
+    d = tmp_path / "sweep" / "runs" / "mf-seed0"
+    assert config_differences(d, FedConfig(data=str(data), seed=0)) == []
+    assert config_differences(d, FedConfig(data=os.path.relpath(data), seed=0)) == []
+    other = tmp_path / "data" / "other.csv"
+    other.write_text("user,item\n1,1\n")
+    assert config_differences(d, FedConfig(data=str(other), seed=0)) == ["data"]
+    assert config_differences(d, FedConfig(data="../data/ratings.csv", seed=0, dim=7)) == ["dim"]
