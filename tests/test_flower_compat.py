@@ -61,6 +61,8 @@ def test_local_ray_workers_run_at_ordinary_priority():
 
     args = flower_compat.backend_config(num_cpus=1)["init_args"]
     assert args["_system_config"]["worker_niceness"] == flower_compat.WORKER_NICENESS == 0
+    # and messages of up to 1 MiB (an ML-1M item table) pass inline with the call, not through the object store
+    assert args["_system_config"]["max_direct_call_object_size"] == flower_compat.INLINE_OBJECT_BYTES == 2**20
     started = not ray.is_initialized()  # else the session's Ray, started by fedrec's backend (tests/conftest.py)
     if started:
         ray.init(**args)
