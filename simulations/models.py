@@ -101,17 +101,32 @@ def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=N
             path = out / "centralized" / f"{m}-seed{s}.json"
             if not path.exists():
                 say(f"centralized {m} seed {s}: training")
+                progress = throttled(lambda msg, m=m, s=s: say(f"centralized {m} seed {s}: {msg}"))
                 if _sequential(m):
                     model = build_model(m, fed.dataset, dim=dim, seed=s)
                     res = fit_sequential(model, split, {st: histories(fed, st) for st in ("train", "valid", "test")},
-                                         seed=s, **CENTRAL_SEQUENTIAL)
+                                         seed=s, progress=progress, **CENTRAL_SEQUENTIAL)
                 else:
                     model = Centralized(build_model(m, fed.dataset, dim=dim, seed=s), fed.dataset.n_users, seed=s)
-                    res = fit_centralized(model, split, seed=s, **CENTRAL)
+                    res = fit_centralized(model, split, seed=s, progress=progress, **CENTRAL)
                 path.write_text(json.dumps({"test": res.test.metrics, "valid": res.valid.metrics,
                                             "seconds": res.seconds, "selected": res.selected}))
             rows.append(_central_row(m, "centralized", s, json.loads(path.read_text())))
     return rows
+
+
+def throttled(say, seconds: float = 60.0, clock=time.monotonic):
+    """``say`` at most once per ``seconds`` (the first message always): a centralized fit's
+    per-epoch lines in a sweep's log (an ML-1M SASRec fit runs 40 minutes)."""
+    last = [-math.inf]
+
+    def put(msg: str) -> None:
+        now = clock()
+        if now - last[0] >= seconds:
+            last[0] = now
+            say(msg)
+
+    return put
 
 
 def _sequential(spec: str) -> bool:

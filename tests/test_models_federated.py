@@ -112,8 +112,10 @@ def test_models_sweep_writes_table_plot_and_report(tmp_path, monkeypatch):
     assert [c.name for c in cells] == ["gmf-non-private", "gmf-interaction-eps8", "gmf-user-eps8"]
     assert cells[1].cfg.target_epsilon == 8 and cells[2].cfg.user_target_epsilon == 8
     # ... and run like any simulation (tested elsewhere): run the non-private one here
+    said = []
     report = sm.run_models(tmp_path, data="synthetic:40x50:2", seeds=1, rounds=2, models=("gmf",), private=False,
-                           command="test")
+                           command="test", say=said.append)
+    assert any(m.startswith("centralized gmf seed 0: epoch") for m in said)  # the fit's progress reaches the log
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     cells = {r["cell"] for r in rows}
     assert cells == {"gmf-non-private", "gmf-centralized", "MostPop-baseline", "EASE-baseline"}
@@ -124,3 +126,14 @@ def test_models_sweep_writes_table_plot_and_report(tmp_path, monkeypatch):
     cen = next(r for r in rows if r["cell"] == "gmf-centralized")
     assert f"{float(fed['test_ndcg@10']):.4f}" in line and f"{float(cen['test_ndcg@10']):.4f}" in line
     assert f"{100 * float(fed['test_ndcg@10']) / float(cen['test_ndcg@10']):.1f}%" in line
+
+
+def test_throttled_progress_says_at_most_once_per_interval():
+    from fedrec_app.simulations.models import throttled
+
+    now, said = [0.0], []
+    put = throttled(said.append, seconds=60, clock=lambda: now[0])
+    for t, msg in ((0, "a"), (30, "b"), (59.9, "c"), (60, "d"), (61, "e"), (200, "f")):
+        now[0] = t
+        put(msg)
+    assert said == ["a", "d", "f"]
