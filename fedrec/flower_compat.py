@@ -28,8 +28,8 @@ import time
 import warnings
 from queue import Empty
 
-__all__ = ["GRID_PULL_INTERVAL", "WORKER_NICENESS", "INLINE_OBJECT_BYTES", "TESTED_FLOWER", "backend_config", "fast_grid_polling", "reuse_ray",
-           "patches_supported"]
+__all__ = ["GRID_PULL_INTERVAL", "WORKER_NICENESS", "INLINE_OBJECT_BYTES", "TESTED_FLOWER", "backend_config",
+           "fast_grid_polling", "reuse_ray", "patches_supported"]
 
 #: Longest wait of the ServerApp's polls for replies and the engine's scans for new messages (Flower: 0.1);
 #: within :func:`fast_grid_polling` both are woken as soon as there is something to take.
