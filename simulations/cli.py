@@ -308,8 +308,9 @@ def cmd_track(args) -> int:
         if (d / "metrics.json").is_file():
             dirs.append(d)
         elif (d / "runs").is_dir():  # a sweep: every finished run in it
-            dirs += sorted(r for r in (d / "runs").iterdir()  # not the runs a changed configuration replaced
-                           if (r / "metrics.json").is_file() and ".replaced-" not in r.name)
+            from fedrec_app.simulations.runner import is_replaced
+
+            dirs += sorted(r for r in (d / "runs").iterdir() if (r / "metrics.json").is_file() and not is_replaced(r))
         else:
             raise ValueError(f"{d}: neither a finished run (metrics.json) nor a sweep directory (runs/)")
     if not (args.mlflow or args.tensorboard):

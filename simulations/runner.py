@@ -15,7 +15,7 @@ from pathlib import Path
 from fedrec.config import FedConfig, flat_run_config
 from fedrec.results import read_metrics
 
-__all__ = ["Cell", "run_cells", "load_rows", "config_differences", "ROW_METRICS"]
+__all__ = ["Cell", "run_cells", "load_rows", "config_differences", "is_replaced", "ROW_METRICS"]
 
 ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10",
                "coverage@10", "diversity@10", "novelty@10", "arp@10", "er@5", "er@10")
@@ -79,7 +79,7 @@ def run_cells(
         d = out / "runs" / f"{cell.name}-seed{seed}"
         differ = (d / "metrics.json").exists() and config_differences(d, replace(cell.cfg, seed=seed, out=str(d)))
         if differ:  # the finished run is kept aside, never deleted
-            aside = d.with_name(f"{d.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+            aside = d.with_name(f"{d.name}{_REPLACED}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
             d.rename(aside)
             say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: finished with another configuration "
                 f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} differ); kept as {aside.name}, running again")
@@ -94,6 +94,12 @@ def run_cells(
 
 
 _PATH_KEYS = ("data", "warm-start")
+_REPLACED = ".replaced-"  # the name a finished run gets when a changed configuration reruns its cell
+
+
+def is_replaced(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a finished run that a changed configuration moved aside."""
+    return _REPLACED in Path(run_dir).name
 
 
 def _same_path(a, b) -> bool:

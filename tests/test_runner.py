@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec_app.simulations.runner import Cell, config_differences, run_cells
+from fedrec_app.simulations.runner import Cell, config_differences, is_replaced, run_cells
 
 
 def _fake_run(calls):
@@ -30,7 +30,7 @@ def test_a_changed_configuration_moves_the_finished_run_aside(tmp_path):
     changed = Cell("mf", FedConfig(data="synthetic:30x20:0", dim=8))
     rows = run_cells([changed], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
     assert len(calls) == 2 and rows[0]["test_ndcg@10"] == 0.2
-    aside = [p for p in (tmp_path / "runs").iterdir() if ".replaced-" in p.name]
+    aside = [p for p in (tmp_path / "runs").iterdir() if is_replaced(p)]
     assert len(aside) == 1 and aside[0].name.startswith("mf-seed0.replaced-")
     old = json.loads((aside[0] / "metrics.json").read_text())
     assert old["test"]["ndcg@10"] == 0.1 and config_differences(aside[0], FedConfig(data="synthetic:30x20:0", dim=4, seed=0)) == []  # nothing lost
