@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # the engine (torch) is imported where it is used: `fedrec --
     from fedrec.engine.cohort import LocalConfig
 
 __all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES", "options", "run_key",
-           "flat_run_config", "nested_run_config", "sectioned_run_config"]
+           "flat_run_config", "nested_run_config", "sectioned_run_config",
+           "parse_overrides"]
 
 #: Sections of the configuration, in the order ``--help`` shows them.
 SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "private ALS",
@@ -491,28 +492,7 @@ class FedConfig:
             if name in kwargs:
                 raise ConfigError(key, value, "given twice", message=f"config key {run_key(name)!r} is given twice "
                                   f"(with and without its section?)")
-            default = names[name].default
-            try:
-                if isinstance(default, bool):
-                    if isinstance(value, str):
-                        if value.lower() not in ("true", "false", "1", "0"):
-                            raise ValueError
-                        value = value.lower() in ("true", "1")
-                    else:
-                        value = bool(value)
-                elif isinstance(default, int):
-                    if float(value) != int(float(value)):
-                        raise ValueError
-                    value = int(float(value))
-                elif isinstance(default, float):
-                    value = float(value)
-                else:
-                    value = str(value)
-            except (TypeError, ValueError):
-                raise ConfigError(key, value, f"expected {type(default).__name__}") from None
-            if isinstance(value, float) and math.isnan(value):
-                raise ConfigError(key, value, "not a number")
-            kwargs[name] = value
+            kwargs[name] = _typed(key, value, names[name].default)
         return cls(**kwargs)
 
     def to_run_config(self) -> dict:
@@ -582,6 +562,59 @@ def _field_name(key: str, names: dict) -> str:
     known = [run_key(k) for k in names]
     raise ConfigError(key, None, "unknown key", message=f"unknown config key {key!r}; known: {known}")
 
+
+def _typed(key: str, value, default):
+    """``value`` (a string from a command line or TOML's scalar) as the type of the field's
+    ``default``; a :class:`ConfigError` naming ``key`` if it is not one."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = value.lower() in ("true", "1")
+            else:
+                value = bool(value)
+        elif isinstance(default, int):
+            if float(value) != int(float(value)):
+                raise ValueError
+            value = int(float(value))
+        elif isinstance(default, float):
+            value = float(value)
+        else:
+            value = str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, value, f"expected {type(default).__name__}") from None
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(key, value, "not a number")
+    return value
+
+
+def parse_overrides(pairs) -> dict:
+    """``KEY=VALUE`` strings (a sweep's ``--set``; keys as in the run config, with or without
+    their section) as ``{field name: typed value}``.  A missing ``=``, an unknown key, a key
+    given twice, a key the sweep sets itself or a value of the wrong type is a ``ValueError``
+    in one line that quotes the ``--set`` as given."""
+    names = {f.name: f for f in fields(FedConfig)}
+    out = {}
+    for pair in pairs or ():
+        key, eq, value = str(pair).partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise ValueError(f"--set {pair}: expected KEY=VALUE, e.g. --set server-lr=1e-3")
+        try:
+            name = _field_name(key, names)
+        except ConfigError as e:
+            why = str(e).partition(": ")[2] if e.why == "under another section" else "unknown key"
+            raise ValueError(f"--set {pair}: {why}; `fedrec simulate --help` lists the keys") from None
+        if name in out:
+            raise ValueError(f"--set {pair}: {run_key(name)!r} is given twice")
+        if name in ("data", "seed", "out"):
+            raise ValueError(f"--set {pair}: the sweep sets {key!r} itself (--data, --seeds, --out)")
+        try:
+            out[name] = _typed(key, value, names[name].default)
+        except ConfigError as e:
+            raise ValueError(f"--set {pair}: {e.why}") from None
+    return out
 
 def _calibrated(key: str, value: float, **kw) -> float:
     """Opacus's noise calibration; its errors name the config key and value."""

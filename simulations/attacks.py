@@ -416,7 +416,7 @@ def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-b
 
 def run_attacks(out, *, data: str = "ml-latest-small", attacks=DEFAULT_ATTACKS, defences=("none", "row-bounds", "user-dp"),
                 fractions=(0.01, 0.05), seeds: int = 1, rounds: int = 30, server: str = "adam", command: str = "",
-                say=print):
+                overrides: dict | None = None, say=print):
     """Run (or resume) the attack sweep; write ``results.csv``, ``attacks.png`` and ``report.md``."""
     import time
     from pathlib import Path
@@ -433,7 +433,7 @@ def run_attacks(out, *, data: str = "ml-latest-small", attacks=DEFAULT_ATTACKS, 
         return simulate(cfg, attack=by_dir[Path(cfg.out).name], overwrite=True)
 
     say(f"attacks on {data}: {len(pairs)} cells x {seeds} seeds")
-    rows = run_cells([c for c, _ in pairs], list(range(seeds)), out, run=run, say=say)
+    rows = run_cells([c for c, _ in pairs], list(range(seeds)), out, run=run, overrides=overrides, say=say)
     write_rows(out, rows)
     return write_attack_report(out, rows, data=data, seeds=seeds, rounds=rounds, seconds=time.perf_counter() - t0,
                                command=command, targets=pairs[0][0].cfg.exposure_items, server=server)

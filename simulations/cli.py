@@ -208,7 +208,13 @@ def cmd_run_default(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from fedrec.config import parse_overrides
     from fedrec_app.simulations.study import STUDIES, run_study
+
+    overrides = parse_overrides(args.set)
+    if overrides and args.name == "stream":
+        raise UsageError("--set is not available for the 'stream' sweep (its stages chain warm starts); use the "
+                         "'models', 'sequential', 'frontier', 'attacks' or a study sweep")
 
     if args.name == "models":
         from fedrec_app.simulations.models import run_models
@@ -217,7 +223,7 @@ def cmd_sweep(args) -> int:
 
         report = run_models(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
                             models=tuple(args.models or MODELS), private=not args.no_private,
-                            command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+                            command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
     if args.name == "attacks":
@@ -233,7 +239,7 @@ def cmd_sweep(args) -> int:
         report = run_attacks(Path(args.out), data=args.data, seeds=args.seeds or 1, rounds=args.rounds or 30,
                              fractions=tuple(args.fractions or (0.01, 0.05)), attacks=tuple(args.attacks or DEFAULT_ATTACKS),
                              defences=tuple(args.defences or ("none", "row-bounds", "user-dp")), server=args.server,
-                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+                             command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
     if args.name == "stream":
@@ -251,7 +257,7 @@ def cmd_sweep(args) -> int:
 
         report = run_sequential(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
                                 models=tuple(args.models or SEQUENTIAL), private=not args.no_private,
-                                command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+                                command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
     if args.name == "frontier":
@@ -260,11 +266,12 @@ def cmd_sweep(args) -> int:
         report = run_frontier(Path(args.out), data=args.data, mechanisms=tuple(args.mechanisms or DEFAULT_MECHANISMS),
                               epsilons=tuple(args.epsilons or (1.0, 2.0, 4.0, 8.0)),
                               populations=tuple(args.users or (0,)), seeds=args.seeds or 3, rounds=args.rounds,
-                              command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
+                              command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
     if args.name in STUDIES:
-        run_study(args.name, Path(args.out), data=args.data, seeds=args.seeds, rounds=args.rounds, say=_log)
+        run_study(args.name, Path(args.out), data=args.data, seeds=args.seeds, rounds=args.rounds,
+                  overrides=overrides, say=_log)
         return 0
     from fedrec_app.simulations.report import write_report
     from fedrec_app.simulations.runner import run_cells
@@ -278,7 +285,7 @@ def cmd_sweep(args) -> int:
     cells = SWEEPS[args.name](**kwargs)
     seeds = list(range(args.seeds or 1))
     out = Path(args.out)
-    rows = run_cells(cells, seeds, out, say=_log)
+    rows = run_cells(cells, seeds, out, overrides=overrides, say=_log)
     path = write_report(out, args.name, rows, command=" ".join(sys.argv), data=args.data)
     _log(f"report: {path}")
     return 0
@@ -403,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any dataset the loaders read (default: bundled ml-latest-small)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the study's, 3)")
     p.add_argument("--rounds", type=int, default=None, help="override the rounds of every cell")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of every federated cell (repeatable; keys as `fedrec simulate` "
+                        "spells them, e.g. --set server-lr=1e-3 --set user-sample-rate=0.02); the run records keep "
+                        "it, so a sweep run again with other values reruns the cells (finished runs are kept aside)")
     p.add_argument("--models", nargs="+", default=None,
                    help="'models' and 'sequential': which models (models' default: mf gmf mlp neumf two-tower; "
                         "the sequential sasrec and gru4rec; path.py:Class works too)")

@@ -211,7 +211,7 @@ def _frontier_row(r: dict) -> dict:
 
 def run_frontier(out: Path, *, data: str, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2.0, 4.0, 8.0),
                  populations=(0,), seeds: int = 3, rounds: int | None = None, command: str = "",
-                 say=print) -> Path:
+                 overrides: dict | None = None, say=print) -> Path:
     """Run (or resume) the frontier; write ``results.csv`` (one row per run and baseline,
     :data:`FRONTIER_COLUMNS` first), ``frontier.png`` and ``report.md``."""
     t0 = time.perf_counter()
@@ -219,7 +219,7 @@ def run_frontier(out: Path, *, data: str, mechanisms=DEFAULT_MECHANISMS, epsilon
     seed_list = list(range(seeds))
     cells = frontier_cells(data, mechanisms=mechanisms, epsilons=epsilons, populations=populations, rounds=rounds)
     say(f"frontier on {data}: {len(cells)} cells x {len(seed_list)} seeds (finished runs are kept)")
-    runs = run_cells(cells, seed_list, out, say=say)
+    runs = run_cells(cells, seed_list, out, overrides=overrides, say=say)
     write_rows(out, runs)  # the runs' full rows (results.json)
     rows = [_frontier_row(r) for r in runs] + _baselines(data, populations, epsilons, seed_list)
     keys = list(FRONTIER_COLUMNS) + [k for k in dict.fromkeys(k for r in rows for k in r) if k not in FRONTIER_COLUMNS]

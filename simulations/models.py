@@ -237,13 +237,13 @@ def write_models_report(out: Path, rows: list[dict], models, *, data: str, seeds
 
 
 def run_models(out: Path, *, data: str = "ml-latest-small", seeds: int = 3, rounds: int | None = None, models=MODELS,
-               private: bool = True, command: str = "", say=print) -> Path:
+               private: bool = True, command: str = "", overrides: dict | None = None, say=print) -> Path:
     t0 = time.perf_counter()
     out = Path(out)
     seed_list = list(range(seeds))
     cells = models_cells(data, models=models, rounds=rounds, private=private)
     say(f"models on {data}: {len(cells)} federated cells x {len(seed_list)} seeds, and centralized counterparts")
-    rows = run_cells(cells, seed_list, out, say=say)
+    rows = run_cells(cells, seed_list, out, overrides=overrides, say=say)
     rows += centralized_rows(data, models, seed_list, out, say=say)
     write_rows(out, rows)
     return write_models_report(out, rows, models, data=data, seeds=seed_list, seconds=time.perf_counter() - t0,

@@ -15,7 +15,7 @@ from pathlib import Path
 from fedrec.config import FedConfig, flat_run_config
 from fedrec.results import read_metrics
 
-__all__ = ["Cell", "run_cells", "load_rows", "config_differences", "is_replaced", "ROW_METRICS"]
+__all__ = ["Cell", "run_cells", "with_overrides", "load_rows", "config_differences", "is_replaced", "ROW_METRICS"]
 
 ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10",
                "coverage@10", "diversity@10", "novelty@10", "arp@10", "er@5", "er@10")
@@ -63,13 +63,17 @@ def run_cells(
     out: Path,
     *,
     run: Callable[[FedConfig], dict] | None = None,
+    overrides: dict | None = None,
     say: Callable[[str], None] = print,
 ) -> list[dict]:
     """Run every (cell, seed) not yet finished; write ``results.csv``/``results.json``.
 
     ``run`` defaults to :func:`fedrec_app.simulations.simulate.simulate` (Flower's simulation engine).
+    ``overrides`` (``{field: value}``, a sweep's ``--set``: :func:`fedrec.config.parse_overrides`)
+    replace those fields of every cell's config; every cell is checked before any runs.
     """
     run = run or _default_run
+    cells = with_overrides(cells, overrides)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -91,6 +95,20 @@ def run_cells(
         rows.append(_row(cell, seed, read_metrics(d)))
         write_rows(out, rows)
     return rows
+
+
+def with_overrides(cells: list[Cell], overrides: dict | None) -> list[Cell]:
+    """``cells`` with ``overrides`` in every config; a cell whose config the overrides make
+    invalid is a ``ValueError`` naming the cell (before anything runs)."""
+    if not overrides:
+        return list(cells)
+    out = []
+    for cell in cells:
+        try:
+            out.append(replace(cell, cfg=replace(cell.cfg, **overrides)))
+        except ValueError as e:
+            raise ValueError(f"--set makes cell {cell.name!r} invalid: {e}") from None
+    return out
 
 
 _PATH_KEYS = ("data", "warm-start")

@@ -133,14 +133,14 @@ def write_sequential_report(out: Path, rows: list[dict], cold: list[dict], *, da
 
 
 def run_sequential(out: Path, *, data: str = "ml-latest-small", seeds: int = 3, rounds: int | None = None,
-                   models=SEQUENTIAL, private: bool = True, command: str = "", say=print) -> Path:
+                   models=SEQUENTIAL, private: bool = True, command: str = "", overrides: dict | None = None, say=print) -> Path:
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_list = list(range(seeds))
     cells = sequential_cells(data, models=models, rounds=rounds, private=private)
     say(f"sequential on {data}: {len(cells)} federated cells x {len(seed_list)} seeds")
-    rows = run_cells(cells, seed_list, out, say=say)
+    rows = run_cells(cells, seed_list, out, overrides=overrides, say=say)
     rows += baseline_rows(data, COLD_USERS, seed_list)
     write_rows(out, rows)
     cold = coldstart_rows(out, cells, seed_list, STUDIES["default"], say=say)

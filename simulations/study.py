@@ -214,7 +214,7 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
 
 
 def run_study(name: str, out: Path, *, data: str = "ml-latest-small", seeds: int | None = None, rounds: int | None = None,
-              say=print) -> dict:
+              overrides: dict | None = None, say=print) -> dict:
     """Run (or resume) a study; write results, cold-start results, plots and ``report.md``."""
     from fedrec_app.simulations.plots import make_plots
     from fedrec_app.simulations.report import write_study_report
@@ -227,7 +227,7 @@ def run_study(name: str, out: Path, *, data: str = "ml-latest-small", seeds: int
     cells = study_cells(study, data, rounds)
     say(f"study {name!r} on {data}: {len(cells)} cells x {len(seed_list)} seeds = {len(cells) * len(seed_list)} "
         f"federated runs (finished ones are kept)")
-    rows = run_cells(cells, seed_list, out, say=say)
+    rows = run_cells(cells, seed_list, out, overrides=overrides, say=say)
     if study.privacy_cells:
         rows += baseline_rows(data, study.cold_users, seed_list, study.interaction_eps + study.user_eps)
     write_rows(out, rows)

@@ -4,6 +4,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from fedrec.config import FedConfig
 from fedrec_app.simulations.runner import Cell, config_differences, is_replaced, run_cells
 
@@ -53,3 +55,35 @@ def test_two_spellings_of_one_data_path_are_one_configuration(tmp_path, monkeypa
     other.write_text("user,item\n1,1\n")
     assert config_differences(d, FedConfig(data=str(other), seed=0)) == ["data"]
     assert config_differences(d, FedConfig(data="../data/ratings.csv", seed=0, dim=7)) == ["dim"]
+
+
+def test_overrides_reach_every_cell_and_a_bad_one_runs_nothing(tmp_path):
+    from fedrec.config import parse_overrides
+
+    calls, msgs = [], []
+    cells = [Cell("mf", FedConfig(data="synthetic:30x20:0", dim=4)), Cell("gmf", FedConfig(data="synthetic:30x20:0", model="gmf"))]
+    overrides = parse_overrides(["server-lr=1e-3", "federation.num-server-rounds=7", "user-sample-rate=0.5"])
+    assert overrides == {"server_lr": 1e-3, "num_server_rounds": 7, "user_sample_rate": 0.5}
+    run_cells(cells, [0], tmp_path, run=_fake_run(calls), overrides=overrides, say=msgs.append)
+    assert [(c.model, c.dim, c.server_lr, c.num_server_rounds, c.user_sample_rate) for c in calls] == [
+        ("mf", 4, 1e-3, 7, 0.5), ("gmf", FedConfig().dim, 1e-3, 7, 0.5)]
+    # the same sweep without the overrides is another configuration: rerun, the overridden run kept aside
+    run_cells(cells[:1], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    assert len(calls) == 3 and "server-lr" in next(m for m in msgs if "another configuration" in m)
+
+    bad = parse_overrides(["user-sample-rate=1", "user-clip=-1"])
+    with pytest.raises(ValueError, match="cell 'mf' invalid: .*user-clip"):
+        run_cells(cells, [1], tmp_path, run=_fake_run(calls), overrides=bad, say=msgs.append)
+    assert len(calls) == 3 and not (tmp_path / "runs" / "mf-seed1").exists()
+
+
+@pytest.mark.parametrize("pair, words", [("x", "expected KEY=VALUE"), ("server-lr=abc", "expected float"),
+                                         ("nope=1", "unknown key"), ("seed=3", "sets 'seed' itself"),
+                                         ("als.dim=3", "'dim' is in section 'model'"), ("dim=1.5", "expected int")])
+def test_a_bad_set_is_one_line_naming_it(capsys, tmp_path, pair, words):
+    from fedrec_app.simulations.cli import main
+
+    rc = main(["sweep", "tiny", "--out", str(tmp_path / "s"), "--set", pair])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [err[0]] and err[0].startswith(f"fedrec: error: --set {pair}: ") and words in err[0]
+    assert not (tmp_path / "s").exists()
