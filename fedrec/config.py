@@ -22,8 +22,7 @@ if TYPE_CHECKING:  # the engine (torch) is imported where it is used: `fedrec --
     from fedrec.engine.cohort import LocalConfig
 
 __all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES", "options", "run_key",
-           "flat_run_config", "nested_run_config", "sectioned_run_config",
-           "parse_overrides"]
+           "flat_run_config", "nested_run_config", "sectioned_run_config", "parse_overrides"]
 
 #: Sections of the configuration, in the order ``--help`` shows them.
 SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "private ALS",
@@ -615,6 +614,7 @@ def parse_overrides(pairs) -> dict:
         except ConfigError as e:
             raise ValueError(f"--set {pair}: {e.why}") from None
     return out
+
 
 def _calibrated(key: str, value: float, **kw) -> float:
     """Opacus's noise calibration; its errors name the config key and value."""
