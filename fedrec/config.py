@@ -105,7 +105,8 @@ class FedConfig:
     user_l2: float = _opt(0.0, "local training", "L2 penalty on the local state")
     weighting: str = _opt("user", "local training", "how a node's users weigh in its release of global gradients: "
                           "user (each user's mean gradient, every user alike) or interaction (users weigh by their "
-                          "training interactions, as centralized training weighs them; non-private runs only)",
+                          "training interactions, sequential models by their training positions, as centralized "
+                          "training weighs them; non-private runs only)",
                           choices=("user", "interaction"))
     # interaction-level DP (Opacus mechanism, per user)
     noise_multiplier: float = _opt(0.0, "interaction-level DP", "DP-SGD noise multiplier (0: no DP)")
@@ -308,11 +309,10 @@ class FedConfig:
         if self.weighting == "interaction":
             why = ("interaction-level DP" if self.dp else "user-level DP" if self.user_level else "ALS" if self.als
                    else "row bounds" if self.row_norm > 0 or self.max_rows > 0
-                   else "item-wise aggregation" if self.aggregation == "itemwise"
-                   else "a sequential model" if sequential else "")
+                   else "item-wise aggregation" if self.aggregation == "itemwise" else "")
             if why:
-                bad("weighting", f"weighting users by their interactions is built for non-private SGD training of "
-                    f"the cohort engine's models, not with {why}: use weighting='user'")
+                bad("weighting", f"weighting users by their interactions is built for non-private SGD training, "
+                    f"not with {why}: use weighting='user'")
         if self.mlflow and not self.out:
             bad("mlflow", "MLflow logs the run directory: give --out too")
         if self.tensorboard and not self.out:

@@ -16,7 +16,7 @@ import torch
 from fedrec.config import FedConfig
 from fedrec.device import LocalState, load_local_state, save_local_state
 from fedrec.engine import interaction_weights, train_cohort
-from fedrec.engine.sequence import train_sequences, trainable_users
+from fedrec.engine.sequence import position_weights, train_sequences, trainable_users
 from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
 from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
@@ -255,14 +255,18 @@ def train_round(
         pairs = int(user_pairs.sum())
         # weighting='interaction': each user by its interactions over the node's mean, so the
         # node's release (the chunks' user-weighted means) is the mean over its interactions
-        weights = interaction_weights(fed.split.train, state.users[idx]) if cfg.weighting == "interaction" else None
+        weights = None
+        if cfg.weighting == "interaction":  # sequential models: by training positions (history length - 1)
+            weights = (position_weights(hist, state.users[idx]) if sequential
+                       else interaction_weights(fed.split.train, state.users[idx]))
         for part in _chunks(idx, user_pairs):
             # users are independent: chunks bound the memory of the per-sample tensors (a
             # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
             if sequential:
                 res = train_sequences(model, params, hist, fed.split.train, state.users[part], cfg.local,
-                                      seed=cfg.seed, server_round=server_round, generator=gen)
+                                      seed=cfg.seed, server_round=server_round, generator=gen,
+                                      user_weights=weights[np.searchsorted(idx, part)] if weights is not None else None)
             else:
                 res = train_cohort(
                     model,

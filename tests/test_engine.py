@@ -146,7 +146,7 @@ def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch,
     (dict(als=True), "ALS"),
     (dict(row_norm=0.1), "row bounds"),
     (dict(aggregation="itemwise"), "item-wise aggregation"),
-    (dict(model="sasrec"), "a sequential model"),
+    (dict(model="sasrec", user_dp="client", user_noise_multiplier=1.0), "user-level DP"),
 ])
 def test_interaction_weighting_is_refused_where_it_is_not_built(kw, why):
     from fedrec.config import ConfigError, FedConfig
@@ -155,6 +155,7 @@ def test_interaction_weighting_is_refused_where_it_is_not_built(kw, why):
         FedConfig(weighting="interaction", **kw)
     assert e.value.key == "weighting" and why in str(e.value) and "\n" not in str(e.value)
     FedConfig(weighting="interaction", negatives=4, secure_aggregation=True)  # non-private SGD: accepted
+    FedConfig(weighting="interaction", model="sasrec")  # sequential: by training positions
 
 
 def test_private_node_releases_no_training_loss():

@@ -145,6 +145,43 @@ def test_engine_update_is_the_gradient_of_the_users_mean_loss():
     assert set(cand[mask][:, 1:].reshape(-1).tolist()).isdisjoint(split.train[users[0]].indices.tolist())
 
 
+def test_position_weighting_releases_the_gradient_of_the_mean_over_positions():
+    """weighting='interaction' for a sequential model: users weigh by their training positions,
+    so the release is -gradient of the loss averaged over every position (centralized
+    training's objective), through the node's chunks as through one call."""
+    from dataclasses import replace
+
+    from fedrec import node
+    from fedrec.engine.sequence import position_weights, sequence_samples
+    from fedrec.federation import init_global_params, load_federation
+
+    m, params, hist, split, users = _setup(SASRec, users=9)
+    w = position_weights(hist, users)
+    assert w.mean() == pytest.approx(1.0) and w.std() > 0.1  # users of unequal histories
+    res = train_sequences(m, params, hist, split.train, users, LocalConfig(negatives=3), seed=0, server_round=2,
+                          user_weights=w)
+    _, inp, cand, mask = (torch.as_tensor(x) for x in sequence_samples(hist, split.train, users, 4, 3, seed=0,
+                                                                       server_round=2))
+    leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
+    e = leaves["item_embedding"]
+    loss = m.window_loss(e[inp], e[cand], mask, {n: v for n, v in leaves.items() if n != "item_embedding"}).sum()
+    (loss / mask.sum()).backward()
+    for n, v in leaves.items():
+        assert torch.allclose(res.update[n], -v.grad, atol=1e-12)
+    with pytest.raises(ValueError, match="user-level clipping"):
+        train_sequences(m, params, hist, split.train, users, LocalConfig(negatives=3, update_clip=1.0), seed=0,
+                        server_round=2, user_weights=w)
+
+    cfg = FedConfig(data="synthetic:40x50:3", model="sasrec", dim=4, seq_len=4, negatives=2, users_per_node=40,
+                    weighting="interaction")
+    fed = load_federation(cfg)
+    gp = init_global_params(cfg, fed)
+    st = node.load_state({}, fed, 0, cfg)
+    whole, _, _ = node.train_round(cfg, fed, 0, st, global_params=gp, server_round=1)
+    plain, _, _ = node.train_round(replace(cfg, weighting="user"), fed, 0, st, global_params=gp, server_round=1)
+    assert not np.allclose(whole["item_embedding"], plain["item_embedding"], atol=1e-6)  # wired through
+
+
 def test_interaction_level_dp_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="up to seq-len \\+ 1 samples"):
         FedConfig(data="synthetic:20x60:1", model="sasrec", noise_multiplier=1.0)

@@ -33,7 +33,7 @@ from fedrec.data.sequences import PAD, Histories, training_windows
 from fedrec.engine.cohort import MAX_GRAD_FLOATS, CohortResult, LocalConfig, clipped_user_mean, negative_sets
 from fedrec.models.sequential import SequentialModel
 
-__all__ = ["train_sequences", "sequence_samples", "check_local_config", "trainable_users"]
+__all__ = ["train_sequences", "sequence_samples", "check_local_config", "trainable_users", "position_weights"]
 
 
 def check_local_config(cfg: LocalConfig) -> None:
@@ -47,6 +47,14 @@ def check_local_config(cfg: LocalConfig) -> None:
 def trainable_users(hist: Histories, users: np.ndarray) -> np.ndarray:
     """Mask of the ``users`` with at least one training position (2 or more history items)."""
     return hist.lengths(users) >= 2
+
+
+def position_weights(hist: Histories, users: np.ndarray) -> np.ndarray:
+    """``p_u / mean(p)`` of ``users``' training positions ``p_u`` (history length - 1): the
+    weights that make a cohort's mean of per-user mean gradients the mean over its
+    positions, as centralized training weighs them (``weighting = "interaction"``)."""
+    p = (hist.lengths(np.asarray(users, dtype=np.int64)) - 1).astype(np.float64)
+    return p / max(float(p.mean()), 1e-300) if len(p) else p
 
 
 def sequence_samples(hist: Histories, train: sp.csr_matrix, users: np.ndarray, length: int, negatives: int, *,
@@ -65,7 +73,7 @@ def sequence_samples(hist: Histories, train: sp.csr_matrix, users: np.ndarray, l
 
 def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], hist: Histories, train: sp.csr_matrix,
                     users: np.ndarray, cfg: LocalConfig, *, seed: int, server_round: int,
-                    generator: torch.Generator | None = None) -> CohortResult:
+                    generator: torch.Generator | None = None, user_weights: np.ndarray | None = None) -> CohortResult:
     """One round of local training of a sequential model for the users of a cohort.
 
     Parameters
@@ -85,8 +93,15 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
         Key of the negatives and of the dropout.
     generator
         Unused (no noise on the device: user-level noise is the server's).
+    user_weights
+        ``(k,)`` weight of each user's release (non-private runs only): the release is
+        the mean over users of ``weight * (the user's mean gradient)``;
+        :func:`position_weights` makes it the mean over positions.  ``None``: every
+        user weighs 1.
     """
     check_local_config(cfg)
+    if user_weights is not None and cfg.per_user:
+        raise ValueError("user_weights scale what a user releases: not with user-level clipping")
     users = np.asarray(users, dtype=np.int64)
     short = ~trainable_users(hist, users)
     if short.any():
@@ -99,7 +114,8 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
     owner, inp, cand = (torch.as_tensor(x) for x in (owner_np, inp_np, cand_np))
     mask = torch.as_tensor(mask_np)
     dtype = params["item_embedding"].dtype
-    weight = torch.as_tensor(1.0 / n_pos, dtype=dtype)[owner]  # each user: the mean over its positions
+    per_user = np.ones(k) if user_weights is None else np.asarray(user_weights, dtype=np.float64)
+    weight = torch.as_tensor(per_user / n_pos, dtype=dtype)[owner]  # each user: the mean over its positions
     dense = {d: params[d] for d in model.dense_names()}
     table = params["item_embedding"]
     torch.manual_seed(int(np.random.default_rng([seed, server_round, int(users[0]), 5]).integers(2**62)))
