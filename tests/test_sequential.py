@@ -132,17 +132,23 @@ def test_engine_per_user_clipping_matches_single_users(cls):
 def test_engine_update_is_the_gradient_of_the_users_mean_loss():
     m, params, hist, split, users = _setup(SASRec, users=1)
     res = train_sequences(m, params, hist, split.train, users, LocalConfig(negatives=3), seed=0, server_round=1)
+    cand, mask = _assert_release_is_minus_the_mean_position_gradient(res, m, params, hist, split, users, server_round=1)
+    assert set(cand[mask][:, 1:].reshape(-1).tolist()).isdisjoint(split.train[users[0]].indices.tolist())
+
+
+def _assert_release_is_minus_the_mean_position_gradient(res, m, params, hist, split, users, *, server_round):
+    """Oracle: one autograd call on the loss averaged over every position of ``users`` (3 negatives)."""
     from fedrec.engine.sequence import sequence_samples
 
     _, inp, cand, mask = (torch.as_tensor(x) for x in sequence_samples(hist, split.train, users, 4, 3, seed=0,
-                                                                       server_round=1))
+                                                                       server_round=server_round))
     leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
     e = leaves["item_embedding"]
     loss = m.window_loss(e[inp], e[cand], mask, {n: v for n, v in leaves.items() if n != "item_embedding"}).sum()
     (loss / mask.sum()).backward()
     for n, v in leaves.items():
         assert torch.allclose(res.update[n], -v.grad, atol=1e-12)
-    assert set(cand[mask][:, 1:].reshape(-1).tolist()).isdisjoint(split.train[users[0]].indices.tolist())
+    return cand, mask
 
 
 def test_position_weighting_releases_the_gradient_of_the_mean_over_positions():
@@ -152,7 +158,7 @@ def test_position_weighting_releases_the_gradient_of_the_mean_over_positions():
     from dataclasses import replace
 
     from fedrec import node
-    from fedrec.engine.sequence import position_weights, sequence_samples
+    from fedrec.engine.sequence import position_weights
     from fedrec.federation import init_global_params, load_federation
 
     m, params, hist, split, users = _setup(SASRec, users=9)
@@ -160,14 +166,7 @@ def test_position_weighting_releases_the_gradient_of_the_mean_over_positions():
     assert w.mean() == pytest.approx(1.0) and w.std() > 0.1  # users of unequal histories
     res = train_sequences(m, params, hist, split.train, users, LocalConfig(negatives=3), seed=0, server_round=2,
                           user_weights=w)
-    _, inp, cand, mask = (torch.as_tensor(x) for x in sequence_samples(hist, split.train, users, 4, 3, seed=0,
-                                                                       server_round=2))
-    leaves = {n: v.clone().requires_grad_(True) for n, v in params.items()}
-    e = leaves["item_embedding"]
-    loss = m.window_loss(e[inp], e[cand], mask, {n: v for n, v in leaves.items() if n != "item_embedding"}).sum()
-    (loss / mask.sum()).backward()
-    for n, v in leaves.items():
-        assert torch.allclose(res.update[n], -v.grad, atol=1e-12)
+    _assert_release_is_minus_the_mean_position_gradient(res, m, params, hist, split, users, server_round=2)
     with pytest.raises(ValueError, match="user-level clipping"):
         train_sequences(m, params, hist, split.train, users, LocalConfig(negatives=3, update_clip=1.0), seed=0,
                         server_round=2, user_weights=w)
