@@ -263,10 +263,11 @@ def train_round(
             # users are independent: chunks bound the memory of the per-sample tensors (a
             # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
+            part_weights = weights[np.searchsorted(idx, part)] if weights is not None else None
             if sequential:
                 res = train_sequences(model, params, hist, fed.split.train, state.users[part], cfg.local,
                                       seed=cfg.seed, server_round=server_round, generator=gen,
-                                      user_weights=weights[np.searchsorted(idx, part)] if weights is not None else None)
+                                      user_weights=part_weights)
             else:
                 res = train_cohort(
                     model,
@@ -281,7 +282,7 @@ def train_round(
                     generic=cfg.engine == "generic",
                     trainable=trainable,
                     device=device,
-                    user_weights=weights[np.searchsorted(idx, part)] if weights is not None else None,
+                    user_weights=part_weights,
                 )
             w = len(part) / k
             for n, v in res.local.items():
