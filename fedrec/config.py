@@ -593,7 +593,7 @@ def parse_overrides(pairs) -> dict:
     their section) as ``{field name: typed value}``.  A missing ``=``, an unknown key, a key
     given twice, a key the sweep sets itself or a value of the wrong type is a ``ValueError``
     in one line that quotes the ``--set`` as given."""
-    names = {f.name: f for f in fields(FedConfig)}
+    names = _FIELDS
     out = {}
     for pair in pairs or ():
         key, eq, value = str(pair).partition("=")

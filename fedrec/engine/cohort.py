@@ -67,7 +67,7 @@ from fedrec.rng import hash_ints, hash_uniform
 __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "keyed_negatives", "negative_sets",
            "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
-           "clipped_user_mean", "frozen_rows_zeroed", "gaussian", "interaction_weights",
+           "clipped_user_mean", "frozen_rows_zeroed", "gaussian", "interaction_weights", "weights_over_mean",
            "release_denominators", "GhostNorms"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
@@ -356,7 +356,13 @@ def interaction_weights(train: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
     """``n_u / mean(n)`` of ``users`` (their training interactions): the weights that
     make a cohort's mean of per-user mean gradients the mean over its interactions,
     as centralized training weighs them (:func:`train_cohort`'s ``user_weights``)."""
-    n = np.diff(train.indptr)[np.asarray(users, dtype=np.int64)].astype(np.float64)
+    return weights_over_mean(np.diff(train.indptr)[np.asarray(users, dtype=np.int64)])
+
+
+def weights_over_mean(counts: np.ndarray) -> np.ndarray:
+    """``counts / mean(counts)`` as float64 (empty stays empty): users weighed by what they
+    count (interactions, positions) so that a mean over users is a mean over those."""
+    n = np.asarray(counts, dtype=np.float64)
     return n / max(float(n.mean()), 1e-300) if len(n) else n
 
 

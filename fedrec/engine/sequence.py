@@ -30,7 +30,8 @@ import scipy.sparse as sp
 import torch
 
 from fedrec.data.sequences import PAD, Histories, training_windows
-from fedrec.engine.cohort import MAX_GRAD_FLOATS, CohortResult, LocalConfig, clipped_user_mean, negative_sets
+from fedrec.engine.cohort import (MAX_GRAD_FLOATS, CohortResult, LocalConfig, clipped_user_mean, negative_sets,
+                                  weights_over_mean)
 from fedrec.models.sequential import SequentialModel
 
 __all__ = ["train_sequences", "sequence_samples", "check_local_config", "trainable_users", "position_weights"]
@@ -53,8 +54,7 @@ def position_weights(hist: Histories, users: np.ndarray) -> np.ndarray:
     """``p_u / mean(p)`` of ``users``' training positions ``p_u`` (history length - 1): the
     weights that make a cohort's mean of per-user mean gradients the mean over its
     positions, as centralized training weighs them (``weighting = "interaction"``)."""
-    p = (hist.lengths(np.asarray(users, dtype=np.int64)) - 1).astype(np.float64)
-    return p / max(float(p.mean()), 1e-300) if len(p) else p
+    return weights_over_mean(hist.lengths(np.asarray(users, dtype=np.int64)) - 1)
 
 
 def sequence_samples(hist: Histories, train: sp.csr_matrix, users: np.ndarray, length: int, negatives: int, *,
