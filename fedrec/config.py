@@ -484,14 +484,13 @@ class FedConfig:
         """Build from a Flower run config: ``<section>.<key>`` keys as Flower flattens
         ``[tool.flwr.app.config]``, nested tables, or keys without their section.
         Unknown keys, a key under another section and a key given twice are errors."""
-        names = {f.name: f for f in fields(cls)}
         kwargs = {}
         for key, value in _leaves(run_config):
-            name = _field_name(key, names)
+            name = _field_name(key, _FIELDS)
             if name in kwargs:
                 raise ConfigError(key, value, "given twice", message=f"config key {run_key(name)!r} is given twice "
                                   f"(with and without its section?)")
-            kwargs[name] = _typed(key, value, names[name].default)
+            kwargs[name] = _typed(key, value, _FIELDS[name].default)
         return cls(**kwargs)
 
     def to_run_config(self) -> dict:
@@ -593,7 +592,6 @@ def parse_overrides(pairs) -> dict:
     their section) as ``{field name: typed value}``.  A missing ``=``, an unknown key, a key
     given twice, a key the sweep sets itself or a value of the wrong type is a ``ValueError``
     in one line that quotes the ``--set`` as given."""
-    names = _FIELDS
     out = {}
     for pair in pairs or ():
         key, eq, value = str(pair).partition("=")
@@ -601,7 +599,7 @@ def parse_overrides(pairs) -> dict:
         if not eq or not key:
             raise ValueError(f"--set {pair}: expected KEY=VALUE, e.g. --set server-lr=1e-3")
         try:
-            name = _field_name(key, names)
+            name = _field_name(key, _FIELDS)
         except ConfigError as e:
             why = str(e).partition(": ")[2] if e.why == "under another section" else "unknown key"
             raise ValueError(f"--set {pair}: {why}; `fedrec simulate --help` lists the keys") from None
@@ -610,7 +608,7 @@ def parse_overrides(pairs) -> dict:
         if name in ("data", "seed", "out"):
             raise ValueError(f"--set {pair}: the sweep sets {key!r} itself (--data, --seeds, --out)")
         try:
-            out[name] = _typed(key, value, names[name].default)
+            out[name] = _typed(key, value, _FIELDS[name].default)
         except ConfigError as e:
             raise ValueError(f"--set {pair}: {e.why}") from None
     return out
