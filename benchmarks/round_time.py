@@ -19,20 +19,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import init_global_params, load_federation
+from fedrec.optim import OptState, server_step
 from fedrec_app.simulations.simulate import simulate
 
 
 def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
     """Median seconds of a round computed by calling every node's train function
-    in this process (no Flower): the floor that Flower's engine is compared with."""
+    in this process (no Flower), then the server's weighted mean and optimiser step
+    (:func:`fedrec.optim.server_step`, as the strategy does): the floor that Flower's
+    engine is compared with."""
     cfg = cfg.resolved()
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
+    opt_state = OptState()
     states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
     times = []
     for r in range(1, rounds + 1):
@@ -43,7 +45,7 @@ def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
             ups.append((up, m["num-examples"]))
         total = sum(n for _, n in ups)
         mean = {k: sum(u[k] * n for u, n in ups) / total for k in ups[0][0]}
-        params = {k: params[k] + 5e-3 * np.sign(mean[k]) for k in params}  # stand-in server step
+        params, opt_state = server_step(params, mean, opt_state, opt=cfg.server_opt, lr=cfg.server_lr)
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:] if len(times) > 1 else times)
 
