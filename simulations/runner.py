@@ -1,7 +1,9 @@
 """Sweeps of federated runs: cells x seeds, each a `fedrec simulate` run in its own
 directory.  Finished cells (a ``metrics.json`` exists) are kept and skipped when a
-sweep is run again after an interruption; a finished cell whose configuration has
-changed since is moved aside (``<cell>-seed<N>.replaced-<UTC time>``) and run again."""
+sweep is run again after an interruption; an unfinished cell resumes from its last
+checkpoint where that checkpoint was made with the cell's configuration (else it
+starts over); a finished cell whose configuration has changed since is moved aside
+(``<cell>-seed<N>.replaced-<UTC time>``) and run again."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from pathlib import Path
 from fedrec.config import FedConfig, flat_run_config
 from fedrec.results import read_metrics
 
-__all__ = ["Cell", "run_cells", "with_overrides", "load_rows", "config_differences", "is_replaced", "ROW_METRICS"]
+__all__ = ["Cell", "run_cells", "with_overrides", "load_rows", "config_differences", "checkpoint_round", "is_replaced",
+           "ROW_METRICS"]
 
 ROW_METRICS = ("ndcg@10", "hr@10", "recall@20", "mrr", "sampled_ndcg@10", "sampled_hr@10",
                "coverage@10", "diversity@10", "novelty@10", "arp@10", "er@5", "er@10")
@@ -90,8 +93,11 @@ def run_cells(
         if (d / "metrics.json").exists():
             say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: done before, kept")
         else:
-            say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: running ({time.perf_counter() - t0:.0f}s elapsed)")
-            run(replace(cell.cfg, seed=seed, out=str(d)))
+            cfg = replace(cell.cfg, seed=seed, out=str(d))
+            last = checkpoint_round(d, cfg)
+            doing = "running" if last is None else f"resuming after round {last}"
+            say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: {doing} ({time.perf_counter() - t0:.0f}s elapsed)")
+            run(replace(cfg, resume=last is not None))
         rows.append(_row(cell, seed, read_metrics(d)))
         write_rows(out, rows)
     return rows
@@ -151,12 +157,26 @@ def config_differences(d: Path, cfg: FedConfig) -> list[str]:
     return sorted(k for k in keys if not same(k))
 
 
+def checkpoint_round(d: Path, cfg: FedConfig) -> int | None:
+    """The round of the checkpoint an interrupted run left in ``d``, where it was made
+    with ``cfg`` (rounds, evaluation and patience aside); ``None``: none there, or one
+    of another configuration or unreadable (the cell starts over)."""
+    from fedrec_app.server.checkpoint import CheckpointError, load_checkpoint
+
+    if not (Path(d) / "checkpoint" / "checkpoint.npz").is_file():
+        return None
+    try:
+        return int(load_checkpoint(Path(d) / "checkpoint", cfg.resolved())["round"])
+    except CheckpointError:
+        return None
+
+
 def _default_run(cfg: FedConfig) -> dict:
     from fedrec.flower_compat import reuse_ray
     from fedrec_app.simulations.simulate import simulate
 
     with reuse_ray():
-        return simulate(cfg, overwrite=True)  # a cell without metrics.json is rerun from scratch
+        return simulate(cfg, overwrite=True)  # without resume, a partial run is started over
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:

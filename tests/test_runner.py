@@ -39,6 +39,41 @@ def test_a_changed_configuration_moves_the_finished_run_aside(tmp_path):
     assert "(dim differ)" in next(m for m in msgs if "another configuration" in m)
 
 
+def test_an_interrupted_cell_resumes_from_its_checkpoint_and_another_configuration_starts_over(tmp_path):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from fedrec.optim import OptState
+    from fedrec_app.server.checkpoint import save_checkpoint
+
+    cell = Cell("mf", FedConfig(data="synthetic:30x20:0", dim=4, num_server_rounds=50))
+    d = tmp_path / "runs" / "mf-seed0"
+
+    def interrupted(cfg: FedConfig, server_round: int) -> None:  # what a killed run leaves: a checkpoint, no metrics
+        save_checkpoint(d / "checkpoint", cfg=cfg.resolved(), server_round=server_round, params={"w": np.zeros(2)},
+                        opt_state=OptState(), best=None)
+
+    calls, msgs = [], []
+    run_cells([cell], [0], tmp_path, run=_fake_run(calls), say=msgs.append)  # nothing there: a fresh run
+    assert calls[-1].resume is False and "running" in msgs[-1]
+    (d / "metrics.json").unlink()
+    # the same configuration, only more rounds asked for (as when a sweep is continued with --rounds)
+    interrupted(replace(cell.cfg, seed=0, out=str(d), num_server_rounds=30), 17)
+    run_cells([cell], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    assert calls[-1].resume is True and "resuming after round 17" in msgs[-1]
+    assert (calls[-1].out, calls[-1].seed, calls[-1].num_server_rounds) == (str(d), 0, 50)
+
+    (d / "metrics.json").unlink()
+    interrupted(replace(cell.cfg, seed=0, out=str(d), dim=8), 17)  # another configuration's checkpoint
+    run_cells([cell], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    assert calls[-1].resume is False and "running" in msgs[-1]
+    (d / "metrics.json").unlink()
+    (d / "checkpoint" / "checkpoint.npz").write_bytes(b"not a checkpoint")  # unreadable: start over
+    run_cells([cell], [0], tmp_path, run=_fake_run(calls), say=msgs.append)
+    assert len(calls) == 4 and calls[-1].resume is False
+
+
 def test_two_spellings_of_one_data_path_are_one_configuration(tmp_path, monkeypatch):
     data = tmp_path / "data" / "ratings.csv"
     data.parent.mkdir()
