@@ -11,11 +11,13 @@ restart and a server resume) or in ``context.state`` — and never appear in a r
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-__all__ = ["app", "make_client_app", "stored_state", "array_record", "secure_aggregation_mod", "STATE_KEY"]
+__all__ = ["app", "make_client_app", "SharedClientApp", "stored_state", "array_record", "secure_aggregation_mod", "STATE_KEY"]
 
 SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 
@@ -88,6 +90,39 @@ def _legacy_evaluate_reply(msg: Message, metrics: dict) -> Message:
     return Message(content=compat.evaluateres_to_recorddict(res), reply_to=msg)
 
 
+#: The ClientApps this process built or received, by key: see :class:`SharedClientApp`.
+_SHARED_APPS: dict[str, ClientApp] = {}
+
+
+class SharedClientApp(ClientApp):
+    """A ClientApp that pickles as its recipe (run config, node data), not as its handlers.
+
+    Flower's simulation engine sends the ClientApp with every message (Ray pickles the
+    function that returns it into each actor call), and fedrec's handlers are closures,
+    so each call carried about 10 KB of pickled code that the driver serialised (0.75 ms
+    a node) and the actor rebuilt. Unpickled, it is this process's app for the same key,
+    built once: the handlers are the same functions of the same run config (they keep no
+    state of their own between messages)."""
+
+    def __init__(self, run_config: dict | None, node_data: str | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._recipe = (uuid.uuid4().hex, run_config, node_data)
+        _SHARED_APPS[self._recipe[0]] = self
+
+    def __reduce__(self):
+        return _shared_client_app, self._recipe
+
+
+def _shared_client_app(key: str, run_config: dict | None, node_data: str | None) -> ClientApp:
+    """This process's app for ``key`` (a SharedClientApp unpickled), built on first use."""
+    app = _SHARED_APPS.get(key)
+    if app is None:
+        app = make_client_app(run_config, node_data=node_data)
+        _SHARED_APPS[key] = _SHARED_APPS.pop(app._recipe[0])
+        app._recipe = (key, run_config, node_data)
+    return app
+
+
 def make_client_app(run_config: dict | None = None, *, node_data: str | None = None, malicious=None) -> ClientApp:
     """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none).
     ``node_data``: a directory of node files (``node-P.npz``, written by
@@ -99,7 +134,10 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
     ``train(run_config, config, global_params, partition) -> (update, metrics)``; the
     nodes from that partition on are its sybils, whose train replies it writes
     (they answer evaluation with nothing)."""
-    client = ClientApp(mods=[secure_aggregation_mod])
+    if malicious is None:  # pickles as a reference (see SharedClientApp)
+        client: ClientApp = SharedClientApp(run_config, node_data, mods=[secure_aggregation_mod])
+    else:  # an attack's object travels with every call, as Flower pickles it
+        client = ClientApp(mods=[secure_aggregation_mod])
 
     def _is_malicious(context: Context) -> bool:
         return malicious is not None and int(context.node_config.get("partition-id", -1)) >= malicious.first_partition

@@ -83,11 +83,43 @@ def save_local_state(directory: str | Path, state: LocalState, *, server_round: 
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"round-{int(server_round):08d}.npz"
     tmp = d / f".round-{int(server_round):08d}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **state.arrays())
+    arrays = state.arrays()
+    np.savez(tmp, **arrays)
     tmp.replace(final)
+    _remember(d, final, arrays)
     for old in sorted(_rounds(d))[:-KEEP_ROUNDS]:
         (d / f"round-{old:08d}.npz").unlink(missing_ok=True)
     return final
+
+
+#: The state file this process last wrote in each directory, with its arrays: a node that
+#: reads back the file it wrote the round before (every round of a simulation's actor or a
+#: long-lived SuperNode) takes them from memory. Reading the file cost 1-2 ms of a 50 ms round.
+_WRITTEN: dict[str, tuple[tuple, dict[str, np.ndarray]]] = {}
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path), st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _remember(d: Path, path: Path, arrays: dict[str, np.ndarray]) -> None:
+    ident = _identity(path)
+    if ident is not None:
+        _WRITTEN[str(d.resolve())] = ident, {k: np.array(v, copy=True) for k, v in arrays.items()}
+
+
+def _remembered(d: Path, path: Path) -> dict[str, np.ndarray] | None:
+    """Copies of the arrays this process wrote to ``path``, if the file is still the one it
+    wrote (same inode, modification time and size: a file another process wrote, or
+    rewrote, is read from disk)."""
+    kept = _WRITTEN.get(str(d.resolve()))
+    if kept is None or kept[0] != _identity(path):
+        return None
+    return {k: v.copy() for k, v in kept[1].items()}
 
 
 def _rounds(d: Path) -> list[int]:
@@ -107,6 +139,9 @@ def load_local_state(directory: str | Path, *, at_most_round: int | None = None)
         return None
     r = max(rounds)
     path = d / f"round-{r:08d}.npz"
+    kept = _remembered(d, path)
+    if kept is not None:
+        return LocalState.from_arrays(kept), r
     try:
         with np.load(path) as z:
             st = LocalState.from_arrays(z)

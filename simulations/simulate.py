@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data
-from fedrec.flower_compat import backend_config, fast_grid_polling
+from fedrec.flower_compat import backend_config, fast_grid_polling, worker_heap_env
 from fedrec.results import check_run_dir
 
 __all__ = ["simulate"]
@@ -78,6 +78,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
             from fedrec.node import trim_heap
 
             trim_heap()  # the files' working set goes back to the OS before the actors start
+            stack.enter_context(worker_heap_env())  # the actors Ray starts keep their freed heap pages
         stack.enter_context(fast_grid_polling())
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)
         run_simulation(

@@ -239,3 +239,30 @@ def test_a_two_tower_device_ranks_through_the_item_tower_and_trains_as_its_node(
     assert np.ptp(s) > 0
     with pytest.raises(ValueError, match="holds 40 items|hold 40 items|the device's item metadata 40"):
         dev.scores({k: v[:20] if v.shape[0] == 40 else v for k, v in params.items()})
+
+
+def test_a_node_reads_back_the_state_it_wrote_from_memory_and_any_other_file_from_disk(tmp_path, monkeypatch):
+    """The state file a process wrote last is read back from memory (a copy: changing it
+    changes neither the file nor the next read); once the file is not the one it wrote
+    (another process rewrote it), it is read from disk."""
+    users = np.array([4, 9])
+    st = LocalState(users, {"user": np.full((2, 3), 1.5, np.float32)}, np.array([2, 2]), np.array([1, 1]))
+    save_local_state(tmp_path, st, server_round=1)
+    st.local["user"][:] = 7.0  # the caller's arrays change after the save: the kept copy does not
+    disk_load = np.load
+    with monkeypatch.context() as m:
+        m.setattr(np, "load", lambda *a, **k: pytest.fail("read from disk"))
+        got, r = load_local_state(tmp_path)
+    assert r == 1 and np.array_equal(got.local["user"], np.full((2, 3), 1.5, np.float32))
+    got.local["user"][:] = 9.0
+    again, _ = load_local_state(tmp_path)
+    assert np.array_equal(again.local["user"], np.full((2, 3), 1.5, np.float32))
+    with disk_load(tmp_path / "round-00000001.npz") as z:
+        assert np.array_equal(z["local/user"], again.local["user"]) and np.array_equal(z["dp_steps"], again.dp_steps)
+    # another process replaces the file (a new inode): its contents are read
+    other = tmp_path / "other.npz"
+    np.savez(other, users=users, dp_steps=np.array([5, 5]), rounds=np.array([3, 3]),
+             **{"local/user": np.zeros((2, 3), np.float32)})
+    other.replace(tmp_path / "round-00000001.npz")
+    fresh, _ = load_local_state(tmp_path)
+    assert np.array_equal(fresh.dp_steps, [5, 5]) and not fresh.local["user"].any()

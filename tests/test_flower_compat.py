@@ -78,6 +78,23 @@ def test_local_ray_workers_run_at_ordinary_priority():
             ray.shutdown()
 
 
+def test_processes_started_in_the_block_keep_their_freed_heap(monkeypatch):
+    """A local Ray's workers inherit the environment: started within ``worker_heap_env`` they
+    get glibc's heap settings (a user's own value wins), and the environment is as it was after."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")  # the user's
+    read = [sys.executable, "-c", "import os; print(os.environ.get('MALLOC_MMAP_THRESHOLD_'), "
+                                  "os.environ.get('MALLOC_TRIM_THRESHOLD_'))"]
+    with flower_compat.worker_heap_env():
+        child = subprocess.run(read, capture_output=True, text=True, check=True).stdout.split()
+    assert child == [str(32 << 20), "12345"] == [flower_compat.WORKER_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"], "12345"]
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ and os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
 def test_actors_share_the_gpus_only_when_asked():
     """``device=cuda``: each of the n actors (one per CPU when the nodes are not given) asks Ray for GPUs / n, so that Ray makes
     a GPU visible to it; a CPU run asks for none (Ray then hides no device it does not manage)."""

@@ -129,3 +129,48 @@ def test_simulation_client_reads_its_node_file_not_the_dataset(tmp_path, monkeyp
         assert u1.keys() == u2.keys() and m1 == m2
         for k in u1:
             np.testing.assert_array_equal(u1[k], u2[k])
+
+
+def test_the_client_app_travels_as_its_recipe_and_answers_alike(tmp_path, monkeypatch):
+    """Flower's engine pickles the ClientApp into every actor call: fedrec's pickles as its
+    run config and node-data path, not as its handlers' code; unpickled in
+    a process that has not built it, it is built once and answers as the original does."""
+    import ray.cloudpickle as cloudpickle
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedrec_app.clients import app as client_module
+
+    for attr in ("_task_id", "_run_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5)
+    rc = cfg.to_run_config()
+    fed = load_federation(cfg.resolved())
+    write_node_data(fed, tmp_path / "nodes")
+    params = init_global_params(cfg, fed)
+
+    def reply(app, p, state_dir):
+        content = RecordDict({"arrays": client_module.array_record(params), "config": ConfigRecord(
+            {"server-round": 1, "mechanism/noise-multiplier": 1.0, "mechanism/user-noise-multiplier": 0.0})})
+        msg = Message(content=content, dst_node_id=p + 1, message_type=MessageType.TRAIN)
+        ctx = Context(run_id=1, node_id=p + 1, node_config={"partition-id": p, "num-partitions": fed.n_nodes,
+                                                            "state-dir": str(state_dir)},
+                      state=RecordDict(), run_config=rc)
+        out = app(msg, ctx).content
+        return {k: v.numpy() for k, v in out["arrays"].items()}, dict(out["metrics"])
+
+    original = client_module.make_client_app(rc, node_data=str(tmp_path / "nodes"))
+    load_app = lambda: original  # noqa: E731 - as Flower's engine wraps the app it sends
+    data = cloudpickle.dumps(load_app)
+    # the recipe is the run config (2.4 KB pickled) and a path; the handlers' code was 6 KB more
+    assert len(cloudpickle.dumps(original)) < len(cloudpickle.dumps(rc)) + 300
+    assert cloudpickle.loads(data)() is original  # this process: the same app
+    monkeypatch.setattr(client_module, "_SHARED_APPS", {})  # another process: none built yet
+    rebuilt = cloudpickle.loads(data)()
+    assert isinstance(rebuilt, client_module.SharedClientApp) and rebuilt is not original
+    assert cloudpickle.loads(data)() is rebuilt  # built once per process
+    for p in range(fed.n_nodes):
+        (u1, m1), (u2, m2) = reply(original, p, tmp_path / "a"), reply(rebuilt, p, tmp_path / "b")
+        assert u1.keys() == u2.keys() and m1 == m2
+        for k in u1:
+            np.testing.assert_array_equal(u1[k], u2[k])
