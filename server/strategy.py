@@ -128,7 +128,7 @@ def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: 
     where replies carry one: private runs release none), node and user counts, and the
     exact distribution of per-user epsilons (nodes send the list of their users')."""
     loss = users = declined = loss_users = 0.0
-    eps: list[float] = []
+    eps: list[np.ndarray] = []
     for r in records:
         m = next(iter(r.metric_records.values())) if isinstance(r, RecordDict) else r
         n = float(m[weight_key])
@@ -137,12 +137,12 @@ def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: 
             loss += n * float(m["train-loss"])
             loss_users += n
         declined += float(m.get("declined", 0))
-        eps.extend(float(x) for x in m.get("epsilon", []))
+        eps.append(np.asarray(m.get("epsilon", []), dtype=np.float64))
     out = {"nodes": float(len(records)), "users": users, "declined": declined}
     if loss_users:
         out["train-loss"] = loss / loss_users
-    if eps:
-        e = np.asarray(eps)
+    if sum(len(e) for e in eps):
+        e = np.concatenate(eps)
         out.update({"epsilon-min": float(e.min()), "epsilon-median": float(np.median(e)), "epsilon-max": float(e.max())})
     return MetricRecord(out)
 
@@ -259,7 +259,20 @@ class NodeMessages(FedAvg):
                          train_metrics_aggr_fn=aggregate_train_metrics)
         self.cfg, self.record = cfg, record
         record.n_nodes = n_nodes
-        self.current: dict[str, np.ndarray] | None = None  # the parameters sent this round
+        self._sent: ArrayRecord | None = None  # the parameters sent this round
+        self._current: dict[str, np.ndarray] | None = None  # ... as numpy arrays, once asked for
+
+    @property
+    def current(self) -> dict[str, np.ndarray] | None:
+        """The parameters sent this round, as numpy arrays (converted when first asked for:
+        only the user-level aggregation reads them)."""
+        if self._current is None and self._sent is not None:
+            self._current = {k: v.numpy() for k, v in self._sent.items()}
+        return self._current
+
+    @current.setter
+    def current(self, params: dict[str, np.ndarray] | None) -> None:
+        self._sent, self._current = None, params
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, node_ids: list[int],
                   kind: str) -> list[Message]:
@@ -275,7 +288,7 @@ class NodeMessages(FedAvg):
         return ids
 
     def configure_train(self, server_round, arrays, config, grid):
-        self.current = {k: v.numpy() for k, v in arrays.items()}
+        self._sent, self._current = arrays, None
         chosen = sample_nodes(self.cfg.seed, server_round, self._nodes(grid), self.cfg.fraction_train)
         self.record.info(server_round)["sent"] = len(chosen)
         return self._messages(server_round, arrays, config, chosen, MessageType.TRAIN)
@@ -557,6 +570,7 @@ class ServerOptimizer(_Wrapper):
         self.cold_items = np.asarray(cold_items if cold_items is not None else [], dtype=np.int64)
         self.state = OptState()
         self.current: dict[str, np.ndarray] | None = None
+        self._returned: ArrayRecord | None = None  # the record of ``current`` the last step returned
 
     def freeze_cold_rows(self, update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The update with the rows of held-out items zeroed in every item table."""
@@ -577,7 +591,8 @@ class ServerOptimizer(_Wrapper):
         return self.current
 
     def configure_train(self, server_round, arrays, config, grid):
-        self.current = {k: v.numpy() for k, v in arrays.items()}
+        if arrays is not self._returned:  # else ``current`` holds them already (the last step's result)
+            self.current = {k: v.numpy() for k, v in arrays.items()}
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):
@@ -585,7 +600,8 @@ class ServerOptimizer(_Wrapper):
         if update is None:
             return None, None
         new = self.step({k: update[k].numpy() for k in update.keys()})
-        return ArrayRecord({k: Array(v) for k, v in new.items()}), metrics
+        self._returned = ArrayRecord({k: Array(v) for k, v in new.items()})
+        return self._returned, metrics
 
 
 class Resumed(_Wrapper):

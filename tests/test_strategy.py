@@ -264,3 +264,34 @@ def test_robust_rules_refuse_too_few_nodes(rule, nodes):
 def test_robust_rules_refuse_what_sums_the_updates(other):
     with pytest.raises(ValueError, match="needs each node's update"):
         FedConfig(aggregation="median", **other).resolved()
+
+
+def test_each_round_steps_from_the_parameters_it_sent():
+    """The optimiser steps from the parameters of the round's messages: those it returned the
+    round before (kept, not converted again), or any others Flower sends (a resumed or
+    warm-started run), and an epsilon distribution over every node's users."""
+    class _Grid:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    s = _strategy()
+    zero = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    s.configure_train(1, ArrayRecord({k: Array(v) for k, v in zero.items()}), _config(), _Grid())
+    up = [_reply(1, np.ones((N_ITEMS, DIM)), np.ones(N_ITEMS), 2, metrics={"epsilon": [0.5, 2.0]}),
+          _reply(2, np.ones((N_ITEMS, DIM)), np.ones(N_ITEMS), 1, metrics={"epsilon": [1.0]})]
+    first, metrics = s.aggregate_train(1, up)
+    assert (metrics["epsilon-min"], metrics["epsilon-median"], metrics["epsilon-max"]) == (0.5, 1.0, 2.0)
+    s.configure_train(2, first, _config(), _Grid())  # what Flower sends next: the record returned
+    second, _ = s.aggregate_train(2, up)
+    np.testing.assert_allclose(second["item_embedding"].numpy(), 2.0)  # sgd, lr 1: 0 + 1 + 1
+    other = ArrayRecord({k: Array(v + 5) for k, v in zero.items()})  # e.g. a checkpoint's parameters
+    s.configure_train(3, other, _config(), _Grid())
+    third, _ = s.aggregate_train(3, up)
+    np.testing.assert_allclose(third["item_embedding"].numpy(), 6.0)
+    np.testing.assert_allclose(third["item_bias"].numpy(), 6.0)
+
+
+def _config():
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord()
