@@ -169,9 +169,10 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         cfg, fed, partition, directory = _setup(context, config)
         server_round = int(config["server-round"])
         node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
-        # the state as of the previous round (a resumed server repeats rounds)
-        state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory,
-                                at_most_round=server_round - 1)
+        # the state as of the previous round (a resumed server repeats rounds; a private round
+        # already answered is answered again with its kept release)
+        state = node.state_for_round(stored_state(context), fed, partition, cfg, directory=directory,
+                                     server_round=server_round)
         update, metrics, state = node.train_round(cfg, fed, partition, state, global_params=global_params,
                                                   server_round=server_round, trained_items=node.trained_items_of(config))
         kept = node.save_state(state, directory=directory, server_round=server_round)

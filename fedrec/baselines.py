@@ -79,7 +79,8 @@ def fit_most_popular(split: Split, **eval_kwargs) -> BaselineResult:
 
 
 def fit_private_most_popular(split: Split, *, epsilon: float, delta: float = 1e-5, seed: int = 0,
-                             accountant: str = "rdp", **eval_kwargs) -> BaselineResult:
+                             accountant: str = "rdp", reproducible_noise: bool = False,
+                             **eval_kwargs) -> BaselineResult:
     """Private MostPop: items ranked by a DP popularity count, the floor a private model must beat.
 
     One Gaussian release of the sum of the users' unit-norm item vectors
@@ -88,17 +89,20 @@ def fit_private_most_popular(split: Split, *, epsilon: float, delta: float = 1e-
     that Opacus's accountant calibrates for one step at sample rate 1 gives
     ``(epsilon, delta)`` **user-level** DP, which covers every single interaction too.
     Nothing is selected on validation (no hyper-parameter).  ``selected`` reports the
-    noise, the epsilon the accountant computes for it, and the unit.
+    noise, the epsilon the accountant computes for it, and the unit.  The noise is
+    secret unless ``reproducible_noise`` (then derived from ``seed``).
     """
     from fedrec.privacy.accounting import calibrate_noise, epsilon as epsilon_of
     from fedrec.privacy.prior import noisy_popularity
+    from fedrec.privacy.randomness import DPRandomness, noise_statement
 
     t = time.perf_counter()
     noise = calibrate_noise(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=1, accountant=accountant)
     spent = epsilon_of(noise_multiplier=noise, sample_rate=1.0, steps=1, delta=delta, accountant=accountant)
     selected = {"noise_multiplier": noise, "epsilon": spent, "delta": delta, "accountant": accountant,
-                "unit": "user-level (covers every single interaction too)"}
-    return _non_personal("private-mostpop", noisy_popularity(split.train, noise=noise, seed=seed), split, t,
+                "unit": "user-level (covers every single interaction too)", **noise_statement(reproducible_noise)}
+    release = noisy_popularity(split.train, noise=noise, randomness=DPRandomness.of(reproducible_noise, seed, 21))
+    return _non_personal("private-mostpop", release, split, t,
                          selected, **{**eval_kwargs, "seed": seed})
 
 

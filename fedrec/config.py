@@ -95,7 +95,11 @@ class FedConfig:
                                   "see --patience)", flag="--rounds")
     users_per_node: int = _opt(64, "federation", "users simulated by one SuperNode, each with its own state and DP")
     fraction_train: float = _opt(1.0, "federation", "fraction of nodes asked to train per round")
-    seed: int = _opt(0, "federation", "seed of initialisation, sampling and noise (counter-based: runs reproduce)")
+    seed: int = _opt(0, "federation", "seed of initialisation, splits, negatives and non-private sampling "
+                     "(counter-based: runs reproduce); DP noise and DP sampling are secret unless --reproducible-noise")
+    reproducible_noise: bool = _opt(False, "federation", "simulations only: derive DP noise, Poisson sampling and "
+                                    "private user sampling from --seed, so a rerun is bit-exact; the guarantees then "
+                                    "hold against no one who knows the seed (refused by fedrec deploy and the device)")
     # local training
     user_lr: float = _opt(1.0, "local training", "SGD rate of the local user state")
     user_steps: int = _opt(1, "local training", "local-state-only steps before the released steps")
@@ -115,6 +119,9 @@ class FedConfig:
     max_grad_norm: float = _opt(1.0, "interaction-level DP", "per-sample clipping norm (one sample = one interaction "
                                 "with its negatives)")
     sample_rate: float = _opt(1.0, "interaction-level DP", "Poisson sampling rate of a user's samples per step")
+    interaction_cap: int = _opt(100, "interaction-level DP", "public normaliser B: a user's noisy gradient sum is "
+                                "divided by the expected batch sample-rate x B, a public constant, never by the "
+                                "user's own interaction count (which adding or removing one interaction changes)")
     delta: float = _opt(1e-5, "interaction-level DP", "delta of both units")
     prior_noise: float = _opt(0.0, "interaction-level DP", "> 0: start item biases from a DP popularity prior with "
                               "this noise (composed into both units' epsilon)")
@@ -125,14 +132,13 @@ class FedConfig:
                                  "interaction-level epsilon past this")
     # user-level DP (whole per-user update clipped, Gaussian noise on the sum before the server optimiser)
     user_dp: str = _opt("off", "user-level DP", "where users' updates are clipped: on the node per user (client), "
-                        "by the server (server, adaptive; one user per node)",
-                        choices=("off", "client", "server", "adaptive"))
+                        "by the server (server; one user per node)",
+                        choices=("off", "client", "server"))
     user_noise_multiplier: float = _opt(0.0, "user-level DP", "noise multiplier on the sum of clipped user updates")
     user_target_epsilon: float = _opt(0.0, "user-level DP", "> 0: calibrate the user-level noise for this epsilon "
                                       "over the planned rounds")
     user_clip: float = _opt(0.1, "user-level DP", "clip of one user's update")
     user_sample_rate: float = _opt(1.0, "user-level DP", "Poisson probability that a user takes part in a round")
-    user_clip_quantile: float = _opt(0.5, "user-level DP", "adaptive clipping: target quantile")
     # private ALS (user-level DP by sufficient statistics; fedrec.als)
     als: bool = _opt(False, "private ALS", "train MF by alternating least squares instead of SGD: users solve their "
                      "vectors on the device; the server solves item vectors from noisy per-item sums")
@@ -193,7 +199,11 @@ class FedConfig:
     state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")
     warm_start: str = _opt("", "fault tolerance", "start from this checkpoint directory of an earlier run of the same "
                            "model (its global parameters and server-optimiser state; no prior is added), e.g. the "
-                           "previous window of a stream; rounds count on from the checkpoint's, up to --rounds")
+                           "previous window of a stream; rounds count on from the checkpoint's, up to --rounds); "
+                           "its privacy ledger is composed into this run's epsilon")
+    warm_start_unaccounted: bool = _opt(False, "fault tolerance", "accept a warm start from a checkpoint whose "
+                                        "history is not private or carries no privacy ledger: the run's epsilon is "
+                                        "then reported as infinite")
     # evaluation
     eval_every: int = _opt(10, "evaluation", "federated evaluation every N rounds (0: off; the model is then the "
                            "last round's, and nodes release no metrics)")
@@ -220,12 +230,17 @@ class FedConfig:
         def bad(key, why):
             raise ConfigError(run_key(key), getattr(self, key), why)
 
+        if self.user_dp == "adaptive":
+            bad("user_dp", "adaptive clipping is refused: Flower's DifferentialPrivacyServerSideAdaptiveClipping noises "
+                "the sum at the next round's clip, below the clip it applied (an effective noise multiplier of about "
+                "0.93 where 1 is accounted); use user-dp='client' or 'server' (fixed clipping)")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 bad(f.name, "choose " + ", ".join(repr(c) for c in choices))
 
-        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies", "seq_len"):
+        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies", "seq_len",
+                    "interaction_cap"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
         for key in ("max_users", "user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every", "noise_multiplier", "target_epsilon",
@@ -254,15 +269,13 @@ class FedConfig:
             bad("user_sample_rate", "must be in (0, 1]")
         if not 0 <= self.dropout_rate < 1:
             bad("dropout_rate", "must be in [0, 1)")
-        if not 0 < self.user_clip_quantile < 1:
-            bad("user_clip_quantile", "must be in (0, 1)")
         if self.user_dp == "off" and (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
             bad("user_dp", "user-noise-multiplier/user-target-epsilon given but user-dp is 'off'")
         if self.user_dp != "off" and not (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
             bad("user_noise_multiplier", "user-level DP needs user-noise-multiplier > 0 or user-target-epsilon > 0")
         if self.user_noise_multiplier > 0 and self.user_target_epsilon > 0:
             bad("user_target_epsilon", "give user-noise-multiplier or user-target-epsilon, not both")
-        if self.user_dp in ("server", "adaptive") and self.users_per_node != 1:
+        if self.user_dp == "server" and self.users_per_node != 1:
             bad("user_dp", "server-side clipping clips whole node replies: it is user-level only with users-per-node=1 "
                 "(use user-dp='client' for cohorts of users per node)")
         if self.user_dp != "off" and self.aggregation == "itemwise":
@@ -414,6 +427,7 @@ class FedConfig:
             sample_rate=self.sample_rate,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.max_grad_norm,
+            interaction_cap=self.interaction_cap,
             user_l2=self.user_l2,
             update_clip=self.user_clip if self.user_dp in ("client",) else 0.0,
             row_norm=self.row_norm,

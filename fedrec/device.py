@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,10 +40,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from fedrec.privacy.policy import PolicyError, PrivacyPolicy
+
 __all__ = [
     "LocalState",
     "save_local_state",
     "load_local_state",
+    "latest_saved_round",
     "DeviceRecommender",
     "load_global_params",
     "fold_in",
@@ -54,16 +58,28 @@ _FILE = re.compile(r"^round-(\d+)\.npz$")
 
 @dataclass
 class LocalState:
-    """Local state of the users hosted on one device or node (never sent)."""
+    """Local state of the users hosted on one device or node (never sent).
+
+    A private round's release is kept with the state it left (``release_round``,
+    ``release``, ``release_metrics``): a node asked for the same round again answers
+    with what it released then, never with a second draw of noise over the same data
+    (:func:`fedrec.node.train_round`)."""
 
     users: np.ndarray  # (k,) global user ids
     local: dict[str, np.ndarray]  # the model's local state, (k, ...) per name (e.g. "user": embeddings)
     dp_steps: np.ndarray  # (k,) int64 steps of the subsampled Gaussian mechanism taken
     rounds: np.ndarray  # (k,) rounds taken part in
+    release_round: int = 0  # the private round whose release is kept below (0: none)
+    release: dict[str, np.ndarray] = field(default_factory=dict)  # what the node sent in that round
+    release_metrics: dict = field(default_factory=dict)  # ... and the metrics it sent with it
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"users": self.users, "dp_steps": self.dp_steps, "rounds": self.rounds}
         out.update({f"local/{k}": v for k, v in self.local.items()})
+        if self.release_round:
+            out["release_round"] = np.asarray(self.release_round, dtype=np.int64)
+            out["release_metrics"] = np.frombuffer(json.dumps(self.release_metrics).encode(), np.uint8)
+            out.update({f"release/{k}": v for k, v in self.release.items()})
         return out
 
     @classmethod
@@ -73,7 +89,12 @@ class LocalState:
         local = {k.split("/", 1)[1]: np.asarray(arrays[k]) for k in keys if k.startswith("local/")}
         if "user_emb" in keys:
             local["user"] = np.asarray(arrays["user_emb"])
-        return cls(np.asarray(arrays["users"]), local, np.asarray(arrays["dp_steps"]), np.asarray(arrays["rounds"]))
+        out = cls(np.asarray(arrays["users"]), local, np.asarray(arrays["dp_steps"]), np.asarray(arrays["rounds"]))
+        if "release_round" in keys:
+            out.release_round = int(np.asarray(arrays["release_round"]))
+            out.release_metrics = json.loads(bytes(np.asarray(arrays["release_metrics"])).decode())
+            out.release = {k.split("/", 1)[1]: np.asarray(arrays[k]) for k in keys if k.startswith("release/")}
+        return out
 
 
 def save_local_state(directory: str | Path, state: LocalState, *, server_round: int) -> Path:
@@ -126,6 +147,11 @@ def _rounds(d: Path) -> list[int]:
     if not d.is_dir():
         return []
     return [int(m.group(1)) for p in d.iterdir() if (m := _FILE.match(p.name))]
+
+
+def latest_saved_round(directory: str | Path) -> int:
+    """The latest round whose state is saved in ``directory`` (0: none)."""
+    return max(_rounds(Path(directory)), default=0)
 
 
 def load_local_state(directory: str | Path, *, at_most_round: int | None = None) -> tuple[LocalState, int] | None:
@@ -286,6 +312,10 @@ class DeviceRecommender:
     model: str = "mf"  # the federation's model (``--model``)
     model_args: dict = field(default_factory=dict)  # what the run built it with: dim, init_std, seed, seq_len
     item_meta: dict = field(default_factory=dict)  # public item metadata a feature-aware model reads (item_genres, item_year)
+    policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # what the user accepts, whatever the server asks
+    released_round: int = 0  # the last round the device released, and the release (sent again if asked again)
+    release: dict = field(default_factory=dict)
+    non_private_rounds: int = 0  # rounds released without DP (the policy allowed them): epsilon is infinite
 
     # --- MF's user vector under its earlier names ----------------------------
     @property
@@ -308,7 +338,7 @@ class DeviceRecommender:
     @classmethod
     def create(cls, path: str | Path, *, user: int = 0, dim: int = 64, seed: int = 0, init_std: float = 0.1,
                model: str = "mf", seq_len: int = 50, item_genres: np.ndarray | None = None,
-               item_year: np.ndarray | None = None) -> "DeviceRecommender":
+               item_year: np.ndarray | None = None, policy: PrivacyPolicy | None = None) -> "DeviceRecommender":
         """A new device state for a federation of ``model`` (built as the run builds it:
         ``dim``, ``init_std``, ``seed``, ``seq_len``): the initial local state a simulated
         node would give this user, no interactions.  The privacy mechanism comes with the
@@ -317,7 +347,11 @@ class DeviceRecommender:
         A feature-aware model (``two-tower``) ranks items through public item metadata:
         pass the federation's ``item_genres`` (multi-hot, one row per item) and/or
         ``item_year`` (as ``dataset.item_genres`` / ``dataset.item_year`` hold them); the
-        device keeps them and builds the item tower's input exactly as the nodes do."""
+        device keeps them and builds the item tower's input exactly as the nodes do.
+
+        ``policy`` (:class:`fedrec.privacy.policy.PrivacyPolicy`; default: interaction-level
+        DP required, at most epsilon 8): what the user accepts; the device checks every
+        round's configuration against it and keeps its own budget."""
         args = {"dim": int(dim), "init_std": float(init_std), "seed": int(seed), "seq_len": int(seq_len)}
         meta = {k: np.asarray(v) for k, v in (("item_genres", item_genres), ("item_year", item_year)) if v is not None}
         if len({len(v) for v in meta.values()}) > 1:
@@ -326,7 +360,7 @@ class DeviceRecommender:
         train = {k: v[0].astype(np.float32) for k, v in m.init_local(np.array([user]), seed=seed).items()}
         rank = {k: np.zeros_like(v) for k, v in train.items()}
         dev = cls(Path(path), int(user), train, rank, np.zeros(0, np.int64), np.zeros(0, np.float64),
-                  model=model, model_args=args, item_meta=meta)
+                  model=model, model_args=args, item_meta=meta, policy=policy or PrivacyPolicy())
         dev.save()
         return dev
 
@@ -343,8 +377,11 @@ class DeviceRecommender:
                 model = meta.get("model", "mf")
                 args = meta.get("model_args") or {"dim": int(len(train["user"]))}
                 item_meta = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("item_meta/")}
+                release = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("release/")}
+                policy = PrivacyPolicy.from_dict(meta["policy"]) if "policy" in meta else PrivacyPolicy()
                 return cls(p, int(meta["user"]), train, rank, z["items"], z["times"], int(meta["dp_steps"]),
-                           int(meta["rounds"]), dict(meta["privacy"]), model, dict(args), item_meta)
+                           int(meta["rounds"]), dict(meta["privacy"]), model, dict(args), item_meta, policy,
+                           int(meta.get("released_round", 0)), release, int(meta.get("non_private_rounds", 0)))
         except FileNotFoundError:
             raise FileNotFoundError(f"no device state at {p}; create one with DeviceRecommender.create") from None
         except Exception as e:  # noqa: BLE001
@@ -353,12 +390,14 @@ class DeviceRecommender:
     def save(self) -> None:
         """Write the state atomically (a crash mid-write keeps the previous file)."""
         meta = {"user": self.user, "dp_steps": self.dp_steps, "rounds": self.rounds, "privacy": self.privacy,
-                "model": self.model, "model_args": self.model_args}
+                "model": self.model, "model_args": self.model_args, "policy": self.policy.to_dict(),
+                "released_round": self.released_round, "non_private_rounds": self.non_private_rounds}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp.npz")
         arrays = {f"train/{k}": v for k, v in self.train_local.items()}
         arrays.update({f"rank/{k}": v for k, v in self.rank_local.items()})
         arrays.update({f"item_meta/{k}": v for k, v in self.item_meta.items()})
+        arrays.update({f"release/{k}": v for k, v in self.release.items()})
         np.savez(tmp, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), items=self.items, times=self.times,
                  **arrays)
         tmp.replace(self.path)
@@ -401,19 +440,40 @@ class DeviceRecommender:
               trained_items: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
         """One round of local (DP-)training; returns the release (the pseudo-gradients
         of the global parameters) or ``None`` if the user does not take part (the round
-        would exceed ``budget-epsilon``, or user-level Poisson sampling left it out).
+        would take its epsilon past its policy's ``max_epsilon``, or user-level Poisson
+        sampling left it out).
 
         ``cfg`` is the run's :class:`fedrec.config.FedConfig` (its mechanism as the
-        server resolved it).  The device is a one-user client of the same handler as a
+        server resolved it); a configuration that breaks the device's policy is refused
+        (:class:`fedrec.privacy.policy.PolicyError`), and the server's ``budget-epsilon``
+        is replaced by the policy's.  A round is released once: asked for the round it
+        released last, the device sends that release again (no new noise, nothing
+        accounted twice); asked for an earlier round, it refuses.  The device is a one-user client of the same handler as a
         simulated node (:func:`fedrec.node.train_round`): the same engine, sampling,
         clipping, noise and accountant, DP popularity prior included; a sequential
         model trains on the device's own ordered history.
         ``trained_items``: the server's trained-items mask (``train-head``; from the
         message, :func:`fedrec.node.trained_items_of`).
         """
+        import dataclasses
+
         from fedrec import node
 
         cfg = cfg.resolved()
+        self.policy.check(cfg)
+        if server_round == self.released_round and self.release:
+            return {k: v.copy() for k, v in self.release.items()}
+        if server_round < self.released_round:
+            raise PolicyError(f"device {self.path}: round {server_round} is older than the round it released last "
+                              f"({self.released_round}); a second release would draw new noise over the same data")
+        if cfg.dp:  # the device's budget, never the server's
+            cfg = dataclasses.replace(cfg, budget_epsilon=0.0 if math.isinf(self.policy.max_epsilon)
+                                      else self.policy.max_epsilon)
+        elif cfg.user_level:  # every round counts for every user (the accountant's Poisson sampling)
+            from fedrec.privacy.mechanisms import UserLevel
+
+            if UserLevel.from_config(cfg).epsilon(server_round) > self.policy.max_epsilon:
+                return None
         if cfg.model != self.model or cfg.dim != int(self.model_args.get("dim", cfg.dim)):
             raise ValueError(f"device {self.path} holds model {self.model!r} of dimension {self.model_args.get('dim')}; "
                              f"the run trains {cfg.model!r} of dimension {cfg.dim}")
@@ -432,6 +492,9 @@ class DeviceRecommender:
         self.dp_steps, self.rounds = int(new.dp_steps[0]), int(new.rounds[0])
         if cfg.dp:
             self.privacy = mech
+        if not (cfg.dp or cfg.user_level):
+            self.non_private_rounds += 1
+        self.released_round, self.release = int(server_round), {k: np.array(v, copy=True) for k, v in update.items()}
         self.save()
         return update
 
@@ -464,8 +527,11 @@ class DeviceRecommender:
         eps = 0.0
         if self.dp_steps:
             eps = InteractionLevel(**{k: v for k, v in mech.items() if k != "unit"}).epsilon(self.dp_steps)
+        if self.non_private_rounds:  # a release without DP (the policy allowed it): no finite epsilon holds
+            eps = math.inf
         return {"unit": "interaction-level", "epsilon": eps, "delta": mech.get("delta"), "steps": self.dp_steps,
-                "rounds": self.rounds, "mechanism": mech}
+                "rounds": self.rounds, "non_private_rounds": self.non_private_rounds, "mechanism": mech,
+                "policy": self.policy.to_dict()}
 
     # --- ranking (on the device only) -------------------------------------
     def refit(self, global_params: dict[str, np.ndarray], **kw) -> None:

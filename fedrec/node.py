@@ -14,16 +14,17 @@ import scipy.sparse as sp
 import torch
 
 from fedrec.config import FedConfig
-from fedrec.device import LocalState, load_local_state, save_local_state
+from fedrec.device import LocalState, latest_saved_round, load_local_state, save_local_state
 from fedrec.engine import interaction_weights, train_cohort
 from fedrec.engine.sequence import position_weights, train_sequences, trainable_users
 from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
 from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
+from fedrec.privacy.randomness import DPRandomness
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "maybe_fail",
+__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "state_for_round", "private_release", "dp_randomness", "maybe_fail",
            "active_users", "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
@@ -135,6 +136,42 @@ def load_state(stored: dict | None, fed: Federation, partition: int, cfg: FedCon
     )
 
 
+def private_release(cfg: FedConfig) -> bool:
+    """Whether the node's round releases private data under a DP mechanism whose
+    randomness is drawn per round (either unit): such a round is released once."""
+    return bool(cfg.dp or cfg.user_level)
+
+
+def state_for_round(stored: dict | None, fed: Federation, partition: int, cfg: FedConfig, *,
+                    directory: Path | None = None, server_round: int) -> NodeState:
+    """The state a train request for ``server_round`` starts from: the users' state as of
+    the previous round (a resumed server repeats rounds).
+
+    In a private run a round is released once: if the node already answered
+    ``server_round``, this is the state that round left, with its kept release, which
+    :func:`train_round` sends again (no new draw of noise over the same data).  A round
+    answered before whose release is no longer kept is refused (``ValueError``)."""
+    if not private_release(cfg):
+        return load_state(stored, fed, partition, cfg, directory=directory, at_most_round=server_round - 1)
+    state = load_state(stored, fed, partition, cfg, directory=directory, at_most_round=server_round)
+    if state.release_round == server_round and state.release:
+        return state
+    done = latest_saved_round(directory) if directory is not None else state.release_round
+    if done >= server_round:
+        raise ValueError(f"node {partition}: round {server_round} was released before (its state holds round {done}) "
+                         "and that release is no longer kept; a second release would draw new noise over the same "
+                         "data, which no accountant covers")
+    return state
+
+
+def dp_randomness(cfg: FedConfig, server_round: int, partition: int) -> DPRandomness | None:
+    """The node's randomness for a private round (secret unless ``reproducible-noise``);
+    ``None`` for a non-private round."""
+    if not private_release(cfg):
+        return None
+    return DPRandomness.of(cfg.reproducible_noise, cfg.seed, server_round, partition, 3)
+
+
 def save_state(state: NodeState, *, directory: Path | None = None, server_round: int = 0) -> dict | None:
     """Persist ``state`` in ``directory``; without one, return its arrays for the caller to keep."""
     if directory is not None:
@@ -169,17 +206,22 @@ def _chunks(idx: np.ndarray, pairs: np.ndarray, max_pairs: int | None = None) ->
     return out
 
 
-def active_users(cfg: FedConfig, state: NodeState, server_round: int) -> tuple[np.ndarray, int]:
+def active_users(cfg: FedConfig, state: NodeState, server_round: int,
+                 randomness: DPRandomness | None = None) -> tuple[np.ndarray, int]:
     """Mask of the node's users that train this round, and how many declined.
 
     A user takes part with probability ``user-sample-rate`` (Poisson sampling, as
-    the user-level accountant assumes; a pure function of seed, round and user),
-    and declines if the round would take its interaction-level epsilon past
-    ``budget-epsilon``.
+    the user-level accountant assumes), keyed by round and user under the node's
+    secret ``randomness`` in a private run (:func:`dp_randomness`), under the public
+    seed otherwise; and declines if the round would take its interaction-level
+    epsilon past ``budget-epsilon``.
     """
     take = np.ones(len(state.users), dtype=bool)
     if cfg.user_sample_rate < 1:
-        take = hash_uniform(cfg.seed, server_round, state.users, 0, 77) < cfg.user_sample_rate
+        if private_release(cfg) and randomness is None:
+            raise ValueError("a private run's user sampling needs the node's DP randomness")
+        key = randomness.key if randomness is not None else cfg.seed
+        take = hash_uniform(key, server_round, state.users, 0, 77) < cfg.user_sample_rate
     declined = np.zeros_like(take)
     if cfg.budget_epsilon > 0:
         nxt = user_epsilons(cfg, state.dp_steps + cfg.steps_per_round)
@@ -228,10 +270,14 @@ def train_round(
     """
     if cfg.als:
         return als_round(cfg, fed, partition, state, global_params=global_params, server_round=server_round)
+    if state.release_round == server_round and state.release:  # asked again: the same release, no new draw
+        return ({n: v.copy() for n, v in state.release.items()}, dict(state.release_metrics), state)
     torch.set_num_threads(1)
-    gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, server_round, partition, 3]).integers(2**62)))
+    randomness = dp_randomness(cfg, server_round, partition)
+    gen = randomness.torch_generator() if randomness is not None else None
+    dp_key = randomness.key if randomness is not None else None
     model = federated_model(cfg, fed)
-    active, declined = active_users(cfg, state, server_round)
+    active, declined = active_users(cfg, state, server_round, randomness)
     sequential = is_sequential(model)
     if sequential:  # a user with one training item has no (prefix, next item) sample
         hist = histories(fed, "train")
@@ -279,6 +325,7 @@ def train_round(
                     seed=cfg.seed,
                     server_round=server_round,
                     generator=gen,
+                    dp_key=dp_key,
                     generic=cfg.engine == "generic",
                     trainable=trainable,
                     device=device,
@@ -311,6 +358,9 @@ def train_round(
         metrics["epsilon"] = [float(x) for x in user_epsilons(cfg, steps)]
     if pairs >= TRIM_AFTER_PAIRS:
         trim_heap()
+    if randomness is not None:  # kept with the state: a repeated request gets this release again
+        new.release_round, new.release_metrics = server_round, dict(metrics)
+        new.release = {n: v.copy() for n, v in update.items()}
     return update, metrics, new
 
 

@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from fedrec import als
 from fedrec.config import FedConfig
 from fedrec.optim import OptState
+from fedrec.privacy.randomness import DPRandomness
 from fedrec_app.server.strategy import NodeMessages, RunRecord, accept_replies, validate_arrays, validate_metrics
 
 __all__ = ["ALSStrategy"]
@@ -87,7 +88,7 @@ class ALSStrategy(NodeMessages):
         total = self._sum(server_round, replies)
         if total is None or (server_round > 1 and self.counts is None):
             return None, None
-        rng = np.random.default_rng([c.seed, server_round, 17])
+        rng = DPRandomness.of(c.reproducible_noise, c.seed, server_round, 17).numpy()  # the server's secret
         z = c.als_noise_multiplier
         params = {k: np.array(v, dtype=np.float32) for k, v in self.current.items()}
         if server_round <= 1:

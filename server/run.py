@@ -18,7 +18,9 @@ from fedrec.federation import federated_model, load_federation
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
 from fedrec.node import trained_items_config
-from fedrec.privacy.prior import popularity_prior, prior_head
+from fedrec.privacy.ledger import ledger_entries, warm_start_problem
+from fedrec.privacy.prior import head_from_release, noisy_popularity, prior_from_release
+from fedrec.privacy.randomness import DPRandomness, noise_statement
 from fedrec.results import append_round, write_json, write_metrics
 from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
 from fedrec_app.server.strategy import FedRecStrategy
@@ -50,6 +52,10 @@ class RunLog:
         self.out = Path(cfg.out) if cfg.out else None
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self.earlier_ledger: list | None = None  # a warm start's checkpoint's ledger
+        self.unaccounted = False  # a warm start from an unaccounted history: every epsilon is infinite
+        self.max_steps = 0  # the most DP-SGD steps any user took so far
+        self.head: np.ndarray | None = None  # DP-FEST's trained items (kept in the checkpoint)
 
     def _checkpoint(self, **kwargs) -> None:
         """Write a checkpoint on a background thread, so the next round does not wait for
@@ -91,6 +97,8 @@ class RunLog:
         row.update(record.round_info.get(server_round, {}))
         if res:
             row.update({k: v for k, v in res.items()})
+        if self.cfg.dp:  # steps taken by the user who took the most, for the ledger (an upper bound)
+            self.max_steps += self.cfg.steps_per_round if res else 0
         if self.cfg.user_level:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
@@ -99,13 +107,19 @@ class RunLog:
                                                                             getattr(self.server, "user_earlier", ()))
         if self.cfg.als_private:  # the counts (round 1), then one release per pass
             row["user-epsilon"] = PrivateALS.from_config(self.cfg).epsilon(server_round)
+        if self.unaccounted:  # continued from rounds no accountant covers
+            for key in ("user-epsilon", "epsilon-min", "epsilon-median", "epsilon-max"):
+                if key in row:
+                    row[key] = float("inf")
         if ev:
             row.update({k: v for k, v in ev.items()})
         self.last = now
         self.rows.append(row)
         sel = f"valid/{self.cfg.select_metric}"
         loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else ("ALS" if self.cfg.als else "loss not released (DP)")
-        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss} users {int(row.get('users', 0))}"
+        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss}"
+        if "users" in row:  # not under user-level DP: who took part is what user sampling keeps secret
+            msg += f" users {int(row['users'])}"
         if "epsilon-max" in row:
             msg += f" eps(interaction-level, delta={self.cfg.delta:g}) median {row['epsilon-median']:.2f} max {row['epsilon-max']:.2f}"
         if "user-epsilon" in row:
@@ -137,6 +151,13 @@ class RunLog:
             if self.cfg.user_level:  # the rounds so far as (noise, rate, rounds) segments: a warm start composes them
                 extra["user_segments"] = UserLevel.from_config(self.cfg).segments(
                     server_round, getattr(self.server, "user_earlier", ()))
+            extra["ledger"] = ledger_entries(self.cfg, server_round, earlier=self.earlier_ledger,
+                                             max_steps=self.max_steps, user_segments=extra.get("user_segments"))
+            if self.unaccounted:  # a run that continues this one inherits the infinite epsilon
+                extra["ledger"].append({"unit": "none", "rounds": 0})
+            extra.update(earlier_ledger=self.earlier_ledger, unaccounted=self.unaccounted, max_steps=self.max_steps)
+            if self.head is not None:  # DP-FEST's trained items: a resume keeps the one release
+                extra["trained_items"] = np.flatnonzero(self.head).tolist()
             # the optimiser's state is replaced, never changed in place, by each step (fedrec.optim.server_step)
             self._checkpoint(directory=self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
                              params={k: v.numpy() for k, v in arrays.items()}, opt_state=self.server.optimizer.state,
@@ -189,16 +210,31 @@ def _run_secure(grid: Grid, context, cfg: FedConfig, strategy, params: dict, num
         raise EarlyStop(strategy.stopped)
 
 
-def _warm_start(cfg: FedConfig, strategy, params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+def _warm_start(cfg: FedConfig, strategy, params: dict[str, np.ndarray],
+                log: "RunLog") -> tuple[dict[str, np.ndarray], int]:
     """Global parameters, server-optimiser state and round of the checkpoint
     ``cfg.warm_start`` (an earlier run of the same model, e.g. the previous window of a
-    stream).  The rounds count on from the checkpoint's, as after a resume: sampling,
-    noise seeds and the accountant see one sequence of rounds across both runs."""
+    stream).  The rounds count on from the checkpoint's, as after a resume: sampling
+    and the accountant see one sequence of rounds across both runs.
+
+    The checkpoint's privacy ledger (:mod:`fedrec.privacy.ledger`) is composed into this
+    run's epsilon; a checkpoint without one, with non-private rounds or under another
+    mechanism is refused, unless ``warm-start-unaccounted`` (then every epsilon the run
+    reports is infinite)."""
     ck_dir = Path(cfg.warm_start)
     try:
         ck = load_checkpoint(ck_dir, cfg, same_config=False)
     except FileNotFoundError:
         raise ValueError(f"warm-start {ck_dir}: no checkpoint.npz there (a run directory's checkpoint/)") from None
+    ledger = ck.get("extra", {}).get("ledger")
+    problem = warm_start_problem(ledger, cfg)
+    if problem:
+        if not cfg.warm_start_unaccounted:
+            raise ValueError(f"warm-start {ck_dir}: {problem}; pass --warm-start-unaccounted to continue it with an "
+                             "infinite epsilon")
+        log.unaccounted = True
+        _say(f"warm start from {ck_dir}: {problem}; every epsilon of this run is reported as infinite")
+    log.earlier_ledger = ledger
     theirs = {k: v.shape for k, v in ck["param"].items()}
     ours = {k: v.shape for k, v in params.items()}
     if theirs != ours:
@@ -209,6 +245,14 @@ def _warm_start(cfg: FedConfig, strategy, params: dict[str, np.ndarray]) -> tupl
     params, start = _restore(ck, strategy)
     _say(f"warm start from {ck_dir}: rounds {start + 1}-{cfg.num_server_rounds} follow its round {start}")
     return params, start
+
+
+def _kept_checkpoint(cfg: FedConfig) -> dict | None:
+    """The checkpoint a ``--resume`` continues (``None``: the run starts from round 1)."""
+    ck_dir = Path(cfg.out) / "checkpoint" if cfg.out else None
+    if not (cfg.resume and ck_dir is not None and (ck_dir / "checkpoint.npz").exists()):
+        return None
+    return load_checkpoint(ck_dir, cfg)
 
 
 def _restore(ck: dict, strategy) -> tuple[dict[str, np.ndarray], int]:
@@ -239,12 +283,26 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     fed = load_federation(cfg)
     model = federated_model(cfg, fed)
     params = model.global_params()
+    # the popularity prior's one release (the server's secret noise): the prior and DP-FEST's head
+    # derive from it; a resumed run reads the head from its checkpoint instead of releasing again
+    kept = _kept_checkpoint(cfg)
+    release = None
+    if cfg.prior_noise > 0 and kept is None:
+        release = noisy_popularity(fed.split.train, noise=cfg.prior_noise,
+                                   randomness=DPRandomness.of(cfg.reproducible_noise, cfg.seed, 21))
     head = None
     if cfg.train_head > 0:  # DP-FEST: train only the items the prior's release ranks highest
-        head = prior_head(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed, fraction=cfg.train_head,
-                          exclude=fed.split.cold_items)
+        if release is None:
+            items = (kept or {}).get("extra", {}).get("trained_items")
+            if items is None:
+                raise ValueError(f"resume {cfg.out}: the checkpoint does not hold DP-FEST's trained items; start over")
+            head = np.zeros(fed.dataset.n_items, dtype=bool)
+            head[np.asarray(items, dtype=np.int64)] = True
+        else:
+            head = head_from_release(release, cfg.train_head, exclude=fed.split.cold_items)
     strategy = _strategy(cfg, fed, model, {k: v.shape for k, v in params.items()}, head)
     log = RunLog(cfg, strategy)
+    log.head = head
     if cfg.secure_aggregation:
         strategy.on_round = log
     start = 0
@@ -254,6 +312,10 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
         if cfg.resume and (ck_dir / "checkpoint.npz").exists():
             ck = load_checkpoint(ck_dir, cfg)
             params, start = _restore(ck, strategy)
+            extra = ck.get("extra", {})
+            log.earlier_ledger = extra.get("earlier_ledger")
+            log.max_steps = int(extra.get("max_steps", 0))
+            log.unaccounted = bool(extra.get("unaccounted", False))
             log.best = ck["best"]
             log.since_best = int(ck.get("extra", {}).get("since_best", 0))
             log.rows = _rows_up_to(log.out, start)
@@ -269,12 +331,12 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
         write_json(log.out / "config.json", {"run_config": nested_run_config(cfg.to_run_config()), "dataset": fed.dataset.summary(),
                                              "split": fed.split.summary(), "nodes": fed.n_nodes})
     if cfg.warm_start and start == 0:
-        params, start = _warm_start(cfg, strategy, params)
+        params, start = _warm_start(cfg, strategy, params, log)
     if head is not None and start == 0:  # the frozen rows start (and stay) at zero: the prior ranks them
         for t in model.table_names():
             params[t][~head] = 0.0
-    if cfg.prior_noise > 0 and start == 0:
-        params = model.with_item_prior(params, popularity_prior(fed.split.train, noise=cfg.prior_noise, seed=cfg.seed))
+    if release is not None and start == 0:
+        params = model.with_item_prior(params, prior_from_release(release))
     privacy = []
     if cfg.dp:
         privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}")
@@ -349,7 +411,10 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         units.append({
             "unit": "interaction-level",
             "protects": "each single interaction (user, item) of a user",
-            "mechanism": "DP-SGD per user (Poisson sampling, per-pair clipping, Gaussian noise)",
+            "mechanism": "DP-SGD per user (Poisson sampling, per-interaction clipping: one sample is one interaction "
+                         "with its negatives, Gaussian noise added on the device)",
+            "normaliser": f"sample-rate x interaction-cap = {cfg.sample_rate * cfg.interaction_cap:g} (public)",
+            "holds_against": "the server, other users and anyone who sees the model",
             "accountant": "opacus rdp",
             "noise_multiplier": cfg.noise_multiplier,
             "max_grad_norm": cfg.max_grad_norm,
@@ -367,6 +432,8 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "unit": "user-level",
             "protects": "everything one user contributes (all of its interactions, every round)",
             "mechanism": f"DP-FedAvg: per-user update clipping ({cfg.user_dp}), Gaussian noise on the sum before the server optimiser",
+            "holds_against": "other users and anyone who sees the model, not the server (it sees each node's "
+                             "clipped update before it adds the noise)",
             "accountant": "opacus rdp (Poisson user sampling)",
             "noise_multiplier": cfg.user_noise_multiplier,
             "clip": cfg.user_clip,
@@ -385,6 +452,8 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "mechanism": "private ALS: capped item counts once, then per pass the per-item sums of clipped user "
                          "vectors over capped head items and their Gram matrix, Gaussian noise added by the server "
                          "to the sums",
+            "holds_against": "other users and anyone who sees the model, not the server (it sees each node's "
+                             "un-noised sums before it adds the noise)",
             "accountant": "opacus rdp (every user in every release)",
             "noise_multiplier": cfg.als_noise_multiplier,
             "cap": cfg.als_cap,
@@ -399,6 +468,15 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
                     "(larger than the user-level epsilon: one interaction can turn the user's whole vector)",
         })
     for u in units:
+        said = noise_statement(cfg.reproducible_noise)
+        u["noise"] = said["noise"]
+        if cfg.reproducible_noise:  # derived from the seed in config.json: it protects from no one who reads it
+            u["holds_against"] = said["holds_against"]
+        if log.unaccounted:
+            for key in ("epsilon", "epsilon_median", "epsilon_max", "epsilon_min", "interaction_epsilon"):
+                if u.get(key) is not None:
+                    u[key] = float("inf")
+            u["unaccounted"] = "warm start from a history no accountant covers (--warm-start-unaccounted)"
         u["not_covered"] = ("nothing: evaluation was off" if cfg.eval_every == 0 else
                             "evaluation replies: exact metric sums of each node's users on their held-out items, "
                             f"every {cfg.eval_every} rounds (a simulation's measurement; not noised)")

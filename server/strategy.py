@@ -41,7 +41,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     Bulyan,
     DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAvg,
     FedMedian,
@@ -53,6 +52,7 @@ from flwr.serverapp.strategy import (
 
 from fedrec.config import FedConfig
 from fedrec.optim import OptState, server_step
+from fedrec.privacy.randomness import DPRandomness
 
 __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule",
@@ -440,13 +440,16 @@ def _quiet_dp_discrepancy() -> None:
 
 class UserLevelMean(_Wrapper):
     """User-level DP: Flower's DP wrapper (``client``: users clipped on the node;
-    ``server``/``adaptive``: one user per node, clipped by the wrapper) over
+    ``server``: one user per node, clipped by the wrapper) over
     :class:`SumOfUpdates` returns ``current + sum + N(0, (sigma C)^2)``; this divides
     the noised sum by the *expected* number of users per round (``user-sample-rate *
     n_users``, a fixed denominator as in DP-FedAvg).  No server state is computed
-    from un-noised client data.  Flower draws its noise from numpy's global
-    generator: it is seeded per round (a resumed run repeats the same noise) and the
-    caller's generator state is given back afterwards."""
+    from un-noised client data, and no exact count of the users who took part is
+    recorded.  Flower draws its noise from numpy's global generator: it is seeded
+    each round from the server's secret randomness (:class:`DPRandomness`; from the
+    seed only with ``reproducible-noise``) and the caller's generator state is given
+    back afterwards.  (Flower's adaptive clipping is refused by the config: it noises
+    the sum at the next round's clip, below the clip applied.)"""
 
     def __init__(self, cfg: FedConfig, record: RunRecord, *, n_nodes: int, n_users: int, keys: tuple[str, ...]):
         _quiet_dp_discrepancy()
@@ -459,16 +462,14 @@ class UserLevelMean(_Wrapper):
             wrapper = DifferentialPrivacyServerSideFixedClipping(
                 self.summer, noise_multiplier=sigma, clipping_norm=clip, num_sampled_clients=1)
         else:
-            wrapper = DifferentialPrivacyServerSideAdaptiveClipping(
-                self.summer, noise_multiplier=sigma, num_sampled_clients=1, initial_clipping_norm=clip,
-                target_clipped_quantile=cfg.user_clip_quantile, clip_norm_lr=0.2,
-                clipped_count_stddev=max(sigma, cfg.user_sample_rate * n_users / 20))
+            raise ValueError(f"user-dp={cfg.user_dp!r}: fixed clipping only ('client' or 'server')")
         super().__init__(wrapper)
         self.cfg, self.record, self.keys, self.n_users = cfg, record, keys, n_users
 
     def aggregate_train(self, server_round, replies):
         saved = np.random.get_state()
-        np.random.seed(int(np.random.default_rng([self.cfg.seed, server_round, 13]).integers(2**31)))
+        randomness = DPRandomness.of(self.cfg.reproducible_noise, self.cfg.seed, server_round, 13)
+        np.random.seed(randomness.numpy().integers(0, 2**32, size=8, dtype=np.uint64).astype(np.uint32))
         try:
             noised, metrics = self.inner.aggregate_train(server_round, replies)
         finally:
@@ -511,13 +512,19 @@ def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies
     metrics of every valid reply in ``record``; ``None`` (the round changes nothing)
     when fewer than ``min-replies`` contribute."""
     good, failed, rejected = triage_replies(record, server_round, replies, why_bad)
+    # a fixed order (the nodes' ids), not the order of arrival: sums of floats depend on it
+    good.sort(key=lambda m: m.metadata.src_node_id)
     contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
     info = record.info(server_round)
     sent = info.get("sent", len(good) + failed + rejected)
     info.update({"replies": len(good), "contributing": len(contributing), "failed": failed, "rejected": rejected,
                  "missing": max(0, sent - len(good) - failed - rejected)})
     if good:  # loss, counts and epsilons over every valid reply (declined users included)
-        record.train[server_round] = dict(aggregate_train_metrics([m.content for m in good]))
+        train = dict(aggregate_train_metrics([m.content for m in good]))
+        if cfg.user_level:  # which users took part is what user sampling keeps secret: no exact counts
+            train.pop("users", None)
+            train.pop("declined", None)
+        record.train[server_round] = train
     if len(contributing) < cfg.min_replies:
         info["skipped"] = 1
         log(WARNING, "round %d: %d contributing replies < min-replies %d; global parameters unchanged",

@@ -39,8 +39,9 @@ subsampled Gaussian, for one training pair (the canary is one interaction and
   of the round (random direction, norm ``user_norm``), its background data and
   the clients' hash seed, hence the training negative ``n_j`` the canary pair
   draws when it is included (negatives are a pure function of (seed, round,
-  user, slot) and the user's positives; computed as if every canary were
-  included, so without knowing which are).
+  user, positive item) and the user's positives; computed as if every canary
+  were included, so without knowing which are).  The Poisson inclusion is keyed
+  by the device's secret key, which the auditor does not know.
 * Score of canary ``j``: ``s(c_j) - s(n_j)`` with ``s(i) = g_i + <G_i, p_j>``
   for the released bias update ``g_i`` and row ``G_i``.  An included canary pair
   pushes the canary item along ``(+p_j, +1)`` and its negative along
@@ -54,9 +55,9 @@ subsampled Gaussian, for one training pair (the canary is one interaction and
 The score ignores the canary's effect through the (never released) user
 embedding, only the last ``item_steps`` of the ``user_steps + item_steps``
 accounted steps reach the release, and the canary is in a step only with
-probability ``sample_rate``: the audit is a valid lower bound, not a tight one.  Caveat of the mechanism itself (not exploited here): the release is
-divided by the user's expected batch size ``sample_rate * n_u``, and ``n_u``
-changes by one with the canary; the accountant treats it as public.
+probability ``sample_rate``: the audit is a valid lower bound, not a tight one.  The
+release is divided by the public expected batch ``sample_rate * interaction_cap``,
+so the canary changes no normaliser.
 
 Negative control: ``negative_control=True`` runs the same round with the noise
 switched off (``noise_multiplier=0``, which in ``train_cohort`` also disables
@@ -266,11 +267,10 @@ def audit(
     rng = np.random.default_rng([seed, 41])
     n_items = train.shape[1]
     canary_train, include = _canary_data(train, m, rng)
-    # the negative a canary pair draws if included: a pure function of (seed, round, user, slot)
-    # and the user's positives (computed with every canary included: no knowledge of `include`)
+    # the negative a canary pair draws if included: a pure function of (seed, round, user, canary
+    # item) and the user's positives (computed with every canary included: no knowledge of `include`)
     all_in, _ = _canary_data(train, m, np.random.default_rng([seed, 41]), include_all=True)
-    slot = np.diff(all_in.indptr) - 1  # the canary item is the user's last (largest) item
-    would_be_negative = keyed_negatives(all_in, np.arange(m), slot, seed=seed, server_round=1)
+    would_be_negative = keyed_negatives(all_in, np.arange(m), n_items + np.arange(m), seed=seed, server_round=1)
     run_cfg = dataclasses.replace(cfg, noise_multiplier=0.0) if negative_control else cfg
     trainable = None
     if train_head > 0:

@@ -694,6 +694,9 @@ def deploy(
                                   "deployment runs without them (--eval-every 0, the default here) unless "
                                   "--exact-evaluation says so")
             overrides[run_key("eval-every")] = 0
+        if str(overrides.get(run_key("reproducible-noise"), "")).lower() in ("true", "1", "yes"):
+            raise DeployError("--reproducible-noise: a deployment draws every party's DP noise from its own secret "
+                              "randomness; noise derived from the run's seed is for simulations only")
         fused = {**defaults, **overrides}
         try:
             check_run_dir(out, resume=bool(fused.get(run_key("resume"))), overwrite=overwrite)

@@ -136,15 +136,17 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
-def genre_profile(window: sp.csr_matrix, genres: np.ndarray, *, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+def genre_profile(window: sp.csr_matrix, genres: np.ndarray, *, noise: float = 0.0) -> np.ndarray:
     """Sum over users of each user's genre histogram in ``window`` scaled to L2 norm 1
-    (user-level sensitivity 1), plus Gaussian noise of std ``noise`` per genre (0: the
-    exact statistic, a centralized reference)."""
+    (user-level sensitivity 1), plus Gaussian noise of std ``noise`` per genre from secret
+    randomness (0: the exact statistic, a centralized reference)."""
     h = np.asarray((sp.csr_matrix(window, dtype=np.float64) @ np.asarray(genres, dtype=np.float64)))
     norms = np.linalg.norm(h, axis=1)
     total = (h[norms > 0] / norms[norms > 0, None]).sum(axis=0)
     if noise > 0:
-        total = total + np.random.default_rng([int(seed), 23]).normal(0.0, noise, size=total.shape)
+        from fedrec.privacy.randomness import DPRandomness
+
+        total = total + DPRandomness.secret().numpy().normal(0.0, noise, size=total.shape)
     return total
 
 
@@ -229,11 +231,11 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     windows_ = [(before, int(cuts[0]))] + [(int(cuts[w]), int(cuts[w + 1])) for w in range(n_stages)]
     mats = [_window_matrix(ds, a, b) for a, b in windows_]
     exact = [np.asarray(m.sum(axis=0)).ravel() for m in mats]
-    noisy = [noisy_popularity(m, noise=drift_noise, seed=1000 + j) for j, m in enumerate(mats)]
+    noisy = [noisy_popularity(m, noise=drift_noise) for m in mats]  # secret noise: one release each
     genres = ds.item_genres if ds.item_genres is not None and ds.item_genres.shape[1] > 1 else None
     if genres is not None:  # the same shift over genres: a coarse histogram that the noise does not swamp
         genre_exact = [genre_profile(m, genres) for m in mats]
-        genre_noisy = [genre_profile(m, genres, noise=drift_noise, seed=2000 + j) for j, m in enumerate(mats)]
+        genre_noisy = [genre_profile(m, genres, noise=drift_noise) for m in mats]
     n_releases = len(mats) * (2 if genres is not None else 1)
     drift_release = ((float(drift_noise), 1.0, n_releases),)
     drift_eps = epsilon_of(noise_multiplier=drift_noise, sample_rate=1.0, steps=n_releases, delta=probe.delta)

@@ -184,9 +184,12 @@ def test_config_refuses_what_the_accounting_does_not_cover(kw, key):
 
 
 def _direct(cfg: FedConfig, fed, V0: np.ndarray) -> list[np.ndarray]:
-    """The item tables of every pass, computed in one process from all users at once."""
+    """The item tables of every pass, computed in one process from all users at once (the
+    server's noise as ``reproducible-noise`` derives it from the seed)."""
+    from fedrec.privacy.randomness import DPRandomness
+
     train, users = fed.split.train, np.concatenate(fed.cohorts)
-    rng = np.random.default_rng([cfg.seed, 1, 17])
+    rng = DPRandomness.from_seed(cfg.seed, 1, 17).numpy()
     counts = als.noisy_counts(als.count_statistics(train, users, cap=cfg.als_cap, seed=cfg.seed),
                               noise_multiplier=cfg.als_noise_multiplier, cap=cfg.als_cap, rng=rng)
     head = als.head_items(counts, cfg.als_head)
@@ -198,7 +201,7 @@ def _direct(cfg: FedConfig, fed, V0: np.ndarray) -> list[np.ndarray]:
         b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_pass_cap, seed=cfg.seed,
                                    head=head)
         b, K = als.noisy_pass(b, K, noise_multiplier=cfg.als_noise_multiplier, cap=cfg.als_pass_cap, clip=cfg.als_clip,
-                              rng=np.random.default_rng([cfg.seed, t + 2, 17]))
+                              rng=DPRandomness.from_seed(cfg.seed, t + 2, 17).numpy())
         V = als.item_vectors(b, K, counts, head, n_users=len(users), alpha=cfg.als_alpha,
                              reg=cfg.als_reg * cfg.als_clip ** 2 * len(users)).astype(np.float32)
         out.append(V)
@@ -228,7 +231,7 @@ def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
     monkeypatch.setattr(als_server.ALSStrategy, "aggregate_train", aggregate_train)
     out = tmp_path / "run"
     cfg = FedConfig(data="synthetic:24x50:1", users_per_node=6, dim=4, als=True, als_passes=2, als_cap=4,
-                    als_pass_cap=3, als_head=0.5, als_noise_multiplier=1.0, out=str(out))
+                    als_pass_cap=3, als_head=0.5, als_noise_multiplier=1.0, out=str(out), reproducible_noise=True)
     simulate(cfg, num_cpus=2)
 
     assert len(seen) == 4 * 3  # 4 nodes x (counts + 2 passes)
@@ -243,6 +246,7 @@ def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
     acc = RDPAccountant()
     acc.history = [(1.0, 1.0, 3)]
     assert priv["unit"] == "user-level" and priv["epsilon"] == pytest.approx(acc.get_epsilon(1e-5))
+    assert priv["noise"] == "reproducible" and "no one who knows" in priv["holds_against"]
     assert doc["selected"]["round"] in (2, 3) and 0 <= doc["test"]["ndcg@10"] <= 1
     rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3] and "valid/ndcg@10" not in rows[0]

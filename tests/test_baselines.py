@@ -57,27 +57,33 @@ def test_centralized_bpr_mf_learns(tiny_ds):
 def test_private_most_popular_is_one_calibrated_gaussian_release(tiny_split):
     """Private MostPop: the noise reaches the target epsilon by Opacus's own accountant
     (one step at sample rate 1), the scores are the users' unit-norm vectors summed plus
-    that noise, and the noise is drawn per seed."""
+    that noise, and the noise is secret: two fits of one seed differ, unless
+    reproducible_noise (then the seed's draw)."""
     from opacus.accountants import RDPAccountant
 
     from fedrec.baselines import fit_private_most_popular
     from fedrec.privacy.prior import noisy_popularity
+    from fedrec.privacy.randomness import DPRandomness
 
-    res = fit_private_most_popular(tiny_split, epsilon=4.0, delta=1e-5, seed=3, sampled_negatives=0)
+    res = fit_private_most_popular(tiny_split, epsilon=4.0, delta=1e-5, seed=3, sampled_negatives=0,
+                                   reproducible_noise=True)
     z = res.selected["noise_multiplier"]
     acc = RDPAccountant()
     acc.history = [(z, 1.0, 1)]
     eps = acc.get_epsilon(delta=1e-5)
     assert 3.9 < eps <= 4.0 and res.selected["epsilon"] == pytest.approx(eps)
     assert res.selected["unit"].startswith("user-level")
-    # the release, by hand: sum over users of 1[items]/sqrt(n_u), then the seeded noise
+    assert res.selected["noise"] == "reproducible"
+    # the release, by hand: sum over users of 1[items]/sqrt(n_u), then the seed's noise
     t = (tiny_split.train > 0).astype(np.float64).toarray()
     total = (t / np.sqrt(np.maximum(t.sum(1, keepdims=True), 1))).sum(0)
-    noise = np.random.default_rng([3, 21]).normal(0.0, z, size=total.shape)
-    np.testing.assert_allclose(noisy_popularity(tiny_split.train, noise=z, seed=3), total + noise)
+    noise = DPRandomness.from_seed(3, 21).numpy().normal(0.0, z, size=total.shape)
+    np.testing.assert_allclose(noisy_popularity(tiny_split.train, noise=z, randomness=DPRandomness.from_seed(3, 21)),
+                               total + noise)
     np.testing.assert_allclose(res.score_fn(np.array([0, 1]))[1], total + noise)
-    other = fit_private_most_popular(tiny_split, epsilon=4.0, seed=4, sampled_negatives=0)
-    assert not np.allclose(other.score_fn(np.array([0]))[0], res.score_fn(np.array([0]))[0])
+    secret = [fit_private_most_popular(tiny_split, epsilon=4.0, seed=3, sampled_negatives=0) for _ in range(2)]
+    assert secret[0].selected["noise"] == "secret"
+    assert not np.allclose(secret[0].score_fn(np.array([0]))[0], secret[1].score_fn(np.array([0]))[0])
     # almost no noise: the ranking of the unit-norm popularity
     loose = fit_private_most_popular(tiny_split, epsilon=1e3, seed=0, sampled_negatives=0)
     zl = loose.selected["noise_multiplier"]

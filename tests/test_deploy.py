@@ -102,6 +102,9 @@ def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
     assert deploy.main(["--out", str(tmp_path / "d"), "--data", DATA]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "d" / "metrics.json").read_text() == "{}"
+    # a deployment draws its DP noise from secret randomness only
+    assert deploy.main(["--out", str(tmp_path / "g"), "--data", DATA, "--reproducible-noise"]) == 2
+    assert "--reproducible-noise: a deployment draws" in capsys.readouterr().err
     # SecAgg+ needs 2+ SuperNodes: 3 users on one node of 3 is refused
     assert deploy.main(["--out", str(tmp_path / "f"), "--data", DATA, "--users-per-node", "3",
                         "--secure-aggregation"]) == 2

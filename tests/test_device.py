@@ -9,6 +9,7 @@ from fedrec.config import FedConfig
 from fedrec.device import DeviceRecommender, LocalState, load_global_params, load_local_state, save_local_state
 from fedrec.federation import init_global_params, load_federation
 from fedrec.privacy.accounting import epsilon
+from fedrec.privacy.policy import PolicyError, PrivacyPolicy
 from fedrec_app.server.checkpoint import save_checkpoint
 from fedrec.optim import OptState
 
@@ -71,7 +72,7 @@ def test_works_from_a_saved_server_checkpoint_without_a_server(tmp_path):
         np.testing.assert_array_equal(got[k], p[k])
 
 
-def _node_and_device(tmp_path, **privacy):
+def _node_and_device(tmp_path, policy=None, **privacy):
     """User 7 of a small federation (one user per node), its node state, and a device
     holding the same user's training interactions."""
     cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
@@ -79,23 +80,26 @@ def _node_and_device(tmp_path, **privacy):
     fed = load_federation(cfg)
     user = int(fed.cohorts[7][0])
     st = node.load_state({}, fed, 7, cfg)
-    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed)
+    dev = DeviceRecommender.create(tmp_path / "u.npz", user=user, dim=4, seed=cfg.seed, policy=policy)
     dev.add_interactions(fed.split.train[user].indices)
     return cfg, fed, user, init_global_params(cfg, fed), st, dev
 
 
 def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path):
-    cfg, fed, user, params, st, dev = _node_and_device(tmp_path, budget_epsilon=6.0)
+    cfg, fed, user, params, st, dev = _node_and_device(tmp_path, policy=PrivacyPolicy(allow_non_private=True),
+                                                       budget_epsilon=100.0)
     np.testing.assert_array_equal(dev.train_emb, st.local["user"][0])
-    # with the noise off, the release and the new embedding equal the simulated node's exactly
+    # with the noise off (a policy that allows it), the release and the new embedding equal the simulated node's
     nonoise = FedConfig(data=cfg.data, dim=4, users_per_node=1)
     up_node, _, st_node = node.train_round(nonoise, fed, 7, st, global_params=params, server_round=1)
     rel = dev.train(params, nonoise, server_round=1)
     for k in up_node:
         np.testing.assert_array_equal(rel[k], up_node[k])
     np.testing.assert_array_equal(dev.train_emb, st_node.local["user"][0])
-    # with DP: privacy spent composes every step, and the budget stops training
-    dev = DeviceRecommender.create(tmp_path / "v.npz", user=user, dim=4)
+    assert dev.privacy_spent()["epsilon"] == float("inf")  # a release without DP: no finite epsilon
+    # with DP: privacy spent composes every step, and the device's own budget (not the server's
+    # budget-epsilon=100) stops training
+    dev = DeviceRecommender.create(tmp_path / "v.npz", user=user, dim=4, policy=PrivacyPolicy(max_epsilon=6.0))
     dev.add_interactions(fed.split.train[user].indices)
     released = 0
     for r in range(1, 20):
@@ -143,7 +147,8 @@ def test_a_device_holds_any_model_and_ranks_with_its_score(tmp_path):
     m = build_federated_model("mlp", 30, dim=4, seed=0)
     p = {k: v + 0.05 * np.random.default_rng(1).standard_normal(v.shape).astype(np.float32)
          for k, v in m.global_params().items()}
-    dev = DeviceRecommender.create(tmp_path / "mlp.npz", user=2, dim=4, model="mlp")
+    dev = DeviceRecommender.create(tmp_path / "mlp.npz", user=2, dim=4, model="mlp",
+                                   policy=PrivacyPolicy(allow_non_private=True))
     assert set(dev.train_local) == {"user"} and dev.train_local["user"].shape == (4,)
     np.testing.assert_array_equal(dev.train_local["user"], m.init_local(np.array([2]), seed=0)["user"][0])
     dev.fold_in(p, items=[3, 5, 8], steps=20)
@@ -174,7 +179,8 @@ def test_a_sequential_device_ranks_from_its_history_and_trains_as_its_node(tmp_p
     user = int(fed.cohorts[4][0])
     hist = histories(fed, "train")
     seq = hist.items[hist.indptr[user]:hist.indptr[user + 1]]
-    dev = DeviceRecommender.create(tmp_path / "s.npz", user=user, dim=8, model="sasrec", seq_len=5)
+    dev = DeviceRecommender.create(tmp_path / "s.npz", user=user, dim=8, model="sasrec", seq_len=5,
+                                   policy=PrivacyPolicy(unit="user-level", max_epsilon=float("inf")))  # server noise
     assert dev.train_local == {}
     dev.add_interactions(seq[::-1], times=np.arange(len(seq))[::-1])  # added out of order, ordered by time
     np.testing.assert_array_equal(dev.history(), seq)
@@ -219,7 +225,8 @@ def test_a_two_tower_device_ranks_through_the_item_tower_and_trains_as_its_node(
         DeviceRecommender.create(tmp_path / "none.npz", user=0, dim=4, model="two-tower")
     user = int(fed.cohorts[3][0])
     dev = DeviceRecommender.create(tmp_path / "tt.npz", user=user, dim=4, model="two-tower",
-                                   item_genres=ds.item_genres, item_year=ds.item_year)
+                                   item_genres=ds.item_genres, item_year=ds.item_year,
+                                   policy=PrivacyPolicy(allow_non_private=True))
     items = fed.split.train[user].indices
     dev.add_interactions(items)
     st = node.load_state({}, fed, 3, cfg)
@@ -266,3 +273,47 @@ def test_a_node_reads_back_the_state_it_wrote_from_memory_and_any_other_file_fro
     other.replace(tmp_path / "round-00000001.npz")
     fresh, _ = load_local_state(tmp_path)
     assert np.array_equal(fresh.dp_steps, [5, 5]) and not fresh.local["user"].any()
+
+
+def test_a_device_holds_its_own_policy_and_refuses_what_breaks_it(tmp_path):
+    """The device, not the server, decides: a configuration without DP, with noise from the
+    seed, in another unit or below the minimum noise is refused in one line; the budget is
+    the policy's.  A default device refuses a non-DP round and releases nothing."""
+    cfg, fed, user, params, st, dev = _node_and_device(tmp_path)
+    before = dict(np.load(tmp_path / "u.npz"))
+    with pytest.raises(PolicyError, match="without DP"):
+        dev.train(params, FedConfig(data=cfg.data, dim=4, users_per_node=1), server_round=1)
+    with pytest.raises(PolicyError, match="reproducible-noise"):
+        dev.train(params, FedConfig(data=cfg.data, dim=4, users_per_node=1, noise_multiplier=1.0,
+                                    reproducible_noise=True), server_round=1)
+    with pytest.raises(PolicyError, match="requires interaction-level"):
+        dev.train(params, FedConfig(data=cfg.data, dim=4, users_per_node=1, user_dp="client",
+                                    user_noise_multiplier=1.0), server_round=1)
+    strict = DeviceRecommender.create(tmp_path / "w.npz", user=user, dim=4,
+                                      policy=PrivacyPolicy(min_noise_multiplier=2.0))
+    with pytest.raises(PolicyError, match="below this device's minimum"):
+        strict.train(params, cfg, server_round=1)
+    after = dict(np.load(tmp_path / "u.npz"))
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+    assert DeviceRecommender.open(tmp_path / "w.npz").policy.min_noise_multiplier == 2.0  # kept in the file
+
+
+def test_a_device_releases_a_round_once(tmp_path):
+    """Asked for the same round twice (a resumed server), the device sends the same release
+    and accounts it once; asked for an older round it refuses; two devices (or two rounds)
+    draw different noise: nothing is derived from the public seed."""
+    cfg, fed, user, params, st, dev = _node_and_device(tmp_path)
+    first = dev.train(params, cfg, server_round=1)
+    again = DeviceRecommender.open(tmp_path / "u.npz").train(params, cfg, server_round=1)
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    spent = DeviceRecommender.open(tmp_path / "u.npz").privacy_spent()
+    assert spent["steps"] == cfg.steps_per_round  # one round accounted, not two
+    dev = DeviceRecommender.open(tmp_path / "u.npz")
+    dev.train(params, cfg, server_round=2)
+    with pytest.raises(PolicyError, match="older than the round it released last"):
+        dev.train(params, cfg, server_round=1)
+    twin = DeviceRecommender.create(tmp_path / "twin.npz", user=user, dim=4, seed=cfg.seed)
+    twin.add_interactions(fed.split.train[user].indices)
+    other = twin.train(params, cfg, server_round=1)
+    assert all(np.abs(other[k] - first[k]).max() > 1e-4 for k in first)

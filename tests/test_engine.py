@@ -28,8 +28,10 @@ def test_cohort_release_equals_mean_of_single_user_releases(tiny_split, cfg):
     q, b = _params(train.shape[1], 4)
     users = np.array([0, 3, 5, 7, 11])
     emb = _users_emb(users, 4)
-    together = mf_round(emb, q, b, train, users, cfg, seed=1, server_round=3)
-    singles = [mf_round(emb[j : j + 1], q, b, train, users[j : j + 1], cfg, seed=1, server_round=3) for j in range(len(users))]
+    # one DP key for all (a node draws one secret key per round; a user's draws depend only on it and the user)
+    together = mf_round(emb, q, b, train, users, cfg, seed=1, server_round=3, dp_key=7)
+    singles = [mf_round(emb[j : j + 1], q, b, train, users[j : j + 1], cfg, seed=1, server_round=3, dp_key=7)
+               for j in range(len(users))]
     for i in (1, 2):  # item and bias updates
         np.testing.assert_allclose(together[i], torch.stack([s[i] for s in singles]).mean(0), atol=1e-6)
     np.testing.assert_allclose(together[0], torch.cat([s[0] for s in singles]), atol=1e-6)
@@ -67,7 +69,8 @@ class _OneUser(nn.Module):
 
 
 def test_per_pair_clipping_matches_opacus(tiny_split):
-    """One DP-SGD step (noise ~0, full batch) equals Opacus's PrivacyEngine step."""
+    """One DP-SGD step (noise ~0, full batch) equals Opacus's PrivacyEngine step (its
+    mean over the batch: the public normaliser B set to the batch's size)."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -75,11 +78,11 @@ def test_per_pair_clipping_matches_opacus(tiny_split):
     n_items, dim, user, clip, lr = train.shape[1], 4, 2, 0.05, 0.7
     q, b = _params(n_items, dim, seed=5)
     p = _users_emb([user], dim)
-    cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=1, sample_rate=1.0,
-                      noise_multiplier=1e-12, max_grad_norm=clip)
-    ours_emb, ours_item, ours_bias, _ = mf_round(p, q, b, train, np.array([user]), cfg, seed=4, server_round=2)
     pos = train.indices[train.indptr[user] : train.indptr[user + 1]].astype(np.int64)
-    neg = keyed_negatives(train, np.full(len(pos), user), np.arange(len(pos)), seed=4, server_round=2)
+    cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=1, sample_rate=1.0,
+                      noise_multiplier=1e-12, max_grad_norm=clip, interaction_cap=len(pos))
+    ours_emb, ours_item, ours_bias, _ = mf_round(p, q, b, train, np.array([user]), cfg, seed=4, server_round=2)
+    neg = keyed_negatives(train, np.full(len(pos), user), pos, seed=4, server_round=2)  # keyed by the positive
     x = torch.as_tensor(np.stack([np.zeros(len(pos), dtype=np.int64), pos, neg], 1))
     model = _OneUser(p[0], q, b)
     opt = torch.optim.SGD([{"params": model.user.parameters(), "lr": lr},
@@ -100,7 +103,8 @@ def test_per_pair_clipping_matches_opacus(tiny_split):
 
 
 def test_noise_scale_of_release():
-    """With DP the release of a user has per-coordinate std sigma*C/(q*n*sqrt(item_steps))."""
+    """With DP the release of a user has per-coordinate std sigma*C/(q*B*sqrt(item_steps)),
+    ``B`` the public interaction cap, whatever the user's own count ``n``."""
     import scipy.sparse as sp
 
     n_items, dim, n = 500, 8, 10
@@ -111,7 +115,7 @@ def test_noise_scale_of_release():
     _, item_update, _, _ = mf_round(torch.zeros(1, dim), q, b, train, np.array([0]), cfg, seed=0, server_round=1,
                                     generator=torch.Generator().manual_seed(0))
     untouched = item_update[n + 50 :]  # rows no pair touched: pure noise
-    expected = 2.0 * 1.0 / (0.5 * n * np.sqrt(4))
+    expected = 2.0 * 1.0 / (0.5 * cfg.interaction_cap * np.sqrt(4))
     assert abs(float(untouched.std()) / expected - 1) < 0.05
 
 

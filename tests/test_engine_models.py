@@ -2,6 +2,7 @@
 path against the generic engine, user-level clipping, and bring-your-own models."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -84,10 +85,15 @@ class _OpacusView(nn.Module):
         return torch.stack([one(it) for it in items])
 
 
+#: The DP key of the engine's Poisson masks in these comparisons (a device draws a secret one).
+KEY = 12345
+
+
 def _opacus_release(model, local, params, train, user, cfg, *, seed, server_round, noise, trainable=None):
     """Release and new local state of one user by Opacus's PrivacyEngine, with the
-    engine's samples and Poisson masks fed as the batches (``trainable``: the item rows
-    that are parameters; the others are constants)."""
+    engine's samples and Poisson masks (:data:`KEY`) fed as the batches and the public
+    expected batch ``q B`` (``trainable``: the item rows that are parameters; the others
+    are constants)."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -102,10 +108,10 @@ def _opacus_release(model, local, params, train, user, cfg, *, seed, server_roun
     view, opt, _ = PrivacyEngine().make_private(module=view, optimizer=opt, data_loader=loader, noise_multiplier=noise,
                                                 max_grad_norm=cfg.max_grad_norm, poisson_sampling=False,
                                                 loss_reduction="mean", grad_sample_mode="functorch")
-    opt.expected_batch_size = cfg.sample_rate * n
+    opt.expected_batch_size = cfg.sample_rate * cfg.interaction_cap
     release = {k: torch.zeros_like(v) for k, v in params.items()}
     for step in range(cfg.user_steps + cfg.item_steps):
-        mask = sample_mask(seed, server_round, np.full(n, user), slot, step, cfg.sample_rate)
+        mask = sample_mask(KEY, server_round, np.full(n, user), items[:, 0], step, cfg.sample_rate)
         assert mask.any()
         opt.zero_grad()
         view(torch.as_tensor(items[mask])).mean().backward()  # Opacus rescales per-sample grads
@@ -127,7 +133,7 @@ def test_engine_equals_opacus_privacy_engine(name):
     local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
     cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7,
                       noise_multiplier=1e-12, max_grad_norm=0.05)
-    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True)
+    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True, dp_key=KEY)
     ref, ref_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0)
     for k in params:
         np.testing.assert_allclose(ours.update[k].numpy(), ref[k].numpy(), atol=2e-6, err_msg=k)
@@ -151,9 +157,9 @@ def test_frozen_rows_equal_opacus_with_those_rows_constant(name):
     local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
     cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7,
                       noise_multiplier=1e-12, max_grad_norm=0.05)
-    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True,
+    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True, dp_key=KEY,
                         trainable=torch.as_tensor(trainable))
-    unmasked = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True)
+    unmasked = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True, dp_key=KEY)
     ref, ref_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0,
                                      trainable=trainable)
     for k in params:
@@ -168,32 +174,42 @@ def test_frozen_rows_equal_opacus_with_those_rows_constant(name):
 
 @pytest.mark.parametrize("name", sorted(FEDERATED_MODELS))
 def test_noise_scale_equals_opacus(name):
-    """With noise, release - noiseless release is Gaussian with std sigma*C/(q*n) per
-    coordinate of every global parameter, for the engine and for Opacus alike."""
+    """With noise, release - noiseless release has, on every coordinate of every global
+    parameter, variance ``(sigma C / (q B))^2 / item_steps`` (``B`` the public
+    interaction cap, ``item_steps`` = 2), for the engine and for Opacus alike, over many
+    draws; the local state's noise (three noisy steps) matches Opacus's too."""
     train = _train()
     model = _model(name)
     params = _params(model)
-    user, sigma, clip, q = 4, 3.0, 0.5, 0.7
+    user, sigma, clip, q, draws = 4, 3.0, 0.5, 0.7, 40
     local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
-    cfg = LocalConfig(user_steps=0, item_steps=1, sample_rate=q, noise_multiplier=sigma, max_grad_norm=clip)
-    quiet = LocalConfig(user_steps=0, item_steps=1, sample_rate=q, noise_multiplier=1e-12, max_grad_norm=clip)
-    n = int(train[user].nnz)
-    expected = sigma * clip / (q * n)
-    torch.manual_seed(0)
-    b = train_cohort(model, local, params, train, np.array([user]), quiet, seed=2, server_round=5, generic=True)
-    rb, _ = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0)
-    ours, ref = [], []
-    for draw in range(4):
+    cfg = LocalConfig(user_lr=1e-3, user_steps=1, item_steps=2, sample_rate=q, noise_multiplier=sigma,
+                      max_grad_norm=clip, interaction_cap=7)
+    quiet = replace(cfg, noise_multiplier=1e-12)
+    expected = sigma * clip / (q * cfg.interaction_cap)
+    b = train_cohort(model, local, params, train, np.array([user]), quiet, seed=2, server_round=5, generic=True,
+                     dp_key=KEY)
+    rb, rb_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0)
+    ours, ref, ours_local, ref_local = [], [], [], []
+    torch.manual_seed(0)  # Opacus's noise
+    for draw in range(draws):
         a = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True,
-                         generator=torch.Generator().manual_seed(draw))
-        ra, _ = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=sigma)
-        ours += [(a.update[k] - b.update[k]).reshape(-1) for k in params]
-        ref += [(ra[k] - rb[k]).reshape(-1) for k in params]
-    ours, ref = torch.cat(ours), torch.cat(ref)
-    for diff in (ours, ref):
-        assert len(diff) > 400
-        assert abs(float(diff.std()) / expected - 1) < 0.1
-        assert abs(float(diff.mean())) < 4 * expected / np.sqrt(len(diff))
+                         dp_key=KEY, generator=torch.Generator().manual_seed(draw))
+        ra, ra_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=sigma)
+        ours.append(torch.cat([(a.update[k] - b.update[k]).reshape(-1) for k in params]))
+        ref.append(torch.cat([(ra[k] - rb[k]).reshape(-1) for k in params]))
+        ours_local.append(torch.cat([(a.local[k] - b.local[k]).reshape(-1) for k in local]))
+        ref_local.append(torch.cat([(ra_local[k] - rb_local[k]).reshape(-1) for k in local]))
+    # each coordinate's variance over the draws, in units of the expected variance
+    for diff in (torch.stack(ours).double(), torch.stack(ref).double()):
+        ratio = (diff.var(0) / (expected**2 / cfg.item_steps)).numpy()
+        assert diff.shape[1] > 100
+        assert abs(ratio.mean() - 1) < 0.05, ratio.mean()
+        # chi-square with 39 degrees of freedom over up to ~2,000 coordinates: every one inside [0.3, 2.4]
+        assert 0.3 < ratio.min() and ratio.max() < 2.4, (ratio.min(), ratio.max())
+    local_var = 3 * (cfg.user_lr * sigma * clip / (q * cfg.interaction_cap)) ** 2  # three noisy local steps
+    for diff in (torch.stack(ours_local).double(), torch.stack(ref_local).double()):
+        assert abs(float(diff.var(0).mean()) / local_var - 1) < 0.25
 
 
 @pytest.mark.parametrize("cfg", [
@@ -216,8 +232,8 @@ def test_mf_fast_path_equals_generic_engine(cfg, frozen):
     kw = dict(seed=1, server_round=3)
     if frozen:
         kw["trainable"] = torch.as_tensor(np.arange(N_ITEMS) % 2 == 0)
-    fast = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), **kw)
-    slow = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), generic=True, **kw)
+    fast = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), dp_key=KEY, **kw)
+    slow = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), dp_key=KEY, generic=True, **kw)
     for k in params:
         np.testing.assert_allclose(fast.update[k].numpy(), slow.update[k].numpy(), atol=1e-7, err_msg=k)
         assert float(fast.update[k].abs().sum()) > 0
@@ -318,7 +334,7 @@ def test_engine_on_a_device_equals_the_cpu_run(name, cfg, device, generic):
     users = np.arange(N_USERS)
     local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
     trainable = torch.as_tensor(np.arange(N_ITEMS) % 3 != 0)
-    kw = dict(seed=1, server_round=3, generic=generic, trainable=None if cfg.row_bounds else trainable)
+    kw = dict(seed=1, server_round=3, generic=generic, trainable=None if cfg.row_bounds else trainable, dp_key=KEY)
     ref = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), **kw)
     with torch.device("meta"):
         got = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5),
@@ -393,7 +409,7 @@ def test_ghost_norms_equal_per_sample_gradients(name, frozen):
     local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
     cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7, noise_multiplier=0.3,
                       max_grad_norm=0.05)
-    kw = dict(seed=2, server_round=5, generic=True)
+    kw = dict(seed=2, server_round=5, generic=True, dp_key=KEY)
     if frozen:
         kw["trainable"] = torch.as_tensor(np.arange(N_ITEMS) % 3 == 0)
     ghost = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(4), **kw)

@@ -28,17 +28,29 @@ def _params(out):
         return {k: z[k] for k in z.files if k != "meta"}
 
 
-def test_server_killed_mid_round_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("noise", ["reproducible", "secret"])
+def test_server_killed_mid_round_resumes_to_the_same_result(tmp_path, noise):
+    """Killed when round 3's replies arrive, resumed: the nodes answer the repeated round 3
+    with the release they kept (their round-3 files are untouched), and with reproducible
+    noise the run ends exactly where an uninterrupted run does."""
+    base = {**BASE, "reproducible_noise": noise == "reproducible"}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    simulate(FedConfig(**BASE, out=str(whole)), num_cpus=2)
     # killed when round 3's replies arrive: nodes have trained and saved round 3,
     # the server's last checkpoint is round 2
     env = dict(os.environ, FEDREC_CRASH_AT_ROUND="3")
-    r = subprocess.run([sys.executable, "-c", RUN, repr({**BASE, "out": str(cut)})], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", RUN, repr({**base, "out": str(cut)})], env=env, capture_output=True, text=True)
     assert r.returncode == 70, r.stderr[-2000:]
     meta = json.loads(bytes(np.load(cut / "checkpoint" / "checkpoint.npz")["meta"]).decode())
-    assert meta["round"] == 2 and (cut / "client-state" / "node-0" / "round-00000003.npz").exists()
-    simulate(FedConfig(**BASE, out=str(cut), resume=True), num_cpus=2)
+    kept = cut / "client-state" / "node-0" / "round-00000003.npz"
+    assert meta["round"] == 2 and kept.exists()
+    before = dict(np.load(kept))
+    assert any(k.startswith("release/") for k in before)
+    simulate(FedConfig(**base, out=str(cut), resume=True), num_cpus=2)
+    after = dict(np.load(kept))
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    if noise == "secret":
+        return
+    simulate(FedConfig(**base, out=str(whole)), num_cpus=2)
     a, b = _params(whole), _params(cut)
     assert a.keys() == b.keys()
     for k in a:

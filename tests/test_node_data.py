@@ -13,7 +13,7 @@ from fedrec.federation import init_global_params, load_federation, load_node_dat
 
 
 @pytest.mark.parametrize("settings", [
-    dict(model="mf", noise_multiplier=1.0, sample_rate=0.5),
+    dict(model="mf", noise_multiplier=1.0, sample_rate=0.5, reproducible_noise=True),  # the same draws to compare
     dict(model="two-tower", cold_items=0.2),  # item features and the held-out item views
 ])
 def test_node_file_gives_the_same_training_and_evaluation(tmp_path, settings):
@@ -103,7 +103,8 @@ def test_simulation_client_reads_its_node_file_not_the_dataset(tmp_path, monkeyp
     for attr in ("_task_id", "_run_id", "_node_id"):  # the identity a server process would have
         monkeypatch.setattr(TaskIdentity, attr, 1)
 
-    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5)
+    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5,
+                    reproducible_noise=True)  # the same draws in both apps, to compare their replies
     rc = cfg.to_run_config()
     fed = load_federation(cfg.resolved())
     write_node_data(fed, tmp_path)
@@ -143,7 +144,8 @@ def test_the_client_app_travels_as_its_recipe_and_answers_alike(tmp_path, monkey
 
     for attr in ("_task_id", "_run_id", "_node_id"):
         monkeypatch.setattr(TaskIdentity, attr, 1)
-    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5)
+    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5,
+                    reproducible_noise=True)  # the same draws in both apps, to compare their replies
     rc = cfg.to_run_config()
     fed = load_federation(cfg.resolved())
     write_node_data(fed, tmp_path / "nodes")

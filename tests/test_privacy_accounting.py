@@ -101,7 +101,7 @@ def test_popularity_prior_tracks_popularity_and_has_unit_sensitivity():
     rng = np.random.default_rng(0)
     pop = np.sort(rng.pareto(1.0, size=50))[::-1] + 0.1
     x = sp.csr_matrix((rng.random((400, 50)) < pop / pop.max() * 0.5).astype(np.float32))
-    prior = popularity_prior(x, noise=1.0, seed=0)
+    prior = popularity_prior(x, noise=1.0)
     counts = np.asarray(x.sum(axis=0)).ravel()
     assert np.corrcoef(prior, np.log1p(counts))[0, 1] > 0.9
     # one user's contribution (its row, scaled to unit norm) has L2 norm 1
@@ -135,21 +135,27 @@ def test_mechanism_objects_account_with_opacus_and_compose_the_prior():
 
 
 def test_train_head_is_chosen_by_the_prior_release_and_costs_no_epsilon():
-    """DP-FEST's items are post-processing of the prior's one release (same noise and
-    seed): the largest noisy scores, never a held-out item; the accountant's history is
-    the prior's and training's, nothing more; without a prior the config refuses."""
+    """DP-FEST's items are post-processing of the prior's one release: the largest noisy
+    scores, never a held-out item; the accountant's history is the prior's and training's,
+    nothing more; without a prior the config refuses.  Every call of the release draws
+    new secret noise (so a run derives the head and the prior from one release)."""
     import scipy.sparse as sp
 
     from fedrec.config import ConfigError
     from fedrec.privacy.mechanisms import mechanisms_of
-    from fedrec.privacy.prior import noisy_popularity, prior_head
+    from fedrec.privacy.prior import head_from_release, noisy_popularity, prior_head
+    from fedrec.privacy.randomness import DPRandomness
 
     train = sp.csr_matrix((np.random.default_rng(0).random((30, 20)) < 0.3).astype(np.float32))
-    noisy = noisy_popularity(train, noise=2.0, seed=4)
-    head = prior_head(train, noise=2.0, seed=4, fraction=0.25)
+    noisy = noisy_popularity(train, noise=2.0)
+    head = head_from_release(noisy, 0.25)
     assert head.sum() == 5 and set(np.flatnonzero(head)) == set(np.argsort(-noisy)[:5])
     top = int(np.argmax(noisy))
-    assert not prior_head(train, noise=2.0, seed=4, fraction=0.25, exclude=np.array([top]))[top]
+    assert not head_from_release(noisy, 0.25, exclude=np.array([top]))[top]
+    assert not np.array_equal(noisy, noisy_popularity(train, noise=2.0))  # secret: a new draw each time
+    same = DPRandomness.from_seed(4, 21)  # reproducible noise: the same release from the same seed
+    np.testing.assert_array_equal(prior_head(train, noise=2.0, fraction=0.25, randomness=same),
+                                  head_from_release(noisy_popularity(train, noise=2.0, randomness=same), 0.25))
     with_head = FedConfig(noise_multiplier=1.1, sample_rate=0.3, prior_noise=4.0, train_head=0.1)
     without = FedConfig(noise_multiplier=1.1, sample_rate=0.3, prior_noise=4.0)
     assert mechanisms_of(with_head) == mechanisms_of(without)

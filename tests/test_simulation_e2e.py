@@ -115,7 +115,8 @@ def test_train_head_freezes_the_other_rows_through_flower(tmp_path, monkeypatch)
     Flower's DP wrapper noised every coordinate of the sum."""
     from fedrec import node
     from fedrec.federation import load_federation
-    from fedrec.privacy.prior import popularity_prior, prior_head
+    from fedrec.privacy.prior import head_from_release, noisy_popularity, prior_from_release
+    from fedrec.privacy.randomness import DPRandomness
 
     cls = strategy_mod.FedRecStrategy
     masks = []
@@ -130,16 +131,18 @@ def test_train_head_freezes_the_other_rows_through_flower(tmp_path, monkeypatch)
     out = tmp_path / "run"
     cfg = FedConfig(data="synthetic:20x60:1", num_server_rounds=2, users_per_node=10, dim=4, eval_every=1,
                     user_dp="client", user_noise_multiplier=1.0, user_clip=0.5, server_opt="sgd", server_lr=1.0,
-                    prior_noise=1.0, train_head=0.25, out=str(out))
+                    prior_noise=1.0, train_head=0.25, out=str(out), reproducible_noise=True)
     simulate(cfg, num_cpus=2)
     fed = load_federation(cfg)
-    head = prior_head(fed.split.train, noise=1.0, seed=cfg.seed, fraction=0.25)
+    # the prior and the head are one release (the server's, here reproducible from the seed)
+    release = noisy_popularity(fed.split.train, noise=1.0, randomness=DPRandomness.from_seed(cfg.seed, 21))
+    head = head_from_release(release, 0.25)
     assert head.sum() == 15
     assert len(masks) == 4 and all(np.array_equal(m[:60], head) and not m[60:].any() for m in masks)
     with np.load(out / "checkpoint" / "checkpoint.npz") as z:
         emb, bias = z["param/item_embedding"], z["param/item_bias"]
     assert not emb[~head].any() and np.abs(emb[head]).min() > 0
-    prior = popularity_prior(fed.split.train, noise=1.0, seed=cfg.seed)
+    prior = prior_from_release(release)
     np.testing.assert_allclose(bias[~head], prior[~head], rtol=0, atol=1e-6)
     assert np.abs(bias[head] - prior[head]).max() > 1e-3  # trained (and noised)
     assert json.loads((out / "metrics.json").read_text())["privacy"]["unit"] == "user-level"

@@ -36,8 +36,8 @@ def test_user_level_run_reports_its_epsilon(tmp_path, mode, upn):
     sigma = cfg.resolved().user_noise_multiplier
     for r in rows:
         assert r["user-epsilon"] == pytest.approx(_rdp(sigma, 0.5, r["round"]), rel=1e-9)
-    # Poisson user sampling: about half of the users train each round
-    assert all(5 <= r["users"] <= 35 for r in rows)
+    # who took part is what Poisson user sampling keeps secret: no exact count is logged
+    assert all("users" not in r and "declined" not in r for r in rows)
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["privacy"]["unit"] == "user-level" and m["privacy"]["epsilon"] == pytest.approx(rows[-1]["user-epsilon"])
     assert m["privacy"]["epsilon"] <= 8.0 + 1e-6

@@ -29,11 +29,20 @@ the per-sample gradient over *every* parameter the sample touches (the local
 vectors, the item rows it reads, every dense layer) is clipped to
 ``max_grad_norm``, the sum gets Gaussian noise of std ``noise_multiplier *
 max_grad_norm`` on every coordinate (local state, every row of every table,
-every dense weight) and is divided by the expected batch ``sample_rate * n_u``.
-Global parameters being fixed within a round, the noise of the released mean
-over ``item_steps`` steps is one Gaussian per coordinate with variance
-``sigma^2 C^2 / (item_steps (q n_u)^2)``, drawn once.  Each step is one step of
-the subsampled Gaussian mechanism for the accountant.
+every dense weight) and is divided by the expected batch ``sample_rate * B``,
+where ``B`` (``interaction_cap``) is a public constant, as Opacus divides by the
+expected batch size of the dataset: never by the user's own count ``n_u``, which
+the noise scale would then reveal.  Global parameters being fixed within a round,
+the noise of the released mean over ``item_steps`` steps is one Gaussian per
+coordinate with variance ``sigma^2 C^2 / (item_steps (q B)^2)``, drawn once.  Each
+step is one step of the subsampled Gaussian mechanism for the accountant.
+
+Adjacency (interaction-level): two datasets differ in one interaction of one user.
+Every sample is keyed by what it is, ``(user, positive item)``: its negatives by the
+public seed, its Poisson inclusion by the party's secret key
+(:class:`fedrec.privacy.randomness.DPRandomness`), so adding or removing one
+interaction adds or removes its own sample and changes no other sample.  The
+Gaussian noise and the Poisson inclusion are secret from everyone but the device.
 
 User-level clipping (``update_clip > 0``) clips each user's whole release
 (every global parameter, its interaction-level noise included) before the mean.
@@ -68,7 +77,7 @@ __all__ = ["LocalConfig", "CohortResult", "train_cohort", "cohort_samples", "key
            "steps_per_round",
            "register_fast_path", "FAST_PATHS", "sample_mask", "MAX_GRAD_FLOATS", "row_bound_factors",
            "clipped_user_mean", "frozen_rows_zeroed", "gaussian", "interaction_weights", "weights_over_mean",
-           "release_denominators", "GhostNorms"]
+           "release_denominators", "expected_batches", "GhostNorms"]
 
 #: Floats of per-sample gradients materialised at once (bounds the engine's memory).
 MAX_GRAD_FLOATS = 16_000_000
@@ -98,6 +107,11 @@ class LocalConfig:
         Gaussian noise std / clipping norm; 0 disables DP.
     max_grad_norm : float
         Per-sample clipping norm (used only with DP).
+    interaction_cap : int
+        With DP, the public normaliser ``B``: a user's noisy sums are divided by
+        the expected batch ``sample_rate * B``, the same for every user, so that no
+        release is scaled by the user's own interaction count after its noise (the
+        count is what adding or removing one interaction changes).
     user_l2 : float
         L2 penalty on the local state.
     update_clip : float
@@ -119,6 +133,7 @@ class LocalConfig:
     sample_rate: float = 1.0
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
+    interaction_cap: int = 100
     user_l2: float = 0.0
     update_clip: float = 0.0
     row_norm: float = 0.0
@@ -135,6 +150,8 @@ class LocalConfig:
             raise ValueError(f"need item_steps >= 1 and user_steps >= 0; got {self.item_steps}, {self.user_steps}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1; got {self.negatives}")
+        if self.interaction_cap < 1:
+            raise ValueError(f"interaction_cap must be >= 1; got {self.interaction_cap}")
         if self.update_clip < 0:
             raise ValueError(f"update_clip must be >= 0; got {self.update_clip}")
         if self.row_norm < 0 or self.max_rows < 0:
@@ -206,7 +223,9 @@ def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, s
                    exclude_positives: bool = True, max_tries: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The cohort's samples: ``owner`` (index of the user in the cohort), ``slot``
     (index of the positive within its user) and ``items`` ``(n, 1 + negatives)``:
-    the positive, then distinct negatives keyed by ``(seed, round, user, slot * m + j, attempt)``.
+    the positive, then distinct negatives keyed by ``(seed, round, user, positive * m + j,
+    attempt)``: by what the sample is, not where it sits in the user's row, so that
+    removing one interaction leaves every other sample's negatives as they are.
 
     Negatives exclude the user's training positives, or with
     ``exclude_positives=False`` only the sample's own positive: then whether an
@@ -220,7 +239,7 @@ def cohort_samples(train: sp.csr_matrix, users: np.ndarray, negatives: int, *, s
     owner = np.repeat(np.arange(len(users)), n_u).astype(np.int64)
     slot = np.arange(len(owner)) - np.repeat(rows.indptr[:-1], n_u)
     pos = rows.indices.astype(np.int64)
-    negs = negative_sets(train, users[owner], pos, slot, negatives, seed=seed, server_round=server_round,
+    negs = negative_sets(train, users[owner], pos, pos, negatives, seed=seed, server_round=server_round,
                          exclude_positives=exclude_positives, max_tries=max_tries)
     return owner, slot, np.concatenate([pos[:, None], negs], axis=1)
 
@@ -254,9 +273,10 @@ def negative_sets(train: sp.csr_matrix, users: np.ndarray, positives: np.ndarray
     return _keyed_draws(train.shape[1], seed, server_round, s_user, s_slot, invalid, max_tries=max_tries).reshape(-1, m)
 
 
-def sample_mask(seed: int, server_round: int, users: np.ndarray, slot: np.ndarray, step: int, q: float) -> np.ndarray:
-    """Poisson inclusion of each sample in DP step ``step`` (keyed by user and slot)."""
-    return hash_uniform(seed, server_round, users, slot, 1000 + step) < q
+def sample_mask(key: int, server_round: int, users: np.ndarray, items: np.ndarray, step: int, q: float) -> np.ndarray:
+    """Poisson inclusion of each sample in DP step ``step``, keyed by the sample's user and
+    positive item under ``key`` (a party's secret :attr:`DPRandomness.key`)."""
+    return hash_uniform(key, server_round, users, items, 1000 + step) < q
 
 
 FastPath = Callable[..., CohortResult]
@@ -285,6 +305,7 @@ def train_cohort(
     seed: int,
     server_round: int,
     generator: torch.Generator | None = None,
+    dp_key: int | None = None,
     generic: bool = False,
     trainable: torch.Tensor | None = None,
     device: str | torch.device | None = None,
@@ -306,10 +327,14 @@ def train_cohort(
     users
         Global ids of the cohort's users (``k`` of them).
     seed, server_round
-        Key of the users' negatives and Poisson sampling (per user, independent
-        of the cohort).
+        Key of the users' negatives (public; per user, independent of the cohort).
     generator
-        Source of the Gaussian noise.
+        Source of the Gaussian noise (DP); ``None``: fresh secret randomness
+        (:meth:`DPRandomness.secret`), never torch's default generator, whose
+        initial seed is public.
+    dp_key
+        Secret key of the samples' Poisson inclusion (DP; :attr:`DPRandomness.key`);
+        ``None``: a fresh secret key.
     generic
         Use the generic engine even where a fast path is registered.
     trainable
@@ -337,12 +362,18 @@ def train_cohort(
     if user_weights is not None and (cfg.dp or cfg.per_user):
         raise ValueError("user_weights scale what a user releases: not with DP or user-level clipping")
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    if cfg.dp and (generator is None or dp_key is None):
+        from fedrec.privacy.randomness import DPRandomness
+
+        secret = DPRandomness.secret()
+        generator = secret.torch_generator() if generator is None else generator
+        dp_key = secret.key if dp_key is None else dp_key
     fast = None if generic else FAST_PATHS.get(type(model))
     run = _generic if fast is None else fast
     on = lambda d: {n: v.to(dev) for n, v in d.items()}  # noqa: E731
     extra = {"ghost_norms": ghost_norms} if fast is None else {}
     res = run(model, on(local), on(params), train, users, cfg, seed=seed, server_round=server_round,
-              generator=generator, trainable=None if trainable is None else trainable.to(dev),
+              generator=generator, dp_key=dp_key, trainable=None if trainable is None else trainable.to(dev),
               user_weights=None if user_weights is None else torch.as_tensor(np.asarray(user_weights), device=dev),
               **extra)
     if dev.type == "cpu":
@@ -386,11 +417,20 @@ def release_denominators(denom: torch.Tensor, user_weights: torch.Tensor | None)
     return denom if user_weights is None else denom / user_weights.to(denom.dtype)
 
 
-def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator, trainable=None,
+def expected_batches(cfg: LocalConfig, n_u: torch.Tensor) -> torch.Tensor:
+    """Each user's denominator of its gradient sums: with DP the public expected batch
+    ``sample_rate * interaction_cap`` (the same for every user); without, the user's own
+    expected batch ``sample_rate * n_u`` (its mean gradient)."""
+    if cfg.dp:
+        return torch.full_like(n_u, cfg.sample_rate * cfg.interaction_cap)
+    return cfg.sample_rate * n_u
+
+
+def _generic(model, local, params, train, users, cfg, *, seed, server_round, generator, dp_key=None, trainable=None,
              user_weights=None, ghost_norms=True) -> CohortResult:
     k = len(users)
     n_items = model.n_items
-    owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
+    owner_np, _, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
                                                  exclude_positives=not cfg.dp)
     n_s = len(owner_np)
     ref = next(iter(params.values()))
@@ -399,7 +439,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
     items = torch.as_tensor(items_np, device=dev)
     n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64), device=dev)
     q = cfg.sample_rate
-    denom = (q * n_u).to(dtype)  # expected batch size per user
+    denom = expected_batches(cfg, n_u).to(dtype)  # expected batch size per user (public with DP)
     rdenom = release_denominators(denom, user_weights)
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
     clip_users = cfg.per_user
@@ -447,7 +487,7 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
             # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0, so
             # skipping them changes no sum); no training loss either: it would be a release that
             # no mechanism covers, so the node does not send one
-            todo = (torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)),
+            todo = (torch.as_tensor(np.flatnonzero(sample_mask(dp_key, server_round, s_user, items_np[:, 0], step, q)),
                                     device=dev) if cfg.dp else None)
             n_todo = n_s if todo is None else len(todo)
             for lo in range(0, n_todo, chunk):

@@ -28,6 +28,7 @@ from fedrec.engine.cohort import (
     clipped_user_mean,
     frozen_rows_zeroed,
     cohort_samples,
+    expected_batches,
     gaussian,
     release_denominators,
     register_fast_path,
@@ -39,12 +40,12 @@ __all__ = ["train_mf_cohort", "mf_round"]
 
 
 @register_fast_path(FedMF)
-def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_round, generator=None,
+def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_round, generator=None, dp_key=None,
                     trainable=None, user_weights=None) -> CohortResult:
     k = len(users)
     item_emb, item_bias = params["item_embedding"], params["item_bias"]
     n_items = item_emb.shape[0]
-    owner_np, slot_np, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
+    owner_np, _, items_np = cohort_samples(train, users, cfg.negatives, seed=seed, server_round=server_round,
                                                  exclude_positives=not cfg.dp)
     m = cfg.negatives
     dev = item_emb.device
@@ -53,7 +54,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     neg = torch.as_tensor(items_np[:, 1:], device=dev)  # (n, m)
     n_u = torch.as_tensor(np.bincount(owner_np, minlength=k).astype(np.float64), device=dev)
     q = cfg.sample_rate
-    denom = (q * n_u).to(item_emb.dtype)
+    denom = expected_batches(cfg, n_u).to(item_emb.dtype)  # public with DP
     rdenom = release_denominators(denom, user_weights)
     sigma_c = cfg.noise_multiplier * cfg.max_grad_norm
     p = local["user"].clone()
@@ -74,7 +75,7 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     for step in range(cfg.user_steps + cfg.item_steps):
         if cfg.dp:
             # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0)
-            sel = torch.as_tensor(np.flatnonzero(sample_mask(seed, server_round, s_user, slot_np, step, q)), device=dev)
+            sel = torch.as_tensor(np.flatnonzero(sample_mask(dp_key, server_round, s_user, items_np[:, 0], step, q)), device=dev)
             o, pos_s, neg_s = owner[sel], pos[sel], neg[sel]
             dq_s = item_emb[pos_s][:, None, :] - item_emb[neg_s]
             db_s = item_bias[pos_s][:, None] - item_bias[neg_s]
@@ -142,8 +143,8 @@ _MF_VIEWS: dict[tuple[int, int], FedMF] = {}
 
 
 def mf_round(user_emb: torch.Tensor, item_emb: torch.Tensor, item_bias: torch.Tensor, train, users, cfg, *, seed: int,
-             server_round: int, generator: torch.Generator | None = None, generic: bool = False,
-             trainable: torch.Tensor | None = None):
+             server_round: int, generator: torch.Generator | None = None, dp_key: int | None = None,
+             generic: bool = False, trainable: torch.Tensor | None = None):
     """One round of the cohort engine for MF given as plain tensors (for MF-specific
     studies: attacks, audit, fold-in).  Returns ``(new user_emb, item_update,
     bias_update, CohortResult)``; the updates are the cohort's mean release
@@ -156,5 +157,5 @@ def mf_round(user_emb: torch.Tensor, item_emb: torch.Tensor, item_bias: torch.Te
         model = _MF_VIEWS[key] = FedMF(key[0], dim=key[1])
     res = train_cohort(model, {"user": user_emb}, {"item_embedding": item_emb, "item_bias": item_bias}, train,
                        np.asarray(users, dtype=np.int64), cfg, seed=seed, server_round=server_round,
-                       generator=generator, generic=generic, trainable=trainable)
+                       generator=generator, dp_key=dp_key, generic=generic, trainable=trainable)
     return res.local["user"], res.update["item_embedding"], res.update["item_bias"], res

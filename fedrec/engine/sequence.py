@@ -6,7 +6,7 @@ parameter is global.  Per user and round, with the global parameters fixed:
 1. **Samples.**  The positions of the user's training windows
    (:func:`~fedrec.data.sequences.training_windows`): each target against
    ``negatives`` distinct items that are not training positives of the user,
-   keyed by ``(seed, round, user, position)`` (:func:`~fedrec.engine.cohort.negative_sets`).
+   keyed by ``(seed, round, user, target item)`` (:func:`~fedrec.engine.cohort.negative_sets`).
 2. **Release.**  ``-gradient`` of the user's mean position loss (a
    pseudo-gradient: the server's optimiser turns the mean over users into a step).
 3. **User-level clipping** (``update_clip > 0``): each user's whole release (the
@@ -61,12 +61,13 @@ def sequence_samples(hist: Histories, train: sp.csr_matrix, users: np.ndarray, l
                      seed: int, server_round: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``owner`` (w,), ``inputs`` (w, L), ``candidates`` (w, L, 1 + m) (target, then
     negatives; 0 where empty) and ``mask`` (w, L) of the cohort's training windows."""
-    owner, inputs, targets, position = training_windows(hist, users, length)
+    owner, inputs, targets, _ = training_windows(hist, users, length)
     mask = targets != PAD
     cand = np.zeros(targets.shape + (1 + negatives,), dtype=np.int64)
     cand[..., 0] = np.where(mask, targets, 0)
     w, c = np.nonzero(mask)
-    cand[w, c, 1:] = negative_sets(train, users[owner[w]], targets[w, c], position[w, c], negatives, seed=seed,
+    # keyed by the target item (what the sample is), not its position in the history
+    cand[w, c, 1:] = negative_sets(train, users[owner[w]], targets[w, c], targets[w, c], negatives, seed=seed,
                                    server_round=server_round)
     return owner, np.where(mask, inputs, 0), cand, mask
 

@@ -27,7 +27,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity", "prior_head"]
+from fedrec.privacy.randomness import DPRandomness
+
+__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity", "prior_head", "prior_from_release",
+           "head_from_release"]
 
 
 def prior_mechanism(noise: float) -> tuple[tuple[float, float, int], ...]:
@@ -35,11 +38,13 @@ def prior_mechanism(noise: float) -> tuple[tuple[float, float, int], ...]:
     return ((float(noise), 1.0, 1),) if noise > 0 else ()
 
 
-def noisy_popularity(train: sp.csr_matrix, *, noise: float, seed: int) -> np.ndarray:
+def noisy_popularity(train: sp.csr_matrix, *, noise: float, randomness: DPRandomness | None = None) -> np.ndarray:
     """The release: the sum over users of ``1[items of u] / sqrt(n_u)`` plus Gaussian noise
-    of std ``noise`` per item (sensitivity 1 in either unit; see the module docstring).
-    The prior and private MostPop are post-processing of this one release (same seed:
-    same release)."""
+    of std ``noise`` per item (sensitivity 1 in either unit; see the module docstring),
+    drawn from ``randomness`` (``None``: fresh secret randomness).  The prior, DP-FEST's
+    head and private MostPop are post-processing of one release: compute it once and
+    derive them (:func:`prior_from_release`, :func:`head_from_release`); every call is a
+    new release."""
     if noise <= 0:
         raise ValueError(f"noise must be > 0 for a private release; got {noise}")
     t = sp.csr_matrix(train, dtype=np.float64)
@@ -47,10 +52,26 @@ def noisy_popularity(train: sp.csr_matrix, *, noise: float, seed: int) -> np.nda
     n = np.asarray(t.sum(axis=1)).ravel()
     scale = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
     total = np.asarray((sp.diags(scale) @ t).sum(axis=0)).ravel()
-    return total + np.random.default_rng([int(seed), 21]).normal(0.0, noise, size=total.shape)
+    rng = (randomness or DPRandomness.secret()).numpy()
+    return total + rng.normal(0.0, noise, size=total.shape)
 
 
-def popularity_prior(train: sp.csr_matrix, *, noise: float, seed: int) -> np.ndarray:
+def prior_from_release(noisy: np.ndarray) -> np.ndarray:
+    """Initial item biases (zero mean) from the release :func:`noisy_popularity`: the log of
+    the noisy scores (post-processing)."""
+    bias = np.log1p(np.maximum(noisy, 0.0))
+    return (bias - bias.mean()).astype(np.float32)
+
+
+def head_from_release(noisy: np.ndarray, fraction: float, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the ``ceil(fraction * n_items)`` items with the largest scores in the release
+    :func:`noisy_popularity`, never an item of ``exclude`` (held-out items)."""
+    from fedrec.als import head_items
+
+    return head_items(noisy, fraction, exclude=exclude)
+
+
+def popularity_prior(train: sp.csr_matrix, *, noise: float, randomness: DPRandomness | None = None) -> np.ndarray:
     """Initial item biases from the noisy normalised popularity (zero mean).
 
     Parameters
@@ -60,16 +81,11 @@ def popularity_prior(train: sp.csr_matrix, *, noise: float, seed: int) -> np.nda
     noise
         Std of the Gaussian noise on the sum of the users' unit-norm vectors (> 0).
     """
-    noisy = noisy_popularity(train, noise=noise, seed=seed)
-    bias = np.log1p(np.maximum(noisy, 0.0))
-    return (bias - bias.mean()).astype(np.float32)
+    return prior_from_release(noisy_popularity(train, noise=noise, randomness=randomness))
 
 
-def prior_head(train: sp.csr_matrix, *, noise: float, seed: int, fraction: float,
+def prior_head(train: sp.csr_matrix, *, noise: float, fraction: float, randomness: DPRandomness | None = None,
                exclude: np.ndarray | None = None) -> np.ndarray:
-    """Mask of the ``ceil(fraction * n_items)`` items with the largest scores in the
-    prior's release (:func:`noisy_popularity`, same ``noise`` and ``seed``: the same
-    release), never an item of ``exclude`` (held-out items)."""
-    from fedrec.als import head_items
-
-    return head_items(noisy_popularity(train, noise=noise, seed=seed), fraction, exclude=exclude)
+    """:func:`head_from_release` of a new release (a run that also starts from the prior
+    derives both from one release instead)."""
+    return head_from_release(noisy_popularity(train, noise=noise, randomness=randomness), fraction, exclude)
