@@ -26,6 +26,7 @@ same) and their metrics.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -58,7 +59,8 @@ __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule",
     "SumOfUpdates", "UserLevelMean", "ValidReplies",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "max_node_users", "aggregate_train_metrics", "itemwise_scale",
-    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies", "COUNTS_KEY",
+    "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies",
+    "reply_order", "COUNTS_KEY",
 ]
 
 COUNTS_KEY = "item_counts"
@@ -505,6 +507,18 @@ def triage_replies(record: RunRecord, server_round: int, replies: Iterable[Messa
     return good, failed, rejected
 
 
+def reply_order(msg: Message) -> bytes:
+    """A key that orders replies by what they hold (a hash of their arrays), so that the
+    server sums them in the same order in every run of one seed, whatever order they
+    arrive in and whatever ids the nodes were given."""
+    h = hashlib.blake2b(digest_size=16)
+    for record in msg.content.array_records.values():
+        for key in sorted(record.keys()):
+            h.update(key.encode())
+            h.update(record[key].data)
+    return h.digest()
+
+
 def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies: Iterable[Message],
                    why_bad) -> list[Message] | None:
     """The round's contributing replies (well-formed, ``num-examples`` > 0), with the
@@ -512,8 +526,7 @@ def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies
     metrics of every valid reply in ``record``; ``None`` (the round changes nothing)
     when fewer than ``min-replies`` contribute."""
     good, failed, rejected = triage_replies(record, server_round, replies, why_bad)
-    # a fixed order (the nodes' ids), not the order of arrival: sums of floats depend on it
-    good.sort(key=lambda m: m.metadata.src_node_id)
+    good.sort(key=reply_order)  # sums of floats depend on their order: never the order of arrival
     contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
     info = record.info(server_round)
     sent = info.get("sent", len(good) + failed + rejected)

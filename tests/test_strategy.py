@@ -51,15 +51,17 @@ def test_fedavg_equals_np_average():
 
 
 def test_the_mean_does_not_depend_on_the_order_replies_arrive_in():
-    """Replies are summed in the order of the nodes' ids, so two runs of one seed give
-    bit-identical models whatever order Flower delivers the replies in."""
+    """Replies are summed in an order of their content (``reply_order``), so two runs of
+    one seed give bit-identical models whatever order Flower delivers the replies in."""
     rng = np.random.default_rng(1)
     replies = [(i + 1, rng.normal(size=(N_ITEMS, DIM)) * 10.0 ** rng.integers(-3, 3), rng.normal(size=N_ITEMS),
                 int(rng.integers(1, 10))) for i in range(12)]
     out = []
-    for order in (range(12), rng.permutation(12), rng.permutation(12)[::-1]):
+    ids = rng.permutation(np.arange(100, 112))  # the ids a node gets change from run to run too
+    for order, renamed in ((range(12), False), (rng.permutation(12), False), (rng.permutation(12), True)):
         s = _strategy()
-        arrays, _ = s.aggregate_train(1, [_reply(*replies[j]) for j in order])
+        arrays, _ = s.aggregate_train(1, [_reply(int(ids[j]) if renamed else replies[j][0], *replies[j][1:])
+                                          for j in order])
         out.append(arrays["item_embedding"].numpy())
     for o in out[1:]:
         np.testing.assert_array_equal(o, out[0])
