@@ -309,15 +309,14 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     if log.out:
         log.out.mkdir(parents=True, exist_ok=True)
         ck_dir = log.out / "checkpoint"
-        if cfg.resume and (ck_dir / "checkpoint.npz").exists():
-            ck = load_checkpoint(ck_dir, cfg)
-            params, start = _restore(ck, strategy)
-            extra = ck.get("extra", {})
+        if kept is not None:  # --resume with a checkpoint in OUT/checkpoint
+            params, start = _restore(kept, strategy)
+            extra = kept.get("extra", {})
             log.earlier_ledger = extra.get("earlier_ledger")
             log.max_steps = int(extra.get("max_steps", 0))
             log.unaccounted = bool(extra.get("unaccounted", False))
-            log.best = ck["best"]
-            log.since_best = int(ck.get("extra", {}).get("since_best", 0))
+            log.best = kept["best"]
+            log.since_best = int(extra.get("since_best", 0))
             log.rows = _rows_up_to(log.out, start)
             _say(f"resuming after round {start} from {ck_dir}")
         else:

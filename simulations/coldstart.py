@@ -44,6 +44,7 @@ class FoldIn:
     sample_rate: float = 0.5
     max_grad_norm: float = 1.0
     delta: float = 1e-5
+    interaction_cap: int = 20  # the public normaliser of a DP fit: the most items a curve's user folds in
 
     def local(self) -> LocalConfig:
         sigma = 0.0
@@ -52,7 +53,7 @@ class FoldIn:
                                     sample_rate=self.sample_rate, steps=self.steps)
         return LocalConfig(user_lr=self.lr, user_steps=self.steps - 1, item_steps=1, negatives=self.negatives,
                            sample_rate=self.sample_rate if sigma else 1.0, noise_multiplier=sigma,
-                           max_grad_norm=self.max_grad_norm)
+                           max_grad_norm=self.max_grad_norm, interaction_cap=self.interaction_cap)
 
     def epsilon(self) -> float:
         loc = self.local()
@@ -142,9 +143,9 @@ def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: 
             emb = np.zeros((len(users), q.shape[1]), np.float32)
         else:
             train = _csr(seen, n_items)
-            gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, k, 5]).integers(2**62)))
+            # a DP fit draws its noise and sampling from fresh secret randomness (generator None)
             new_emb, _, _, _ = mf_round(torch.zeros((len(users), q.shape[1])), torch.as_tensor(q), torch.as_tensor(b),
-                                        train, np.arange(len(users)), loc, seed=seed, server_round=k, generator=gen)
+                                        train, np.arange(len(users)), loc, seed=seed, server_round=k)
             emb = new_emb.numpy()
         scores = emb @ q.T + b[None, :]
         tr = target_ranks(scores, targets, history, user_ids=np.asarray(users))
