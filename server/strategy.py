@@ -471,7 +471,7 @@ class UserLevelMean(_Wrapper):
     def aggregate_train(self, server_round, replies):
         saved = np.random.get_state()
         randomness = DPRandomness.of(self.cfg.reproducible_noise, self.cfg.seed, server_round, 13)
-        np.random.seed(randomness.numpy().integers(0, 2**32, size=8, dtype=np.uint64).astype(np.uint32))
+        np.random.seed(randomness.legacy_seed())
         try:
             noised, metrics = self.inner.aggregate_train(server_round, replies)
         finally:

@@ -262,3 +262,22 @@ def test_two_runs_through_flower_differ_with_dp_and_agree_without(tmp_path):
     a, b = model("dp-a", noise_multiplier=1.0, sample_rate=0.5), model("dp-b", noise_multiplier=1.0, sample_rate=0.5)
     assert np.abs(a - b).max() > 1e-4
     np.testing.assert_array_equal(model("plain-a"), model("plain-b"))
+
+
+def test_secret_randomness_never_travels_and_reproducible_randomness_does():
+    """Secret DP randomness cannot be pickled into a message, checkpoint or actor call, and
+    its repr (what a log would show) holds no entropy; seed-derived randomness reproduces."""
+    import pickle
+
+    from fedrec.privacy.randomness import DPRandomness
+
+    secret = DPRandomness.secret()
+    with pytest.raises(TypeError, match="never leaves the party"):
+        pickle.dumps(secret)
+    assert repr(secret) == "DPRandomness(secret)" and str(secret.key) not in repr(secret)
+    assert secret.key != DPRandomness.secret().key
+    a, b = DPRandomness.from_seed(3, 1, 13), pickle.loads(pickle.dumps(DPRandomness.from_seed(3, 1, 13)))
+    assert b.reproducible and a.key == b.key and np.array_equal(a.legacy_seed(), b.legacy_seed())
+    assert a.key != DPRandomness.from_seed(3, 2, 13).key
+    x, y = a.torch_generator(), b.torch_generator()
+    assert torch.equal(torch.randn(4, generator=x), torch.randn(4, generator=y))

@@ -202,8 +202,7 @@ def test_user_level_noise_is_on_before_the_server_optimiser(mode, monkeypatch):
     replies = [_reply(i + 1, cur["item_embedding"] + d, cur["item_bias"], 1) for i, d in enumerate(deltas)]
     s.aggregate_train(1, replies)
     # Flower's noise: numpy's global generator, seeded per round by the strategy
-    np.random.seed(DPRandomness.from_seed(cfg.seed, 1, 13).numpy().integers(0, 2**32, size=8, dtype=np.uint64)
-                   .astype(np.uint32))
+    np.random.seed(DPRandomness.from_seed(cfg.seed, 1, 13).legacy_seed())
     sigma = s.user_dp.noise_multiplier
     used_clip = s.user_dp.clipping_norm
     noise = [np.random.normal(0, sigma * used_clip, size=a.shape) for a in (cur["item_embedding"], cur["item_bias"])]
@@ -231,8 +230,7 @@ def test_user_level_noise_is_secret_by_default():
                                           for i in range(2)])
         out.append(arrays["item_embedding"].numpy())
     assert np.abs(out[0] - out[1]).min() > 0
-    np.random.seed(DPRandomness.from_seed(cfg.seed, 1, 13).numpy().integers(0, 2**32, size=8, dtype=np.uint64)
-                   .astype(np.uint32))
+    np.random.seed(DPRandomness.from_seed(cfg.seed, 1, 13).legacy_seed())
     seeded = 2e-3 + np.random.normal(0, 2.0 * 0.5, size=(N_ITEMS, DIM))  # the sum the seed's noise would give
     assert not np.allclose(out[0] * 2, seeded, atol=1e-3)
 

@@ -76,19 +76,12 @@ class DPRandomness:
     def from_seed(cls, seed: int, *counter: int) -> "DPRandomness":
         """Randomness derived from the public ``seed`` and ``counter`` (reproducible,
         hence no guarantee against whoever knows the seed)."""
-        state = np.random.SeedSequence([_DP_STREAM, int(seed), *(int(c) for c in counter)]).generate_state(4, np.uint32)
-        return cls(int(sum(int(w) << (32 * i) for i, w in enumerate(state.tolist()))), reproducible=True)
+        return cls(_entropy_of([_DP_STREAM, int(seed), *counter]), reproducible=True)
 
     @classmethod
     def of(cls, reproducible: bool, seed: int, *counter: int) -> "DPRandomness":
         """:meth:`from_seed` when ``reproducible`` (the run's ``reproducible-noise``), else :meth:`secret`."""
         return cls.from_seed(seed, *counter) if reproducible else cls.secret()
-
-    def child(self, *counter: int) -> "DPRandomness":
-        """Independent randomness for a sub-draw named by ``counter`` (same secrecy)."""
-        state = np.random.SeedSequence([self._entropy, *(int(c) for c in counter)]).generate_state(4, np.uint32)
-        return DPRandomness(int(sum(int(w) << (32 * i) for i, w in enumerate(state.tolist()))),
-                            reproducible=self.reproducible)
 
     @property
     def key(self) -> int:
@@ -103,6 +96,17 @@ class DPRandomness:
     def numpy(self) -> np.random.Generator:
         """A numpy generator (PCG64 seeded from all 128 bits)."""
         return np.random.default_rng(np.random.SeedSequence(self._entropy))
+
+    def legacy_seed(self) -> np.ndarray:
+        """256 bits for ``np.random.seed``: the state of numpy's global generator, which
+        Flower's DP wrappers draw their noise from."""
+        return self.numpy().integers(0, 2**32, size=8, dtype=np.uint64).astype(np.uint32)
+
+
+def _entropy_of(words: list) -> int:
+    """128 bits derived from a list of integers (numpy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(w) for w in words]).generate_state(4, np.uint32)
+    return int(sum(int(w) << (32 * i) for i, w in enumerate(state.tolist())))
 
 
 def _reproducible(entropy: int) -> DPRandomness:
