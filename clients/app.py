@@ -183,6 +183,21 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         content = RecordDict({"arrays": array_record(update), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
 
+    @client.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Federated analytics (the DP popularity prior): the node's own users' contribution;
+        the server adds the noise to the sum over nodes."""
+        from fedrec import node
+
+        config = dict(msg.content["config"])
+        if _is_malicious(context):  # sybils contribute nothing to the statistics
+            return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 0})}), reply_to=msg)
+        _, fed, partition, _ = _setup(context, config)
+        arrays = node.analytics_round(fed, partition, str(config[node.ANALYTICS_KEY]))
+        content = RecordDict({"arrays": array_record(arrays),
+                              "metrics": MetricRecord({"num-examples": int(len(fed.cohorts[partition]))})})
+        return Message(content=content, reply_to=msg)
+
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         from fedrec import node

@@ -24,7 +24,7 @@ from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "state_for_round", "private_release", "dp_randomness", "maybe_fail",
+__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "state_for_round", "private_release", "dp_randomness", "maybe_fail", "analytics_round", "ANALYTICS_KEY",
            "active_users", "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
@@ -424,6 +424,23 @@ def als_round(cfg: FedConfig, fed: Federation, partition: int, state: NodeState,
     new = NodeState(users, local, state.dp_steps.copy(), state.rounds + 1)
     metrics = {"num-examples": int(len(users)), "declined": 0}
     return {n: v.astype(np.float64) for n, v in update.items()}, metrics, new
+
+
+#: Message-config key of a federated-analytics query, and the statistics a node answers.
+ANALYTICS_KEY = "analytics"
+ANALYTICS = ("popularity",)
+
+
+def analytics_round(fed: Federation, partition: int, query: str) -> dict[str, np.ndarray]:
+    """A node's contribution to a federated statistic, from its own users' training data
+    only: ``popularity``, the sum of its users' unit-norm item vectors (the DP popularity
+    prior's release is the server's noise on the sum over nodes;
+    :func:`fedrec.privacy.prior.popularity_sum`)."""
+    from fedrec.privacy.prior import popularity_sum
+
+    if query != "popularity":
+        raise ValueError(f"analytics query {query!r}: choose {', '.join(ANALYTICS)}")
+    return {"popularity": popularity_sum(fed.split.train, fed.cohorts[partition])}
 
 
 def user_epsilons(cfg: FedConfig, steps: np.ndarray) -> np.ndarray:

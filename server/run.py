@@ -19,8 +19,8 @@ from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
 from fedrec.node import trained_items_config
 from fedrec.privacy.ledger import ledger_entries, warm_start_problem
-from fedrec.privacy.prior import head_from_release, noisy_popularity, prior_from_release
-from fedrec.privacy.randomness import DPRandomness, noise_statement
+from fedrec.privacy.prior import head_from_release, prior_from_release
+from fedrec.privacy.randomness import noise_statement
 from fedrec.results import append_round, write_json, write_metrics
 from fedrec_app.server.checkpoint import load_checkpoint, save_checkpoint
 from fedrec_app.server.strategy import FedRecStrategy
@@ -283,13 +283,15 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     fed = load_federation(cfg)
     model = federated_model(cfg, fed)
     params = model.global_params()
-    # the popularity prior's one release (the server's secret noise): the prior and DP-FEST's head
-    # derive from it; a resumed run reads the head from its checkpoint instead of releasing again
+    # the popularity prior's one release, collected from the nodes (federated analytics; the
+    # server's secret noise): the prior and DP-FEST's head derive from it; a resumed run reads
+    # the head from its checkpoint instead of releasing again
     kept = _kept_checkpoint(cfg)
     release = None
     if cfg.prior_noise > 0 and kept is None:
-        release = noisy_popularity(fed.split.train, noise=cfg.prior_noise,
-                                   randomness=DPRandomness.of(cfg.reproducible_noise, cfg.seed, 21))
+        from fedrec_app.server.analytics import collect_popularity
+
+        release = collect_popularity(grid, cfg, n_nodes=fed.n_nodes, n_items=model.n_items)
     head = None
     if cfg.train_head > 0:  # DP-FEST: train only the items the prior's release ranks highest
         if release is None:

@@ -281,3 +281,45 @@ def test_secret_randomness_never_travels_and_reproducible_randomness_does():
     assert a.key != DPRandomness.from_seed(3, 2, 13).key
     x, y = a.torch_generator(), b.torch_generator()
     assert torch.equal(torch.randn(4, generator=x), torch.randn(4, generator=y))
+
+
+def test_the_prior_is_collected_from_the_nodes_and_noised_by_the_server(monkeypatch):
+    """Federated analytics: each node answers the popularity query from its own users only,
+    their contributions add up to the statistic over every user, and the server's release
+    is the sum of what the nodes sent plus its own noise (here reproducible, to compare):
+    it never reads the interactions."""
+    from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+
+    from fedrec.privacy.prior import noisy_popularity, popularity_sum
+    from fedrec.privacy.randomness import DPRandomness
+    from fedrec_app.server.analytics import collect_popularity
+
+    cfg = FedConfig(data="synthetic:30x25:1", users_per_node=10, prior_noise=2.0, reproducible_noise=True)
+    fed = load_federation(cfg)
+    parts = [node.analytics_round(fed, p, "popularity")["popularity"] for p in range(fed.n_nodes)]
+    np.testing.assert_allclose(sum(parts), popularity_sum(fed.split.train), atol=1e-12)
+    with pytest.raises(ValueError, match="analytics query 'counts'"):
+        node.analytics_round(fed, 0, "counts")
+
+    class Grid:  # what the server sees: the nodes' replies, nothing else
+        def get_node_ids(self):
+            return [11, 12, 13]
+
+        def send_and_receive(self, messages, timeout=None):
+            out = []
+            for m, part in zip(messages, [np.ones(25), 2 * np.ones(25), np.full(24, 9.0)]):  # node 13: malformed
+                assert m.metadata.message_type == MessageType.QUERY and m.content["config"]["analytics"] == "popularity"
+                reply = RecordDict({"arrays": ArrayRecord({"popularity": Array(part)}),
+                                    "metrics": MetricRecord({"num-examples": 10})})
+                out.append(Message(content=reply, reply_to=m))
+            return out
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_task_id", "_run_id", "_node_id"):  # the identity a server process would have
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    release = collect_popularity(Grid(), cfg, n_nodes=3, n_items=25)
+    expected = 3.0 + DPRandomness.from_seed(cfg.seed, 21).numpy().normal(0.0, 2.0, size=25)
+    np.testing.assert_allclose(release, expected, atol=1e-12)
+    direct = noisy_popularity(fed.split.train, noise=2.0, randomness=DPRandomness.from_seed(cfg.seed, 21))
+    assert not np.allclose(release, direct)  # the nodes' sums, not the server's own reading of the data

@@ -10,9 +10,9 @@ too (interaction-level sensitivity 1).  So the release is one Gaussian
 mechanism with noise multiplier ``noise`` in either unit, composed by the
 accountant with the training steps: ``(noise, 1.0, 1)``.
 
-In a deployment each client would send ``x_u`` (e.g. through secure
-aggregation) and the server would add the noise; the simulation computes the
-same sum from the training data directly.  The item biases start from the log
+Each node sends the sum of its users' ``x_u`` (:func:`popularity_sum`, in a
+Flower query before training) and the server adds the noise to the sum over
+nodes (:func:`add_popularity_noise`), in simulation as in a deployment.  The item biases start from the log
 of the noisy scores, so the personal model starts from (private) popularity.
 
 The same release also picks the items a DP-FEST run trains (:func:`prior_head`,
@@ -29,8 +29,8 @@ import scipy.sparse as sp
 
 from fedrec.privacy.randomness import DPRandomness
 
-__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity", "prior_head", "prior_from_release",
-           "head_from_release"]
+__all__ = ["popularity_prior", "prior_mechanism", "noisy_popularity", "popularity_sum", "add_popularity_noise",
+           "prior_head", "prior_from_release", "head_from_release"]
 
 
 def prior_mechanism(noise: float) -> tuple[tuple[float, float, int], ...]:
@@ -45,15 +45,27 @@ def noisy_popularity(train: sp.csr_matrix, *, noise: float, randomness: DPRandom
     head and private MostPop are post-processing of one release: compute it once and
     derive them (:func:`prior_from_release`, :func:`head_from_release`); every call is a
     new release."""
-    if noise <= 0:
-        raise ValueError(f"noise must be > 0 for a private release; got {noise}")
-    t = sp.csr_matrix(train, dtype=np.float64)
+    return add_popularity_noise(popularity_sum(train), noise=noise, randomness=randomness)
+
+
+def popularity_sum(train: sp.csr_matrix, users: np.ndarray | None = None) -> np.ndarray:
+    """The sum over ``users`` (default: every row) of their unit-norm item vectors
+    ``1[items of u] / sqrt(n_u)``: what a node contributes to the prior's release for
+    its own users (the server adds the noise to the sum over nodes)."""
+    t = sp.csr_matrix(train if users is None else train[np.asarray(users, dtype=np.int64)], dtype=np.float64)
     t.data[:] = 1.0
     n = np.asarray(t.sum(axis=1)).ravel()
     scale = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
-    total = np.asarray((sp.diags(scale) @ t).sum(axis=0)).ravel()
+    return np.asarray((sp.diags(scale) @ t).sum(axis=0)).ravel()
+
+
+def add_popularity_noise(total: np.ndarray, *, noise: float, randomness: DPRandomness | None = None) -> np.ndarray:
+    """``total`` (a sum of unit-norm vectors) plus Gaussian noise of std ``noise`` per item,
+    drawn from ``randomness`` (``None``: fresh secret randomness): the prior's release."""
+    if noise <= 0:
+        raise ValueError(f"noise must be > 0 for a private release; got {noise}")
     rng = (randomness or DPRandomness.secret()).numpy()
-    return total + rng.normal(0.0, noise, size=total.shape)
+    return np.asarray(total, dtype=np.float64) + rng.normal(0.0, noise, size=np.shape(total))
 
 
 def prior_from_release(noisy: np.ndarray) -> np.ndarray:
