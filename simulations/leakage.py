@@ -1,4 +1,4 @@
-"""Measured privacy leakage: honest-but-curious server attacks (issue 6).
+"""Measured privacy leakage: honest-but-curious server attacks.
 
 What the server of a federated MF run sees is, per round, the item-side release
 of each node: the pseudo-gradient of the item embedding table ``(n_items, d)``
