@@ -180,8 +180,9 @@ NODE_FORMAT = 1  # version of the node data files
 def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
     """Write one file per node, ``node-P.npz``, with only what node P needs: its users'
     rows of train/valid/test, the item side (count, genres, years: public item
-    features) and the federation-wide evaluation inputs (item popularity, activity
-    group of each user, held-out items).  A node that reads its file
+    features), its users' activity groups and the held-out items: no federation-wide
+    statistic of the interactions (novelty and ARP are the server's, from the nodes'
+    top-10 counts).  A node that reads its file
     (:func:`load_node_data`) never loads the dataset or the other users' data.
     Returns the paths."""
     from pathlib import Path
@@ -189,7 +190,6 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ds, split = fed.dataset, fed.split
-    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
     groups = activity_groups(split)
     codes = np.select([groups == g for g in ACTIVITY_GROUPS[:-1]], range(len(ACTIVITY_GROUPS) - 1),
                       len(ACTIVITY_GROUPS) - 1).astype(np.int8)
@@ -201,7 +201,7 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
         users = np.asarray(fed.cohorts[p], dtype=np.int64)
         arrays = {"format": np.array(NODE_FORMAT), "partition": np.array(p), "n_nodes": np.array(fed.n_nodes),
                   "n_users": np.array(ds.n_users), "n_items": np.array(ds.n_items), "users": users,
-                  "item_popularity": popularity, "group_codes": codes[users],
+                  "group_codes": codes[users],
                   "cold_items": np.asarray(split.cold_items, dtype=np.int64),
                   "name": np.array(ds.name), "kind": np.array(split.kind)}
         for stage in ("train", "valid", "test"):
@@ -264,7 +264,7 @@ def load_node_data(path: str) -> tuple[Federation, int]:
     fed = Federation(ds, split, cohorts)
     groups = np.full(n_users, "", dtype=object)
     groups[users] = np.array(ACTIVITY_GROUPS, dtype=object)[a["group_codes"]]
-    object.__setattr__(fed, "_node_eval", _NodeEval({"popularity": a["item_popularity"], "groups": groups},
+    object.__setattr__(fed, "_node_eval", _NodeEval({"groups": groups},
                                                     path=str(path), users=users, n_users=n_users))
     return fed, p
 

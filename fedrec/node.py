@@ -506,9 +506,9 @@ def evaluate_round(
 
     put("valid", evaluate(score_valid, fed.split, stage="valid", users=state.users, ties=cfg.ties,
                           sampled_negatives=99, seed=cfg.seed, mask_consumed=not cfg.rank_consumed))
+    # novelty and ARP: the server's, from the summed top-10 counts (a node holds no federation-wide statistic)
     r = evaluate(score_test, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
-                 seed=cfg.seed, item_features=extras["features"], item_popularity=extras["popularity"],
-                 mask_consumed=not cfg.rank_consumed)
+                 seed=cfg.seed, item_features=extras["features"], mask_consumed=not cfg.rank_consumed)
     put("test", r)
     out["test-topk"] = [int(x) for x in r.topk_item_counts]
     if cfg.exposure_targets:  # every user of the node, history (train + valid) masked
@@ -535,8 +535,8 @@ def evaluate_round(
 
 def evaluation_inputs(fed: Federation) -> dict:
     """Per-federation evaluation inputs, cached on the federation object: item
-    ``popularity`` (training counts), item ``features`` (genres), user activity
-    ``groups`` and the held-out-item ``item_views`` of the split."""
+    ``features`` (genres), user activity ``groups`` and the held-out-item ``item_views``
+    of the split."""
     cached = getattr(fed, "_eval_extras", None)
     if cached is not None:
         return cached
@@ -545,8 +545,7 @@ def evaluation_inputs(fed: Federation) -> dict:
     from fedrec.federation import activity_groups
 
     split = fed.split
-    node_eval = getattr(fed, "_node_eval", None)  # a node's view: federation-wide inputs from its data file
-    popularity = node_eval["popularity"] if node_eval else np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
+    node_eval = getattr(fed, "_node_eval", None)  # a node's view: its users' activity groups from its data file
     genres = fed.dataset.item_genres
     feats = genres.astype(np.float32) if genres is not None else None
     views = {}
@@ -570,6 +569,6 @@ def evaluation_inputs(fed: Federation) -> dict:
                  "warm-items": dataclasses.replace(split, test=warm_test),
                  "cold-among-cold": dataclasses.replace(split, test=cold_test, valid=(split.valid + warm_all).tocsr())}
     groups = node_eval["groups"] if node_eval else activity_groups(split)
-    out = {"popularity": popularity, "features": feats, "groups": groups, "item_views": views}
+    out = {"features": feats, "groups": groups, "item_views": views}
     object.__setattr__(fed, "_eval_extras", out)
     return out

@@ -305,6 +305,9 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     strategy = _strategy(cfg, fed, model, {k: v.shape for k, v in params.items()}, head)
     log = RunLog(cfg, strategy)
     log.head = head
+    # novelty and ARP of the evaluation: the server's own measurement from the nodes' top-10 counts
+    strategy.record.item_popularity = np.asarray(fed.split.train.sum(axis=0)).ravel().astype(np.float64)
+    strategy.record.n_users = fed.split.n_users
     if cfg.secure_aggregation:
         strategy.on_round = log
     start = 0

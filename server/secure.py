@@ -265,7 +265,8 @@ class SecureAggregation(LegacyStrategy):
         r = server_round + self.offset
         for f in failures:
             log(WARNING, "round %d: evaluation error: %s", r, f)
-        out = evaluation_means(_metrics(res.metrics) for _, res in results)
+        out = evaluation_means((_metrics(res.metrics) for _, res in results),
+                               item_popularity=self.record.item_popularity, n_users=self.record.n_users)
         if out is not None:
             self.record.evaluation[r] = out
         self._log_round(server_round, self._eval_parameters)

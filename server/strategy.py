@@ -175,10 +175,13 @@ def is_eval_round(cfg: FedConfig, server_round: int) -> bool:
     return server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds
 
 
-def evaluation_means(replies: Iterable[dict]) -> dict[str, float] | None:
+def evaluation_means(replies: Iterable[dict], *, item_popularity: np.ndarray | None = None,
+                     n_users: int = 0) -> dict[str, float] | None:
     """Exact means over users from the nodes' evaluation replies: the nodes' metric sums
     divided by each stage's user count (``<stage>-count``); coverage from the summed
-    top-10 counts (``test-topk``).  ``None`` when no reply carried a metric."""
+    top-10 counts (``test-topk``), and with the server's ``item_popularity`` (training
+    counts over ``n_users`` users) novelty and ARP from the same counts: nodes hold no
+    federation-wide statistic.  ``None`` when no reply carried a metric."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     exposure: dict[str, np.ndarray] = {}
@@ -201,6 +204,10 @@ def evaluation_means(replies: Iterable[dict]) -> dict[str, float] | None:
     out.update({f"{s}-users": float(c) for s, c in counts.items()})
     if topk is not None and len(topk):
         out["test/coverage@10"] = float((topk > 0).mean())
+        if item_popularity is not None and topk.sum() > 0:
+            from fedrec.metrics.beyond import list_novelty_and_popularity
+
+            out["test/novelty@10"], out["test/arp@10"] = list_novelty_and_popularity(topk, item_popularity, n_users)
     if exposure:
         from fedrec.metrics.exposure import exposure_ratios
 
@@ -244,6 +251,8 @@ class RunRecord:
     rejected: list[tuple[int, int, str]] = field(default_factory=list)
     n_nodes: int = 0  # nodes connected (a deployment may start fewer than planned)
     message_config: dict = field(default_factory=dict)  # sent with every message (train-head's trained items)
+    item_popularity: np.ndarray | None = None  # training counts, for novelty and ARP (the simulation's measurement)
+    n_users: int = 0  # the users the popularity was counted over
 
     def info(self, server_round: int) -> dict:
         return self.round_info.setdefault(server_round, {})
@@ -308,7 +317,7 @@ class NodeMessages(FedAvg):
                     msg.metadata.src_node_id, msg.error.reason)
                 continue
             metrics.append(dict(next(iter(msg.content.metric_records.values()))))
-        out = evaluation_means(metrics)
+        out = evaluation_means(metrics, item_popularity=self.record.item_popularity, n_users=self.record.n_users)
         if out is None:
             return None
         self.record.evaluation[server_round] = out

@@ -152,7 +152,8 @@ def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tupl
     fed = load_federation(FedConfig(data=data, cold_users=cold_users))
     split = fed.split
     inputs = evaluation_inputs(fed)  # the beyond-accuracy inputs and groups the federated cells use
-    extras = dict(sampled_negatives=99, item_popularity=inputs["popularity"], item_features=inputs["features"],
+    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)  # as the federated server counts it
+    extras = dict(sampled_negatives=99, item_popularity=popularity, item_features=inputs["features"],
                   user_groups={"activity": inputs["groups"]})
     rows = []
 

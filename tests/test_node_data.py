@@ -22,6 +22,8 @@ def test_node_file_gives_the_same_training_and_evaluation(tmp_path, settings):
     params = init_global_params(cfg, fed)
     paths = write_node_data(fed, tmp_path)
     assert [p.name for p in paths] == [f"node-{p}.npz" for p in range(fed.n_nodes)] and fed.n_nodes == 3
+    with np.load(paths[0]) as z:  # no federation-wide statistic of the interactions
+        assert "item_popularity" not in z.files
     for p, path in enumerate(paths):
         view, part = load_node_data(str(path))
         assert part == p

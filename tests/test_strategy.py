@@ -10,7 +10,8 @@ from fedrec.config import FedConfig
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.optim import OptState, server_step
 import fedrec_app.server.strategy as st
-from fedrec_app.server.strategy import FedRecStrategy, aggregate_train_metrics, sample_nodes, validate_reply
+from fedrec_app.server.strategy import (FedRecStrategy, aggregate_train_metrics, evaluation_means, sample_nodes,
+                                        validate_reply)
 
 N_ITEMS, DIM = 6, 3
 SHAPES = {"item_embedding": (N_ITEMS, DIM), "item_bias": (N_ITEMS,)}
@@ -372,3 +373,26 @@ def _config():
     from flwr.app import ConfigRecord
 
     return ConfigRecord()
+
+
+def test_the_servers_novelty_and_arp_from_top10_counts_equal_the_mean_over_users():
+    """Nodes send how many of their users' top-10 lists each item is in; with the
+    server's popularity this gives exactly the mean over users of each list's novelty and
+    ARP (full lists), so no node needs the federation's item popularity."""
+    from fedrec.metrics.beyond import list_novelty_and_popularity, per_user_novelty, per_user_popularity
+
+    rng = np.random.default_rng(3)
+    n_items, n_users = 200, 57
+    lists = np.stack([rng.choice(n_items, size=10, replace=False) for _ in range(n_users)])
+    pop = rng.integers(0, 40, size=n_items).astype(np.float64)
+    counts = np.bincount(lists.ravel(), minlength=n_items)
+    half = [{"test-topk": np.bincount(lists[:30].ravel(), minlength=n_items).tolist(), "test/ndcg@10": 1.0,
+             "test-count": 30},
+            {"test-topk": np.bincount(lists[30:].ravel(), minlength=n_items).tolist(), "test/ndcg@10": 2.0,
+             "test-count": 27}]
+    out = evaluation_means(half, item_popularity=pop, n_users=943)
+    assert out["test/novelty@10"] == pytest.approx(per_user_novelty(lists, pop, 943).mean(), rel=1e-12)
+    assert out["test/arp@10"] == pytest.approx(per_user_popularity(lists, pop).mean(), rel=1e-12)
+    assert list_novelty_and_popularity(counts, pop, 943) == (pytest.approx(out["test/novelty@10"]),
+                                                              pytest.approx(out["test/arp@10"]))
+    assert "test/novelty@10" not in evaluation_means(half)  # without the server's popularity: none

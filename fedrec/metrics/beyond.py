@@ -31,6 +31,7 @@ __all__ = [
     "novelty",
     "per_user_popularity",
     "average_popularity",
+    "list_novelty_and_popularity",
 ]
 
 
@@ -176,6 +177,18 @@ def novelty(topk: np.ndarray, item_popularity: np.ndarray, n_users: int) -> floa
     """Mean over users of :func:`per_user_novelty`."""
     v = per_user_novelty(topk, item_popularity, n_users)
     return float(v.mean()) if len(v) else float("nan")
+
+
+def list_novelty_and_popularity(topk_counts: np.ndarray, item_popularity: np.ndarray,
+                                n_users: int) -> tuple[float, float]:
+    """Novelty and ARP over every recommended slot, from how many lists each item is in
+    (``topk_counts``, ``(n_items,)``): the mean over users of :func:`per_user_novelty` and
+    :func:`per_user_popularity` when every list is full, which is all a server needs
+    (the lists stay on the nodes)."""
+    w = np.asarray(topk_counts, dtype=np.float64)
+    pop = np.asarray(item_popularity, dtype=np.float64)
+    info = -np.log2(np.maximum(pop, 1.0) / n_users)
+    return float((w * info).sum() / w.sum()), float((w * pop).sum() / w.sum())
 
 
 def per_user_popularity(topk: np.ndarray, item_popularity: np.ndarray) -> np.ndarray:
