@@ -101,9 +101,13 @@ def test_popularity_prior_tracks_popularity_and_has_unit_sensitivity():
     rng = np.random.default_rng(0)
     pop = np.sort(rng.pareto(1.0, size=50))[::-1] + 0.1
     x = sp.csr_matrix((rng.random((400, 50)) < pop / pop.max() * 0.5).astype(np.float32))
-    prior = popularity_prior(x, noise=1.0)
+    from fedrec.privacy.randomness import DPRandomness
+
     counts = np.asarray(x.sum(axis=0)).ravel()
-    assert np.corrcoef(prior, np.log1p(counts))[0, 1] > 0.9
+    # over 40 fixed draws of the noise (the correlation of one draw ranges 0.87-0.96)
+    corr = [np.corrcoef(popularity_prior(x, noise=1.0, randomness=DPRandomness.from_seed(s, 21)),
+                        np.log1p(counts))[0, 1] for s in range(40)]
+    assert np.mean(corr) > 0.9 and min(corr) > 0.85
     # one user's contribution (its row, scaled to unit norm) has L2 norm 1
     n = np.asarray(x.sum(axis=1)).ravel()
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()) / np.sqrt(np.maximum(n, 1))
