@@ -492,7 +492,7 @@ class DeviceRecommender:
         self.dp_steps, self.rounds = int(new.dp_steps[0]), int(new.rounds[0])
         if cfg.dp:
             self.privacy = mech
-        if not (cfg.dp or cfg.user_level):
+        if not node.private_release(cfg):
             self.non_private_rounds += 1
         self.released_round, self.release = int(server_round), {k: np.array(v, copy=True) for k, v in update.items()}
         self.save()
