@@ -71,13 +71,18 @@ class FedConfig:
     min_rating: float = _opt(0.0, "data", "positives = ratings >= this (0: every rating is a positive)")
     kcore: int = _opt(0, "data", "iterative k-core filter (0: none)")
     split: str = _opt("leave-last-out", "data", "chronological split: leave-last-out (valid = 2nd-to-last, test = "
-                      "last), temporal-ratio, or window:START:END (train = before START, test = [START, END), unix "
+                      "last; the order inside a timestamp tie is drawn from --seed, never the file's), "
+                      "leave-last-group-out (test = every item of the last timestamp, valid = the one before), "
+                      "temporal-ratio, or window:START:END (train = before START, test = [START, END), unix "
                       "seconds: one step of a stream, see `fedrec sweep stream`)")
     cold_users: float = _opt(0.0, "data", "fraction of users held out of training (user cold-start; fixed split seed)")
     cold_items: float = _opt(0.0, "data", "fraction of items held out of training, ranked through item features "
                              "(needs a feature-aware model such as two-tower)")
     max_users: int = _opt(0, "data", "keep this many users with training data, drawn with a fixed seed (nested: a "
                           "smaller population is a subset of a larger one; the catalogue is unchanged); 0: all")
+    federation_plan: str = _opt("", "data", "the server's public view of the federation (catalogue, cohorts, held-out "
+                                "items), written beside the node files: a server given one never reads the "
+                                "interactions (fedrec deploy sets it)")
     # model
     model: str = _opt("mf", "model", "mf, gmf, mlp, neumf, two-tower, the sequential sasrec and gru4rec, or your "
                       "own: path/to/file.py:ClassName (a fedrec.models.FederatedModel; see examples/my_model.py)")
@@ -250,12 +255,13 @@ class FedConfig:
         for key in ("init_std", "user_lr", "server_lr", "max_grad_norm", "user_clip", "round_timeout"):
             if not getattr(self, key) > 0:
                 bad(key, "must be > 0")
-        if self.split not in ("leave-last-out", "temporal-ratio"):
+        if self.split not in ("leave-last-out", "leave-last-group-out", "temporal-ratio"):
             from fedrec.data.splits import parse_window
 
             try:
                 if parse_window(self.split) is None:
-                    raise ValueError("choose 'leave-last-out', 'temporal-ratio' or 'window:START:END'")
+                    raise ValueError("choose 'leave-last-out', 'leave-last-group-out', 'temporal-ratio' or "
+                                     "'window:START:END'")
             except ValueError as e:
                 bad("split", str(e).split(": ", 1)[-1] if str(e).startswith("split ") else str(e))
             if self.patience > 0:

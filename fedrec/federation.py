@@ -16,7 +16,7 @@ from fedrec.data.sequences import Histories, stage_histories
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
 __all__ = ["Federation", "load_federation", "reader_options", "write_node_data", "load_node_data", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features", "histories",
-           "activity_groups", "SPLIT_SEED"]
+           "activity_groups", "SPLIT_SEED", "write_plan", "load_plan", "PLAN_FILE"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ class Federation:
 
 @functools.lru_cache(maxsize=4)
 def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, users_per_node: int,
-            cold_users: float = 0.0, cold_items: float = 0.0, reader_options: tuple = (), max_users: int = 0) -> Federation:
+            cold_users: float = 0.0, cold_items: float = 0.0, reader_options: tuple = (), max_users: int = 0,
+            tie_seed: int = 0) -> Federation:
     ds = load_dataset(data, format=format, min_rating=min_rating or None, kcore=kcore, **dict(reader_options))
-    sp_ = make_split(ds, kind=split)
+    sp_ = make_split(ds, kind=split, tie_seed=tie_seed)
     if cold_items > 0:
         sp_ = hold_out_items(sp_, ds, fraction=cold_items, seed=SPLIT_SEED)
     if cold_users > 0:
@@ -60,9 +61,11 @@ def _cached(data: str, format: str, min_rating: float, kcore: int, split: str, u
 
 
 def load_federation(cfg: FedConfig) -> Federation:
-    """Dataset, split and node cohorts for ``cfg`` (users with training data only)."""
+    """Dataset, split and node cohorts for ``cfg`` (users with training data only).  The
+    order inside ties in time is drawn from ``cfg.seed``: every model run with one seed
+    sees the same split, and a study's seeds vary the tie order too."""
     return _cached(cfg.data, cfg.format, cfg.min_rating, cfg.kcore, cfg.split, cfg.users_per_node,
-                   cfg.cold_users, cfg.cold_items, reader_options(cfg), cfg.max_users)
+                   cfg.cold_users, cfg.cold_items, reader_options(cfg), cfg.max_users, cfg.seed)
 
 
 def reader_options(cfg: FedConfig) -> tuple:
@@ -203,7 +206,7 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
                   "n_users": np.array(ds.n_users), "n_items": np.array(ds.n_items), "users": users,
                   "group_codes": codes[users],
                   "cold_items": np.asarray(split.cold_items, dtype=np.int64),
-                  "name": np.array(ds.name), "kind": np.array(split.kind)}
+                  "name": np.array(ds.name), "kind": np.array(split.kind), "tie_seed": np.array(split.tie_seed)}
         for stage in ("train", "valid", "test"):
             m = getattr(split, stage)[users].tocsr()
             arrays[f"{stage}/indptr"], arrays[f"{stage}/indices"] = m.indptr.astype(np.int64), m.indices.astype(np.int32)
@@ -254,7 +257,7 @@ def load_node_data(path: str) -> tuple[Federation, int]:
         return sp.csr_matrix((np.ones(len(idx), dtype=np.float32), idx, indptr), shape=(n_users, n_items))
 
     split = Split(train=full("train"), valid=full("valid"), test=full("test"), kind=str(a["kind"]),
-                  cold_items=a["cold_items"])
+                  cold_items=a["cold_items"], tie_seed=int(a.get("tie_seed", 0)))
     empty = np.zeros(0, dtype=np.int64)
     ds = Dataset(user=empty, item=empty, timestamp=empty, n_users=n_users, n_items=n_items,
                  user_ids=np.arange(n_users), item_ids=np.arange(n_items), item_genres=a.get("item_genres"),
@@ -294,3 +297,72 @@ class _NodeEval(dict):
             items = np.concatenate([own_items[starts[j]:starts[j + 1]] for j in order] or [items])
         self["history"] = Histories(np.r_[0, np.cumsum(lengths)].astype(np.int64), items.astype(np.int64))
         return self["history"]
+
+
+PLAN_FORMAT = 1  # version of the plan file
+PLAN_FILE = "plan.npz"
+
+
+def write_plan(fed: Federation, directory, *, measurement: bool = False):
+    """Write ``plan.npz``: the server's public view of the federation, with nothing
+    computed from the interactions.  It holds the catalogue (the item count and
+    public item features), the held-out items, the users hosted by each node (who
+    takes part, not what they did) and the dataset's name and split kind.  A server
+    that reads it (:func:`load_plan`) never opens the interactions.
+
+    ``measurement``: also store the training counts per item, from which a
+    *simulation* measures novelty and ARP of the nodes' top-10 lists (a statistic of
+    the interactions: a deployment's plan has none).  Returns the path."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ds, split = fed.dataset, fed.split
+    sizes = np.array([len(c) for c in fed.cohorts], dtype=np.int64)
+    arrays = {"format": np.array(PLAN_FORMAT), "name": np.array(ds.name), "kind": np.array(split.kind),
+              "n_users": np.array(ds.n_users), "n_items": np.array(ds.n_items),
+              "cohort_sizes": sizes, "cohort_users": np.concatenate([np.asarray(c, dtype=np.int64) for c in fed.cohorts])
+              if len(sizes) else np.zeros(0, np.int64),
+              "cold_items": np.asarray(split.cold_items, dtype=np.int64),
+              "cold_users": np.asarray(split.cold_users, dtype=np.int64)}
+    for k in ("item_genres", "item_year"):
+        if getattr(ds, k) is not None:
+            arrays[k] = np.asarray(getattr(ds, k))
+    if ds.genre_names:
+        arrays["genre_names"] = np.array(ds.genre_names)
+    if measurement:
+        arrays["item_popularity"] = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
+    path, tmp = directory / PLAN_FILE, directory / f"{PLAN_FILE}.tmp.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_plan(path) -> tuple[Federation, np.ndarray | None]:
+    """The server's view of the federation from a plan file (:func:`write_plan`):
+    ``(federation, item_popularity)``.  The federation's matrices are empty (the
+    server holds no interactions); its cohorts, catalogue, item features and held-out
+    items are the plan's.  ``item_popularity`` is ``None`` unless the plan was written
+    for a simulation's measurement."""
+    from pathlib import Path
+
+    import scipy.sparse as sp
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"federation plan {path}: not readable ({type(e).__name__})") from None
+    if int(a.get("format", -1)) != PLAN_FORMAT:
+        raise ValueError(f"federation plan {path}: format {a.get('format')}, expected {PLAN_FORMAT}")
+    n_users, n_items = int(a["n_users"]), int(a["n_items"])
+    empty = np.zeros(0, dtype=np.int64)
+    nothing = sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    split = Split(train=nothing, valid=nothing.copy(), test=nothing.copy(), kind=str(a["kind"]),
+                  cold_items=a["cold_items"], cold_users=a["cold_users"])
+    ds = Dataset(user=empty, item=empty, timestamp=empty, n_users=n_users, n_items=n_items,
+                 user_ids=np.arange(n_users), item_ids=np.arange(n_items), item_genres=a.get("item_genres"),
+                 genre_names=tuple(str(x) for x in a.get("genre_names", ())), item_year=a.get("item_year"),
+                 name=str(a["name"]))
+    cohorts = tuple(np.split(a["cohort_users"], np.cumsum(a["cohort_sizes"])[:-1])) if len(a["cohort_sizes"]) else ()
+    return Federation(ds, split, cohorts), a.get("item_popularity")

@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig, nested_run_config
-from fedrec.federation import federated_model, load_federation
+from fedrec.federation import federated_model, load_federation, load_plan
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
 from fedrec.node import trained_items_config
@@ -269,7 +269,7 @@ def _restore(ck: dict, strategy) -> tuple[dict[str, np.ndarray], int]:
     return {k: v.astype(np.float32) for k, v in ck["param"].items()}, start
 
 
-def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
+def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | None" = None) -> dict:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; write the run directory.
 
     With ``cfg.resume`` and a checkpoint in ``OUT/checkpoint`` the run continues
@@ -277,10 +277,25 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     the per-round log as they were then); a checkpoint of another configuration
     or a corrupt one is an error (:class:`server.checkpoint.CheckpointError`).
     ``context`` (the ServerApp's) is needed with ``secure-aggregation``.
+
+    ``plan`` (or the config's ``federation-plan``): the federation plan written with the
+    node files (:func:`fedrec.federation.write_plan`); the server then never opens the
+    interactions, as in a deployment.  Without one (a Ray cluster's simulation) the
+    server derives the same public view from the dataset.
     """
     if cfg.als:  # the counts, then one round per pass, as FedConfig.resolved sets them (here too for an unresolved config)
         cfg = cfg.resolved()
-    fed = load_federation(cfg)
+    plan = plan or cfg.federation_plan
+    if plan:
+        fed, item_popularity = load_plan(plan)
+        about = {"dataset": {"name": fed.dataset.name, "users": fed.dataset.n_users, "items": fed.dataset.n_items,
+                             "source": "federation plan: the server holds no interactions"},
+                 "split": {"kind": fed.split.kind, "cold_users": int(len(fed.split.cold_users)),
+                           "cold_items": int(len(fed.split.cold_items)), "counts": "held by the nodes"}}
+    else:
+        fed = load_federation(cfg)
+        item_popularity = np.asarray(fed.split.train.sum(axis=0)).ravel().astype(np.float64)
+        about = {"dataset": fed.dataset.summary(), "split": fed.split.summary()}
     model = federated_model(cfg, fed)
     params = model.global_params()
     # the popularity prior's one release, collected from the nodes (federated analytics; the
@@ -306,7 +321,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
     log = RunLog(cfg, strategy)
     log.head = head
     # novelty and ARP of the evaluation: the server's own measurement from the nodes' top-10 counts
-    strategy.record.item_popularity = np.asarray(fed.split.train.sum(axis=0)).ravel().astype(np.float64)
+    strategy.record.item_popularity = item_popularity  # None in a deployment: no novelty or ARP
     strategy.record.n_users = fed.split.n_users
     if cfg.secure_aggregation:
         strategy.on_round = log
@@ -332,8 +347,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
             shutil.rmtree(ck_dir, ignore_errors=True)
             if not cfg.state_dir:
                 shutil.rmtree(log.out / "client-state", ignore_errors=True)  # this run's nodes start fresh
-        write_json(log.out / "config.json", {"run_config": nested_run_config(cfg.to_run_config()), "dataset": fed.dataset.summary(),
-                                             "split": fed.split.summary(), "nodes": fed.n_nodes})
+        write_json(log.out / "config.json", {"run_config": nested_run_config(cfg.to_run_config()), **about,
+                                             "nodes": fed.n_nodes})
     if cfg.warm_start and start == 0:
         params, start = _warm_start(cfg, strategy, params, log)
     if head is not None and start == 0:  # the frozen rows start (and stay) at zero: the prior ranks them
@@ -354,7 +369,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None) -> dict:
             f", user-level DP noise {cfg.als_noise_multiplier:.3f} cap {cfg.als_cap} (counts) / {cfg.als_pass_cap} "
             f"(passes) clip {cfg.als_clip}"
             if cfg.als_private else " (no DP)"))
-    _say(f"{fed.dataset.summary()['name']}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
+    _say(f"{fed.dataset.name}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
          f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
     if start < cfg.num_server_rounds and not (cfg.patience and log.since_best >= cfg.patience):
         try:

@@ -182,7 +182,7 @@ def evaluation_means(replies: Iterable[dict], *, item_popularity: np.ndarray | N
     top-10 counts (``test-topk``), and with the server's ``item_popularity`` (training
     counts over ``n_users`` users) novelty and ARP from the same counts: nodes hold no
     federation-wide statistic.  ``None`` when no reply carried a metric."""
-    sums: dict[str, float] = {}
+    sums: dict[str, list[float]] = {}  # summed exactly (math.fsum): the means do not depend on the replies' order
     counts: dict[str, int] = {}
     exposure: dict[str, np.ndarray] = {}
     topk = None
@@ -197,10 +197,10 @@ def evaluation_means(replies: Iterable[dict], *, item_popularity: np.ndarray | N
                 v = np.asarray(v, dtype=np.int64)
                 topk = v if topk is None else topk + v
             elif "/" in k:
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums.setdefault(k, []).append(float(v))
     if not sums:
         return None
-    out = {k: v / max(1, counts.get(k.split("/")[0], 0)) for k, v in sums.items()}
+    out = {k: math.fsum(v) / max(1, counts.get(k.split("/")[0], 0)) for k, v in sums.items()}
     out.update({f"{s}-users": float(c) for s, c in counts.items()})
     if topk is not None and len(topk):
         out["test/coverage@10"] = float((topk > 0).mean())

@@ -733,9 +733,11 @@ def deploy(
     flwr_home = workdir / "flwr-home"
     for d in (workdir, logs, flwr_home, out):
         d.mkdir(parents=True, exist_ok=True)
-    from fedrec.federation import write_node_data
+    from fedrec.federation import write_node_data, write_plan
 
     write_node_data(fed, workdir / "nodes")  # each SuperNode reads only its own users' data
+    # the ServerApp reads the public plan, never the interactions
+    overrides[run_key("federation-plan")] = str(write_plan(fed, workdir / "nodes"))
 
     tag = uuid.uuid4().hex
     bindir = str(Path(sys.executable).parent)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation, write_node_data
+from fedrec.federation import load_federation, write_node_data, write_plan
 from fedrec.flower_compat import backend_config, fast_grid_polling, worker_heap_env
 from fedrec.results import check_run_dir
 
@@ -26,7 +26,8 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
 
     As in a deployment, each node reads only its own users' data: the driver writes
     one file per node (:func:`fedrec.federation.write_node_data`, in a temporary
-    directory removed at the end) and no actor loads the dataset.  On a Ray cluster
+    directory removed at the end) and no actor loads the dataset; the server reads
+    the federation plan written with them (:func:`fedrec.federation.write_plan`).  On a Ray cluster
     (``ray_address``) the actors load the dataset themselves (the same data on every
     machine, see ``docs/ray-cluster.md``).
 
@@ -71,10 +72,13 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
-        node_data = None
+        node_data = plan = None
         if not ray_address:
             node_data = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrec-nodes-"))
             write_node_data(fed, node_data)
+            # the server's public view: it reads no interactions (the training counts are the
+            # simulation's measurement of novelty and ARP)
+            plan = write_plan(fed, node_data, measurement=True)
             from fedrec.node import trim_heap
 
             trim_heap()  # the files' working set goes back to the OS before the actors start
@@ -82,7 +86,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         stack.enter_context(fast_grid_polling())
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)
         run_simulation(
-            server_app=make_server_app(rc, results),
+            server_app=make_server_app(rc, results, plan=plan),
             client_app=make_client_app(rc, node_data=node_data, malicious=attack),
             num_supernodes=supernodes,
             backend_config=backend_config(num_cpus, ray_address, gpus=gpus, nodes=supernodes),

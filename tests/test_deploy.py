@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedrec_app.simulations import deploy
@@ -128,8 +129,16 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     before = set(_all_flower())
     out = tmp_path / "run"
     checks = {}
+    # a ratings file that disappears once the SuperNodes hold their node files: the ServerApp
+    # (started after) runs from the federation plan and never opens the interactions
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    rows = [f"{u},{i},5.0,{1000 + 10 * k}" for u in range(1, 4) for k, i in enumerate(rng.choice(30, 9, replace=False) + 1)]
+    (data / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
 
     def on_ready(ctx):
+        data.rename(tmp_path / "gone")
         # the SuperLink speaks TLS with a certificate of our CA, and only of our CA
         port = int(ctx["address"].rsplit(":", 1)[1])
         tls = ssl.create_default_context(cafile=str(ctx["ca"]))
@@ -148,7 +157,7 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
 
     t0 = time.perf_counter()
     res = deploy.deploy(
-        {"data": DATA, "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
+        {"data": str(data / "ratings.csv"), "num-server-rounds": 2, "users-per-node": 1, "noise-multiplier": 1.0,
          "sample-rate": 0.5, "eval-every": 2},
         out=out, startup_timeout=90, timeout=240, on_ready=on_ready, exact_evaluation=True,
     )
@@ -164,7 +173,9 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     assert doc["config"]["interaction-level"]["noise-multiplier"] == 1.0
     assert doc["config"]["federation"]["users-per-node"] == 1
     assert 0 <= doc["test"]["ndcg@10"] <= 1
-    assert json.loads((out / "config.json").read_text())["nodes"] == 3
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["nodes"] == 3 and recorded["dataset"]["source"].startswith("federation plan")
+    assert not data.exists()
     assert len((out / "rounds.csv").read_text().strip().splitlines()) == 3
 
     # TLS and authentication were really on

@@ -8,6 +8,7 @@ same attack succeeds: that is the check that each test can fail.
 """
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -323,3 +324,40 @@ def test_the_prior_is_collected_from_the_nodes_and_noised_by_the_server(monkeypa
     np.testing.assert_allclose(release, expected, atol=1e-12)
     direct = noisy_popularity(fed.split.train, noise=2.0, randomness=DPRandomness.from_seed(cfg.seed, 21))
     assert not np.allclose(release, direct)  # the nodes' sums, not the server's own reading of the data
+
+
+@pytest.mark.slow
+def test_the_server_reads_the_federation_plan_never_the_interactions(tmp_path, monkeypatch):
+    """The ServerApp runs from the federation plan written with the node files: with every
+    way to the dataset closed in the server's process it trains and evaluates a model
+    identical (same seed, no DP) to a server that derives its view from the dataset, and
+    the plan holds nothing computed from the interactions unless it is a simulation's
+    measurement."""
+    import fedrec_app.server.run as server_run
+    import fedrec_app.simulations.simulate as sim
+    from fedrec.federation import load_plan, write_plan
+
+    base = dict(data="synthetic:40x30:2", dim=4, users_per_node=10, num_server_rounds=2, eval_every=1, patience=0)
+    fed = load_federation(FedConfig(**base))
+    view, popularity = load_plan(write_plan(fed, tmp_path / "deploy"))
+    assert popularity is None and view.split.train.nnz == 0 and view.n_users == fed.n_users
+    assert all(np.array_equal(a, b) for a, b in zip(view.cohorts, fed.cohorts))
+
+    def run(name):
+        summary = sim.simulate(FedConfig(**base, out=str(tmp_path / name)), num_cpus=2)
+        with np.load(tmp_path / name / "checkpoint" / "checkpoint.npz") as z:
+            return summary, z["param/item_embedding"].copy()
+
+    def no_dataset(*a, **k):
+        raise AssertionError("the server opened the interactions")
+
+    with monkeypatch.context() as m:
+        m.setattr(server_run, "load_federation", no_dataset)
+        planned, planned_items = run("plan")
+    with monkeypatch.context() as m:
+        m.setattr(sim, "write_plan", lambda *a, **k: None)  # no plan: the server reads the dataset
+        whole, whole_items = run("whole")
+    np.testing.assert_array_equal(planned_items, whole_items)
+    assert planned["test"] == whole["test"] and "novelty@10" in planned["test"]
+    recorded = json.loads((tmp_path / "plan" / "config.json").read_text())
+    assert recorded["dataset"]["source"].startswith("federation plan") and "interactions" not in recorded["dataset"]
