@@ -42,7 +42,7 @@ def load_from_args(args):
     cfg = config_from_args(args, ("data",))
     ds = load_dataset(cfg.data, format=cfg.format, min_rating=cfg.min_rating or None, kcore=cfg.kcore,
                       **dict(reader_options(cfg)))
-    split = make_split(ds, kind=cfg.split)
+    split = make_split(ds, kind=cfg.split, tie_seed=int(getattr(args, "seed", 0) or 0))  # ties ordered as a run of this seed orders them
     return ds, split
 
 
@@ -94,7 +94,7 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
         hist = {s: stage_histories(ds, split, s) for s in ("train", "valid", "test")}
         res = baselines.fit_sequential(
             model, split, hist, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size or 128,
-            n_negatives=args.negatives, seed=args.seed, patience=args.patience, progress=_log, **ev)
+            n_negatives=args.negatives, patience=args.patience, progress=_log, **ev)  # ev holds the seed
     else:
         if args.model == "bpr-mf":
             model = build_model("mf", ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)

@@ -769,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedrec_app.simulations.audit import audit
 
     t0 = time.time()
-    split = make_split(load_dataset(args.data), kind=args.split)
+    split = make_split(load_dataset(args.data), kind=args.split, tie_seed=args.seed)
     rows = leakage_table(split, n_users=args.users, dim=args.dim, rounds=args.rounds,
                          interaction_epsilons=_floats(args.interaction_epsilons),
                          user_sigmas=_floats(args.user_sigmas),

@@ -38,6 +38,17 @@ def test_baseline_on_movielens_csv(tmp_path):
     assert len(ids["users"]) == 40
 
 
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec"])
+def test_baseline_of_a_sequential_model_trains_and_reports(tmp_path, model):
+    """The centralized counterpart of a sequential model through the command line."""
+    _write_interactions(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"])
+    out = tmp_path / model
+    assert main(["baseline", "--data", str(tmp_path / "ratings.csv"), "--model", model, "--epochs", "1", "--dim", "8",
+                 "--seq-len", "5", "--seed", "3", "--out", str(out)]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["seed"] == 3 and 0 <= doc["test"]["ndcg@10"] <= 1 and doc["test"]["ndcg@10"] <= doc["test"]["hr@10"]
+
+
 def test_rank_consumed_reaches_baselines_and_nodes(tmp_path):
     """--rank-consumed: MostPop ranks its users' own (popular) consumed items too, so its
     hit rate can only fall; the federated evaluation takes the same switch."""

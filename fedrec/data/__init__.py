@@ -9,8 +9,10 @@ from fedrec.data.splits import (
     hold_out_items,
     hold_out_users,
     subsample_users,
+    leave_last_group_out,
     leave_last_out,
     parse_window,
+    tie_groups,
     temporal_ratio,
     time_window,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "subsample_users",
     "is_positive",
     "kcore_mask",
+    "leave_last_group_out",
     "leave_last_out",
     "load_dataset",
     "make_split",
@@ -37,6 +40,7 @@ __all__ = [
     "synthetic_dataset",
     "parse_window",
     "temporal_ratio",
+    "tie_groups",
     "time_window",
 ]
 
@@ -100,14 +104,20 @@ def _cached_synthetic(spec: str) -> Dataset:
     return ds
 
 
-def make_split(ds: Dataset, *, kind: str = "leave-last-out", valid: float = 0.1, test: float = 0.1) -> Split:
-    """Split by name: ``leave-last-out`` (default), ``temporal-ratio``, or
-    ``window:START:END`` (:func:`time_window`: one step of a stream)."""
+def make_split(ds: Dataset, *, kind: str = "leave-last-out", valid: float = 0.1, test: float = 0.1,
+               tie_seed: int = 0) -> Split:
+    """Split by name: ``leave-last-out`` (default), ``leave-last-group-out`` (the last
+    tie group in time is the test set), ``temporal-ratio``, or ``window:START:END``
+    (:func:`time_window`: one step of a stream).  ``tie_seed`` draws the order inside
+    ties in time (:mod:`fedrec.data.splits`); the file's row order never matters."""
     if kind == "leave-last-out":
-        return leave_last_out(ds)
+        return leave_last_out(ds, tie_seed=tie_seed)
+    if kind == "leave-last-group-out":
+        return leave_last_group_out(ds, tie_seed=tie_seed)
     if kind == "temporal-ratio":
-        return temporal_ratio(ds, valid=valid, test=test)
+        return temporal_ratio(ds, valid=valid, test=test, tie_seed=tie_seed)
     window = parse_window(kind)
     if window is not None:
-        return time_window(ds, *window)
-    raise ValueError(f"unknown split {kind!r}; choose 'leave-last-out', 'temporal-ratio' or 'window:START:END'")
+        return time_window(ds, *window, tie_seed=tie_seed)
+    raise ValueError(f"unknown split {kind!r}; choose 'leave-last-out', 'leave-last-group-out', 'temporal-ratio' "
+                     "or 'window:START:END'")

@@ -59,10 +59,10 @@ def stage_histories(ds: Dataset, split: Split, stage: str = "train") -> Historie
     ``stage="train"`` or ``"valid"``: the user's training interactions (the input
     for training and for ranking the validation items); ``"test"``: training and
     validation interactions (the input for ranking the test items).  Ties in time
-    keep file order (as the split does)."""
+    are ordered as the split orders them (``split.tie_seed``), never by the file."""
     if stage not in ("train", "valid", "test"):
         raise ValueError(f"unknown stage {stage!r}; choose 'train', 'valid' or 'test'")
-    order = chronological_order(ds)
+    order = chronological_order(ds, tie_seed=split.tie_seed)
     u, i = ds.user[order].astype(np.int64), ds.item[order].astype(np.int64)
     keep = is_positive(split.train, u, i)
     if stage == "test":

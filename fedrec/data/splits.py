@@ -4,6 +4,16 @@ Every split returns a :class:`Split` of three binary user x item CSR matrices
 (``train``, ``valid``, ``test``) over the same id space, plus what cold-start
 experiments need (users and items held out of training).  Splits are
 chronological: the later interactions of a user are held out, never earlier ones.
+
+Ties in time.  Interactions of one user that share a timestamp are unordered: the
+order inside each tie is drawn from ``tie_seed`` and the interaction itself (a hash of
+the seed, the user and the item), never from the file's row order, for choosing the
+validation and test targets and for the histories sequential models read.  A split
+is therefore the same whatever order the file's rows are in, and a study that runs
+each seed with its own ``tie_seed`` reports a spread that includes the tie order.
+``leave-last-group-out`` treats a tie as a unit instead: the user's whole last group
+of same-timestamp interactions is the test set (every item in it a target), the
+group before it the validation set.
 """
 
 from __future__ import annotations
@@ -14,10 +24,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedrec.data.dataset import Dataset
+from fedrec.rng import hash_uniform
 
 __all__ = [
     "Split",
     "leave_last_out",
+    "leave_last_group_out",
+    "tie_groups",
     "temporal_ratio",
     "time_window",
     "parse_window",
@@ -54,6 +67,7 @@ class Split:
     cold_users: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     cold_user_items: dict = field(default_factory=dict)
     cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    tie_seed: int = 0  # the draw of the order inside ties in time (see the module's docstring)
 
     @property
     def n_users(self) -> int:
@@ -69,6 +83,7 @@ class Split:
     def summary(self) -> dict:
         return {
             "kind": self.kind,
+            "tie_seed": self.tie_seed,
             "train": int(self.train.nnz),
             "valid": int(self.valid.nnz),
             "test": int(self.test.nnz),
@@ -90,9 +105,28 @@ def _cols(m: sp.spmatrix, keep: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-def chronological_order(ds: Dataset) -> np.ndarray:
-    """Indices of the interactions sorted by user, then time, then file order."""
-    return np.lexsort((np.arange(ds.n_interactions), ds.timestamp, ds.user))
+TIE_STREAM = 0x7135  # the hash stream of the order inside ties
+
+
+def chronological_order(ds: Dataset, *, tie_seed: int = 0) -> np.ndarray:
+    """Indices of the interactions sorted by user, then time; inside a tie (one user,
+    one timestamp) in an order drawn from ``(tie_seed, user, item)``, which the file's
+    row order does not change (a user's items are distinct; ids are the sorted raw ids)."""
+    tie = hash_uniform(np.uint64(tie_seed), np.uint64(TIE_STREAM), ds.user, ds.item)
+    return np.lexsort((ds.item, tie, ds.timestamp, ds.user))
+
+
+def tie_groups(ds: Dataset) -> dict[str, float]:
+    """How common ties in time are: the fraction of interactions that share their user
+    and timestamp with another one, and of users' last interactions (leave-last-out's
+    test targets) that share their timestamp with the interaction before them."""
+    order = chronological_order(ds)
+    u, t = ds.user[order], ds.timestamp[order]
+    same_prev = np.r_[False, (u[1:] == u[:-1]) & (t[1:] == t[:-1])]
+    tied = same_prev | np.r_[same_prev[1:], False]
+    last = np.r_[u[1:] != u[:-1], True] if len(u) else np.zeros(0, bool)
+    return {"interactions": int(len(u)), "tied_interactions": float(tied.mean()) if len(u) else 0.0,
+            "users": int(last.sum()), "tied_last": float(same_prev[last].mean()) if last.any() else 0.0}
 
 
 def _csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -114,14 +148,15 @@ def _position_in_user(users_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return pos, np.repeat(counts, counts)
 
 
-def leave_last_out(ds: Dataset, *, min_train: int = 1) -> Split:
+def leave_last_out(ds: Dataset, *, min_train: int = 1, tie_seed: int = 0) -> Split:
     """Chronological leave-last-out split.
 
     Per user: test = last interaction, validation = second to last, train = the
     rest.  Users with fewer than ``min_train + 2`` interactions keep everything in
-    train (they have no held-out items and are not evaluated).
+    train (they have no held-out items and are not evaluated).  Ties in time are
+    ordered by ``tie_seed`` (see the module's docstring).
     """
-    order = chronological_order(ds)
+    order = chronological_order(ds, tie_seed=tie_seed)
     u, i = ds.user[order], ds.item[order]
     pos, cnt = _position_in_user(u)
     heldout = cnt >= min_train + 2
@@ -134,10 +169,41 @@ def leave_last_out(ds: Dataset, *, min_train: int = 1) -> Split:
         valid=_csr(u[is_valid], i[is_valid], shape),
         test=_csr(u[is_test], i[is_test], shape),
         kind="leave-last-out",
+        tie_seed=tie_seed,
     )
 
 
-def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1) -> Split:
+def leave_last_group_out(ds: Dataset, *, tie_seed: int = 0) -> Split:
+    """Leave-last-out by tie group: per user, test = every interaction at the user's last
+    timestamp, validation = every interaction at the timestamp before it, train = the
+    rest.  Users with fewer than three distinct timestamps keep everything in train (not
+    evaluated).  No order inside a tie is assumed for the targets; ``tie_seed`` orders
+    only the training histories that sequential models read."""
+    order = chronological_order(ds, tie_seed=tie_seed)
+    u, i, t = ds.user[order], ds.item[order], ds.timestamp[order]
+    new_group = np.r_[True, (u[1:] != u[:-1]) | (t[1:] != t[:-1])] if len(u) else np.zeros(0, bool)
+    gid = np.cumsum(new_group) - 1  # tie group, numbered over all users
+    user_start = np.r_[True, u[1:] != u[:-1]] if len(u) else np.zeros(0, bool)
+    first_gid = np.maximum.accumulate(np.where(user_start, gid, 0))  # the user's first group
+    pos = gid - first_gid  # the group's position within the user
+    n_groups = np.zeros(ds.n_users, dtype=np.int64)
+    np.maximum.at(n_groups, u, pos + 1)
+    cnt = n_groups[u]
+    heldout = cnt >= 3
+    is_test = heldout & (pos == cnt - 1)
+    is_valid = heldout & (pos == cnt - 2)
+    is_train = ~(is_test | is_valid)
+    shape = (ds.n_users, ds.n_items)
+    return Split(
+        train=_csr(u[is_train], i[is_train], shape),
+        valid=_csr(u[is_valid], i[is_valid], shape),
+        test=_csr(u[is_test], i[is_test], shape),
+        kind="leave-last-group-out",
+        tie_seed=tie_seed,
+    )
+
+
+def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1, tie_seed: int = 0) -> Split:
     """Per-user chronological ratio split: the last ``test`` fraction of each user's
     interactions is test, the ``valid`` fraction before it is validation.
 
@@ -146,7 +212,7 @@ def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1) -> Spl
     """
     if not (0 < valid < 1 and 0 < test < 1 and valid + test < 1):
         raise ValueError(f"need 0 < valid, test and valid + test < 1; got valid={valid}, test={test}")
-    order = chronological_order(ds)
+    order = chronological_order(ds, tie_seed=tie_seed)
     u, i = ds.user[order], ds.item[order]
     pos, cnt = _position_in_user(u)
     n_test = np.where(cnt >= 3, np.maximum(1, np.floor(cnt * test)), 0)
@@ -160,10 +226,11 @@ def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1) -> Spl
         valid=_csr(u[is_valid], i[is_valid], shape),
         test=_csr(u[is_test], i[is_test], shape),
         kind=f"temporal-ratio(valid={valid},test={test})",
+        tie_seed=tie_seed,
     )
 
 
-def time_window(ds: Dataset, start: int, end: int) -> Split:
+def time_window(ds: Dataset, start: int, end: int, *, tie_seed: int = 0) -> Split:
     """The split of one step of a stream (prequential evaluation): train = every
     interaction before ``start`` (what the devices know at that time), test = those
     in ``[start, end)`` of the users who have a training interaction (the next
@@ -188,7 +255,7 @@ def time_window(ds: Dataset, start: int, end: int) -> Split:
     test.eliminate_zeros()
     test.sort_indices()
     return Split(train=train, valid=_csr(ds.user[:0], ds.item[:0], shape), test=test,
-                 kind=f"window:{int(start)}:{int(end)}")
+                 kind=f"window:{int(start)}:{int(end)}", tie_seed=tie_seed)
 
 
 def parse_window(kind: str) -> tuple[int, int] | None:
@@ -223,7 +290,7 @@ def subsample_users(split: Split, n_users: int, *, seed: int) -> Split:
     keep[kept] = 1.0
     return Split(train=_rows(split.train, keep), valid=_rows(split.valid, keep), test=_rows(split.test, keep),
                  kind=split.kind + f"+users({n_users})", cold_users=split.cold_users,
-                 cold_user_items=split.cold_user_items, cold_items=split.cold_items)
+                 cold_user_items=split.cold_user_items, cold_items=split.cold_items, tie_seed=split.tie_seed)
 
 
 def hold_out_users(split: Split, ds: Dataset, *, fraction: float, seed: int) -> Split:
@@ -237,7 +304,7 @@ def hold_out_users(split: Split, ds: Dataset, *, fraction: float, seed: int) -> 
     rng = np.random.default_rng(seed)
     n_cold = max(1, int(round(fraction * ds.n_users)))
     cold = np.sort(rng.choice(ds.n_users, size=n_cold, replace=False))
-    order = chronological_order(ds)
+    order = chronological_order(ds, tie_seed=split.tie_seed)
     u, i = ds.user[order], ds.item[order]
     in_cold = np.isin(u, cold)
     seqs: dict[int, np.ndarray] = {}
@@ -254,6 +321,7 @@ def hold_out_users(split: Split, ds: Dataset, *, fraction: float, seed: int) -> 
         cold_users=cold,
         cold_user_items=seqs,
         cold_items=split.cold_items,
+        tie_seed=split.tie_seed,
     )
 
 
@@ -281,4 +349,5 @@ def hold_out_items(split: Split, ds: Dataset, *, fraction: float, seed: int) -> 
         cold_users=split.cold_users,
         cold_user_items=split.cold_user_items,
         cold_items=cold,
+        tie_seed=split.tie_seed,
     )
