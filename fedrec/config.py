@@ -230,6 +230,9 @@ class FedConfig:
     tensorboard: str = _opt("", "outputs", "TensorBoard log directory: the finished run's per-round metrics, the "
                             "selected round's metrics and the privacy spent are written under DIR/<run name> as "
                             "scalars (needs tensorboard)")
+    keep_replies: bool = _opt(False, "outputs", "audits: write every node's valid train reply of every round to "
+                              "OUT/replies/round-R/ (what an honest-but-curious server sees; the one-run audit reads "
+                              "them)")
 
     def __post_init__(self):
         def bad(key, why):

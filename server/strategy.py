@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -555,6 +556,19 @@ def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies
     return contributing
 
 
+def keep_replies(directory: Path, replies: list[Message]) -> None:
+    """Write each reply's arrays and metrics to ``directory/reply-K.npz`` (K: the reply's
+    place in :func:`reply_order`, with ``node`` its sender): the view of an honest-but-
+    curious server, kept for audits (``keep-replies``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for k, msg in enumerate(replies):
+        arrays = {f"array/{name}": a.numpy() for record in msg.content.array_records.values()
+                  for name, a in record.items()}
+        metrics = {f"metric/{name}": np.asarray(v) for record in msg.content.metric_records.values()
+                   for name, v in record.items()}
+        np.savez(directory / f"reply-{k}.npz", node=np.asarray(msg.metadata.src_node_id), **arrays, **metrics)
+
+
 class ValidReplies(_Wrapper):
     """Leaves out error replies (failed or dropped nodes) and malformed ones with a logged
     reason, counts them, and passes the contributing replies (``num-examples`` > 0) on;
@@ -578,6 +592,8 @@ class ValidReplies(_Wrapper):
             lambda msg: validate_reply(msg.content, self.shapes, max_examples=self.max_examples, min_examples=0))
         if contributing is None:
             return None, None
+        if self.cfg.keep_replies and self.cfg.out:
+            keep_replies(Path(self.cfg.out) / "replies" / f"round-{server_round}", contributing)
         update, _ = self.inner.aggregate_train(server_round, contributing)
         if update is None:
             return None, None

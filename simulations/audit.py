@@ -77,7 +77,7 @@ import torch
 
 from fedrec.engine import LocalConfig, keyed_negatives, mf_round, steps_per_round
 
-__all__ = ["p_value", "eps_lower_bound", "canary_scores", "audit", "audit_als"]
+__all__ = ["p_value", "eps_lower_bound", "canary_scores", "audit", "audit_als", "deploy_audit"]
 
 
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
@@ -357,3 +357,164 @@ def audit_als(*, noise_multiplier: float, cap: int = 50, clip: float = 0.05, dim
             "correct": correct, "guesses": 2 * k, "m": m, "delta": delta, "p": p, "unit": "user (private ALS)",
             "noise_multiplier": noise_multiplier, "cap": cap, "clip": clip, "negative_control": negative_control,
             "included": int(include.sum())}
+
+
+def _write_canary_files(directory, train: sp.csr_matrix, m: int, rng: np.random.Generator) -> np.ndarray:
+    """A MovieLens-CSV dataset of ``m`` canary users (``ratings.csv``, ``movies.csv``):
+    user ``j`` (raw id ``j + 1``) has the training items of a random real user at times
+    1, 2, ... (the last two are leave-last-out's validation and test items) and, with
+    probability 1/2, its canary item (raw id ``n_items + j + 1``) at time 0, in training.
+    ``movies.csv`` lists every item, so the catalogue (and every id) is the same whether
+    or not a canary is in.  Returns who includes its canary."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n_items = train.shape[1]
+    rows, include = _canary_data(train, m, rng)
+    rows_all = []
+    for j in range(m):
+        background = [i for i in rows.indices[rows.indptr[j]:rows.indptr[j + 1]].tolist() if i < n_items]
+        rows_all += [f"{j + 1},{i + 1},5.0,{t + 1}" for t, i in enumerate(background)]
+        if include[j]:
+            rows_all.append(f"{j + 1},{n_items + j + 1},5.0,0")
+    (directory / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows_all) + "\n")
+    (directory / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+        f"{i + 1},item {i + 1} (2000),Drama\n" for i in range(n_items + m)))
+    return include
+
+
+def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_rate: float = 0.3,
+                 max_grad_norm: float = 0.5, m: int = 1000, users_per_node: int = 100, guesses: int = 200,
+                 delta: float = 1e-5, p: float = 0.05, dim: int = 64, seed: int = 0, negative_control: bool = False,
+                 insecure: bool = True, timeout: float = 1800.0) -> dict:
+    """The one-run audit of the interaction-level DP round through ``fedrec deploy``:
+    a SuperLink and SuperNodes hosting ``users_per_node`` of the ``m`` canary users each
+    (data written by :func:`_write_canary_files`), one round, the server keeping every
+    node's reply (``keep-replies``: the honest-but-curious server's view; the auditor
+    tells the nodes apart by the SuperNode IDs in the deployment's logs).  The auditor scores each
+    canary from that release as :func:`canary_scores` does, with what it knows: the
+    public seed (the canary users' initial embeddings and each canary pair's negative),
+    not the device's secret noise or Poisson sampling.
+
+    A node's release is the mean over its users of their noisy updates, so a canary's
+    score also carries the other users' noise and their negatives that land on canary
+    items (a canary item is one of ``m`` in the catalogue): a weaker audit than one user
+    per node, still a valid lower bound; fewer users per node, a stronger one.
+    ``negative_control``: the same run with the noise off, still claiming the noisy
+    round's epsilon.  Returns the fields of :func:`audit` plus ``deploy_seconds``."""
+    from pathlib import Path
+
+    from fedrec.config import FedConfig
+    from fedrec.federation import init_local_state, load_federation
+    from fedrec_app.simulations.deploy import deploy
+    from fedrec_app.simulations.leakage import dp_epsilon
+
+    out = Path(out)
+    rng = np.random.default_rng([seed, 41])
+    n_items = train.shape[1]
+    include = _write_canary_files(out / "data", train, m, rng)
+    settings = {"data": str(out / "data" / "ratings.csv"), "num-server-rounds": 1, "users-per-node": users_per_node,
+                "dim": dim,
+                "noise-multiplier": 0.0 if negative_control else noise_multiplier, "sample-rate": sample_rate,
+                "max-grad-norm": max_grad_norm, "negatives": 1, "user-steps": 0, "item-steps": 1, "seed": seed,
+                "keep-replies": True, "prior-noise": 0.0, "server-lr": 1.0, "server-opt": "sgd",
+                "round-timeout": timeout}
+    res = deploy(settings, out=out / "run", insecure=insecure, timeout=timeout, overwrite=True)
+    if not res.ok:
+        raise RuntimeError(f"the audited deployment failed: {res.error}")
+    # which SuperNode hosts which users: the node IDs in the deployment's logs, the users in its node file
+    import re
+
+    logs, nodes = out / "run" / "deploy" / "logs", out / "run" / "deploy" / "nodes"
+    hosted = {}
+    for part in range(res.n_nodes):
+        with np.load(nodes / f"node-{part}.npz") as z:
+            users_of = z["users"].astype(np.int64)
+        for node_id in re.findall(r"SuperNode ID: (\d+)", (logs / f"supernode-{part}.log").read_text()):
+            hosted[int(node_id)] = users_of  # a SuperNode that reconnects logs each ID it was given
+    replies = sorted((out / "run" / "replies" / "round-1").glob("reply-*.npz"))
+    if len(replies) != res.n_nodes:
+        raise RuntimeError(f"expected a reply from each of the {res.n_nodes} nodes, found {len(replies)}")
+    # what the auditor knows: the deployed federation's ids and split, the public seed
+    cfg = FedConfig(data=settings["data"], users_per_node=users_per_node, dim=dim, seed=seed, negatives=1,
+                    user_steps=0)
+    fed = load_federation(cfg)
+    users = np.arange(m)
+    release_of = np.empty(m, dtype=object)
+    for path in replies:
+        with np.load(path) as z:
+            release = (z["array/item_embedding"].astype(np.float64), z["array/item_bias"].astype(np.float64).reshape(-1))
+            for u in hosted[int(z["node"])]:
+                release_of[u] = release
+    canary = np.searchsorted(fed.dataset.item_ids, n_items + users + 1)
+    all_in = fed.split.train.tolil()
+    all_in[users, canary] = 1.0
+    would_be_negative = keyed_negatives(all_in.tocsr(), users, canary, seed=seed, server_round=1)
+    emb = init_local_state(users, cfg, fed)
+    p_users = next(iter(emb.values())).astype(np.float64)
+    scores = np.empty(m)
+    for j in range(m):
+        rows, bias = release_of[j]
+        c, n = canary[j], would_be_negative[j]
+        scores[j] = bias[c] + rows[c] @ p_users[j] - bias[n] - rows[n] @ p_users[j]
+    k = guesses // 2
+    order = np.lexsort((rng.random(m), scores))
+    guess = np.zeros(m, dtype=np.int64)
+    guess[order[m - k:]] = 1
+    guess[order[:k]] = -1
+    correct = int(((guess == 1) & include).sum() + ((guess == -1) & ~include).sum())
+    steps = 1
+    eps_claimed = dp_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+    return {"eps_lower": eps_lower_bound(m, 2 * k, correct, delta=delta, p=p), "eps_claimed": eps_claimed,
+            "correct": correct, "guesses": 2 * k, "m": m, "included": int(include.sum()), "delta": delta, "p": p,
+            "unit": "interaction (one training pair), one round", "noise_multiplier": noise_multiplier,
+            "sample_rate": sample_rate, "max_grad_norm": max_grad_norm, "steps": steps,
+            "negative_control": negative_control,
+            "through": f"fedrec deploy (SuperLink + {res.n_nodes} SuperNodes of {users_per_node} users)",
+            "deploy_seconds": res.seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedrec_app.simulations.audit --data ml-100k --out DIR``: the one-run audit
+    through ``fedrec deploy`` (the real mechanism and its negative control)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.audit",
+                                 description="One-run DP audit (Steinke, Nasr and Jagielski 2023) of the interaction-"
+                                             "level DP round through fedrec deploy: SuperLink and a SuperNode of "
+                                             "canary users, the server keeping the node's reply.")
+    ap.add_argument("--data", required=True, help="dataset whose training rows are the canary users' background")
+    ap.add_argument("--out", required=True, help="directory for the runs and audit.json")
+    ap.add_argument("--noise-multiplier", type=float, default=2.86, help="the audited noise (default 2.86: the "
+                    "epsilon-8 preset's, 100 rounds at q 0.3)")
+    ap.add_argument("--sample-rate", type=float, default=0.3)
+    ap.add_argument("--canaries", type=int, default=1000)
+    ap.add_argument("--guesses", type=int, default=200)
+    ap.add_argument("--users-per-node", type=int, default=100, help="canary users per SuperNode (default 100)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    from fedrec.data import load_dataset, make_split
+
+    train = make_split(load_dataset(args.data), tie_seed=args.seed).train
+    out = Path(args.out)
+    rows = [deploy_audit(train, out=out / ("negative-control" if nc else "mechanism"), noise_multiplier=args.noise_multiplier,
+                         sample_rate=args.sample_rate, m=args.canaries, users_per_node=args.users_per_node,
+                         guesses=args.guesses, seed=args.seed,
+                         negative_control=nc) for nc in (False, True)]
+    (out / "audit.json").write_text(json.dumps(rows, indent=2))
+    for r in rows:
+        print(f"{'negative control (noise off)' if r['negative_control'] else 'mechanism'}: eps claimed "
+              f"{r['eps_claimed']:.3f}, lower bound {r['eps_lower']:.3f} ({r['correct']}/{r['guesses']} right, "
+              f"{r['m']} canaries), {r['through']}")
+    ok = rows[0]["eps_lower"] <= rows[0]["eps_claimed"] and rows[1]["eps_lower"] > rows[1]["eps_claimed"]
+    print("the audit " + ("stays within the claim and catches its negative control" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

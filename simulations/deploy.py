@@ -796,7 +796,7 @@ def deploy(
         # inherited as ignored (a job started in the background)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old_handlers[sig] = signal.signal(sig, _raise_interrupt)
-    _say(f"{n_nodes} SuperNodes for {fused.get('data')} (users-per-node={fused.get('users-per-node')}), "
+    _say(f"{n_nodes} SuperNodes for {fused.get(run_key('data'))} (users-per-node={fused.get(run_key('users-per-node'))}), "
          f"{'TLS' if secure else 'INSECURE (no TLS)'}{' + SuperNode authentication' if auth else ''}; "
          f"SuperLink on {address}; logs in {logs}")
     try:

@@ -171,18 +171,19 @@ def frontier_cells(data: str, *, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2
 
 
 def _baselines(data: str, populations, epsilons, seeds: list[int]) -> list[dict]:
-    """MostPop (deterministic) and private MostPop (user-level, at each epsilon, per seed)
-    on each population's split."""
+    """MostPop and private MostPop (user-level, at each epsilon) on each population's
+    split of each seed (the seed draws the order inside ties in time, and the noise)."""
     from fedrec.baselines import fit_most_popular, fit_private_most_popular
 
     rows = []
     for pop in populations:
-        fed = load_federation(FedConfig(data=data, max_users=pop))
-        res = fit_most_popular(fed.split, sampled_negatives=0)
         for s in seeds:
-            rows.append(_baseline_row("MostPop", "none", math.inf, s, fed.n_users, res))
+            fed = load_federation(FedConfig(data=data, max_users=pop, seed=s))
+            rows.append(_baseline_row("MostPop", "none", math.inf, s, fed.n_users,
+                                      fit_most_popular(fed.split, sampled_negatives=0)))
         for e in epsilons:
             for s in seeds:
+                fed = load_federation(FedConfig(data=data, max_users=pop, seed=s))
                 res = fit_private_most_popular(fed.split, epsilon=e, seed=s, sampled_negatives=0)
                 rows.append(_baseline_row("private-mostpop", "user-level", float(e), s, fed.n_users, res))
     return rows

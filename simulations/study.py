@@ -142,19 +142,20 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
 
 
 def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tuple[float, ...] = ()) -> list[dict]:
-    """MostPop and EASE on the study's split (deterministic: one row each, all seeds), and
-    private MostPop at each of ``epsilons`` (user-level; its noise drawn per seed): the
-    floor a private model must beat."""
+    """MostPop and EASE on each seed's split (the seed draws the order inside ties in time,
+    as it does for the federated cells), and private MostPop at each of ``epsilons``
+    (user-level; its noise drawn per seed): the floor a private model must beat."""
     from fedrec.baselines import fit_ease, fit_most_popular, fit_private_most_popular
 
     from fedrec.node import evaluation_inputs
 
-    fed = load_federation(FedConfig(data=data, cold_users=cold_users))
-    split = fed.split
-    inputs = evaluation_inputs(fed)  # the beyond-accuracy inputs and groups the federated cells use
-    popularity = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)  # as the federated server counts it
-    extras = dict(sampled_negatives=99, item_popularity=popularity, item_features=inputs["features"],
-                  user_groups={"activity": inputs["groups"]})
+    def inputs_of(s: int) -> tuple:
+        fed = load_federation(FedConfig(data=data, cold_users=cold_users, seed=s))
+        inputs = evaluation_inputs(fed)  # the beyond-accuracy inputs and groups the federated cells use
+        popularity = np.asarray(fed.split.train.sum(axis=0)).ravel().astype(np.float64)  # as the server counts it
+        return fed.split, dict(sampled_negatives=99, item_popularity=popularity, item_features=inputs["features"],
+                               user_groups={"activity": inputs["groups"]})
+
     rows = []
 
     def row(name: str, s: int, res, t: float, **labels) -> dict:
@@ -167,12 +168,14 @@ def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tupl
                 out.update({f"test@{group}_{m}": means[m] for m in ("ndcg@10", "hr@10", "recall@20")})
         return out
 
-    for name, fit in (("MostPop", fit_most_popular), ("EASE (centralized)", fit_ease)):
-        t = time.perf_counter()
-        res = fit(split, **extras)
-        rows += [row(name, s, res, t) for s in seeds]
+    for s in seeds:
+        split, extras = inputs_of(s)
+        for name, fit in (("MostPop", fit_most_popular), ("EASE (centralized)", fit_ease)):
+            t = time.perf_counter()
+            rows.append(row(name, s, fit(split, **extras), t))
     for eps in sorted(set(epsilons), reverse=True):
         for s in seeds:
+            split, extras = inputs_of(s)
             t = time.perf_counter()
             res = fit_private_most_popular(split, epsilon=eps, seed=s, **extras)
             rows.append(row(f"private MostPop eps {eps:g}", s, res, t, unit="user-level", target_epsilon=eps,
@@ -187,8 +190,8 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
     for cell in cells:
         if cell.labels.get("experiment") != "privacy" or cell.cfg.cold_users <= 0:
             continue
-        fed = load_federation(cell.cfg)
         for seed in seeds:
+            fed = load_federation(replace(cell.cfg, seed=seed))  # the new users' first items: this seed's tie order
             d = out / "runs" / f"{cell.name}-seed{seed}"
             path = d / "coldstart.json"
             if path.exists():

@@ -133,7 +133,11 @@ def test_load_bundled_default(caplog):
     # movies.csv lists 18 movies nobody rated: kept in the catalogue, and said so in one line
     assert (ds.item_popularity() == 0).sum() == 18
     assert ds.info["notes"] == ["18 item(s) of the item metadata have no interaction: kept in the ranked "
-                                "catalogue (they can be recommended, never hit)"]
+                                "catalogue (they can be recommended, never hit)",
+                                "23.0% of interactions share their user and timestamp with another (15.4% of users' "
+                                "last ones tie with the one before): the order inside a tie is drawn from the run's "
+                                "seed, never taken from the file"]
+    assert ds.info["ties"]["users"] == 610 and round(ds.info["ties"]["tied_last"] * 610) == 94
     s = leave_last_out(ds)
     assert s.valid.nnz == 610 and s.test.nnz == 610 and s.train.nnz == 100836 - 2 * 610
 

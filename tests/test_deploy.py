@@ -307,3 +307,23 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
     assert "evaluation off" in r.stdout
     app = (work / "runs" / "deploy" / "deploy" / "app" / "pyproject.toml").read_text()
     assert 'serverapp = "fedrec_app.server.app:app"' in app
+
+
+@pytest.mark.slow
+def test_the_one_run_audit_through_fedrec_deploy(tmp_path, monkeypatch, shared_data):
+    """The one-run audit against the deployed mechanism (SuperLink, a SuperNode of canary
+    users, the servers' kept replies): the noisy round stays within its claim (at 99.9%
+    confidence, so the test fails by chance at most once in a thousand runs) and the same
+    round with the noise off (deterministic: no noise, no sampling), still claiming the
+    noisy round's epsilon, is caught at 95%."""
+    from fedrec.data import load_dataset, make_split
+    from fedrec_app.simulations.audit import deploy_audit
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    train = make_split(load_dataset(str(shared_data("ml-100k")))).train
+    kw = dict(noise_multiplier=8.0, m=60, guesses=20, timeout=240)
+    caught = deploy_audit(train, out=tmp_path / "control", negative_control=True, **kw)
+    assert caught["eps_lower"] > caught["eps_claimed"] > 0 and caught["correct"] >= 17
+    real = deploy_audit(train, out=tmp_path / "mechanism", p=0.001, **kw)
+    assert real["eps_lower"] <= real["eps_claimed"] and real["included"] == caught["included"]
+    assert not _ours(tmp_path)

@@ -133,7 +133,24 @@ def kcore_mask(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
             return keep
 
 
-def _notes(raw: RawData, item_ids: np.ndarray, item: np.ndarray, user: np.ndarray) -> list[str]:
+def tie_counts(user: np.ndarray, timestamp: np.ndarray) -> dict:
+    """How common ties in time are: the fraction of interactions that share their user
+    and timestamp with another one (``tied_interactions``), and of users' last
+    interactions (leave-last-out's test targets) that share their timestamp with the
+    interaction before them (``tied_last``)."""
+    order = np.lexsort((timestamp, user))
+    u, t = np.asarray(user)[order], np.asarray(timestamp)[order]
+    if not len(u):
+        return {"interactions": 0, "tied_interactions": 0.0, "users": 0, "tied_last": 0.0}
+    same_prev = np.r_[False, (u[1:] == u[:-1]) & (t[1:] == t[:-1])]
+    tied = same_prev | np.r_[same_prev[1:], False]
+    last = np.r_[u[1:] != u[:-1], True]
+    return {"interactions": int(len(u)), "tied_interactions": float(tied.mean()), "users": int(last.sum()),
+            "tied_last": float(same_prev[last].mean())}
+
+
+def _notes(raw: RawData, item_ids: np.ndarray, item: np.ndarray, user: np.ndarray,
+           timestamp: np.ndarray) -> list[str]:
     """One line for each thing kept or dropped that a reader of the results should know."""
     notes = []
     if raw.item_info is not None:
@@ -145,6 +162,11 @@ def _notes(raw: RawData, item_ids: np.ndarray, item: np.ndarray, user: np.ndarra
         if (~rated).any():
             notes.append(f"{int((~rated).sum())} item(s) of the item metadata have no interaction: kept in the "
                          f"ranked catalogue (they can be recommended, never hit)")
+    ties = tie_counts(user, timestamp)
+    if ties["tied_interactions"] > 0:
+        notes.append(f"{ties['tied_interactions']:.1%} of interactions share their user and timestamp with another "
+                     f"({ties['tied_last']:.1%} of users' last ones tie with the one before): the order inside a tie "
+                     f"is drawn from the run's seed, never taken from the file")
     few = int((np.bincount(user) < 3).sum())
     if few:
         notes.append(f"{few} user(s) have fewer than 3 interactions: kept in training, not evaluated "
@@ -208,7 +230,7 @@ def build_dataset(
     else:
         item_ids, item = np.unique(raw.item[keep], return_inverse=True)
     timestamp = raw.timestamp[keep].astype(np.int64)
-    notes = _notes(raw, item_ids, item, user)
+    notes = _notes(raw, item_ids, item, user, timestamp)
     for note in notes:
         _say_once(f"{raw.source}: {note}")
 
@@ -249,5 +271,6 @@ def build_dataset(
         user_gender=gender,
         user_age=age,
         name=raw.name,
-        info={"min_rating": min_rating, "kcore": kcore, "format": raw.format, **({"notes": notes} if notes else {})},
+        info={"min_rating": min_rating, "kcore": kcore, "format": raw.format,
+              "ties": tie_counts(user, timestamp), **({"notes": notes} if notes else {})},
     )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from fedrec.data.dataset import Dataset
+from fedrec.data.dataset import Dataset, tie_counts
 from fedrec.rng import hash_uniform
 
 __all__ = [
@@ -116,17 +116,9 @@ def chronological_order(ds: Dataset, *, tie_seed: int = 0) -> np.ndarray:
     return np.lexsort((ds.item, tie, ds.timestamp, ds.user))
 
 
-def tie_groups(ds: Dataset) -> dict[str, float]:
-    """How common ties in time are: the fraction of interactions that share their user
-    and timestamp with another one, and of users' last interactions (leave-last-out's
-    test targets) that share their timestamp with the interaction before them."""
-    order = chronological_order(ds)
-    u, t = ds.user[order], ds.timestamp[order]
-    same_prev = np.r_[False, (u[1:] == u[:-1]) & (t[1:] == t[:-1])]
-    tied = same_prev | np.r_[same_prev[1:], False]
-    last = np.r_[u[1:] != u[:-1], True] if len(u) else np.zeros(0, bool)
-    return {"interactions": int(len(u)), "tied_interactions": float(tied.mean()) if len(u) else 0.0,
-            "users": int(last.sum()), "tied_last": float(same_prev[last].mean()) if last.any() else 0.0}
+def tie_groups(ds: Dataset) -> dict:
+    """How common ties in time are in ``ds`` (:func:`fedrec.data.dataset.tie_counts`)."""
+    return tie_counts(ds.user, ds.timestamp)
 
 
 def _csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
