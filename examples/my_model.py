@@ -7,14 +7,13 @@ how to score ``n`` items for one user; fedrec's cohort engine does the rest
 (per-sample clipping over every parameter a sample touches, noise, both privacy
 units), Flower federates it, and evaluation ranks all items.
 
-Run it (from the repository root)::
+It ships with fedrec, so it runs from any directory::
 
-    fedrec simulate --model examples/my_model.py:Bilinear --data synthetic:200x100:0 --rounds 20 \
+    fedrec simulate --model fedrec_app.examples.my_model:Bilinear --data synthetic:200x100:0 --rounds 20 \
         --users-per-node 50 --out runs/byom
-    fedrec simulate --model examples/my_model.py:Bilinear --target-epsilon 8 --rounds 20 --out runs/byom-dp
+    fedrec simulate --model fedrec_app.examples.my_model:Bilinear --target-epsilon 8 --rounds 20 --out runs/byom-dp
 
-or put ``model = "examples/my_model.py:Bilinear"`` in ``[tool.flwr.app.config]``
-and ``flwr run .``.
+A copy of this file of your own runs as ``--model path/to/my_model.py:Bilinear``.
 """
 
 import torch

@@ -64,13 +64,14 @@ def test_the_check_finds_an_outward_import(tmp_path, monkeypatch):
 
 
 def test_app_packages_install_under_fedrec_app():
-    """No generic top-level package names (clients, server, simulations) are installed."""
+    """No generic top-level package names (clients, server, simulations, examples) are installed."""
     import tomllib
 
     doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = doc["tool"]["setuptools"]["packages"]
     assert all(p.split(".")[0] in ("fedrec", "fedrec_app") for p in packages), packages
     assert doc["tool"]["setuptools"]["package-dir"] == {
-        "fedrec_app.clients": "clients", "fedrec_app.server": "server", "fedrec_app.simulations": "simulations"}
+        "fedrec_app.clients": "clients", "fedrec_app.server": "server", "fedrec_app.simulations": "simulations",
+        "fedrec_app.examples": "examples"}
     comps = doc["tool"]["flwr"]["app"]["components"]
     assert comps == {"serverapp": "fedrec_app.server.app:app", "clientapp": "fedrec_app.clients.app:app"}

@@ -19,7 +19,8 @@ def test_bring_your_own_model_through_flower_with_dp(tmp_path):
     from fedrec_app.simulations.simulate import simulate
 
     out = tmp_path / "byom"
-    cfg = FedConfig(data="synthetic:40x50:2", model=f"{EXAMPLE}:Bilinear", dim=8, num_server_rounds=3,
+    # the example as it ships, importable from any directory
+    cfg = FedConfig(data="synthetic:40x50:2", model="fedrec_app.examples.my_model:Bilinear", dim=8, num_server_rounds=3,
                     users_per_node=10, eval_every=1, noise_multiplier=1.0, sample_rate=0.5, out=str(out))
     summary = simulate(cfg, num_cpus=2)
     assert summary["selected_round"] in (1, 2, 3)
@@ -52,6 +53,12 @@ def test_model_specs_and_errors(tmp_path):
     assert federated_model_class(f"{EXAMPLE}:Bilinear").__name__ == "Bilinear"
     for spec, words in [("nope", "choose one of"), (f"{tmp_path}/missing.py:X", "no file"),
                         (f"{EXAMPLE}:Missing", "no FederatedModel subclass named 'Missing'")]:
+        with pytest.raises(ValueError, match=words):
+            federated_model_class(spec)
+    shipped = federated_model_class("fedrec_app.examples.my_model:Bilinear")
+    assert shipped.__name__ == "Bilinear" and shipped.__module__ == "fedrec_app.examples.my_model"
+    for spec, words in [("fedrec_app.examples.nothing:X", "importing fedrec_app.examples.nothing failed"),
+                        ("fedrec_app.examples.my_model:Missing", "no FederatedModel subclass named 'Missing'")]:
         with pytest.raises(ValueError, match=words):
             federated_model_class(spec)
     bad = tmp_path / "bad.py"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -45,11 +46,24 @@ def build_model(name: str, n_users: int, n_items: int, **kwargs) -> Recommender:
 
 def federated_model_class(spec: str) -> type[FederatedModel]:
     """The class named by ``spec``: a shipped name (``mf``, ``gmf``, ``mlp``, ``neumf``,
-    ``two-tower``, ``sasrec``, ``gru4rec``) or ``path/to/file.py:ClassName`` (a user's own model)."""
+    ``two-tower``, ``sasrec``, ``gru4rec``), ``path/to/file.py:ClassName`` (a user's own
+    model) or ``package.module:ClassName`` (an importable one, such as the shipped example
+    ``fedrec_app.examples.my_model:Bilinear``)."""
     if spec in SHIPPED_MODELS:
         return SHIPPED_MODELS[spec]
+    if ":" in spec and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", spec.split(":", 1)[0]):
+        module_name, name = spec.split(":", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as e:  # noqa: BLE001 - report any import failure in one line
+            raise ValueError(f"model {spec!r}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+        cls = getattr(module, name, None)
+        if not (inspect.isclass(cls) and issubclass(cls, FederatedModel)):
+            raise ValueError(f"model {spec!r}: {module_name} has no FederatedModel subclass named {name!r}")
+        return cls
     if ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
-        raise ValueError(f"model {spec!r}: choose one of {sorted(SHIPPED_MODELS)} or give path/to/file.py:ClassName")
+        raise ValueError(f"model {spec!r}: choose one of {sorted(SHIPPED_MODELS)}, or give path/to/file.py:ClassName "
+                         "or package.module:ClassName")
     path, name = spec.rsplit(":", 1)
     file = Path(path).expanduser().resolve()
     if not file.is_file():
