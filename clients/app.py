@@ -17,6 +17,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrec.federated import protocol
+
 __all__ = ["app", "make_client_app", "SharedClientApp", "stored_state", "array_record", "secure_aggregation_mod", "STATE_KEY"]
 
 SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
@@ -60,8 +62,8 @@ def _read(msg: Message) -> tuple[dict, dict[str, np.ndarray]]:
     ins = (compat.recorddict_to_fitins(msg.content, keep_input=True) if legacy == "fitins"
            else compat.recorddict_to_evaluateins(msg.content, keep_input=True))
     config = dict(ins.config)
-    config["legacy"] = True
-    return config, dict(zip(str(config["param-keys"]).split(","), parameters_to_ndarrays(ins.parameters)))
+    config[protocol.LEGACY] = True
+    return config, dict(zip(str(config[protocol.PARAM_KEYS]).split(","), parameters_to_ndarrays(ins.parameters)))
 
 
 def _legacy_train_reply(msg: Message, update: dict[str, np.ndarray], metrics: dict, config: dict) -> Message:
@@ -71,11 +73,11 @@ def _legacy_train_reply(msg: Message, update: dict[str, np.ndarray], metrics: di
     from flwr.compat.common import recorddict_compat as compat
 
     arrays = [np.asarray(update[k], dtype=np.float64) for k in update]
-    n = int(metrics["num-examples"])
+    n = int(metrics[protocol.NUM_EXAMPLES])
     # what SecAgg+ would clip: |w * x| > C with w = n / max-weight (Flower clips silently)
     w, clip = n / float(config["secagg-max-weight"]), float(config["secagg-clip"])
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and k != "num-examples"}
-    scalars["epsilon"] = np.asarray(metrics.get("epsilon", []), dtype=np.float64).tobytes()
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and k != protocol.NUM_EXAMPLES}
+    scalars[protocol.EPSILON] = np.asarray(metrics.get(protocol.EPSILON, []), dtype=np.float64).tobytes()
     scalars["secagg-clipped"] = int(sum(int((np.abs(w * a) > clip).sum()) for a in arrays))
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, scalars)
     return Message(content=compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
@@ -148,7 +150,7 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         # that never reach a handler (set-up, key sharing, unmasking) do not need it
         from fedrec import node
 
-        mechanism = node.mechanism_of(config)
+        mechanism = protocol.mechanism_of(config)
         node_config = dict(context.node_config)
         if node_data and "data-file" not in node_config:
             node_config["data-file"] = f"{node_data}/node-{int(node_config['partition-id'])}.npz"
@@ -167,18 +169,18 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
             return Message(content=RecordDict({"arrays": array_record(update), "metrics": MetricRecord(metrics)}),
                            reply_to=msg)
         cfg, fed, partition, directory = _setup(context, config)
-        server_round = int(config["server-round"])
+        server_round = int(config[protocol.SERVER_ROUND])
         node.maybe_fail(cfg, partition, server_round)  # simulated dropouts (dropout-rate)
         # the state as of the previous round (a resumed server repeats rounds; a private round
         # already answered is answered again with its kept release)
         state = node.state_for_round(stored_state(context), fed, partition, cfg, directory=directory,
                                      server_round=server_round)
         update, metrics, state = node.train_round(cfg, fed, partition, state, global_params=global_params,
-                                                  server_round=server_round, trained_items=node.trained_items_of(config))
+                                                  server_round=server_round, trained_items=protocol.trained_items_of(config))
         kept = node.save_state(state, directory=directory, server_round=server_round)
         if kept is not None:
             context.state[STATE_KEY] = array_record(kept)
-        if config.get("legacy"):
+        if config.get(protocol.LEGACY):
             return _legacy_train_reply(msg, update, metrics, config)
         content = RecordDict({"arrays": array_record(update), "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
@@ -191,11 +193,11 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
 
         config = dict(msg.content["config"])
         if _is_malicious(context):  # sybils contribute nothing to the statistics
-            return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 0})}), reply_to=msg)
+            return Message(content=RecordDict({"metrics": MetricRecord({protocol.NUM_EXAMPLES: 0})}), reply_to=msg)
         _, fed, partition, _ = _setup(context, config)
-        arrays = node.analytics_round(fed, partition, str(config[node.ANALYTICS_KEY]))
+        arrays = node.analytics_round(fed, partition, str(config[protocol.ANALYTICS]))
         content = RecordDict({"arrays": array_record(arrays),
-                              "metrics": MetricRecord({"num-examples": int(len(fed.cohorts[partition]))})})
+                              "metrics": MetricRecord({protocol.NUM_EXAMPLES: int(len(fed.cohorts[partition]))})})
         return Message(content=content, reply_to=msg)
 
     @client.evaluate()
@@ -204,12 +206,12 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
 
         config, global_params = _read(msg)
         if _is_malicious(context):  # sybils have no held-out items: nothing to report
-            return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 0})}), reply_to=msg)
+            return Message(content=RecordDict({"metrics": MetricRecord({protocol.NUM_EXAMPLES: 0})}), reply_to=msg)
         cfg, fed, partition, directory = _setup(context, config)
-        server_round = int(config["server-round"])
+        server_round = int(config[protocol.SERVER_ROUND])
         state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory, at_most_round=server_round)
         metrics = node.evaluate_round(cfg, fed, partition, state, global_params=global_params)
-        if config.get("legacy"):
+        if config.get(protocol.LEGACY):
             return _legacy_evaluate_reply(msg, metrics)
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

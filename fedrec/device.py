@@ -40,6 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from fedrec.federated import protocol
 from fedrec.privacy.policy import PolicyError, PrivacyPolicy
 
 __all__ = [
@@ -453,7 +454,7 @@ class DeviceRecommender:
         clipping, noise and accountant, DP popularity prior included; a sequential
         model trains on the device's own ordered history.
         ``trained_items``: the server's trained-items mask (``train-head``; from the
-        message, :func:`fedrec.node.trained_items_of`).
+        message, :func:`fedrec.federated.protocol.trained_items_of`).
         """
         import dataclasses
 
@@ -486,7 +487,7 @@ class DeviceRecommender:
                            np.array([self.dp_steps]), np.array([self.rounds]))
         update, metrics, new = node.train_round(cfg, fed, 0, state, global_params=global_params,
                                                 server_round=server_round, trained_items=trained_items)
-        if metrics["num-examples"] == 0:
+        if metrics[protocol.NUM_EXAMPLES] == 0:
             return None
         self.train_local = {k: v[0].astype(np.float32) for k, v in new.local.items()}
         self.dp_steps, self.rounds = int(new.dp_steps[0]), int(new.rounds[0])

@@ -29,7 +29,21 @@ import warnings
 from queue import Empty
 
 __all__ = ["GRID_PULL_INTERVAL", "WORKER_NICENESS", "INLINE_OBJECT_BYTES", "WORKER_MALLOC_ENV", "TESTED_FLOWER",
-           "backend_config", "fast_grid_polling", "worker_heap_env", "reuse_ray", "patches_supported"]
+           "backend_config", "fast_grid_polling", "worker_heap_env", "reuse_ray", "patches_supported", "RunStopped",
+           "stop_waiting", "STOP"]
+
+#: Set to make the ServerApp's waits for replies end at once (:func:`stop_waiting`): an
+#: interrupted simulation's server thread leaves its round instead of waiting out the timeout.
+STOP = threading.Event()
+
+
+class RunStopped(RuntimeError):
+    """Raised in the ServerApp's thread when the run was interrupted while it waited for replies."""
+
+
+def stop_waiting() -> None:
+    """End the ServerApp's current and future waits for replies (the run was interrupted)."""
+    STOP.set()
 
 #: Longest wait of the ServerApp's polls for replies and the engine's scans for new messages (Flower: 0.1);
 #: within :func:`fast_grid_polling` both are woken as soon as there is something to take.
@@ -100,6 +114,8 @@ def fast_grid_polling():
             end_time = time.time() + (timeout if timeout is not None else 0.0)
             ret = []
             while timeout is None or time.time() < end_time:
+                if STOP.is_set():
+                    raise RunStopped("the run was interrupted")
                 replied.clear()
                 res_msgs = self.pull_messages(msg_ids)
                 ret.extend(res_msgs)

@@ -17,6 +17,7 @@ from fedrec.config import FedConfig
 from fedrec.device import LocalState, latest_saved_round, load_local_state, save_local_state
 from fedrec.engine import interaction_weights, train_cohort
 from fedrec.engine.sequence import position_weights, train_sequences, trainable_users
+from fedrec.federated import protocol
 from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
 from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
@@ -24,7 +25,7 @@ from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "mechanism_of", "trained_items_config", "trained_items_of", "node_config_of", "state_dir", "load_state", "save_state", "state_for_round", "private_release", "dp_randomness", "maybe_fail", "analytics_round", "ANALYTICS_KEY",
+__all__ = ["NodeState", "SimulatedDropout", "setup", "node_config_of", "state_dir", "load_state", "save_state", "state_for_round", "private_release", "dp_randomness", "maybe_fail", "analytics_round",
            "active_users", "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
 
 NodeState = LocalState  # a node's state is the local state of its users
@@ -62,31 +63,11 @@ def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedCo
     return cfg, fed, partition
 
 
-TRAINED_ITEMS_KEY = "trained-items"
-
-
-def trained_items_config(mask: np.ndarray | None) -> dict:
-    """Message-config entry of the items the server trains (``train-head``), bit-packed;
-    empty when every item is trained."""
-    return {} if mask is None else {TRAINED_ITEMS_KEY: np.packbits(np.asarray(mask, dtype=bool)).tobytes()}
-
-
-def trained_items_of(message_config: dict) -> np.ndarray | None:
-    """The items the server trains, from a message's config (``None``: every item)."""
-    raw = message_config.get(TRAINED_ITEMS_KEY)
-    return None if raw is None else np.unpackbits(np.frombuffer(bytes(raw), dtype=np.uint8)).astype(bool)
-
-
 def _item_mask(bits: np.ndarray, n_items: int) -> np.ndarray:
     """The first ``n_items`` of an unpacked mask (the rest is byte padding, all False)."""
     if len(bits) < n_items or bits[n_items:].any() or len(bits) - n_items >= 8:
         raise ValueError(f"trained-items mask of {len(bits)} bits does not fit {n_items} items")
     return bits[:n_items]
-
-
-def mechanism_of(message_config: dict) -> dict:
-    """The mechanism the server resolved, from a message's config (``mechanism/<key>``)."""
-    return {k.split("/", 1)[1]: v for k, v in message_config.items() if k.startswith("mechanism/")}
 
 
 def node_config_of(run_config, mechanism: dict | None = None) -> FedConfig:
@@ -256,7 +237,7 @@ def train_round(
     """Train the node's users for one round.
 
     ``trained_items`` (``train-head``: the items the server trains, sent with the
-    message; :func:`trained_items_of`): a sample's gradients with respect to the other
+    message; :func:`fedrec.federated.protocol.trained_items_of`): a sample's gradients with respect to the other
     items' rows, which the server keeps frozen, are dropped before clipping.
 
     Only the users :func:`active_users` selects train.  Returns the node's
@@ -348,14 +329,14 @@ def train_round(
         # clipped updates), the form Flower's DP wrappers clip and noise
         update = {n: global_params[n] + k * v for n, v in update.items()}
     if cfg.aggregation == "itemwise":
-        update["item_counts"] = (counts / max(k, 1)).astype(np.float32)
-    metrics = {"num-examples": k, "declined": declined}
+        update[protocol.ITEM_COUNTS] = (counts / max(k, 1)).astype(np.float32)
+    metrics = {protocol.NUM_EXAMPLES: k, protocol.DECLINED: declined}
     if not (cfg.dp or cfg.user_level):
         # the training loss is computed from every training pair of the users and no mechanism
         # covers it: a private run does not release it (the engine does not even compute it)
-        metrics["train-loss"] = loss
+        metrics[protocol.TRAIN_LOSS] = loss
     if cfg.dp:
-        metrics["epsilon"] = [float(x) for x in user_epsilons(cfg, steps)]
+        metrics[protocol.EPSILON] = [float(x) for x in user_epsilons(cfg, steps)]
     if pairs >= TRIM_AFTER_PAIRS:
         trim_heap()
     if randomness is not None:  # kept with the state: a repeated request gets this release again
@@ -422,13 +403,10 @@ def als_round(cfg: FedConfig, fed: Federation, partition: int, state: NodeState,
                                    head=als.head_of(global_params["item_bias"]))
         update = {"b": b, "K": K}
     new = NodeState(users, local, state.dp_steps.copy(), state.rounds + 1)
-    metrics = {"num-examples": int(len(users)), "declined": 0}
+    metrics = {protocol.NUM_EXAMPLES: int(len(users)), protocol.DECLINED: 0}
     return {n: v.astype(np.float64) for n, v in update.items()}, metrics, new
 
 
-#: Message-config key of a federated-analytics query, and the statistics a node answers.
-ANALYTICS_KEY = "analytics"
-ANALYTICS = ("popularity",)
 
 
 def analytics_round(fed: Federation, partition: int, query: str) -> dict[str, np.ndarray]:
@@ -439,7 +417,7 @@ def analytics_round(fed: Federation, partition: int, query: str) -> dict[str, np
     from fedrec.privacy.prior import popularity_sum
 
     if query != "popularity":
-        raise ValueError(f"analytics query {query!r}: choose {', '.join(ANALYTICS)}")
+        raise ValueError(f"analytics query {query!r}: choose {', '.join(protocol.ANALYTICS_QUERIES)}")
     return {"popularity": popularity_sum(fed.split.train, fed.cohorts[partition])}
 
 
@@ -495,7 +473,7 @@ def evaluate_round(
     if is_sequential(model):  # scores from each user's history before the stage (kept on the node)
         score_valid, score_test = (model.history_scorer(params, histories(fed, s)) for s in ("valid", "test"))
 
-    out: dict = {"num-examples": int(len(state.users))}
+    out: dict = {protocol.NUM_EXAMPLES: int(len(state.users))}
     extras = evaluation_inputs(fed)
 
     def put(stage: str, r) -> None:
@@ -510,13 +488,13 @@ def evaluate_round(
     r = evaluate(score_test, fed.split, stage="test", users=state.users, ties=cfg.ties, sampled_negatives=99,
                  seed=cfg.seed, item_features=extras["features"], mask_consumed=not cfg.rank_consumed)
     put("test", r)
-    out["test-topk"] = [int(x) for x in r.topk_item_counts]
+    out[protocol.TEST_TOPK] = [int(x) for x in r.topk_item_counts]
     if cfg.exposure_targets:  # every user of the node, history (train + valid) masked
         from fedrec.metrics.exposure import exposure_counts
 
         history = (fed.split.train + fed.split.valid).tocsr()
         for k, v in exposure_counts(score_test, state.users, history, cfg.exposure_targets).items():
-            out[f"exposure-{k}"] = [int(x) for x in v]
+            out[protocol.EXPOSURE_PREFIX + k] = [int(x) for x in v]
     per_group = extras["groups"][r.users]
     for g in ("light", "medium", "heavy"):
         m = per_group == g

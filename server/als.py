@@ -104,5 +104,5 @@ class ALSStrategy(NodeMessages):
             reg = c.als_reg * c.als_clip ** 2 * self.n_users
             params["item_embedding"] = als.item_vectors(b, K, self.counts, self.head, n_users=self.n_users,
                                                         alpha=c.als_alpha, reg=reg).astype(np.float32)
-        self.record.info(server_round)["trained-items"] = int(self.head.sum())
+        self.record.info(server_round)["head-items"] = int(self.head.sum())
         return ArrayRecord({k: Array(v) for k, v in params.items()}), MetricRecord(self.record.train[server_round])

@@ -19,7 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig
-from fedrec.node import ANALYTICS_KEY
+from fedrec.federated import protocol
 from fedrec.privacy.prior import add_popularity_noise
 from fedrec.privacy.randomness import DPRandomness
 from fedrec_app.server.strategy import reply_order, validate_arrays, wait_for_nodes
@@ -33,7 +33,7 @@ def collect_popularity(grid: Grid, cfg: FedConfig, *, n_nodes: int, n_items: int
     that fails or sends a malformed reply is left out (logged): its users are simply not in
     the sum, which the guarantee covers.  Raises ``ValueError`` when no node answers."""
     ids = wait_for_nodes(grid.get_node_ids, n_nodes)
-    messages = [Message(content=RecordDict({"config": ConfigRecord({ANALYTICS_KEY: "popularity"})}), dst_node_id=nid,
+    messages = [Message(content=RecordDict({"config": ConfigRecord({protocol.ANALYTICS: "popularity"})}), dst_node_id=nid,
                         message_type=MessageType.QUERY) for nid in ids]
     good = []
     for msg in grid.send_and_receive(messages, timeout=cfg.round_timeout):

@@ -17,7 +17,7 @@ from fedrec.config import FedConfig, nested_run_config
 from fedrec.federation import federated_model, load_federation, load_plan
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
-from fedrec.node import trained_items_config
+from fedrec.federated.protocol import trained_items_config
 from fedrec.privacy.ledger import ledger_entries, warm_start_problem
 from fedrec.privacy.prior import head_from_release, prior_from_release
 from fedrec.privacy.randomness import noise_statement

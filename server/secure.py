@@ -57,6 +57,7 @@ from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_
 from flwr.common.logger import log
 from flwr.server.strategy import Strategy as LegacyStrategy
 
+from fedrec.federated import protocol
 from fedrec.config import FedConfig
 from fedrec_app.server.strategy import (
     COUNTS_KEY,
@@ -123,10 +124,10 @@ def secagg_workflow(cfg: FedConfig, *, n_nodes: int, max_weight: int):
 def _metrics(raw: dict) -> dict:
     """A legacy reply's metrics with the lists the nodes sent as bytes decoded."""
     out = dict(raw)
-    if isinstance(out.get("epsilon"), bytes):
-        out["epsilon"] = np.frombuffer(out["epsilon"], dtype=np.float64).tolist()
-    if isinstance(out.get("test-topk"), bytes):
-        out["test-topk"] = np.frombuffer(out["test-topk"], dtype=np.int64)
+    if isinstance(out.get(protocol.EPSILON), bytes):
+        out[protocol.EPSILON] = np.frombuffer(out[protocol.EPSILON], dtype=np.float64).tolist()
+    if isinstance(out.get(protocol.TEST_TOPK), bytes):
+        out[protocol.TEST_TOPK] = np.frombuffer(out[protocol.TEST_TOPK], dtype=np.int64)
     return out
 
 
@@ -164,7 +165,7 @@ class SecureAggregation(LegacyStrategy):
 
     # --- helpers ---------------------------------------------------------
     def _config(self, server_round: int) -> dict:
-        return {"server-round": server_round, **mechanism_config(self.cfg), "param-keys": ",".join(self.keys),
+        return {protocol.SERVER_ROUND: server_round, **mechanism_config(self.cfg), protocol.PARAM_KEYS: ",".join(self.keys),
                 "secagg-clip": float(self.cfg.secagg_clip), "secagg-max-weight": float(self.max_weight),
                 **self.record.message_config}
 
@@ -208,13 +209,13 @@ class SecureAggregation(LegacyStrategy):
             log(WARNING, "round %d: %s", r, reason)
         metrics, bad = [], 0
         for proxy, res in results:
-            m = {**_metrics(res.metrics), "num-examples": int(res.num_examples)}
+            m = {**_metrics(res.metrics), protocol.NUM_EXAMPLES: int(res.num_examples)}
             reason = validate_metrics(m, max_examples=self.max_weight, min_examples=0)
             if reason:
                 bad += 1
                 self.record.rejected.append((r, int(proxy.node_id), reason))
             metrics.append(m)
-        info.update({"replies": len(results), "contributing": sum(m["num-examples"] > 0 for m in metrics),
+        info.update({"replies": len(results), "contributing": sum(m[protocol.NUM_EXAMPLES] > 0 for m in metrics),
                      "failed": len(failures), "rejected": bad,
                      "missing": max(0, info.get("sent", 0) - len(results) - len(failures))})
         if metrics:

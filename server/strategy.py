@@ -52,6 +52,8 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fedrec.federated import protocol
+from fedrec.flower_compat import STOP, RunStopped
 from fedrec.config import FedConfig
 from fedrec.optim import OptState, server_step
 from fedrec.privacy.randomness import DPRandomness
@@ -64,7 +66,7 @@ __all__ = [
     "reply_order", "COUNTS_KEY",
 ]
 
-COUNTS_KEY = "item_counts"
+COUNTS_KEY = protocol.ITEM_COUNTS
 
 
 # --------------------------------------------------------------------------- pure pieces
@@ -108,11 +110,11 @@ def max_node_users(users_per_node: int, n_users: int, n_nodes: int) -> int:
 def validate_metrics(metrics: dict, max_examples: int, min_examples: int = 1) -> str | None:
     """Why a reply's train metrics are unusable (``num-examples``; a ``train-loss`` that is
     not a finite number), or ``None``.  Private runs send no loss."""
-    n = metrics.get("num-examples")
+    n = metrics.get(protocol.NUM_EXAMPLES)
     if not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n) or n != int(n) \
             or n < min_examples or n > max_examples:
         return f"num-examples={n!r} is not an integer in [{min_examples}, {max_examples}]"
-    loss = metrics.get("train-loss", 0.0)
+    loss = metrics.get(protocol.TRAIN_LOSS, 0.0)
     if not isinstance(loss, (int, float)) or not math.isfinite(loss):
         return f"train-loss={loss!r} is not a finite number"
     return None
@@ -126,7 +128,7 @@ def itemwise_scale(update: dict[str, np.ndarray], frac: np.ndarray, item_tables)
     return {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in item_tables else v for k, v in update.items()}
 
 
-def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: str = "num-examples") -> MetricRecord:
+def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: str = protocol.NUM_EXAMPLES) -> MetricRecord:
     """Combine train metrics (RecordDicts or plain dicts): user-weighted mean loss (only
     where replies carry one: private runs release none), node and user counts, and the
     exact distribution of per-user epsilons (nodes send the list of their users')."""
@@ -136,11 +138,11 @@ def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: 
         m = next(iter(r.metric_records.values())) if isinstance(r, RecordDict) else r
         n = float(m[weight_key])
         users += n
-        if "train-loss" in m:
-            loss += n * float(m["train-loss"])
+        if protocol.TRAIN_LOSS in m:
+            loss += n * float(m[protocol.TRAIN_LOSS])
             loss_users += n
-        declined += float(m.get("declined", 0))
-        eps.append(np.asarray(m.get("epsilon", []), dtype=np.float64))
+        declined += float(m.get(protocol.DECLINED, 0))
+        eps.append(np.asarray(m.get(protocol.EPSILON, []), dtype=np.float64))
     out = {"nodes": float(len(records)), "users": users, "declined": declined}
     if loss_users:
         out["train-loss"] = loss / loss_users
@@ -163,8 +165,8 @@ def sample_nodes(seed: int, server_round: int, node_ids: Iterable[int], fraction
 def mechanism_config(cfg: FedConfig) -> dict[str, float]:
     """The privacy mechanism as resolved once by the server (noise multipliers
     calibrated for the planned rounds), sent with every message so that nodes
-    never calibrate: ``mechanism/<run-config key>``."""
-    return {f"mechanism/{k}": float(getattr(cfg, k.replace("-", "_"))) for k in ("noise-multiplier", "user-noise-multiplier")}
+    never calibrate (:func:`fedrec.federated.protocol.mechanism_config`)."""
+    return protocol.mechanism_config(cfg)
 
 
 def is_eval_round(cfg: FedConfig, server_round: int) -> bool:
@@ -189,12 +191,13 @@ def evaluation_means(replies: Iterable[dict], *, item_popularity: np.ndarray | N
     topk = None
     for m in replies:
         for k, v in m.items():
-            if k.startswith("exposure-"):
+            if k.startswith(protocol.EXPOSURE_PREFIX):
                 v = np.asarray(v, dtype=np.int64)
-                exposure[k[len("exposure-"):]] = exposure.get(k[len("exposure-"):], 0) + v
+                group = k[len(protocol.EXPOSURE_PREFIX):]
+                exposure[group] = exposure.get(group, 0) + v
             elif k.endswith("-count"):
                 counts[k[: -len("-count")]] = counts.get(k[: -len("-count")], 0) + int(v)
-            elif k == "test-topk":
+            elif k == protocol.TEST_TOPK:
                 v = np.asarray(v, dtype=np.int64)
                 topk = v if topk is None else topk + v
             elif "/" in k:
@@ -222,6 +225,8 @@ def wait_for_nodes(get_node_ids, n_nodes: int, timeout: float = 120.0) -> list[i
     deadline = time.monotonic() + timeout
     last, stable_since = -1, time.monotonic()
     while len(ids := list(get_node_ids())) < n_nodes and time.monotonic() < deadline:
+        if STOP.is_set():
+            raise RunStopped("the run was interrupted")
         if len(ids) != last:
             last, stable_since = len(ids), time.monotonic()
         elif ids and time.monotonic() - stable_since > 10.0:
@@ -288,7 +293,7 @@ class NodeMessages(FedAvg):
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, node_ids: list[int],
                   kind: str) -> list[Message]:
-        config["server-round"] = server_round
+        config[protocol.SERVER_ROUND] = server_round
         config.update(mechanism_config(self.cfg))
         config.update(self.record.message_config)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
@@ -537,7 +542,7 @@ def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies
     when fewer than ``min-replies`` contribute."""
     good, failed, rejected = triage_replies(record, server_round, replies, why_bad)
     good.sort(key=reply_order)  # sums of floats depend on their order: never the order of arrival
-    contributing = [m for m in good if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
+    contributing = [m for m in good if next(iter(m.content.metric_records.values()))[protocol.NUM_EXAMPLES] > 0]
     info = record.info(server_round)
     sent = info.get("sent", len(good) + failed + rejected)
     info.update({"replies": len(good), "contributing": len(contributing), "failed": failed, "rejected": rejected,
@@ -546,7 +551,7 @@ def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies
         train = dict(aggregate_train_metrics([m.content for m in good]))
         if cfg.user_level:  # which users took part is what user sampling keeps secret: no exact counts
             train.pop("users", None)
-            train.pop("declined", None)
+            train.pop(protocol.DECLINED, None)
         record.train[server_round] = train
     if len(contributing) < cfg.min_replies:
         info["skipped"] = 1

@@ -64,6 +64,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from fedrec.federated import protocol
+
 __all__ = ["Attack", "ATTACKS", "ATTACK_OPTIONS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
 
 ATTACKS = ("boost", "fedrecattack", "ahum", "disguise", "cluster")
@@ -124,13 +126,14 @@ class Attack:
     # --- what a malicious node answers -------------------------------------
     def train(self, run_config, config: dict, global_params: dict[str, np.ndarray], partition: int):
         from fedrec.federation import federated_model, load_federation
-        from fedrec.node import mechanism_of, node_config_of
+        from fedrec.federated.protocol import mechanism_of
+        from fedrec.node import node_config_of
 
         torch.set_num_threads(1)
         cfg = node_config_of(run_config, mechanism_of(config))
         fed = load_federation(cfg)  # the attacker's view: item count, popularity, public interactions
         model = federated_model(cfg, fed)
-        server_round = int(config["server-round"])
+        server_round = int(config[protocol.SERVER_ROUND])
         mine = self.sybils_of(partition)
         params = {n: torch.as_tensor(v) for n, v in global_params.items()}
         if self.kind == "boost":
@@ -151,17 +154,17 @@ class Attack:
             touched = np.zeros(model.n_items)
             for r in releases:
                 touched += np.abs(r[model.table_names()[0]].numpy().reshape(model.n_items, -1)).sum(1) > 0
-            update["item_counts"] = (touched / k).astype(np.float32)
+            update[protocol.ITEM_COUNTS] = (touched / k).astype(np.float32)
         claim = k
         if self.inflate:  # the most the server accepts: the users one node can host
             from fedrec_app.server.strategy import max_node_users
 
             claim = max_node_users(cfg.users_per_node, fed.n_users, fed.n_nodes + self.nodes)
-        metrics = {"num-examples": claim, "declined": 0}  # the honest replies' keys, plausible values
+        metrics = {protocol.NUM_EXAMPLES: claim, protocol.DECLINED: 0}  # the honest replies' keys, plausible values
         if not (cfg.dp or cfg.user_level):
-            metrics["train-loss"] = 0.5
+            metrics[protocol.TRAIN_LOSS] = 0.5
         if cfg.dp:
-            metrics["epsilon"] = [0.0] * k
+            metrics[protocol.EPSILON] = [0.0] * k
         return update, metrics
 
     def _boost(self, cfg, fed, model, params, mine, server_round) -> list[dict[str, torch.Tensor]]:

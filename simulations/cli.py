@@ -513,19 +513,35 @@ def error_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import os
+    import signal
+    import threading
+
+    from fedrec_app.simulations.signals import interruptible
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = interruptible()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("fedrec: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        out = getattr(args, "out", None)
+        resume = (f"; the last complete round is kept in {out}/checkpoint: run the same command with --resume to "
+                  "continue" if out and (Path(out) / "checkpoint").is_dir() else "")
+        print(f"fedrec: interrupted ({signal.Signals(signum).name}){resume}", file=sys.stderr, flush=True)
+        code = 128 + int(signum)
+        if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+            sys.stdout.flush()
+            os._exit(code)  # a thread of a library still waits: do not wait for it
+        return code
     except Exception as e:  # every error is one line (FEDREC_DEBUG=1: the traceback too)
         if os.environ.get("FEDREC_DEBUG"):
             raise
         print(f"fedrec: error: {error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,16 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import logging
 import tempfile
 from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data, write_plan
-from fedrec.flower_compat import backend_config, fast_grid_polling, worker_heap_env
+from fedrec.flower_compat import STOP, backend_config, fast_grid_polling, stop_waiting, worker_heap_env
 from fedrec.results import check_run_dir
+from fedrec_app.simulations.signals import Interrupted
 
 __all__ = ["simulate"]
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Environment variables set within the block (their earlier values restored after)."""
+    import os
+
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stop_server(grace: float = 20.0) -> None:
+    """After an interrupt or an error of the engine: the ServerApp's thread leaves its wait for
+    replies (no round is logged for the abandoned one; the last complete checkpoint stays),
+    Ray's local cluster is shut down, and the caller's ``with`` blocks remove the temporary
+    node files."""
+    import threading
+    import time
+
+    stop_waiting()
+    deadline = time.monotonic() + grace
+    for th in threading.enumerate():
+        if th is not threading.current_thread() and not th.daemon:
+            th.join(max(0.0, deadline - time.monotonic()))
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - shutting down what may already be gone
+        pass
 
 
 def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
@@ -84,14 +125,27 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
             trim_heap()  # the files' working set goes back to the OS before the actors start
             stack.enter_context(worker_heap_env())  # the actors Ray starts keep their freed heap pages
         stack.enter_context(fast_grid_polling())
+        # Ray's driver would install a C-level SIGTERM handler that aborts the process: SIGTERM
+        # stays a clean stop (fedrec_app.simulations.signals)
+        stack.enter_context(_environ(RAY_DISABLE_FAILURE_SIGNAL_HANDLER="1"))
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)
-        run_simulation(
-            server_app=make_server_app(rc, results, plan=plan),
-            client_app=make_client_app(rc, node_data=node_data, malicious=attack),
-            num_supernodes=supernodes,
-            backend_config=backend_config(num_cpus, ray_address, gpus=gpus, nodes=supernodes),
-            verbose_logging=verbose,
-        )
+        STOP.clear()
+        try:
+            run_simulation(
+                server_app=make_server_app(rc, results, plan=plan),
+                client_app=make_client_app(rc, node_data=node_data, malicious=attack),
+                num_supernodes=supernodes,
+                backend_config=backend_config(num_cpus, ray_address, gpus=gpus, nodes=supernodes),
+                verbose_logging=verbose,
+            )
+        except SystemExit as e:  # Ray's driver turns SIGTERM into sys.exit(15)
+            _stop_server()
+            if e.code == signal.SIGTERM:
+                raise Interrupted(signal.SIGTERM) from None
+            raise
+        except BaseException:  # Ctrl-C or SIGTERM (fedrec_app.simulations.signals), or an error of the engine:
+            _stop_server()     # the ServerApp's thread must not outlive the run
+            raise
     if not results:
         raise RuntimeError("the simulation ended without a result (see the log above)")
     return results[0]

@@ -75,3 +75,28 @@ def test_app_packages_install_under_fedrec_app():
         "fedrec_app.examples": "examples"}
     comps = doc["tool"]["flwr"]["app"]["components"]
     assert comps == {"serverapp": "fedrec_app.server.app:app", "clientapp": "fedrec_app.clients.app:app"}
+
+
+def test_wire_keys_are_spelled_only_in_the_protocol_module():
+    """Every key of a message between server and nodes is a constant of
+    fedrec.federated.protocol: no other module of the library, the app or the
+    experiments spells one."""
+    from fedrec.federated import protocol
+
+    keys = [protocol.SERVER_ROUND, protocol.MECHANISM_PREFIX, protocol.TRAINED_ITEMS, protocol.LEGACY,
+            protocol.PARAM_KEYS, protocol.ANALYTICS, protocol.NUM_EXAMPLES, protocol.TEST_TOPK,
+            protocol.EXPOSURE_PREFIX, protocol.ITEM_COUNTS]
+    home = ROOT / "fedrec" / "federated" / "protocol.py"
+    found = []
+    for folder in ("fedrec", "server", "clients", "simulations"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == home:
+                continue
+            text = path.read_text()
+            for key in keys:
+                for quote in ('"', "'"):
+                    # a whole key as a literal, or a prefix key starting one (f"mechanism/{name}")
+                    spelled = f"{quote}{key}" if key.endswith(("/", "-")) else f"{quote}{key}{quote}"
+                    if spelled in text:
+                        found.append(f"{path.relative_to(ROOT)}: {key!r}")
+    assert not found, found

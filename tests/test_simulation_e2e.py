@@ -9,6 +9,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedrec.config import FedConfig
+from fedrec.federated import protocol
 from fedrec_app.simulations.simulate import simulate
 from fedrec_app.server import strategy as strategy_mod
 
@@ -124,7 +125,7 @@ def test_train_head_freezes_the_other_rows_through_flower(tmp_path, monkeypatch)
 
     def configure_train(self, *a, **k):
         msgs = list(orig_ct(self, *a, **k))
-        masks.extend(node.trained_items_of(dict(m.content["config"])) for m in msgs)
+        masks.extend(protocol.trained_items_of(dict(m.content["config"])) for m in msgs)
         return msgs
 
     monkeypatch.setattr(cls, "configure_train", configure_train)

@@ -1,0 +1,90 @@
+"""Ctrl-C and SIGTERM stop `fedrec simulate` within seconds: the round in flight is
+abandoned (no round is logged for it), the last checkpoint is kept, one line says how to
+resume, the exit code is 128 + the signal, Ray and the temporary node files (users' data)
+are gone.  A failing test kills what it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _ours(marker: str) -> list[int]:
+    """Live processes whose command line or environment names ``marker`` (the test's tmp dir)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            text = (d / "cmdline").read_bytes() + (d / "environ").read_bytes()
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in text and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.parametrize("how", ["sigint-inherited-ignored", "sigterm"])
+def test_a_signal_stops_a_simulation_cleanly(tmp_path, how):
+    import shutil
+    import tempfile
+    import threading
+
+    # a short TMPDIR of the run's own (Ray's socket paths must stay under 108 characters)
+    tmp = Path(tempfile.mkdtemp(prefix="fr-sig-", dir="/tmp"))
+    marker = tmp.name
+    out = tmp_path / "run"
+    env = dict(os.environ, TMPDIR=str(tmp), FEDREC_TEST_MARKER=marker)
+    cmd = [str(Path(sys.executable).parent / "fedrec"), "simulate", "--data", "synthetic:200x100:0", "--rounds", "200",
+           "--eval-every", "5", "--patience", "0", "--users-per-node", "100", "--out", str(out)]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how.startswith("sigint") else None
+    sig = signal.SIGINT if how.startswith("sigint") else signal.SIGTERM
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True, preexec_fn=ignore)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("round 3/200" in x for x in list(lines)) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert p.poll() is None and any("round 3/200" in x for x in lines), "".join(lines)[-3000:]
+        sent = time.monotonic()
+        p.send_signal(sig)
+        code = p.wait(timeout=60)
+        took = time.monotonic() - sent
+        reader.join(10)
+        log = "".join(lines)
+        assert code == 128 + sig, log[-2000:]
+        assert took < 30, took
+        last = [x for x in lines if x.startswith("fedrec: interrupted")]
+        assert last and "--resume" in last[0] and signal.Signals(sig).name in last[0]
+        assert "Traceback" not in log
+        rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
+        assert rows and all(r["round"] == i + 1 for i, r in enumerate(rows))  # no bogus round
+        assert all("users" not in r or r["users"] == 200 for r in rows)
+        assert (out / "checkpoint" / "checkpoint.npz").is_file()
+        assert not [d for d in tmp.iterdir() if d.name.startswith("fedrec-nodes-")]  # users' data removed
+        deadline = time.monotonic() + 10
+        while _ours(marker) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _ours(marker)  # Ray and every child are gone
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        for pid in _ours(marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
