@@ -15,8 +15,11 @@ from fedrec.data.sequences import Histories, stage_histories
 
 SPLIT_SEED = 0  # held-out users/items are the same for every run seed: cells compare on the same users
 
-__all__ = ["Federation", "load_federation", "reader_options", "write_node_data", "load_node_data", "federated_model", "build_model", "init_global_params", "init_local_state", "item_features", "histories",
-           "activity_groups", "SPLIT_SEED", "write_plan", "load_plan", "PLAN_FILE"]
+__all__ = [
+    "Federation", "load_federation", "reader_options", "write_node_data", "load_node_data", "federated_model",
+    "build_model", "init_global_params", "init_local_state", "item_features", "histories", "activity_groups",
+    "SPLIT_SEED", "write_plan", "load_plan", "PLAN_FILE",
+]
 
 
 @dataclass(frozen=True)

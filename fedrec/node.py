@@ -25,8 +25,12 @@ from fedrec.privacy.mechanisms import InteractionLevel
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.rng import hash_uniform
 
-__all__ = ["NodeState", "SimulatedDropout", "setup", "node_config_of", "state_dir", "load_state", "save_state", "state_for_round", "private_release", "dp_randomness", "maybe_fail", "analytics_round",
-           "active_users", "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "als_round", "evaluate_round", "evaluation_inputs", "user_epsilons"]
+__all__ = [
+    "NodeState", "SimulatedDropout", "setup", "node_config_of", "state_dir", "load_state", "save_state",
+    "state_for_round", "private_release", "dp_randomness", "maybe_fail", "analytics_round", "active_users",
+    "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "als_round", "evaluate_round",
+    "evaluation_inputs", "user_epsilons",
+]
 
 NodeState = LocalState  # a node's state is the local state of its users
 

@@ -66,7 +66,10 @@ import torch
 
 from fedrec.federated import protocol
 
-__all__ = ["Attack", "ATTACKS", "ATTACK_OPTIONS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull", "pick_targets", "per_user_stage", "attack_cells", "run_attacks"]
+__all__ = [
+    "Attack", "ATTACKS", "ATTACK_OPTIONS", "DEFAULT_ATTACKS", "DEFENCES", "SERVERS", "cluster_pull",
+    "pick_targets", "per_user_stage", "attack_cells", "run_attacks",
+]
 
 ATTACKS = ("boost", "fedrecattack", "ahum", "disguise", "cluster")
 #: What an attack's name may add after ``+``.

@@ -34,7 +34,11 @@ from fedrec.config import FedConfig
 from fedrec.federation import load_federation
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
-__all__ = ["ALS_PRESET", "ALS_PRESET_LOW", "ALS_PRESET_INTERACTION", "ALS_PRESETS", "als_preset", "FEST_PRESET", "SASREC_FEDADAM_PRESET", "MECHANISMS", "DEFAULT_MECHANISMS", "frontier_cells", "run_frontier", "FRONTIER_COLUMNS"]
+__all__ = [
+    "ALS_PRESET", "ALS_PRESET_LOW", "ALS_PRESET_INTERACTION", "ALS_PRESETS", "als_preset", "FEST_PRESET",
+    "SASREC_FEDADAM_PRESET", "MECHANISMS", "DEFAULT_MECHANISMS", "frontier_cells", "run_frontier",
+    "FRONTIER_COLUMNS",
+]
 
 #: Private ALS, chosen on ML-100K validation NDCG@10 at user-level epsilon 8; the ridge is in
 #: units of clip^2 x users, so the preset carries across datasets.  In each pass a user's vector
@@ -203,7 +207,8 @@ def _frontier_row(r: dict) -> dict:
         p = als_preset(r["epsilon"], r["unit"])[1]
         ie = PrivateALS(r["user_noise_multiplier"], p["als_cap"], p["als_pass_cap"], p["als_clip"], p["als_passes"],
                         r.get("delta") or 1e-5).interaction_epsilon()
-    return {"interaction_epsilon": ie, "preset": r.get("preset", ""), "user_epsilon": r.get("user_epsilon"), "mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
+    return {"interaction_epsilon": ie, "preset": r.get("preset", ""), "user_epsilon": r.get("user_epsilon"),
+            "mechanism": r["mechanism"], "unit": r["unit"], "epsilon": r["epsilon"], "seed": r["seed"],
             "users": r["users"], "ndcg@10": r.get("test_ndcg@10"), "hr@10": r.get("test_hr@10"),
             "coverage@10": r.get("test_coverage@10"), "valid_ndcg@10": r.get("valid_ndcg@10"), "cell": r["cell"],
             "epsilon_max": r.get("epsilon_max"),

@@ -230,7 +230,7 @@ def _privacy_cells(rows):
 def plot_groups(rows: list[dict], path: Path) -> Path | None:
     cells = _privacy_cells(rows)
     groups = ["light", "medium", "heavy"]
-    if not cells or not any(f"test@light_ndcg@10" in r for _, rs in cells for r in rs):
+    if not cells or not any("test@light_ndcg@10" in r for _, rs in cells for r in rs):
         return None
     fig, ax = plt.subplots(figsize=(10, 4.6))
     width = 0.8 / len(groups)

@@ -2,10 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
 
-from fedrec_app.simulations.cli import build_parser, main
+from fedrec_app.simulations.cli import main
 
 
 @pytest.mark.parametrize("cmd", [[], ["baseline"], ["simulate"], ["privacy"], ["run-default"]])

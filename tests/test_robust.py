@@ -60,7 +60,7 @@ def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndc
     """ER@10 of the targets (``ndcg``: the users' test NDCG@10) after ``rounds`` of FedAvg +
     server SGD with (or without) sybils."""
     from fedrec import node
-    from fedrec.federation import federated_model, init_global_params, load_federation
+    from fedrec.federation import init_global_params, load_federation
 
     cfg = FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8, row_norm=row_norm, server_opt="sgd",
                     server_lr=2.0)

@@ -159,7 +159,8 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
             for d, g in g_d.items():
                 r_den[d].index_add_(0, owner[sl], g * w.reshape((-1,) + (1,) * (g.dim() - 1)))
         update = clipped_user_mean({"item_embedding": r_tab[:dummy]}, r_den, uniq, k, n_items,
-                                    LocalConfig(update_clip=cfg.update_clip, row_norm=cfg.row_norm, max_rows=cfg.max_rows), params, noise_std=None, generator=generator)
+                                    LocalConfig(update_clip=cfg.update_clip, row_norm=cfg.row_norm, max_rows=cfg.max_rows),
+                                    params, noise_std=None, generator=generator)
     loss = float((user_loss / torch.as_tensor(n_pos)).mean())
     items_np = np.concatenate([inp_np[mask_np], cand_np[mask_np].reshape(-1)])
     owner_rep = np.concatenate([np.repeat(owner_np, mask_np.sum(1)),
