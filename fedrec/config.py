@@ -63,8 +63,9 @@ class FedConfig:
                        choices=("auto", "ml-100k", "ml-1m", "ml-csv", "generic"))
     user_col: str = _opt("", "data", "generic files: user id column (default: user)")
     item_col: str = _opt("", "data", "generic files: item id column (default: item)")
-    rating_col: str = _opt("", "data", "generic files: optional rating column")
-    timestamp_col: str = _opt("", "data", "generic files: optional timestamp column (default: row order)")
+    rating_col: str = _opt("", "data", "generic files: rating column (default: one named rating or score, if any)")
+    timestamp_col: str = _opt("", "data", "generic files: timestamp column (default: one named timestamp, time or ts; "
+                              "else the row order is the time order)")
     sep: str = _opt("", "data", "generic files: field separator (default: sniffed)")
     duplicates: str = _opt("error", "data", "repeated (user, item) pairs: refuse, or keep the first or last",
                            choices=("error", "first", "last"))

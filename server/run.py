@@ -56,6 +56,7 @@ class RunLog:
         self.unaccounted = False  # a warm start from an unaccounted history: every epsilon is infinite
         self.max_steps = 0  # the most DP-SGD steps any user took so far
         self.head: np.ndarray | None = None  # DP-FEST's trained items (kept in the checkpoint)
+        self._timed = False  # the first round this process logs also timed the engine's start
 
     def _checkpoint(self, **kwargs) -> None:
         """Write a checkpoint on a background thread, so the next round does not wait for
@@ -117,7 +118,9 @@ class RunLog:
         self.rows.append(row)
         sel = f"valid/{self.cfg.select_metric}"
         loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else ("ALS" if self.cfg.als else "loss not released (DP)")
-        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss}"
+        first = "" if self._timed else " (with the engine's start)"
+        self._timed = True
+        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s{first} {loss}"
         if "users" in row:  # not under user-level DP: who took part is what user sampling keeps secret
             msg += f" users {int(row['users'])}"
         if "epsilon-max" in row:

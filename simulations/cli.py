@@ -334,12 +334,38 @@ def cmd_track(args) -> int:
     return 0
 
 
+def _version() -> str:
+    """fedrec's version and, in a git checkout, its commit."""
+    import subprocess
+
+    from fedrec import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__} ({commit})" if commit else __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the version is looked up only when asked for (the git call costs time)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"fedrec {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedrec",
         description="Privacy-preserving federated recommendation: Flower clients keep user embeddings local, "
                     "the server aggregates item parameters, Opacus provides differential privacy.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="show fedrec's version (and git commit) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("baseline", help="centralized baselines (MostPop, EASE, BPR-MF, NCF) on the same splits",

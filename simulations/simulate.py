@@ -34,6 +34,23 @@ def _environ(**values: str):
                 os.environ[k] = v
 
 
+class _DropBanner(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "DEPRECATED FEATURE" not in str(record.getMessage())
+
+
+@contextlib.contextmanager
+def _without_flower_banner():
+    """Within the block, Flower's multi-line deprecation banner of ``run_simulation`` is
+    not printed (fedrec drives the simulation engine on purpose; ``--verbose`` shows it)."""
+    logger, drop = logging.getLogger("flwr"), _DropBanner()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def _stop_server(grace: float = 20.0) -> None:
     """After an interrupt or an error of the engine: the ServerApp's thread leaves its wait for
     replies (no round is logged for the abandoned one; the last complete checkpoint stays),
@@ -127,7 +144,11 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         stack.enter_context(fast_grid_polling())
         # Ray's driver would install a C-level SIGTERM handler that aborts the process: SIGTERM
         # stays a clean stop (fedrec_app.simulations.signals)
-        stack.enter_context(_environ(RAY_DISABLE_FAILURE_SIGNAL_HANDLER="1"))
+        # (and Ray's FutureWarning about accelerator variables is answered: actors without GPUs
+        # keep the environment they have)
+        stack.enter_context(_environ(RAY_DISABLE_FAILURE_SIGNAL_HANDLER="1", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0"))
+        if not verbose:  # Flower's banner on run_simulation's deprecation is not the user's business
+            stack.enter_context(_without_flower_banner())
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)
         STOP.clear()
         try:

@@ -15,6 +15,14 @@ def test_help(cmd, capsys):
     assert "usage: fedrec" in capsys.readouterr().out
 
 
+def test_version(capsys):
+    from fedrec import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"fedrec {__version__}")
+
+
 def _write_interactions(path, header, sep=","):
     from fedrec.data import synthetic_dataset
 

@@ -659,3 +659,24 @@ def test_movies_csv_missing_column(mlcsv):
     write(mlcsv / "movies.csv", "movieId,name\n1,A\n")
     message = raises_at(lambda: read_interactions(mlcsv), "movies.csv", 1)
     assert "'title'" in message
+
+
+def test_generic_columns_named_as_users_name_them_are_read_and_said(tmp_path, caplog):
+    """A generic file's `timestamp` and `rating` (or `time`/`ts`, `score`) columns are used
+    without flags, and the reader says which: the split then follows time, not row order,
+    and --min-rating finds the ratings."""
+    from fedrec.data import load_dataset, make_split
+
+    rows = [(1, 10, 5, 300), (1, 11, 2, 100), (1, 12, 4, 200), (2, 10, 4, 50), (2, 12, 5, 10), (2, 11, 3, 30)]
+    path = tmp_path / "clicks.csv"
+    path.write_text("user,item,score,ts\n" + "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows))
+    with caplog.at_level("WARNING", logger="fedrec.data"):
+        ds = load_dataset(str(path))
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "column 'ts' read as the timestamp" in said and "column 'score' read as the rating" in said
+    split = make_split(ds)
+    item = {raw: j for j, raw in enumerate(ds.item_ids.tolist())}
+    user = {raw: j for j, raw in enumerate(ds.user_ids.tolist())}
+    assert split.test[user[1]].indices.tolist() == [item[10]]  # the latest in time, not the last row
+    assert split.test[user[2]].indices.tolist() == [item[10]]
+    assert load_dataset(str(path), min_rating=4).n_interactions == 4

@@ -469,10 +469,15 @@ def _read_generic(
     timestamp_col: str | None = None,
 ) -> RawData:
     columns = {"user": user_col, "item": item_col}
-    if rating_col is not None:
-        columns["rating"] = rating_col
-    if timestamp_col is not None:
-        columns["timestamp"] = timestamp_col
+    # a column called as a user would call it is used without a flag, and said so
+    found = _column_names(data_file, sep)
+    for role, given, names in (("rating", rating_col, _RATING_NAMES), ("timestamp", timestamp_col, _TIME_NAMES)):
+        if given is None:
+            given = next((c for c in found if c.strip().lower() in names and c not in columns.values()), None)
+            if given is not None:
+                _said(f"{data_file}: column {given!r} read as the {role} (name another with --{role}-col)")
+        if given is not None:
+            columns[role] = given
     if data_file.suffix.lower() in _PARQUET_SUFFIXES:
         frame = _read_parquet_columns(data_file, columns, duplicates=duplicates)
     else:
@@ -483,6 +488,30 @@ def _read_generic(
     if "timestamp" not in frame:
         frame["timestamp"] = np.arange(n, dtype=np.int64)
     return _raw_data(frame, None, None, data_file, "generic", data_file.stem)
+
+
+_RATING_NAMES = ("rating", "ratings", "score")
+_TIME_NAMES = ("timestamp", "time", "ts")
+
+
+def _column_names(data_file: Path, sep: str | None) -> list[str]:
+    """The header's column names of a generic file (empty when it cannot be read: the
+    reader then says what is wrong)."""
+    try:
+        if data_file.suffix.lower() in _PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(data_file).names)
+        header, _ = _first_line(data_file, "utf-8-sig")
+        return [c.strip().strip('"') for c in header.rstrip("\r\n").split(sep or _sniff_separator(data_file))]
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+
+
+def _said(line: str) -> None:
+    import logging
+
+    logging.getLogger("fedrec.data").warning(line)
 
 
 def _raw_data(
