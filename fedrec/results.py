@@ -9,7 +9,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["check_run_dir", "RunDirError", "RUN_FILES", "package_versions", "write_json", "write_metrics", "append_round", "read_metrics"]
+__all__ = ["check_run_dir", "lock_run_dir", "RunDirError", "RUN_FILES", "package_versions", "write_json", "write_metrics", "append_round", "read_metrics"]
 
 _PACKAGES = ("fedrec", "torch", "flwr", "opacus", "numpy", "scipy", "pandas")
 
@@ -125,3 +125,50 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     if found:
         raise RunDirError(f"{flag} {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
                           "--overwrite to replace it, or another directory")
+
+
+LOCK_FILE = ".fedrec.lock"
+
+
+class _RunDirLock:
+    """An exclusive lock on a run directory (``OUT/.fedrec.lock``, holding the PID): released
+    when the process ends, however it ends (the kernel drops ``flock`` locks)."""
+
+    def __init__(self, out: Path, flag: str):
+        self.out, self.flag, self.fh = Path(out), flag, None
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        fh = open(self.out / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunDirError(f"{self.flag} {self.out}: another fedrec process (PID {holder}) is running in this "
+                              "directory; wait for it or stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            self.fh.close()  # closing releases the lock
+            self.fh = None
+        return False
+
+
+def lock_run_dir(out: str | Path | None, *, flag: str = "--out"):
+    """A context manager that holds ``out`` for this process: a second fedrec process on
+    the same run directory is refused in one line naming the first one's PID.  ``None``
+    (no run directory): nothing to lock."""
+    import contextlib
+
+    return contextlib.nullcontext() if not out else _RunDirLock(Path(out), flag)

@@ -11,7 +11,7 @@ from pathlib import Path
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data, write_plan
 from fedrec.flower_compat import STOP, backend_config, fast_grid_polling, stop_waiting, worker_heap_env
-from fedrec.results import check_run_dir
+from fedrec.results import check_run_dir, lock_run_dir
 from fedrec_app.simulations.signals import Interrupted
 
 __all__ = ["simulate"]
@@ -130,6 +130,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(lock_run_dir(cfg.out))  # one process per run directory
         node_data = plan = None
         if not ray_address:
             node_data = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrec-nodes-"))

@@ -91,3 +91,31 @@ def test_budget_declines_exactly_the_users_that_would_exceed_it():
     st.dp_steps[:5] = 2 * cfg.steps_per_round  # two rounds: epsilon 7.41 -> next 8.98 > 7.5
     active, declined = node.active_users(cfg, st, 5)
     assert declined == 5 and not active[:5].any() and active[5:].all()
+
+
+def test_a_second_process_on_one_run_directory_is_refused(tmp_path):
+    """While one process holds a run directory, another fedrec process is refused in one line
+    naming its PID, before it starts anything; the lock goes with the process."""
+    import subprocess
+    import sys
+
+    from fedrec.results import RunDirError, lock_run_dir
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fedrec.results import lock_run_dir\n"
+                               f"with lock_run_dir({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"another fedrec process \\(PID {holder.pid}\\)"):
+            with lock_run_dir(out):
+                pass
+        from fedrec_app.simulations.simulate import simulate
+
+        with pytest.raises(RunDirError, match=str(holder.pid)):
+            simulate(FedConfig(data="synthetic:20x30:1", num_server_rounds=1, out=str(out)), num_cpus=1)
+    finally:
+        holder.kill()
+        holder.wait()
+    with lock_run_dir(out):  # free again once the holder is gone
+        pass
