@@ -275,7 +275,7 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
     work.mkdir()
     src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    for name in ("fedrec", "clients", "server", "simulations"):
+    for name in ("fedrec", "clients", "server", "simulations", "examples"):
         shutil.copytree(root / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
@@ -290,8 +290,8 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
     assert sorted(p.name for p in bundled.iterdir() if p.is_dir() and p.name != "__pycache__") == ["ml-latest-small"]
     assert {"ratings.csv", "movies.csv", "README.txt"} <= {p.name for p in (bundled / "ml-latest-small").iterdir()}
     env = dict(os.environ, PYTHONPATH=str(target), HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
-    where = subprocess.run([sys.executable, "-c", "import fedrec, fedrec_app.server.app as a, "
-                            "fedrec_app.clients.app as c; print(fedrec.__file__, a.__file__, c.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import fedrec, fedrec_app.server.app as a, fedrec_app.clients.app as c, "
+                            "fedrec_app.examples.my_model as m; print(fedrec.__file__, a.__file__, c.__file__, m.__file__)"],
                            env=env, cwd=work, capture_output=True, text=True, check=True).stdout.split()
     assert all(w.startswith(str(target)) for w in where), where
     cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "deploy", "--insecure", "--data", DATA,
