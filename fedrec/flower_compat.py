@@ -29,7 +29,7 @@ import warnings
 from queue import Empty
 
 __all__ = ["GRID_PULL_INTERVAL", "WORKER_NICENESS", "INLINE_OBJECT_BYTES", "WORKER_MALLOC_ENV", "TESTED_FLOWER",
-           "backend_config", "fast_grid_polling", "worker_heap_env", "reuse_ray", "patches_supported", "RunStopped",
+           "backend_config", "fast_grid_polling", "worker_heap_env", "environment", "reuse_ray", "patches_supported", "RunStopped",
            "stop_waiting", "STOP"]
 
 #: Set to make the ServerApp's waits for replies end at once (:func:`stop_waiting`): an
@@ -158,13 +158,15 @@ def fast_grid_polling():
 
 
 @contextlib.contextmanager
-def worker_heap_env():
-    """Within the block, processes this one starts (a local Ray's workers, which inherit its
-    environment) get :data:`WORKER_MALLOC_ENV`; a value the user set is kept. This process's
-    own heap is not changed (glibc reads them at start); the environment is restored after."""
-    saved = {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}
-    for k, v in WORKER_MALLOC_ENV.items():
-        os.environ.setdefault(k, v)
+def environment(values: dict[str, str], *, keep_set: bool = False):
+    """Environment variables ``values`` within the block (``keep_set``: a value the user
+    already set is kept); the environment is restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if keep_set:
+            os.environ.setdefault(k, v)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -173,6 +175,13 @@ def worker_heap_env():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def worker_heap_env():
+    """Within the block, processes this one starts (a local Ray's workers, which inherit its
+    environment) get :data:`WORKER_MALLOC_ENV`; a value the user set is kept. This process's
+    own heap is not changed (glibc reads them at start); the environment is restored after."""
+    return environment(WORKER_MALLOC_ENV, keep_set=True)
 
 
 @contextlib.contextmanager

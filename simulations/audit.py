@@ -140,6 +140,18 @@ def eps_lower_bound(m: int, r: int, v: int, *, delta: float, p: float = 0.05) ->
     return lo
 
 
+def _guess(scores: np.ndarray, include: np.ndarray, guesses: int, rng: np.random.Generator) -> tuple[int, int]:
+    """The auditor's guesses, fixed before it looks at which canaries were in: "included" for
+    the ``guesses // 2`` highest scores, "excluded" for as many lowest (ties broken at
+    random); returns (correct guesses, ``guesses // 2``)."""
+    m, k = len(scores), guesses // 2
+    order = np.lexsort((rng.random(m), scores))  # ascending score, random tie-break
+    guess = np.zeros(m, dtype=np.int64)
+    guess[order[m - k:]] = 1
+    guess[order[:k]] = -1
+    return int(((guess == 1) & include).sum() + ((guess == -1) & ~include).sum()), k
+
+
 def _canary_data(
     train: sp.csr_matrix, m: int, rng: np.random.Generator, *, include_all: bool = False
 ) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -280,13 +292,8 @@ def audit(
         trainable = torch.as_tensor(np.r_[head, np.ones(m, dtype=bool)].astype(np.float64))
     scores = canary_scores(canary_train, n_items, run_cfg, would_be_negative=would_be_negative, dim=dim,
                            init_std=init_std, user_norm=user_norm, seed=seed, trainable=trainable)
-    k = guesses // 2
-    order = np.lexsort((rng.random(m), scores))  # ascending score, random tie-break
-    guess = np.zeros(m, dtype=np.int64)
-    guess[order[m - k :]] = 1
-    guess[order[:k]] = -1
+    correct, k = _guess(scores, include, guesses, rng)
     r = 2 * k
-    correct = int(((guess == 1) & include).sum() + ((guess == -1) & ~include).sum())
     steps = steps_per_round(cfg)
     eps_claimed = dp_epsilon(noise_multiplier=cfg.noise_multiplier, sample_rate=cfg.sample_rate, steps=steps,
                              delta=delta)
@@ -346,12 +353,7 @@ def audit_als(*, noise_multiplier: float, cap: int = 50, clip: float = 0.05, dim
     s_counts = counts[items].sum(1) / als.count_sensitivity(cap)
     s_pass = np.einsum("jkd,jd->j", b[items], U_all) / als.pass_sensitivity(cap, clip)
     scores = s_counts + s_pass
-    k = guesses // 2
-    order = np.lexsort((rng.random(m), scores))
-    guess = np.zeros(m, dtype=np.int64)
-    guess[order[m - k:]] = 1
-    guess[order[:k]] = -1
-    correct = int(((guess == 1) & include).sum() + ((guess == -1) & ~include).sum())
+    correct, k = _guess(scores, include, guesses, rng)
     claimed = epsilon(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=2, delta=delta)
     return {"eps_lower": eps_lower_bound(m, 2 * k, correct, delta=delta, p=p), "eps_claimed": claimed,
             "correct": correct, "guesses": 2 * k, "m": m, "delta": delta, "p": p, "unit": "user (private ALS)",
@@ -458,12 +460,7 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
         rows, bias = release_of[j]
         c, n = canary[j], would_be_negative[j]
         scores[j] = bias[c] + rows[c] @ p_users[j] - bias[n] - rows[n] @ p_users[j]
-    k = guesses // 2
-    order = np.lexsort((rng.random(m), scores))
-    guess = np.zeros(m, dtype=np.int64)
-    guess[order[m - k:]] = 1
-    guess[order[:k]] = -1
-    correct = int(((guess == 1) & include).sum() + ((guess == -1) & ~include).sum())
+    correct, k = _guess(scores, include, guesses, rng)
     steps = 1
     eps_claimed = dp_epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
     return {"eps_lower": eps_lower_bound(m, 2 * k, correct, delta=delta, p=p), "eps_claimed": eps_claimed,

@@ -10,28 +10,11 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data, write_plan
-from fedrec.flower_compat import STOP, backend_config, fast_grid_polling, stop_waiting, worker_heap_env
+from fedrec.flower_compat import STOP, backend_config, environment, fast_grid_polling, stop_waiting, worker_heap_env
 from fedrec.results import check_run_dir, lock_run_dir
 from fedrec_app.simulations.signals import Interrupted
 
 __all__ = ["simulate"]
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    """Environment variables set within the block (their earlier values restored after)."""
-    import os
-
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class _DropBanner(logging.Filter):
@@ -147,7 +130,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
         # stays a clean stop (fedrec_app.simulations.signals)
         # (and Ray's FutureWarning about accelerator variables is answered: actors without GPUs
         # keep the environment they have)
-        stack.enter_context(_environ(RAY_DISABLE_FAILURE_SIGNAL_HANDLER="1", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0"))
+        stack.enter_context(environment({"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}))
         if not verbose:  # Flower's banner on run_simulation's deprecation is not the user's business
             stack.enter_context(_without_flower_banner())
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)

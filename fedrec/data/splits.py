@@ -151,7 +151,15 @@ def leave_last_out(ds: Dataset, *, min_train: int = 1, tie_seed: int = 0) -> Spl
     order = chronological_order(ds, tie_seed=tie_seed)
     u, i = ds.user[order], ds.item[order]
     pos, cnt = _position_in_user(u)
-    heldout = cnt >= min_train + 2
+    return _last_two_held_out(ds, u, i, pos, cnt, min_train + 2, "leave-last-out", tie_seed)
+
+
+def _last_two_held_out(ds: Dataset, u: np.ndarray, i: np.ndarray, pos: np.ndarray, cnt: np.ndarray, least: int,
+                       kind: str, tie_seed: int) -> Split:
+    """Test = the last position of each user, validation = the one before, train = the rest,
+    for users with at least ``least`` positions (``pos``: an interaction's position, ``cnt``:
+    its user's number of positions; a position is one interaction or one tie group)."""
+    heldout = cnt >= least
     is_test = heldout & (pos == cnt - 1)
     is_valid = heldout & (pos == cnt - 2)
     is_train = ~(is_test | is_valid)
@@ -160,7 +168,7 @@ def leave_last_out(ds: Dataset, *, min_train: int = 1, tie_seed: int = 0) -> Spl
         train=_csr(u[is_train], i[is_train], shape),
         valid=_csr(u[is_valid], i[is_valid], shape),
         test=_csr(u[is_test], i[is_test], shape),
-        kind="leave-last-out",
+        kind=kind,
         tie_seed=tie_seed,
     )
 
@@ -180,19 +188,7 @@ def leave_last_group_out(ds: Dataset, *, tie_seed: int = 0) -> Split:
     pos = gid - first_gid  # the group's position within the user
     n_groups = np.zeros(ds.n_users, dtype=np.int64)
     np.maximum.at(n_groups, u, pos + 1)
-    cnt = n_groups[u]
-    heldout = cnt >= 3
-    is_test = heldout & (pos == cnt - 1)
-    is_valid = heldout & (pos == cnt - 2)
-    is_train = ~(is_test | is_valid)
-    shape = (ds.n_users, ds.n_items)
-    return Split(
-        train=_csr(u[is_train], i[is_train], shape),
-        valid=_csr(u[is_valid], i[is_valid], shape),
-        test=_csr(u[is_test], i[is_test], shape),
-        kind="leave-last-group-out",
-        tie_seed=tie_seed,
-    )
+    return _last_two_held_out(ds, u, i, pos, n_groups[u], 3, "leave-last-group-out", tie_seed)
 
 
 def temporal_ratio(ds: Dataset, *, valid: float = 0.1, test: float = 0.1, tie_seed: int = 0) -> Split:
