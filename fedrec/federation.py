@@ -217,17 +217,30 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
             h = test_histories
             arrays["history/lengths"] = h.lengths(users)
             arrays["history/items"] = np.concatenate([h.of(u) for u in users.tolist()] or [np.zeros(0, np.int64)])
-        for k in ("item_genres", "item_year"):
-            if getattr(ds, k) is not None:
-                arrays[k] = np.asarray(getattr(ds, k))
-        if ds.genre_names:
-            arrays["genre_names"] = np.array(ds.genre_names)
+        arrays.update(_item_side(ds))
         path = directory / f"node-{p}.npz"
         tmp = directory / f"node-{p}.tmp.npz"
         np.savez(tmp, **arrays)
         tmp.replace(path)
         paths.append(path)
     return paths
+
+
+def _item_side(ds: Dataset) -> dict[str, np.ndarray]:
+    """The public item side of ``ds`` as file arrays: genres, release years, genre names."""
+    arrays = {k: np.asarray(getattr(ds, k)) for k in ("item_genres", "item_year") if getattr(ds, k) is not None}
+    if ds.genre_names:
+        arrays["genre_names"] = np.array(ds.genre_names)
+    return arrays
+
+
+def _catalogue(a: dict, n_users: int, n_items: int) -> Dataset:
+    """A dataset with no interactions: the catalogue and item side a node or plan file holds."""
+    empty = np.zeros(0, dtype=np.int64)
+    return Dataset(user=empty, item=empty, timestamp=empty, n_users=n_users, n_items=n_items,
+                   user_ids=np.arange(n_users), item_ids=np.arange(n_items), item_genres=a.get("item_genres"),
+                   genre_names=tuple(str(x) for x in a.get("genre_names", ())), item_year=a.get("item_year"),
+                   name=str(a["name"]))
 
 
 @functools.lru_cache(maxsize=64)  # an actor of a simulation serves several nodes, each from its own file
@@ -262,10 +275,7 @@ def load_node_data(path: str) -> tuple[Federation, int]:
     split = Split(train=full("train"), valid=full("valid"), test=full("test"), kind=str(a["kind"]),
                   cold_items=a["cold_items"], tie_seed=int(a.get("tie_seed", 0)))
     empty = np.zeros(0, dtype=np.int64)
-    ds = Dataset(user=empty, item=empty, timestamp=empty, n_users=n_users, n_items=n_items,
-                 user_ids=np.arange(n_users), item_ids=np.arange(n_items), item_genres=a.get("item_genres"),
-                 genre_names=tuple(str(x) for x in a.get("genre_names", ())), item_year=a.get("item_year"),
-                 name=str(a["name"]))
+    ds = _catalogue(a, n_users, n_items)
     cohorts = tuple(users if q == p else empty for q in range(n_nodes))
     fed = Federation(ds, split, cohorts)
     groups = np.full(n_users, "", dtype=object)
@@ -328,11 +338,7 @@ def write_plan(fed: Federation, directory, *, measurement: bool = False):
               if len(sizes) else np.zeros(0, np.int64),
               "cold_items": np.asarray(split.cold_items, dtype=np.int64),
               "cold_users": np.asarray(split.cold_users, dtype=np.int64)}
-    for k in ("item_genres", "item_year"):
-        if getattr(ds, k) is not None:
-            arrays[k] = np.asarray(getattr(ds, k))
-    if ds.genre_names:
-        arrays["genre_names"] = np.array(ds.genre_names)
+    arrays.update(_item_side(ds))
     if measurement:
         arrays["item_popularity"] = np.asarray(split.train.sum(axis=0)).ravel().astype(np.float64)
     path, tmp = directory / PLAN_FILE, directory / f"{PLAN_FILE}.tmp.npz"
@@ -359,13 +365,9 @@ def load_plan(path) -> tuple[Federation, np.ndarray | None]:
     if int(a.get("format", -1)) != PLAN_FORMAT:
         raise ValueError(f"federation plan {path}: format {a.get('format')}, expected {PLAN_FORMAT}")
     n_users, n_items = int(a["n_users"]), int(a["n_items"])
-    empty = np.zeros(0, dtype=np.int64)
     nothing = sp.csr_matrix((n_users, n_items), dtype=np.float32)
     split = Split(train=nothing, valid=nothing.copy(), test=nothing.copy(), kind=str(a["kind"]),
                   cold_items=a["cold_items"], cold_users=a["cold_users"])
-    ds = Dataset(user=empty, item=empty, timestamp=empty, n_users=n_users, n_items=n_items,
-                 user_ids=np.arange(n_users), item_ids=np.arange(n_items), item_genres=a.get("item_genres"),
-                 genre_names=tuple(str(x) for x in a.get("genre_names", ())), item_year=a.get("item_year"),
-                 name=str(a["name"]))
+    ds = _catalogue(a, n_users, n_items)
     cohorts = tuple(np.split(a["cohort_users"], np.cumsum(a["cohort_sizes"])[:-1])) if len(a["cohort_sizes"]) else ()
     return Federation(ds, split, cohorts), a.get("item_popularity")

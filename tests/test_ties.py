@@ -113,31 +113,14 @@ def test_next_ids_heuristic_gains_nothing_from_the_file_order(tmp_path):
     file whose ties run in increasing id as on a shuffled one; with the file's order as
     tie-break it scored far better on the sorted file."""
 
-    def next_ids_ndcg(ds: Dataset, split, file_order: bool = False) -> float:
-        if file_order:  # the tie-break this library no longer uses: the reader's row order
-            order = np.lexsort((np.arange(ds.n_interactions), ds.timestamp, ds.user))
-            u, i = ds.user[order], ds.item[order]
-            last = np.r_[u[1:] != u[:-1], True]
-            second = np.r_[u[2:] != u[:-2], True, False] & ~last  # next to last
-            test_item = dict(zip(u[last].tolist(), i[last].tolist()))
-            hist_last = dict(zip(u[second].tolist(), i[second].tolist()))
-        else:
-            hist = stage_histories(ds, split, "test")
-            test_item = {uu: int(split.test.indices[split.test.indptr[uu]]) for uu in range(ds.n_users)
-                         if split.test.indptr[uu + 1] > split.test.indptr[uu]}
-            hist_last = {uu: int(hist.of(uu)[-1]) for uu in test_item}
-        gains = []
-        for uu, target in test_item.items():
-            guess = [j for j in range(hist_last[uu] + 1, ds.n_items)][:10]
-            gains.append(1 / np.log2(guess.index(target) + 2) if target in guess else 0.0)
-        return float(np.mean(gains))
+    from fedrec_app.simulations.ties import next_ids_ndcg  # split None: the file's order as tie-break
 
     orders = _orders(_bursts(n_users=200, n_items=200, seed=2))
     got = {}
     for name in ("ascending", "shuffled"):
         ds = load_dataset(_write(tmp_path / name / "ratings.csv", orders[name]))
         got[name] = next_ids_ndcg(ds, make_split(ds, tie_seed=0))
-        got[name + "/file-order"] = next_ids_ndcg(ds, None, file_order=True)
+        got[name + "/file-order"] = next_ids_ndcg(ds, None)
     assert got["ascending"] == got["shuffled"]
     assert got["ascending/file-order"] > 1.5 * got["shuffled/file-order"]  # the leak the file's order was
 
