@@ -15,8 +15,9 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field, fields
-
 from typing import TYPE_CHECKING
+
+from fedrec.errors import ConfigError
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used: `fedrec --help` stays fast
     from fedrec.engine.cohort import LocalConfig
@@ -35,15 +36,6 @@ SECTION_TABLES = {"data": "data", "model": "model", "federation": "federation", 
                   "fault tolerance": "fault-tolerance", "evaluation": "evaluation", "outputs": "outputs"}
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key as given, and ``key`` is the
-    dashed key without its section (the CLI names its flag)."""
-
-    def __init__(self, key: str, value, why: str, *, message: str | None = None):
-        super().__init__(message or f"config {key}={value!r}: {why}")
-        self.key, self.value, self.why = key.split(".")[-1], value, why
-
-
 def _opt(default, section: str, help: str, *, choices: tuple | None = None, flag: str | None = None):
     """A config field: its one default, its section, its help text, its choices and (if not
     ``--key``) its command-line flag.  The CLI and ``[tool.flwr.app.config]`` come from these."""
@@ -59,7 +51,7 @@ class FedConfig:
     data: str = _opt("ml-latest-small", "data", "'ml-latest-small' (bundled), a fetched dataset ('ml-100k', "
                      "'ml-1m', ...: `fedrec data list`), 'synthetic:USERSxITEMS[:SEED]', or a path to an ML-100K/ML-1M "
                      "directory, a MovieLens ratings.csv, or a generic CSV/TSV/Parquet file")
-    format: str = _opt("auto", "data", "input format (default: detected)",
+    format: str = _opt("auto", "data", "input format (auto: detected from the file names and header)",
                        choices=("auto", "ml-100k", "ml-1m", "ml-csv", "generic"))
     user_col: str = _opt("", "data", "generic files: user id column (default: user)")
     item_col: str = _opt("", "data", "generic files: item id column (default: item)")
@@ -200,8 +192,8 @@ class FedConfig:
     min_replies: int = _opt(1, "fault tolerance", "fewer contributing replies leave the round's parameters unchanged")
     round_timeout: float = _opt(600.0, "fault tolerance", "seconds the server waits for replies")
     dropout_rate: float = _opt(0.0, "fault tolerance", "simulated probability that a node fails in a round")
-    resume: bool = _opt(False, "fault tolerance", "continue from OUT/checkpoint (same config) instead of starting "
-                        "over")
+    resume: bool = _opt(False, "fault tolerance", "continue the run in OUT from its last checkpoint, with the "
+                        "configuration it recorded (fedrec simulate reads OUT/config.json; flags given again must agree)")
     state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")
     warm_start: str = _opt("", "fault tolerance", "start from this checkpoint directory of an earlier run of the same "
                            "model (its global parameters and server-optimiser state; no prior is added), e.g. the "

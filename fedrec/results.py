@@ -9,7 +9,9 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["check_run_dir", "lock_run_dir", "RunDirError", "RUN_FILES", "package_versions", "write_json", "write_metrics", "append_round", "read_metrics"]
+__all__ = ["check_run_dir", "lock_run_dir", "record_invocation", "data_record", "source_commit", "file_sha256",
+           "RunDirError", "RUN_FILES", "LOCK_FILE", "package_versions", "write_json", "write_metrics", "append_round",
+           "read_metrics"]
 
 _PACKAGES = ("fedrec", "torch", "flwr", "opacus", "numpy", "scipy", "pandas")
 
@@ -22,6 +24,66 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:  # pragma: no cover
             out[name] = "not installed"
     return out
+
+
+def source_commit() -> str:
+    """The git commit of fedrec's source tree when it is a checkout (with ``+dirty`` for
+    uncommitted changes), else ``""``."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=5)  # noqa: E731
+        commit = run("rev-parse", "HEAD").stdout.strip()
+        if commit and run("status", "--porcelain", "--untracked-files=no").stdout.strip():
+            commit += "+dirty"
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_record(data: str) -> dict:
+    """What a run record says of its data: as given, the interactions file read (absolute)
+    and its SHA-256 (a generated dataset: its spec)."""
+    from fedrec.data import interactions_file
+
+    if data.startswith("synthetic"):
+        return {"given": data, "generated": True}
+    path = interactions_file(data)
+    return {"given": data, "file": str(path), "sha256": file_sha256(path)}
+
+
+def record_invocation(out: str | Path, *, argv: list[str], data: dict | None = None,
+                      changed: dict | None = None) -> Path:
+    """Append this process's invocation to ``OUT/run.json``: the command line, the working
+    directory, the time, fedrec's version and git commit, the package versions, the data
+    (``{"given": ..., "file": absolute path, "sha256": ...}``) and the recorded settings a
+    resume changed (``changed``: key -> ``[recorded, now]``).  Every start and resume of a
+    run adds one entry, so the directory says what ran."""
+    import os
+    import time
+
+    path = Path(out) / "run.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
+    entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": list(argv), "cwd": os.getcwd(),
+             "commit": source_commit(), "versions": package_versions(), "pid": os.getpid()}
+    if data:
+        entry["data"] = data
+    if changed:
+        entry["changed"] = changed
+    doc["invocations"].append(entry)
+    return write_json(path, doc)
 
 
 def _clean(x):
@@ -116,15 +178,20 @@ class RunDirError(ValueError):
     """A run directory that would be overwritten."""
 
 
-def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, flag: str = "--out") -> None:
+def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, flag: str = "--out",
+                  resumable: bool = True) -> None:
     """Refuse to start a run in a directory that holds one, unless ``resume``
-    (continue it) or ``overwrite`` (replace it) says so: nothing is lost silently."""
+    (continue it) or ``overwrite`` (replace it) says so: nothing is lost silently.
+    ``resumable``: whether the command can continue a run (the message offers ``--resume``
+    only then)."""
     if not out or resume or overwrite:
         return
+    if Path(out).exists() and not Path(out).is_dir():
+        raise RunDirError(f"{flag} {out}: a file, not a directory")
     found = [f for f in RUN_FILES if (Path(out) / f).exists()]
     if found:
-        raise RunDirError(f"{flag} {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
-                          "--overwrite to replace it, or another directory")
+        how = "pass --resume to continue it, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+        raise RunDirError(f"{flag} {out} already holds a run ({', '.join(found)}): {how}, or another directory")
 
 
 LOCK_FILE = ".fedrec.lock"
@@ -135,14 +202,18 @@ class _RunDirLock:
     when the process ends, however it ends (the kernel drops ``flock`` locks)."""
 
     def __init__(self, out: Path, flag: str):
-        self.out, self.flag, self.fh = Path(out), flag, None
+        self.out, self.flag, self.fh, self.made = Path(out), flag, None, False
 
     def __enter__(self):
         import fcntl
         import os
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        fh = open(self.out / LOCK_FILE, "a+")
+        self.made = not self.out.exists()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fh = open(self.out / LOCK_FILE, "a+")
+        except OSError as e:  # before anything is loaded: a directory that cannot be written is said at once
+            raise RunDirError(f"{self.flag} {self.out}: cannot write the run directory there ({e.strerror})") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -162,6 +233,10 @@ class _RunDirLock:
         if self.fh is not None:
             self.fh.close()  # closing releases the lock
             self.fh = None
+            lock = self.out / LOCK_FILE
+            if self.made and [p.name for p in self.out.iterdir()] == [LOCK_FILE]:
+                lock.unlink(missing_ok=True)  # a run that wrote nothing leaves no directory behind
+                self.out.rmdir()
         return False
 
 

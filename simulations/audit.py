@@ -428,11 +428,11 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
     # which SuperNode hosts which users: the node IDs in the deployment's logs, the users in its node file
     import re
 
-    logs, nodes = out / "run" / "deploy" / "logs", out / "run" / "deploy" / "nodes"
+    logs = out / "run" / "deploy" / "logs"
+    cohorts = load_federation(FedConfig(data=settings["data"], users_per_node=users_per_node, seed=seed)).cohorts
     hosted = {}
     for part in range(res.n_nodes):
-        with np.load(nodes / f"node-{part}.npz") as z:
-            users_of = z["users"].astype(np.int64)
+        users_of = np.asarray(cohorts[part], dtype=np.int64)  # the node files held these (removed with the run)
         for node_id in re.findall(r"SuperNode ID: (\d+)", (logs / f"supernode-{part}.log").read_text()):
             hosted[int(node_id)] = users_of  # a SuperNode that reconnects logs each ID it was given
     replies = sorted((out / "run" / "replies" / "round-1").glob("reply-*.npz"))

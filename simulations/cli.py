@@ -49,7 +49,7 @@ def load_from_args(args):
 def cmd_baseline(args) -> int:
     import torch
 
-    from fedrec.results import check_run_dir
+    from fedrec.results import check_run_dir, lock_run_dir
 
     if args.model == "private-mostpop" and not args.epsilon > 0:
         raise UsageError(f"--epsilon {args.epsilon}: private-mostpop needs an epsilon > 0")
@@ -57,16 +57,10 @@ def cmd_baseline(args) -> int:
         raise UsageError(f"--delta {args.delta}: must be in (0, 1)")
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.out)
-    check_run_dir(out, overwrite=args.overwrite)
-    ds, split = load_from_args(args)  # bad data fails before anything is written
-    made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    check_run_dir(out, overwrite=args.overwrite, resumable=False)
+    with lock_run_dir(out):  # one process per directory; one that wrote nothing is removed again
+        ds, split = load_from_args(args)  # bad data fails before anything is written
         return _fit_baseline(args, out, ds, split)
-    except BaseException:
-        if made and not any(out.iterdir()):
-            out.rmdir()  # leave nothing behind
-        raise
 
 
 def _fit_baseline(args, out: Path, ds, split) -> int:
@@ -74,7 +68,7 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
 
     from fedrec import baselines
     from fedrec.models import build_model
-    from fedrec.results import write_json, write_metrics
+    from fedrec.results import data_record, record_invocation, write_json, write_metrics
 
     _log(f"data {ds.summary()} split {split.summary()}")
     ev = dict(ties=args.ties, sampled_negatives=args.sampled_negatives, seed=args.seed, mask_consumed=not args.rank_consumed,
@@ -107,7 +101,9 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
             model, split, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
             batch_size=args.batch_size or 1024, n_negatives=args.negatives, loss=args.loss,
             patience=args.patience, progress=_log, **ev)
-    config = {k: v for k, v in vars(args).items() if k != "func"}
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command_line")}
+    record_invocation(out, argv=getattr(args, "command_line", sys.argv),
+                      data=data_record(config_from_args(args, ("data",)).data))
     config["dataset"] = ds.summary()
     config["split_summary"] = split.summary()
     write_json(out / "config.json", config)
@@ -136,14 +132,71 @@ def _sequential(spec: str) -> bool:
         raise UsageError(str(e)) from None
 
 
+#: Target epsilons: a flag given as 0 is refused (leaving it out is how a run goes without that mechanism).
+_TARGET_EPSILONS = ("target_epsilon", "user_target_epsilon", "als_target_epsilon")
+#: Each target epsilon and the noise multiplier a run records for it (calibrated).
+_CALIBRATED = {"target_epsilon": "noise_multiplier", "user_target_epsilon": "user_noise_multiplier",
+               "als_target_epsilon": "als_noise_multiplier"}
+
+
+def simulate_config(args):
+    """The configuration ``fedrec simulate`` runs, and the recorded settings it changes.
+
+    Without ``--resume``: the flags given over the config's defaults.  With ``--resume`` and a
+    recorded run in ``--out``: the recorded configuration (``config.json``), so that the same run
+    continues to its recorded end; a flag given again must agree with the record, or the
+    change is refused unless ``--resume-with-changes`` asks for it (the change is then recorded
+    in ``run.json``).  Returns ``(config, changed)``, ``changed`` mapping a key to
+    ``[recorded, now]``."""
+    import dataclasses
+    import json
+
+    from fedrec.config import FedConfig, options
+
+    given = {f.name: getattr(args, f.name) for f in options() if getattr(args, f.name, None) is not None}
+    for name in _TARGET_EPSILONS:
+        if name in given and not given[name] > 0:
+            raise UsageError(f"{config_flag(name)} {given[name]}: must be > 0 (leave the flag out for a run without "
+                             "that mechanism)")
+    if "data" in given and Path(given["data"]).exists():
+        given["data"] = str(Path(given["data"]).resolve())  # the record names the data wherever it is resumed from
+    recorded_file = Path(args.out) / "config.json"
+    if not (args.resume and recorded_file.is_file()):
+        return FedConfig(**given), {}
+    try:
+        recorded = FedConfig.from_run_config(json.loads(recorded_file.read_text())["run_config"])
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"{recorded_file}: not a fedrec run record ({e}); start the run again with --overwrite") from None
+    unset = {noise: 0.0 for target, noise in _CALIBRATED.items() if target in given and noise not in given}
+    wanted = dataclasses.replace(recorded, **unset, **given)  # a target given again is calibrated again
+    now = wanted.resolved()
+    changed = {f.name.replace("_", "-"): [getattr(recorded, f.name), getattr(now, f.name)]
+               for f in options() if f.name not in ("resume", "out", "data")
+               and getattr(recorded, f.name) != getattr(now, f.name)}
+    if "data" in given and Path(recorded.data).resolve() != Path(given["data"]).resolve() and recorded.data != given["data"]:
+        changed["data"] = [recorded.data, given["data"]]
+    if changed and not args.resume_with_changes:
+        key, (was, new) = next(iter(changed.items()))
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise UsageError(f"{config_flag(key)} {new}: the run in {args.out} was recorded with {was}{more}; leave the flag "
+                         "out to continue the run as recorded, or add --resume-with-changes to change it")
+    return dataclasses.replace(now, resume=True, out=args.out), changed
+
+
 def cmd_simulate(args) -> int:
     from fedrec_app.simulations.simulate import simulate
 
-    if not args.out:
-        raise UsageError("--out DIR is required (the run directory)")
-    cfg = config_from_args(args)
+    if args.resume_with_changes and not args.resume:
+        raise UsageError("--resume-with-changes: only with --resume")
+    cfg, changed = simulate_config(args)
+    if changed:
+        _log("resuming with changes to the recorded run: " + ", ".join(
+            f"{config_flag(k)} {was} -> {now}" for k, (was, now) in changed.items()))
+        if "num-server-rounds" in changed and (cfg.dp or cfg.user_level):
+            _log("the rounds already run keep their noise: the epsilon reported composes every round, so it is "
+                 "not the target the recorded run was calibrated for")
     summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose, ray_address=args.ray_address,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, changed=changed, argv=getattr(args, "command_line", None))
     picked = "evaluation off: the last round's model" if summary['selected_round'] is None else \
         f"selected round {summary['selected_round']} (on validation)"
     _log(f"{picked}; wrote {cfg.out}/metrics.json")
@@ -294,10 +347,13 @@ def cmd_sweep(args) -> int:
 def _add_fed_args(p: argparse.ArgumentParser) -> None:
     from fedrec.config import SECTIONS
 
-    add_config_args(p, SECTIONS)
+    add_config_args(p, SECTIONS, required=("out",))
     g = p.add_argument_group("running")
     g.add_argument("--overwrite", action="store_true",
                    help="replace a finished or partial run in --out (default: refuse; --resume continues it)")
+    g.add_argument("--resume-with-changes", action="store_true",
+                   help="with --resume: accept flags that differ from the recorded run (each change is recorded in "
+                        "OUT/run.json; by default a resume continues the run exactly as recorded)")
     g.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine (default: all)")
     g.add_argument("--ray-address", default=None,
                    help="run on an existing (multi-machine) Ray cluster, e.g. 'auto' on its head node "
@@ -462,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.5,
                    help="'stream' only: share of the interactions before the first window (default 0.5)")
     p.add_argument("--warmup-rounds", type=int, default=150,
-                   help="'stream' only: rounds on the warm-up; --rounds is then the rounds per window (default 20)")
+                   help="'stream' only: rounds on the warm-up, after which --rounds (default 20 there) is the rounds of "
+                        "each window (default 150)")
     p.add_argument("--window-budget", action="store_true",
                    help="'stream' only: also run user-level DP with a budget per window (epsilon 8 for each window's "
                         "rounds, composed over the windows) beside the budget over the whole stream")
@@ -538,15 +595,33 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
     import signal
-    import threading
 
+    from fedrec_app.simulations.console import ENGINE_CHATTER, console_log
     from fedrec_app.simulations.signals import interruptible
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["fedrec", *(sys.argv[1:] if argv is None else argv)]  # what run.json records
     previous = interruptible()
+    logged = getattr(args, "out", None) if args.command in _LOGGED else None
+    try:
+        with console_log(logged, drop=() if getattr(args, "verbose", False) else ENGINE_CHATTER):  # OUT/log.txt
+            return _run(args)
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+#: Commands whose run directory keeps a log of the console.
+_LOGGED = ("simulate", "baseline", "sweep", "run-default", "deploy")
+
+
+def _run(args) -> int:
+    import os
+    import signal
+    import threading
+
     try:
         return args.func(args)
     except KeyboardInterrupt as e:
@@ -565,9 +640,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fedrec: error: {error_line(e)}", file=sys.stderr)
         return 2
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
 
 
 if __name__ == "__main__":  # pragma: no cover

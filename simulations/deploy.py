@@ -734,7 +734,15 @@ def deploy(
     for d in (workdir, logs, flwr_home, out):
         d.mkdir(parents=True, exist_ok=True)
     from fedrec.federation import write_node_data, write_plan
+    from fedrec.results import data_record, lock_run_dir, record_invocation
 
+    run_lock = lock_run_dir(out)  # one fedrec process per run directory (the kernel drops it with the process)
+    try:
+        run_lock.__enter__()
+    except ValueError as e:
+        raise DeployError(str(e)) from None
+    record_invocation(out, argv=["fedrec", *sys.argv[1:]], data=data_record(str(fused.get(run_key("data")))))
+    (workdir / "nodes").mkdir(mode=0o700, exist_ok=True)  # the users' data: this user's only, removed at the end
     write_node_data(fed, workdir / "nodes")  # each SuperNode reads only its own users' data
     # the ServerApp reads the public plan, never the interactions
     overrides[run_key("federation-plan")] = str(write_plan(fed, workdir / "nodes"))
@@ -903,6 +911,8 @@ def deploy(
                 _child_subreaper(False)
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
+        shutil.rmtree(workdir / "nodes", ignore_errors=True)  # the users' data goes with the processes that read it
+        run_lock.__exit__(None, None, None)
         result.seen = dict(sup.seen)
         result.survivors = survivors
         result.seconds = time.monotonic() - t0
@@ -1002,7 +1012,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
     parser.add_argument("--out", default="runs/deploy",
                         help="run directory written by the ServerApp (metrics.json, rounds.csv, ...; default runs/deploy)")
-    add_config_args(parser, tuple(s for s in SECTIONS if s != "outputs"))
+    add_config_args(parser, tuple(s for s in SECTIONS if s != "outputs"),
+                    defaults={"eval_every": 0})  # evaluation replies are covered by no epsilon: off unless asked
     g = parser.add_argument_group("more run config")
     g.add_argument("--run-config", action="append", default=None, metavar="'K=V ...'",
                    help="run-config overrides as TOML values (keys of [tool.flwr.app.config]); repeatable")

@@ -9,9 +9,14 @@ import argparse
 __all__ = ["add_config_args", "config_flag", "config_from_args", "config_overrides"]
 
 
-def add_config_args(p: argparse.ArgumentParser, sections: tuple[str, ...], *, skip: tuple[str, ...] = ()) -> None:
+def add_config_args(p: argparse.ArgumentParser, sections: tuple[str, ...], *, skip: tuple[str, ...] = (),
+                    required: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     """Add a flag for every option of :class:`fedrec.config.FedConfig` in ``sections``:
-    its default, help text and choices come from the config (one source)."""
+    its default, help text and choices come from the config (one source).
+
+    ``required``: field names whose flag must be given; ``defaults``: field name -> the
+    default this command applies instead of the config's (shown in the help)."""
+    defaults = defaults or {}
     from fedrec.config import SECTION_TABLES, SECTIONS, options
 
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -26,9 +31,11 @@ def add_config_args(p: argparse.ArgumentParser, sections: tuple[str, ...], *, sk
         if isinstance(f.default, bool):
             g.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_)
             continue
-        if f.default != "":
-            help_ += f" (default: {f.default})"
+        default = defaults.get(f.name, f.default)
+        if default != "" and f.name not in required:
+            help_ += f" (default: {default})"
         g.add_argument(flag, dest=f.name, type=type(f.default), default=None, choices=f.metadata.get("choices"),
+                       required=f.name in required,
                        metavar=None if f.metadata.get("choices") else flag[2:].upper().replace("-", "_"), help=help_)
 
 

@@ -57,7 +57,8 @@ def _stop_server(grace: float = 20.0) -> None:
 
 
 def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
-             ray_address: str | None = None, overwrite: bool = False, attack=None) -> dict:
+             ray_address: str | None = None, overwrite: bool = False, attack=None, changed: dict | None = None,
+             argv: list[str] | None = None) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run summary.
 
     The config reaches both apps explicitly (``run_simulation`` does not read
@@ -74,13 +75,23 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
 
     ``attack`` (:mod:`fedrec_app.simulations.attacks`): ``attack.nodes`` more SuperNodes
     join, whose ClientApp the attack swaps (``make_client_app(malicious=...)``).
+
+    The run directory records each invocation (``run.json``: the command line, versions,
+    git commit, the data file and its SHA-256, and ``changed``, the recorded settings a
+    resume changed; ``argv``, default ``sys.argv``) and the ids of the file (``id_map.json``).
     """
+    check_run_dir(cfg.out, resume=cfg.resume, overwrite=overwrite)
+    with lock_run_dir(cfg.out):  # one process per run directory, taken before the data is read
+        return _simulate(cfg, num_cpus=num_cpus, verbose=verbose, ray_address=ray_address, attack=attack,
+                         changed=changed, argv=argv)
+
+
+def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed, argv) -> dict:
     from flwr.simulation import run_simulation
 
     from fedrec_app.clients.app import make_client_app
     from fedrec_app.server.app import make_server_app
 
-    check_run_dir(cfg.out, resume=cfg.resume, overwrite=overwrite)
     cfg = cfg.resolved()
     fed = load_federation(cfg)
     if attack is not None and attack.first_partition != fed.n_nodes:
@@ -112,8 +123,14 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     results: list = []
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if cfg.out:
+        import sys
+
+        from fedrec.results import data_record, record_invocation
+
+        record_invocation(cfg.out, argv=argv or sys.argv, data=data_record(cfg.data), changed=changed)
+        fed.dataset.save_id_maps(cfg.out)  # results trace back to the file's ids
     with contextlib.ExitStack() as stack:
-        stack.enter_context(lock_run_dir(cfg.out))  # one process per run directory
         node_data = plan = None
         if not ray_address:
             node_data = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrec-nodes-"))

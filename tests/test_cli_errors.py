@@ -181,3 +181,83 @@ def test_device_refusals_name_the_flag_and_start_nothing(capsys, tmp_path):
     line = _error(capsys, base + ["--out", str(tmp_path / "d"), "--device", "cuda:0"])
     assert "cuda" in line  # no GPU: not seen; a GPU: Ray gives each actor its own, so cuda:N is refused
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+def test_an_out_that_cannot_be_written_fails_before_the_data_is_read(capsys, tmp_path):
+    """``--out /proc/x``: said at once, naming the flag and the reason, before loading anything."""
+    import time
+
+    t = time.perf_counter()
+    line = _error(capsys, ["simulate", "--out", "/proc/fedrec-run", "--data", str(tmp_path / "missing.csv")])
+    assert line.startswith("fedrec: error: --out /proc/fedrec-run: cannot write the run directory there"), line
+    assert time.perf_counter() - t < 10
+
+
+def test_a_baseline_in_a_used_directory_offers_only_what_it_can_do(capsys, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    line = _error(capsys, ["baseline", "--data", DATA, "--model", "mostpop", "--out", str(out)])
+    assert "--overwrite" in line and "--resume" not in line
+
+
+@pytest.mark.parametrize("flag", ["--target-epsilon", "--user-target-epsilon", "--als-target-epsilon"])
+def test_a_target_epsilon_of_zero_is_refused_not_run_without_privacy(capsys, tmp_path, flag):
+    line = _error(capsys, ["simulate", "--out", str(tmp_path / "r"), "--data", DATA, flag, "0"])
+    assert line == f"fedrec: error: {flag} 0.0: must be > 0 (leave the flag out for a run without that mechanism)"
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_errors_name_flags_not_python_arguments(capsys, tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text("user,item\n1,1\n1,2\n2,1\n2,2\n1,1\n")
+    line = _error(capsys, ["baseline", "--data", str(path), "--model", "mostpop", "--out", str(tmp_path / "a")])
+    assert "--duplicates first" in line and "duplicates='first'" in line.split("in Python")[1]
+    path.write_text("user,item\n1,1\n1,2\n2,1\n2,2\n")
+    line = _error(capsys, ["baseline", "--data", str(path), "--model", "mostpop", "--min-rating", "4",
+                           "--out", str(tmp_path / "b")])
+    assert line.startswith(f"fedrec: error: --min-rating 4.0: {path} has no ratings"), line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _shown_defaults(action) -> list[str]:
+    """The default a help text shows: its last ``(default ...)``."""
+    return re.findall(r"\(default:? ([^);]+)[);]", " ".join((action.help or "").split()))[-1:]
+
+
+def test_every_default_a_help_text_shows_is_the_default_the_command_applies():
+    """The help is read against behaviour: a default shown in ``--help`` is the value the
+    command uses when the flag is left out (for run-config flags, the config's default or
+    the command's own, as ``fedrec deploy`` turns evaluation off)."""
+    import argparse
+
+    from fedrec.config import DEFAULTS
+    from fedrec_app.simulations.cli import build_parser
+
+    applied = {"deploy": {"eval_every": 0}}  # what deploy() sets when the flag is left out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    wrong, checked = [], 0
+    for name, p in sub.choices.items():
+        for a in p._actions:
+            for shown in _shown_defaults(a):
+                word = shown.split()[0].rstrip(",")
+                if a.default is None and hasattr(DEFAULTS, a.dest):  # a run-config flag
+                    actual = applied.get(name, {}).get(a.dest, getattr(DEFAULTS, a.dest))
+                else:
+                    actual = a.default
+                if actual is None or isinstance(actual, bool) or actual == "":
+                    continue  # "default: all", "(default: sniffed)": said in words
+                if isinstance(actual, str) and actual in shown:
+                    checked += 1
+                    continue
+                try:
+                    same = float(word) == float(actual) if not isinstance(actual, str) else word == actual
+                except ValueError:
+                    same = False
+                checked += 1
+                if not same:
+                    wrong.append(f"fedrec {name} {a.option_strings[0] if a.option_strings else a.dest}: "
+                                 f"help says {shown!r}, the command applies {actual!r}")
+    assert checked > 50
+    assert not wrong, "\n".join(wrong)

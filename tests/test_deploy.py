@@ -176,6 +176,10 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["nodes"] == 3 and recorded["dataset"]["source"].startswith("federation plan")
     assert not data.exists()
+    # the users' node files went with the run; the directory records what ran
+    assert not (out / "deploy" / "nodes").exists()
+    ran = json.loads((out / "run.json").read_text())["invocations"]
+    assert len(ran) == 1 and ran[0]["data"]["file"].endswith("ratings.csv") and len(ran[0]["data"]["sha256"]) == 64
     assert len((out / "rounds.csv").read_text().strip().splitlines()) == 3
 
     # TLS and authentication were really on

@@ -3,7 +3,7 @@
 from fedrec.data.dataset import Dataset, build_dataset, kcore_mask
 from fedrec.data.negatives import is_positive, sample_negatives
 from fedrec.data.partition import partition_users
-from fedrec.data.readers import DataFormatError, RawData, bundled_path, read_interactions
+from fedrec.data.readers import DataFormatError, RawData, bundled_path, interactions_file, read_interactions
 from fedrec.data.splits import (
     Split,
     hold_out_items,
@@ -26,6 +26,7 @@ __all__ = [
     "build_dataset",
     "bundled_path",
     "hold_out_items",
+    "interactions_file",
     "hold_out_users",
     "subsample_users",
     "is_positive",

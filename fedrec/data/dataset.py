@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedrec.data.readers import RawData
+from fedrec.errors import ConfigError
 
 __all__ = ["Dataset", "build_dataset", "kcore_mask"]
 
@@ -211,7 +212,8 @@ def build_dataset(
     keep = np.ones(raw.user.shape[0], dtype=bool)
     if min_rating is not None:
         if np.isnan(raw.rating).all():
-            raise ValueError(f"min_rating={min_rating} given but {raw.source} has no ratings")
+            raise ConfigError("min-rating", min_rating, f"{raw.source} has no ratings (a rating column is read when it is "
+                              "named rating or score, or given with rating-col)")
         keep &= raw.rating >= min_rating
     if kcore and kcore > 1:
         sub = np.flatnonzero(keep)
@@ -220,7 +222,7 @@ def build_dataset(
         keep[sub[m]] = True
     if not keep.any():
         raise ValueError(
-            f"no interactions left in {raw.source} after min_rating={min_rating}, kcore={kcore}"
+            f"no interactions left in {raw.source} after min-rating {min_rating} and kcore {kcore}"
         )
     user_ids, user = np.unique(raw.user[keep], return_inverse=True)
     if raw.item_info is not None and not kcore and min_rating is None:

@@ -48,6 +48,7 @@ __all__ = [
     "UserInfo",
     "RawData",
     "read_interactions",
+    "interactions_file",
     "bundled_path",
     "FORMATS",
     "ML100K_GENRES",
@@ -309,6 +310,16 @@ def read_interactions(
 # --------------------------------------------------------------------------- #
 # Locating files and detecting the format
 # --------------------------------------------------------------------------- #
+
+
+def interactions_file(path: str | PathLike[str], format: str = "auto") -> Path:
+    """The absolute path of the interactions file :func:`read_interactions` reads for
+    ``path`` (a bundled or fetched name, a directory or a file), for run records."""
+    location, defaults = _locate(path)
+    if format == "auto":
+        format = defaults.get("format", "auto")
+    _, data_file = _detect_format(location) if format == "auto" else (format, _interactions_file(location, format))
+    return Path(data_file).resolve()
 
 
 def _locate(path: str | PathLike[str]) -> tuple[Path, dict]:
@@ -1151,7 +1162,7 @@ def _handle_duplicates(
         raise _error(
             path,
             f"duplicate row: user {_plain(user)!r}, item {_plain(item)!r} already appears "
-            f"on {unit} {lines[first]} (pass duplicates='first' or 'last' to keep one)",
+            f"on {unit} {lines[first]} (keep one with --duplicates first or last; in Python duplicates='first')",
             line=lines[again],
             unit=unit,
         )
