@@ -26,11 +26,12 @@ __all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES",
            "flat_run_config", "nested_run_config", "sectioned_run_config", "parse_overrides"]
 
 #: Sections of the configuration, in the order ``--help`` shows them.
-SECTIONS = ("data", "model", "federation", "local training", "interaction-level DP", "user-level DP", "private ALS",
-            "server", "fault tolerance", "evaluation", "outputs")
+SECTIONS = ("data", "model", "federation", "privacy", "local training", "interaction-level DP", "user-level DP",
+            "private ALS", "server", "fault tolerance", "evaluation", "outputs")
 
 #: Each section's table in ``[tool.flwr.app.config]``: run-config keys are ``<table>.<key>``.
-SECTION_TABLES = {"data": "data", "model": "model", "federation": "federation", "local training": "local",
+SECTION_TABLES = {"data": "data", "model": "model", "federation": "federation", "privacy": "privacy",
+                  "local training": "local",
                   "interaction-level DP": "interaction-level", "user-level DP": "user-level", "private ALS": "als",
                   "server": "server",
                   "fault tolerance": "fault-tolerance", "evaluation": "evaluation", "outputs": "outputs"}
@@ -98,6 +99,13 @@ class FedConfig:
     reproducible_noise: bool = _opt(False, "federation", "simulations only: derive DP noise, Poisson sampling and "
                                     "private user sampling from --seed, so a rerun is bit-exact; the guarantees then "
                                     "hold against no one who knows the seed (refused by fedrec deploy and the device)")
+    # privacy: say the unit and the epsilon, get the mechanism chosen for the data
+    privacy_unit: str = _opt("", "privacy", "privacy unit of a run whose mechanism fedrec chooses for the data "
+                             "(fedrec/presets/presets.toml): user-level or interaction-level, with --epsilon; flags "
+                             "given override the chosen preset", choices=("user-level", "interaction-level"),
+                             flag="--privacy")
+    epsilon: float = _opt(0.0, "privacy", "target epsilon of --privacy (the run's epsilon in that unit, every "
+                          "release composed)")
     # local training
     user_lr: float = _opt(1.0, "local training", "SGD rate of the local user state")
     user_steps: int = _opt(1, "local training", "local-state-only steps before the released steps")
@@ -237,7 +245,7 @@ class FedConfig:
                 "0.93 where 1 is accounted); use user-dp='client' or 'server' (fixed clipping)")
         for f in fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
+            if choices and getattr(self, f.name) not in choices and getattr(self, f.name) != f.default:
                 bad(f.name, "choose " + ", ".join(repr(c) for c in choices))
 
         for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies", "seq_len",
@@ -363,7 +371,9 @@ class FedConfig:
             bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
         if self.noise_multiplier > 0 and self.target_epsilon > 0:
             bad("target_epsilon", "give noise-multiplier or target-epsilon, not both")
-        for key in ("als_passes", "als_cap", "als_pass_cap"):
+        if self.als_passes < 0:
+            bad("als_passes", "must be >= 0 (0: the item counts only, private MostPop)")
+        for key in ("als_cap", "als_pass_cap"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
         for key in ("als_clip", "als_alpha"):
@@ -372,8 +382,15 @@ class FedConfig:
         for key in ("als_reg", "als_user_reg", "als_noise_multiplier", "als_target_epsilon"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
-        if not 0 < self.als_head <= 1:
-            bad("als_head", "must be in (0, 1]")
+        if not 0 <= self.als_head <= 1:
+            bad("als_head", "must be in [0, 1] (0: nothing trained, items ranked by their noisy counts)")
+        if self.privacy_unit and not self.epsilon > 0:
+            bad("privacy_unit", "needs --epsilon > 0, the target the mechanism is chosen for")
+        if self.epsilon > 0 and not self.privacy_unit:
+            bad("epsilon", "needs --privacy user-level or interaction-level (the unit the epsilon is in)")
+        if self.privacy_unit and (self.dp or self.user_level or self.als_private):
+            bad("privacy_unit", "chooses the mechanism itself: give --privacy/--epsilon, or a mechanism's own "
+                "target epsilon or noise, not both")
         if self.als_noise_multiplier > 0 and self.als_target_epsilon > 0:
             bad("als_target_epsilon", "give als-noise-multiplier or als-target-epsilon, not both")
         if not self.als and (self.als_noise_multiplier > 0 or self.als_target_epsilon > 0):

@@ -65,12 +65,13 @@ def data_record(data: str) -> dict:
 
 
 def record_invocation(out: str | Path, *, argv: list[str], data: dict | None = None,
-                      changed: dict | None = None) -> Path:
+                      changed: dict | None = None, choice: dict | None = None) -> Path:
     """Append this process's invocation to ``OUT/run.json``: the command line, the working
     directory, the time, fedrec's version and git commit, the package versions, the data
     (``{"given": ..., "file": absolute path, "sha256": ...}``) and the recorded settings a
-    resume changed (``changed``: key -> ``[recorded, now]``).  Every start and resume of a
-    run adds one entry, so the directory says what ran."""
+    resume changed (``changed``: key -> ``[recorded, now]``) and the mechanism chosen for
+    ``--privacy`` (``choice``).  Every start and resume of a run adds one entry, so the
+    directory says what ran."""
     import os
     import time
 
@@ -82,6 +83,8 @@ def record_invocation(out: str | Path, *, argv: list[str], data: dict | None = N
         entry["data"] = data
     if changed:
         entry["changed"] = changed
+    if choice:
+        entry["privacy_choice"] = choice
     doc["invocations"].append(entry)
     return write_json(path, doc)
 

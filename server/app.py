@@ -21,7 +21,12 @@ def make_server_app(run_config: dict | None = None, results: list | None = None,
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         rc = run_config if run_config is not None else dict(context.run_config)
-        summary = run_server(grid, FedConfig.from_run_config(rc).resolved(), context, plan=plan)
+        cfg = FedConfig.from_run_config(rc)
+        if cfg.privacy_unit:  # never a run that names a privacy unit and applies no mechanism
+            raise ValueError("privacy-unit: the mechanism for a unit and an epsilon is chosen by `fedrec simulate` or "
+                             "`fedrec deploy` (they pass its settings); with `flwr run`, give the mechanism's own "
+                             "settings (fedrec/presets/presets.toml)")
+        summary = run_server(grid, cfg.resolved(), context, plan=plan)
         if results is not None:
             results.append(summary)
 

@@ -183,7 +183,26 @@ def simulate_config(args):
     return dataclasses.replace(now, resume=True, out=args.out), changed
 
 
+def _with_mechanism_preset(cfg, given: set[str]):
+    """A mechanism turned on by its own flags (``--target-epsilon 8`` alone) runs its preset
+    for every setting not given (the non-private defaults learn nothing under its noise),
+    said in one line."""
+    from fedrec.presets import mechanism_preset, preset, with_preset
+
+    name = mechanism_preset(cfg)
+    if name is None:
+        return cfg
+    settings = {k: v for k, v in preset(name).items() if "epsilon" not in k and "noise-multiplier" not in k}
+    filled = {k: v for k, v in settings.items() if k.replace("-", "_") not in given
+              and getattr(cfg, k.replace("-", "_")) != v}
+    if filled:
+        _log(f"preset {name!r} for the settings not given (" + ", ".join(f"{config_flag(k)} {v}" for k, v in
+             filled.items()) + "); flags given override it, and --privacy UNIT --epsilon E chooses the mechanism too")
+    return with_preset(cfg, settings, given)
+
+
 def cmd_simulate(args) -> int:
+    from fedrec.config import options
     from fedrec_app.simulations.simulate import simulate
 
     if args.resume_with_changes and not args.resume:
@@ -195,8 +214,11 @@ def cmd_simulate(args) -> int:
         if "num-server-rounds" in changed and (cfg.dp or cfg.user_level):
             _log("the rounds already run keep their noise: the epsilon reported composes every round, so it is "
                  "not the target the recorded run was calibrated for")
+    given = {f.name for f in options() if getattr(args, f.name, None) is not None}
+    if not args.resume:
+        cfg = _with_mechanism_preset(cfg, given)
     summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose, ray_address=args.ray_address,
-                       overwrite=args.overwrite, changed=changed, argv=getattr(args, "command_line", None))
+                       overwrite=args.overwrite, changed=changed, argv=getattr(args, "command_line", None), given=given)
     picked = "evaluation off: the last round's model" if summary['selected_round'] is None else \
         f"selected round {summary['selected_round']} (on validation)"
     _log(f"{picked}; wrote {cfg.out}/metrics.json")

@@ -565,6 +565,27 @@ def _plan(run_config: dict):
     return load_federation(FedConfig.from_run_config(run_config).resolved())
 
 
+def _choose_privacy(fused: dict, overrides: dict, fed) -> tuple[dict, dict]:
+    """With ``privacy-unit`` and ``epsilon`` in the run config: the chosen mechanism's
+    settings as explicit run-config keys (the apps run them as given; the keys the user
+    set keep their values), said in one line."""
+    import dataclasses
+
+    from fedrec.config import FedConfig, run_key
+    from fedrec.presets import apply_choice
+
+    cfg = FedConfig.from_run_config(fused)
+    given = {run_key(k).split(".")[-1].replace("-", "_") for k in overrides}
+    chosen, choice = apply_choice(cfg, fed.dataset.name, fed.dataset.n_users, given)
+    if choice is None:
+        return fused, overrides
+    _say(f"privacy: {choice.line()}")
+    changed = {run_key(f.name): getattr(chosen, f.name) for f in dataclasses.fields(chosen)
+               if getattr(chosen, f.name) != getattr(cfg, f.name)}
+    overrides = {**overrides, **changed}
+    return {**fused, **changed}, overrides
+
+
 def _parse_kv(items: list[str] | None) -> dict:
     """``--run-config 'k1=v1 k2="text"'`` (TOML values), as Flower parses it."""
     import tomllib
@@ -704,6 +725,7 @@ def deploy(
             raise DeployError(str(e)) from None
         try:
             fed = _plan(fused)
+            fused, overrides = _choose_privacy(fused, overrides, fed)  # --privacy UNIT --epsilon E
         except (ValueError, FileNotFoundError) as e:
             from fedrec.config import ConfigError
             from fedrec_app.simulations.flags import config_flag

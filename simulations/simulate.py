@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data, write_plan
+from fedrec.presets import apply_choice
 from fedrec.flower_compat import STOP, backend_config, environment, fast_grid_polling, stop_waiting, worker_heap_env
 from fedrec.results import check_run_dir, lock_run_dir
 from fedrec_app.simulations.signals import Interrupted
@@ -58,7 +59,7 @@ def _stop_server(grace: float = 20.0) -> None:
 
 def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
              ray_address: str | None = None, overwrite: bool = False, attack=None, changed: dict | None = None,
-             argv: list[str] | None = None) -> dict:
+             argv: list[str] | None = None, given: set[str] | None = None) -> dict:
     """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run summary.
 
     The config reaches both apps explicitly (``run_simulation`` does not read
@@ -79,21 +80,31 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     The run directory records each invocation (``run.json``: the command line, versions,
     git commit, the data file and its SHA-256, and ``changed``, the recorded settings a
     resume changed; ``argv``, default ``sys.argv``) and the ids of the file (``id_map.json``).
+
+    ``cfg.privacy_unit`` and ``cfg.epsilon`` (``--privacy``, ``--epsilon``): the mechanism
+    and its preset are chosen for the data (:func:`fedrec.presets.apply_choice`; the
+    fields in ``given`` keep their values, ``None``: those that differ from the defaults),
+    said in one line and recorded in ``run.json``.
     """
     check_run_dir(cfg.out, resume=cfg.resume, overwrite=overwrite)
     with lock_run_dir(cfg.out):  # one process per run directory, taken before the data is read
         return _simulate(cfg, num_cpus=num_cpus, verbose=verbose, ray_address=ray_address, attack=attack,
-                         changed=changed, argv=argv)
+                         changed=changed, argv=argv, given=given)
 
 
-def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed, argv) -> dict:
+def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed, argv, given) -> dict:
     from flwr.simulation import run_simulation
 
     from fedrec_app.clients.app import make_client_app
     from fedrec_app.server.app import make_server_app
 
-    cfg = cfg.resolved()
     fed = load_federation(cfg)
+    cfg, choice = apply_choice(cfg, fed.dataset.name, fed.dataset.n_users, given)  # --privacy UNIT --epsilon E
+    if choice is not None:
+        import time
+
+        print(f"[fedrec {time.strftime('%H:%M:%S')}] privacy: {choice.line()}", flush=True)
+    cfg = cfg.resolved()
     if attack is not None and attack.first_partition != fed.n_nodes:
         raise ValueError(f"the attack's sybils start at partition {attack.first_partition}, but the run has "
                          f"{fed.n_nodes} honest nodes")
@@ -128,7 +139,10 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
 
         from fedrec.results import data_record, record_invocation
 
-        record_invocation(cfg.out, argv=argv or sys.argv, data=data_record(cfg.data), changed=changed)
+        record_invocation(cfg.out, argv=argv or sys.argv, data=data_record(cfg.data), changed=changed,
+                          choice=None if choice is None else {"unit": choice.unit, "epsilon": choice.epsilon,
+                                                              "preset": choice.preset, "settings": choice.settings,
+                                                              "evidence": choice.evidence, "row": choice.matched})
         fed.dataset.save_id_maps(cfg.out)  # results trace back to the file's ids
     with contextlib.ExitStack() as stack:
         node_data = plan = None

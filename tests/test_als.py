@@ -174,7 +174,8 @@ def test_epsilon_is_opacus_rdp_over_the_counts_and_every_pass():
     (dict(als=True, secure_aggregation=True), "als"),
     (dict(als_target_epsilon=8.0), "als"),
     (dict(als=True, als_noise_multiplier=1.0, als_target_epsilon=8.0), "als-target-epsilon"),
-    (dict(als=True, als_head=0.0), "als-head"),
+    (dict(als=True, als_head=1.5), "als-head"),
+    (dict(als=True, als_passes=-1), "als-passes"),
 ])
 def test_config_refuses_what_the_accounting_does_not_cover(kw, key):
     with pytest.raises(ConfigError) as e:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Choice", "PRESETS_FILE", "UNITS", "choose", "preset", "preset_names", "with_preset"]
+__all__ = ["Choice", "PRESETS_FILE", "UNITS", "apply_choice", "choose", "mechanism_preset", "preset", "preset_names",
+           "with_preset"]
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 #: The privacy units a choice is made for.
@@ -55,7 +56,7 @@ class Choice:
     def mechanism(self) -> str:
         if self.preset == "private-mostpop":
             return "private MostPop (noisy item counts)"
-        return "private ALS" if self.settings.get("als") else self.preset
+        return "private ALS" if self.settings.get("als") else self.preset.replace("sequential-", "")
 
     def line(self) -> str:
         """The one line a run prints about its choice."""
@@ -63,14 +64,24 @@ class Choice:
                 f"(row {self.matched}: {self.evidence}); flags given override it")
 
 
-def choose(unit: str, epsilon: float, dataset: str, n_users: int) -> Choice:
+def choose(unit: str, epsilon: float, dataset: str, n_users: int, *, model: str | None = None,
+           sequential: bool = False) -> Choice:
     """The table's choice for ``unit`` and ``epsilon`` on a dataset called ``dataset`` with
     ``n_users`` users: the first row for its name, else the first ``*`` row whose
-    ``min-users`` it reaches; within those, the first whose least ``epsilon`` is met."""
+    ``min-users`` it reaches; within those, the first whose least ``epsilon`` is met.
+
+    ``model`` (a model the user chose, not MF): the mechanism that trains it, DP-FedAvg
+    (DP-FedAdam for a ``sequential`` one) at user level, DP-SGD at interaction level."""
     if unit not in UNITS:
         raise ValueError(f"privacy unit {unit!r}: choose one of {', '.join(UNITS)}")
     if not epsilon > 0 or not math.isfinite(epsilon):
         raise ValueError(f"epsilon {epsilon}: must be a positive number")
+    if model and model != "mf":
+        name = ("sequential-dp-fedadam" if sequential else "dp-fedavg") if unit == "user-level" else "dp-sgd"
+        settings = {**preset(name), _TARGET[unit]: float(epsilon)}
+        settings.pop("model", None)
+        return Choice(unit, float(epsilon), dataset, name, settings, f"the mechanism that trains --model {model}; "
+                      "on MF-shaped data private ALS is the stronger choice (leave --model out)", f"--model {model}")
     rows = _table()["choices"]
     named = [r for r in rows if r["dataset"] == dataset and r["unit"] == unit]
     fallback = [r for r in rows if r["dataset"] == "*" and r["unit"] == unit and n_users >= r.get("min-users", 0)]
@@ -84,6 +95,49 @@ def choose(unit: str, epsilon: float, dataset: str, n_users: int) -> Choice:
             matched = dataset if row["dataset"] != "*" else f"* (>= {row.get('min-users', 0)} users)"
             return Choice(unit, float(epsilon), dataset, row["preset"], settings, row["evidence"], matched)
     raise ValueError(f"{PRESETS_FILE}: no row for {unit} epsilon {epsilon} on {dataset}")  # pragma: no cover
+
+
+def apply_choice(cfg, dataset: str, n_users: int, given: set[str] | frozenset[str] | None = None):
+    """``(cfg, choice)``: for a config with ``privacy-unit`` and ``epsilon``, the mechanism
+    :func:`choose` picks for the data, its preset applied under the fields in ``given``
+    (``None``: every field that differs from its default counts as given), and
+    ``privacy-unit``/``epsilon`` cleared (the mechanism's own target carries the epsilon);
+    any other config: ``(cfg, None)``."""
+    import dataclasses
+
+    from fedrec.config import DEFAULTS
+    from fedrec.models import federated_model_class, is_sequential
+
+    if not cfg.privacy_unit:
+        return cfg, None
+    if given is None:
+        given = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(DEFAULTS, f.name)}
+    model = cfg.model if "model" in given else None
+    sequential = bool(model) and is_sequential(federated_model_class(model))
+    choice = choose(cfg.privacy_unit, cfg.epsilon, dataset, n_users, model=model, sequential=sequential)
+    free = dataclasses.replace(cfg, privacy_unit="", epsilon=0.0)
+    return with_preset(free, choice.settings, set(given) - {"privacy_unit", "epsilon"}), choice
+
+
+def mechanism_preset(cfg) -> str | None:
+    """The preset of the mechanism a config turns on by its own target epsilon or noise
+    (``--target-epsilon``: DP-SGD; ``--user-dp`` with a user-level target or noise:
+    DP-FedAvg, DP-FedAdam for a sequential model; ``--als`` with its target or noise:
+    private ALS for its unit and epsilon); ``None`` for a non-private run or a mechanism
+    without a preset (DP-SGD on a sequential model)."""
+    from fedrec.models import federated_model_class, is_sequential
+
+    sequential = is_sequential(federated_model_class(cfg.model))
+    if cfg.als_private:
+        eps = cfg.als_target_epsilon or math.inf
+        if cfg.als_unit == "user-level":
+            return "private-als" if eps >= 8 else "private-als-low"
+        return "private-als" if eps >= 16 else "private-als-interaction"
+    if cfg.user_level:
+        return "sequential-dp-fedadam" if sequential else "dp-fedavg"
+    if cfg.dp and not sequential:
+        return "dp-sgd"
+    return None
 
 
 def with_preset(cfg, settings: dict, given: set[str] | frozenset[str] = frozenset()):
