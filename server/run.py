@@ -369,7 +369,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
                        f"user sample rate {cfg.user_sample_rate}")
     if cfg.als:
         privacy.append(f"ALS, {cfg.als_passes} passes" + (
-            f", user-level DP noise {cfg.als_noise_multiplier:.3f} cap {cfg.als_cap} (counts) / {cfg.als_pass_cap} "
+            f", DP noise {cfg.als_noise_multiplier:.3f} ({cfg.als_unit} target) cap {cfg.als_cap} (counts) / {cfg.als_pass_cap} "
             f"(passes) clip {cfg.als_clip}"
             if cfg.als_private else " (no DP)"))
     _say(f"{fed.dataset.name}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "

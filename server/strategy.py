@@ -173,8 +173,8 @@ def is_eval_round(cfg: FedConfig, server_round: int) -> bool:
     """Whether nodes evaluate after ``server_round`` (absolute round)."""
     if cfg.eval_every == 0:  # evaluation off: nodes release no metrics
         return False
-    if cfg.als and server_round <= 1:  # ALS: round 1 releases counts only, the item table is still random
-        return False
+    if cfg.als and server_round <= 1 and cfg.als_passes > 0:  # ALS: round 1 releases counts only, the item
+        return False  # table is still random (with no pass, the counts are the model: private MostPop)
     return server_round % cfg.eval_every == 0 or server_round == cfg.num_server_rounds
 
 

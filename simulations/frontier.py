@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
+from fedrec.presets import preset_fields
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
 __all__ = [
@@ -48,17 +49,16 @@ __all__ = [
 #: 40: 0.0568 / 0.0602 / 0.0592 (3 passes, top 5%; the old release 0.0533); top 3% / 8%: 0.0555 /
 #: 0.0582; 2 passes 0.0566; alpha 0.1 / 0.3, ridge 0.1 / 1, clip 0.1, count caps 20 / 100, 4
 #: passes: 0.0578-0.0603, none better.
-ALS_PRESET = dict(model="mf", dim=8, als=True, als_passes=3, als_cap=50, als_pass_cap=20, als_clip=0.05,
-                  als_head=0.05, als_alpha=0.2, als_reg=0.3, als_user_reg=1.0)
+ALS_PRESET = preset_fields("private-als")
 #: Below epsilon 8 fewer releases: 2 passes over the top 3% (user-level epsilon 2, seeds 0-7:
 #: 0.0477 against 0.0445 for the top 2%, 0.0471 for 5%, 0.0460 with 3 passes; pass caps 10 / 40:
 #: 0.0474 / 0.0448; the previous release, top 2%: 0.0378).
-ALS_PRESET_LOW = {**ALS_PRESET, "als_passes": 2, "als_head": 0.03}
+ALS_PRESET_LOW = preset_fields("private-als-low")
 #: Interaction-level, below epsilon 16: 2 passes over the top 5% (interaction-level epsilon 8,
 #: seeds 0-7: 0.0544 against 0.0519 for 3% and 0.0539 for 8%; 3 passes 0.0545).  One interaction
 #: moves a pass twice as far as a whole user does but the counts only by sqrt(2)
 #: (``PrivateALS.interaction_epsilon``), so more items can be afforded than at user level.
-ALS_PRESET_INTERACTION = {**ALS_PRESET_LOW, "als_head": 0.05}
+ALS_PRESET_INTERACTION = preset_fields("private-als-interaction")
 ALS_PRESETS = {"high": ALS_PRESET, "low": ALS_PRESET_LOW, "interaction": ALS_PRESET_INTERACTION}
 
 
@@ -86,8 +86,7 @@ FEST_PRESET = {
 #: user-level epsilon 8 (seed 0, dimension 16, clip 0.1, 100 rounds): Adam 5e-3 0.0362 (test
 #: 0.0460, above MostPop's 0.0432), Adam 2e-3 0.0351; the DP-FedAvg preset (server SGD 5 over 60
 #: rounds) stays near MostPop on ML-100K and below it on ML-1M.
-SASREC_FEDADAM_PRESET = dict(dim=16, negatives=8, user_dp="client", user_clip=0.1, server_opt="adam",
-                             server_lr=5e-3, num_server_rounds=100)
+SASREC_FEDADAM_PRESET = preset_fields("sequential-dp-fedadam")
 
 #: Each mechanism and the units its epsilon is calibrated in.
 MECHANISMS = {

@@ -24,6 +24,7 @@ import numpy as np
 from fedrec.config import FedConfig
 from fedrec.federation import federated_model, load_federation
 from fedrec.models import is_sequential
+from fedrec.presets import preset_fields
 from fedrec_app.simulations.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
@@ -32,12 +33,10 @@ __all__ = ["Study", "STUDIES", "study_cells", "run_study", "DP_PRESET", "USER_PR
 #: Interaction-level DP settings tuned on ML-100K validation (dimension 8: fewer
 #: noised coordinates; server SGD: noise averages out instead of being
 #: normalised away by Adam; a larger sampling rate per step) and a DP popularity prior.
-DP_PRESET = dict(dim=8, sample_rate=0.3, max_grad_norm=0.5, user_lr=0.1, server_opt="sgd", server_lr=5.0,
-                 prior_noise=5.0)
+DP_PRESET = preset_fields("dp-sgd")
 #: User-level DP (DP-FedAvg): each user's whole update clipped on its node, noise
 #: on the sum, SGD on the noised mean (see README, privacy section).
-USER_PRESET = dict(dim=8, user_lr=0.1, user_dp="client", user_clip=0.1, server_opt="sgd", server_lr=5.0,
-                   prior_noise=5.0)
+USER_PRESET = preset_fields("dp-fedavg")
 #: The non-private twins' prior: exact popularity (a noise of 1e-9 changes no ranking).
 NOISE_FREE_PRIOR = 1e-9
 #: Both presets start the item biases from a DP popularity prior (Gaussian noise 5 on

@@ -19,8 +19,6 @@ pytestmark = pytest.mark.slow
 
 BASE = dict(data="synthetic:60x40:0", dim=4, users_per_node=20, num_server_rounds=4, eval_every=2,
             noise_multiplier=1.0, sample_rate=0.5)
-RUN = "import sys; from fedrec.config import FedConfig; from fedrec_app.simulations.simulate import simulate; " \
-      "simulate(FedConfig(**eval(sys.argv[1])), num_cpus=2)"
 
 
 def _params(out):
@@ -28,35 +26,52 @@ def _params(out):
         return {k: z[k] for k in z.files if k != "meta"}
 
 
+#: The same run through the command line (the DP-SGD preset fills what is not given).
+FLAGS = ["--data", "synthetic:60x40:0", "--dim", "4", "--users-per-node", "20", "--rounds", "4", "--eval-every", "2",
+         "--noise-multiplier", "1.0", "--sample-rate", "0.5", "--reproducible-noise"]
+
+
 def test_server_killed_mid_round_resumes_to_the_same_result(tmp_path):
-    """Killed when round 3's replies arrive, resumed: the nodes answer the repeated round 3
-    with the release they kept (their round-3 files are untouched; with secret noise too,
+    """``fedrec simulate`` killed when round 3's replies arrive, then ``fedrec simulate
+    --resume --out DIR`` and nothing else: the recorded configuration (4 rounds, its DP),
+    not the defaults (500 rounds, no DP). The nodes answer the repeated round 3 with the
+    release they kept (their round-3 files are untouched; with secret noise too,
     tests/test_privacy_adversary.py), and the run ends exactly where an uninterrupted run
-    does (noise reproducible from the seed, so that the two runs can be compared)."""
-    base = {**BASE, "reproducible_noise": True}
+    does (noise reproducible from the seed, so that the two runs can be compared). The
+    directory records both invocations, the console of both, and the ids."""
+    from fedrec_app.simulations.cli import main
+
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     # killed when round 3's replies arrive: nodes have trained and saved round 3,
     # the server's last checkpoint is round 2
     env = dict(os.environ, FEDREC_CRASH_AT_ROUND="3")
-    r = subprocess.run([sys.executable, "-c", RUN, repr({**base, "out": str(cut)})], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "fedrec_app.simulations.cli", "simulate", *FLAGS, "--cpus", "2",
+                        "--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 70, r.stderr[-2000:]
     meta = json.loads(bytes(np.load(cut / "checkpoint" / "checkpoint.npz")["meta"]).decode())
     kept = cut / "client-state" / "node-0" / "round-00000003.npz"
     assert meta["round"] == 2 and kept.exists()
     before = dict(np.load(kept))
     assert any(k.startswith("release/") for k in before)
-    simulate(FedConfig(**base, out=str(cut), resume=True), num_cpus=2)
+    assert main(["simulate", "--resume", "--out", str(cut), "--cpus", "2"]) == 0
     after = dict(np.load(kept))
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
-    simulate(FedConfig(**base, out=str(whole)), num_cpus=2)
+    assert main(["simulate", *FLAGS, "--cpus", "2", "--out", str(whole)]) == 0
     a, b = _params(whole), _params(cut)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (whole, cut))
     assert ma["test"]["ndcg@10"] == pytest.approx(mb["test"]["ndcg@10"], abs=1e-9)
+    assert mb["privacy"]["unit"] == "interaction-level" and mb["privacy"]["epsilon_max"] > 0
     rounds = [json.loads(x)["round"] for x in (cut / "rounds.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4]
+    runs = json.loads((cut / "run.json").read_text())["invocations"]
+    assert [x["argv"][1:3] for x in runs] == [["simulate", "--data"], ["simulate", "--resume"]]
+    assert runs[0]["data"] == {"given": "synthetic:60x40:0", "generated": True}
+    log = (cut / "log.txt").read_text()
+    assert "round 2/4" in log and "resuming after round 2" in log and "Manually terminating" not in log
+    assert len(json.loads((cut / "id_map.json").read_text())["users"]) == 60
 
 
 def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):

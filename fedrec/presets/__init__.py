@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Choice", "PRESETS_FILE", "UNITS", "apply_choice", "choose", "mechanism_preset", "preset", "preset_names",
+__all__ = ["Choice", "PRESETS_FILE", "UNITS", "apply_choice", "choose", "mechanism_preset", "preset", "preset_fields", "preset_names",
            "with_preset"]
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
@@ -26,6 +26,12 @@ _TARGET = {"als": "als-target-epsilon", "user-level": "user-target-epsilon", "in
 @lru_cache(maxsize=1)
 def _table() -> dict:
     return tomllib.loads(PRESETS_FILE.read_text())
+
+
+def preset_fields(name: str) -> dict:
+    """The settings of preset ``name`` as :class:`fedrec.config.FedConfig` field names
+    (``dataclasses.replace(cfg, **preset_fields(name))``)."""
+    return {k.replace("-", "_"): v for k, v in preset(name).items()}
 
 
 def preset_names() -> tuple[str, ...]:
