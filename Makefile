@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(BIN)/fedrec run-default --out $(OUT)
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -53,10 +53,28 @@ def save_checkpoint(directory: Path, *, cfg: FedConfig, server_round: int, param
     meta = {"round": server_round, "opt_t": st.t, "fingerprint": config_fingerprint(cfg), "config": _meaningful(cfg),
             "best": best, "extra": extra or {}}
     tmp = directory / "checkpoint.tmp.npz"
-    np.savez(tmp, meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8), **arrays)
     final = directory / "checkpoint.npz"
-    tmp.replace(final)
+    try:
+        _full_disk_point(tmp, server_round)
+        np.savez(tmp, meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8), **arrays)
+        tmp.replace(final)
+    except OSError as e:  # a full disk, a quota, a removed directory: the last complete checkpoint stays
+        tmp.unlink(missing_ok=True)
+        kept = f"the checkpoint in {final} is still the last complete one" if final.exists() else "no checkpoint yet"
+        raise CheckpointError(f"checkpoint of round {server_round}: cannot write {tmp} ({e.strerror or e}); {kept}: "
+                              "free the space and run the same command with --resume") from None
     return final
+
+
+def _full_disk_point(tmp: Path, server_round: int) -> None:
+    """Fault injection for tests: ``FEDREC_FULL_DISK_AT_ROUND=N`` makes round N's checkpoint
+    write fail as a full disk does (part of the file written, then ``ENOSPC``)."""
+    import errno
+    import os
+
+    if os.environ.get("FEDREC_FULL_DISK_AT_ROUND") == str(server_round):
+        tmp.write_bytes(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def load_checkpoint(directory: Path, cfg: FedConfig, *, same_config: bool = True) -> dict:

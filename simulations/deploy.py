@@ -764,10 +764,15 @@ def deploy(
     except ValueError as e:
         raise DeployError(str(e)) from None
     record_invocation(out, argv=["fedrec", *sys.argv[1:]], data=data_record(str(fused.get(run_key("data")))))
-    (workdir / "nodes").mkdir(mode=0o700, exist_ok=True)  # the users' data: this user's only, removed at the end
-    write_node_data(fed, workdir / "nodes")  # each SuperNode reads only its own users' data
+    # the users' data: private (0700), removed at the end, on errors and signals, and by a watcher if this
+    # process is killed outright (fedrec.scratch)
+    from fedrec.scratch import scratch_dir
+
+    nodes_scratch = scratch_dir("fedrec-nodes-")
+    nodes = Path(nodes_scratch.__enter__())
+    write_node_data(fed, nodes)  # each SuperNode reads only its own users' data
     # the ServerApp reads the public plan, never the interactions
-    overrides[run_key("federation-plan")] = str(write_plan(fed, workdir / "nodes"))
+    overrides[run_key("federation-plan")] = str(write_plan(fed, nodes))
 
     tag = uuid.uuid4().hex
     bindir = str(Path(sys.executable).parent)
@@ -855,7 +860,7 @@ def deploy(
                 cmd = [_flower_bin("flower-supernode"), *tls_node, "--superlink", address,
                        "--host", HOST, "--port", str(node_ports[p]), *runtime_tls,
                        "--node-config", f"partition-id={p} num-partitions={n_nodes} "
-                                         f"data-file=\"{workdir / 'nodes' / f'node-{p}.npz'}\"",
+                                         f"data-file=\"{nodes / f'node-{p}.npz'}\"",
                        "--max-wait-time", str(int(startup_timeout))]
                 if auth:
                     cmd += ["--auth-supernode-private-key", str(node_keys[p][0])]
@@ -933,7 +938,7 @@ def deploy(
                 _child_subreaper(False)
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
-        shutil.rmtree(workdir / "nodes", ignore_errors=True)  # the users' data goes with the processes that read it
+        nodes_scratch.__exit__(None, None, None)  # the users' data goes with the processes that read it
         run_lock.__exit__(None, None, None)
         result.seen = dict(sup.seen)
         result.survivors = survivors

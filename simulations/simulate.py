@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import logging
-import tempfile
 from pathlib import Path
 
 from fedrec.config import FedConfig
@@ -13,6 +12,7 @@ from fedrec.federation import load_federation, write_node_data, write_plan
 from fedrec.presets import apply_choice
 from fedrec.flower_compat import STOP, backend_config, environment, fast_grid_polling, stop_waiting, worker_heap_env
 from fedrec.results import check_run_dir, lock_run_dir
+from fedrec.scratch import scratch_dir
 from fedrec_app.simulations.signals import Interrupted
 
 __all__ = ["simulate"]
@@ -147,7 +147,8 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
     with contextlib.ExitStack() as stack:
         node_data = plan = None
         if not ray_address:
-            node_data = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrec-nodes-"))
+            # the users' data: private (0700), removed on every exit path, SIGKILL included (fedrec.scratch)
+            node_data = stack.enter_context(scratch_dir("fedrec-nodes-"))
             write_node_data(fed, node_data)
             # the server's public view: it reads no interactions (the training counts are the
             # simulation's measurement of novelty and ARP)

@@ -45,6 +45,31 @@ def shared_data():
     return get
 
 
+def marked_processes(marker: str) -> list[int]:
+    """Live processes whose command line or environment names ``marker`` (a test's own
+    temporary directory): what a test started, and must find gone."""
+    from pathlib import Path
+
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            text = (d / "cmdline").read_bytes() + (d / "environ").read_bytes()
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in text and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.fixture
+def processes_marked():
+    """:func:`marked_processes`, for tests that check a process tree is gone."""
+    return marked_processes
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every end-to-end run of the session (each simulation still starts
@@ -59,9 +84,17 @@ def ray_session():
         ray.shutdown()
 
 
+#: The longest test files run first, so that with ``-n 2 --dist loadfile`` (``make test``) the
+#: two workers end together instead of one waiting on the study at the end.
+LONGEST_FIRST = ("test_study.py", "test_deploy.py", "test_stream.py", "test_fault_tolerance.py",
+                 "test_privacy_adversary.py", "test_user_level_dp.py", "test_signals.py")
+
+
 def pytest_collection_modifyitems(items):
     """End-to-end runs through Flower (marked ``slow``) share :func:`ray_session`: Ray's start
-    (15-20 s on 2 cores) is paid once, not per run."""
+    (15-20 s on 2 cores) is paid once, not per run; the longest files come first."""
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.fixturenames.append("ray_session")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

@@ -224,7 +224,8 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
     SIGINT inherited as ignored (Python then installs no KeyboardInterrupt handler), or by
     SIGKILL of `fedrec deploy` itself (its children must die with it)."""
     out = tmp_path / "run"
-    env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp"))
     before = set(_all_flower())
     cmd = [sys.executable, "-m", "fedrec_app.simulations.deploy", "--insecure", "--out", str(out), "--data", DATA,
            "--users-per-node", "1", "--rounds", "50", "--noise-multiplier", "1.0", "--sample-rate", "0.5",
@@ -260,6 +261,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
     assert stopped_in < 10, stopped_in  # the goal: within 10 s, under load (measured: see the README)
     assert not (set(_all_flower()) - before) & set(seen)
     assert not (out / "metrics.json").exists()
+    assert not list((tmp_path / "tmp").glob("fedrec-nodes-*"))  # the users' node files, SIGKILL or not
     if how == "sigkill":
         assert proc.returncode == -signal.SIGKILL
         return

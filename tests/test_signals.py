@@ -18,24 +18,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _ours(marker: str) -> list[int]:
-    """Live processes whose command line or environment names ``marker`` (the test's tmp dir)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            text = (d / "cmdline").read_bytes() + (d / "environ").read_bytes()
-            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in text and state != "Z":
-            pids.append(int(d.name))
-    return pids
-
-
 @pytest.mark.parametrize("how", ["sigint-inherited-ignored", "sigterm"])
-def test_a_signal_stops_a_simulation_cleanly(tmp_path, how):
+def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked):
+    _ours = processes_marked
     import shutil
     import tempfile
     import threading

@@ -1,0 +1,120 @@
+"""Fault injection through ``fedrec simulate``: the driver killed outright, a disk that fills
+while a checkpoint is written. Each loses no finished round (a resume ends where an
+uninterrupted run ends), and leaves no process and no users' data behind. (A server killed
+between rounds: tests/test_fault_tolerance.py; Ctrl-C and SIGTERM: tests/test_signals.py; a
+SuperNode or the deployment killed: tests/test_deploy.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FLAGS = ["--data", "synthetic:200x100:0", "--eval-every", "5", "--users-per-node", "100", "--cpus", "2"]
+
+
+def _start(out: Path, tmp: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, list[str]]:
+    cmd = [str(Path(sys.executable).parent / "fedrec"), "simulate", *FLAGS, *extra, "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         env=dict(os.environ, TMPDIR=str(tmp), FEDREC_TEST_MARKER=tmp.name, **(env or {})))
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
+    return p, lines
+
+
+def _gone(tmp: Path, processes_marked, within: float = 15.0) -> tuple[list, list]:
+    """(processes, scratch directories) of the run still there after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        left, data = processes_marked(tmp.name), list(tmp.glob("fedrec-nodes-*"))
+        if not left and not data:
+            break
+        time.sleep(0.2)
+    return processes_marked(tmp.name), list(tmp.glob("fedrec-nodes-*"))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"{pid} (gone)"
+
+
+def _rounds(out: Path) -> list[int]:
+    return [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def tmp():
+    """A short TMPDIR of the run's own (Ray's socket paths must stay under 108 characters)."""
+    d = Path(tempfile.mkdtemp(prefix="fr-flt-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, processes_marked):
+    """SIGKILL of ``fedrec simulate`` itself (no handler runs): Ray's processes die with it
+    and the watcher removes the users' node files; ``--resume`` then ends the run at its
+    recorded last round with every round logged once."""
+    from fedrec_app.simulations.cli import main
+
+    out = tmp_path / "run"
+    p, lines = _start(out, tmp, "--rounds", "12", "--patience", "0")
+    try:
+        deadline = time.monotonic() + 240
+        while not any("round 6/12" in x for x in list(lines)) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None and list(tmp.glob("fedrec-nodes-*")), "".join(lines)[-3000:]
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+        left, data = _gone(tmp, processes_marked)
+        assert not left and not data, ([_cmdline(x) for x in left], data)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        for pid in processes_marked(tmp.name):
+            os.kill(pid, signal.SIGKILL)
+    assert main(["simulate", "--resume", "--out", str(out), "--cpus", "2"]) == 0
+    assert _rounds(out) == list(range(1, 13))
+    assert json.loads((out / "metrics.json").read_text())["rounds"] == 12
+
+
+def test_a_full_disk_while_checkpointing_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked):
+    """Round 3's checkpoint cannot be written (``ENOSPC``, injected by
+    ``FEDREC_FULL_DISK_AT_ROUND``): the run stops with one line naming the file and the
+    reason, the round-2 checkpoint stays complete (no partial file left), nothing of the run
+    is left running or on disk, and ``--resume`` finishes it."""
+    from fedrec_app.simulations.cli import main
+
+    out = tmp_path / "run"
+    p, lines = _start(out, tmp, "--rounds", "6", env={"FEDREC_FULL_DISK_AT_ROUND": "3"})
+    try:
+        code = p.wait(240)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    log = "".join(lines)
+    assert code == 2, log[-3000:]
+    errors = [x for x in lines if x.startswith("fedrec: error:")]
+    assert len(errors) == 1 and "checkpoint of round 3" in errors[0] and "No space left on device" in errors[0]
+    assert "Traceback" not in log
+    ck = out / "checkpoint"
+    assert sorted(x.name for x in ck.iterdir()) == ["checkpoint.npz"]
+    with __import__("numpy").load(ck / "checkpoint.npz") as z:
+        assert json.loads(bytes(z["meta"]).decode())["round"] == 2
+    left, data = _gone(tmp, processes_marked)
+    assert not left and not data, (left, data)
+    assert main(["simulate", "--resume", "--out", str(out), "--cpus", "2"]) == 0
+    assert _rounds(out) == list(range(1, 7))
