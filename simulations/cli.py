@@ -651,6 +651,9 @@ def _run(args) -> int:
         out = getattr(args, "out", None)
         resume = (f"; the last complete round is kept in {out}/checkpoint: run the same command with --resume to "
                   "continue" if out and (Path(out) / "checkpoint").is_dir() else "")
+        if args.command in ("sweep", "run-default") and out and Path(out).is_dir():
+            resume = ("; run the same command to continue: finished runs are kept and the interrupted one resumes "
+                      "from its checkpoint")
         print(f"fedrec: interrupted ({signal.Signals(signum).name}){resume}", file=sys.stderr, flush=True)
         code = 128 + int(signum)
         if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):

@@ -32,6 +32,11 @@ def interruptible() -> dict:
         if seen:  # the second signal: no more waiting
             os._exit(128 + signum)
         seen.append(signum)
+        import logging
+
+        # what the engine's threads say while they are torn down (a message that lost its actor) is the
+        # stop itself, not an error of the run
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)
         raise Interrupted(signum)
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}

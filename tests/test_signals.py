@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM stop `fedrec simulate` within seconds: the round in flight is
+"""Ctrl-C and SIGTERM stop `fedrec simulate` (and a sweep) within seconds: the round in flight is
 abandoned (no round is logged for it), the last checkpoint is kept, one line says how to
 resume, the exit code is 128 + the signal, Ray and the temporary node files (users' data)
 are gone.  A failing test kills what it started."""
@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("how", ["sigint-inherited-ignored", "sigterm"])
+@pytest.mark.parametrize("how", ["sigint-inherited-ignored", "sigterm", "sweep-sigint"])
 def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked):
     _ours = processes_marked
     import shutil
@@ -32,8 +32,11 @@ def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked):
     env = dict(os.environ, TMPDIR=str(tmp), FEDREC_TEST_MARKER=marker)
     cmd = [str(Path(sys.executable).parent / "fedrec"), "simulate", "--data", "synthetic:200x100:0", "--rounds", "200",
            "--eval-every", "5", "--patience", "0", "--users-per-node", "100", "--out", str(out)]
+    if how.startswith("sweep"):  # a sweep: the same stop, and its cells keep what they finished
+        cmd = [str(Path(sys.executable).parent / "fedrec"), "sweep", "models", "--data", "synthetic:200x100:0",
+               "--models", "mf", "--seeds", "1", "--rounds", "200", "--no-private", "--out", str(out)]
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how.startswith("sigint") else None
-    sig = signal.SIGINT if how.startswith("sigint") else signal.SIGTERM
+    sig = signal.SIGINT if "sigint" in how else signal.SIGTERM
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                          start_new_session=True, preexec_fn=ignore)
     lines: list[str] = []
@@ -53,8 +56,11 @@ def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked):
         assert code == 128 + sig, log[-2000:]
         assert took < 30, took
         last = [x for x in lines if x.startswith("fedrec: interrupted")]
-        assert last and "--resume" in last[0] and signal.Signals(sig).name in last[0]
+        assert last and signal.Signals(sig).name in last[0]
+        assert ("run the same command to continue" if how.startswith("sweep") else "--resume") in last[0]
         assert "Traceback" not in log
+        if how.startswith("sweep"):
+            (out,) = [d for d in (out / "runs").iterdir() if (d / "rounds.jsonl").is_file()]
         rows = [json.loads(x) for x in (out / "rounds.jsonl").read_text().splitlines()]
         assert rows and all(r["round"] == i + 1 for i, r in enumerate(rows))  # no bogus round
         assert all("users" not in r or r["users"] == 200 for r in rows)
