@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -112,7 +113,7 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_and_resumes(tmp_path,
     assert "Traceback" not in log
     ck = out / "checkpoint"
     assert sorted(x.name for x in ck.iterdir()) == ["checkpoint.npz"]
-    with __import__("numpy").load(ck / "checkpoint.npz") as z:
+    with np.load(ck / "checkpoint.npz") as z:
         assert json.loads(bytes(z["meta"]).decode())["round"] == 2
     left, data = _gone(tmp, processes_marked)
     assert not left and not data, (left, data)
