@@ -6,7 +6,7 @@ VENV ?= .venv
 OUT ?= runs/default
 BIN := $(VENV)/bin
 
-.PHONY: run test install clean
+.PHONY: run test test-heavy install clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# the study and the stream end to end through Flower (about 8 minutes on 2 cores); CI runs them too
+test-heavy: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m heavy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

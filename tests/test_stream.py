@@ -140,6 +140,7 @@ def test_a_frozen_server_leaves_the_global_parameters():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # `make test-heavy`
 def test_a_tiny_stream_through_flower(tmp_path):
     from fedrec.privacy.mechanisms import UserLevel
     from fedrec_app.simulations.stream import _checkpoint_params, run_stream

@@ -12,7 +12,7 @@ from fedrec_app.simulations.coldstart import FoldIn, user_coldstart
 from fedrec_app.simulations.plots import mean_sd
 from fedrec_app.simulations.study import run_study
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # `make test-heavy`
 
 DATA = "synthetic:150x60:0:24"
 
