@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedrec_app.simulations.flags import add_config_args, config_flag, config_from_args
+from fedrec_app.simulations.flags import add_config_args, config_flag, config_from_args, given_fields
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -153,7 +153,7 @@ def simulate_config(args):
 
     from fedrec.config import FedConfig, options
 
-    given = {f.name: getattr(args, f.name) for f in options() if getattr(args, f.name, None) is not None}
+    given = given_fields(args)
     for name in _TARGET_EPSILONS:
         if name in given and not given[name] > 0:
             raise UsageError(f"{config_flag(name)} {given[name]}: must be > 0 (leave the flag out for a run without "
@@ -202,7 +202,6 @@ def _with_mechanism_preset(cfg, given: set[str]):
 
 
 def cmd_simulate(args) -> int:
-    from fedrec.config import options
     from fedrec_app.simulations.simulate import simulate
 
     if args.resume_with_changes and not args.resume:
@@ -214,7 +213,7 @@ def cmd_simulate(args) -> int:
         if "num-server-rounds" in changed and (cfg.dp or cfg.user_level):
             _log("the rounds already run keep their noise: the epsilon reported composes every round, so it is "
                  "not the target the recorded run was calibrated for")
-    given = {f.name for f in options() if getattr(args, f.name, None) is not None}
+    given = set(given_fields(args))
     if not args.resume:
         cfg = _with_mechanism_preset(cfg, given)
     summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose, ray_address=args.ray_address,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_config_args", "config_flag", "config_from_args", "config_overrides"]
+__all__ = ["add_config_args", "config_flag", "config_from_args", "config_overrides", "given_fields"]
 
 
 def add_config_args(p: argparse.ArgumentParser, sections: tuple[str, ...], *, skip: tuple[str, ...] = (),
@@ -50,19 +50,23 @@ def config_flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def given_fields(args, sections: tuple[str, ...] | None = None) -> dict:
+    """The config flags given on the command line (only those of ``sections`` when given),
+    as :class:`~fedrec.config.FedConfig` field names and values."""
+    from fedrec.config import options
+
+    return {f.name: getattr(args, f.name) for f in options()
+            if (sections is None or f.metadata["section"] in sections) and getattr(args, f.name, None) is not None}
+
+
 def config_from_args(args, sections: tuple[str, ...] | None = None):
     """A :class:`~fedrec.config.FedConfig` of the config flags given on the command line
     (only those of ``sections`` when given); the rest keep the config's defaults."""
-    from fedrec.config import FedConfig, options
+    from fedrec.config import FedConfig
 
-    return FedConfig(**{f.name: getattr(args, f.name) for f in options()
-                        if (sections is None or f.metadata["section"] in sections)
-                        and getattr(args, f.name, None) is not None})
+    return FedConfig(**given_fields(args, sections))
 
 
 def config_overrides(args, sections: tuple[str, ...] | None = None) -> dict:
     """The config flags given on the command line as run-config keys (dashed)."""
-    from fedrec.config import options
-
-    return {f.name.replace("_", "-"): getattr(args, f.name) for f in options()
-            if (sections is None or f.metadata["section"] in sections) and getattr(args, f.name, None) is not None}
+    return {name.replace("_", "-"): value for name, value in given_fields(args, sections).items()}
