@@ -133,10 +133,7 @@ def _sequential(spec: str) -> bool:
 
 
 #: Target epsilons: a flag given as 0 is refused (leaving it out is how a run goes without that mechanism).
-_TARGET_EPSILONS = ("target_epsilon", "user_target_epsilon", "als_target_epsilon")
-#: Each target epsilon and the noise multiplier a run records for it (calibrated).
-_CALIBRATED = {"target_epsilon": "noise_multiplier", "user_target_epsilon": "user_noise_multiplier",
-               "als_target_epsilon": "als_noise_multiplier"}
+_TARGET_EPSILONS = ("target_epsilon", "user_target_epsilon", "als_target_epsilon")  # fedrec.presets.CALIBRATED's keys
 
 
 def simulate_config(args):
@@ -152,6 +149,7 @@ def simulate_config(args):
     import json
 
     from fedrec.config import FedConfig, options
+    from fedrec.presets import CALIBRATED
 
     given = given_fields(args)
     for name in _TARGET_EPSILONS:
@@ -167,7 +165,7 @@ def simulate_config(args):
         recorded = FedConfig.from_run_config(json.loads(recorded_file.read_text())["run_config"])
     except (ValueError, KeyError) as e:
         raise UsageError(f"{recorded_file}: not a fedrec run record ({e}); start the run again with --overwrite") from None
-    unset = {noise: 0.0 for target, noise in _CALIBRATED.items() if target in given and noise not in given}
+    unset = {noise: 0.0 for target, noise in CALIBRATED.items() if target in given and noise not in given}
     wanted = dataclasses.replace(recorded, **unset, **given)  # a target given again is calibrated again
     now = wanted.resolved()
     changed = {f.name.replace("_", "-"): [getattr(recorded, f.name), getattr(now, f.name)]

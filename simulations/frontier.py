@@ -32,7 +32,7 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
-from fedrec.presets import preset_fields
+from fedrec.presets import als_preset_name, preset_fields
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
 __all__ = [
@@ -63,11 +63,11 @@ ALS_PRESETS = {"high": ALS_PRESET, "low": ALS_PRESET_LOW, "interaction": ALS_PRE
 
 
 def als_preset(epsilon: float, unit: str = "user-level") -> tuple[str, dict]:
-    """The private-ALS preset (name, settings) for a target epsilon (``inf``: non-private).
-    An interaction-level epsilon of 16 is about the noise of a user-level 8."""
-    if unit == "user-level":
-        return ("high", ALS_PRESET) if epsilon >= 8 else ("low", ALS_PRESET_LOW)
-    return ("high", ALS_PRESET) if epsilon >= 16 else ("interaction", ALS_PRESET_INTERACTION)
+    """The private-ALS preset (name, settings) for a target epsilon (``inf``: non-private),
+    as :func:`fedrec.presets.als_preset_name` picks it."""
+    name = {"private-als": "high", "private-als-low": "low",
+            "private-als-interaction": "interaction"}[als_preset_name(epsilon, unit)]
+    return name, ALS_PRESETS[name]
 
 #: DP-FEST (``train_head``): DP-SGD (interaction-level) and DP-FedAvg (user-level) training only
 #: the items the DP popularity prior's release ranks highest; the others keep a zero row and are

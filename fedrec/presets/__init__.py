@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Choice", "PRESETS_FILE", "UNITS", "apply_choice", "choose", "mechanism_preset", "preset", "preset_fields", "preset_names",
-           "with_preset"]
+__all__ = ["CALIBRATED", "Choice", "PRESETS_FILE", "UNITS", "als_preset_name", "apply_choice", "choose",
+           "mechanism_preset", "preset", "preset_fields", "preset_names", "with_preset"]
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 #: The privacy units a choice is made for.
 UNITS = ("user-level", "interaction-level")
 #: Each mechanism's target-epsilon key, by the preset that runs it and the unit.
 _TARGET = {"als": "als-target-epsilon", "user-level": "user-target-epsilon", "interaction-level": "target-epsilon"}
+#: Each target epsilon (field name) and the noise multiplier calibrated from it: a config sets one of the two.
+CALIBRATED = {"target_epsilon": "noise_multiplier", "user_target_epsilon": "user_noise_multiplier",
+              "als_target_epsilon": "als_noise_multiplier"}
 
 
 @lru_cache(maxsize=1)
@@ -125,6 +128,14 @@ def apply_choice(cfg, dataset: str, n_users: int, given: set[str] | frozenset[st
     return with_preset(free, choice.settings, set(given) - {"privacy_unit", "epsilon"}), choice
 
 
+def als_preset_name(epsilon: float, unit: str = "user-level") -> str:
+    """The private-ALS preset for a target epsilon (``inf``: non-private) in ``unit``: fewer
+    releases below user-level 8; an interaction-level 16 is about the noise of a user-level 8."""
+    if unit == "user-level":
+        return "private-als" if epsilon >= 8 else "private-als-low"
+    return "private-als" if epsilon >= 16 else "private-als-interaction"
+
+
 def mechanism_preset(cfg) -> str | None:
     """The preset of the mechanism a config turns on by its own target epsilon or noise
     (``--target-epsilon``: DP-SGD; ``--user-dp`` with a user-level target or noise:
@@ -135,10 +146,7 @@ def mechanism_preset(cfg) -> str | None:
 
     sequential = is_sequential(federated_model_class(cfg.model))
     if cfg.als_private:
-        eps = cfg.als_target_epsilon or math.inf
-        if cfg.als_unit == "user-level":
-            return "private-als" if eps >= 8 else "private-als-low"
-        return "private-als" if eps >= 16 else "private-als-interaction"
+        return als_preset_name(cfg.als_target_epsilon or math.inf, cfg.als_unit)
     if cfg.user_level:
         return "sequential-dp-fedadam" if sequential else "dp-fedavg"
     if cfg.dp and not sequential:
@@ -153,8 +161,7 @@ def with_preset(cfg, settings: dict, given: set[str] | frozenset[str] = frozense
 
     changes = {k.replace("-", "_"): v for k, v in settings.items() if k.replace("-", "_") not in given}
     # a calibrated noise and its target cannot both be set: a preset's target replaces a default noise
-    for target, noise in (("target_epsilon", "noise_multiplier"), ("user_target_epsilon", "user_noise_multiplier"),
-                          ("als_target_epsilon", "als_noise_multiplier")):
+    for target, noise in CALIBRATED.items():
         if target in changes and noise not in given:
             changes[noise] = 0.0
     return dataclasses.replace(cfg, **changes)
