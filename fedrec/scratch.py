@@ -12,7 +12,9 @@ watcher existed are removed by the next :func:`scratch_dir` of the same prefix.
 When the creator dies without closing the block, the watcher also stops the processes it
 left (Ray's agents outlive a driver killed with SIGKILL): every process whose environment
 holds the creator's :data:`TOKEN_ENV` (:func:`driver_token`, inherited by everything the
-driver starts) gets SIGKILL.
+driver starts) gets SIGKILL, and so do their descendants (a process that rewrites its title,
+as Ray's agents do, may overwrite its environment). The scan repeats until three passes in a
+row find nothing, so that a process started while the others were being stopped goes too.
 """
 
 from __future__ import annotations
@@ -38,20 +40,34 @@ _WATCH = ("import os, shutil, signal, sys, time\n"
           "said = sys.stdin.buffer.read()\n"
           "shutil.rmtree(sys.argv[1], ignore_errors=True)\n"
           "if said != b'done' and sys.argv[2]:\n"
-          "    time.sleep(2)\n"
+          "    time.sleep(1)\n"
           "    mark = ('%s=%s' % (sys.argv[3], sys.argv[2])).encode()\n"
-          "    for d in os.listdir('/proc'):\n"
-          "        if not d.isdigit() or int(d) == os.getpid():\n"
-          "            continue\n"
-          "        try:\n"
-          "            env = open('/proc/%s/environ' % d, 'rb').read().split(b'\\0')\n"
-          "        except OSError:\n"
-          "            continue\n"
-          "        if mark in env:\n"
+          "    quiet = 0\n"
+          "    for _ in range(60):\n"
+          "        parent, hit = {}, set()\n"
+          "        for d in os.listdir('/proc'):\n"
+          "            if not d.isdigit() or int(d) == os.getpid():\n"
+          "                continue\n"
           "            try:\n"
-          "                os.kill(int(d), signal.SIGKILL)\n"
+          "                parent[int(d)] = int(open('/proc/%s/stat' % d).read().rsplit(')', 1)[1].split()[1])\n"
+          "                if mark in open('/proc/%s/environ' % d, 'rb').read().split(b'\\0'):\n"
+          "                    hit.add(int(d))\n"
+          "            except (OSError, ValueError, IndexError):\n"
+          "                continue\n"
+          "        grew = True\n"
+          "        while grew:\n"
+          "            more = {p for p, pp in parent.items() if pp in hit} - hit\n"
+          "            hit |= more\n"
+          "            grew = bool(more)\n"
+          "        for p in hit:\n"
+          "            try:\n"
+          "                os.kill(p, signal.SIGKILL)\n"
           "            except OSError:\n"
-          "                pass\n")
+          "                pass\n"
+          "        quiet = 0 if hit else quiet + 1\n"
+          "        if quiet == 3:\n"
+          "            break\n"
+          "        time.sleep(0.5)\n")
 
 
 def driver_token() -> str:

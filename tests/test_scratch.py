@@ -30,32 +30,35 @@ def test_a_scratch_directory_is_private_and_removed_at_the_end(tmp_path, monkeyp
 @pytest.mark.parametrize("how", ["sigkill", "normal"])
 def test_a_killed_process_leaves_no_scratch_directory_and_no_process(tmp_path, how):
     """SIGKILL gives the process no chance to clean up: its watcher removes the directory
-    and stops what the process started (here a ``sleep``, as Ray's agents would be left).
+    and stops what the process started (here a shell and, below it, a ``sleep`` whose
+    environment holds no token, as Ray's agents overwrite theirs with their titles).
     A process that ends normally has its directory removed and its children left alone."""
     code = ("import subprocess, sys, time\nfrom fedrec.scratch import scratch_dir\n"
             "with scratch_dir('fedrec-nodes-') as d:\n"
-            "    child = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
-            "    print(d, child.pid, flush=True)\n"
+            "    child = subprocess.Popen(['sh', '-c', 'env -i sleep 120 & echo $!; wait'], stdout=subprocess.PIPE,\n"
+            "                             text=True, start_new_session=True)\n"
+            "    print(d, child.pid, child.stdout.readline().strip(), flush=True)\n"
             "    time.sleep(120 if sys.argv[1] == 'sigkill' else 0)\n")
     p = subprocess.Popen([sys.executable, "-c", code, how], stdout=subprocess.PIPE, text=True,
                          env=dict(os.environ, TMPDIR=str(tmp_path)))
-    child = None
+    started: list[int] = []
     try:
-        d, child = p.stdout.readline().split()
-        d, child = Path(d), int(child)
+        d, *pids = p.stdout.readline().split()
+        d, started = Path(d), [int(x) for x in pids]
         if how == "sigkill":
             p.send_signal(signal.SIGKILL)
         p.wait(10)
         deadline = time.monotonic() + 10
-        while (d.exists() or (how == "sigkill" and _alive(child))) and time.monotonic() < deadline:
+        while (d.exists() or (how == "sigkill" and any(map(_alive, started)))) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not d.exists()
-        assert _alive(child) == (how == "normal")
+        assert [_alive(x) for x in started] == [how == "normal"] * 2
     finally:
         if p.poll() is None:
             p.kill()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
