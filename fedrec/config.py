@@ -200,6 +200,11 @@ class FedConfig:
     min_replies: int = _opt(1, "fault tolerance", "fewer contributing replies leave the round's parameters unchanged")
     round_timeout: float = _opt(600.0, "fault tolerance", "seconds the server waits for replies")
     dropout_rate: float = _opt(0.0, "fault tolerance", "simulated probability that a node fails in a round")
+    node_errors: str = _opt("stop", "fault tolerance", "a node that is broken (its ClientApp raised, e.g. on data it "
+                            "cannot read, or its process died): stop ends the run before that round is aggregated, "
+                            "keeping the finished rounds for --resume; continue counts it as failed and goes on "
+                            "without it (a node that is gone, or a simulated dropout, is counted either way)",
+                            choices=("stop", "continue"))
     resume: bool = _opt(False, "fault tolerance", "continue the run in OUT from its last checkpoint, with the "
                         "configuration it recorded (fedrec simulate reads OUT/config.json; flags given again must agree)")
     state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")

@@ -22,7 +22,7 @@ from fedrec.config import FedConfig
 from fedrec.federated import protocol
 from fedrec.privacy.prior import add_popularity_noise
 from fedrec.privacy.randomness import DPRandomness
-from fedrec_app.server.strategy import reply_order, validate_arrays, wait_for_nodes
+from fedrec_app.server.strategy import error_reason, reply_order, stop_on_node_error, validate_arrays, wait_for_nodes
 
 __all__ = ["collect_popularity"]
 
@@ -36,10 +36,12 @@ def collect_popularity(grid: Grid, cfg: FedConfig, *, n_nodes: int, n_items: int
     messages = [Message(content=RecordDict({"config": ConfigRecord({protocol.ANALYTICS: "popularity"})}), dst_node_id=nid,
                         message_type=MessageType.QUERY) for nid in ids]
     good = []
-    for msg in grid.send_and_receive(messages, timeout=cfg.round_timeout):
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    stop_on_node_error(cfg, replies, "the popularity prior")
+    for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            log(logging.WARNING, "popularity prior: node %s failed: %s", node, msg.error.reason)
+            log(logging.WARNING, "popularity prior: node %s failed: %s", node, error_reason(msg.error.reason))
             continue
         records = list(msg.content.array_records.values())
         arrays = {k: v.numpy() for k, v in records[0].items()} if len(records) == 1 else {}

@@ -63,13 +63,51 @@ __all__ = [
     "SumOfUpdates", "UserLevelMean", "ValidReplies",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "max_node_users", "aggregate_train_metrics", "itemwise_scale",
     "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies",
-    "reply_order", "COUNTS_KEY",
+    "reply_order", "COUNTS_KEY", "NodeFailure", "error_reason", "stop_on_node_error",
 ]
 
 COUNTS_KEY = protocol.ITEM_COUNTS
 
 
 # --------------------------------------------------------------------------- pure pieces
+class NodeFailure(RuntimeError):
+    """A node's error reply, other than a simulated dropout, in a run with ``node-errors``
+    ``stop``: the run ends before the round is aggregated, its finished rounds kept."""
+
+
+def error_reason(reason: str) -> str:
+    """One line for a node's error reply: Flower writes ``<class 'pkg.Error'>:<'text'>``
+    with the text of nested exceptions; this is ``Error: <its last line that says what
+    happened>``."""
+    import re
+
+    m = re.match(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", reason.strip(), re.S)
+    kind, text = (m.group(1), m.group(2)) if m else ("", reason)
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    said = [x for x in lines if x.startswith("Exception ClientAppException occurred. Message:")]
+    line = said[-1].split("Message:", 1)[1].strip() if said else (lines[0] if lines else "no reason given")
+    line = line.rstrip("'>").strip()
+    return f"{kind}: {line}" if kind and kind != "ClientAppException" else line
+
+
+def stop_on_node_error(cfg: FedConfig, replies: Iterable[Message], where: str) -> None:
+    """Raise :class:`NodeFailure` for the first error reply that says a node is broken
+    when ``node-errors`` is ``stop``: its ClientApp raised (data it cannot read) or its
+    process died (a simulation's actor stays dead, so every later round would miss its
+    users, unnoticed).  A node that is gone (Flower's ``*_UNAVAILABLE`` codes: a device
+    left) and a simulated dropout are the federation's life: counted, never fatal."""
+    from flwr.common.constant import ErrorCode
+
+    if cfg.node_errors != "stop":
+        return
+    gone = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+    for msg in replies:
+        if msg.has_error() and msg.error.code not in gone and "simulated dropout of node" not in msg.error.reason:
+            raise NodeFailure(f"{where}: a node failed ({error_reason(msg.error.reason)}); the run stops "
+                              "before aggregating it, its finished rounds kept: --resume continues it "
+                              "(--node-errors continue goes on without failed nodes)")
+
+
 def validate_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> str | None:
     """Why these arrays cannot be an update (keys, shapes, non-finite values), or ``None``."""
     if set(arrays) != set(expected):
@@ -316,11 +354,13 @@ class NodeMessages(FedAvg):
         return self._messages(server_round, arrays, config, self._nodes(grid), MessageType.EVALUATE)
 
     def aggregate_evaluate(self, server_round, replies):
+        replies = list(replies)
+        stop_on_node_error(self.cfg, replies, f"evaluation of round {server_round}")
         metrics = []
         for msg in replies:
             if msg.has_error():
                 log(WARNING, "round %d: evaluation error from node %s: %s", server_round,
-                    msg.metadata.src_node_id, msg.error.reason)
+                    msg.metadata.src_node_id, error_reason(msg.error.reason))
                 continue
             metrics.append(dict(next(iter(msg.content.metric_records.values()))))
         out = evaluation_means(metrics, item_popularity=self.record.item_popularity, n_users=self.record.n_users)
@@ -510,7 +550,7 @@ def triage_replies(record: RunRecord, server_round: int, replies: Iterable[Messa
         if msg.has_error():
             failed += 1
             record.rejected.append((server_round, node, f"error reply: {msg.error.reason}"))
-            log(WARNING, "round %d: node %s failed: %s", server_round, node, msg.error.reason)
+            log(WARNING, "round %d: node %s failed: %s", server_round, node, error_reason(msg.error.reason))
             continue
         reason = why_bad(msg)
         if reason is None:
@@ -540,6 +580,8 @@ def accept_replies(record: RunRecord, cfg: FedConfig, server_round: int, replies
     round's counts (replies, contributing, failed, rejected, missing) and the train
     metrics of every valid reply in ``record``; ``None`` (the round changes nothing)
     when fewer than ``min-replies`` contribute."""
+    replies = list(replies)
+    stop_on_node_error(cfg, replies, f"round {server_round}")
     good, failed, rejected = triage_replies(record, server_round, replies, why_bad)
     good.sort(key=reply_order)  # sums of floats depend on their order: never the order of arrival
     contributing = [m for m in good if next(iter(m.content.metric_records.values()))[protocol.NUM_EXAMPLES] > 0]

@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Errors whose message is already the one line a user needs (it names the flag or file and the value).
 _SELF_EXPLAINING = ("ValueError", "FileNotFoundError", "DataFormatError", "CheckpointError", "UsageError",
-                    "RunDirError", "DeployError", "FetchError")
+                    "RunDirError", "DeployError", "FetchError", "NodeFailure")
 
 
 def error_line(e: BaseException) -> str:

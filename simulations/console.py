@@ -77,7 +77,8 @@ class _Tee:
 
 #: Lines of the simulation engine that carry nothing for the user (``--verbose`` shows them):
 #: Flower's actors say at every run's end that they are stopped, as they should be.
-ENGINE_CHATTER = ("Manually terminating ClientAppActor",)
+ENGINE_CHATTER = ("Manually terminating ClientAppActor",
+                  "A worker died or was killed while executing a task")  # the run says which node failed
 
 
 @contextlib.contextmanager

@@ -377,6 +377,9 @@ class Supervisor:
         """Raise if a long-running process (SuperLink, SuperNode) has exited."""
         for s in self.started:
             if s.name.split("-")[0] in names and s.popen.poll() is not None:
+                killed = _signal_name(s.popen.returncode)
+                if killed:  # stopped from outside: its log says nothing of why
+                    raise DeployError(f"{s.name} was killed ({killed}); log {s.log}")
                 raise DeployError(f"{s.name} exited with status {s.popen.returncode}; log {s.log}:\n{_tail(s.log)}")
 
     # -- stopping --------------------------------------------------------
@@ -480,6 +483,17 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_name(code: int | None) -> str:
+    """The signal that ended a process with exit status ``code`` (negative from Popen;
+    ``128 + signal`` from the guard that starts it), or ''."""
+    if code is None or code == 0:
+        return ""
+    for n in (-code, code - 128):
+        if n in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGSEGV, signal.SIGABRT):
+            return signal.Signals(n).name
+    return ""
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -1100,6 +1114,9 @@ def run(args) -> int:
         return 130
     if res.ok:
         return 0
+    if (Path(args.out) / "checkpoint" / "checkpoint.npz").is_file():
+        print(f"fedrec deploy: the finished rounds are kept in {Path(args.out) / 'checkpoint'}: the same command "
+              "with --resume continues the run", file=sys.stderr)
     return 130 if res.error and res.error.startswith("interrupted") else 1
 
 

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         child = subprocess.Popen(cmd)
         rc = child.wait()
+        rc = 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell says it
     except KeyboardInterrupt:
         rc = 128 + (stopping[0] if stopping else signal.SIGINT)
     except OSError as e:

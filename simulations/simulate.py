@@ -19,14 +19,20 @@ __all__ = ["simulate"]
 
 
 class _DropBanner(logging.Filter):
+    """Flower's deprecation banner, and the engine's multi-screen tracebacks of a node's
+    error (the server says it in one line: a node failed, and why)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "/fleet/vce/" in record.pathname.replace("\\", "/"):
+            return False
         return "DEPRECATED FEATURE" not in str(record.getMessage())
 
 
 @contextlib.contextmanager
 def _without_flower_banner():
-    """Within the block, Flower's multi-line deprecation banner of ``run_simulation`` is
-    not printed (fedrec drives the simulation engine on purpose; ``--verbose`` shows it)."""
+    """Within the block, Flower's multi-line deprecation banner of ``run_simulation`` and
+    the engine's tracebacks of a node's error are not printed (fedrec drives the simulation
+    engine on purpose, and names a failed node in one line; ``--verbose`` shows them)."""
     logger, drop = logging.getLogger("flwr"), _DropBanner()
     logger.addFilter(drop)
     try:

@@ -333,3 +333,50 @@ def test_the_one_run_audit_through_fedrec_deploy(tmp_path, monkeypatch, shared_d
     real = deploy_audit(train, out=tmp_path / "mechanism", p=0.001, **kw)
     assert real["eps_lower"] <= real["eps_claimed"] and real["included"] == caught["included"]
     assert not _ours(tmp_path)
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_a_supernode_killed_mid_run_stops_everything_and_resumes(tmp_path):
+    """SIGKILL of one SuperNode during round 2 or 3: the deployment stops in one line
+    naming the node, leaves no process and no node file, keeps its finished rounds, and
+    the same command with ``--resume`` ends the run with every round logged once."""
+    out = tmp_path / "run"
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp"))
+    cmd = [sys.executable, "-m", "fedrec_app.simulations.deploy", "--insecure", "--out", str(out), "--data", DATA,
+           "--users-per-node", "1", "--rounds", "4"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    import threading
+
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 240
+        while not any("round 1/4" in x for x in list(lines)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        nodes = [p for p, c in _ours(tmp_path).items() if deploy._program(c) == "flower-supernode"]
+        assert proc.poll() is None and len(nodes) == 3, "".join(lines)[-3000:]
+        os.kill(nodes[0], signal.SIGKILL)
+        code = proc.wait(120)
+        time.sleep(0.5)
+        log = "".join(lines)
+        assert code == 1, log[-3000:]
+        said = [x for x in lines if "deploy: error:" in x]
+        assert len(said) == 1 and "was killed (SIGKILL)" in said[0], log[-3000:]
+        assert "continues the run" in log
+        assert not _ours(tmp_path) and not list((tmp_path / "tmp").glob("fedrec-nodes-*"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_ours(tmp_path)
+    done = [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()]
+    assert done == list(range(1, len(done) + 1)) and len(done) >= 1
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    try:
+        assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    finally:
+        _kill_ours(tmp_path)
+    assert [json.loads(x)["round"] for x in (out / "rounds.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert json.loads((out / "metrics.json").read_text())["rounds"] == 4

@@ -119,3 +119,70 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_and_resumes(tmp_path,
     assert not left and not data, (left, data)
     assert main(["simulate", "--resume", "--out", str(out), "--cpus", "2"]) == 0
     assert _rounds(out) == list(range(1, 7))
+
+
+def test_a_corrupted_node_file_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked, monkeypatch, capsys):
+    """A node that cannot read its users' data fails every round: the run stops before
+    aggregating round 1, in one line naming the file (not the engine's tracebacks), and
+    leaves nothing behind; ``--resume`` writes the node files again and finishes."""
+    import fedrec_app.simulations.simulate as sim
+    from fedrec_app.simulations.cli import main
+
+    written = sim.write_node_data
+
+    def corrupt(fed, directory, **kw):
+        paths = written(fed, directory, **kw)
+        Path(paths[1]).write_bytes(b"not an npz file" * 8)
+        return paths
+
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(sim, "write_node_data", corrupt)
+    out = tmp_path / "run"
+    argv = ["simulate", *FLAGS, "--rounds", "3", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
+    line = next(x for x in err.splitlines() if x.startswith("fedrec: error:"))
+    assert line.startswith("fedrec: error: round 1: a node failed (node data file ") and "node-1.npz: not readable" in line
+    assert not (out / "rounds.jsonl").exists() or not (out / "rounds.jsonl").read_text().strip()
+    assert not list(tmp.glob("fedrec-nodes-*"))
+    monkeypatch.setattr(sim, "write_node_data", written)
+    assert main(["simulate", "--resume", "--out", str(out)]) == 0
+    assert _rounds(out) == [1, 2, 3]
+
+
+@pytest.mark.heavy
+def test_an_actor_killed_mid_run_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked):
+    """SIGKILL of one of Ray's ClientApp actors (the OOM killer would do the same): Flower
+    keeps sending to the dead actor, so every later round would miss its nodes; the run
+    stops before aggregating the round in one line, leaves nothing behind, and
+    ``--resume`` ends at the recorded last round with every round logged once."""
+    from fedrec_app.simulations.cli import main
+
+    out = tmp_path / "run"
+    p, lines = _start(out, tmp, "--rounds", "12", "--patience", "0", "--users-per-node", "50")
+    try:
+        deadline = time.monotonic() + 240
+        while not any("round 3/12" in x for x in list(lines)) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        actors = [x for x in processes_marked(tmp.name) if _cmdline(x).startswith("ray::ClientAppActor")]
+        assert p.poll() is None and actors, "".join(lines)[-3000:]
+        os.kill(actors[0], signal.SIGKILL)
+        code = p.wait(120)
+        log = "".join(lines)
+        assert code == 2, log[-3000:]
+        errors = [x for x in lines if x.startswith("fedrec: error:")]
+        assert len(errors) == 1 and "a node failed (ActorDiedError" in errors[0] and "--resume" in errors[0], log[-3000:]
+        assert "Traceback" not in log and "A worker died" not in log
+        left, data = _gone(tmp, processes_marked)
+        assert not left and not data, ([_cmdline(x) for x in left], data)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        for pid in processes_marked(tmp.name):
+            os.kill(pid, signal.SIGKILL)
+    done = _rounds(out)
+    assert done == list(range(1, len(done) + 1)) and len(done) >= 3
+    assert main(["simulate", "--resume", "--out", str(out), "--cpus", "2"]) == 0
+    assert _rounds(out) == list(range(1, 13))

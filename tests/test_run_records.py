@@ -94,18 +94,27 @@ BASELINES = ["mostpop", "private-mostpop", "ease", "bpr-mf", "mf", "gmf", "mlp",
              "gru4rec"]
 
 
-@pytest.mark.parametrize("model", BASELINES)
-def test_every_baseline_model_runs_one_epoch_and_records_its_run(tmp_path, model):
-    from fedrec_app.simulations.cli import build_parser as parser_of
-
-    choices = parser_of()._subparsers._group_actions[0].choices["baseline"].format_help()
-    assert model in " ".join(choices.split())  # every model tried here is one the help offers
+def _tiny_movielens(tmp_path: Path) -> Path:
+    """24 users x 8 ratings of 30 films, with the films' genres and years (the two-tower's features)."""
     data = tmp_path / "ratings.csv"
     lines = ["userId,movieId,rating,timestamp"] + [f"{u},{(u * 7 + k) % 30 + 1},4.0,{100 * k + u}"
                                                    for u in range(1, 25) for k in range(8)]
     data.write_text("\n".join(lines) + "\n")
     (tmp_path / "movies.csv").write_text("movieId,title,genres\n" + "".join(
-        f"{i},Film {i} ({1990 + i}),{'Drama|Comedy' if i % 2 else 'Action'}\n" for i in range(1, 31)))  # the two-tower's features
+        f"{i},Film {i} ({1990 + i}),{'Drama|Comedy' if i % 2 else 'Action'}\n" for i in range(1, 31)))
+    return data
+
+
+def _offered(command: str) -> str:
+    from fedrec_app.simulations.cli import build_parser as parser_of
+
+    return " ".join(parser_of()._subparsers._group_actions[0].choices[command].format_help().split())
+
+
+@pytest.mark.parametrize("model", BASELINES)
+def test_every_baseline_model_runs_one_epoch_and_records_its_run(tmp_path, model):
+    assert model in _offered("baseline")  # every model tried here is one the help offers
+    data = _tiny_movielens(tmp_path)
     out = tmp_path / model
     argv = ["baseline", "--data", str(data), "--model", model, "--epochs", "1", "--dim", "4", "--seq-len", "4",
             "--out", str(out)] + (["--epsilon", "1"] if model == "private-mostpop" else [])
@@ -116,3 +125,26 @@ def test_every_baseline_model_runs_one_epoch_and_records_its_run(tmp_path, model
     assert len(run) == 1 and run[0]["data"]["sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     assert run[0]["data"]["file"] == str(data.resolve()) and run[0]["versions"]["fedrec"]
     assert "wrote" in (out / "log.txt").read_text() and (out / "id_map.json").is_file()
+
+
+SIMULATED = ["mf", "gmf", "mlp", "neumf", "two-tower", "sasrec", "gru4rec"]
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_every_simulate_model_runs_one_round_through_flower(tmp_path):
+    """Each model ``fedrec simulate --model`` offers trains one round through Flower's engine
+    (one Ray for all, as a session would reuse it) and is evaluated on the test split."""
+    import re
+
+    offered = _offered("simulate")
+    listed = re.search(r"--model MODEL (.*?) or your own", offered).group(1)
+    assert set(re.findall(r"[a-z0-9-]+", listed)) - {"and", "the", "sequential"} == set(SIMULATED)
+    data = _tiny_movielens(tmp_path)
+    for model in SIMULATED:
+        out = tmp_path / model
+        argv = ["simulate", "--data", str(data), "--model", model, "--rounds", "1", "--dim", "4", "--seq-len", "4",
+                "--users-per-node", "24", "--eval-every", "1", "--out", str(out)]
+        assert main(argv) == 0, model
+        doc = json.loads((out / "metrics.json").read_text())
+        assert doc["rounds"] == 1 and 0 <= doc["test"]["ndcg@10"] <= doc["test"]["hr@10"] <= 1, model

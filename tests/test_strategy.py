@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.config import FedConfig
@@ -90,7 +91,7 @@ def test_malformed_replies_are_rejected_and_do_not_touch_the_aggregate(bad, reas
 
 
 def test_error_replies_are_dropped_and_no_valid_reply_keeps_parameters():
-    s = _strategy()
+    s = _strategy(node_errors="continue")
     out = Message(content=RecordDict(), dst_node_id=4, message_type=MessageType.TRAIN)
     arrays, metrics = s.aggregate_train(1, [Message(Error(code=0, reason="node died"), reply_to=out)])
     assert arrays is None and metrics is None  # Flower keeps the previous global parameters
@@ -157,16 +158,50 @@ def test_dropouts_leave_fedavg_over_the_valid_replies():
     ns = [4, 1, 2]
     replies = [_reply(i + 1, u, np.zeros(N_ITEMS), n) for i, (u, n) in enumerate(zip(ups, ns))]
     replies += [_error(7), _reply(8, np.full((N_ITEMS, DIM), np.nan), np.zeros(N_ITEMS), 2)]
-    s = _strategy(min_replies=3)
+    s = _strategy(min_replies=3, node_errors="continue")
     arrays, _ = s.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
     assert s.round_info[1]["failed"] == 1 and s.round_info[1]["rejected"] == 1 and s.round_info[1]["contributing"] == 3
 
 
 def test_fewer_than_min_replies_keeps_parameters():
-    s = _strategy(min_replies=2)
+    s = _strategy(min_replies=2, node_errors="continue")
     arrays, _ = s.aggregate_train(1, [_reply(1, np.ones((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2), _error(2)])
     assert arrays is None and s.round_info[1]["skipped"] == 1
+
+
+#: Error replies as Flower's simulation engine writes them (a ClientApp's exception, a dead actor).
+RAISED = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+          "Message: node data file /tmp/x/node-1.npz: not readable (ValueError)'>")
+DIED = ("<class 'ray.exceptions.ActorDiedError'>:<'The actor died unexpectedly before finishing this task.\n"
+        "The actor is dead because its worker process has died.'>")
+DROPPED = ("<class 'flwr.clientapp.client_app.ClientAppException'>:<'\nException ClientAppException occurred. "
+           "Message: simulated dropout of node 3 in round 2'>")
+
+
+def test_a_node_error_is_one_line():
+    assert st.error_reason(RAISED) == "node data file /tmp/x/node-1.npz: not readable (ValueError)"
+    assert st.error_reason(DIED) == "ActorDiedError: The actor died unexpectedly before finishing this task."
+    assert st.error_reason("node died") == "node died"
+
+
+def test_a_node_error_stops_the_run_before_its_round_is_aggregated_unless_told_to_continue():
+    good = _reply(1, np.ones((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2)
+    s = _strategy()
+    arrays, _ = s.aggregate_train(1, [good, _error(2, DROPPED)])  # a simulated dropout is the run's design
+    assert arrays is not None and s.round_info[1]["failed"] == 1
+    gone = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node unavailable"), reply_to=Message(
+        content=RecordDict(), dst_node_id=3, message_type=MessageType.TRAIN))  # a device that left
+    arrays, _ = s.aggregate_train(2, [good, gone])
+    assert arrays is not None and s.round_info[2]["failed"] == 1
+    for reason, said in ((RAISED, "node-1.npz: not readable"), (DIED, "ActorDiedError")):
+        s = _strategy()
+        with pytest.raises(st.NodeFailure, match=f"^round 2: a node failed \\(.*{said}.*--resume continues it"):
+            s.aggregate_train(2, [good, _error(2, reason)])
+        assert 2 not in s.round_info or "replies" not in s.round_info[2]  # nothing of the round was counted
+        s = _strategy(node_errors="continue")
+        arrays, _ = s.aggregate_train(2, [good, _error(2, reason)])
+        assert arrays is not None and s.round_info[2]["failed"] == 1
 
 
 def test_nodes_without_trained_users_carry_no_weight():
