@@ -188,10 +188,15 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
     @client.query()
     def query(msg: Message, context: Context) -> Message:
         """Federated analytics (the DP popularity prior): the node's own users' contribution;
-        the server adds the noise to the sum over nodes."""
+        the server adds the noise to the sum over nodes.  A readiness query (before round 1)
+        is answered once the node has read its data, with nothing in it."""
         from fedrec import node
 
         config = dict(msg.content["config"])
+        if protocol.READY in config:  # the engine's start: the node is up and has read its data
+            if not _is_malicious(context):
+                _setup(context, config)
+            return Message(content=RecordDict({"metrics": MetricRecord({protocol.NUM_EXAMPLES: 0})}), reply_to=msg)
         if _is_malicious(context):  # sybils contribute nothing to the statistics
             return Message(content=RecordDict({"metrics": MetricRecord({protocol.NUM_EXAMPLES: 0})}), reply_to=msg)
         _, fed, partition, _ = _setup(context, config)

@@ -24,7 +24,7 @@ from fedrec.privacy.prior import add_popularity_noise
 from fedrec.privacy.randomness import DPRandomness
 from fedrec_app.server.strategy import error_reason, reply_order, stop_on_node_error, validate_arrays, wait_for_nodes
 
-__all__ = ["collect_popularity"]
+__all__ = ["collect_popularity", "wait_until_ready"]
 
 
 def collect_popularity(grid: Grid, cfg: FedConfig, *, n_nodes: int, n_items: int) -> np.ndarray:
@@ -57,3 +57,21 @@ def collect_popularity(grid: Grid, cfg: FedConfig, *, n_nodes: int, n_items: int
         total += next(iter(msg.content.array_records.values()))["popularity"].numpy().astype(np.float64)
     return add_popularity_noise(total, noise=cfg.prior_noise,
                                 randomness=DPRandomness.of(cfg.reproducible_noise, cfg.seed, 21))
+
+
+def wait_until_ready(grid: Grid, cfg: FedConfig, *, n_nodes: int) -> tuple[int, float]:
+    """Ask every node to start and read its data (a readiness ``QUERY``), so that round 1's
+    time is the round's, not the engine's start (Ray's actors, a deployment's first
+    ClientApp process).  Returns (nodes that answered, seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    ids = wait_for_nodes(grid.get_node_ids, n_nodes)
+    messages = [Message(content=RecordDict({"config": ConfigRecord({protocol.READY: 1})}), dst_node_id=nid,
+                        message_type=MessageType.QUERY) for nid in ids]
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    stop_on_node_error(cfg, replies, "the nodes' start")
+    for msg in replies:
+        if msg.has_error():
+            log(logging.WARNING, "start: node %s failed: %s", msg.metadata.src_node_id, error_reason(msg.error.reason))
+    return sum(not m.has_error() for m in replies), time.perf_counter() - t0

@@ -56,7 +56,7 @@ class RunLog:
         self.unaccounted = False  # a warm start from an unaccounted history: every epsilon is infinite
         self.max_steps = 0  # the most DP-SGD steps any user took so far
         self.head: np.ndarray | None = None  # DP-FEST's trained items (kept in the checkpoint)
-        self._timed = False  # the first round this process logs also timed the engine's start
+        self.start_seconds: float | None = None  # the nodes' start, timed apart from round 1
 
     def _checkpoint(self, **kwargs) -> None:
         """Write a checkpoint on a background thread, so the next round does not wait for
@@ -118,9 +118,7 @@ class RunLog:
         self.rows.append(row)
         sel = f"valid/{self.cfg.select_metric}"
         loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else ("ALS" if self.cfg.als else "loss not released (DP)")
-        first = "" if self._timed else " (with the engine's start)"
-        self._timed = True
-        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s{first} {loss}"
+        msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss}"
         if "users" in row:  # not under user-level DP: who took part is what user sampling keeps secret
             msg += f" users {int(row['users'])}"
         if "epsilon-max" in row:
@@ -375,6 +373,11 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
     _say(f"{fed.dataset.name}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
          f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
     if start < cfg.num_server_rounds and not (cfg.patience and log.since_best >= cfg.patience):
+        from fedrec_app.server.analytics import wait_until_ready
+
+        ready, log.start_seconds = wait_until_ready(grid, cfg, n_nodes=fed.n_nodes)
+        _say(f"{ready} nodes started and read their data in {log.start_seconds:.1f}s")
+        log.last = time.perf_counter()  # round 1's time is the round's
         try:
             if cfg.secure_aggregation:
                 _run_secure(grid, context, cfg, strategy, params, cfg.num_server_rounds - start)
@@ -518,7 +521,8 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
     if cfg.out:
         write_metrics(cfg.out, validation=valid, test=test, config=nested_run_config(cfg.to_run_config()), seed=cfg.seed,
                       privacy=privacy, extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
-                                              "seconds": out["seconds"], "rounds": len(log.rows),
+                                              "seconds": out["seconds"], "start_seconds": log.start_seconds,
+                                              "rounds": len(log.rows),
                                               "rejected_replies": out["rejected"], "failed_replies": out["failed"],
                                               "declined_user_rounds": out["declined"], "test_slices": slices,
                                               "stopped_early": log.stopped_early})

@@ -122,8 +122,8 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_and_resumes(tmp_path,
 
 
 def test_a_corrupted_node_file_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked, monkeypatch, capsys):
-    """A node that cannot read its users' data fails every round: the run stops before
-    aggregating round 1, in one line naming the file (not the engine's tracebacks), and
+    """A node that cannot read its users' data would fail every round: the run stops at the
+    nodes' start, before round 1, in one line naming the file (not the engine's tracebacks), and
     leaves nothing behind; ``--resume`` writes the node files again and finishes."""
     import fedrec_app.simulations.simulate as sim
     from fedrec_app.simulations.cli import main
@@ -144,7 +144,8 @@ def test_a_corrupted_node_file_stops_in_one_line_and_resumes(tmp_path, tmp, proc
     err = capsys.readouterr().err
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
     line = next(x for x in err.splitlines() if x.startswith("fedrec: error:"))
-    assert line.startswith("fedrec: error: round 1: a node failed (node data file ") and "node-1.npz: not readable" in line
+    assert line.startswith("fedrec: error: the nodes' start: a node failed (node data file ") and \
+        "node-1.npz: not readable" in line
     assert not (out / "rounds.jsonl").exists() or not (out / "rounds.jsonl").read_text().strip()
     assert not list(tmp.glob("fedrec-nodes-*"))
     monkeypatch.setattr(sim, "write_node_data", written)

@@ -12,7 +12,8 @@ Server -> node (the message's ``config`` record):
 * :data:`LEGACY`, :data:`PARAM_KEYS` - a message of Flower's legacy (SecAgg+) workflow,
   whose parameters travel as a list in :data:`PARAM_KEYS` order.
 * :data:`ANALYTICS` - a federated-analytics query (Flower ``QUERY`` message) and the
-  statistic asked for.
+  statistic asked for; :data:`READY` (a ``QUERY`` before round 1): start, read your
+  data and answer, so that the engine's start is timed apart from round 1.
 
 Node -> server (the reply's ``metrics`` record):
 
@@ -32,7 +33,7 @@ import numpy as np
 
 __all__ = [
     "SERVER_ROUND", "MECHANISM_PREFIX", "MECHANISM_KEYS", "TRAINED_ITEMS", "LEGACY", "PARAM_KEYS", "ANALYTICS",
-    "ANALYTICS_QUERIES", "NUM_EXAMPLES", "DECLINED", "TRAIN_LOSS", "EPSILON", "TEST_TOPK", "EXPOSURE_PREFIX",
+    "ANALYTICS_QUERIES", "READY", "NUM_EXAMPLES", "DECLINED", "TRAIN_LOSS", "EPSILON", "TEST_TOPK", "EXPOSURE_PREFIX",
     "ITEM_COUNTS", "mechanism_config", "mechanism_of", "trained_items_config", "trained_items_of",
 ]
 
@@ -44,6 +45,7 @@ LEGACY = "legacy"
 PARAM_KEYS = "param-keys"
 ANALYTICS = "analytics"
 ANALYTICS_QUERIES = ("popularity",)
+READY = "ready"
 
 NUM_EXAMPLES = "num-examples"
 DECLINED = "declined"
