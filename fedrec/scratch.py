@@ -12,9 +12,9 @@ watcher existed are removed by the next :func:`scratch_dir` of the same prefix.
 When the creator dies without closing the block, the watcher also stops the processes it
 left (Ray's agents outlive a driver killed with SIGKILL): every process whose environment
 holds the creator's :data:`TOKEN_ENV` (:func:`driver_token`, inherited by everything the
-driver starts) gets SIGKILL, and so do their descendants (a process that rewrites its title,
-as Ray's agents do, may overwrite its environment). The scan repeats until three passes in a
-row find nothing, so that a process started while the others were being stopped goes too.
+driver starts), their descendants, and every process seen as one of these while the
+creator lived (Ray's agents overwrite their environment with their titles, and their
+parent may die first); ``fedrec/_watcher.py`` says how.
 """
 
 from __future__ import annotations
@@ -32,42 +32,8 @@ __all__ = ["scratch_dir", "remove_stale", "driver_token", "TOKEN_ENV"]
 #: The environment variable that marks every process a fedrec driver starts.
 TOKEN_ENV = "FEDREC_DRIVER_TOKEN"
 
-#: The watcher: blocks until its creator's end of the pipe closes, then removes the
-#: directory; if the creator did not say it ended ("done"), it died: its processes go too.
-_WATCH = ("import os, shutil, signal, sys, time\n"
-          "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
-          "    signal.signal(s, signal.SIG_IGN)\n"
-          "said = sys.stdin.buffer.read()\n"
-          "shutil.rmtree(sys.argv[1], ignore_errors=True)\n"
-          "if said != b'done' and sys.argv[2]:\n"
-          "    time.sleep(1)\n"
-          "    mark = ('%s=%s' % (sys.argv[3], sys.argv[2])).encode()\n"
-          "    quiet = 0\n"
-          "    for _ in range(60):\n"
-          "        parent, hit = {}, set()\n"
-          "        for d in os.listdir('/proc'):\n"
-          "            if not d.isdigit() or int(d) == os.getpid():\n"
-          "                continue\n"
-          "            try:\n"
-          "                parent[int(d)] = int(open('/proc/%s/stat' % d).read().rsplit(')', 1)[1].split()[1])\n"
-          "                if mark in open('/proc/%s/environ' % d, 'rb').read().split(b'\\0'):\n"
-          "                    hit.add(int(d))\n"
-          "            except (OSError, ValueError, IndexError):\n"
-          "                continue\n"
-          "        grew = True\n"
-          "        while grew:\n"
-          "            more = {p for p, pp in parent.items() if pp in hit} - hit\n"
-          "            hit |= more\n"
-          "            grew = bool(more)\n"
-          "        for p in hit:\n"
-          "            try:\n"
-          "                os.kill(p, signal.SIGKILL)\n"
-          "            except OSError:\n"
-          "                pass\n"
-          "        quiet = 0 if hit else quiet + 1\n"
-          "        if quiet == 3:\n"
-          "            break\n"
-          "        time.sleep(0.5)\n")
+#: The watcher, run as a script: it imports nothing of fedrec (it starts in milliseconds).
+_WATCHER = Path(__file__).with_name("_watcher.py")
 
 
 def driver_token() -> str:
@@ -113,7 +79,7 @@ def scratch_dir(prefix: str = "fedrec-nodes-"):
     remove_stale(prefix)
     token = driver_token()
     path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")  # mkdtemp: mode 0700
-    watcher = subprocess.Popen([sys.executable, "-c", _WATCH, path, token, TOKEN_ENV], stdin=subprocess.PIPE,
+    watcher = subprocess.Popen([sys.executable, str(_WATCHER), path, token, TOKEN_ENV], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                                close_fds=True)
     try:

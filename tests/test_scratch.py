@@ -27,29 +27,37 @@ def test_a_scratch_directory_is_private_and_removed_at_the_end(tmp_path, monkeyp
     assert not Path(d).exists()
 
 
-@pytest.mark.parametrize("how", ["sigkill", "normal"])
+@pytest.mark.parametrize("how", ["sigkill", "orphaned", "normal"])
 def test_a_killed_process_leaves_no_scratch_directory_and_no_process(tmp_path, how):
     """SIGKILL gives the process no chance to clean up: its watcher removes the directory
     and stops what the process started (here a shell and, below it, a ``sleep`` whose
     environment holds no token, as Ray's agents overwrite theirs with their titles).
-    A process that ends normally has its directory removed and its children left alone."""
+    ``orphaned``: the shell dies first, so nothing but the watcher's snapshot ties the
+    ``sleep`` to the run (as Ray's agents once their raylet is gone).  A process that
+    ends normally has its directory removed and its children left alone."""
     code = ("import subprocess, sys, time\nfrom fedrec.scratch import scratch_dir\n"
             "with scratch_dir('fedrec-nodes-') as d:\n"
             "    child = subprocess.Popen(['sh', '-c', 'env -i sleep 120 & echo $!; wait'], stdout=subprocess.PIPE,\n"
             "                             text=True, start_new_session=True)\n"
             "    print(d, child.pid, child.stdout.readline().strip(), flush=True)\n"
-            "    time.sleep(120 if sys.argv[1] == 'sigkill' else 0)\n")
+            "    time.sleep(0 if sys.argv[1] == 'normal' else 120)\n")
     p = subprocess.Popen([sys.executable, "-c", code, how], stdout=subprocess.PIPE, text=True,
                          env=dict(os.environ, TMPDIR=str(tmp_path)))
     started: list[int] = []
     try:
         d, *pids = p.stdout.readline().split()
         d, started = Path(d), [int(x) for x in pids]
-        if how == "sigkill":
+        if how != "normal":
+            time.sleep(2.5)  # the watcher has seen them
+        if how == "orphaned":
+            os.kill(started[0], signal.SIGKILL)
+            while _alive(started[0]):
+                time.sleep(0.05)
+        if how != "normal":
             p.send_signal(signal.SIGKILL)
         p.wait(10)
         deadline = time.monotonic() + 10
-        while (d.exists() or (how == "sigkill" and any(map(_alive, started)))) and time.monotonic() < deadline:
+        while (d.exists() or (how != "normal" and any(map(_alive, started)))) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not d.exists()
         assert [_alive(x) for x in started] == [how == "normal"] * 2
