@@ -49,3 +49,67 @@ def test_the_docs_build_strictly(tmp_path):
 if __name__ == "__main__":
     (ROOT / "docs" / "index.md").write_text(readme_as_index((ROOT / "README.md").read_text()))
     print("wrote docs/index.md")
+
+
+def _doc_pages() -> list[Path]:
+    """The README and the docs pages that describe fedrec as it is (not the changelog's history,
+    nor ``docs/index.md``, the README's copy)."""
+    return [ROOT / "README.md"] + [p for p in sorted((ROOT / "docs").rglob("*.md"))
+                                   if p.name not in ("index.md", "changelog.md")]
+
+
+def _fedrec_words(command: str) -> list[str] | None:
+    """The arguments of a ``fedrec`` command line (environment assignments dropped), or None."""
+    import shlex
+
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        return None
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words = words[1:]
+    return words[1:] if words and words[0] in ("fedrec", ".venv/bin/fedrec") else None
+
+
+def _subparsers(parser) -> dict:
+    import argparse
+
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_every_documented_command_parses():
+    """Each ``fedrec`` line of a code block in the README and the docs parses as written; each
+    ``--option`` an inline ``fedrec SUBCOMMAND ...`` span names is an option of that subcommand."""
+    import contextlib
+    import io
+
+    from fedrec_app.simulations.cli import build_parser
+
+    blocks, bad = 0, []
+    for page in _doc_pages():
+        text = page.read_text()
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                for part in re.split(r"&&|;|\|", line):
+                    argv = _fedrec_words(part)
+                    if argv is None:
+                        continue
+                    blocks += 1
+                    with contextlib.redirect_stderr(io.StringIO()) as err:
+                        try:
+                            build_parser().parse_args(argv)
+                        except SystemExit:
+                            bad.append(f"{page.relative_to(ROOT)}: fedrec {' '.join(argv)}: "
+                                       + err.getvalue().strip().splitlines()[-1])
+        subs = _subparsers(build_parser())
+        inline = re.sub(r"\s*\n\s*", " ", re.sub(r"```.*?```", "", text, flags=re.S))
+        for span in re.findall(r"`(?:[A-Z_]+=\S+ )*(?:\.venv/bin/)?fedrec ([a-z-]+)([^`]*)`", inline):
+            sub, rest = span
+            if sub not in subs:
+                bad.append(f"{page.relative_to(ROOT)}: `fedrec {sub}`: no such subcommand")
+                continue
+            known = set(subs[sub]._option_string_actions)
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", rest):
+                if flag not in known:
+                    bad.append(f"{page.relative_to(ROOT)}: `fedrec {sub} ...{flag}`: no such option")
+    assert blocks >= 20 and not bad, "\n".join(bad)
