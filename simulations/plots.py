@@ -128,9 +128,18 @@ def _epsilon_of(r: dict) -> float:
     """The epsilon actually reached (computed by the accountant), per unit."""
     if r.get("unit") == "user-level":
         return float(r.get("user_epsilon") or r["target_epsilon"])
-    if r.get("unit") == "interaction-level":
-        return float(r.get("epsilon_max") or r["target_epsilon"])
+    if r.get("unit") == "interaction-level":  # DP-SGD: the most any user reached; private ALS: its one epsilon
+        return float(r.get("epsilon_max") or r.get("interaction_epsilon") or r["target_epsilon"])
     return math.inf
+
+
+#: A private cell's series in the privacy plot: its unit and its mechanism's family (``als``
+#: for private ALS; the trained MF mechanisms have none).
+FAMILY_LABEL = {"als": "private ALS (the chosen mechanism)"}
+
+
+def _series(rs: list[dict]) -> tuple[str, str]:
+    return rs[0].get("unit"), (rs[0].get("family") if rs[0].get("family") in FAMILY_LABEL else "")
 
 
 def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
@@ -140,18 +149,22 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
     metrics = [("test_ndcg@10", "NDCG@10"), ("test_hr@10", "HR@10"), ("test_recall@20", "Recall@20")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     for ax, (key, label) in zip(axes, metrics):
-        for unit, (color, marker) in UNIT_STYLE.items():
+        series = sorted({_series(rs) for rs in cells.values() if rs[0].get("unit") in UNIT_STYLE
+                         and not rs[0].get("baseline")}, key=lambda u: (u[1], u[0]))
+        for unit, family in series:
+            color, marker = UNIT_STYLE[unit]
             pts = []
             for name, rs in cells.items():
-                if rs[0].get("unit") != unit or rs[0].get("baseline"):
+                if rs[0].get("baseline") or _series(rs) != (unit, family):
                     continue
                 eps = statistics.fmean(_epsilon_of(r) for r in rs)
                 m, sd = mean_sd(r.get(key) for r in rs)
                 pts.append((eps, m, sd))
-            if pts:
-                pts.sort()
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
-                            marker=marker, capsize=3, label=f"{unit} DP (mean ± sd over seeds)")
+            what = f", {FAMILY_LABEL[family]}" if family else (", trained MF" if any(f for _, f in series) else "")
+            pts.sort()
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
+                        marker="D" if family else marker, ls="--" if family else "-", capsize=3,
+                        label=f"{unit} DP{what} (mean ± sd over seeds)")
         pm = sorted((_epsilon_of(rs[0]), *mean_sd(r.get(key) for r in rs)) for rs in cells.values()
                     if rs[0].get("mechanism") == "private-mostpop")
         if pm:
@@ -159,7 +172,7 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
                         marker="x", ls=":", capsize=3, label="private MostPop (user-level)")
         for name, rs in cells.items():  # each private preset's non-private twin, in its unit's colour
             if rs[0].get("twin"):
-                color = UNIT_STYLE.get(f"{rs[0]['twin']}-level", ("k",))[0]
+                color = UNIT_STYLE.get(f"{rs[0]['twin']}-level", ("tab:purple",))[0]
                 ax.axhline(mean_sd(r.get(key) for r in rs)[0], color=color, linestyle="-.", lw=1,
                            label=f"{name} (no DP: what the private cell's preset gives)")
         for name, style in (("non-private", ("k", "-")), ("MostPop", ("tab:gray", "--")),

@@ -94,6 +94,9 @@ def _eps_cell(rs: list[dict]) -> str:
     from fedrec_app.simulations.plots import mean_sd
 
     unit = rs[0].get("unit")
+    if unit == "interaction-level" and rs[0].get("interaction_epsilon") is not None:  # private ALS: one epsilon
+        e, _ = mean_sd(r.get("interaction_epsilon") for r in rs)
+        return f"{e:.2f} (interaction-level; user-level {mean_sd(r.get('user_epsilon') for r in rs)[0]:.2f})"
     if unit == "interaction-level":
         med, _ = mean_sd(r.get("epsilon_median") for r in rs)
         mx, _ = mean_sd(r.get("epsilon_max") for r in rs)
@@ -176,14 +179,16 @@ def _versus(c: Comparison, name: str, nd: int = 4) -> str:
 def _computed_epsilon(rs: list[dict]) -> float:
     from fedrec_app.simulations.plots import mean_sd
 
-    key = "epsilon_max" if rs[0].get("unit") == "interaction-level" else "user_epsilon"
-    e = mean_sd(r.get(key) for r in rs)[0]
+    if rs[0].get("unit") == "interaction-level":  # DP-SGD: the most any user reached; private ALS: its one epsilon
+        e = mean_sd(_first(r.get("epsilon_max"), r.get("interaction_epsilon")) for r in rs)[0]
+    else:
+        e = mean_sd(r.get("user_epsilon") for r in rs)[0]
     return e if e == e else float(rs[0].get("target_epsilon", math.nan))
 
 
 def _eps_words(rs: list[dict]) -> str:
     unit = rs[0].get("unit")
-    worst = ", max over users" if unit == "interaction-level" else ""
+    worst = ", max over users" if unit == "interaction-level" and rs[0].get("epsilon_max") is not None else ""
     return f"ε = {_computed_epsilon(rs):.2f}{worst}; {UNIT_PROTECTS.get(unit, unit)}"
 
 
@@ -208,7 +213,7 @@ def _privacy_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
     for name, rs in g["private"]:
         vals = [r.get(key) for r in rs]
         parts = []
-        twin = g["twins"].get(str(rs[0]["unit"]).split("-")[0])
+        twin = g["twins"].get(rs[0].get("family") or str(rs[0]["unit"]).split("-")[0])
         if twin:
             parts.append(_versus(seed_comparison(vals, [r.get(key) for r in twin[1]]), f"its twin `{twin[0]}`"))
         if g["non_private"]:
@@ -231,6 +236,41 @@ def _privacy_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
                          + " beyond the seed spread**")
         m, sd = seed_comparison(vals, vals)[:2]
         out.append(f"- `{name}` ({_eps_words(rs)}): {_num(m, sd)}; " + "; ".join(parts) + ".")
+    return out
+
+
+def _best_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
+    """The best federated cell without DP, and the best private cell at each unit and
+    epsilon, each against MostPop, centralized EASE and (private) private MostPop at its epsilon."""
+    from fedrec_app.simulations.plots import mean_sd
+
+    g = _privacy_groups(rows)
+    cells = _cell_table(rows, lambda r: r.get("experiment") == "privacy")
+    refs = [(f"`{n}`", rs) for n, rs in cells if rs[0].get("baseline") and "ease" in n.lower()]
+    if g["mostpop"]:
+        refs.insert(0, (f"`{g['mostpop'][0]}`", g["mostpop"][1]))
+
+    def mean(rs: list[dict]) -> float:
+        m = mean_sd(r.get(key) for r in rs)[0]
+        return m if m == m else -math.inf
+
+    def line(what: str, n: str, rs: list[dict], against: list[tuple[str, list[dict]]]) -> str:
+        vals = [r.get(key) for r in rs]
+        m, sd = mean_sd(vals)
+        return (f"- {what}: `{n}`, {_num(m, sd)}; "
+                + "; ".join(_versus(seed_comparison(vals, [r.get(key) for r in ref]), name) for name, ref in against) + ".")
+
+    out = []
+    fed = [(n, rs) for n, rs in cells if rs[0].get("unit", "none") == "none" and not rs[0].get("baseline")]
+    if fed:
+        out.append(line("Best federated without DP", *max(fed, key=lambda c: mean(c[1])), refs))
+    for unit in UNIT_PROTECTS:
+        at_unit = [(n, rs) for n, rs in g["private"] if rs[0].get("unit") == unit]
+        for eps in sorted({float(rs[0].get("target_epsilon", math.nan)) for _, rs in at_unit}, reverse=True):
+            at = [(n, rs) for n, rs in at_unit if float(rs[0].get("target_epsilon", math.nan)) == eps]
+            floor = [(f"`{n}`", prs) for n, prs in g["private_mostpop"]
+                     if float(prs[0].get("target_epsilon", math.nan)) == eps]
+            out.append(line(f"Best private at {unit} ε = {eps:g}", *max(at, key=lambda c: mean(c[1])), floor + refs))
     return out
 
 
@@ -345,6 +385,10 @@ def findings(rows: list[dict], cold: list[dict], *, configs: Mapping | None = No
          "Generated from the rows below (test NDCG@10, full ranking, mean ± sd over seeds, unless stated). "
          "*Within the seed spread*: the difference of the means is smaller than the sum of the two standard "
          "deviations; *above* / *below*: beyond it.", ""]
+    best = _best_findings(rows)
+    if best:
+        L += ["**The best of each family** (the highest mean over seeds; against the floors and the centralized "
+              "reference):", ""] + best + [""]
     priv = _privacy_findings(rows)
     if priv:
         L += ["**What privacy costs** (a private cell against its non-private twin, against `non-private`, and "
@@ -409,6 +453,14 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
                 e["steps"].append(1)
                 e["prior_noise"].append(None)
                 continue
+            if e["mechanism"] == "private-als":  # every user in every release, noise added by the server
+                e["epsilon"].append(r.get("interaction_epsilon") if unit == "interaction-level" else r.get("user_epsilon"))
+                e["noise_multiplier"].append(_first(r.get("user_noise_multiplier"), priv.get("noise_multiplier")))
+                e["sample_rate"].append(1.0)
+                e["clip"].append(_first(priv.get("clip"), getattr(cfg, "als_clip", None)))
+                e["steps"].append(_first(priv.get("passes"), getattr(cfg, "als_passes", None)))
+                e["prior_noise"].append(None)
+                continue
             rounds = _first(priv.get("rounds"), (doc.get("metrics") or {}).get("rounds"))
             if rounds is None and cfg is not None:
                 rounds, e["planned"] = getattr(cfg, "num_server_rounds", None), True
@@ -429,6 +481,7 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
                 e["clip"].append(_first(priv.get("clip"), getattr(cfg, "user_clip", None)))
                 e["steps"].append(int(rounds) if rounds is not None else None)
         e["steps_unit"] = ("release" if e["mechanism"] == "private-mostpop" else
+                           "passes after the count release" if e["mechanism"] == "private-als" else
                            "DP-SGD steps per user" if unit == "interaction-level" else "rounds")
         out.append(e)
     return out
@@ -446,12 +499,15 @@ def dp_parameters_table(params: list[dict]) -> list[str]:
     L = ["| cell | unit | target ε | computed ε | δ | noise multiplier (calibrated) | sampling rate | clip | "
          "steps accounted | prior noise (1 release, q = 1) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in params:
-        if e["unit"] == "interaction-level":
+        if e["unit"] == "interaction-level" and e["mechanism"] != "private-als":
             eps = _vals(e["epsilon"], lambda v: "–" if v[1] is None else f"{v[0]:.3f} / {v[1]:.3f} (median / max user)")
         else:
             eps = _vals(e["epsilon"], lambda v: f"{v:.3f}")
         if e["mechanism"] == "private-mostpop":
             sample, clip, prior = "1 (every user, once)", "1 (unit-norm vectors)", "none (is the release)"
+        elif e["mechanism"] == "private-als":
+            sample, clip = "1 (every user, every release)", _vals(e["clip"], g)
+            prior = "none (the capped counts are its first release)"
         else:
             sample, clip = _vals(e["sample_rate"], g), _vals(e["clip"], g)
             prior = _vals(e["prior_noise"], lambda v: g(v) if v else "none")
@@ -508,6 +564,13 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
             words.append("Each private preset has a non-private twin (`non-private @... preset`: the same dimension, "
                          "optimiser, rounds and popularity prior, without noise). A private cell against its twin is "
                          "what privacy costs; the twin against `non-private` is what the preset costs.")
+        if any(rs[0].get("chosen") for _, rs in priv):
+            words.append("Cells named after a preset (`private-als ...`) run the mechanism `fedrec simulate --privacy "
+                         "UNIT --epsilon E` chooses for this data and epsilon (`fedrec/presets/presets.toml`), with "
+                         "nothing else given; the other private cells train MF with DP-SGD (interaction-level) or "
+                         "DP-FedAvg (user-level). Private ALS counts every user in every release (q = 1): its "
+                         "capped item counts once, then per pass the noised sums of clipped user vectors; its "
+                         "interaction-level epsilon is computed from its sensitivities to one interaction.")
         if any(rs[0].get("mechanism") == "private-mostpop" for _, rs in priv):
             words.append("`private MostPop` ranks items by one user-level DP release of the users' unit-norm item "
                          "vectors at the same epsilon (it covers every single interaction too): the floor a private "

@@ -54,6 +54,8 @@ def _row(cell: Cell, seed: int, doc: dict) -> dict:
         else:
             row["user_epsilon"] = u.get("epsilon")
             row["user_noise_multiplier"] = u.get("noise_multiplier")
+            if u.get("interaction_epsilon") is not None:  # private ALS: its interaction-level epsilon too
+                row["interaction_epsilon"] = u["interaction_epsilon"]
         row["delta"] = u.get("delta")
     row["selected_round"] = (doc.get("selected") or {}).get("round")
     row["seconds"] = doc.get("seconds")

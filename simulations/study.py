@@ -28,7 +28,7 @@ from fedrec.presets import preset_fields
 from fedrec_app.simulations.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
-__all__ = ["Study", "STUDIES", "study_cells", "run_study", "DP_PRESET", "USER_PRESET"]
+__all__ = ["Study", "STUDIES", "study_cells", "chosen_cells", "run_study", "DP_PRESET", "USER_PRESET"]
 
 #: Interaction-level DP settings tuned on ML-100K validation (dimension 8: fewer
 #: noised coordinates; server SGD: noise averages out instead of being
@@ -63,6 +63,11 @@ class Study:
     population_rounds: int = 30
     cold_users: float = 0.1
     privacy_cells: bool = True  # False: only the population experiment
+    #: epsilons of the trained-MF mechanisms (DP-SGD, DP-FedAvg); None: ``interaction_eps`` / ``user_eps``
+    mf_dp_eps: tuple[float, ...] | None = None
+    #: at each unit and epsilon, the mechanism ``--privacy UNIT --epsilon E`` chooses for the data
+    #: (private ALS where it beats private MostPop; private MostPop is the floor row already)
+    chosen: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -70,13 +75,13 @@ STUDIES = {
     # sized to finish in about 15 minutes on 2 cores for bundled ml-latest-small: each run costs
     # about 20 s of start-up (Ray, actors, data) beside its rounds
     "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0), user_eps=(8.0, 2.0),
-                     item_rounds=40),
+                     item_rounds=40, mf_dp_eps=(8.0,)),
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
     "population": Study("population", seeds=2, item_coldstart=False, populations=(1_000, 10_000, 100_000),
                         privacy_cells=False),
     "tiny": Study("tiny", seeds=2, nonprivate_rounds=4, private_rounds=4, interaction_eps=(8.0,), user_eps=(8.0,),
-                  fit_eps=(1.0,), populations=(120,), population_rounds=3, cold_users=0.2),
+                  fit_eps=(1.0,), populations=(120,), population_rounds=3, cold_users=0.2, chosen=False),
 }
 
 
@@ -103,12 +108,14 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
     np_rounds, p_rounds = rounds or study.nonprivate_rounds, rounds or study.private_rounds
     cells = [] if not study.privacy_cells else [Cell("non-private", replace(base, num_server_rounds=np_rounds),
                   {"experiment": "privacy", "unit": "none", "target_epsilon": math.inf})]
-    for e in study.interaction_eps if study.privacy_cells else ():
+    mf_eps = {"interaction": study.interaction_eps if study.mf_dp_eps is None else study.mf_dp_eps,
+              "user": study.user_eps if study.mf_dp_eps is None else study.mf_dp_eps}
+    for e in mf_eps["interaction"] if study.privacy_cells else ():
         cfg = replace(base, **DP_PRESET, num_server_rounds=p_rounds, target_epsilon=float(e))
         cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"interaction-eps{e:g}", cfg, {"experiment": "privacy", "unit": "interaction-level",
                                                           "target_epsilon": float(e)}))
-    for e in study.user_eps if study.privacy_cells else ():
+    for e in mf_eps["user"] if study.privacy_cells else ():
         cfg = replace(base, **USER_PRESET, num_server_rounds=p_rounds, user_target_epsilon=float(e))
         cfg = replace(cfg, prior_noise=prior_noise_for(float(e), cfg.prior_noise))
         cells.append(Cell(f"user-eps{e:g}", cfg, {"experiment": "privacy", "unit": "user-level",
@@ -116,12 +123,14 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
     # non-private twins at the private presets: same dimension, optimiser, rounds and popularity
     # prior (noise-free), no DP noise; a private cell against its twin is what privacy costs,
     # the twin against "non-private" what the preset costs
-    twins = [("interaction", DP_PRESET, study.interaction_eps), ("user", {**USER_PRESET, "user_dp": "off"}, study.user_eps)]
+    twins = [("interaction", DP_PRESET, mf_eps["interaction"]), ("user", {**USER_PRESET, "user_dp": "off"}, mf_eps["user"])]
     for unit, preset, eps in twins if study.privacy_cells else ():
         if eps:
             cfg = replace(base, **{**preset, "prior_noise": NOISE_FREE_PRIOR}, num_server_rounds=p_rounds)
             cells.append(Cell(f"non-private @{unit} preset", cfg, {"experiment": "privacy", "unit": "none",
                                                                    "target_epsilon": math.inf, "twin": unit}))
+    if study.privacy_cells and study.chosen:
+        cells += chosen_cells(base, fed.dataset.name, fed.dataset.n_users, study)  # as `fedrec simulate` chooses
     if study.item_coldstart:
         # every user trains here (no held-out users): two nodes of all of them, one per core
         cfg = replace(base, model="two-tower", cold_items=0.1, cold_users=0.0,
@@ -138,6 +147,32 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
         cells.append(Cell(f"population-{n}", cfg, {"experiment": "population", "unit": "user-level",
                                                     "target_epsilon": study.population_eps, "population": n}))
     return cells
+
+
+def chosen_cells(base: FedConfig, dataset: str, n_users: int, study: Study) -> list[Cell]:
+    """At each unit and epsilon of ``study``, the mechanism :func:`fedrec.presets.choose`
+    picks for the data (what ``fedrec simulate --privacy UNIT --epsilon E`` runs), named after
+    its preset; and the non-private twin of the private-ALS preset.  A choice of private MostPop
+    adds nothing: it is the floor row the baselines already hold."""
+    from fedrec.presets import choose, with_preset
+
+    out, als = [], False
+    for unit, eps in (("user-level", study.user_eps), ("interaction-level", study.interaction_eps)):
+        for e in eps:
+            choice = choose(unit, float(e), dataset, n_users)
+            if choice.preset == "private-mostpop":
+                continue
+            als = als or bool(choice.settings.get("als"))
+            cfg = with_preset(base, choice.settings)
+            out.append(Cell(f"{choice.preset} {unit.split('-')[0]}-eps{e:g}", cfg,
+                            {"experiment": "privacy", "unit": unit, "target_epsilon": float(e),
+                             "mechanism": "private-als" if choice.settings.get("als") else choice.preset,
+                             "family": "als" if choice.settings.get("als") else unit.split("-")[0],
+                             "preset": choice.preset, "chosen": True}))
+    if als:  # the same passes, caps and ridge without noise: what privacy costs private ALS
+        out.append(Cell("non-private @private-als preset", with_preset(base, preset_fields("private-als")),
+                        {"experiment": "privacy", "unit": "none", "target_epsilon": math.inf, "twin": "als"}))
+    return out
 
 
 def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tuple[float, ...] = ()) -> list[dict]:

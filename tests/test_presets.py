@@ -126,3 +126,29 @@ def test_private_mostpop_through_flower_ranks_by_the_counts(tmp_path):
     assert (bias[:, None] > bias[None, :])[more].all()  # every item above every less counted one
     pop = baselines.fit_most_popular(fed.split, ties="pessimistic")
     assert doc["test"]["hr@20"] >= pop.test.metrics["hr@20"] - 1e-9  # MostPop's ties count against it, not here
+
+
+def test_the_default_study_runs_the_mechanism_a_private_run_chooses():
+    """Each chosen cell of the main job is what ``fedrec simulate --privacy UNIT --epsilon E``
+    runs on the bundled data (private ALS at 610 users), beside the study's own settings."""
+    from dataclasses import replace
+
+    from fedrec.federation import load_federation
+    from fedrec_app.simulations.study import STUDIES, study_cells
+
+    cells = {c.name: c for c in study_cells(STUDIES["default"])}
+    fed = load_federation(FedConfig(data="ml-latest-small"))
+    base = replace(cells["non-private"].cfg, num_server_rounds=DEFAULTS.num_server_rounds)  # the study's base
+    want = {"private-als user-eps8": ("user-level", 8.0), "private-als-low user-eps2": ("user-level", 2.0),
+            "private-als-interaction interaction-eps8": ("interaction-level", 8.0),
+            "private-als-interaction interaction-eps2": ("interaction-level", 2.0)}
+    assert {n for n, c in cells.items() if c.labels.get("chosen")} == set(want)
+    for name, (unit, eps) in want.items():
+        ran, choice = apply_choice(replace(base, privacy_unit=unit, epsilon=eps), fed.dataset.name, fed.dataset.n_users)
+        assert cells[name].cfg == ran and choice.preset == cells[name].labels["preset"]
+        assert cells[name].labels["unit"] == unit and cells[name].cfg.als_unit == unit
+    twin = cells["non-private @private-als preset"].cfg
+    assert twin.als and not twin.als_private and twin.als_passes == cells["private-als user-eps8"].cfg.als_passes
+    # the trained-MF mechanisms stay at epsilon 8, beside their twins
+    assert {"interaction-eps8", "user-eps8", "non-private @interaction preset", "non-private @user preset"} <= set(cells)
+    assert not any(n in cells for n in ("interaction-eps2", "user-eps2"))

@@ -276,3 +276,56 @@ def test_findings_without_run_directories_or_cold_start(cells):
     text = "\n".join(lines)
     assert "New users" not in text and "number of held-out items is not recorded" in text
     assert "secure aggregation is off" in text
+
+
+def _with_als(rows: list[dict]) -> list[dict]:
+    """``rows`` with the study's chosen private-ALS cells, their twin and EASE (seeds 0, 1)."""
+    out = list(rows)
+    for seed in (0, 1):
+        def row(cell, ndcg, **labels):
+            out.append({"cell": cell, "seed": seed, "experiment": "privacy", "unit": "none",
+                        "target_epsilon": math.inf, "selected_round": 3, **labels, **_metrics(ndcg)})
+
+        als = dict(mechanism="private-als", family="als", chosen=True, delta=1e-5, user_noise_multiplier=1.28)
+        row("private-als user-eps8", (0.050, 0.052)[seed], unit="user-level", target_epsilon=8.0,
+            user_epsilon=7.998, preset="private-als", **als)
+        row("private-als-interaction interaction-eps8", (0.044, 0.045)[seed], unit="interaction-level",
+            target_epsilon=8.0, user_epsilon=2.7, interaction_epsilon=7.996, preset="private-als-interaction", **als)
+        row("non-private @private-als preset", (0.055, 0.056)[seed], twin="als")
+        out.append({"cell": "EASE (centralized)", "seed": seed, "experiment": "privacy", "unit": "none",
+                    "target_epsilon": math.inf, "baseline": True, **_metrics(0.065)})
+    return out
+
+
+def test_findings_name_the_best_of_each_family_and_compare_private_als_with_its_twin(tmp_path, cells):
+    text = section(report(tmp_path, cells, _with_als(make_rows())), "## Findings")
+    best = text.split("**The best of each family**")[1].split("**What privacy costs**")[0]
+    fed = next(l for l in best.splitlines() if l.startswith("- Best federated without DP"))
+    # non-private 0.061 is the best non-private cell (above the ALS twin's 0.0555)
+    assert "`non-private`, 0.0610" in fed and "above `MostPop` beyond the seed spread" in fed
+    assert "below `EASE (centralized)` beyond the seed spread" in fed
+    user = next(l for l in best.splitlines() if l.startswith("- Best private at user-level ε = 8"))
+    assert "`private-als user-eps8`, 0.0510" in user  # above DP-FedAvg's 0.0385
+    assert "above `private MostPop eps 8` beyond the seed spread" in user
+    inter = next(l for l in best.splitlines() if l.startswith("- Best private at interaction-level ε = 8"))
+    assert "`private-als-interaction interaction-eps8`" in inter  # 0.0445 against DP-SGD's 0.0205
+    als = bullet(text, "private-als-interaction interaction-eps8")
+    assert "its twin `non-private @private-als preset`" in als
+    assert "ε = 8.00; interaction-level" in als and "max over users" not in als  # its own epsilon, not a user's max
+    dpsgd = bullet(text, "interaction-eps8")
+    assert "its twin `non-private @interaction preset`" in dpsgd and "max over users" in dpsgd
+
+
+def test_dp_parameters_and_plot_of_private_als(tmp_path, cells, figures):
+    rows = _with_als(make_rows())
+    params = {e["cell"]: e for e in dp_parameters(rows)}
+    inter = params["private-als-interaction interaction-eps8"]
+    assert inter["epsilon"] == [7.996, 7.996] and inter["sample_rate"] == [1.0, 1.0]
+    assert inter["noise_multiplier"] == [1.28, 1.28] and inter["steps_unit"] == "passes after the count release"
+    assert params["private-als user-eps8"]["epsilon"] == [7.998, 7.998]
+    write_run_dirs(tmp_path, rows)
+    make_plots(tmp_path, rows, make_cold())
+    labels = _labels(figures["privacy_utility.png"])
+    assert "interaction-level DP, private ALS (the chosen mechanism) (mean ± sd over seeds)" in labels
+    assert "user-level DP, trained MF (mean ± sd over seeds)" in labels
+    assert sum(t.startswith("non-private @") for t in labels) == 3
