@@ -135,7 +135,9 @@ def _epsilon_of(r: dict) -> float:
 
 #: A private cell's series in the privacy plot: its unit and its mechanism's family (``als``
 #: for private ALS; the trained MF mechanisms have none).
-FAMILY_LABEL = {"als": "private ALS (the chosen mechanism)"}
+FAMILY_LABEL = {"als": "private ALS (chosen)"}
+#: The trained-MF mechanism of each unit (the label of a series without a family).
+MF_LABEL = {"interaction-level": "MF, DP-SGD", "user-level": "MF, DP-FedAvg"}
 
 
 def _series(rs: list[dict]) -> tuple[str, str]:
@@ -160,11 +162,11 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
                 eps = statistics.fmean(_epsilon_of(r) for r in rs)
                 m, sd = mean_sd(r.get(key) for r in rs)
                 pts.append((eps, m, sd))
-            what = f", {FAMILY_LABEL[family]}" if family else (", trained MF" if any(f for _, f in series) else "")
+            what = FAMILY_LABEL[family] if family else MF_LABEL[unit]
             pts.sort()
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
                         marker="D" if family else marker, ls="--" if family else "-", capsize=3,
-                        label=f"{unit} DP{what} (mean ± sd over seeds)")
+                        label=f"{unit}: {what}")
         pm = sorted((_epsilon_of(rs[0]), *mean_sd(r.get(key) for r in rs)) for rs in cells.values()
                     if rs[0].get("mechanism") == "private-mostpop")
         if pm:
@@ -174,7 +176,7 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
             if rs[0].get("twin"):
                 color = UNIT_STYLE.get(f"{rs[0]['twin']}-level", ("tab:purple",))[0]
                 ax.axhline(mean_sd(r.get(key) for r in rs)[0], color=color, linestyle="-.", lw=1,
-                           label=f"{name} (no DP: what the private cell's preset gives)")
+                           label=f"{name} (no DP)")
         for name, style in (("non-private", ("k", "-")), ("MostPop", ("tab:gray", "--")),
                             ("EASE (centralized)", ("tab:green", ":"))):
             if name in cells:
@@ -196,8 +198,8 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle("Privacy vs accuracy: interaction-level and user-level epsilon "
-                 "(non-private: line with ± sd band; dash-dot: each preset's non-private twin)", fontsize=11)
+    fig.suptitle("Privacy vs accuracy: interaction-level and user-level epsilon; private cells: mean ± sd over "
+                 "seeds (non-private: line with ± sd band; dash-dot: each preset's non-private twin)", fontsize=11)
     return _save(fig, path, rect=(0, 0.07 + 0.03 * math.ceil(len(labels) / 4), 1, 1))
 
 

@@ -326,6 +326,6 @@ def test_dp_parameters_and_plot_of_private_als(tmp_path, cells, figures):
     write_run_dirs(tmp_path, rows)
     make_plots(tmp_path, rows, make_cold())
     labels = _labels(figures["privacy_utility.png"])
-    assert "interaction-level DP, private ALS (the chosen mechanism) (mean ± sd over seeds)" in labels
-    assert "user-level DP, trained MF (mean ± sd over seeds)" in labels
+    assert "interaction-level: private ALS (chosen)" in labels and "interaction-level: MF, DP-SGD" in labels
+    assert "user-level: private ALS (chosen)" in labels and "user-level: MF, DP-FedAvg" in labels
     assert sum(t.startswith("non-private @") for t in labels) == 3
