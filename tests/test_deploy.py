@@ -122,7 +122,7 @@ def test_bad_input_fails_before_starting_anything(tmp_path, capsys):
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # `make test-heavy` (minutes: TLS, SuperNodes and DP end to end)
 def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkeypatch):
     """TLS + SuperNode authentication, 3 SuperNodes (one user each), 2 rounds, DP on."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # never touch the user's ~/.flwr
@@ -315,7 +315,7 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
     assert 'serverapp = "fedrec_app.server.app:app"' in app
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # `make test-heavy` (minutes: TLS, SuperNodes and DP end to end)
 def test_the_one_run_audit_through_fedrec_deploy(tmp_path, monkeypatch, shared_data):
     """The one-run audit against the deployed mechanism (SuperLink, a SuperNode of canary
     users, the servers' kept replies): the noisy round stays within its claim (at 99.9%
