@@ -75,7 +75,7 @@ STUDIES = {
     # sized to finish in about 15 minutes on 2 cores for bundled ml-latest-small: each run costs
     # about 20 s of start-up (Ray, actors, data) beside its rounds
     "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0), user_eps=(8.0, 2.0),
-                     item_rounds=40, mf_dp_eps=(8.0,)),
+                     item_rounds=40, mf_dp_eps=(8.0,), fit_eps=()),  # the DP fold-in (100 s here): `full`
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
     "population": Study("population", seeds=2, item_coldstart=False, populations=(1_000, 10_000, 100_000),
