@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["make_plots", "mean_sd", "run_documents", "heldout_item_count", "random_ranking_reference",
+__all__ = ["make_plots", "mean_sd", "epsilon_of", "run_documents", "heldout_item_count", "random_ranking_reference",
            "mostpop_rows", "catalogue_size"]
 
 UNIT_STYLE = {"interaction-level": ("tab:blue", "o"), "user-level": ("tab:red", "s")}
@@ -124,7 +124,7 @@ def _by_cell(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _epsilon_of(r: dict) -> float:
+def epsilon_of(r: dict) -> float:
     """The epsilon actually reached (computed by the accountant), per unit."""
     if r.get("unit") == "user-level":
         return float(r.get("user_epsilon") or r["target_epsilon"])
@@ -159,7 +159,7 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
             for name, rs in cells.items():
                 if rs[0].get("baseline") or _series(rs) != (unit, family):
                     continue
-                eps = statistics.fmean(_epsilon_of(r) for r in rs)
+                eps = statistics.fmean(epsilon_of(r) for r in rs)
                 m, sd = mean_sd(r.get(key) for r in rs)
                 pts.append((eps, m, sd))
             what = FAMILY_LABEL[family] if family else MF_LABEL[unit]
@@ -167,7 +167,7 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
                         marker="D" if family else marker, ls="--" if family else "-", capsize=3,
                         label=f"{unit}: {what}")
-        pm = sorted((_epsilon_of(rs[0]), *mean_sd(r.get(key) for r in rs)) for rs in cells.values()
+        pm = sorted((epsilon_of(rs[0]), *mean_sd(r.get(key) for r in rs)) for rs in cells.values()
                     if rs[0].get("mechanism") == "private-mostpop")
         if pm:
             ax.errorbar([p[0] for p in pm], [p[1] for p in pm], yerr=[p[2] for p in pm], color="tab:gray",
@@ -186,8 +186,8 @@ def plot_privacy_utility(rows: list[dict], path: Path) -> Path | None:
                     ax.axhspan(m - sd, m + sd, color="k", alpha=0.08)
         ax.set_xscale("log")
         # two significant digits: 1.99 (computed) and 2.0 (targeted) share one tick
-        ticks = sorted({float(f"{_epsilon_of(r):.2g}") for rs in cells.values() for r in rs
-                        if math.isfinite(_epsilon_of(r))})
+        ticks = sorted({float(f"{epsilon_of(r):.2g}") for rs in cells.values() for r in rs
+                        if math.isfinite(epsilon_of(r))})
         if ticks:
             ax.set_xticks(ticks)
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))

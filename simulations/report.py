@@ -177,13 +177,10 @@ def _versus(c: Comparison, name: str, nd: int = 4) -> str:
 
 
 def _computed_epsilon(rs: list[dict]) -> float:
-    from fedrec_app.simulations.plots import mean_sd
+    """The mean over seeds of the epsilon each run reached in its unit (the plot's)."""
+    from fedrec_app.simulations.plots import epsilon_of, mean_sd
 
-    if rs[0].get("unit") == "interaction-level":  # DP-SGD: the most any user reached; private ALS: its one epsilon
-        e = mean_sd(_first(r.get("epsilon_max"), r.get("interaction_epsilon")) for r in rs)[0]
-    else:
-        e = mean_sd(r.get("user_epsilon") for r in rs)[0]
-    return e if e == e else float(rs[0].get("target_epsilon", math.nan))
+    return mean_sd(epsilon_of(r) for r in rs)[0]
 
 
 def _eps_words(rs: list[dict]) -> str:
@@ -241,7 +238,8 @@ def _privacy_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
 
 def _best_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
     """The best federated cell without DP, and the best private cell at each unit and
-    epsilon, each against MostPop, centralized EASE and (private) private MostPop at its epsilon."""
+    epsilon, each against MostPop, centralized EASE and (a private cell) private MostPop at
+    its epsilon."""
     from fedrec_app.simulations.plots import mean_sd
 
     g = _privacy_groups(rows)
