@@ -4,7 +4,7 @@ Handlers are thin: read the config, call :mod:`fedrec.node` (pure functions),
 reply.  With ``secure-aggregation`` the server drives Flower's SecAgg+ workflow,
 which speaks Flower's legacy encoding (``fitins``/``fitres``): the same handlers
 answer it, and Flower's ``secaggplus_mod`` masks the reply (:func:`secure_aggregation_mod`).
-Users' embeddings and privacy accounting (:class:`fedrec.device.LocalState`)
+Users' embeddings and privacy accounting (:class:`fedrec.federated.state.LocalState`)
 are kept on the node — in files under ``state-dir`` (so they survive a SuperNode
 restart and a server resume) or in ``context.state`` — and never appear in a reply.
 """

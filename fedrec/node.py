@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from fedrec.config import FedConfig
-from fedrec.device import LocalState, latest_saved_round, load_local_state, save_local_state
+from fedrec.federated.state import LocalState, latest_saved_round, load_local_state, save_local_state
 from fedrec.engine import interaction_weights, train_cohort
 from fedrec.engine.sequence import position_weights, train_sequences, trainable_users
 from fedrec.federated import protocol

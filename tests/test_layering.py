@@ -63,6 +63,85 @@ def test_the_check_finds_an_outward_import(tmp_path, monkeypatch):
     assert violations("fedrec", APP_NAMES) == ["fedrec/bad.py:2 imports fedrec_app.server.run"]
 
 
+def import_graph(package: str = "fedrec") -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports, at any depth of the file (function-level
+    imports included; ``from a.b import c`` counts as ``a.b.c`` where that is a module, else ``a.b``)."""
+    mods = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = path
+
+    def module_of(name: str) -> str:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in mods.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for n in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(n, ast.ImportFrom):
+                base = n.module or ""
+                if n.level:
+                    parts = here.split(".")[:len(here.split(".")) - (n.level - 1)]
+                    base = ".".join(parts + ([n.module] if n.module else []))
+                deps |= {module_of(f"{base}.{a.name}") for a in n.names}
+            elif isinstance(n, ast.Import):
+                deps |= {module_of(a.name) for a in n.names}
+        graph[name] = {d for d in deps if d and d != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_library_has_no_import_cycle():
+    """Not even through imports inside functions: each module of ``fedrec`` can be read
+    knowing only the modules below it."""
+    graph = import_graph("fedrec")
+    assert len(graph) > 50 and sum(map(len, graph.values())) > 100  # the graph was read
+    assert not import_cycles(graph), "import cycles in fedrec:\n" + "\n".join(map(" <-> ".join, import_cycles(graph)))
+
+
+def test_the_check_finds_an_import_cycle(tmp_path, monkeypatch):
+    pkg = tmp_path / "fedrec"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .a import f\n")
+    (pkg / "sub" / "a.py").write_text("def f():\n    from fedrec.b import g\n")
+    (pkg / "b.py").write_text("from fedrec.sub import f as g\n")
+    (pkg / "c.py").write_text("import fedrec.b\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert import_cycles(import_graph("fedrec")) == [["fedrec.b", "fedrec.sub", "fedrec.sub.a"]]
+
+
 def test_app_packages_install_under_fedrec_app():
     """No generic top-level package names (clients, server, simulations, examples) are installed."""
     import tomllib
