@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedrec_app.simulations.flags import add_config_args, config_flag, config_from_args, given_fields
 
-__all__ = ["main", "build_parser", "UsageError"]
+__all__ = ["main", "build_parser", "subcommands", "UsageError"]
 
 
 class UsageError(ValueError):
@@ -432,6 +432,11 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"fedrec {_version()}")
         parser.exit()
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Subcommand name -> its parser, for ``parser`` as :func:`build_parser` builds it."""
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def build_parser() -> argparse.ArgumentParser:

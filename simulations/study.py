@@ -24,7 +24,7 @@ import numpy as np
 from fedrec.config import FedConfig
 from fedrec.federation import federated_model, load_federation
 from fedrec.models import is_sequential
-from fedrec.presets import preset_fields
+from fedrec.presets import choose, preset_fields, with_preset
 from fedrec_app.simulations.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
 from fedrec_app.simulations.runner import Cell, run_cells, write_rows
 
@@ -154,8 +154,6 @@ def chosen_cells(base: FedConfig, dataset: str, n_users: int, study: Study) -> l
     picks for the data (what ``fedrec simulate --privacy UNIT --epsilon E`` runs), named after
     its preset; and the non-private twin of the private-ALS preset.  A choice of private MostPop
     adds nothing: it is the floor row the baselines already hold."""
-    from fedrec.presets import choose, with_preset
-
     out, als = [], False
     for unit, eps in (("user-level", study.user_eps), ("interaction-level", study.interaction_eps)):
         for e in eps:

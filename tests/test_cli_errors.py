@@ -125,16 +125,16 @@ def test_help_imports_neither_torch_nor_flower():
 def test_every_option_of_every_command_has_help_text():
     import argparse
 
-    from fedrec_app.simulations.cli import build_parser
+    from fedrec_app.simulations.cli import build_parser, subcommands
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subcommands(parser)
     missing = [f"fedrec {name} {'/'.join(a.option_strings) or a.dest}"
-               for name, p in sub.choices.items() for a in p._actions
+               for name, p in sub.items() for a in p._actions
                if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
     assert not missing, missing
-    rounds = next(a for a in sub.choices["simulate"]._actions if "--rounds" in a.option_strings)
-    assert rounds.metavar == "ROUNDS" and "NUM_SERVER_ROUNDS" not in sub.choices["simulate"].format_help()
+    rounds = next(a for a in sub["simulate"]._actions if "--rounds" in a.option_strings)
+    assert rounds.metavar == "ROUNDS" and "NUM_SERVER_ROUNDS" not in sub["simulate"].format_help()
 
 
 def test_private_mostpop_needs_an_epsilon(capsys, tmp_path):
@@ -229,16 +229,14 @@ def test_every_default_a_help_text_shows_is_the_default_the_command_applies():
     """The help is read against behaviour: a default shown in ``--help`` is the value the
     command uses when the flag is left out (for run-config flags, the config's default or
     the command's own, as ``fedrec deploy`` turns evaluation off)."""
-    import argparse
-
     from fedrec.config import DEFAULTS
-    from fedrec_app.simulations.cli import build_parser
+    from fedrec_app.simulations.cli import build_parser, subcommands
 
     applied = {"deploy": {"eval_every": 0}}  # what deploy() sets when the flag is left out
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subcommands(parser)
     wrong, checked = [], 0
-    for name, p in sub.choices.items():
+    for name, p in sub.items():
         for a in p._actions:
             for shown in _shown_defaults(a):
                 word = shown.split()[0].rstrip(",")

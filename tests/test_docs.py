@@ -71,19 +71,13 @@ def _fedrec_words(command: str) -> list[str] | None:
     return words[1:] if words and words[0] in ("fedrec", ".venv/bin/fedrec") else None
 
 
-def _subparsers(parser) -> dict:
-    import argparse
-
-    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
 def test_every_documented_command_parses():
     """Each ``fedrec`` line of a code block in the README and the docs parses as written; each
     ``--option`` an inline ``fedrec SUBCOMMAND ...`` span names is an option of that subcommand."""
     import contextlib
     import io
 
-    from fedrec_app.simulations.cli import build_parser
+    from fedrec_app.simulations.cli import build_parser, subcommands
 
     blocks, bad = 0, []
     for page in _doc_pages():
@@ -101,7 +95,7 @@ def test_every_documented_command_parses():
                         except SystemExit:
                             bad.append(f"{page.relative_to(ROOT)}: fedrec {' '.join(argv)}: "
                                        + err.getvalue().strip().splitlines()[-1])
-        subs = _subparsers(build_parser())
+        subs = subcommands(build_parser())
         inline = re.sub(r"\s*\n\s*", " ", re.sub(r"```.*?```", "", text, flags=re.S))
         for span in re.findall(r"`(?:[A-Z_]+=\S+ )*(?:\.venv/bin/)?fedrec ([a-z-]+)([^`]*)`", inline):
             sub, rest = span
