@@ -126,7 +126,7 @@ def _shared_client_app(key: str, run_config: dict | None, node_data: str | None)
 
 
 def make_client_app(run_config: dict | None = None, *, node_data: str | None = None, malicious=None) -> ClientApp:
-    """A ClientApp; ``run_config`` overrides Flower's (``run_simulation`` passes none).
+    """A ClientApp; ``run_config`` overrides Flower's (the simulation engine, entered by fedrec, passes none).
     ``node_data``: a directory of node files (``node-P.npz``, written by
     :func:`fedrec.federation.write_node_data`) from which node P reads its users' data,
     where its node config names no ``data-file`` (a simulation: as in a deployment, no

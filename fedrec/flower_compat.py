@@ -1,7 +1,15 @@
 """Every use of Flower internals, in one version-guarded module.
 
-fedrec runs on Flower's public API except for two speed patches of its
-simulation engine, kept here so that a Flower upgrade breaks one module, loudly:
+fedrec runs on Flower's public API except for its entry to the simulation engine
+and two speed patches of it, kept here so that a Flower upgrade breaks one module, loudly:
+
+- :func:`run_engine`: Flower's simulation engine, entered where ``flwr run`` enters it.
+  For a simulation federation ``flwr run`` starts Flower's simulation runtime
+  (``flwr-simulation``), which calls ``flwr.simulation.run_simulation._run_simulation``;
+  the Python wrapper ``flwr.simulation.run_simulation`` is deprecated.  fedrec's own
+  commands call the same function in their process, so that Ctrl-C, the run's summary
+  and the patches below stay in their hands (``flwr run .`` runs the same apps through a
+  SuperLink, see ``docs/guides/federated-training.md``).
 
 - :func:`fast_grid_polling`: two fixed waits of 0.1 s per round dominate fast
   rounds: ``run_simulation``'s ``InMemoryGrid`` polls for replies every 0.1 s,
@@ -13,8 +21,9 @@ simulation engine, kept here so that a Flower upgrade breaks one module, loudly:
 - :func:`reuse_ray`: Flower shuts Ray down after every simulation; a sweep of
   many runs keeps it up (starting it costs seconds per run).
 
-Both were written against :data:`TESTED_FLOWER` (``flwr==1.41.*``).  On another
-version they do nothing (the run is correct, only slower) and say so once.
+All three were written against :data:`TESTED_FLOWER` (``flwr==1.41.*``).  On another
+version the patches do nothing (the run is correct, only slower) and the engine is
+entered through the public ``run_simulation``; each says so once.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import warnings
 from queue import Empty
 
 __all__ = ["GRID_PULL_INTERVAL", "WORKER_NICENESS", "INLINE_OBJECT_BYTES", "WORKER_MALLOC_ENV", "TESTED_FLOWER",
-           "backend_config", "fast_grid_polling", "worker_heap_env", "environment", "reuse_ray", "patches_supported", "RunStopped",
+           "backend_config", "run_engine", "fast_grid_polling", "worker_heap_env", "environment", "reuse_ray", "patches_supported", "RunStopped",
            "stop_waiting", "STOP"]
 
 #: Set to make the ServerApp's waits for replies end at once (:func:`stop_waiting`): an
@@ -81,6 +90,30 @@ def _skip(what: str) -> None:
 
     warnings.warn(f"fedrec: {what} is written for flwr {TESTED_FLOWER}.* and flwr {version('flwr')} is installed: "
                   "left out (runs are correct, only slower)", RuntimeWarning, stacklevel=3)
+
+
+def run_engine(*, server_app, client_app, num_supernodes: int, backend_config: dict,
+               verbose: bool = False) -> None:
+    """Run ``server_app`` with ``num_supernodes`` nodes of ``client_app`` on Flower's simulation
+    engine (Ray backend) in this process, entered as Flower's simulation runtime enters it for
+    ``flwr run`` (``_run_simulation``); the ServerApp runs in a thread of this process.
+
+    On a Flower other than :data:`TESTED_FLOWER` the public, deprecated ``run_simulation``
+    is called instead (same engine, with Flower's deprecation banner).
+    """
+    if not patches_supported():
+        _skip("entering the engine as `flwr run` does")
+        from flwr.simulation import run_simulation
+
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
+                       backend_config=backend_config, verbose_logging=verbose)
+        return
+    from flwr.supercore.telemetry import EventType
+
+    rs = importlib.import_module("flwr.simulation.run_simulation")
+    rs._run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                       client_app=client_app, server_app=server_app, backend_name="ray",
+                       backend_config=backend_config, verbose_logging=verbose)
 
 
 @contextlib.contextmanager

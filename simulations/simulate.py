@@ -10,7 +10,8 @@ from pathlib import Path
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation, write_node_data, write_plan
 from fedrec.presets import apply_choice
-from fedrec.flower_compat import STOP, backend_config, environment, fast_grid_polling, stop_waiting, worker_heap_env
+from fedrec.flower_compat import (STOP, backend_config, environment, fast_grid_polling, run_engine, stop_waiting,
+                                  worker_heap_env)
 from fedrec.results import check_run_dir, lock_run_dir
 from fedrec.scratch import scratch_dir
 from fedrec_app.simulations.signals import Interrupted
@@ -18,22 +19,19 @@ from fedrec_app.simulations.signals import Interrupted
 __all__ = ["simulate"]
 
 
-class _DropBanner(logging.Filter):
-    """Flower's deprecation banner, and the engine's multi-screen tracebacks of a node's
-    error (the server says it in one line: a node failed, and why)."""
+class _DropNodeTracebacks(logging.Filter):
+    """The engine's multi-screen tracebacks of a node's error (the server says it in one
+    line: a node failed, and why)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and "/fleet/vce/" in record.pathname.replace("\\", "/"):
-            return False
-        return "DEPRECATED FEATURE" not in str(record.getMessage())
+        return not (record.levelno >= logging.ERROR and "/fleet/vce/" in record.pathname.replace("\\", "/"))
 
 
 @contextlib.contextmanager
-def _without_flower_banner():
-    """Within the block, Flower's multi-line deprecation banner of ``run_simulation`` and
-    the engine's tracebacks of a node's error are not printed (fedrec drives the simulation
-    engine on purpose, and names a failed node in one line; ``--verbose`` shows them)."""
-    logger, drop = logging.getLogger("flwr"), _DropBanner()
+def _without_node_tracebacks():
+    """Within the block, the engine's tracebacks of a node's error are not printed (fedrec
+    names a failed node in one line; ``--verbose`` shows them)."""
+    logger, drop = logging.getLogger("flwr"), _DropNodeTracebacks()
     logger.addFilter(drop)
     try:
         yield
@@ -66,9 +64,10 @@ def _stop_server(grace: float = 20.0) -> None:
 def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = False,
              ray_address: str | None = None, overwrite: bool = False, attack=None, changed: dict | None = None,
              argv: list[str] | None = None, given: set[str] | None = None) -> dict:
-    """Run ``cfg`` through ``flwr.simulation.run_simulation``; returns the run summary.
+    """Run ``cfg`` on Flower's simulation engine (:func:`fedrec.flower_compat.run_engine`, the
+    entry ``flwr run`` uses); returns the run summary.
 
-    The config reaches both apps explicitly (``run_simulation`` does not read
+    The config reaches both apps explicitly (the engine does not read
     ``[tool.flwr.app.config]``); the number of SuperNodes is the number of user
     cohorts (users / users-per-node).  A run directory that holds a run is
     refused unless ``cfg.resume`` or ``overwrite``.
@@ -99,8 +98,6 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
 
 
 def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed, argv, given) -> dict:
-    from flwr.simulation import run_simulation
-
     from fedrec_app.clients.app import make_client_app
     from fedrec_app.server.app import make_server_app
 
@@ -169,17 +166,17 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
         # (and Ray's FutureWarning about accelerator variables is answered: actors without GPUs
         # keep the environment they have)
         stack.enter_context(environment({"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}))
-        if not verbose:  # Flower's banner on run_simulation's deprecation is not the user's business
-            stack.enter_context(_without_flower_banner())
+        if not verbose:
+            stack.enter_context(_without_node_tracebacks())
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)
         STOP.clear()
         try:
-            run_simulation(
+            run_engine(
                 server_app=make_server_app(rc, results, plan=plan),
                 client_app=make_client_app(rc, node_data=node_data, malicious=attack),
                 num_supernodes=supernodes,
                 backend_config=backend_config(num_cpus, ray_address, gpus=gpus, nodes=supernodes),
-                verbose_logging=verbose,
+                verbose=verbose,
             )
         except SystemExit as e:  # Ray's driver turns SIGTERM into sys.exit(15)
             _stop_server()

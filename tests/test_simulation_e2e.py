@@ -146,3 +146,27 @@ def test_train_head_freezes_the_other_rows_through_flower(tmp_path, monkeypatch)
     np.testing.assert_allclose(bias[~head], prior[~head], rtol=0, atol=1e-6)
     assert np.abs(bias[head] - prior[head]).max() > 1e-3  # trained (and noised)
     assert json.loads((out / "metrics.json").read_text())["privacy"]["unit"] == "user-level"
+
+
+def test_the_engine_is_entered_as_flwr_run_enters_it_not_through_the_deprecated_wrapper(tmp_path, monkeypatch):
+    """`flwr.simulation.run_simulation` (the Python wrapper) is deprecated in Flower 1.41: fedrec
+    calls the engine where Flower's simulation runtime (`flwr run`) does, so no deprecation
+    warning is raised and the run completes."""
+    import importlib
+
+    from fedrec import flower_compat
+
+    if not flower_compat.patches_supported():
+        pytest.skip("another Flower line: fedrec falls back to the public wrapper")
+    rs = importlib.import_module("flwr.simulation.run_simulation")
+    warned = []
+    monkeypatch.setattr(rs, "warn_deprecated_feature", lambda *a, **k: warned.append(a))
+    entered = []
+    engine = rs._run_simulation
+    monkeypatch.setattr(rs, "_run_simulation", lambda **k: entered.append(k) or engine(**k))
+    cfg = FedConfig(data="synthetic:20x60:1", num_server_rounds=1, users_per_node=10, dim=8, eval_every=0,
+                    out=str(tmp_path / "run"))
+    simulate(cfg, num_cpus=2)
+    assert len((tmp_path / "run" / "rounds.jsonl").read_text().splitlines()) == 1
+    assert len(entered) == 1 and entered[0]["num_supernodes"] == 2
+    assert not warned
