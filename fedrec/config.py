@@ -107,6 +107,9 @@ class FedConfig:
     epsilon: float = _opt(0.0, "privacy", "target epsilon of --privacy (the run's epsilon in that unit, every "
                           "release composed)")
     # local training
+    algorithm: str = _opt("auto", "local training", "how a node trains its users: auto (als with --als, sequential "
+                          "for sasrec/gru4rec, cohort-sgd otherwise), cohort-sgd, sequential, als, or your own "
+                          "TrainingAlgorithm as package.module:ClassName or path/to/file.py:ClassName")
     user_lr: float = _opt(1.0, "local training", "SGD rate of the local user state")
     user_steps: int = _opt(1, "local training", "local-state-only steps before the released steps")
     item_steps: int = _opt(1, "local training", "steps whose gradients of global parameters are released")

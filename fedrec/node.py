@@ -15,9 +15,8 @@ import torch
 
 from fedrec.config import FedConfig
 from fedrec.federated.state import LocalState, latest_saved_round, load_local_state, save_local_state
-from fedrec.engine import interaction_weights, train_cohort
-from fedrec.engine.sequence import position_weights, train_sequences, trainable_users
 from fedrec.federated import protocol
+from fedrec.federated.algorithms import StatisticsAlgorithm, UserBatch, algorithm_for
 from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
 from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
@@ -28,7 +27,7 @@ from fedrec.rng import hash_uniform
 __all__ = [
     "NodeState", "SimulatedDropout", "setup", "node_config_of", "state_dir", "load_state", "save_state",
     "state_for_round", "private_release", "dp_randomness", "maybe_fail", "analytics_round", "active_users",
-    "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "als_round", "evaluate_round",
+    "compute_device", "train_round", "trim_heap", "TRIM_AFTER_PAIRS", "evaluate_round",
     "evaluation_inputs", "user_epsilons",
 ]
 
@@ -253,8 +252,9 @@ def train_round(
     fraction of them that touched each item row); with user-level DP it is the
     global parameters plus the *sum* of their clipped pseudo-gradients.
     """
-    if cfg.als:
-        return als_round(cfg, fed, partition, state, global_params=global_params, server_round=server_round)
+    algorithm = algorithm_for(cfg)
+    if isinstance(algorithm, StatisticsAlgorithm):  # private ALS: its own release, its own server
+        return algorithm.round(cfg, fed, partition, state, global_params=global_params, server_round=server_round)
     if state.release_round == server_round and state.release:  # asked again: the same release, no new draw
         return ({n: v.copy() for n, v in state.release.items()}, dict(state.release_metrics), state)
     torch.set_num_threads(1)
@@ -263,10 +263,7 @@ def train_round(
     dp_key = randomness.key if randomness is not None else None
     model = federated_model(cfg, fed)
     active, declined = active_users(cfg, state, server_round, randomness)
-    sequential = is_sequential(model)
-    if sequential:  # a user with one training item has no (prefix, next item) sample
-        hist = histories(fed, "train")
-        active &= trainable_users(hist, state.users)
+    active &= algorithm.trainable_users(fed, state.users)
     k = int(active.sum())
     params = {n: torch.as_tensor(v) for n, v in global_params.items()}
     update = {n: np.zeros(v.shape, dtype=np.float64) for n, v in global_params.items()}
@@ -286,36 +283,16 @@ def train_round(
         pairs = int(user_pairs.sum())
         # weighting='interaction': each user by its interactions over the node's mean, so the
         # node's release (the chunks' user-weighted means) is the mean over its interactions
-        weights = None
-        if cfg.weighting == "interaction":  # sequential models: by training positions (history length - 1)
-            weights = (position_weights(hist, state.users[idx]) if sequential
-                       else interaction_weights(fed.split.train, state.users[idx]))
+        weights = algorithm.user_weights(fed, state.users[idx]) if cfg.weighting == "interaction" else None
         for part in _chunks(idx, user_pairs):
             # users are independent: chunks bound the memory of the per-sample tensors (a
             # sample's 1 + m gathered rows are at most the 2m rows of its m old-style pairs);
             # the weighted mean of the chunks' means (and of their noise) is the cohort's
-            part_weights = weights[np.searchsorted(idx, part)] if weights is not None else None
-            if sequential:
-                res = train_sequences(model, params, hist, fed.split.train, state.users[part], cfg.local,
-                                      seed=cfg.seed, server_round=server_round, generator=gen,
-                                      user_weights=part_weights)
-            else:
-                res = train_cohort(
-                    model,
-                    {n: torch.as_tensor(v[part]) for n, v in state.local.items()},
-                    params,
-                    fed.split.train,
-                    state.users[part],
-                    cfg.local,
-                    seed=cfg.seed,
-                    server_round=server_round,
-                    generator=gen,
-                    dp_key=dp_key,
-                    generic=cfg.engine == "generic",
-                    trainable=trainable,
-                    device=device,
-                    user_weights=part_weights,
-                )
+            res = algorithm.train_users(UserBatch(
+                cfg=cfg, fed=fed, model=model, params=params,
+                local={n: torch.as_tensor(v[part]) for n, v in state.local.items()}, users=state.users[part],
+                server_round=server_round, generator=gen, dp_key=dp_key, trainable=trainable, device=device,
+                weights=weights[np.searchsorted(idx, part)] if weights is not None else None))
             w = len(part) / k
             for n, v in res.local.items():
                 local[n][part] = v.numpy().astype(np.float32)
@@ -382,37 +359,6 @@ def _libc():
         return None
 
 
-def als_round(cfg: FedConfig, fed: Federation, partition: int, state: NodeState, *,
-              global_params: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict, NodeState]:
-    """One round of (private) ALS on the node (:mod:`fedrec.als`).
-
-    Round 1 releases the sum of the users' capped item indicators (``counts``); every
-    later round solves each user's vector exactly from the item table it received and
-    all of the user's training items (kept on the node, never released), clips it to
-    ``als-clip`` and releases the sums ``b`` (per item, over the users' capped head
-    items: at most ``als-pass-cap`` of the items the server trains, read from the
-    received item biases)
-    and ``K`` (the Gram matrix of the clipped vectors).  The server adds the noise."""
-    from fedrec import als
-
-    train, users = fed.split.train, state.users
-    local = {n: v.copy() for n, v in state.local.items()}
-    if server_round <= 1:
-        update = {"counts": als.count_statistics(train, users, cap=cfg.als_cap, seed=cfg.seed)}
-    else:
-        U = als.user_vectors(global_params["item_embedding"], train, users, alpha=cfg.als_alpha,
-                             reg_user=cfg.als_user_reg)
-        local["user"] = U.astype(np.float32)
-        b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_pass_cap, seed=cfg.seed,
-                                   head=als.head_of(global_params["item_bias"]))
-        update = {"b": b, "K": K}
-    new = NodeState(users, local, state.dp_steps.copy(), state.rounds + 1)
-    metrics = {protocol.NUM_EXAMPLES: int(len(users)), protocol.DECLINED: 0}
-    return {n: v.astype(np.float64) for n, v in update.items()}, metrics, new
-
-
-
-
 def analytics_round(fed: Federation, partition: int, query: str) -> dict[str, np.ndarray]:
     """A node's contribution to a federated statistic, from its own users' training data
     only: ``popularity``, the sum of its users' unit-norm item vectors (the DP popularity
@@ -455,12 +401,7 @@ def evaluate_round(
     model = federated_model(cfg, fed)
     params = {n: torch.as_tensor(v) for n, v in global_params.items()}
     row = {int(u): j for j, u in enumerate(state.users.tolist())}
-    if cfg.als:  # each user's exact solve from the item table evaluated (on the device, never released)
-        from fedrec.als import user_vectors
-
-        U = user_vectors(global_params["item_embedding"], fed.split.train, state.users, alpha=cfg.als_alpha,
-                         reg_user=cfg.als_user_reg)
-        state = NodeState(state.users, {"user": U.astype(np.float32)}, state.dp_steps, state.rounds)
+    state = algorithm_for(cfg).evaluation_state(cfg, fed, state, global_params)  # ALS: each user's exact solve
 
     dev = compute_device(cfg.device)
     if dev is not None:  # the model's own tensors (public item features) beside the parameters

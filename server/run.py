@@ -18,6 +18,7 @@ from fedrec.federation import federated_model, load_federation, load_plan
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
 from fedrec.federated.protocol import trained_items_config
+from fedrec.federated.algorithms import check_algorithm
 from fedrec.privacy.ledger import ledger_entries, warm_start_problem
 from fedrec.privacy.prior import head_from_release, prior_from_release
 from fedrec.privacy.randomness import noise_statement
@@ -286,6 +287,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
     """
     if cfg.als:  # the counts, then one round per pass, as FedConfig.resolved sets them (here too for an unresolved config)
         cfg = cfg.resolved()
+    check_algorithm(cfg)  # `flwr run` and a deployment reach the server without fedrec's driver
     plan = plan or cfg.federation_plan
     if plan:
         fed, item_popularity = load_plan(plan)
@@ -370,8 +372,9 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
             f", DP noise {cfg.als_noise_multiplier:.3f} ({cfg.als_unit} target) cap {cfg.als_cap} (counts) / {cfg.als_pass_cap} "
             f"(passes) clip {cfg.als_clip}"
             if cfg.als_private else " (no DP)"))
+    algorithm = "" if cfg.algorithm == "auto" else f"algorithm {cfg.algorithm}, "
     _say(f"{fed.dataset.name}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
-         f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, " + ("; ".join(privacy) or "no DP"))
+         f"{fed.dataset.n_items} items, {cfg.num_server_rounds} rounds, {algorithm}" + ("; ".join(privacy) or "no DP"))
     if start < cfg.num_server_rounds and not (cfg.patience and log.since_best >= cfg.patience):
         from fedrec_app.server.analytics import wait_until_ready
 

@@ -574,9 +574,12 @@ def plan_nodes(run_config: dict) -> int:
 def _plan(run_config: dict):
     """The federation of this run config (validated; an unreachable epsilon fails here)."""
     from fedrec.config import FedConfig
+    from fedrec.federated.algorithms import check_algorithm
     from fedrec.federation import load_federation
 
-    return load_federation(FedConfig.from_run_config(run_config).resolved())
+    cfg = FedConfig.from_run_config(run_config).resolved()
+    check_algorithm(cfg)
+    return load_federation(cfg)
 
 
 def _choose_privacy(fused: dict, overrides: dict, fed) -> tuple[dict, dict]:

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from fedrec.config import FedConfig
+from fedrec.federated.algorithms import check_algorithm
 from fedrec.federation import load_federation, write_node_data, write_plan
 from fedrec.presets import apply_choice
 from fedrec.flower_compat import (STOP, backend_config, environment, fast_grid_polling, run_engine, stop_waiting,
@@ -108,6 +109,7 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
 
         print(f"[fedrec {time.strftime('%H:%M:%S')}] privacy: {choice.line()}", flush=True)
     cfg = cfg.resolved()
+    check_algorithm(cfg)
     if attack is not None and attack.first_partition != fed.n_nodes:
         raise ValueError(f"the attack's sybils start at partition {attack.first_partition}, but the run has "
                          f"{fed.n_nodes} honest nodes")

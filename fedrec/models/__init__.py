@@ -9,11 +9,7 @@ subclasses are the centralized NCF baselines of ``fedrec baseline``.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import re
-import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +20,7 @@ from fedrec.models.mf import MF
 from fedrec.models.ncf import GMF, MLP, NeuMF
 from fedrec.models.protocol import FederatedModel
 from fedrec.models.sequential import SEQUENTIAL_MODELS, GRU4Rec, SASRec, SequentialModel, is_sequential
+from fedrec.plugins import load_class
 
 __all__ = ["Recommender", "MF", "GMF", "MLP", "NeuMF", "bpr_loss", "bce_loss", "LOSSES", "build_model", "MODELS",
            "FederatedModel", "FEDERATED_MODELS", "FedMF", "FedGMF", "FedMLP", "FedNeuMF", "TwoTower",
@@ -49,39 +46,7 @@ def federated_model_class(spec: str) -> type[FederatedModel]:
     ``two-tower``, ``sasrec``, ``gru4rec``), ``path/to/file.py:ClassName`` (a user's own
     model) or ``package.module:ClassName`` (an importable one, such as the shipped example
     ``fedrec_app.examples.my_model:Bilinear``)."""
-    if spec in SHIPPED_MODELS:
-        return SHIPPED_MODELS[spec]
-    if ":" in spec and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", spec.split(":", 1)[0]):
-        module_name, name = spec.split(":", 1)
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as e:  # noqa: BLE001 - report any import failure in one line
-            raise ValueError(f"model {spec!r}: importing {module_name} failed: {type(e).__name__}: {e}") from None
-        cls = getattr(module, name, None)
-        if not (inspect.isclass(cls) and issubclass(cls, FederatedModel)):
-            raise ValueError(f"model {spec!r}: {module_name} has no FederatedModel subclass named {name!r}")
-        return cls
-    if ":" not in spec or not spec.split(":", 1)[0].endswith(".py"):
-        raise ValueError(f"model {spec!r}: choose one of {sorted(SHIPPED_MODELS)}, or give path/to/file.py:ClassName "
-                         "or package.module:ClassName")
-    path, name = spec.rsplit(":", 1)
-    file = Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise ValueError(f"model {spec!r}: no file {file}")
-    mod_name = f"fedrec_user_model_{abs(hash(str(file)))}"
-    module = sys.modules.get(mod_name)
-    if module is None:
-        loader_spec = importlib.util.spec_from_file_location(mod_name, file)
-        module = importlib.util.module_from_spec(loader_spec)
-        try:
-            loader_spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - report any import failure in one line
-            raise ValueError(f"model {spec!r}: importing {file} failed: {type(e).__name__}: {e}") from None
-        sys.modules[mod_name] = module
-    cls = getattr(module, name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, FederatedModel)):
-        raise ValueError(f"model {spec!r}: {file} has no FederatedModel subclass named {name!r}")
-    return cls
+    return load_class(spec, what="model", shipped=SHIPPED_MODELS, base=FederatedModel)
 
 
 def wants_item_features(spec: str) -> bool:
