@@ -71,6 +71,36 @@ def _fedrec_words(command: str) -> list[str] | None:
     return words[1:] if words and words[0] in ("fedrec", ".venv/bin/fedrec") else None
 
 
+#: The shell blocks of a page: ```` ``` ````, ```` ```bash ````, ```` ```sh ```` or ```` ```console ```` fences.
+SHELL_FENCES = ("", "bash", "sh", "console")
+#: A comment on the line before a block: its commands are not run by
+#: :func:`test_the_documented_commands_run_on_tiny_data`, for the reason it gives.
+NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$")
+
+
+def _blocks(text: str) -> list[tuple[str, str, str | None]]:
+    """Every fenced block of ``text``: (language, body, the reason of a ``<!-- not run: ... -->``
+    comment on the line before it, or None)."""
+    out = []
+    for m in re.finditer(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", text, flags=re.S | re.M):
+        before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        reason = NOT_RUN.search(before)
+        out.append((m.group(1), m.group(2), reason.group(1) if reason else None))
+    return out
+
+
+def _block_commands(text: str):
+    """The ``fedrec`` command lines of the page's shell blocks, as (reason not run, argv)."""
+    for lang, body, reason in _blocks(text):
+        if lang not in SHELL_FENCES:
+            continue
+        for line in re.sub(r"\\\n\s*", " ", body).splitlines():
+            for part in re.split(r"&&|;|\|", line):
+                argv = _fedrec_words(part.lstrip("$ "))
+                if argv is not None:
+                    yield reason, argv
+
+
 def test_every_documented_command_parses():
     """Each ``fedrec`` line of a code block in the README and the docs parses as written; each
     ``--option`` an inline ``fedrec SUBCOMMAND ...`` span names is an option of that subcommand."""
@@ -82,19 +112,14 @@ def test_every_documented_command_parses():
     blocks, bad = 0, []
     for page in _doc_pages():
         text = page.read_text()
-        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", text, flags=re.S):
-            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-                for part in re.split(r"&&|;|\|", line):
-                    argv = _fedrec_words(part)
-                    if argv is None:
-                        continue
-                    blocks += 1
-                    with contextlib.redirect_stderr(io.StringIO()) as err:
-                        try:
-                            build_parser().parse_args(argv)
-                        except SystemExit:
-                            bad.append(f"{page.relative_to(ROOT)}: fedrec {' '.join(argv)}: "
-                                       + err.getvalue().strip().splitlines()[-1])
+        for _, argv in _block_commands(text):
+            blocks += 1
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    build_parser().parse_args(argv)
+                except SystemExit:
+                    bad.append(f"{page.relative_to(ROOT)}: fedrec {' '.join(argv)}: "
+                               + err.getvalue().strip().splitlines()[-1])
         subs = subcommands(build_parser())
         inline = re.sub(r"\s*\n\s*", " ", re.sub(r"```.*?```", "", text, flags=re.S))
         for span in re.findall(r"`(?:[A-Z_]+=\S+ )*(?:\.venv/bin/)?fedrec ([a-z-]+)([^`]*)`", inline):
@@ -107,3 +132,81 @@ def test_every_documented_command_parses():
                 if flag not in known:
                     bad.append(f"{page.relative_to(ROOT)}: `fedrec {sub} ...{flag}`: no such option")
     assert blocks >= 20 and not bad, "\n".join(bad)
+
+
+#: Data a documented command may name that the test does not have or would take minutes to
+#: read: replaced by a small synthetic population (the bundled ml-latest-small is kept).
+TINY_DATA = "synthetic:120x60:0"
+#: The most rounds (simulate, sweeps) and epochs (baseline) a documented command runs here.
+TINY_ROUNDS = 2
+
+
+def _documented_blocks() -> list[tuple[str, str | None, list[list[str]]]]:
+    """Each shell block with ``fedrec`` commands: (page:line, the reason it is not run or None, its commands)."""
+    out = []
+    for page in _doc_pages():
+        text = page.read_text()
+        for lang, body, reason in _blocks(text):
+            commands = [argv for r, argv in _block_commands(f"```{lang}\n{body}```")]
+            if commands:
+                line = text[:text.index(body)].count("\n") + 1
+                out.append((f"{page.relative_to(ROOT)}:{line}", reason, commands))
+    return out
+
+
+def _options_of(argv: list[str]) -> set[str]:
+    """The options of the (sub)command ``argv`` runs."""
+    import argparse
+
+    from fedrec_app.simulations.cli import build_parser, subcommands
+
+    parser = subcommands(build_parser())[argv[0]]
+    if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):  # fedrec sweep NAME
+        parser = subcommands(parser)[argv[1]]
+    return set(parser._option_string_actions)
+
+
+def _tiny(argv: list[str], tmp: Path) -> list[str]:
+    """``argv`` on tiny data: data other than ml-latest-small or a small synthetic population
+    becomes :data:`TINY_DATA`; rounds, epochs and seeds are capped (and set where the command
+    takes them); paths under ``/tmp/`` move under ``tmp`` (``runs/...`` is relative: the test
+    runs in ``tmp``)."""
+    def moved(v: str) -> str:
+        return f"{tmp}/" + v[len("/tmp/"):] if v.startswith("/tmp/") else v
+
+    caps = {"--rounds": TINY_ROUNDS, "--epochs": TINY_ROUNDS, "--seeds": 1}
+    out, words, i = [], list(argv), 0
+    while i < len(words):
+        w = words[i]
+        if w == "--data" and i + 1 < len(words):
+            d = words[i + 1]
+            small = d == "ml-latest-small" or (d.startswith("synthetic:") and int(d.split(":")[1].split("x")[0]) <= 1000)
+            out += [w, d if small else TINY_DATA]
+            i += 2
+        elif w in caps and i + 1 < len(words):
+            out += [w, str(min(int(words[i + 1]), caps[w]))]
+            i += 2
+        else:
+            out.append(moved(w))
+            i += 1
+    known = _options_of(out)
+    for flag, cap in caps.items():
+        if flag in known and flag not in out:
+            out += [flag, str(cap)]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where, reason, commands", _documented_blocks(), ids=[w for w, _, _ in _documented_blocks()])
+def test_the_documented_commands_run_on_tiny_data(where, reason, commands, tmp_path, monkeypatch):
+    """The ``fedrec`` commands of each shell block of the README and the docs run in order to
+    exit 0, on tiny data (:func:`_tiny`), in an empty directory, unless the line before the
+    block says ``<!-- not run: why -->``."""
+    from fedrec_app.simulations.cli import main
+
+    if reason:
+        pytest.skip(f"not run: {reason}")
+    monkeypatch.chdir(tmp_path)
+    for argv in commands:
+        argv = _tiny(argv, tmp_path)
+        assert main(argv) == 0, f"{where}: fedrec {' '.join(argv)}"

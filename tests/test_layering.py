@@ -4,6 +4,7 @@ experiments, and Flower internals are touched in one module only."""
 from __future__ import annotations
 
 import ast
+import tomllib
 import sys
 from pathlib import Path
 
@@ -195,3 +196,12 @@ def test_ruff_finds_nothing():
     res = subprocess.run([ruff, "check", "fedrec", "server", "clients", "simulations", "tests", "benchmarks", "examples"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_every_library_package_is_installed():
+    """A package missing from ``[tool.setuptools] packages`` works in a clone (editable) and is
+    absent from a wheel: every directory of ``fedrec/`` with an ``__init__.py`` is listed."""
+    doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(doc["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fedrec").rglob("__init__.py")}
+    assert found - listed == set(), f"not installed by a wheel: {sorted(found - listed)}"
