@@ -79,7 +79,8 @@ def main() -> None:
     print(json.dumps(rows), flush=True)
     print(f"\n{args.data}: {load_federation(cfg).n_nodes} nodes of {cfg.users_per_node} users, {args.rounds} rounds, "
           f"{os.cpu_count()} cores, DP noise {args.noise_multiplier}")
-    print(f"{'beside':>8} {'s/round':>8} {'slowdown':>9} {'CPU share lost':>15} {'expected':>9} {'slowdown/expected':>18}")
+    print(f"{'beside':>8} {'s/round':>8} {'slowdown':>9} {'CPU share lost':>15} {'expected':>9} "
+          f"{'slowdown/expected':>18}")
     for r in rows:
         expected = 1 / max(1e-9, 1 - r["cpu_share_lost"])
         slow = r["median_round_s"] / alone

@@ -75,7 +75,8 @@ def main() -> None:
           f"noise {args.noise_multiplier}, sample rate {args.sample_rate}; median s/round over {args.rounds} rounds")
     print(f"{'model':>10} {'direct+DP':>10} {'Flower+DP':>10} {'Flower/direct':>13}")
     for r in rows:
-        print(f"{r['model']:>10} {r['direct_dp']:>10.3f} {r['flower_dp']:>10.3f} {r['flower_dp'] / r['direct_dp']:>13.2f}")
+        print(f"{r['model']:>10} {r['direct_dp']:>10.3f} {r['flower_dp']:>10.3f} "
+              f"{r['flower_dp'] / r['direct_dp']:>13.2f}")
     print(f"\nMF, one node of {args.users_per_node} users: generic engine vs fast path, each round both "
           f"(goal: ratio <= 1.5; median of per-round ratios)")
     for label, (fast, slow, ratio) in ratios.items():

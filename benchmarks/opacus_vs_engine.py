@@ -208,9 +208,11 @@ def tower_rows(name, fed, users, dim, repeats):
     train = fed.split.train
     model = build_model(name, fed.dataset, dim=dim)
     g = torch.Generator().manual_seed(7)
-    params = {k: torch.as_tensor(v) + 0.05 * torch.randn(v.shape, generator=g) for k, v in model.global_params().items()}
+    params = {k: torch.as_tensor(v) + 0.05 * torch.randn(v.shape, generator=g)
+              for k, v in model.global_params().items()}
     local = {k: torch.as_tensor(v) for k, v in model.init_local(users, seed=0).items()}
-    cfg = LocalConfig(user_steps=0, item_steps=1, negatives=1, noise_multiplier=1e-12, max_grad_norm=0.1, sample_rate=1.0)
+    cfg = LocalConfig(user_steps=0, item_steps=1, negatives=1, noise_multiplier=1e-12, max_grad_norm=0.1,
+                      sample_rate=1.0)
     out = {}
     for ghost in (False, True):
         train_cohort(model, local, params, train, users, cfg, seed=0, server_round=1, generic=True, ghost_norms=ghost)
@@ -276,8 +278,9 @@ def main() -> None:
             print(f"{k:>36}: {1e3 * v:8.3f} ms per user-step  ({v / base:6.2f}x the generic engine)")
     towers = [m for m in args.models if m != "mf"]
     if towers:
-        print(f"\n{args.data}: one DP-SGD step of {len(users)} users, dim {args.tower_dim}; the shared layers' per-sample "
-              "gradients (or norms) by the engine or by Opacus, the rows' by autograd; relative difference of the updates")
+        print(f"\n{args.data}: one DP-SGD step of {len(users)} users, dim {args.tower_dim}; the shared layers' "
+              "per-sample gradients (or norms) by the engine or by Opacus, the rows' by autograd; relative "
+              "difference of the updates")
     for name in towers:
         rows = tower_rows(name, fed, users, args.tower_dim, args.repeats)
         base = rows[ENGINE_FUNC][0]

@@ -87,7 +87,8 @@ def main() -> None:
             for _ in range(args.repeats):  # each ratio from measurements taken one after the other
                 m = {"direct_nodp": direct_round_seconds(base, args.rounds), "flower_nodp": flower_round_seconds(base),
                      "direct_dp": direct_round_seconds(dp, args.rounds), "flower_dp": flower_round_seconds(dp)}
-                m.update(dp_overhead=m["flower_dp"] / m["flower_nodp"], flower_overhead_dp=m["flower_dp"] / m["direct_dp"],
+                m.update(dp_overhead=m["flower_dp"] / m["flower_nodp"],
+                         flower_overhead_dp=m["flower_dp"] / m["direct_dp"],
                          flower_overhead_nodp=m["flower_nodp"] / m["direct_nodp"])
                 reps.append(m)
                 print(json.dumps({"users_per_node": upn, "repeat": len(reps), **m}), flush=True)
@@ -96,13 +97,16 @@ def main() -> None:
              "flower_overhead_dp_repeats": [round(m["flower_overhead_dp"], 3) for m in reps]}
         rows.append(r)
         print(json.dumps(r), flush=True)
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     print(f"\n{args.data}, {args.rounds} rounds, DP: noise {args.noise_multiplier}, sample rate {args.sample_rate}; "
           f"medians of {args.repeats} repeats")
-    print(f"{'users/node':>10} {'nodes':>5} {'direct':>8} {'direct+DP':>9} {'Flower':>8} {'Flower+DP':>9} {'DP overhead':>11} {'Flower overhead (DP)':>20}")
+    print(f"{'users/node':>10} {'nodes':>5} {'direct':>8} {'direct+DP':>9} {'Flower':>8} {'Flower+DP':>9} "
+          f"{'DP overhead':>11} {'Flower overhead (DP)':>20}")
     for r in rows:
-        print(f"{r['users_per_node']:>10} {r['nodes']:>5} {r['direct_nodp']:>8.3f} {r['direct_dp']:>9.3f} {r['flower_nodp']:>8.3f} "
-              f"{r['flower_dp']:>9.3f} {r['dp_overhead']:>11.2f} {r['flower_overhead_dp']:>20.2f}  "
+        print(f"{r['users_per_node']:>10} {r['nodes']:>5} {r['direct_nodp']:>8.3f} {r['direct_dp']:>9.3f} "
+              f"{r['flower_nodp']:>8.3f} {r['flower_dp']:>9.3f} {r['dp_overhead']:>11.2f} "
+              f"{r['flower_overhead_dp']:>20.2f}  "
               f"(repeats: {', '.join(f'{x:.2f}' for x in r['flower_overhead_dp_repeats'])})")
     print(f"peak RSS (largest single process): {peak / 1024:.0f} MiB")
 

@@ -64,11 +64,13 @@ def main() -> None:
     args = ap.parse_args()
     # generate/cache the dataset first, so its one-off cost is not counted in round 1
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", f"from fedrec.data import load_dataset; print(load_dataset({args.data!r}).summary())"],
+    subprocess.run([sys.executable, "-c",
+                    f"from fedrec.data import load_dataset; print(load_dataset({args.data!r}).summary())"],
                    check=True)
     print(f"dataset ready in {time.perf_counter() - t:.0f}s", flush=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="fedrec-scale-"))
-    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "simulate", "--data", args.data, "--rounds", str(args.rounds),
+    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "simulate", "--data", args.data,
+           "--rounds", str(args.rounds),
            "--users-per-node", str(args.users_per_node), "--dim", str(args.dim), "--eval-every", "100000",
            "--out", str(out), "--device", args.device]
     if args.noise_multiplier > 0:

@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     print(f"{a.data}: {fed.n_users} users on {fed.n_nodes} nodes, {a.rounds} rounds, noise {a.noise_multiplier}")
     print(f"   plain FedAvg: {ps:.2f} s/round (median of rounds 2-{a.rounds})")
     print(f"  SecAgg+      : {ss:.2f} s/round   secure/plain {ss / ps:.2f}x")
-    print(f"  round 1 max |secure - plain| = {err:.2g} (bound {bound:.2g}; Q = 2**{int(np.log2(q))}, C = {cfg.secagg_clip})")
+    print(f"  round 1 max |secure - plain| = {err:.2g} (bound {bound:.2g}; Q = 2**{int(np.log2(q))}, "
+          f"C = {cfg.secagg_clip})")
     return 0
 
 

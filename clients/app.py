@@ -19,7 +19,8 @@ from flwr.clientapp import ClientApp
 
 from fedrec.federated import protocol
 
-__all__ = ["app", "make_client_app", "SharedClientApp", "stored_state", "array_record", "secure_aggregation_mod", "STATE_KEY"]
+__all__ = ["app", "make_client_app", "SharedClientApp", "stored_state", "array_record", "secure_aggregation_mod",
+           "STATE_KEY"]
 
 SECAGG_CONFIGS = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
 
@@ -76,7 +77,8 @@ def _legacy_train_reply(msg: Message, update: dict[str, np.ndarray], metrics: di
     n = int(metrics[protocol.NUM_EXAMPLES])
     # what SecAgg+ would clip: |w * x| > C with w = n / max-weight (Flower clips silently)
     w, clip = n / float(config["secagg-max-weight"]), float(config["secagg-clip"])
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) and k != protocol.NUM_EXAMPLES}
+    scalars = {k: v for k, v in metrics.items()
+               if isinstance(v, (int, float, str, bool)) and k != protocol.NUM_EXAMPLES}
     scalars[protocol.EPSILON] = np.asarray(metrics.get(protocol.EPSILON, []), dtype=np.float64).tobytes()
     scalars["secagg-clipped"] = int(sum(int((np.abs(w * a) > clip).sum()) for a in arrays))
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, scalars)
@@ -176,7 +178,8 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         state = node.state_for_round(stored_state(context), fed, partition, cfg, directory=directory,
                                      server_round=server_round)
         update, metrics, state = node.train_round(cfg, fed, partition, state, global_params=global_params,
-                                                  server_round=server_round, trained_items=protocol.trained_items_of(config))
+                                                  server_round=server_round,
+                                                  trained_items=protocol.trained_items_of(config))
         kept = node.save_state(state, directory=directory, server_round=server_round)
         if kept is not None:
             context.state[STATE_KEY] = array_record(kept)
@@ -214,7 +217,8 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
             return Message(content=RecordDict({"metrics": MetricRecord({protocol.NUM_EXAMPLES: 0})}), reply_to=msg)
         cfg, fed, partition, directory = _setup(context, config)
         server_round = int(config[protocol.SERVER_ROUND])
-        state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory, at_most_round=server_round)
+        state = node.load_state(stored_state(context), fed, partition, cfg, directory=directory,
+                                at_most_round=server_round)
         metrics = node.evaluate_round(cfg, fed, partition, state, global_params=global_params)
         if config.get(protocol.LEGACY):
             return _legacy_evaluate_reply(msg, metrics)

@@ -209,7 +209,8 @@ class FedConfig:
                             "without it (a node that is gone, or a simulated dropout, is counted either way)",
                             choices=("stop", "continue"))
     resume: bool = _opt(False, "fault tolerance", "continue the run in OUT from its last checkpoint, with the "
-                        "configuration it recorded (fedrec simulate reads OUT/config.json; flags given again must agree)")
+                        "configuration it recorded (fedrec simulate reads OUT/config.json; flags given again "
+                        "must agree)")
     state_dir: str = _opt("", "fault tolerance", "where nodes keep users' local state (default OUT/client-state)")
     warm_start: str = _opt("", "fault tolerance", "start from this checkpoint directory of an earlier run of the same "
                            "model (its global parameters and server-optimiser state; no prior is added), e.g. the "
@@ -248,9 +249,9 @@ class FedConfig:
             raise ConfigError(run_key(key), getattr(self, key), why)
 
         if self.user_dp == "adaptive":
-            bad("user_dp", "adaptive clipping is refused: Flower's DifferentialPrivacyServerSideAdaptiveClipping noises "
-                "the sum at the next round's clip, below the clip it applied (an effective noise multiplier of about "
-                "0.93 where 1 is accounted); use user-dp='client' or 'server' (fixed clipping)")
+            bad("user_dp", "adaptive clipping is refused: Flower's DifferentialPrivacyServerSideAdaptiveClipping "
+                "noises the sum at the next round's clip, below the clip it applied (an effective noise multiplier "
+                "of about 0.93 where 1 is accounted); use user-dp='client' or 'server' (fixed clipping)")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices and getattr(self, f.name) != f.default:
@@ -260,8 +261,9 @@ class FedConfig:
                     "interaction_cap"):
             if getattr(self, key) < 1:
                 bad(key, "must be >= 1")
-        for key in ("max_users", "user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every", "noise_multiplier", "target_epsilon",
-                    "budget_epsilon", "user_noise_multiplier", "user_target_epsilon", "prior_noise"):
+        for key in ("max_users", "user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every",
+                    "noise_multiplier", "target_epsilon", "budget_epsilon", "user_noise_multiplier",
+                    "user_target_epsilon", "prior_noise"):
             if getattr(self, key) < 0:
                 bad(key, "must be >= 0")
         for key in ("init_std", "user_lr", "server_lr", "max_grad_norm", "user_clip", "round_timeout"):
@@ -494,8 +496,8 @@ class FedConfig:
                                 extra=self.prior)
             out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
         if self.als:  # the counts, then one round per pass, each pass evaluated (the best on validation kept)
-            out = dataclasses.replace(out, num_server_rounds=self.als_passes + 1, eval_every=1 if self.eval_every else 0,
-                                      patience=0)
+            out = dataclasses.replace(out, num_server_rounds=self.als_passes + 1,
+                                      eval_every=1 if self.eval_every else 0, patience=0)
         if self.als_target_epsilon > 0 and self.als_unit == "user-level":
             sigma = _calibrated("als_target_epsilon", self.als_target_epsilon, target_epsilon=self.als_target_epsilon,
                                 delta=self.delta, sample_rate=1.0, steps=self.als_passes + 1)

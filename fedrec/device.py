@@ -102,7 +102,8 @@ def fold_in(
     n_items = model.n_items
     # the user's items as row 0 of a training matrix; one engine step per iteration,
     # with fresh negatives each (keyed by the iteration)
-    train = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items), np.int64), items)), shape=(1, n_items))
+    train = sp.csr_matrix((np.ones(len(items), np.float32), (np.zeros(len(items), np.int64), items)),
+                          shape=(1, n_items))
     cfg = LocalConfig(user_lr=lr, user_steps=0, item_steps=1, negatives=negatives, user_l2=l2)
     tp = {k: torch.as_tensor(np.asarray(params[k]), dtype=torch.float32) for k in model.global_shapes()}
     local = {k: torch.as_tensor(np.asarray(init[k]) if init is not None else np.zeros(shape), dtype=torch.float32)
@@ -182,7 +183,8 @@ class DeviceRecommender:
     privacy: dict = field(default_factory=dict)  # the mechanism its DP steps were taken under (run-config keys)
     model: str = "mf"  # the federation's model (``--model``)
     model_args: dict = field(default_factory=dict)  # what the run built it with: dim, init_std, seed, seq_len
-    item_meta: dict = field(default_factory=dict)  # public item metadata a feature-aware model reads (item_genres, item_year)
+    # public item metadata a feature-aware model reads (item_genres, item_year)
+    item_meta: dict = field(default_factory=dict)
     policy: PrivacyPolicy = field(default_factory=PrivacyPolicy)  # what the user accepts, whatever the server asks
     released_round: int = 0  # the last round the device released, and the release (sent again if asked again)
     release: dict = field(default_factory=dict)
@@ -319,7 +321,8 @@ class DeviceRecommender:
         (:class:`fedrec.privacy.policy.PolicyError`), and the server's ``budget-epsilon``
         is replaced by the policy's.  A round is released once: asked for the round it
         released last, the device sends that release again (no new noise, nothing
-        accounted twice); asked for an earlier round, it refuses.  The device is a one-user client of the same handler as a
+        accounted twice); asked for an earlier round, it refuses.  The device is a
+        one-user client of the same handler as a
         simulated node (:func:`fedrec.node.train_round`): the same engine, sampling,
         clipping, noise and accountant, DP popularity prior included; a sequential
         model trains on the device's own ordered history.
@@ -346,8 +349,8 @@ class DeviceRecommender:
             if UserLevel.from_config(cfg).epsilon(server_round) > self.policy.max_epsilon:
                 return None
         if cfg.model != self.model or cfg.dim != int(self.model_args.get("dim", cfg.dim)):
-            raise ValueError(f"device {self.path} holds model {self.model!r} of dimension {self.model_args.get('dim')}; "
-                             f"the run trains {cfg.model!r} of dimension {cfg.dim}")
+            raise ValueError(f"device {self.path} holds model {self.model!r} of dimension "
+                             f"{self.model_args.get('dim')}; the run trains {cfg.model!r} of dimension {cfg.dim}")
         mech = _mechanism(cfg)
         if self.dp_steps and self.privacy and self.privacy != mech:
             raise ValueError(f"device {self.path}: this round's mechanism {mech} differs from the one its "

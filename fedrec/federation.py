@@ -73,7 +73,8 @@ def load_federation(cfg: FedConfig) -> Federation:
 
 def reader_options(cfg: FedConfig) -> tuple:
     """The data reader's options that ``cfg`` sets (generic files; duplicates), as sorted pairs."""
-    opts = {k: getattr(cfg, k) for k in ("user_col", "item_col", "rating_col", "timestamp_col", "sep") if getattr(cfg, k)}
+    opts = {k: getattr(cfg, k) for k in ("user_col", "item_col", "rating_col", "timestamp_col", "sep")
+            if getattr(cfg, k)}
     if cfg.duplicates != "error":
         opts["duplicates"] = cfg.duplicates
     return tuple(sorted(opts.items()))
@@ -91,8 +92,8 @@ def federated_model(cfg: FedConfig, fed: Federation):
     if key not in cache or cache[key][0] is not fed.dataset:
         if len(cache) >= 8:
             cache.clear()
-        cache[key] = (fed.dataset, build_model(cfg.model, fed.dataset, dim=cfg.dim, init_std=cfg.init_std, seed=cfg.seed,
-                                               max_len=cfg.seq_len))
+        cache[key] = (fed.dataset, build_model(cfg.model, fed.dataset, dim=cfg.dim, init_std=cfg.init_std,
+                                               seed=cfg.seed, max_len=cfg.seq_len))
     return cache[key][1]
 
 
@@ -212,7 +213,8 @@ def write_node_data(fed: Federation, directory, *, partitions=None) -> list:
                   "name": np.array(ds.name), "kind": np.array(split.kind), "tie_seed": np.array(split.tie_seed)}
         for stage in ("train", "valid", "test"):
             m = getattr(split, stage)[users].tocsr()
-            arrays[f"{stage}/indptr"], arrays[f"{stage}/indices"] = m.indptr.astype(np.int64), m.indices.astype(np.int32)
+            arrays[f"{stage}/indptr"], arrays[f"{stage}/indices"] = (m.indptr.astype(np.int64),
+                                                                     m.indices.astype(np.int32))
         if len(ds.user):  # the users' histories in time order (sequential models read them)
             h = test_histories
             arrays["history/lengths"] = h.lengths(users)
@@ -334,7 +336,8 @@ def write_plan(fed: Federation, directory, *, measurement: bool = False):
     sizes = np.array([len(c) for c in fed.cohorts], dtype=np.int64)
     arrays = {"format": np.array(PLAN_FORMAT), "name": np.array(ds.name), "kind": np.array(split.kind),
               "n_users": np.array(ds.n_users), "n_items": np.array(ds.n_items),
-              "cohort_sizes": sizes, "cohort_users": np.concatenate([np.asarray(c, dtype=np.int64) for c in fed.cohorts])
+              "cohort_sizes": sizes,
+              "cohort_users": np.concatenate([np.asarray(c, dtype=np.int64) for c in fed.cohorts])
               if len(sizes) else np.zeros(0, np.int64),
               "cold_items": np.asarray(split.cold_items, dtype=np.int64),
               "cold_users": np.asarray(split.cold_users, dtype=np.int64)}

@@ -38,8 +38,8 @@ import warnings
 from queue import Empty
 
 __all__ = ["GRID_PULL_INTERVAL", "WORKER_NICENESS", "INLINE_OBJECT_BYTES", "WORKER_MALLOC_ENV", "TESTED_FLOWER",
-           "backend_config", "run_engine", "fast_grid_polling", "worker_heap_env", "environment", "reuse_ray", "patches_supported", "RunStopped",
-           "stop_waiting", "STOP"]
+           "backend_config", "run_engine", "fast_grid_polling", "worker_heap_env", "environment", "reuse_ray",
+           "patches_supported", "RunStopped", "stop_waiting", "STOP"]
 
 #: Set to make the ServerApp's waits for replies end at once (:func:`stop_waiting`): an
 #: interrupted simulation's server thread leaves its round instead of waiting out the timeout.

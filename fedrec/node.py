@@ -93,7 +93,8 @@ def _config(run_config: tuple, mechanism: tuple) -> FedConfig:
 def state_dir(cfg: FedConfig, partition: int, node_config=None) -> Path | None:
     """Directory of the node's persisted local state: node config ``state-dir``,
     else config ``state-dir``, else ``OUT/client-state``; ``None``: memory only."""
-    base = (node_config or {}).get("state-dir") or cfg.state_dir or (str(Path(cfg.out) / "client-state") if cfg.out else "")
+    base = ((node_config or {}).get("state-dir") or cfg.state_dir
+            or (str(Path(cfg.out) / "client-state") if cfg.out else ""))
     return Path(base) / f"node-{partition}" if base else None
 
 
@@ -450,8 +451,8 @@ def evaluate_round(
         for name, split in extras["item_views"].items():
             # full ranking only: sampling 99 negatives outside a user's positives is slow where the
             # cold-among-cold view masks every warm item as a positive (15 s of a round on ml-latest-small)
-            put(f"test@{name}", evaluate(score_test, split, stage="test", users=state.users, ties=cfg.ties, seed=cfg.seed,
-                                         sampled_negatives=0, mask_consumed=not cfg.rank_consumed))
+            put(f"test@{name}", evaluate(score_test, split, stage="test", users=state.users, ties=cfg.ties,
+                                         seed=cfg.seed, sampled_negatives=0, mask_consumed=not cfg.rank_consumed))
     trim_heap()  # the ranking's working set (hundreds of MiB at scale) goes back to the OS
     return out
 

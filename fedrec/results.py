@@ -193,7 +193,8 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
         raise RunDirError(f"{flag} {out}: a file, not a directory")
     found = [f for f in RUN_FILES if (Path(out) / f).exists()]
     if found:
-        how = "pass --resume to continue it, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+        how = ("pass --resume to continue it, --overwrite to replace it" if resumable
+               else "pass --overwrite to replace it")
         raise RunDirError(f"{flag} {out} already holds a run ({', '.join(found)}): {how}, or another directory")
 
 

@@ -33,8 +33,8 @@ def collect_popularity(grid: Grid, cfg: FedConfig, *, n_nodes: int, n_items: int
     that fails or sends a malformed reply is left out (logged): its users are simply not in
     the sum, which the guarantee covers.  Raises ``ValueError`` when no node answers."""
     ids = wait_for_nodes(grid.get_node_ids, n_nodes)
-    messages = [Message(content=RecordDict({"config": ConfigRecord({protocol.ANALYTICS: "popularity"})}), dst_node_id=nid,
-                        message_type=MessageType.QUERY) for nid in ids]
+    messages = [Message(content=RecordDict({"config": ConfigRecord({protocol.ANALYTICS: "popularity"})}),
+                        dst_node_id=nid, message_type=MessageType.QUERY) for nid in ids]
     good = []
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     stop_on_node_error(cfg, replies, "the popularity prior")

@@ -19,7 +19,8 @@ from fedrec.config import FedConfig, flat_run_config
 __all__ = ["save_checkpoint", "load_checkpoint", "config_fingerprint", "CheckpointError"]
 
 # Settings that change what a checkpoint means (not e.g. the round count or out dir).
-_IGNORED = {"num-server-rounds", "out", "eval-every", "patience", "resume", "round-timeout", "state-dir", "federation-plan", "keep-replies"}
+_IGNORED = {"num-server-rounds", "out", "eval-every", "patience", "resume", "round-timeout", "state-dir",
+            "federation-plan", "keep-replies"}
 
 
 class CheckpointError(RuntimeError):

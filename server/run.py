@@ -118,12 +118,14 @@ class RunLog:
         self.last = now
         self.rows.append(row)
         sel = f"valid/{self.cfg.select_metric}"
-        loss = f"loss {row['train-loss']:.4f}" if "train-loss" in row else ("ALS" if self.cfg.als else "loss not released (DP)")
+        loss = (f"loss {row['train-loss']:.4f}" if "train-loss" in row
+                else ("ALS" if self.cfg.als else "loss not released (DP)"))
         msg = f"round {server_round}/{self.cfg.num_server_rounds} {row['seconds']:.2f}s {loss}"
         if "users" in row:  # not under user-level DP: who took part is what user sampling keeps secret
             msg += f" users {int(row['users'])}"
         if "epsilon-max" in row:
-            msg += f" eps(interaction-level, delta={self.cfg.delta:g}) median {row['epsilon-median']:.2f} max {row['epsilon-max']:.2f}"
+            msg += (f" eps(interaction-level, delta={self.cfg.delta:g}) median {row['epsilon-median']:.2f} "
+                    f"max {row['epsilon-max']:.2f}")
         if "user-epsilon" in row:
             msg += f" eps(user-level, delta={self.cfg.delta:g}) {row['user-epsilon']:.2f}"
         for key in ("failed", "rejected", "missing", "declined"):
@@ -135,12 +137,14 @@ class RunLog:
             # a window split has no validation: the model is the last evaluated round's (no selection)
             no_validation = self.cfg.split.startswith("window:")
             if not no_validation:
-                msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f}"  # test only at the end
+                # test only at the end
+                msg += f" | valid ndcg@10 {ev['valid/ndcg@10']:.4f} hr@10 {ev['valid/hr@10']:.4f}"
             if self.best is None or no_validation or ev[sel] > self.best[sel]:
                 self.since_best = 0
                 self.best = dict(row)
                 if self.out:  # the selected model, as nodes see it (for cold-start studies and devices)
-                    np.savez(self.out / "best_params.tmp.npz", round=server_round, **{k: v.numpy() for k, v in arrays.items()})
+                    np.savez(self.out / "best_params.tmp.npz", round=server_round,
+                             **{k: v.numpy() for k, v in arrays.items()})
                     (self.out / "best_params.tmp.npz").replace(self.out / "best_params.npz")
             else:
                 self.since_best += 1
@@ -285,7 +289,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
     interactions, as in a deployment.  Without one (a Ray cluster's simulation) the
     server derives the same public view from the dataset.
     """
-    if cfg.als:  # the counts, then one round per pass, as FedConfig.resolved sets them (here too for an unresolved config)
+    # the counts, then one round per pass, as FedConfig.resolved sets them (here too for an unresolved config)
+    if cfg.als:
         cfg = cfg.resolved()
     check_algorithm(cfg)  # `flwr run` and a deployment reach the server without fedrec's driver
     plan = plan or cfg.federation_plan
@@ -361,16 +366,17 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
         params = model.with_item_prior(params, prior_from_release(release))
     privacy = []
     if cfg.dp:
-        privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} q {cfg.sample_rate}")
+        privacy.append(f"interaction-level DP noise {cfg.noise_multiplier:.3f} clip {cfg.max_grad_norm} "
+                       f"q {cfg.sample_rate}")
     if cfg.secure_aggregation:
         privacy.append(f"SecAgg+ (the server sees only each round's sum; clip {cfg.secagg_clip})")
     if cfg.user_level:
-        privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} clip {cfg.user_clip} "
-                       f"user sample rate {cfg.user_sample_rate}")
+        privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} "
+                       f"clip {cfg.user_clip} user sample rate {cfg.user_sample_rate}")
     if cfg.als:
         privacy.append(f"ALS, {cfg.als_passes} passes" + (
-            f", DP noise {cfg.als_noise_multiplier:.3f} ({cfg.als_unit} target) cap {cfg.als_cap} (counts) / {cfg.als_pass_cap} "
-            f"(passes) clip {cfg.als_clip}"
+            f", DP noise {cfg.als_noise_multiplier:.3f} ({cfg.als_unit} target) cap {cfg.als_cap} (counts) / "
+            f"{cfg.als_pass_cap} (passes) clip {cfg.als_clip}"
             if cfg.als_private else " (no DP)"))
     algorithm = "" if cfg.algorithm == "auto" else f"algorithm {cfg.algorithm}, "
     _say(f"{fed.dataset.name}: {fed.dataset.n_users} users on {fed.n_nodes} nodes, "
@@ -401,7 +407,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
         _say(f"evaluation off: the model is round {log.rows[-1]['round'] if log.rows else 0}'s "
              f"(checkpoint/); {summary['seconds']:.1f}s")
         return summary
-    _say(f"best round on validation: {summary['selected_round']}; test ndcg@10 {summary['test'].get('ndcg@10', float('nan')):.4f} "
+    _say(f"best round on validation: {summary['selected_round']}; "
+         f"test ndcg@10 {summary['test'].get('ndcg@10', float('nan')):.4f} "
          f"hr@10 {summary['test'].get('hr@10', float('nan')):.4f}; {summary['seconds']:.1f}s")
     return summary
 
@@ -459,7 +466,8 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         units.append({
             "unit": "user-level",
             "protects": "everything one user contributes (all of its interactions, every round)",
-            "mechanism": f"DP-FedAvg: per-user update clipping ({cfg.user_dp}), Gaussian noise on the sum before the server optimiser",
+            "mechanism": f"DP-FedAvg: per-user update clipping ({cfg.user_dp}), Gaussian noise on the sum "
+                         "before the server optimiser",
             "holds_against": "other users and anyone who sees the model, not the server (it sees each node's "
                              "clipped update before it adds the noise)",
             "accountant": "opacus rdp (Poisson user sampling)",
@@ -471,7 +479,8 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "epsilon": last.get("user-epsilon"),
             "earlier_segments": [list(x) for x in getattr(log.server, "user_earlier", ())] or None,
             "popularity_prior_noise": cfg.prior_noise or None,
-            "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to the clip, not to who replied",
+            "note": "every round counts, including rounds whose replies were partly lost: noise is calibrated to "
+                    "the clip, not to who replied",
         })
     if cfg.als_private:
         units.append({
@@ -522,13 +531,14 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         "stopped_early": log.stopped_early,
     }
     if cfg.out:
-        write_metrics(cfg.out, validation=valid, test=test, config=nested_run_config(cfg.to_run_config()), seed=cfg.seed,
-                      privacy=privacy, extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
-                                              "seconds": out["seconds"], "start_seconds": log.start_seconds,
-                                              "rounds": len(log.rows),
-                                              "rejected_replies": out["rejected"], "failed_replies": out["failed"],
-                                              "declined_user_rounds": out["declined"], "test_slices": slices,
-                                              "stopped_early": log.stopped_early})
+        write_metrics(cfg.out, validation=valid, test=test, config=nested_run_config(cfg.to_run_config()),
+                      seed=cfg.seed, privacy=privacy,
+                      extra={"selected": {"round": best.get("round"), "on": f"valid {cfg.select_metric}"},
+                             "seconds": out["seconds"], "start_seconds": log.start_seconds,
+                             "rounds": len(log.rows),
+                             "rejected_replies": out["rejected"], "failed_replies": out["failed"],
+                             "declined_user_rounds": out["declined"], "test_slices": slices,
+                             "stopped_early": log.stopped_early})
         if cfg.mlflow:  # the finished run, logged where the researcher tracks experiments
             from fedrec.tracking import log_run
 

@@ -165,7 +165,8 @@ class SecureAggregation(LegacyStrategy):
 
     # --- helpers ---------------------------------------------------------
     def _config(self, server_round: int) -> dict:
-        return {protocol.SERVER_ROUND: server_round, **mechanism_config(self.cfg), protocol.PARAM_KEYS: ",".join(self.keys),
+        return {protocol.SERVER_ROUND: server_round, **mechanism_config(self.cfg),
+                protocol.PARAM_KEYS: ",".join(self.keys),
                 "secagg-clip": float(self.cfg.secagg_clip), "secagg-max-weight": float(self.max_weight),
                 **self.record.message_config}
 

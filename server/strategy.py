@@ -61,7 +61,8 @@ from fedrec.privacy.randomness import DPRandomness
 __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule",
     "SumOfUpdates", "UserLevelMean", "ValidReplies",
-    "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "max_node_users", "aggregate_train_metrics", "itemwise_scale",
+    "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "max_node_users",
+    "aggregate_train_metrics", "itemwise_scale",
     "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies",
     "reply_order", "COUNTS_KEY", "NodeFailure", "error_reason", "stop_on_node_error",
 ]
@@ -166,7 +167,8 @@ def itemwise_scale(update: dict[str, np.ndarray], frac: np.ndarray, item_tables)
     return {k: v * scale.reshape((-1,) + (1,) * (v.ndim - 1)) if k in item_tables else v for k, v in update.items()}
 
 
-def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: str = protocol.NUM_EXAMPLES) -> MetricRecord:
+def aggregate_train_metrics(records: list[RecordDict] | list[dict],
+                            weight_key: str = protocol.NUM_EXAMPLES) -> MetricRecord:
     """Combine train metrics (RecordDicts or plain dicts): user-weighted mean loss (only
     where replies carry one: private runs release none), node and user counts, and the
     exact distribution of per-user epsilons (nodes send the list of their users')."""
@@ -186,7 +188,8 @@ def aggregate_train_metrics(records: list[RecordDict] | list[dict], weight_key: 
         out["train-loss"] = loss / loss_users
     if sum(len(e) for e in eps):
         e = np.concatenate(eps)
-        out.update({"epsilon-min": float(e.min()), "epsilon-median": float(np.median(e)), "epsilon-max": float(e.max())})
+        out.update({"epsilon-min": float(e.min()), "epsilon-median": float(np.median(e)),
+                    "epsilon-max": float(e.max())})
     return MetricRecord(out)
 
 

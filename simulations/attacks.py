@@ -183,7 +183,8 @@ class Attack:
             filler = rng.choice(n_items, size=min(self.filler, n_items - len(self.targets)), replace=False, p=p)
             rows.append(np.unique(np.r_[list(self.targets), filler]))
         indptr = np.r_[0, np.cumsum([len(r) for r in rows])]
-        fake = sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(rows), indptr), shape=(len(rows), n_items))
+        fake = sp.csr_matrix((np.ones(indptr[-1], np.float32), np.concatenate(rows), indptr),
+                             shape=(len(rows), n_items))
         honest = LocalConfig(user_lr=cfg.user_lr, user_steps=cfg.user_steps, item_steps=cfg.item_steps,
                              negatives=cfg.negatives, user_l2=cfg.user_l2)
         local0 = model.init_local(np.arange(len(rows)) + 10_000_000, cfg.seed)
@@ -366,8 +367,8 @@ DEFENCES: dict[str, dict] = {
 #: The server every cell runs (``--server``): ``adam`` is fedrec's default (server Adam, learning
 #: rate 5e-3); ``fedavg`` is plain FedAvg, the server of the attack papers (the mean update applied
 #: by SGD; with learning rate 20 MF without attack reaches a clean test NDCG@10 of 0.040 ± 0.003 on
-#: ML-100K in 10 rounds, 3 seeds; README, Robustness).  Adam bounds each coordinate's step by its learning rate whatever the sybils send, which
-#: is why an attack needs more rounds against it.
+#: ML-100K in 10 rounds, 3 seeds; README, Robustness).  Adam bounds each coordinate's step by its
+#: learning rate whatever the sybils send, which is why an attack needs more rounds against it.
 SERVERS: dict[str, dict] = {
     "adam": {},
     "fedavg": dict(server_opt="sgd", server_lr=20.0),
@@ -381,8 +382,9 @@ def _defences() -> dict[str, dict]:
     return {**DEFENCES, "user-dp": user, "row-bounds+user-dp": {**DEFENCES["row-bounds"], **user}}
 
 
-def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-bounds", "user-dp"), fractions=(0.01, 0.05),
-                 rounds: int = 30, n_targets: int = 5, server: str = "adam") -> list[tuple]:
+def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-bounds", "user-dp"),
+                 fractions=(0.01, 0.05), rounds: int = 30, n_targets: int = 5,
+                 server: str = "adam") -> list[tuple]:
     """``(Cell, Attack | None)`` pairs: each defence without attack, and each attack x
     malicious fraction under it; the targets are the same unpopular items everywhere.
     ``server``: a :data:`SERVERS` key, the server optimiser of every cell."""
@@ -420,7 +422,8 @@ def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-b
     return out
 
 
-def run_attacks(out, *, data: str = "ml-latest-small", attacks=DEFAULT_ATTACKS, defences=("none", "row-bounds", "user-dp"),
+def run_attacks(out, *, data: str = "ml-latest-small", attacks=DEFAULT_ATTACKS,
+                defences=("none", "row-bounds", "user-dp"),
                 fractions=(0.01, 0.05), seeds: int = 1, rounds: int = 30, server: str = "adam", command: str = "",
                 overrides: dict | None = None, say=print):
     """Run (or resume) the attack sweep; write ``results.csv``, ``attacks.png`` and ``report.md``."""
@@ -479,7 +482,8 @@ def write_attack_report(out, rows: list[dict], *, data: str, seeds: int, rounds:
     def f_(m):
         return "–" if math.isnan(m[0]) else (f"{m[0]:.4f} ± {m[1]:.4f}" if seeds > 1 else f"{m[0]:.4f}")
 
-    lines = [f"# Poisoning attacks on {data}", "", f"Command: `{command}` ({seconds / 60:.1f} min; {seeds} seed(s)).", "",
+    lines = [f"# Poisoning attacks on {data}", "",
+             f"Command: `{command}` ({seconds / 60:.1f} min; {seeds} seed(s)).", "",
              f"Targets (item indices): {targets} — unpopular items. After {rounds} rounds: exposure ER@5 / ER@10 of "
              "the targets (share of the users who have not seen a target with it in their full-ranking top-K, mean "
              "over targets) and clean test NDCG@10. Sybils run as extra Flower nodes; each sybil's update goes "
@@ -489,7 +493,8 @@ def write_attack_report(out, rows: list[dict], *, data: str, seeds: int, rounds:
              "| attack | malicious | defence | ER@5 | ER@10 | test NDCG@10 |", "|---|---|---|---|---|---|"]
     for a, f in lines_:
         for d in defences:
-            lines.append(f"| {a} | {f:.1%} | {d} | {f_(cell(a, f, d, 'test_er@5'))} | {f_(cell(a, f, d, 'test_er@10'))} "
+            lines.append(f"| {a} | {f:.1%} | {d} | {f_(cell(a, f, d, 'test_er@5'))} "
+                         f"| {f_(cell(a, f, d, 'test_er@10'))} "
                          f"| {f_(cell(a, f, d, 'test_ndcg@10'))} |")
     lines += ["", "![target exposure](attacks.png)", "", "Per-run results: `results.csv`; runs under `runs/`."]
     path = out / "report.md"

@@ -446,7 +446,8 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
     release_of = np.empty(m, dtype=object)
     for path in replies:
         with np.load(path) as z:
-            release = (z["array/item_embedding"].astype(np.float64), z["array/item_bias"].astype(np.float64).reshape(-1))
+            release = (z["array/item_embedding"].astype(np.float64),
+                       z["array/item_bias"].astype(np.float64).reshape(-1))
             for u in hosted[int(z["node"])]:
                 release_of[u] = release
     canary = np.searchsorted(fed.dataset.item_ids, n_items + users + 1)
@@ -497,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
 
     train = make_split(load_dataset(args.data), tie_seed=args.seed).train
     out = Path(args.out)
-    rows = [deploy_audit(train, out=out / ("negative-control" if nc else "mechanism"), noise_multiplier=args.noise_multiplier,
+    rows = [deploy_audit(train, out=out / ("negative-control" if nc else "mechanism"),
+                         noise_multiplier=args.noise_multiplier,
                          sample_rate=args.sample_rate, m=args.canaries, users_per_node=args.users_per_node,
                          guesses=args.guesses, seed=args.seed,
                          negative_control=nc) for nc in (False, True)]

@@ -75,7 +75,8 @@ def table(rows: list[dict]) -> str:
         m, s = _mean_sd(r["test_ndcg@10"] for r in rs)
         fm, fs = _mean_sd(r["private_mostpop_ndcg@10"] for r in rs)
         presets = ", ".join(sorted({r["preset"] for r in rs}))
-        lines.append(f"| {unit} | {eps:g} | {presets} | {m:.4f} ± {s:.4f} | {fm:.4f} ± {fs:.4f} | {m - fm:+.4f} | {len(rs)} |")
+        lines.append(f"| {unit} | {eps:g} | {presets} | {m:.4f} ± {s:.4f} | {fm:.4f} ± {fs:.4f} | {m - fm:+.4f} "
+                     f"| {len(rs)} |")
     return "\n".join(lines)
 
 

@@ -42,7 +42,8 @@ def load_from_args(args):
     cfg = config_from_args(args, ("data",))
     ds = load_dataset(cfg.data, format=cfg.format, min_rating=cfg.min_rating or None, kcore=cfg.kcore,
                       **dict(reader_options(cfg)))
-    split = make_split(ds, kind=cfg.split, tie_seed=int(getattr(args, "seed", 0) or 0))  # ties ordered as a run of this seed orders them
+    # ties ordered as a run of this seed orders them
+    split = make_split(ds, kind=cfg.split, tie_seed=int(getattr(args, "seed", 0) or 0))
     return ds, split
 
 
@@ -71,7 +72,8 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
     from fedrec.results import data_record, record_invocation, write_json, write_metrics
 
     _log(f"data {ds.summary()} split {split.summary()}")
-    ev = dict(ties=args.ties, sampled_negatives=args.sampled_negatives, seed=args.seed, mask_consumed=not args.rank_consumed,
+    ev = dict(ties=args.ties, sampled_negatives=args.sampled_negatives, seed=args.seed,
+              mask_consumed=not args.rank_consumed,
               item_popularity=np.asarray(split.train.sum(0)).ravel(), item_features=ds.item_genres)
     if args.model == "mostpop":
         res = baselines.fit_most_popular(split, **ev)
@@ -164,20 +166,23 @@ def simulate_config(args):
     try:
         recorded = FedConfig.from_run_config(json.loads(recorded_file.read_text())["run_config"])
     except (ValueError, KeyError) as e:
-        raise UsageError(f"{recorded_file}: not a fedrec run record ({e}); start the run again with --overwrite") from None
+        raise UsageError(f"{recorded_file}: not a fedrec run record ({e}); start the run again "
+                         "with --overwrite") from None
     unset = {noise: 0.0 for target, noise in CALIBRATED.items() if target in given and noise not in given}
     wanted = dataclasses.replace(recorded, **unset, **given)  # a target given again is calibrated again
     now = wanted.resolved()
     changed = {f.name.replace("_", "-"): [getattr(recorded, f.name), getattr(now, f.name)]
                for f in options() if f.name not in ("resume", "out", "data")
                and getattr(recorded, f.name) != getattr(now, f.name)}
-    if "data" in given and Path(recorded.data).resolve() != Path(given["data"]).resolve() and recorded.data != given["data"]:
+    if ("data" in given and Path(recorded.data).resolve() != Path(given["data"]).resolve()
+            and recorded.data != given["data"]):
         changed["data"] = [recorded.data, given["data"]]
     if changed and not args.resume_with_changes:
         key, (was, new) = next(iter(changed.items()))
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise UsageError(f"{config_flag(key)} {new}: the run in {args.out} was recorded with {was}{more}; leave the flag "
-                         "out to continue the run as recorded, or add --resume-with-changes to change it")
+        raise UsageError(f"{config_flag(key)} {new}: the run in {args.out} was recorded with {was}{more}; "
+                         "leave the flag out to continue the run as recorded, or add --resume-with-changes to "
+                         "change it")
     return dataclasses.replace(now, resume=True, out=args.out), changed
 
 
@@ -239,7 +244,8 @@ def cmd_privacy(args) -> int:
     common = dict(sample_rate=args.sample_rate, steps=args.steps, delta=args.delta)
     if args.noise_multiplier is not None:
         eps = epsilon(noise_multiplier=args.noise_multiplier, accountant=args.accountant, **common)
-        print(f"epsilon = {eps:.4f} at delta = {args.delta:g} ({args.unit}-level; noise multiplier {args.noise_multiplier}, "
+        print(f"epsilon = {eps:.4f} at delta = {args.delta:g} ({args.unit}-level; "
+              f"noise multiplier {args.noise_multiplier}, "
               f"sample rate {args.sample_rate}, {args.steps} steps, {args.accountant} accountant)")
     else:
         try:
@@ -263,7 +269,8 @@ def cmd_data(args) -> int:
         print(f"dataset cache: {root} (set FEDREC_DATA or --root to move it)")
         for entry in REGISTRY.values():
             where = cached_dataset(entry.name, root)
-            state = f"cached at {where}" if where else ("bundled" if bundled_path(entry.name).is_dir() else "not fetched")
+            state = (f"cached at {where}" if where
+                     else ("bundled" if bundled_path(entry.name).is_dir() else "not fetched"))
             print(f"{entry.name:22s} {entry.size:>7s}  {state}\n{'':22s} terms: {entry.terms}\n"
                   f"{'':22s} checksum: {entry.checksum_source}")
         return 0
@@ -309,7 +316,8 @@ def cmd_sweep(args) -> int:
             if bad:
                 raise ValueError(f"{name} {' '.join(bad)}: choose from {', '.join(known)}")
         report = run_attacks(Path(args.out), data=args.data, seeds=args.seeds or 1, rounds=args.rounds or 30,
-                             fractions=tuple(args.fractions or (0.01, 0.05)), attacks=tuple(args.attacks or DEFAULT_ATTACKS),
+                             fractions=tuple(args.fractions or (0.01, 0.05)),
+                             attacks=tuple(args.attacks or DEFAULT_ATTACKS),
                              defences=tuple(args.defences or ("none", "row-bounds", "user-dp")), server=args.server,
                              command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
@@ -505,11 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="'default' (the main study, ~15 min on 2 cores), 'full' (every level), 'population', "
                                 "'models' (every model federated and centralized, non-private and epsilon 8 in "
                                 "each unit), 'frontier' (every privacy mechanism x epsilon x seed beside its "
-                                "non-private twin, MostPop and private MostPop), 'sequential' (SASRec and GRU4Rec beside MF: "
-                                "accuracy, user-level epsilon 8, the zero-training user cold-start curve), 'attacks' "
-                                "(poisoning attacks x defences x malicious fraction: target exposure), 'stream' (rounds follow the "
-                                "timestamps: prequential NDCG@10 per window of a continuing and a frozen model, "
-                                "drift, epsilon over time), 'tiny' "
+                                "non-private twin, MostPop and private MostPop), 'sequential' (SASRec and GRU4Rec "
+                                "beside MF: accuracy, user-level epsilon 8, the zero-training user cold-start curve), "
+                                "'attacks' (poisoning attacks x defences x malicious fraction: target exposure), "
+                                "'stream' (rounds follow the timestamps: prequential NDCG@10 per window of a "
+                                "continuing and a frozen model, drift, epsilon over time), 'tiny' "
                                 "(smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-latest-small",
@@ -525,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the sequential sasrec and gru4rec; path.py:Class works too)")
     p.add_argument("--fractions", nargs="+", type=float, default=None,
                    help="'attacks' only: malicious fractions of the users (default: 0.01 0.05)")
-    p.add_argument("--attacks", nargs="+", default=None, help="'attacks' only: which attacks: boost, fedrecattack, ahum (synthetic hard users), disguise "
+    p.add_argument("--attacks", nargs="+", default=None,
+                   help="'attacks' only: which attacks: boost, fedrecattack, ahum (synthetic hard users), disguise "
                         "(popularity disguise) (targeted), cluster (untargeted "
                         "ClusterAttack-style); add +inflate to any (fedrecattack+inflate) for sample-size inflation "
                         "(default: boost fedrecattack)")
@@ -542,16 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.5,
                    help="'stream' only: share of the interactions before the first window (default 0.5)")
     p.add_argument("--warmup-rounds", type=int, default=150,
-                   help="'stream' only: rounds on the warm-up, after which --rounds (default 20 there) is the rounds of "
-                        "each window (default 150)")
+                   help="'stream' only: rounds on the warm-up, after which --rounds (default 20 there) is the rounds "
+                        "of each window (default 150)")
     p.add_argument("--window-budget", action="store_true",
                    help="'stream' only: also run user-level DP with a budget per window (epsilon 8 for each window's "
                         "rounds, composed over the windows) beside the budget over the whole stream")
     p.add_argument("--mechanisms", nargs="+", default=None,
-                   help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), dp-fedavg (user-level) "
-                        "(default: these three), dp-fest (both units: DP-SGD/DP-FedAvg on the items the DP prior "
-                        "ranks highest), sasrec-dp-fedavg and sasrec-dp-fedadam (user-level, the sequential SASRec; "
-                        "server SGD or Adam)")
+                   help="'frontier' only: private-als (user- and interaction-level), dp-sgd (interaction-level), "
+                        "dp-fedavg (user-level) (default: these three), dp-fest (both units: DP-SGD/DP-FedAvg on the "
+                        "items the DP prior ranks highest), sasrec-dp-fedavg and sasrec-dp-fedadam (user-level, the "
+                        "sequential SASRec; server SGD or Adam)")
     p.add_argument("--epsilons", nargs="+", type=float, default=None,
                    help="'frontier' only: target epsilons (default: 1 2 4 8)")
     p.add_argument("--users", nargs="+", type=int, default=None,
@@ -595,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="fedrec", help="MLflow experiment (default fedrec; created if missing)")
     p.set_defaults(func=cmd_track)
 
-    p = sub.add_parser("run-default", help="the main job: the default study (fedrec sweep default) on bundled ml-latest-small")
+    p = sub.add_parser("run-default",
+                       help="the main job: the default study (fedrec sweep default) on bundled ml-latest-small")
     p.add_argument("--out", default="runs/default", help="study directory (default runs/default)")
     p.set_defaults(func=cmd_run_default)
     return parser

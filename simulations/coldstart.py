@@ -106,7 +106,8 @@ def sequential_coldstart(model, params: dict[str, np.ndarray] | str | Path, cold
         scores = model.history_scorer(p, hist)(np.arange(len(users)))
         tr = target_ranks(scores, targets, history, user_ids=np.asarray(users))
         m = tr.metrics(ks=(10, 20))
-        out.append({"k": k, "users": len(users), "ndcg@10": float(m["ndcg@10"].mean()), "hr@10": float(m["hr@10"].mean()),
+        out.append({"k": k, "users": len(users), "ndcg@10": float(m["ndcg@10"].mean()),
+                    "hr@10": float(m["hr@10"].mean()),
                     "recall@20": float(m["recall@20"].mean()), "fit_epsilon": 0.0})
     return out
 
@@ -150,6 +151,7 @@ def user_coldstart(params: dict[str, np.ndarray] | str | Path, cold_user_items: 
         scores = emb @ q.T + b[None, :]
         tr = target_ranks(scores, targets, history, user_ids=np.asarray(users))
         m = tr.metrics(ks=(10, 20))
-        out.append({"k": k, "users": len(users), "ndcg@10": float(m["ndcg@10"].mean()), "hr@10": float(m["hr@10"].mean()),
+        out.append({"k": k, "users": len(users), "ndcg@10": float(m["ndcg@10"].mean()),
+                    "hr@10": float(m["hr@10"].mean()),
                     "recall@20": float(m["recall@20"].mean()), "fit_epsilon": fit.epsilon() if k else 0.0})
     return out

@@ -720,8 +720,8 @@ def deploy(
         overrides = sectioned_run_config(overrides)  # keys with or without their section
         unknown = sorted(set(overrides) - set(defaults))
         if unknown:
-            raise DeployError(f"run-config keys {unknown} are not in [tool.flwr.app.config] of {app_dir / 'pyproject.toml'}; "
-                              f"Flower only overrides existing keys: {sorted(defaults)}")
+            raise DeployError(f"run-config keys {unknown} are not in [tool.flwr.app.config] of "
+                              f"{app_dir / 'pyproject.toml'}; Flower only overrides existing keys: {sorted(defaults)}")
         overrides[run_key("out")] = str(out)
         # evaluation replies are exact metric sums of a node's users: no epsilon covers them, so a
         # deployment runs without evaluation unless a test deployment asks for it
@@ -752,8 +752,8 @@ def deploy(
             raise DeployError(str(e).splitlines()[0]) from None
         n_nodes = fed.n_nodes
         if n_nodes > max_nodes:
-            raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get(run_key('users-per-node'))}) but "
-                              f"--max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
+            raise DeployError(f"{n_nodes} SuperNodes needed (users-per-node={fused.get(run_key('users-per-node'))}) "
+                              f"but --max-nodes is {max_nodes}: raise --users-per-node or --max-nodes")
         if fused.get(run_key("secure-aggregation")):
             from fedrec_app.server.secure import check_nodes
 
@@ -848,7 +848,8 @@ def deploy(
         # inherited as ignored (a job started in the background)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old_handlers[sig] = signal.signal(sig, _raise_interrupt)
-    _say(f"{n_nodes} SuperNodes for {fused.get(run_key('data'))} (users-per-node={fused.get(run_key('users-per-node'))}), "
+    _say(f"{n_nodes} SuperNodes for {fused.get(run_key('data'))} "
+         f"(users-per-node={fused.get(run_key('users-per-node'))}), "
          f"{'TLS' if secure else 'INSECURE (no TLS)'}{' + SuperNode authentication' if auth else ''}; "
          f"SuperLink on {address}; logs in {logs}")
     try:
@@ -1055,7 +1056,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     from fedrec_app.simulations.flags import add_config_args
 
     parser.add_argument("--out", default="runs/deploy",
-                        help="run directory written by the ServerApp (metrics.json, rounds.csv, ...; default runs/deploy)")
+                        help="run directory written by the ServerApp (metrics.json, rounds.csv, ...; "
+                             "default runs/deploy)")
     add_config_args(parser, tuple(s for s in SECTIONS if s != "outputs"),
                     defaults={"eval_every": 0})  # evaluation replies are covered by no epsilon: off unless asked
     g = parser.add_argument_group("more run config")
@@ -1067,7 +1069,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--no-auth", action="store_true", help="TLS but no SuperNode authentication")
     g.add_argument("--certs", default=None,
                    help="directory with ca.crt, server.crt, server.key to use (default: generate fresh ones)")
-    g.add_argument("--app", default=None, help="Flower app directory (default: the installed fedrec app, written to WORKDIR/app)")
+    g.add_argument("--app", default=None,
+                   help="Flower app directory (default: the installed fedrec app, written to WORKDIR/app)")
     g.add_argument("--workdir", default=None, help="logs, certificates, keys, Flower home (default: OUT/deploy)")
     g.add_argument("--max-nodes", type=int, default=128, help="refuse to start more SuperNodes than this (default 128)")
     g.add_argument("--startup-timeout", type=float, default=120.0,

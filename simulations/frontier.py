@@ -169,7 +169,8 @@ def frontier_cells(data: str, *, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2
                 private = [(e, replace(base, **USER_PRESET, user_target_epsilon=e)) for e in epsilons]
                 private = [(e, replace(c, prior_noise=prior_noise_for(e, c.prior_noise))) for e, c in private]
             cells.append(Cell(f"{mech}-non-private{tag}", twin, {**labels, "unit": "none", "epsilon": math.inf}))
-            cells += [Cell(f"{mech}-eps{e:g}{tag}", c, {**labels, "unit": unit, "epsilon": float(e)}) for e, c in private]
+            cells += [Cell(f"{mech}-eps{e:g}{tag}", c, {**labels, "unit": unit, "epsilon": float(e)})
+                      for e, c in private]
     return cells
 
 
@@ -331,7 +332,8 @@ def _plot_population(out: Path, rows: list[dict]) -> Path:
                 xs.append(users)
                 ys.append(mean_sd(r["ndcg@10"] for r in v)[0] / mean_sd(r["ndcg@10"] for r in twin[0])[0])
         if xs:
-            ax.plot(xs, ys, marker="o", ls="-" if mech != "private-mostpop" else ":", label=f"{mech}, {unit} eps {eps:g}")
+            ax.plot(xs, ys, marker="o", ls="-" if mech != "private-mostpop" else ":",
+                    label=f"{mech}, {unit} eps {eps:g}")
     ax.set_xscale("log")
     sizes = sorted({r["users"] for r in rows})
     ax.set_xticks(sizes, [str(n) for n in sizes])
@@ -379,8 +381,8 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
             margin = f"{(m - mp[0]) / s:.1f} sd" if s > 0 else ("one seed: no sd" if len(v) < 2 else "inf sd")
             ie = mean_sd(r.get("interaction_epsilon") for r in v)[0]
             ie = "–" if math.isnan(ie) else f"{ie:.2f}"
-            lines.append(f"| {mech} | {unit} | {eps:g} | {ie} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | {twin:.4f} | "
-                         f"{100 * m / twin:.0f}% | {pmp[0]:.4f} ± {pmp[1]:.4f} | {m - mp[0]:+.4f} "
+            lines.append(f"| {mech} | {unit} | {eps:g} | {ie} | {m:.4f} ± {s:.4f} | {hr:.4f} | {cov:.3f} | "
+                         f"{twin:.4f} | {100 * m / twin:.0f}% | {pmp[0]:.4f} ± {pmp[1]:.4f} | {m - mp[0]:+.4f} "
                          f"({margin}) | {len(v)} |")
         lines.append("")
     lines += [f"![frontier]({p.name})" for p in plot]

@@ -209,7 +209,8 @@ def clip_and_noise(
         raise ValueError(f"clip_norm must be > 0; got {clip_norm}")
     if noise_multiplier < 0:
         raise ValueError(f"noise_multiplier must be >= 0; got {noise_multiplier}")
-    tensors = {k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v).double() for k, v in update_dict.items()}
+    tensors = {k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v).double()
+               for k, v in update_dict.items()}
     norm = math.sqrt(sum(float((t * t).sum()) for t in tensors.values()))
     factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     std = noise_multiplier * clip_norm
@@ -673,8 +674,8 @@ def leakage_table(
             z = calibrate_noise(target_epsilon=e, delta=delta, sample_rate=1.0, steps=A["als_passes"] + 1)
             eps_one = dp_epsilon(noise_multiplier=z, sample_rate=1.0, steps=1, delta=delta)
             for a, res in als_attack(train, targets, noise_multiplier=z, **kw).items():
-                rows.append(_row(f"private ALS (run eps={e:g}), one user's release (worst case k=1)", UNIT_USER, eps_one,
-                                 f"als:{a}", res, noise_multiplier=z, sample_rate=1.0, clip=A["als_clip"],
+                rows.append(_row(f"private ALS (run eps={e:g}), one user's release (worst case k=1)", UNIT_USER,
+                                 eps_one, f"als:{a}", res, noise_multiplier=z, sample_rate=1.0, clip=A["als_clip"],
                                  cohort_size=1, delta=delta, epsilon_run=e))
         say("private ALS")
     if membership:
@@ -745,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
         "under no protection, interaction-level DP, user-level DP and secure aggregation; membership inference "
         "on the final model; one-run DP audit (simulations.audit).",
     )
-    ap.add_argument("--data", default="ml-latest-small", help="dataset (as for `fedrec simulate`; default ml-latest-small)")
+    ap.add_argument("--data", default="ml-latest-small",
+                    help="dataset (as for `fedrec simulate`; default ml-latest-small)")
     ap.add_argument("--split", default="leave-last-out", choices=("leave-last-out", "temporal-ratio"))
     ap.add_argument("--out", default="", help="directory for leakage.csv and leakage.json")
     ap.add_argument("--users", type=int, default=300, help="users attacked (random subset; default 300)")

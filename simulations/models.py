@@ -93,7 +93,8 @@ def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=N
             if not path.exists():
                 res = fit(federation(s).split)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({"test": res.test.metrics, "valid": res.valid.metrics, "seconds": res.seconds}))
+                path.write_text(json.dumps({"test": res.test.metrics, "valid": res.valid.metrics,
+                                            "seconds": res.seconds}))
             rows.append(_central_row(name, "baseline", s, json.loads(path.read_text())))
     for m in models:
         dim = (dim_of or {}).get(m, MODEL_PRESETS.get(m, {}).get("dim", 64))
@@ -225,7 +226,8 @@ def write_models_report(out: Path, rows: list[dict], models, *, data: str, seeds
              "| model | centralized | federated, non-private | kept | interaction-level eps 8 | user-level eps 8 |",
              "|---|---|---|---|---|---|"]
     for t in table:
-        lines.append(f"| {t['model']} | {f(t['centralized'])} | {f(t['federated'])} (round {t['federated-round']:.0f}) | "
+        lines.append(f"| {t['model']} | {f(t['centralized'])} | {f(t['federated'])} "
+                     f"(round {t['federated-round']:.0f}) | "
                      f"{100 * t['kept']:.1f}% | {f(t['interaction-eps'])} | {f(t['user-eps'])} |")
     if any(_sequential(m) for m in models):
         lines += ["", "Sequential models (sasrec, gru4rec) have no interaction-level cell: one interaction is the "

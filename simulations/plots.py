@@ -239,7 +239,8 @@ def plot_user_coldstart(cold: list[dict], rows: list[dict], path: Path) -> Path 
 
 def _privacy_cells(rows):
     cells = _by_cell([r for r in rows if r.get("experiment") == "privacy" and not r.get("baseline")])
-    return sorted(cells.items(), key=lambda kv: (kv[1][0]["unit"] != "none", kv[1][0]["unit"], -float(kv[1][0]["target_epsilon"])))
+    return sorted(cells.items(),
+                  key=lambda kv: (kv[1][0]["unit"] != "none", kv[1][0]["unit"], -float(kv[1][0]["target_epsilon"])))
 
 
 def plot_groups(rows: list[dict], path: Path) -> Path | None:

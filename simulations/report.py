@@ -51,12 +51,14 @@ def write_report(out: Path, name: str, rows: list[dict], *, command: str, data: 
              "Full ranking over all items, test metrics at the round picked on validation NDCG@10; "
              "mean ± standard deviation over seeds. Epsilon: interaction-level, per user (median / max), "
              "after all rounds, Opacus RDP accountant. " + EVALUATION_NOTE, "",
-             "| cell | privacy unit | epsilon median / max | test NDCG@10 | test HR@10 | test Recall@20 | selected round (mean over seeds) | seeds |",
+             "| cell | privacy unit | epsilon median / max | test NDCG@10 | test HR@10 | test Recall@20 "
+             "| selected round (mean over seeds) | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for s in summary:
         eps = "∞" if s["epsilon_max"] is None else f"{s['epsilon_median']:.2f} / {s['epsilon_max']:.2f}"
         lines.append(f"| {s['cell']} | {s['privacy_unit']} | {eps} | {_fmt(s['test_ndcg@10'], s['test_ndcg@10_sd'])} | "
-                     f"{_fmt(s['test_hr@10'], s['test_hr@10_sd'])} | {_fmt(s['test_recall@20'], s['test_recall@20_sd'])} | "
+                     f"{_fmt(s['test_hr@10'], s['test_hr@10_sd'])} | "
+                     f"{_fmt(s['test_recall@20'], s['test_recall@20_sd'])} | "
                      f"{_fmt(s['selected_round'], nd=0)} | {s['seeds']} |")
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()),
               "", "Per-run results: `results.csv`, `results.json`; run directories under `runs/`."]
@@ -229,7 +231,8 @@ def _privacy_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
         if floors:
             beaten = [n for n, _, c in floors if c.verdict == "above"]
             missed = [n for n, _, c in floors if c.verdict != "above"]
-            parts.append("**" + ("beats " + " and ".join(beaten) if not missed else "does not beat " + " or ".join(missed))
+            parts.append("**" + ("beats " + " and ".join(beaten) if not missed
+                                 else "does not beat " + " or ".join(missed))
                          + " beyond the seed spread**")
         m, sd = seed_comparison(vals, vals)[:2]
         out.append(f"- `{name}` ({_eps_words(rs)}): {_num(m, sd)}; " + "; ".join(parts) + ".")
@@ -256,7 +259,8 @@ def _best_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
         vals = [r.get(key) for r in rs]
         m, sd = mean_sd(vals)
         return (f"- {what}: `{n}`, {_num(m, sd)}; "
-                + "; ".join(_versus(seed_comparison(vals, [r.get(key) for r in ref]), name) for name, ref in against) + ".")
+                + "; ".join(_versus(seed_comparison(vals, [r.get(key) for r in ref]), name)
+                            for name, ref in against) + ".")
 
     out = []
     fed = [(n, rs) for n, rs in cells if rs[0].get("unit", "none") == "none" and not rs[0].get("baseline")]
@@ -294,7 +298,8 @@ def _user_coldstart_findings(cold: list[dict]) -> list[str]:
         series.setdefault((r["cell"], str(r["fit"])), []).append(r)
     by: dict[str, list[str]] = {}
     for (cell, fit), rs in series.items():
-        c = seed_comparison([r["ndcg@10"] for r in rs if int(r["k"]) == k1], [r["ndcg@10"] for r in rs if int(r["k"]) == k0])
+        c = seed_comparison([r["ndcg@10"] for r in rs if int(r["k"]) == k1],
+                            [r["ndcg@10"] for r in rs if int(r["k"]) == k0])
         what = "fold-in without DP" if fit == "no DP" else (
             f"DP fold-in at ε = {fit.rsplit(' ', 1)[-1]}, interaction-level" if fit.startswith("DP fit") else fit)
         by.setdefault(c.verdict, []).append(f"`{cell}` ({what}: {_num(c.mean, c.sd)} vs {_num(c.ref_mean, c.ref_sd)})")
@@ -333,7 +338,8 @@ def _item_coldstart_findings(rows: list[dict], docs: Mapping | None = None) -> l
         m, sd = mean_sd(r.get("test@cold-among-cold_recall@20") for r in rs)
         if n and m == m:
             ref = random_ranking_reference(n)
-            verdict = "above" if m - sd > ref["recall@20"] else "below" if m + sd < ref["recall@20"] else "within the seed spread of"
+            verdict = ("above" if m - sd > ref["recall@20"] else "below" if m + sd < ref["recall@20"]
+                       else "within the seed spread of")
             hr, _ = mean_sd(r.get("test@cold-among-cold_hr@10") for r in rs)
             out.append(f"- Ranked among the {n} held-out items only (the cold-start task): Recall@20 {_num(m, sd)} is "
                        f"{verdict} a random ranking's (20 / {n} = {ref['recall@20']:.4f}, exact for any number of "
@@ -357,7 +363,8 @@ def _trust_notes(configs: Mapping | None, rows: list[dict]) -> list[str]:
             f"receives ({seen})."]
 
 
-def findings(rows: list[dict], cold: list[dict], *, configs: Mapping | None = None, docs: Mapping | None = None) -> list[str]:
+def findings(rows: list[dict], cold: list[dict], *, configs: Mapping | None = None,
+             docs: Mapping | None = None) -> list[str]:
     """The findings section of a study report, generated from its rows.
 
     Parameters
@@ -397,7 +404,8 @@ def findings(rows: list[dict], cold: list[dict], *, configs: Mapping | None = No
     cs = _user_coldstart_findings(cold) + _item_coldstart_findings(rows, docs)
     if cs:
         L += ["**What cold-start costs**:", ""] + cs + [""]
-    L += ["**Not covered by any epsilon**:", ""] + [f"- {x}" for x in NOT_COVERED + tuple(_trust_notes(configs, rows))] + [""]
+    L += (["**Not covered by any epsilon**:", ""] + [f"- {x}" for x in NOT_COVERED + tuple(_trust_notes(configs, rows))]
+          + [""])
     return L
 
 
@@ -452,7 +460,8 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
                 e["prior_noise"].append(None)
                 continue
             if e["mechanism"] == "private-als":  # every user in every release, noise added by the server
-                e["epsilon"].append(r.get("interaction_epsilon") if unit == "interaction-level" else r.get("user_epsilon"))
+                e["epsilon"].append(r.get("interaction_epsilon") if unit == "interaction-level"
+                                    else r.get("user_epsilon"))
                 e["noise_multiplier"].append(_first(r.get("user_noise_multiplier"), priv.get("noise_multiplier")))
                 e["sample_rate"].append(1.0)
                 e["clip"].append(_first(priv.get("clip"), getattr(cfg, "als_clip", None)))
@@ -511,7 +520,8 @@ def dp_parameters_table(params: list[dict]) -> list[str]:
             prior = _vals(e["prior_noise"], lambda v: g(v) if v else "none")
         steps = _vals(e["steps"], str)
         if steps != "–":
-            steps = ("≤ " if e["planned"] else "") + f"{steps} {e['steps_unit']}" + (" (planned)" if e["planned"] else "")
+            steps = (("≤ " if e["planned"] else "") + f"{steps} {e['steps_unit']}"
+                     + (" (planned)" if e["planned"] else ""))
         L.append(f"| {e['cell']} | {e['unit']} | {_vals(e['target_epsilon'], g)} | {eps} | {_vals(e['delta'], g)} | "
                  f"{_vals(e['noise_multiplier'], g)} | {sample} | {clip} | {steps} | {prior} |")
     return L
@@ -554,7 +564,8 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
               "|---|---|---|---|---|---|---|---|"]
         for name, rs in priv:
             L.append(f"| {name} | {_eps_cell(rs)} | {_ms(rs, 'test_ndcg@10')} | {_ms(rs, 'test_hr@10')} | "
-                     f"{_ms(rs, 'test_recall@20')} | {_ms(rs, 'test_sampled_ndcg@10')} | {_rounds_cell(rs)} | {len(rs)} |")
+                     f"{_ms(rs, 'test_recall@20')} | {_ms(rs, 'test_sampled_ndcg@10')} | {_rounds_cell(rs)} "
+                     f"| {len(rs)} |")
         L += ["", "Selected round: the round whose model is reported, chosen on validation NDCG@10 every eval-every "
               "rounds (baselines: none).", ""]
         words = []
@@ -581,10 +592,10 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
                   "What the accountant (Opacus RDP) was given, per private cell (distinct values over seeds; `–`: "
                   "not recorded). Each cell's epsilon composes `steps accounted` Poisson-subsampled Gaussian "
                   "mechanisms (noise multiplier σ, sampling rate q; noise std σ × clip) with one release of the "
-                  "popularity prior (noise std `prior noise`, q = 1, sensitivity 1). Interaction-level: DP-SGD steps of "
-                  "a user taking part in every round (rounds × (user-steps + item-steps)), q the probability that an "
-                  "interaction is in a step, clip the per-interaction gradient norm. User-level: one step per round, "
-                  "q the probability that a user is in a round, clip the norm of a user's whole update.", ""]
+                  "popularity prior (noise std `prior noise`, q = 1, sensitivity 1). Interaction-level: DP-SGD steps "
+                  "of a user taking part in every round (rounds × (user-steps + item-steps)), q the probability that "
+                  "an interaction is in a step, clip the per-interaction gradient norm. User-level: one step per "
+                  "round, q the probability that a user is in a round, clip the norm of a user's whole update.", ""]
             L += dp_parameters_table(params) + [""]
     if cold:
         ks = sorted({int(r["k"]) for r in cold})
@@ -628,7 +639,8 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
               "targets per user raise them).", ""]
         if "item_coldstart" in plots:
             L += [f"![item cold-start]({plots['item_coldstart']})", ""]
-        L += ["| cell | items | NDCG@10 | HR@10 | Recall@20 | users evaluated | seeds |", "|---|---|---|---|---|---|---|"]
+        L += ["| cell | items | NDCG@10 | HR@10 | Recall@20 | users evaluated | seeds |",
+              "|---|---|---|---|---|---|---|"]
         among = f"among the {n_cold} held-out items" if n_cold else "among held-out items"
         for name, rs in item:
             for label, key in (("held-out, among all items", "test@cold-items"),
@@ -648,19 +660,22 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
         for key in ("beyond", "groups"):
             if key in plots:
                 L += [f"![{key}]({plots[key]})", ""]
-        L += ["| cell | epsilon | coverage@10 | diversity@10 | novelty@10 | ARP@10 | NDCG@10 light | medium | heavy | gap heavy − light |",
+        L += ["| cell | epsilon | coverage@10 | diversity@10 | novelty@10 | ARP@10 | NDCG@10 light | medium | heavy "
+              "| gap heavy − light |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         for name, rs in fed:
             gap = [(r.get("test@heavy_ndcg@10") or 0) - (r.get("test@light_ndcg@10") or 0) for r in rs]
             gm, gsd = mean_sd(gap)
             L.append(f"| {name} | {_eps_cell(rs)} | {_ms(rs, 'test_coverage@10')} | {_ms(rs, 'test_diversity@10')} | "
-                     f"{_ms(rs, 'test_novelty@10', 3)} | {_ms(rs, 'test_arp@10', 1)} | {_ms(rs, 'test@light_ndcg@10')} | "
+                     f"{_ms(rs, 'test_novelty@10', 3)} | {_ms(rs, 'test_arp@10', 1)} | "
+                     f"{_ms(rs, 'test@light_ndcg@10')} | "
                      f"{_ms(rs, 'test@medium_ndcg@10')} | {_ms(rs, 'test@heavy_ndcg@10')} | "
                      + (f"{gm:.4f} ± {gsd:.4f}" if len(rs) > 1 else f"{gm:.4f}") + " |")
         mp = mostpop_rows(rows)
         if mp:
             L.append(f"| {mp[0]['cell']} (reference) | {_eps_cell(mp)} | {_ms(mp, 'test_coverage@10')} | "
-                     f"{_ms(mp, 'test_diversity@10')} | {_ms(mp, 'test_novelty@10', 3)} | {_ms(mp, 'test_arp@10', 1)} | "
+                     f"{_ms(mp, 'test_diversity@10')} | {_ms(mp, 'test_novelty@10', 3)} | "
+                     f"{_ms(mp, 'test_arp@10', 1)} | "
                      f"{_ms(mp, 'test@light_ndcg@10')} | {_ms(mp, 'test@medium_ndcg@10')} | "
                      f"{_ms(mp, 'test@heavy_ndcg@10')} | – |")
         L += ["", "Activity groups: terciles of users by number of training interactions."
@@ -670,12 +685,14 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
     pop = _cell_table(rows, lambda r: r.get("experiment") == "population")
     if pop:
         L += ["## 5. Population size", "", "Synthetic populations (1,000 items, ~20 interactions per user), "
-              "user-level DP at a fixed epsilon: the noise is on the sum, so more users mean relatively less noise.", ""]
+              "user-level DP at a fixed epsilon: the noise is on the sum, "
+              "so more users mean relatively less noise.", ""]
         if "population" in plots:
             L += [f"![population]({plots['population']})", ""]
         L += ["| users | epsilon | test NDCG@10 | test HR@10 | seeds |", "|---|---|---|---|---|"]
         for name, rs in sorted(pop, key=lambda kv: int(kv[1][0]["population"])):
-            L.append(f"| {rs[0]['population']} | {_eps_cell(rs)} | {_ms(rs, 'test_ndcg@10')} | {_ms(rs, 'test_hr@10')} | {len(rs)} |")
+            L.append(f"| {rs[0]['population']} | {_eps_cell(rs)} | {_ms(rs, 'test_ndcg@10')} | {_ms(rs, 'test_hr@10')} "
+                     f"| {len(rs)} |")
         L.append("")
     # reproduce
     L += ["## Configuration", "", "Each cell's full run configuration (the run directories under `runs/` also hold "

@@ -91,7 +91,8 @@ def run_cells(
             aside = d.with_name(f"{d.name}{_REPLACED}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
             d.rename(aside)
             say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: finished with another configuration "
-                f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} differ); kept as {aside.name}, running again")
+                f"({', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''} differ); kept as {aside.name}, "
+                f"running again")
         if (d / "metrics.json").exists():
             say(f"[{k}/{len(todo)}] {cell.name} seed {seed}: done before, kept")
         else:

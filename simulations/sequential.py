@@ -101,7 +101,8 @@ def write_sequential_report(out: Path, rows: list[dict], cold: list[dict], *, da
              "test NDCG@10 and HR@10, full ranking over all items, at the round picked on validation NDCG@10 "
              "(private cells: the last round). User-level epsilon at delta 1e-5 (everything a user contributes: "
              "its whole history). " + EVALUATION_NOTE, "",
-             "| cell | unit | test NDCG@10 | test HR@10 | light | medium | heavy | round |", "|---|---|---|---|---|---|---|---|"]
+             "| cell | unit | test NDCG@10 | test HR@10 | light | medium | heavy | round |",
+             "|---|---|---|---|---|---|---|---|"]
     cells = list(dict.fromkeys(r["cell"] for r in rows))
     for c in cells:
         rs = [r for r in rows if r["cell"] == c]
@@ -133,7 +134,8 @@ def write_sequential_report(out: Path, rows: list[dict], cold: list[dict], *, da
 
 
 def run_sequential(out: Path, *, data: str = "ml-latest-small", seeds: int = 3, rounds: int | None = None,
-                   models=SEQUENTIAL, private: bool = True, command: str = "", overrides: dict | None = None, say=print) -> Path:
+                   models=SEQUENTIAL, private: bool = True, command: str = "", overrides: dict | None = None,
+                   say=print) -> Path:
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -125,8 +125,8 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
         import torch
 
         if cfg.device != "cuda":
-            raise ValueError(f"device={cfg.device}: in a simulation Ray gives each actor its GPU (CUDA_VISIBLE_DEVICES);"
-                             f" use device=cuda")
+            raise ValueError(f"device={cfg.device}: in a simulation Ray gives each actor its GPU "
+                             f"(CUDA_VISIBLE_DEVICES); use device=cuda")
         gpus = torch.cuda.device_count()
     if cfg.warm_start and not (Path(cfg.warm_start) / "checkpoint.npz").is_file():  # before Ray starts
         raise ValueError(f"--warm-start {cfg.warm_start}: no checkpoint.npz there (a run directory's checkpoint/)")
@@ -167,7 +167,8 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
         # stays a clean stop (fedrec_app.simulations.signals)
         # (and Ray's FutureWarning about accelerator variables is answered: actors without GPUs
         # keep the environment they have)
-        stack.enter_context(environment({"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}))
+        stack.enter_context(environment({"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
+                                         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}))
         if not verbose:
             stack.enter_context(_without_node_tracebacks())
         supernodes = fed.n_nodes + (attack.nodes if attack is not None else 0)

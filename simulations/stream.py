@@ -298,7 +298,8 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
                             row["epsilon"] = mech.epsilon(cum, earlier)
                             row["noise_multiplier"] = mech.noise_multiplier
                             row["epsilon_with_drift"] = epsilon_of(
-                                noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate, steps=cum - before,
+                                noise_multiplier=mech.noise_multiplier, sample_rate=mech.sample_rate,
+                                steps=cum - before,
                                 delta=mech.delta, extra=(((mech.prior_noise, 1.0, 1),) if mech.prior_noise > 0 else ())
                                 + earlier + drift_release)
                         if w:
@@ -320,7 +321,8 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
                      "js_exact": js_divergence(exact[w], exact[w + 1]),
                      "js_dp": js_divergence(noisy[w], noisy[w + 1]),
                      "new_items": int(((exact[w + 1] > 0) & (hist == 0)).sum()),
-                     "genre_js_exact": js_divergence(genre_exact[w], genre_exact[w + 1]) if genres is not None else None,
+                     "genre_js_exact": js_divergence(genre_exact[w], genre_exact[w + 1])
+                     if genres is not None else None,
                      "genre_js_dp": js_divergence(genre_noisy[w], genre_noisy[w + 1]) if genres is not None else None})
     doc = {"data": data, "cutoffs": cuts.tolist(), "windows": n_stages, "warmup": warmup,
            "warmup_rounds": warmup_rounds, "rounds_per_window": rounds, "seeds": seeds,

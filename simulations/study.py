@@ -74,7 +74,8 @@ class Study:
 STUDIES = {
     # sized to finish in about 15 minutes on 2 cores for bundled ml-latest-small: each run costs
     # about 20 s of start-up (Ray, actors, data) beside its rounds
-    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0), user_eps=(8.0, 2.0),
+    "default": Study("default", nonprivate_rounds=60, private_rounds=30, interaction_eps=(8.0, 2.0),
+                     user_eps=(8.0, 2.0),
                      item_rounds=40, mf_dp_eps=(8.0,), fit_eps=()),  # the DP fold-in (100 s here): `full`
     "full": Study("full", nonprivate_rounds=250, private_rounds=100, interaction_eps=(16, 8, 4, 2, 1, 0.5),
                   user_eps=(16, 8, 4, 2, 1), fit_eps=(8.0, 1.0), populations=(1_000, 10_000, 100_000)),
@@ -123,7 +124,8 @@ def study_cells(study: Study, data: str = "ml-latest-small", rounds: int | None 
     # non-private twins at the private presets: same dimension, optimiser, rounds and popularity
     # prior (noise-free), no DP noise; a private cell against its twin is what privacy costs,
     # the twin against "non-private" what the preset costs
-    twins = [("interaction", DP_PRESET, mf_eps["interaction"]), ("user", {**USER_PRESET, "user_dp": "off"}, mf_eps["user"])]
+    twins = [("interaction", DP_PRESET, mf_eps["interaction"]),
+             ("user", {**USER_PRESET, "user_dp": "off"}, mf_eps["user"])]
     for unit, preset, eps in twins if study.privacy_cells else ():
         if eps:
             cfg = replace(base, **{**preset, "prior_noise": NOISE_FREE_PRIOR}, num_server_rounds=p_rounds)
@@ -211,7 +213,8 @@ def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tupl
             t = time.perf_counter()
             res = fit_private_most_popular(split, epsilon=eps, seed=s, **extras)
             rows.append(row(f"private MostPop eps {eps:g}", s, res, t, unit="user-level", target_epsilon=eps,
-                            user_epsilon=res.selected["epsilon"], user_noise_multiplier=res.selected["noise_multiplier"],
+                            user_epsilon=res.selected["epsilon"],
+                            user_noise_multiplier=res.selected["noise_multiplier"],
                             delta=res.selected["delta"], mechanism="private-mostpop"))
     return rows
 
@@ -239,7 +242,8 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
                     fits += [(f"DP fit eps {e:g}", FoldIn(target_epsilon=e)) for e in study.fit_eps]
                 got = []
                 for fit_name, fit in fits:
-                    for r in user_coldstart(d / "best_params.npz", fed.split.cold_user_items, ks=KS, fit=fit, seed=seed):
+                    for r in user_coldstart(d / "best_params.npz", fed.split.cold_user_items, ks=KS, fit=fit,
+                                            seed=seed):
                         got.append({"fit": fit_name, **r})
                 path.write_text(json.dumps(got, indent=1) + "\n")
             for r in got:
@@ -249,8 +253,8 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
     return rows
 
 
-def run_study(name: str, out: Path, *, data: str = "ml-latest-small", seeds: int | None = None, rounds: int | None = None,
-              overrides: dict | None = None, say=print) -> dict:
+def run_study(name: str, out: Path, *, data: str = "ml-latest-small", seeds: int | None = None,
+              rounds: int | None = None, overrides: dict | None = None, say=print) -> dict:
     """Run (or resume) a study; write results, cold-start results, plots and ``report.md``."""
     from fedrec_app.simulations.plots import make_plots
     from fedrec_app.simulations.report import write_study_report

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="a dataset name or path (as fedrec simulate --data)")
     ap.add_argument("--min-rating", type=float, default=0.0, help="positives = ratings >= this (default: all)")
     ap.add_argument("--seeds", type=int, default=3, help="tie-order seeds 0..N-1 (default 3)")
-    ap.add_argument("--ease-lambdas", default="10,20,50,100,200,300,500,1000", help="EASE lambdas, picked on validation")
+    ap.add_argument("--ease-lambdas", default="10,20,50,100,200,300,500,1000",
+                    help="EASE lambdas, picked on validation")
     ap.add_argument("--out", required=True, help="directory for ties.json and ties.md")
     args = ap.parse_args(argv)
 
@@ -132,14 +133,16 @@ def main(argv: list[str] | None = None) -> int:
             for name, fit in (("MostPop", lambda s: baselines.fit_most_popular(s, **ev)),
                               ("EASE", lambda s: baselines.fit_ease(s, lambdas=lambdas, **ev))):
                 res = fit(split)
-                rows.append({"split": kind, "tie_seed": seed, "model": name, "test_ndcg@10": res.test.metrics["ndcg@10"],
+                rows.append({"split": kind, "tie_seed": seed, "model": name,
+                             "test_ndcg@10": res.test.metrics["ndcg@10"],
                              "test_hr@10": res.test.metrics["hr@10"], "selected": res.selected})
                 _say(f"{kind} seed {seed} {name}: test NDCG@10 {rows[-1]['test_ndcg@10']:.4f}")
     summary = {}
     for kind in ("leave-last-out", "leave-last-group-out"):
         for name in ("MostPop", "EASE"):
             v = [r["test_ndcg@10"] for r in rows if r["split"] == kind and r["model"] == name]
-            summary[f"{kind}/{name}"] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            summary[f"{kind}/{name}"] = {"mean": float(np.mean(v)),
+                                         "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                                          "seeds": v}
     doc = {"data": args.data, "dataset": ds.summary(), "ties": counts, "same_split_for_every_row_order": invariant,
            "next_ids_ndcg@10": heuristic, "rows": rows, "summary": summary, "seconds": time.perf_counter() - t0}
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
           "| split | model | test NDCG@10 (mean ± std over tie seeds) | seeds |", "|---|---|---|---|"]
     for key, s in summary.items():
         kind, name = key.split("/")
-        md.append(f"| {kind} | {name} | {s['mean']:.4f} ± {s['std']:.4f} | " + ", ".join(f"{x:.4f}" for x in s["seeds"]) + " |")
+        md.append(f"| {kind} | {name} | {s['mean']:.4f} ± {s['std']:.4f} | "
+                  + ", ".join(f"{x:.4f}" for x in s["seeds"]) + " |")
     md += ["", "| next-ids heuristic | NDCG@10 |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in heuristic.items()]
     (out / "ties.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -104,7 +104,8 @@ def test_malformed_file_gives_clear_error(tmp_path, capsys):
 
 
 def test_privacy_command(capsys):
-    assert main(["privacy", "--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "1000", "--delta", "1e-5"]) == 0
+    assert main(["privacy", "--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "1000",
+                 "--delta", "1e-5"]) == 0
     out = capsys.readouterr().out
     assert "epsilon = 2.10" in out and "interaction-level" in out
     assert main(["privacy", "--target-epsilon", "2.1014", "--sample-rate", "0.01", "--steps", "1000"]) == 0

@@ -73,7 +73,8 @@ def test_node_keys_are_what_flower_accepts(tmp_path):
 
 def test_parser_and_run_config():
     p = deploy.build_parser(argparse.ArgumentParser(prog="fedrec deploy"))
-    args = p.parse_args(["--out", "x", "--data", DATA, "--users-per-node", "1", "--rounds", "2", "--noise-multiplier", "1.0",
+    args = p.parse_args(["--out", "x", "--data", DATA, "--users-per-node", "1", "--rounds", "2",
+                         "--noise-multiplier", "1.0",
                          "--run-config", "seed=3 interaction-level.sample-rate=0.5", "--insecure"])
     # keys with or without their section; Flower gets them with it
     assert deploy._overrides_from_args(args) == {
@@ -134,7 +135,8 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     data = tmp_path / "data"
     data.mkdir()
     rng = np.random.default_rng(1)
-    rows = [f"{u},{i},5.0,{1000 + 10 * k}" for u in range(1, 4) for k, i in enumerate(rng.choice(30, 9, replace=False) + 1)]
+    rows = [f"{u},{i},5.0,{1000 + 10 * k}" for u in range(1, 4)
+            for k, i in enumerate(rng.choice(30, 9, replace=False) + 1)]
     (data / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
 
     def on_ready(ctx):
@@ -296,8 +298,9 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
     assert sorted(p.name for p in bundled.iterdir() if p.is_dir() and p.name != "__pycache__") == ["ml-latest-small"]
     assert {"ratings.csv", "movies.csv", "README.txt"} <= {p.name for p in (bundled / "ml-latest-small").iterdir()}
     env = dict(os.environ, PYTHONPATH=str(target), HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
-    where = subprocess.run([sys.executable, "-c", "import fedrec, fedrec_app.server.app as a, fedrec_app.clients.app as c, "
-                            "fedrec_app.examples.my_model as m; print(fedrec.__file__, a.__file__, c.__file__, m.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import fedrec, fedrec_app.server.app as a, "
+                            "fedrec_app.clients.app as c, fedrec_app.examples.my_model as m; "
+                            "print(fedrec.__file__, a.__file__, c.__file__, m.__file__)"],
                            env=env, cwd=work, capture_output=True, text=True, check=True).stdout.split()
     assert all(w.startswith(str(target)) for w in where), where
     cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "deploy", "--insecure", "--data", DATA,
@@ -309,7 +312,8 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((work / "runs" / "deploy" / "metrics.json").read_text())
     assert doc["config"]["federation"]["num-server-rounds"] == 1
-    assert doc["config"]["evaluation"]["eval-every"] == 0 and not doc["test"]  # a deployment releases no evaluation by default
+    # a deployment releases no evaluation by default
+    assert doc["config"]["evaluation"]["eval-every"] == 0 and not doc["test"]
     assert "evaluation off" in r.stdout
     app = (work / "runs" / "deploy" / "deploy" / "app" / "pyproject.toml").read_text()
     assert 'serverapp = "fedrec_app.server.app:app"' in app

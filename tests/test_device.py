@@ -107,7 +107,8 @@ def test_device_training_is_the_nodes_computation_and_accounts_privacy(tmp_path)
             break
         released += 1
     spent = DeviceRecommender.open(tmp_path / "v.npz").privacy_spent()
-    assert spent["epsilon"] == pytest.approx(epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released, delta=1e-5))
+    assert spent["epsilon"] == pytest.approx(epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released,
+                                                     delta=1e-5))
     assert spent["epsilon"] <= 6.0 < epsilon(noise_multiplier=1.2, sample_rate=0.5, steps=2 * released + 2, delta=1e-5)
     assert spent["unit"] == "interaction-level"
     with pytest.raises(ValueError, match="differs from the one its"):  # one accountant, one mechanism
@@ -131,7 +132,8 @@ def test_device_and_node_report_the_same_epsilon_with_the_prior(tmp_path):
 def test_local_state_files_keep_recent_rounds_and_load_as_of_a_round(tmp_path):
     users = np.array([4, 9])
     for r in range(1, 6):
-        save_local_state(tmp_path, LocalState(users, {"user": np.full((2, 3), r, np.float32)}, np.array([r, r]), np.array([r, r])),
+        save_local_state(tmp_path, LocalState(users, {"user": np.full((2, 3), r, np.float32)}, np.array([r, r]),
+                                              np.array([r, r])),
                          server_round=r)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"round-0000000{r}.npz" for r in (3, 4, 5)]
     st, r = load_local_state(tmp_path, at_most_round=4)
@@ -220,7 +222,8 @@ def test_a_two_tower_device_ranks_through_the_item_tower_and_trains_as_its_node(
     ds = fed.dataset
     model = federated_model(cfg, fed)
     g = np.random.default_rng(2)
-    params = {k: v + 0.1 * g.standard_normal(v.shape).astype(np.float32) for k, v in init_global_params(cfg, fed).items()}
+    params = {k: v + 0.1 * g.standard_normal(v.shape).astype(np.float32)
+              for k, v in init_global_params(cfg, fed).items()}
     with pytest.raises(ValueError, match="item_genres= and/or item_year="):
         DeviceRecommender.create(tmp_path / "none.npz", user=0, dim=4, model="two-tower")
     user = int(fed.cohorts[3][0])

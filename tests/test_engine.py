@@ -172,11 +172,12 @@ def test_private_node_releases_no_training_loss():
     from fedrec_app.server.strategy import aggregate_train_metrics, validate_metrics
 
     base = FedConfig(data="synthetic:30x40:0", dim=4, users_per_node=30)
-    for cfg, released in ((base, True), (FedConfig(**{**base.__dict__, "noise_multiplier": 1.0, "sample_rate": 0.5}), False),
+    for cfg, released in ((base, True),
+                          (FedConfig(**{**base.__dict__, "noise_multiplier": 1.0, "sample_rate": 0.5}), False),
                           (FedConfig(**{**base.__dict__, "user_dp": "client", "user_noise_multiplier": 1.0}), False)):
         fed = load_federation(cfg)
-        _, m, _ = node.train_round(cfg, fed, 0, node.load_state({}, fed, 0, cfg), global_params=init_global_params(cfg, fed),
-                                   server_round=1)
+        _, m, _ = node.train_round(cfg, fed, 0, node.load_state({}, fed, 0, cfg),
+                                   global_params=init_global_params(cfg, fed), server_round=1)
         assert ("train-loss" in m) is released, cfg
         assert validate_metrics(m, max_examples=30) is None
         assert ("train-loss" in dict(aggregate_train_metrics([m]))) is released

@@ -44,7 +44,8 @@ class _OpacusView(nn.Module):
         self.model = [model]  # not a submodule
         self.local_names, self.global_names = list(local), list(params)
         # frozen item rows (DP-FEST) are constants: only the trained rows are parameters
-        self.rows = {t: torch.as_tensor(np.flatnonzero(trainable)) for t in model.table_names()} if trainable is not None else {}
+        self.rows = ({t: torch.as_tensor(np.flatnonzero(trainable)) for t in model.table_names()}
+                     if trainable is not None else {})
         self.consts = {}  # a plain dict: Opacus refuses buffers in a module it trains
         for k, v in local.items():
             setattr(self, "local__" + k, nn.Parameter(v.clone()))
@@ -133,7 +134,8 @@ def test_engine_equals_opacus_privacy_engine(name):
     local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
     cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7,
                       noise_multiplier=1e-12, max_grad_norm=0.05)
-    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True, dp_key=KEY)
+    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True,
+                        dp_key=KEY)
     ref, ref_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0)
     for k in params:
         np.testing.assert_allclose(ours.update[k].numpy(), ref[k].numpy(), atol=2e-6, err_msg=k)
@@ -157,9 +159,10 @@ def test_frozen_rows_equal_opacus_with_those_rows_constant(name):
     local = {k: torch.as_tensor(v) for k, v in model.init_local(np.array([user]), seed=0).items()}
     cfg = LocalConfig(user_lr=0.5, user_steps=1, item_steps=2, negatives=2, sample_rate=0.7,
                       noise_multiplier=1e-12, max_grad_norm=0.05)
-    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True, dp_key=KEY,
-                        trainable=torch.as_tensor(trainable))
-    unmasked = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True, dp_key=KEY)
+    ours = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5, generic=True,
+                        dp_key=KEY, trainable=torch.as_tensor(trainable))
+    unmasked = train_cohort(model, local, params, train, np.array([user]), cfg, seed=2, server_round=5,
+                            generic=True, dp_key=KEY)
     ref, ref_local = _opacus_release(model, local, params, train, user, cfg, seed=2, server_round=5, noise=0.0,
                                      trainable=trainable)
     for k in params:
@@ -232,8 +235,10 @@ def test_mf_fast_path_equals_generic_engine(cfg, frozen):
     kw = dict(seed=1, server_round=3)
     if frozen:
         kw["trainable"] = torch.as_tensor(np.arange(N_ITEMS) % 2 == 0)
-    fast = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), dp_key=KEY, **kw)
-    slow = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5), dp_key=KEY, generic=True, **kw)
+    fast = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5),
+                        dp_key=KEY, **kw)
+    slow = train_cohort(model, local, params, train, users, cfg, generator=torch.Generator().manual_seed(5),
+                        dp_key=KEY, generic=True, **kw)
     for k in params:
         np.testing.assert_allclose(fast.update[k].numpy(), slow.update[k].numpy(), atol=1e-7, err_msg=k)
         assert float(fast.update[k].abs().sum()) > 0
@@ -356,7 +361,8 @@ def test_interaction_weighting_releases_the_mean_gradient_over_interactions(name
     from fedrec.engine import interaction_weights
 
     train = _train()
-    train = sp.csr_matrix(train.toarray() * (np.arange(N_USERS)[:, None] % 3 != 0) + np.eye(N_USERS, N_ITEMS))  # unequal users
+    # unequal users
+    train = sp.csr_matrix(train.toarray() * (np.arange(N_USERS)[:, None] % 3 != 0) + np.eye(N_USERS, N_ITEMS))
     model = _model(name)
     params = _params(model)
     users = np.arange(N_USERS)

@@ -174,7 +174,8 @@ def test_an_actor_killed_mid_run_stops_in_one_line_and_resumes(tmp_path, tmp, pr
         log = "".join(lines)
         assert code == 2, log[-3000:]
         errors = [x for x in lines if x.startswith("fedrec: error:")]
-        assert len(errors) == 1 and "a node failed (ActorDiedError" in errors[0] and "--resume" in errors[0], log[-3000:]
+        assert (len(errors) == 1 and "a node failed (ActorDiedError" in errors[0]
+                and "--resume" in errors[0]), log[-3000:]
         assert "Traceback" not in log and "A worker died" not in log
         left, data = _gone(tmp, processes_marked)
         assert not left and not data, ([_cmdline(x) for x in left], data)

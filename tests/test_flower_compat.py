@@ -96,8 +96,9 @@ def test_processes_started_in_the_block_keep_their_freed_heap(monkeypatch):
 
 
 def test_actors_share_the_gpus_only_when_asked():
-    """``device=cuda``: each of the n actors (one per CPU when the nodes are not given) asks Ray for GPUs / n, so that Ray makes
-    a GPU visible to it; a CPU run asks for none (Ray then hides no device it does not manage)."""
+    """``device=cuda``: each of the n actors (one per CPU when the nodes are not given) asks Ray
+    for GPUs / n, so that Ray makes a GPU visible to it; a CPU run asks for none (Ray then hides
+    no device it does not manage)."""
     cpu = flower_compat.backend_config(num_cpus=4)
     assert cpu["client_resources"]["num_gpus"] == 0.0 and "num_gpus" not in cpu["init_args"]
     gpu = flower_compat.backend_config(num_cpus=4, gpus=2)
@@ -118,7 +119,8 @@ def test_about_one_actor_per_node(cpus, nodes, actors):
     assert cfg["init_args"]["num_cpus"] == cpus and isinstance(per, int)
     assert int(cpus / per) == actors  # flwr.simulation.ray_transport.ray_actor.pool_size_from_resources
     assert cfg["client_resources"]["num_gpus"] == pytest.approx(1 / actors)  # every actor fits on the GPU
-    assert flower_compat.backend_config(num_cpus=cpus, nodes=nodes, ray_address="auto")["client_resources"]["num_cpus"] == 1
+    assert flower_compat.backend_config(num_cpus=cpus, nodes=nodes,
+                                        ray_address="auto")["client_resources"]["num_cpus"] == 1
 
 
 def test_flower_starts_the_actors_the_config_asks_for():

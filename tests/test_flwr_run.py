@@ -26,7 +26,8 @@ def test_flwr_run_runs_the_apps_through_a_superlink(tmp_path, processes_marked):
     tmp = Path(tempfile.mkdtemp(prefix="fr-run-", dir="/tmp"))  # Ray's socket paths stay short
     marker = tmp.name
     env = dict(os.environ, HOME=str(tmp), FLWR_HOME=str(tmp / ".flwr"), TMPDIR=str(tmp), FEDREC_TEST_MARKER=marker,
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     config = ('data.data="synthetic:200x100:0" federation.num-server-rounds=2 federation.users-per-node=100 '
               f'model.dim=8 evaluation.eval-every=1 outputs.out="{tmp / "run"}"')
     try:

@@ -193,7 +193,8 @@ def test_ruff_finds_nothing():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
-    res = subprocess.run([ruff, "check", "fedrec", "server", "clients", "simulations", "tests", "benchmarks", "examples"],
+    res = subprocess.run([ruff, "check", "fedrec", "server", "clients", "simulations", "tests", "benchmarks",
+                          "examples"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:]
 

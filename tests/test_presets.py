@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fedrec.config import DEFAULTS, FedConfig
-from fedrec.presets import UNITS, apply_choice, choose, mechanism_preset, preset, preset_fields, preset_names, with_preset
+from fedrec.presets import (UNITS, apply_choice, choose, mechanism_preset, preset, preset_fields, preset_names,
+                            with_preset)
 
 
 def test_every_preset_is_a_valid_configuration_and_every_row_names_one():
@@ -150,7 +151,8 @@ def test_the_default_study_runs_the_mechanism_a_private_run_chooses():
     twin = cells["non-private @private-als preset"].cfg
     assert twin.als and not twin.als_private and twin.als_passes == cells["private-als user-eps8"].cfg.als_passes
     # the trained-MF mechanisms stay at epsilon 8, beside their twins
-    assert {"interaction-eps8", "user-eps8", "non-private @interaction preset", "non-private @user preset"} <= set(cells)
+    assert {"interaction-eps8", "user-eps8", "non-private @interaction preset",
+            "non-private @user preset"} <= set(cells)
     assert not any(n in cells for n in ("interaction-eps2", "user-eps2"))
 
 
@@ -159,5 +161,6 @@ def test_the_dp_levels_sweep_runs_the_dp_sgd_preset_without_its_prior():
 
     cells = {c.name: c.cfg for c in dp_levels(data="synthetic:60x40:0", epsilons=(8,), users_per_node=30)}
     cfg, want = cells["interaction-eps8"], preset_fields("dp-sgd")
-    assert {k: getattr(cfg, k) for k in want if k != "prior_noise"} == {k: v for k, v in want.items() if k != "prior_noise"}
+    assert ({k: getattr(cfg, k) for k in want if k != "prior_noise"}
+            == {k: v for k, v in want.items() if k != "prior_noise"})
     assert cfg.prior_noise == DEFAULTS.prior_noise and cfg.target_epsilon == 8.0 and cfg.num_server_rounds == 100

@@ -56,7 +56,8 @@ def test_per_user_stage_bounds_what_a_sybil_can_change():
         LocalConfig(max_rows=3, noise_multiplier=1.0)
 
 
-def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndcg: bool = False, boost: float = 10.0) -> float:
+def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndcg: bool = False,
+                       boost: float = 10.0) -> float:
     """ER@10 of the targets (``ndcg``: the users' test NDCG@10) after ``rounds`` of FedAvg +
     server SGD with (or without) sybils."""
     from fedrec import node

@@ -35,7 +35,8 @@ def test_a_changed_configuration_moves_the_finished_run_aside(tmp_path):
     aside = [p for p in (tmp_path / "runs").iterdir() if is_replaced(p)]
     assert len(aside) == 1 and aside[0].name.startswith("mf-seed0.replaced-")
     old = json.loads((aside[0] / "metrics.json").read_text())
-    assert old["test"]["ndcg@10"] == 0.1 and config_differences(aside[0], FedConfig(data="synthetic:30x20:0", dim=4, seed=0)) == []  # nothing lost
+    assert (old["test"]["ndcg@10"] == 0.1
+            and config_differences(aside[0], FedConfig(data="synthetic:30x20:0", dim=4, seed=0)) == [])  # nothing lost
     assert "(dim differ)" in next(m for m in msgs if "another configuration" in m)
 
 
@@ -96,7 +97,8 @@ def test_overrides_reach_every_cell_and_a_bad_one_runs_nothing(tmp_path):
     from fedrec.config import parse_overrides
 
     calls, msgs = [], []
-    cells = [Cell("mf", FedConfig(data="synthetic:30x20:0", dim=4)), Cell("gmf", FedConfig(data="synthetic:30x20:0", model="gmf"))]
+    cells = [Cell("mf", FedConfig(data="synthetic:30x20:0", dim=4)),
+             Cell("gmf", FedConfig(data="synthetic:30x20:0", model="gmf"))]
     overrides = parse_overrides(["server-lr=1e-3", "federation.num-server-rounds=7", "user-sample-rate=0.5"])
     assert overrides == {"server_lr": 1e-3, "num_server_rounds": 7, "user_sample_rate": 0.5}
     run_cells(cells, [0], tmp_path, run=_fake_run(calls), overrides=overrides, say=msgs.append)

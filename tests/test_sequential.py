@@ -185,7 +185,8 @@ def test_interaction_level_dp_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="up to seq-len \\+ 1 samples"):
         FedConfig(data="synthetic:20x60:1", model="sasrec", noise_multiplier=1.0)
     with pytest.raises(ConfigError, match="no item bias"):
-        FedConfig(data="synthetic:20x60:1", model="gru4rec", prior_noise=1.0, user_dp="client", user_noise_multiplier=1.0)
+        FedConfig(data="synthetic:20x60:1", model="gru4rec", prior_noise=1.0, user_dp="client",
+                  user_noise_multiplier=1.0)
     m, params, hist, split, users = _setup(GRU4Rec)
     with pytest.raises(ValueError, match="use user-level DP"):
         train_sequences(m, params, hist, split.train, users, LocalConfig(noise_multiplier=1.0), seed=0, server_round=1)

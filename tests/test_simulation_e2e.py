@@ -28,7 +28,8 @@ def test_simulation_with_dp_keeps_user_embeddings_local(tmp_path, monkeypatch):
             metrics = {k for rec in m.content.metric_records.values() for k in rec}
             seen.append((direction, kind, arrays, metrics))
 
-    orig_ct, orig_at, orig_ce, orig_ae = cls.configure_train, cls.aggregate_train, cls.configure_evaluate, cls.aggregate_evaluate
+    orig_ct, orig_at, orig_ce, orig_ae = (cls.configure_train, cls.aggregate_train, cls.configure_evaluate,
+                                          cls.aggregate_evaluate)
 
     def configure_train(self, *a, **k):
         msgs = list(orig_ct(self, *a, **k)); tap("out", "train", msgs); return msgs

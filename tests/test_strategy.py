@@ -26,7 +26,8 @@ def _task_identity():
 
 def _reply(node, emb, bias, n, extra=None, metrics=None):
     out = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    arrays = {"item_embedding": Array(np.asarray(emb, dtype=np.float32)), "item_bias": Array(np.asarray(bias, dtype=np.float32))}
+    arrays = {"item_embedding": Array(np.asarray(emb, dtype=np.float32)),
+              "item_bias": Array(np.asarray(bias, dtype=np.float32))}
     arrays.update(extra or {})
     m = {"num-examples": n, "train-loss": 0.5}
     m.update(metrics or {})
@@ -36,7 +37,8 @@ def _reply(node, emb, bias, n, extra=None, metrics=None):
 def _strategy(**kw):
     cfg = FedConfig(server_opt="sgd", server_lr=1.0, users_per_node=10, **kw)
     s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=3, item_tables=("item_embedding", "item_bias"))
-    s.optimizer.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    s.optimizer.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32),
+                           "item_bias": np.zeros(N_ITEMS, np.float32)}
     return s
 
 
@@ -47,7 +49,8 @@ def test_fedavg_equals_np_average():
     ns = [3, 7, 1]
     s = _strategy()
     arrays, metrics = s.aggregate_train(1, [_reply(i + 1, u, b, n) for i, (u, b, n) in enumerate(zip(ups, bs, ns))])
-    np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns),
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(arrays["item_bias"].numpy(), np.average(bs, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
     assert metrics["users"] == 11
 
@@ -76,7 +79,8 @@ def test_the_mean_does_not_depend_on_the_order_replies_arrive_in():
     (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2.5), "num-examples"),
     (lambda: _reply(9, np.full((N_ITEMS, DIM), np.inf), np.zeros(N_ITEMS), 2), "non-finite"),
     (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 10**9), "num-examples"),
-    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2, extra={"user_emb": Array(np.zeros((2, DIM)))}), "keys"),
+    (lambda: _reply(9, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 2,
+                    extra={"user_emb": Array(np.zeros((2, DIM)))}), "keys"),
 ])
 def test_malformed_replies_are_rejected_and_do_not_touch_the_aggregate(bad, reason):
     rng = np.random.default_rng(1)
@@ -104,8 +108,10 @@ def test_itemwise_divides_each_row_by_the_users_that_trained_it():
     ub = np.zeros((N_ITEMS, DIM)); ub[0] = 4.0
     ca = np.array([1.0, 0.5, 0, 0, 0, 0]); cb = np.array([1.0, 0, 0, 0, 0, 0])
     s = _strategy(aggregation="itemwise")
-    arrays, _ = s.aggregate_train(1, [_reply(1, ua, np.zeros(N_ITEMS), 2, {"item_counts": Array(ca.astype(np.float32))}),
-                                     _reply(2, ub, np.zeros(N_ITEMS), 1, {"item_counts": Array(cb.astype(np.float32))})])
+    arrays, _ = s.aggregate_train(1, [_reply(1, ua, np.zeros(N_ITEMS), 2,
+                                             {"item_counts": Array(ca.astype(np.float32))}),
+                                      _reply(2, ub, np.zeros(N_ITEMS), 1,
+                                             {"item_counts": Array(cb.astype(np.float32))})])
     e = arrays["item_embedding"].numpy()
     # row 0: users' updates sum 2*1 + 4 = 6 over 3 users that touched it -> 2; row 1: 2*0.5 / 1 user -> 1
     np.testing.assert_allclose(e[0], 2.0, rtol=1e-6)
@@ -160,7 +166,8 @@ def test_dropouts_leave_fedavg_over_the_valid_replies():
     replies += [_error(7), _reply(8, np.full((N_ITEMS, DIM), np.nan), np.zeros(N_ITEMS), 2)]
     s = _strategy(min_replies=3, node_errors="continue")
     arrays, _ = s.aggregate_train(1, replies)
-    np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(arrays["item_embedding"].numpy(), np.average(ups, axis=0, weights=ns),
+                               rtol=1e-5, atol=1e-6)
     assert s.round_info[1]["failed"] == 1 and s.round_info[1]["rejected"] == 1 and s.round_info[1]["contributing"] == 3
 
 
@@ -207,7 +214,8 @@ def test_a_node_error_stops_the_run_before_its_round_is_aggregated_unless_told_t
 def test_nodes_without_trained_users_carry_no_weight():
     s = _strategy()
     arrays, metrics = s.aggregate_train(1, [_reply(1, np.ones((N_ITEMS, DIM)), np.zeros(N_ITEMS), 3),
-                                            _reply(2, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 0, metrics={"declined": 4})])
+                                            _reply(2, np.zeros((N_ITEMS, DIM)), np.zeros(N_ITEMS), 0,
+                                                   metrics={"declined": 4})])
     np.testing.assert_allclose(arrays["item_embedding"].numpy(), 1.0)
     assert s.round_info[1]["contributing"] == 1
 
@@ -310,7 +318,8 @@ def test_adaptive_clipping_is_refused_and_flowers_wrapper_is_still_under_noised(
 def _robust(n_nodes, **kw):
     cfg = FedConfig(server_opt="sgd", server_lr=1.0, users_per_node=10, **kw)
     s = FedRecStrategy(cfg, shapes=SHAPES, n_nodes=n_nodes, item_tables=("item_embedding", "item_bias"))
-    s.optimizer.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32), "item_bias": np.zeros(N_ITEMS, np.float32)}
+    s.optimizer.current = {"item_embedding": np.zeros((N_ITEMS, DIM), np.float32),
+                           "item_bias": np.zeros(N_ITEMS, np.float32)}
     return s
 
 

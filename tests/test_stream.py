@@ -154,7 +154,8 @@ def test_a_tiny_stream_through_flower(tmp_path):
     stage0 = _checkpoint_params(runs / "continuing-stage0")
     frozen = _checkpoint_params(runs / "frozen-stage1")
     cont = _checkpoint_params(runs / "continuing-stage1")
-    for k in stage0:  # the frozen model keeps stage 0's global parameters (DP noise and all); the continuing one moves on
+    # the frozen model keeps stage 0's global parameters (DP noise and all); the continuing one moves on
+    for k in stage0:
         np.testing.assert_array_equal(frozen[k], stage0[k])
     assert any(not np.array_equal(cont[k], stage0[k]) for k in stage0)
     cfg1 = FedConfig.from_run_config(json.loads((runs / "continuing-stage1" / "stream-stage.json").read_text())["cfg"])

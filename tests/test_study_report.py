@@ -87,7 +87,8 @@ def cells() -> list[Cell]:
                                     user_target_epsilon=8.0), {"experiment": "privacy", "unit": "user-level"}),
         Cell("non-private @interaction preset", FedConfig(**pre, num_server_rounds=60), {"twin": "interaction"}),
         Cell("non-private @user preset", FedConfig(**pre, num_server_rounds=60), {"twin": "user"}),
-        Cell("item-coldstart", FedConfig(model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=100), {"experiment": "item-coldstart"}),
+        Cell("item-coldstart", FedConfig(model="two-tower", cold_items=0.1, cold_users=0.0, num_server_rounds=100),
+             {"experiment": "item-coldstart"}),
     ]
 
 

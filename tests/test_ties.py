@@ -59,7 +59,8 @@ def _same_split(a, b):
 @pytest.mark.parametrize("kind", ["leave-last-out", "leave-last-group-out", "temporal-ratio"])
 def test_row_order_changes_no_split_and_no_history(tmp_path, kind):
     rows = _bursts()
-    splits = {name: (ds := load_dataset(_write(tmp_path / name / "ratings.csv", r)), make_split(ds, kind=kind, tie_seed=3))
+    splits = {name: (ds := load_dataset(_write(tmp_path / name / "ratings.csv", r)),
+                     make_split(ds, kind=kind, tie_seed=3))
               for name, r in _orders(rows).items()}
     ref_ds, ref = splits["as-made"]
     assert tie_groups(ref_ds)["tied_last"] > 0.3  # the data has the ties the test is about

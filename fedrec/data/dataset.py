@@ -212,8 +212,8 @@ def build_dataset(
     keep = np.ones(raw.user.shape[0], dtype=bool)
     if min_rating is not None:
         if np.isnan(raw.rating).all():
-            raise ConfigError("min-rating", min_rating, f"{raw.source} has no ratings (a rating column is read when it is "
-                              "named rating or score, or given with rating-col)")
+            raise ConfigError("min-rating", min_rating, f"{raw.source} has no ratings (a rating column is read "
+                              "when it is named rating or score, or given with rating-col)")
         keep &= raw.rating >= min_rating
     if kcore and kcore > 1:
         sub = np.flatnonzero(keep)

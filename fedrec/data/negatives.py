@@ -89,7 +89,8 @@ def sample_negatives(
         tries += 1
         if tries > max_tries:  # pragma: no cover - only for nearly full rows
             for j in todo:
-                allowed = np.setdiff1d(np.arange(n_items), train.indices[train.indptr[flat_users[j]] : train.indptr[flat_users[j] + 1]])
+                allowed = np.setdiff1d(np.arange(n_items),
+                                       train.indices[train.indptr[flat_users[j]] : train.indptr[flat_users[j] + 1]])
                 out[j] = rng.choice(allowed)
             break
     return out.reshape(len(users), n)

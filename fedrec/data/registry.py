@@ -233,7 +233,8 @@ def _entry(name: str | DatasetEntry) -> DatasetEntry:
 def _download(url: str, part: Path, *, say: Callable[[str], None], timeout: float) -> None:
     """Download ``url`` into ``part``, continuing a partial file with a range request."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "fedrec", **({"Range": f"bytes={have}-"} if have else {})})
+    request = urllib.request.Request(url, headers={"User-Agent": "fedrec",
+                                                   **({"Range": f"bytes={have}-"} if have else {})})
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -241,7 +242,8 @@ def _download(url: str, part: Path, *, say: Callable[[str], None], timeout: floa
             return
         raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise FetchError(f"{url}: cannot connect ({getattr(e, 'reason', e)}); check the network or use --mirror") from None
+        raise FetchError(f"{url}: cannot connect ({getattr(e, 'reason', e)}); check the network "
+                         "or use --mirror") from None
     with response:
         resumed = response.status == 206
         if have and not resumed:
@@ -283,7 +285,8 @@ def _publisher_md5(entry: DatasetEntry, mirror: str | None, timeout: float) -> s
         return None
     url = _mirrored(entry.md5_url, mirror)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "fedrec"}), timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "fedrec"}),
+                                    timeout=timeout) as r:
             text = r.read(4096).decode("ascii", "replace")
     except (urllib.error.URLError, OSError):
         return None

@@ -461,7 +461,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         keys = owner[:, None] * n_items + items  # (n_s, 1+m) per-(user, item) row keys
         uniq, inv = torch.unique(keys.reshape(-1), return_inverse=True)
         inv = inv.reshape(keys.shape)
-        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=v.dtype, device=dev) for t, v in tables.items()}
+        r_tab = {t: torch.zeros((len(uniq),) + tuple(v.shape[1:]), dtype=v.dtype, device=dev)
+                 for t, v in tables.items()}
         r_den = {d: torch.zeros((k,) + tuple(v.shape), dtype=v.dtype, device=dev) for d, v in dense.items()}
     per_sample_floats = (sum(int(np.prod(s)) for s in model.local_shapes.values())
                          + sum(int(np.prod(v.shape[1:])) * items.shape[1] for v in tables.values())
@@ -500,7 +501,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
                                                            {t: v[it] for t, v in consts.items()}, trainable, it)
                     w = torch.clamp(cfg.max_grad_norm / (sq.sqrt() + 1e-12), max=1.0)
                 else:
-                    (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()}, {t: v[it] for t, v in tables.items()},
+                    (gl, gr, gd), lv = grad_one({n: v[o] for n, v in loc.items()},
+                                                {t: v[it] for t, v in tables.items()},
                                                 dense, {t: v[it] for t, v in consts.items()})
                     gr = {t: _row_mask(trainable, it, g) for t, g in gr.items()}
                     if step == 0 and not cfg.dp:
@@ -558,7 +560,8 @@ def _generic(model, local, params, train, users, cfg, *, seed, server_round, gen
         loc = new
     if clip_users:
         update = clipped_user_mean(r_tab, r_den, uniq, k, n_items, cfg, params,
-                                    noise_std=(sigma_c / (math.sqrt(cfg.item_steps) * denom.double())) if cfg.dp else None,
+                                    noise_std=((sigma_c / (math.sqrt(cfg.item_steps) * denom.double()))
+                                               if cfg.dp else None),
                                     generator=generator, trainable=trainable)
     else:
         update = {n: (-acc[n] / (cfg.item_steps * k)).to(dtype) for n in params}
@@ -673,7 +676,8 @@ class GhostNorms:
         grads = [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
         gl = dict(zip(lc, grads[: len(lc)]))
         gr = {t: _row_mask(trainable, items, g) for t, g in zip(rw, grads[len(lc) : len(lc) + len(rw)])}
-        sq = sum((_sq(g) for g in (*gl.values(), *gr.values())), torch.zeros(len(lv), dtype=torch.float64, device=lv.device))
+        sq = sum((_sq(g) for g in (*gl.values(), *gr.values())),
+                 torch.zeros(len(lv), dtype=torch.float64, device=lv.device))
         for module, act, gout in records:
             if gout is None:  # the layer is not on the loss's path
                 continue

@@ -75,7 +75,8 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
     for step in range(cfg.user_steps + cfg.item_steps):
         if cfg.dp:
             # DP-SGD: only the samples Poisson sampling took in this step (the others weigh 0)
-            sel = torch.as_tensor(np.flatnonzero(sample_mask(dp_key, server_round, s_user, items_np[:, 0], step, q)), device=dev)
+            sel = torch.as_tensor(np.flatnonzero(sample_mask(dp_key, server_round, s_user, items_np[:, 0], step, q)),
+                                  device=dev)
             o, pos_s, neg_s = owner[sel], pos[sel], neg[sel]
             dq_s = item_emb[pos_s][:, None, :] - item_emb[neg_s]
             db_s = item_bias[pos_s][:, None] - item_bias[neg_s]
@@ -86,7 +87,8 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
         ps = p[o]
         x = (ps[:, None, :] * dq_s).sum(-1) + db_s  # (n, m)
         if step == 0 and not cfg.dp:
-            per_user = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(0, o, torch.nn.functional.softplus(-x).mean(1).double())
+            per_user = torch.zeros(k, dtype=torch.float64, device=dev).index_add_(
+                0, o, torch.nn.functional.softplus(-x).mean(1).double())
             first_loss = float((per_user / n_u).mean())
         coef = -torch.sigmoid(-x) / m
         csum = coef.sum(1)
@@ -111,7 +113,8 @@ def train_mf_cohort(model, local, params, train, users, cfg, *, seed, server_rou
             cn = -(c[:, None] * coef * m_neg)  # (n, m)
             if clip_users:
                 r_item.index_add_(0, inv_s[:, 0], ci[:, None] * ps)
-                r_item.index_add_(0, inv_s[:, 1:].reshape(-1), (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
+                r_item.index_add_(0, inv_s[:, 1:].reshape(-1),
+                                  (cn[:, :, None] * ps[:, None, :]).reshape(-1, ps.shape[1]))
                 r_bias.index_add_(0, inv_s[:, 0], ci)
                 r_bias.index_add_(0, inv_s[:, 1:].reshape(-1), cn.reshape(-1))
             else:

@@ -106,7 +106,8 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
     users = np.asarray(users, dtype=np.int64)
     short = ~trainable_users(hist, users)
     if short.any():
-        raise ValueError(f"user {users[np.flatnonzero(short)[0]]} has fewer than 2 training items: no training position")
+        raise ValueError(f"user {users[np.flatnonzero(short)[0]]} has fewer than 2 training items: "
+                         "no training position")
     k = len(users)
     n_items = model.n_items
     owner_np, inp_np, cand_np, mask_np = sequence_samples(hist, train, users, model.max_len, cfg.negatives, seed=seed,
@@ -159,7 +160,8 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
             for d, g in g_d.items():
                 r_den[d].index_add_(0, owner[sl], g * w.reshape((-1,) + (1,) * (g.dim() - 1)))
         update = clipped_user_mean({"item_embedding": r_tab[:dummy]}, r_den, uniq, k, n_items,
-                                    LocalConfig(update_clip=cfg.update_clip, row_norm=cfg.row_norm, max_rows=cfg.max_rows),
+                                    LocalConfig(update_clip=cfg.update_clip, row_norm=cfg.row_norm,
+                                                max_rows=cfg.max_rows),
                                     params, noise_std=None, generator=generator)
     loss = float((user_loss / torch.as_tensor(n_pos)).mean())
     items_np = np.concatenate([inp_np[mask_np], cand_np[mask_np].reshape(-1)])

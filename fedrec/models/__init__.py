@@ -55,7 +55,8 @@ def wants_item_features(spec: str) -> bool:
     return "item_features" in inspect.signature(federated_model_class(spec).__init__).parameters
 
 
-def build_federated_model(spec: str, n_items: int, *, item_features: np.ndarray | None = None, **kwargs) -> FederatedModel:
+def build_federated_model(spec: str, n_items: int, *, item_features: np.ndarray | None = None,
+                          **kwargs) -> FederatedModel:
     """Instantiate a federated model; keyword arguments the class does not accept are
     left out (``item_features`` goes only to models that take it)."""
     cls = federated_model_class(spec)

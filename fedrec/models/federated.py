@@ -116,7 +116,8 @@ class FedMF(FederatedModel):
         self.local_shapes = {"user": (dim,)}
         self.item_tables = ("item_embedding", "item_bias")
         rng = np.random.default_rng([seed, 1])
-        self.item_embedding = nn.Parameter(torch.as_tensor((rng.standard_normal((n_items, dim)) * init_std).astype(np.float32)))
+        self.item_embedding = nn.Parameter(
+            torch.as_tensor((rng.standard_normal((n_items, dim)) * init_std).astype(np.float32)))
         self.item_bias = nn.Parameter(torch.zeros(n_items))
 
     def score(self, local, items, dense):
@@ -179,7 +180,8 @@ class FedNeuMF(FederatedModel):
                  seed: int = 0, **_):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        _declare(self, n_items, dim, init_std, g, users=("user", "user_mlp"), tables=("item_embedding", "item_embedding_mlp"))
+        _declare(self, n_items, dim, init_std, g, users=("user", "user_mlp"),
+                 tables=("item_embedding", "item_embedding_mlp"))
         layers = tuple(layers)
         self.tower = _mlp(2 * dim, layers[:-1], layers[-1], init_std, g)
         self.output = _output(torch.cat([torch.ones(dim), torch.randn(layers[-1], generator=g) * init_std]))
@@ -213,8 +215,8 @@ class TwoTower(FederatedModel):
 
     batched_score = True
 
-    def __init__(self, n_items: int, *, item_features: np.ndarray | None = None, dim: int = 64, layers: tuple[int, ...] = (64,),
-                 init_std: float = 0.1, seed: int = 0, **_):
+    def __init__(self, n_items: int, *, item_features: np.ndarray | None = None, dim: int = 64,
+                 layers: tuple[int, ...] = (64,), init_std: float = 0.1, seed: int = 0, **_):
         super().__init__()
         if item_features is None or len(item_features) != n_items:
             raise ValueError("two-tower needs item features with one row per item (genres or year)")

@@ -161,7 +161,8 @@ class PrivateALS:
         of the user's capped set for another (counts move by at most ``sqrt(2)``, against
         ``sqrt(cap)`` for a whole user) and can turn the user's clipped vector anywhere in
         the clip ball while its capped head set swaps at most one item (a pass moves by
-        at most ``2 clip sqrt(pass_cap + 1)``, twice a whole user's contribution).  So the same noise is multiplier ``z sqrt(cap / 2)`` for the
+        at most ``2 clip sqrt(pass_cap + 1)``, twice a whole user's contribution).  So the same
+        noise is multiplier ``z sqrt(cap / 2)`` for the
         counts and ``z / 2`` for each pass."""
         z = self.noise_multiplier
         return self._epsilon(self.releases(self.passes + 1 if rounds is None else rounds,

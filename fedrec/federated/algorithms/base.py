@@ -67,7 +67,8 @@ class TrainedUsers:
     ``update``: the mean over the batch's users (weighted by ``UserBatch.weights``) of what
     each releases, per global parameter: the change the user's training makes to it (a
     model delta; the server's optimiser moves the parameters along the mean of them, FedOpt's
-    pseudo-gradient: ``params + lr * update`` with ``--server-opt sgd``).  ``local``: the users' new local state, per name.  ``loss``: their mean
+    pseudo-gradient: ``params + lr * update`` with ``--server-opt sgd``).  ``local``: the
+    users' new local state, per name.  ``loss``: their mean
     training loss (released only in runs without DP).  ``item_counts``: how many of them
     touched each item row (item-wise aggregation only).
     """
@@ -122,6 +123,7 @@ class StatisticsAlgorithm(TrainingAlgorithm):
     pseudo-gradient of the global parameters, and its server is its own)."""
 
     def round(self, cfg: FedConfig, fed: Federation, partition: int, state: LocalState, *,
-              global_params: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict, LocalState]:
+              global_params: dict[str, np.ndarray],
+              server_round: int) -> tuple[dict[str, np.ndarray], dict, LocalState]:
         """The node's release, its metrics and the new local state."""
         raise NotImplementedError

@@ -18,7 +18,8 @@ class CohortSGD(TrainingAlgorithm):
     def problem(self, cfg, model_class):
         from fedrec.models.sequential import is_sequential
 
-        return "it trains models scored from local vectors; sequential models use 'sequential'" if is_sequential(model_class) else None
+        return ("it trains models scored from local vectors; sequential models use 'sequential'"
+                if is_sequential(model_class) else None)
 
     def train_users(self, batch: UserBatch) -> TrainedUsers:
         from fedrec.engine import train_cohort
