@@ -50,10 +50,14 @@ from fedrec.rng import hash_uniform
 __all__ = [
     "capped_items", "user_vectors", "clip_rows", "count_statistics", "pass_statistics", "noisy_counts",
     "noisy_pass", "head_items", "head_of", "item_vectors", "tail_bias", "pass_sensitivity", "count_sensitivity",
-    "als_releases", "TAIL_OFFSET",
+    "als_releases", "TAIL_OFFSET", "HEAD_BIAS_SCALE",
 ]
 
 TAIL_OFFSET = -1.0e3  # item_bias of the untrained items: below every trained item's score
+#: Largest item bias of a trained (head) item: the head in the order of the noisy counts, far
+#: below the resolution (float32) of any score a user vector gives, so it orders the items only
+#: for a user with no history (a zero vector), whose ranking is then by popularity.
+HEAD_BIAS_SCALE = 1.0e-9
 
 
 def capped_items(items: np.ndarray, user: int, cap: int, seed: int) -> np.ndarray:
@@ -192,17 +196,21 @@ def item_vectors(b: np.ndarray, K: np.ndarray, counts: np.ndarray, head: np.ndar
 
 def head_of(item_bias: np.ndarray) -> np.ndarray:
     """The trained-items mask a node reads from the item biases it received
-    (:func:`tail_bias`: 0 on the head, below ``TAIL_OFFSET / 2`` elsewhere)."""
+    (:func:`tail_bias`: at least 0 on the head, below ``TAIL_OFFSET / 2`` elsewhere)."""
     return np.asarray(item_bias) > TAIL_OFFSET / 2
 
 
 def tail_bias(counts: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """Item biases that rank the untrained items below every trained one, among
-    themselves by noisy count: 0 on the head, ``TAIL_OFFSET + rank / n`` elsewhere."""
+    """Item biases from the released (noisy) counts: the untrained items at ``TAIL_OFFSET +
+    rank / n``, below every trained one; the trained items (the head) at ``HEAD_BIAS_SCALE *
+    rank / n``, where ``rank`` orders all items by count.  A user with history ranks the head by
+    its vector (the head's biases are below a float32 score's resolution); a user with no
+    history (a zero vector, the cold-start curve's k = 0) ranks it by popularity.  Both are
+    post-processing of the counts' release: no privacy cost."""
     n = len(counts)
     rank = np.empty(n)
     rank[np.argsort(np.asarray(counts), kind="stable")] = np.arange(n)
-    return np.where(head, 0.0, TAIL_OFFSET + rank / max(1, n)).astype(np.float32)
+    return np.where(head, HEAD_BIAS_SCALE * rank / max(1, n), TAIL_OFFSET + rank / max(1, n)).astype(np.float32)
 
 
 def als_releases(noise_multiplier: float, count_noise_multiplier: float, passes: int) -> tuple:

@@ -97,6 +97,27 @@ def test_a_pass_adds_each_user_to_its_own_head_items_only():
     np.testing.assert_array_equal(als.head_of(als.tail_bias(counts, mask)), mask)
 
 
+def test_a_user_with_no_history_ranks_the_head_by_popularity_and_the_others_rank_as_before():
+    """The head's biases order it by the noisy counts for a zero user vector (the cold-start
+    curve's k = 0, once a tie of every trained item) and change no ranking of a user with a vector."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    n, d = 300, 16
+    counts = rng.normal(50, 30, n)  # noisy counts: some negative
+    head = als.head_items(counts, 0.2)
+    bias = als.tail_bias(counts, head)
+    V = (rng.standard_normal((n, d)) * 0.1).astype(np.float32)
+    cold = (torch.zeros(1, d) @ torch.as_tensor(V).T + torch.as_tensor(bias)).numpy()[0]
+    top = np.argsort(-cold, kind="stable")[:10]
+    np.testing.assert_array_equal(top, np.argsort(-np.where(head, counts, -np.inf), kind="stable")[:10])
+    U = torch.as_tensor(rng.standard_normal((50, d)).astype(np.float32))
+    flat = np.where(head, 0.0, bias).astype(np.float32)  # the head tied at 0, as before
+    now = (U @ torch.as_tensor(V).T + torch.as_tensor(bias)).numpy()
+    before = (U @ torch.as_tensor(V).T + torch.as_tensor(flat)).numpy()
+    assert (np.argsort(-now, axis=1, kind="stable") == np.argsort(-before, axis=1, kind="stable")).mean() > 0.999
+
+
 def test_capped_items_depend_on_the_user_alone():
     items = np.arange(100, 180)
     a = als.capped_items(items, user=7, cap=10, seed=3)
@@ -300,14 +321,16 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
     assert inter.labels["preset"] == i_twin.labels["preset"] == "interaction"
     assert {f.name for f in fields(FedConfig)
             if getattr(inter.cfg, f.name) != getattr(i_twin.cfg, f.name)} == {"als_target_epsilon", "als_unit"}
-    assert by["private-als-eps1"].cfg.resolved().als_noise_multiplier > by["private-als-eps8"].cfg.resolved().als_noise_multiplier
+    assert (by["private-als-eps1"].cfg.resolved().als_noise_multiplier
+            > by["private-als-eps8"].cfg.resolved().als_noise_multiplier)
 
 
 def test_frontier_report_and_plot_from_rows(tmp_path):
     from fedrec_app.simulations.frontier import plot_frontier, write_frontier_report
 
     rows = []
-    for s, (a, b, m, p) in enumerate([(0.05, 0.06, 0.04, 0.039), (0.052, 0.061, 0.04, 0.041), (0.054, 0.059, 0.04, 0.04)]):
+    for s, (a, b, m, p) in enumerate([(0.05, 0.06, 0.04, 0.039), (0.052, 0.061, 0.04, 0.041),
+                                      (0.054, 0.059, 0.04, 0.04)]):
         rows += [{"mechanism": "private-als", "unit": "user-level", "epsilon": 8.0, "seed": s, "users": 100,
                   "ndcg@10": a, "hr@10": 0.1, "coverage@10": 0.05},
                  {"mechanism": "private-als", "unit": "none", "epsilon": math.inf, "seed": s, "users": 100,
@@ -406,9 +429,11 @@ def test_the_als_server_sums_good_replies_and_rejects_malformed_ones(monkeypatch
     emb = params["item_embedding"].numpy()
     assert not emb[[1, 2]].any() and (emb[[0, 3]] == 1).all()  # untrained rows zeroed, trained kept
     bias = params["item_bias"].numpy()
-    assert bias[0] == bias[3] == 0 and bias[2] > bias[1] and bias.max() - bias[1:3].max() > 100
+    # the head (0, 3) by count (a tie: the later item first), just above 0; the tail far below, by count
+    assert 0 <= bias[0] < bias[3] <= als.HEAD_BIAS_SCALE and bias[2] > bias[1] and bias.max() - bias[1:3].max() > 100
     K = np.eye(2)
-    params, _ = s.aggregate_train(2, [reply(1, {"b": np.ones((4, 2)), "K": K}), reply(2, {"b": np.ones((4, 2)), "K": K})])
+    params, _ = s.aggregate_train(2, [reply(1, {"b": np.ones((4, 2)), "K": K}),
+                                      reply(2, {"b": np.ones((4, 2)), "K": K})])
     V = params["item_embedding"].numpy()
     reg = cfg.als_reg * cfg.als_clip ** 2 * 9
     np.testing.assert_allclose(V[0], 2 / ((4 / 9 + cfg.als_alpha) * 2 + reg), rtol=1e-6)
@@ -444,7 +469,8 @@ def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
         assert not (twin.cfg.dp or twin.cfg.user_level)
 
 
-@pytest.mark.parametrize("mech, server_opt, rounds", [("sasrec-dp-fedavg", "sgd", 60), ("sasrec-dp-fedadam", "adam", 100)])
+@pytest.mark.parametrize("mech, server_opt, rounds",
+                         [("sasrec-dp-fedavg", "sgd", 60), ("sasrec-dp-fedadam", "adam", 100)])
 def test_sequential_frontier_cells_differ_from_their_twin_only_in_the_mechanism(mech, server_opt, rounds):
     from dataclasses import fields
 
@@ -459,4 +485,5 @@ def test_sequential_frontier_cells_differ_from_their_twin_only_in_the_mechanism(
     differ = {f.name for f in fields(FedConfig) if getattr(twin.cfg, f.name) != getattr(p.cfg, f.name)}
     assert differ == {"user_dp", "user_target_epsilon"}, differ
     assert not twin.cfg.user_level and p.cfg.user_level
-    assert frontier_cells("synthetic:40x30:1", mechanisms=(mech,), epsilons=(8.0,), rounds=7)[0].cfg.num_server_rounds == 7
+    assert frontier_cells("synthetic:40x30:1", mechanisms=(mech,), epsilons=(8.0,),
+                          rounds=7)[0].cfg.num_server_rounds == 7
