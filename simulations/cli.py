@@ -68,7 +68,6 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
     import numpy as np
 
     from fedrec import baselines
-    from fedrec.models import build_model
     from fedrec.results import data_record, record_invocation, write_json, write_metrics
 
     _log(f"data {ds.summary()} split {split.summary()}")
@@ -91,14 +90,12 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
         res = baselines.fit_sequential(
             model, split, hist, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size or 128,
             n_negatives=args.negatives, patience=args.patience, progress=_log, **ev)  # ev holds the seed
-    else:
-        if args.model == "bpr-mf":
-            model = build_model("mf", ds.n_users, ds.n_items, dim=args.dim, seed=args.seed)
-        else:  # the centralized counterpart of a federated model: the same score function
-            from fedrec.federation import build_model
-            from fedrec.models.centralized import Centralized
+    else:  # the centralized counterpart of a federated model: the same score function (bpr-mf: MF's)
+        from fedrec.federation import build_model
+        from fedrec.models.centralized import Centralized
 
-            model = Centralized(build_model(args.model, ds, dim=args.dim, seed=args.seed), ds.n_users, seed=args.seed)
+        spec = "mf" if args.model == "bpr-mf" else args.model
+        model = Centralized(build_model(spec, ds, dim=args.dim, seed=args.seed), ds.n_users, seed=args.seed)
         res = baselines.fit_centralized(
             model, split, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
             batch_size=args.batch_size or 1024, n_negatives=args.negatives, loss=args.loss,

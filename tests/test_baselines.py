@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from fedrec.baselines import ease_item_weights, fit_centralized, fit_ease, fit_most_popular, most_popular_scores
-from fedrec.models import build_model
+from fedrec.models import Centralized, build_federated_model
 
 
 def test_most_popular_scores_hand_computed():
@@ -46,7 +46,8 @@ def test_centralized_bpr_mf_learns(tiny_ds):
     ds = synthetic_dataset(n_users=150, n_items=60, interactions_per_user=12, seed=1)
     split = leave_last_out(ds)
     torch.manual_seed(0)
-    res = fit_centralized(build_model("mf", ds.n_users, ds.n_items, dim=8), split, epochs=15, lr=0.02,
+    model = Centralized(build_federated_model("mf", ds.n_items, dim=8), ds.n_users)  # `fedrec baseline --model bpr-mf`
+    res = fit_centralized(model, split, epochs=15, lr=0.02,
                           batch_size=128, patience=5, sampled_negatives=0)
     assert res.selected["epoch"] == max(res.history, key=lambda h: h["valid_ndcg@10"])["epoch"]
     first = res.history[0]["loss"]

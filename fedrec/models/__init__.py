@@ -3,8 +3,9 @@
 Federated models implement :class:`FederatedModel` (local state, global
 parameters, a score function) and go through the cohort engine
 (:mod:`fedrec.engine`): the shipped ones are in :data:`FEDERATED_MODELS`, and
-``path/to/file.py:ClassName`` names a user's own.  :class:`Recommender` and its
-subclasses are the centralized NCF baselines of ``fedrec baseline``.
+``path/to/file.py:ClassName`` names a user's own.  One family serves both settings:
+:class:`Centralized` makes any of them the centralized baseline of ``fedrec baseline``
+(the same score function, every user's local state in one table).
 """
 
 from __future__ import annotations
@@ -14,31 +15,20 @@ import inspect
 import numpy as np
 
 from fedrec.models.base import Recommender
+from fedrec.models.centralized import Centralized
 from fedrec.models.federated import FEDERATED_MODELS, FedGMF, FedMF, FedMLP, FedNeuMF, TwoTower
 from fedrec.models.losses import LOSSES, bce_loss, bpr_loss
-from fedrec.models.mf import MF
-from fedrec.models.ncf import GMF, MLP, NeuMF
 from fedrec.models.protocol import FederatedModel
 from fedrec.models.sequential import SEQUENTIAL_MODELS, GRU4Rec, SASRec, SequentialModel, is_sequential
 from fedrec.plugins import load_class
 
-__all__ = ["Recommender", "MF", "GMF", "MLP", "NeuMF", "bpr_loss", "bce_loss", "LOSSES", "build_model", "MODELS",
+__all__ = ["Recommender", "Centralized", "bpr_loss", "bce_loss", "LOSSES",
            "FederatedModel", "FEDERATED_MODELS", "FedMF", "FedGMF", "FedMLP", "FedNeuMF", "TwoTower",
            "federated_model_class", "build_federated_model", "wants_item_features",
            "SequentialModel", "SASRec", "GRU4Rec", "SEQUENTIAL_MODELS", "is_sequential", "SHIPPED_MODELS"]
 
-MODELS = {"mf": MF, "gmf": GMF, "mlp": MLP, "neumf": NeuMF}
 #: every shipped model of the federated path: scored from local vectors, or from histories
 SHIPPED_MODELS = {**FEDERATED_MODELS, **SEQUENTIAL_MODELS}
-
-
-def build_model(name: str, n_users: int, n_items: int, **kwargs) -> Recommender:
-    """Instantiate a centralized baseline model by name (``mf``, ``gmf``, ``mlp``, ``neumf``)."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-    return cls(n_users, n_items, **kwargs)
 
 
 def federated_model_class(spec: str) -> type[FederatedModel]:
