@@ -29,7 +29,8 @@ def test_the_readme_is_a_front_page():
 
 def test_the_docs_home_page_is_the_readme():
     want = readme_as_index((ROOT / "README.md").read_text())
-    assert (ROOT / "docs" / "index.md").read_text() == want, "run `python tests/test_docs.py` to regenerate docs/index.md"
+    assert (ROOT / "docs" / "index.md").read_text() == want, \
+        "run `python tests/test_docs.py` to regenerate docs/index.md"
 
 
 def test_every_readme_link_to_the_docs_exists():
@@ -134,8 +135,7 @@ def test_every_documented_command_parses():
     assert blocks >= 20 and not bad, "\n".join(bad)
 
 
-#: Data a documented command may name that the test does not have or would take minutes to
-#: read: replaced by a small synthetic population (the bundled ml-latest-small is kept).
+#: The data every documented command runs on here (:func:`_tiny`): a small synthetic population.
 TINY_DATA = "synthetic:120x60:0"
 #: The most rounds (simulate, sweeps) and epochs (baseline) a documented command runs here.
 TINY_ROUNDS = 2
@@ -167,36 +167,45 @@ def _options_of(argv: list[str]) -> set[str]:
 
 
 def _tiny(argv: list[str], tmp: Path) -> list[str]:
-    """``argv`` on tiny data: data other than ml-latest-small or a small synthetic population
-    becomes :data:`TINY_DATA`; rounds, epochs and seeds are capped (and set where the command
-    takes them); paths under ``/tmp/`` move under ``tmp`` (``runs/...`` is relative: the test
-    runs in ``tmp``)."""
-    def moved(v: str) -> str:
-        return f"{tmp}/" + v[len("/tmp/"):] if v.startswith("/tmp/") else v
-
-    caps = {"--rounds": TINY_ROUNDS, "--epochs": TINY_ROUNDS, "--seeds": 1}
+    """``argv`` on tiny data: its data becomes :data:`TINY_DATA` (given or not, where the
+    command reads data), except for ``--privacy UNIT --epsilon E``, whose choice is made for
+    the data it names (the bundled ml-latest-small is kept); rounds, epochs, windows, seeds
+    and epsilons are capped (and set where the command takes them; a frontier at epsilon 8); paths under ``/tmp/``
+    move under ``tmp`` (``runs/...`` is relative: the test runs in ``tmp``)."""
+    keep_data = "--privacy" in argv
+    caps = {"--rounds": TINY_ROUNDS, "--epochs": TINY_ROUNDS, "--warmup-rounds": TINY_ROUNDS, "--windows": 2,
+            "--seeds": 1}
     out, words, i = [], list(argv), 0
     while i < len(words):
         w = words[i]
         if w == "--data" and i + 1 < len(words):
-            d = words[i + 1]
-            small = d == "ml-latest-small" or (d.startswith("synthetic:") and int(d.split(":")[1].split("x")[0]) <= 1000)
-            out += [w, d if small else TINY_DATA]
+            out += [w, words[i + 1] if keep_data or words[i + 1].startswith("synthetic:") else TINY_DATA]
             i += 2
         elif w in caps and i + 1 < len(words):
             out += [w, str(min(int(words[i + 1]), caps[w]))]
             i += 2
+        elif w == "--epsilons":  # the first epsilon of the list only
+            j = i + 1
+            while j < len(words) and not words[j].startswith("--"):
+                j += 1
+            out += words[i:i + 2]
+            i = j
         else:
-            out.append(moved(w))
+            out.append(f"{tmp}/" + w[len("/tmp/"):] if w.startswith("/tmp/") else w)
             i += 1
     known = _options_of(out)
     for flag, cap in caps.items():
         if flag in known and flag not in out:
             out += [flag, str(cap)]
+    if "--data" in known and "--data" not in out and not keep_data:
+        out += ["--data", TINY_DATA]
+    if out[:2] == ["sweep", "frontier"] and "--epsilons" not in out:
+        out += ["--epsilons", "8"]
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # one Ray for every run (tests/conftest.py)
+@pytest.mark.heavy  # about 10 minutes on 2 cores: `make test-heavy` and CI
 @pytest.mark.parametrize("where, reason, commands", _documented_blocks(), ids=[w for w, _, _ in _documented_blocks()])
 def test_the_documented_commands_run_on_tiny_data(where, reason, commands, tmp_path, monkeypatch):
     """The ``fedrec`` commands of each shell block of the README and the docs run in order to
