@@ -64,10 +64,27 @@ def marked_processes(marker: str) -> list[int]:
     return pids
 
 
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process :func:`marked_processes` finds (a failed test's cleanup)."""
+    import signal
+
+    for pid in marked_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass
+
+
 @pytest.fixture
 def processes_marked():
     """:func:`marked_processes`, for tests that check a process tree is gone."""
     return marked_processes
+
+
+@pytest.fixture
+def processes_killed():
+    """:func:`kill_marked`, for the cleanup of tests that start process trees."""
+    return kill_marked
 
 
 @pytest.fixture(scope="session")

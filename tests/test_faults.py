@@ -64,7 +64,7 @@ def tmp():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, processes_marked):
+def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, processes_marked, processes_killed):
     """SIGKILL of ``fedrec simulate`` itself (no handler runs): Ray's processes die with it
     and the watcher removes the users' node files; ``--resume`` then ends the run at its
     recorded last round with every round logged once."""
@@ -84,8 +84,7 @@ def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, proc
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-        for pid in processes_marked(tmp.name):
-            os.kill(pid, signal.SIGKILL)
+        processes_killed(tmp.name)
     assert main(["simulate", "--resume", "--out", str(out), "--cpus", "2"]) == 0
     assert _rounds(out) == list(range(1, 13))
     assert json.loads((out / "metrics.json").read_text())["rounds"] == 12
@@ -154,7 +153,7 @@ def test_a_corrupted_node_file_stops_in_one_line_and_resumes(tmp_path, tmp, proc
 
 
 @pytest.mark.heavy
-def test_an_actor_killed_mid_run_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked):
+def test_an_actor_killed_mid_run_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked, processes_killed):
     """SIGKILL of one of Ray's ClientApp actors (the OOM killer would do the same): Flower
     keeps sending to the dead actor, so every later round would miss its nodes; the run
     stops before aggregating the round in one line, leaves nothing behind, and
@@ -182,8 +181,7 @@ def test_an_actor_killed_mid_run_stops_in_one_line_and_resumes(tmp_path, tmp, pr
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-        for pid in processes_marked(tmp.name):
-            os.kill(pid, signal.SIGKILL)
+        processes_killed(tmp.name)
     done = _rounds(out)
     assert done == list(range(1, len(done) + 1)) and len(done) >= 3
     assert main(["simulate", "--resume", "--out", str(out), "--cpus", "2"]) == 0

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.heavy
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_flwr_run_runs_the_apps_through_a_superlink(tmp_path, processes_marked):
+def test_flwr_run_runs_the_apps_through_a_superlink(tmp_path, processes_marked, processes_killed):
     _ours = processes_marked
     tmp = Path(tempfile.mkdtemp(prefix="fr-run-", dir="/tmp"))  # Ray's socket paths stay short
     marker = tmp.name
@@ -48,9 +48,5 @@ def test_flwr_run_runs_the_apps_through_a_superlink(tmp_path, processes_marked):
             time.sleep(0.5)
         assert not _ours(marker)  # the SuperLink took its runtime processes with it
     finally:
-        for pid in _ours(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        processes_killed(marker)
         shutil.rmtree(tmp, ignore_errors=True)

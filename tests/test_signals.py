@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("how", ["sigint-inherited-ignored", "sigterm", "sweep-sigint"])
-def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked):
+def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked, processes_killed):
     _ours = processes_marked
     import shutil
     import tempfile
@@ -73,9 +73,5 @@ def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-        for pid in _ours(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        processes_killed(marker)
         shutil.rmtree(tmp, ignore_errors=True)
