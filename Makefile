@@ -22,7 +22,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-# the study and the stream end to end through Flower (about 8 minutes on 2 cores); CI runs them too
+# the study, the stream, deployments and the docs' commands end to end (about 26 minutes on 2 cores); CI runs them too
 test-heavy: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m heavy
 
