@@ -16,7 +16,7 @@ ALS releases sufficient statistics, and has a server of its own) is a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -62,21 +62,22 @@ class UserBatch:
 
 @dataclass
 class TrainedUsers:
-    """What :meth:`TrainingAlgorithm.train_users` returns (the engine's ``CohortResult`` has the same fields).
+    """What :meth:`TrainingAlgorithm.train_users` returns (the engine's ``CohortResult`` has
+    the same fields).
 
     ``update``: the mean over the batch's users (weighted by ``UserBatch.weights``) of what
     each releases, per global parameter: the change the user's training makes to it (a
-    model delta; the server's optimiser moves the parameters along the mean of them, FedOpt's
-    pseudo-gradient: ``params + lr * update`` with ``--server-opt sgd``).  ``local``: the
-    users' new local state, per name.  ``loss``: their mean
-    training loss (released only in runs without DP).  ``item_counts``: how many of them
-    touched each item row (item-wise aggregation only).
+    model delta; the server's optimiser moves the parameters along the mean of them,
+    FedOpt's pseudo-gradient: ``params + lr * update`` with ``--server-opt sgd``).
+    ``local``: the users' new local state, per name.  ``loss``: their mean training loss
+    (released only in runs without DP).  ``item_counts``: how many of them touched each
+    item row (item-wise aggregation only).
     """
 
     update: dict[str, torch.Tensor]
     local: dict[str, torch.Tensor]
     loss: float = 0.0
-    item_counts: np.ndarray | None = field(default=None)
+    item_counts: np.ndarray | None = None
 
 
 class TrainingAlgorithm:
