@@ -34,8 +34,7 @@ class ALS(StatisticsAlgorithm):
         if server_round <= 1:
             update = {"counts": als.count_statistics(train, users, cap=cfg.als_cap, seed=cfg.seed)}
         else:
-            U = als.user_vectors(global_params["item_embedding"], train, users, alpha=cfg.als_alpha,
-                                 reg_user=cfg.als_user_reg)
+            U = _solve_users(cfg, fed, users, global_params)
             local["user"] = U.astype(np.float32)
             b, K = als.pass_statistics(als.clip_rows(U, cfg.als_clip), train, users, cap=cfg.als_pass_cap,
                                        seed=cfg.seed, head=als.head_of(global_params["item_bias"]))
@@ -46,8 +45,13 @@ class ALS(StatisticsAlgorithm):
 
     def evaluation_state(self, cfg, fed, state, global_params):
         """Each user's exact solve from the item table evaluated (on the device, never released)."""
-        from fedrec.als import user_vectors
-
-        U = user_vectors(global_params["item_embedding"], fed.split.train, state.users, alpha=cfg.als_alpha,
-                         reg_user=cfg.als_user_reg)
+        U = _solve_users(cfg, fed, state.users, global_params)
         return LocalState(state.users, {"user": U.astype(np.float32)}, state.dp_steps, state.rounds)
+
+
+def _solve_users(cfg, fed, users: np.ndarray, global_params: dict[str, np.ndarray]) -> np.ndarray:
+    """Each user's exact ALS solve from the item table received and all of its training items."""
+    from fedrec.als import user_vectors
+
+    return user_vectors(global_params["item_embedding"], fed.split.train, users, alpha=cfg.als_alpha,
+                        reg_user=cfg.als_user_reg)
