@@ -23,6 +23,7 @@ import torch
 from fedrec import node
 from fedrec.config import FedConfig
 from fedrec.federation import init_global_params, load_federation
+from fedrec.privacy.calibration import resolved
 
 from round_time import direct_round_seconds, flower_round_seconds  # noqa: E402  (same folder)
 
@@ -34,8 +35,8 @@ def engine_seconds(cfg: FedConfig, rounds: int) -> tuple[float, float, float]:
     the median of the per-round ratios generic / fast, which a shared machine's load
     moves far less than either time."""
     fed = load_federation(cfg)
-    cfgs = {"fast": dataclasses.replace(cfg, engine="auto").resolved(),
-            "generic": dataclasses.replace(cfg, engine="generic").resolved()}
+    cfgs = {"fast": resolved(dataclasses.replace(cfg, engine="auto")),
+            "generic": resolved(dataclasses.replace(cfg, engine="generic"))}
     params = init_global_params(cfgs["fast"], fed)
     states = {k: node.load_state({}, fed, 0, c) for k, c in cfgs.items()}
     times: dict[str, list[float]] = {"fast": [], "generic": []}

@@ -79,19 +79,20 @@ def main() -> None:
 
     from fedrec.config import FedConfig
     from fedrec.federation import load_federation, write_node_data
+    from fedrec.privacy.calibration import resolved
 
     rows = []
     for data in args.data:
         cfg = FedConfig(data=data, users_per_node=args.users_per_node, target_epsilon=args.target_epsilon,
                         sample_rate=0.5, num_server_rounds=60)
         t = time.perf_counter()
-        resolved = cfg.resolved()
-        fed = load_federation(resolved)
+        run_cfg = resolved(cfg)
+        fed = load_federation(run_cfg)
         with tempfile.TemporaryDirectory() as tmp:
             path = write_node_data(fed, tmp, partitions=[0])[0]
             plan_s = time.perf_counter() - t
             rc = cfg.to_run_config()
-            mech = {"noise-multiplier": resolved.noise_multiplier, "user-noise-multiplier": 0.0}
+            mech = {"noise-multiplier": run_cfg.noise_multiplier, "user-noise-multiplier": 0.0}
             modes = {"node file + server's mechanism (now)": ({"data-file": str(path), "partition-id": 0}, mech),
                      "whole dataset + calibration per message (before)": ({"partition-id": 0}, None)}
             for mode, (nc, m) in modes.items():

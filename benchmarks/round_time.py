@@ -27,6 +27,7 @@ from fedrec.config import FedConfig
 from fedrec.federation import init_global_params, load_federation
 from fedrec.flower_compat import reuse_ray
 from fedrec.optim import OptState, server_step
+from fedrec.privacy.calibration import resolved
 from fedrec_app.simulations.simulate import simulate
 
 
@@ -35,7 +36,7 @@ def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
     in this process (no Flower), then the server's weighted mean and optimiser step
     (:func:`fedrec.optim.server_step`, as the strategy does): the floor that Flower's
     engine is compared with."""
-    cfg = cfg.resolved()
+    cfg = resolved(cfg)
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     opt_state = OptState()

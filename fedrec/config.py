@@ -11,16 +11,11 @@ Every value is checked; errors name the key and the bad value.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
 
 from fedrec.errors import ConfigError
-
-if TYPE_CHECKING:  # the engine (torch) is imported where it is used: `fedrec --help` stays fast
-    from fedrec.engine.cohort import LocalConfig
 
 __all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES", "options", "run_key",
            "flat_run_config", "nested_run_config", "sectioned_run_config", "parse_overrides"]
@@ -245,179 +240,9 @@ class FedConfig:
                               "them)")
 
     def __post_init__(self):
-        def bad(key, why):
-            raise ConfigError(run_key(key), getattr(self, key), why)
-
-        if self.user_dp == "adaptive":
-            bad("user_dp", "adaptive clipping is refused: Flower's DifferentialPrivacyServerSideAdaptiveClipping "
-                "noises the sum at the next round's clip, below the clip it applied (an effective noise multiplier "
-                "of about 0.93 where 1 is accounted); use user-dp='client' or 'server' (fixed clipping)")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices and getattr(self, f.name) != f.default:
-                bad(f.name, "choose " + ", ".join(repr(c) for c in choices))
-
-        for key in ("dim", "num_server_rounds", "users_per_node", "item_steps", "negatives", "min_replies", "seq_len",
-                    "interaction_cap"):
-            if getattr(self, key) < 1:
-                bad(key, "must be >= 1")
-        for key in ("max_users", "user_steps", "kcore", "min_rating", "user_l2", "patience", "eval_every",
-                    "noise_multiplier", "target_epsilon", "budget_epsilon", "user_noise_multiplier",
-                    "user_target_epsilon", "prior_noise"):
-            if getattr(self, key) < 0:
-                bad(key, "must be >= 0")
-        for key in ("init_std", "user_lr", "server_lr", "max_grad_norm", "user_clip", "round_timeout"):
-            if not getattr(self, key) > 0:
-                bad(key, "must be > 0")
-        if self.split not in ("leave-last-out", "leave-last-group-out", "temporal-ratio"):
-            from fedrec.data.splits import parse_window
-
-            try:
-                if parse_window(self.split) is None:
-                    raise ValueError("choose 'leave-last-out', 'leave-last-group-out', 'temporal-ratio' or "
-                                     "'window:START:END'")
-            except ValueError as e:
-                bad("split", str(e).split(": ", 1)[-1] if str(e).startswith("split ") else str(e))
-            if self.patience > 0:
-                bad("patience", "a window split has no validation to stop on: pass --patience 0 (the model "
-                                "evaluated is the last round's)")
-        if not 0 < self.fraction_train <= 1:
-            bad("fraction_train", "must be in (0, 1]")
-        if not 0 < self.sample_rate <= 1:
-            bad("sample_rate", "must be in (0, 1]")
-        if not 0 < self.user_sample_rate <= 1:
-            bad("user_sample_rate", "must be in (0, 1]")
-        if not 0 <= self.dropout_rate < 1:
-            bad("dropout_rate", "must be in [0, 1)")
-        if self.user_dp == "off" and (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
-            bad("user_dp", "user-noise-multiplier/user-target-epsilon given but user-dp is 'off'")
-        if self.user_dp != "off" and not (self.user_noise_multiplier > 0 or self.user_target_epsilon > 0):
-            bad("user_noise_multiplier", "user-level DP needs user-noise-multiplier > 0 or user-target-epsilon > 0")
-        if self.user_noise_multiplier > 0 and self.user_target_epsilon > 0:
-            bad("user_target_epsilon", "give user-noise-multiplier or user-target-epsilon, not both")
-        if self.user_dp == "server" and self.users_per_node != 1:
-            bad("user_dp", "server-side clipping clips whole node replies: it is user-level only with users-per-node=1 "
-                "(use user-dp='client' for cohorts of users per node)")
-        if self.user_dp != "off" and self.aggregation == "itemwise":
-            bad("aggregation", "item-wise averaging is not valid with user-level DP")
-        if self.robust_aggregation and (self.user_dp != "off" or self.secure_aggregation or self.als):
-            bad("aggregation", f"{self.aggregation} needs each node's update: not with user-level DP (a noised sum), "
-                "secure aggregation (a sum) or private ALS")
-        if not 0 <= self.trim_beta < 0.5:
-            bad("trim_beta", "must be in [0, 0.5)")
-        if self.byzantine_nodes < 0:
-            bad("byzantine_nodes", "must be >= 0")
-        if self.user_dp != "off" and self.fraction_train < 1:
-            bad("fraction_train", "with user-level DP users are sampled by user-sample-rate (Poisson), not by node")
-        if self.budget_epsilon > 0 and not self.dp:
-            bad("budget_epsilon", "a client budget needs interaction-level DP (noise-multiplier or target-epsilon)")
-        if not 0 < self.delta < 1:
-            bad("delta", "must be in (0, 1)")
-        from fedrec.models import wants_item_features
-
-        try:
-            feature_aware = wants_item_features(self.model)
-        except ValueError as e:
-            raise ConfigError("model.model", self.model, str(e).split(": ", 1)[-1]) from None
-        for key in ("cold_users", "cold_items"):
-            if not 0 <= getattr(self, key) < 1:
-                bad(key, "must be in [0, 1)")
-        from fedrec.models import federated_model_class, is_sequential
-
-        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
-            bad("device", "choose 'cpu', 'cuda' or 'cuda:N'")
-        if self.als and self.device != "cpu":
-            bad("device", "private ALS solves on the CPU only (numpy): use device='cpu'")
-        sequential = is_sequential(federated_model_class(self.model))
-        if sequential:
-            if self.device != "cpu":
-                bad("device", "sequential models train on the CPU only (the GPU path covers the cohort engine's "
-                    "models: mf, gmf, mlp, neumf, two-tower and your own FederatedModel)")
-            if self.prior_noise > 0:
-                bad("prior_noise", "sequential models have no item bias to start from a popularity prior")
-            if self.dp or self.budget_epsilon > 0:
-                bad("model", "interaction-level DP is not available for sequential models: one interaction enters "
-                    "up to seq-len + 1 samples (as a target and as the input of later positions); use user-level "
-                    "DP (user-dp='client')")
-        if self.weighting == "interaction":
-            why = ("interaction-level DP" if self.dp else "user-level DP" if self.user_level else "ALS" if self.als
-                   else "row bounds" if self.row_norm > 0 or self.max_rows > 0
-                   else "item-wise aggregation" if self.aggregation == "itemwise" else "")
-            if why:
-                bad("weighting", f"weighting users by their interactions is built for non-private SGD training, "
-                    f"not with {why}: use weighting='user'")
-        if self.mlflow and not self.out:
-            bad("mlflow", "MLflow logs the run directory: give --out too")
-        if self.tensorboard and not self.out:
-            bad("tensorboard", "TensorBoard logs the run directory: give --out too")
-        if not 0 <= self.train_head <= 1:
-            bad("train_head", "must be in [0, 1] (0: every item trained)")
-        if self.train_head > 0 and self.prior_noise <= 0:
-            bad("train_head", "the trained items are chosen by the DP popularity prior's release: set prior-noise > 0")
-        if self.cold_items > 0 and not feature_aware:
-            bad("cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'")
-        if self.secure_aggregation and self.user_dp != "off":
-            bad("secure_aggregation", "SecAgg+ hides single replies, which user-level DP clips on the server or "
-                "sums with the current parameters: use interaction-level DP with secure aggregation")
-        for key in ("secagg_clip", "secagg_shares", "secagg_threshold"):
-            if not getattr(self, key) > 0:
-                bad(key, "must be > 0")
-        if self.secagg_quantization < 0:
-            bad("secagg_quantization", "must be >= 0 (0: automatic)")
-        try:
-            targets = self.exposure_targets
-        except ValueError:
-            bad("exposure_items", "must be comma-separated item indices")
-        if any(t < 0 for t in targets):
-            bad("exposure_items", "item indices must be >= 0")
-        if self.row_norm < 0 or self.max_rows < 0:
-            bad("row_norm" if self.row_norm < 0 else "max_rows", "must be >= 0")
-        if (self.row_norm > 0 or self.max_rows > 0) and self.dp:
-            bad("row_norm" if self.row_norm > 0 else "max_rows", "row bounds need each user's un-noised rows: not "
-                "with interaction-level DP (they compose with user-level DP)")
-        if (self.row_norm > 0 or self.max_rows > 0) and self.als:
-            bad("als", "ALS releases sufficient statistics, not updates: leave row-norm and max-rows off")
-        if self.aggregation == "itemwise" and self.dp:
-            bad("aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
-        if self.noise_multiplier > 0 and self.target_epsilon > 0:
-            bad("target_epsilon", "give noise-multiplier or target-epsilon, not both")
-        if self.als_passes < 0:
-            bad("als_passes", "must be >= 0 (0: the item counts only, private MostPop)")
-        for key in ("als_cap", "als_pass_cap"):
-            if getattr(self, key) < 1:
-                bad(key, "must be >= 1")
-        for key in ("als_clip", "als_alpha"):
-            if not getattr(self, key) > 0:
-                bad(key, "must be > 0")
-        for key in ("als_reg", "als_user_reg", "als_noise_multiplier", "als_target_epsilon"):
-            if getattr(self, key) < 0:
-                bad(key, "must be >= 0")
-        if not 0 <= self.als_head <= 1:
-            bad("als_head", "must be in [0, 1] (0: nothing trained, items ranked by their noisy counts)")
-        if self.privacy_unit and not self.epsilon > 0:
-            bad("privacy_unit", "needs --epsilon > 0, the target the mechanism is chosen for")
-        if self.epsilon > 0 and not self.privacy_unit:
-            bad("epsilon", "needs --privacy user-level or interaction-level (the unit the epsilon is in)")
-        if self.privacy_unit and (self.dp or self.user_level or self.als_private):
-            bad("privacy_unit", "chooses the mechanism itself: give --privacy/--epsilon, or a mechanism's own "
-                "target epsilon or noise, not both")
-        if self.als_noise_multiplier > 0 and self.als_target_epsilon > 0:
-            bad("als_target_epsilon", "give als-noise-multiplier or als-target-epsilon, not both")
-        if not self.als and (self.als_noise_multiplier > 0 or self.als_target_epsilon > 0):
-            bad("als", "als-noise-multiplier/als-target-epsilon given but als is off")
-        if self.als:
-            if self.model != "mf":
-                bad("model", "ALS trains matrix factorisation: use model='mf' with als")
-            for key, off in (("dp", "noise-multiplier/target-epsilon"), ("user_level", "user-dp"),
-                             ("secure_aggregation", "secure-aggregation"), ("prior_noise", "prior-noise"),
-                             ("budget_epsilon", "budget-epsilon")):
-                if getattr(self, key):
-                    bad("als", f"ALS is its own user-level mechanism: leave {off} off")
-            if self.fraction_train < 1 or self.user_sample_rate < 1:
-                bad("als", "ALS's accounting has every user in every pass: leave fraction-train and "
-                    "user-sample-rate at 1")
-            if self.resume:
-                bad("resume", "ALS runs are a few rounds and are not resumed")
+        for check in SECTION_CHECKS.values():
+            check(self)
+        _check_across_sections(self)
 
     @property
     def exposure_targets(self) -> tuple[int, ...]:
@@ -429,13 +254,6 @@ class FedConfig:
         return self.noise_multiplier > 0 or self.target_epsilon > 0
 
     @property
-    def prior(self) -> tuple:
-        """The DP popularity prior's mechanism for the accountant (``()``: none)."""
-        from fedrec.privacy.prior import prior_mechanism
-
-        return prior_mechanism(self.prior_noise)
-
-    @property
     def user_level(self) -> bool:
         return self.user_dp != "off"
 
@@ -443,80 +261,6 @@ class FedConfig:
     def robust_aggregation(self) -> bool:
         """Whether one of Flower's robust strategies aggregates the nodes' updates."""
         return self.aggregation not in ("fedavg", "itemwise")
-
-    @property
-    def local(self) -> LocalConfig:
-        from fedrec.engine.cohort import LocalConfig
-
-        return LocalConfig(
-            user_lr=self.user_lr,
-            user_steps=self.user_steps,
-            item_steps=self.item_steps,
-            negatives=self.negatives,
-            sample_rate=self.sample_rate,
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            interaction_cap=self.interaction_cap,
-            user_l2=self.user_l2,
-            update_clip=self.user_clip if self.user_dp in ("client",) else 0.0,
-            row_norm=self.row_norm,
-            max_rows=self.max_rows,
-        )
-
-    @property
-    def steps_per_round(self) -> int:
-        from fedrec.engine.cohort import steps_per_round
-
-        return steps_per_round(self.local)
-
-    def planned_steps(self) -> int:
-        """DP-SGD steps of a user who takes part in every round."""
-        return self.num_server_rounds * self.steps_per_round
-
-    def resolved(self) -> "FedConfig":
-        """Calibrate ``noise_multiplier`` from ``target_epsilon`` (Opacus RDP accountant)
-        for a user taking part in every planned round (and the other units' noise from
-        theirs); with ``als``, the rounds are the passes' (``als-passes + 1``); returns a
-        new config."""
-        out = self
-        if self.target_epsilon > 0:
-            sigma = _calibrated("target_epsilon", self.target_epsilon,
-                                target_epsilon=self.target_epsilon,
-                                delta=self.delta,
-                                sample_rate=self.sample_rate,
-                                steps=self.planned_steps(),
-                                extra=self.prior)
-            out = dataclasses.replace(out, noise_multiplier=sigma, target_epsilon=0.0)
-        if self.user_target_epsilon > 0:
-            sigma = _calibrated("user_target_epsilon", self.user_target_epsilon,
-                                target_epsilon=self.user_target_epsilon,
-                                delta=self.delta,
-                                sample_rate=self.user_sample_rate,
-                                steps=self.num_server_rounds,
-                                extra=self.prior)
-            out = dataclasses.replace(out, user_noise_multiplier=sigma, user_target_epsilon=0.0)
-        if self.als:  # the counts, then one round per pass, each pass evaluated (the best on validation kept)
-            out = dataclasses.replace(out, num_server_rounds=self.als_passes + 1,
-                                      eval_every=1 if self.eval_every else 0, patience=0)
-        if self.als_target_epsilon > 0 and self.als_unit == "user-level":
-            sigma = _calibrated("als_target_epsilon", self.als_target_epsilon, target_epsilon=self.als_target_epsilon,
-                                delta=self.delta, sample_rate=1.0, steps=self.als_passes + 1)
-            out = dataclasses.replace(out, als_noise_multiplier=sigma, als_target_epsilon=0.0)
-        elif self.als_target_epsilon > 0:
-            from fedrec.privacy.mechanisms import PrivateALS
-
-            def eps(z: float) -> float:
-                return PrivateALS(z, self.als_cap, self.als_pass_cap, self.als_clip, self.als_passes,
-                                  self.delta).interaction_epsilon()
-
-            lo, hi = 1e-2, 1.0
-            while eps(hi) > self.als_target_epsilon:
-                lo, hi = hi, hi * 2
-            while hi - lo > 1e-4 * hi:
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if eps(mid) > self.als_target_epsilon else (lo, mid)
-            out = dataclasses.replace(out, als_noise_multiplier=hi, als_target_epsilon=0.0)
-        return out
 
     @property
     def als_private(self) -> bool:
@@ -540,6 +284,210 @@ class FedConfig:
         """Flower run config: ``<section>.<key>`` keys (dashed), scalar values, in the
         order of the sections (what Flower makes of ``[tool.flwr.app.config]``)."""
         return {run_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+
+# Validation: one function per section, reading only its section's fields (a test holds them to
+# it), then the rules that join sections.  None of them knows the engine, the models or the
+# privacy accountants: what a model or an algorithm cannot run is refused where the run starts
+# (fedrec.federated.algorithms.check_run).
+
+def _bad(c: FedConfig, key: str, why: str):
+    raise ConfigError(run_key(key), getattr(c, key), why)
+
+
+def _check_fields(c: FedConfig, section: str, *, at_least_1=(), at_least_0=(), positive=(), fractions=()) -> None:
+    """The section's choices and ranges: ``fractions`` maps a key to ``(low, high, low_open, high_open)``."""
+    for f in _SECTION_FIELDS[section]:
+        choices = f.metadata.get("choices")
+        if choices and getattr(c, f.name) not in choices and getattr(c, f.name) != f.default:
+            _bad(c, f.name, "choose " + ", ".join(repr(x) for x in choices))
+    for key in at_least_1:
+        if getattr(c, key) < 1:
+            _bad(c, key, "must be >= 1")
+    for key in at_least_0:
+        if getattr(c, key) < 0:
+            _bad(c, key, "must be >= 0")
+    for key in positive:
+        if not getattr(c, key) > 0:
+            _bad(c, key, "must be > 0")
+    for key, (lo, hi, lo_open, hi_open) in dict(fractions).items():
+        v = getattr(c, key)
+        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+            _bad(c, key, f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def _check_data(c: FedConfig) -> None:
+    _check_fields(c, "data", at_least_0=("max_users", "kcore", "min_rating"),
+                  fractions={"cold_users": (0, 1, False, True), "cold_items": (0, 1, False, True)})
+    if c.split not in ("leave-last-out", "leave-last-group-out", "temporal-ratio"):
+        from fedrec.data.splits import parse_window
+
+        try:
+            if parse_window(c.split) is None:
+                raise ValueError("choose 'leave-last-out', 'leave-last-group-out', 'temporal-ratio' or "
+                                 "'window:START:END'")
+        except ValueError as e:
+            _bad(c, "split", str(e).split(": ", 1)[-1] if str(e).startswith("split ") else str(e))
+
+
+def _check_model(c: FedConfig) -> None:
+    _check_fields(c, "model", at_least_1=("dim", "seq_len"), positive=("init_std",))
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", c.device):
+        _bad(c, "device", "choose 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _check_federation(c: FedConfig) -> None:
+    _check_fields(c, "federation", at_least_1=("num_server_rounds", "users_per_node"),
+                  fractions={"fraction_train": (0, 1, True, False)})
+
+
+def _check_privacy(c: FedConfig) -> None:
+    _check_fields(c, "privacy", at_least_0=("epsilon",))
+    if c.privacy_unit and not c.epsilon > 0:
+        _bad(c, "privacy_unit", "needs --epsilon > 0, the target the mechanism is chosen for")
+    if c.epsilon > 0 and not c.privacy_unit:
+        _bad(c, "epsilon", "needs --privacy user-level or interaction-level (the unit the epsilon is in)")
+
+
+def _check_local(c: FedConfig) -> None:
+    _check_fields(c, "local training", at_least_1=("item_steps", "negatives"), at_least_0=("user_steps", "user_l2"),
+                  positive=("user_lr",))
+
+
+def _check_interaction_level(c: FedConfig) -> None:
+    _check_fields(c, "interaction-level DP", at_least_1=("interaction_cap",),
+                  at_least_0=("noise_multiplier", "target_epsilon", "budget_epsilon", "prior_noise"),
+                  positive=("max_grad_norm",),
+                  fractions={"sample_rate": (0, 1, True, False), "delta": (0, 1, True, True)})
+    if not 0 <= c.train_head <= 1:
+        _bad(c, "train_head", "must be in [0, 1] (0: every item trained)")
+    if c.noise_multiplier > 0 and c.target_epsilon > 0:
+        _bad(c, "target_epsilon", "give noise-multiplier or target-epsilon, not both")
+    if c.budget_epsilon > 0 and not c.dp:
+        _bad(c, "budget_epsilon", "a client budget needs interaction-level DP (noise-multiplier or target-epsilon)")
+    if c.train_head > 0 and c.prior_noise <= 0:
+        _bad(c, "train_head", "the trained items are chosen by the DP popularity prior's release: set prior-noise > 0")
+
+
+def _check_user_level(c: FedConfig) -> None:
+    if c.user_dp == "adaptive":
+        _bad(c, "user_dp", "adaptive clipping is refused: Flower's DifferentialPrivacyServerSideAdaptiveClipping "
+             "noises the sum at the next round's clip, below the clip it applied (an effective noise multiplier "
+             "of about 0.93 where 1 is accounted); use user-dp='client' or 'server' (fixed clipping)")
+    _check_fields(c, "user-level DP", at_least_0=("user_noise_multiplier", "user_target_epsilon"),
+                  positive=("user_clip",), fractions={"user_sample_rate": (0, 1, True, False)})
+    if c.user_dp == "off" and (c.user_noise_multiplier > 0 or c.user_target_epsilon > 0):
+        _bad(c, "user_dp", "user-noise-multiplier/user-target-epsilon given but user-dp is 'off'")
+    if c.user_dp != "off" and not (c.user_noise_multiplier > 0 or c.user_target_epsilon > 0):
+        _bad(c, "user_noise_multiplier", "user-level DP needs user-noise-multiplier > 0 or user-target-epsilon > 0")
+    if c.user_noise_multiplier > 0 and c.user_target_epsilon > 0:
+        _bad(c, "user_target_epsilon", "give user-noise-multiplier or user-target-epsilon, not both")
+
+
+def _check_als(c: FedConfig) -> None:
+    _check_fields(c, "private ALS", at_least_1=("als_cap", "als_pass_cap"),
+                  at_least_0=("als_reg", "als_user_reg", "als_noise_multiplier", "als_target_epsilon"),
+                  positive=("als_clip", "als_alpha"))
+    if c.als_passes < 0:
+        _bad(c, "als_passes", "must be >= 0 (0: the item counts only, private MostPop)")
+    if not 0 <= c.als_head <= 1:
+        _bad(c, "als_head", "must be in [0, 1] (0: nothing trained, items ranked by their noisy counts)")
+    if c.als_noise_multiplier > 0 and c.als_target_epsilon > 0:
+        _bad(c, "als_target_epsilon", "give als-noise-multiplier or als-target-epsilon, not both")
+    if not c.als and (c.als_noise_multiplier > 0 or c.als_target_epsilon > 0):
+        _bad(c, "als", "als-noise-multiplier/als-target-epsilon given but als is off")
+
+
+def _check_server(c: FedConfig) -> None:
+    _check_fields(c, "server", at_least_0=("byzantine_nodes", "row_norm", "max_rows"),
+                  positive=("server_lr", "secagg_clip", "secagg_shares", "secagg_threshold"),
+                  fractions={"trim_beta": (0, 0.5, False, True)})
+    if c.secagg_quantization < 0:
+        _bad(c, "secagg_quantization", "must be >= 0 (0: automatic)")
+
+
+def _check_fault_tolerance(c: FedConfig) -> None:
+    _check_fields(c, "fault tolerance", at_least_1=("min_replies",), positive=("round_timeout",),
+                  fractions={"dropout_rate": (0, 1, False, True)})
+
+
+def _check_evaluation(c: FedConfig) -> None:
+    _check_fields(c, "evaluation", at_least_0=("patience", "eval_every"))
+    try:
+        targets = c.exposure_targets
+    except ValueError:
+        _bad(c, "exposure_items", "must be comma-separated item indices")
+    if any(t < 0 for t in targets):
+        _bad(c, "exposure_items", "item indices must be >= 0")
+
+
+def _check_outputs(c: FedConfig) -> None:
+    _check_fields(c, "outputs")
+    if c.mlflow and not c.out:
+        _bad(c, "mlflow", "MLflow logs the run directory: give --out too")
+    if c.tensorboard and not c.out:
+        _bad(c, "tensorboard", "TensorBoard logs the run directory: give --out too")
+
+
+#: Each section's validation (it reads only that section's fields), in the order of :data:`SECTIONS`.
+SECTION_CHECKS = {"data": _check_data, "model": _check_model, "federation": _check_federation,
+                  "privacy": _check_privacy, "local training": _check_local,
+                  "interaction-level DP": _check_interaction_level, "user-level DP": _check_user_level,
+                  "private ALS": _check_als, "server": _check_server, "fault tolerance": _check_fault_tolerance,
+                  "evaluation": _check_evaluation, "outputs": _check_outputs}
+
+
+def _check_across_sections(c: FedConfig) -> None:
+    """The rules that join two or more sections."""
+    if c.split.startswith("window:") and c.patience > 0:
+        _bad(c, "patience", "a window split has no validation to stop on: pass --patience 0 (the model "
+             "evaluated is the last round's)")
+    if c.user_dp == "server" and c.users_per_node != 1:
+        _bad(c, "user_dp", "server-side clipping clips whole node replies: it is user-level only with users-per-node=1 "
+             "(use user-dp='client' for cohorts of users per node)")
+    if c.user_dp != "off" and c.aggregation == "itemwise":
+        _bad(c, "aggregation", "item-wise averaging is not valid with user-level DP")
+    if c.robust_aggregation and (c.user_dp != "off" or c.secure_aggregation or c.als):
+        _bad(c, "aggregation", f"{c.aggregation} needs each node's update: not with user-level DP (a noised sum), "
+             "secure aggregation (a sum) or private ALS")
+    if c.user_dp != "off" and c.fraction_train < 1:
+        _bad(c, "fraction_train", "with user-level DP users are sampled by user-sample-rate (Poisson), not by node")
+    if c.als and c.device != "cpu":
+        _bad(c, "device", "private ALS solves on the CPU only (numpy): use device='cpu'")
+    if c.weighting == "interaction":
+        why = ("interaction-level DP" if c.dp else "user-level DP" if c.user_level else "ALS" if c.als
+               else "row bounds" if c.row_norm > 0 or c.max_rows > 0
+               else "item-wise aggregation" if c.aggregation == "itemwise" else "")
+        if why:
+            _bad(c, "weighting", f"weighting users by their interactions is built for non-private SGD training, "
+                 f"not with {why}: use weighting='user'")
+    if c.secure_aggregation and c.user_dp != "off":
+        _bad(c, "secure_aggregation", "SecAgg+ hides single replies, which user-level DP clips on the server or "
+             "sums with the current parameters: use interaction-level DP with secure aggregation")
+    if (c.row_norm > 0 or c.max_rows > 0) and c.dp:
+        _bad(c, "row_norm" if c.row_norm > 0 else "max_rows", "row bounds need each user's un-noised rows: not "
+             "with interaction-level DP (they compose with user-level DP)")
+    if (c.row_norm > 0 or c.max_rows > 0) and c.als:
+        _bad(c, "als", "ALS releases sufficient statistics, not updates: leave row-norm and max-rows off")
+    if c.aggregation == "itemwise" and c.dp:
+        _bad(c, "aggregation", "item-wise averaging needs sparse, un-noised rows: not valid with DP")
+    if c.privacy_unit and (c.dp or c.user_level or c.als_private):
+        _bad(c, "privacy_unit", "chooses the mechanism itself: give --privacy/--epsilon, or a mechanism's own "
+             "target epsilon or noise, not both")
+    if c.als:
+        if c.model != "mf":
+            _bad(c, "model", "ALS trains matrix factorisation: use model='mf' with als")
+        for key, off in (("dp", "noise-multiplier/target-epsilon"), ("user_level", "user-dp"),
+                         ("secure_aggregation", "secure-aggregation"), ("prior_noise", "prior-noise"),
+                         ("budget_epsilon", "budget-epsilon")):
+            if getattr(c, key):
+                _bad(c, "als", f"ALS is its own user-level mechanism: leave {off} off")
+        if c.fraction_train < 1 or c.user_sample_rate < 1:
+            _bad(c, "als", "ALS's accounting has every user in every pass: leave fraction-train and "
+                 "user-sample-rate at 1")
+        if c.resume:
+            _bad(c, "resume", "ALS runs are a few rounds and are not resumed")
 
 
 def run_key(name: str) -> str:
@@ -657,19 +605,8 @@ def parse_overrides(pairs) -> dict:
     return out
 
 
-def _calibrated(key: str, value: float, **kw) -> float:
-    """Opacus's noise calibration; its errors name the config key and value."""
-    from fedrec.privacy.accounting import calibrate_noise
-
-    try:
-        return calibrate_noise(**kw)
-    except (ValueError, ArithmeticError) as e:
-        why = str(e).strip() or type(e).__name__
-        raise ConfigError(run_key(key), value, f"cannot be reached over {kw.get('steps')} steps at sample "
-                          f"rate {kw.get('sample_rate')} and delta {kw.get('delta')}: {why}") from None
-
-
 _FIELDS = {f.name: f for f in fields(FedConfig)}
+_SECTION_FIELDS = {s: [f for f in fields(FedConfig) if f.metadata["section"] == s] for s in SECTIONS}
 
 
 def options() -> list:
@@ -678,9 +615,5 @@ def options() -> list:
     return list(fields(FedConfig))
 
 
-def __getattr__(name: str):
-    if name == "DEFAULTS":  # built on first use: validating a config loads the model's class
-        global DEFAULTS
-        DEFAULTS = FedConfig()
-        return DEFAULTS
-    raise AttributeError(name)
+#: The defaults, validated (building a configuration imports nothing of the engine or the models).
+DEFAULTS = FedConfig()

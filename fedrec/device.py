@@ -36,6 +36,7 @@ import torch
 from fedrec.federated import protocol
 from fedrec.federated.state import LocalState, latest_saved_round, load_local_state, save_local_state
 from fedrec.privacy.policy import PolicyError, PrivacyPolicy
+from fedrec.privacy.calibration import resolved
 
 __all__ = [
     "LocalState",
@@ -333,7 +334,7 @@ class DeviceRecommender:
 
         from fedrec import node
 
-        cfg = cfg.resolved()
+        cfg = resolved(cfg)
         self.policy.check(cfg)
         if server_round == self.released_round and self.release:
             return {k: v.copy() for k, v in self.release.items()}

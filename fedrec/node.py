@@ -21,6 +21,7 @@ from fedrec.federation import Federation, federated_model, histories, init_local
 from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
+from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.rng import hash_uniform
 
@@ -87,7 +88,7 @@ def _config(run_config: tuple, mechanism: tuple) -> FedConfig:
     if mechanism:  # resolved by the server: no calibration on the node
         return dataclasses.replace(cfg, target_epsilon=0.0, user_target_epsilon=0.0,
                                    **{k.replace("-", "_"): float(v) for k, v in mechanism})
-    return cfg.resolved()
+    return resolved(cfg)
 
 
 def state_dir(cfg: FedConfig, partition: int, node_config=None) -> Path | None:
@@ -209,7 +210,7 @@ def active_users(cfg: FedConfig, state: NodeState, server_round: int,
         take = hash_uniform(key, server_round, state.users, 0, 77) < cfg.user_sample_rate
     declined = np.zeros_like(take)
     if cfg.budget_epsilon > 0:
-        nxt = user_epsilons(cfg, state.dp_steps + cfg.steps_per_round)
+        nxt = user_epsilons(cfg, state.dp_steps + steps_per_round(cfg))
         declined = take & (nxt > cfg.budget_epsilon)
     return take & ~declined, int(declined.sum())
 
@@ -302,7 +303,7 @@ def train_round(
             loss += w * float(res.loss)
             if cfg.aggregation == "itemwise":
                 counts += res.item_counts
-        steps[active] += cfg.steps_per_round if cfg.dp else 0
+        steps[active] += steps_per_round(cfg) if cfg.dp else 0
         rounds[active] += 1
     update = {n: v.astype(np.float32) for n, v in update.items()}
     new = NodeState(state.users, local, steps, rounds)

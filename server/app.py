@@ -6,6 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec_app.server.run import run_server
 
 __all__ = ["app", "make_server_app"]
@@ -26,7 +27,7 @@ def make_server_app(run_config: dict | None = None, results: list | None = None,
             raise ValueError("privacy-unit: the mechanism for a unit and an epsilon is chosen by `fedrec simulate` or "
                              "`fedrec deploy` (they pass its settings); with `flwr run`, give the mechanism's own "
                              "settings (fedrec/presets/presets.toml)")
-        summary = run_server(grid, cfg.resolved(), context, plan=plan)
+        summary = run_server(grid, resolved(cfg), context, plan=plan)
         if results is not None:
             results.append(summary)
 

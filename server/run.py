@@ -17,8 +17,9 @@ from fedrec.config import FedConfig, nested_run_config
 from fedrec.federation import federated_model, load_federation, load_plan
 from fedrec.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
+from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.federated.protocol import trained_items_config
-from fedrec.federated.algorithms import check_algorithm
+from fedrec.federated.algorithms import check_run
 from fedrec.privacy.ledger import ledger_entries, warm_start_problem
 from fedrec.privacy.prior import head_from_release, prior_from_release
 from fedrec.privacy.randomness import noise_statement
@@ -100,7 +101,7 @@ class RunLog:
         if res:
             row.update({k: v for k, v in res.items()})
         if self.cfg.dp:  # steps taken by the user who took the most, for the ledger (an upper bound)
-            self.max_steps += self.cfg.steps_per_round if res else 0
+            self.max_steps += steps_per_round(self.cfg) if res else 0
         if self.cfg.user_level:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
@@ -291,8 +292,8 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
     """
     # the counts, then one round per pass, as FedConfig.resolved sets them (here too for an unresolved config)
     if cfg.als:
-        cfg = cfg.resolved()
-    check_algorithm(cfg)  # `flwr run` and a deployment reach the server without fedrec's driver
+        cfg = resolved(cfg)
+    check_run(cfg)  # `flwr run` and a deployment reach the server without fedrec's driver
     plan = plan or cfg.federation_plan
     if plan:
         fed, item_popularity = load_plan(plan)

@@ -317,11 +317,11 @@ def cluster_pull(table: torch.Tensor, clusters: int, *, seed: int, steps: int = 
 def per_user_stage(releases: list[dict[str, torch.Tensor]], model, params: dict[str, torch.Tensor], cfg) -> dict:
     """The mean of the users' ``releases`` after the run's per-user stage (row bounds and
     the user-level clip, :func:`fedrec.engine.cohort.clipped_user_mean`), as numpy."""
-    from fedrec.engine.cohort import clipped_user_mean
+    from fedrec.engine.cohort import LocalConfig, clipped_user_mean
 
     k, n_items = len(releases), model.n_items
     tables = model.table_names()
-    local = cfg.local
+    local = LocalConfig.from_settings(cfg)
     if not local.per_user:
         return {n: (sum(r[n] for r in releases) / k).numpy() for n in params}
     keys, r_tab = [], {t: [] for t in tables}

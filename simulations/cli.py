@@ -148,6 +148,7 @@ def simulate_config(args):
     import json
 
     from fedrec.config import FedConfig, options
+    from fedrec.privacy.calibration import resolved
     from fedrec.presets import CALIBRATED
 
     given = given_fields(args)
@@ -167,7 +168,7 @@ def simulate_config(args):
                          "with --overwrite") from None
     unset = {noise: 0.0 for target, noise in CALIBRATED.items() if target in given and noise not in given}
     wanted = dataclasses.replace(recorded, **unset, **given)  # a target given again is calibrated again
-    now = wanted.resolved()
+    now = resolved(wanted)
     changed = {f.name.replace("_", "-"): [getattr(recorded, f.name), getattr(now, f.name)]
                for f in options() if f.name not in ("resume", "out", "data")
                and getattr(recorded, f.name) != getattr(now, f.name)}
@@ -202,11 +203,13 @@ def _with_mechanism_preset(cfg, given: set[str]):
 
 
 def cmd_simulate(args) -> int:
+    from fedrec.federated.algorithms import check_run
     from fedrec_app.simulations.simulate import simulate
 
     if args.resume_with_changes and not args.resume:
         raise UsageError("--resume-with-changes: only with --resume")
     cfg, changed = simulate_config(args)
+    check_run(cfg)  # what the model or its algorithm cannot run, in one line before anything starts
     if changed:
         _log("resuming with changes to the recorded run: " + ", ".join(
             f"{config_flag(k)} {was} -> {now}" for k, (was, now) in changed.items()))

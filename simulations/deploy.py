@@ -574,11 +574,12 @@ def plan_nodes(run_config: dict) -> int:
 def _plan(run_config: dict):
     """The federation of this run config (validated; an unreachable epsilon fails here)."""
     from fedrec.config import FedConfig
-    from fedrec.federated.algorithms import check_algorithm
+    from fedrec.federated.algorithms import check_run
     from fedrec.federation import load_federation
+    from fedrec.privacy.calibration import resolved
 
-    cfg = FedConfig.from_run_config(run_config).resolved()
-    check_algorithm(cfg)
+    cfg = resolved(FedConfig.from_run_config(run_config))
+    check_run(cfg)
     return load_federation(cfg)
 
 

@@ -143,10 +143,11 @@ def config_differences(d: Path, cfg: FedConfig) -> list[str]:
     """The config keys on which the finished run in ``d`` differs from ``cfg`` (as resolved);
     empty when the run was made with ``cfg``."""
     from fedrec.config import DEFAULTS
+    from fedrec.privacy.calibration import resolved
 
     # keys added later: their defaults; records written before sections: keys without them
     done = {**flat_run_config(DEFAULTS.to_run_config()), **flat_run_config(read_metrics(d).get("config", {}))}
-    want = flat_run_config(cfg.resolved().to_run_config())
+    want = flat_run_config(resolved(cfg).to_run_config())
     keys = set(want) - {"out", "resume", "round-timeout", "state-dir", "mlflow", "mlflow-experiment", "tensorboard"}
 
     def same(k) -> bool:
@@ -164,12 +165,13 @@ def checkpoint_round(d: Path, cfg: FedConfig) -> int | None:
     """The round of the checkpoint an interrupted run left in ``d``, where it was made
     with ``cfg`` (rounds, evaluation and patience aside); ``None``: none there, or one
     of another configuration or unreadable (the cell starts over)."""
+    from fedrec.privacy.calibration import resolved
     from fedrec_app.server.checkpoint import CheckpointError, load_checkpoint
 
     if not (Path(d) / "checkpoint" / "checkpoint.npz").is_file():
         return None
     try:
-        return int(load_checkpoint(Path(d) / "checkpoint", cfg.resolved())["round"])
+        return int(load_checkpoint(Path(d) / "checkpoint", resolved(cfg))["round"])
     except CheckpointError:
         return None
 

@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federated.algorithms import check_algorithm
+from fedrec.federated.algorithms import check_run
 from fedrec.federation import load_federation, write_node_data, write_plan
 from fedrec.presets import apply_choice
+from fedrec.privacy.calibration import resolved
 from fedrec.flower_compat import (STOP, backend_config, environment, fast_grid_polling, run_engine, stop_waiting,
                                   worker_heap_env)
 from fedrec.results import check_run_dir, lock_run_dir
@@ -102,14 +103,15 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
     from fedrec_app.clients.app import make_client_app
     from fedrec_app.server.app import make_server_app
 
+    check_run(cfg)  # what the model or algorithm cannot run, refused before the data is read
     fed = load_federation(cfg)
     cfg, choice = apply_choice(cfg, fed.dataset.name, fed.dataset.n_users, given)  # --privacy UNIT --epsilon E
     if choice is not None:
         import time
 
         print(f"[fedrec {time.strftime('%H:%M:%S')}] privacy: {choice.line()}", flush=True)
-    cfg = cfg.resolved()
-    check_algorithm(cfg)
+    cfg = resolved(cfg)
+    check_run(cfg)  # again: the chosen mechanism
     if attack is not None and attack.first_partition != fed.n_nodes:
         raise ValueError(f"the attack's sybils start at partition {attack.first_partition}, but the run has "
                          f"{fed.n_nodes} honest nodes")

@@ -50,6 +50,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 
 __all__ = ["stream_cutoffs", "carry_local_state", "js_divergence", "genre_profile", "run_stream", "STREAM_PRIVACY",
            "STREAM_SETTINGS", "window_noise"]
@@ -182,7 +183,7 @@ def window_noise(base: FedConfig, rounds: int, *, first: bool) -> float:
     ``rounds`` (the first window's with the popularity prior, released once, composed)."""
     cfg = replace(base, user_noise_multiplier=0.0, user_target_epsilon=STREAM_EPSILON, num_server_rounds=rounds,
                   prior_noise=base.prior_noise if first else 0.0)
-    return float(cfg.resolved().user_noise_multiplier)
+    return float(resolved(cfg).user_noise_multiplier)
 
 
 def _stage_config(base: FedConfig, cuts: np.ndarray, w: int, *, last_round: int, out: Path, warm: Path | None,
@@ -247,7 +248,7 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
                 base = FedConfig(data=data, users_per_node=upn, seed=seed, patience=0)
                 if priv == "user-level":
                     base = replace(base, **USER_PRESET, user_target_epsilon=STREAM_EPSILON)
-                    z = replace(base, num_server_rounds=total_rounds).resolved()
+                    z = resolved(replace(base, num_server_rounds=total_rounds))
                     base = replace(base, user_noise_multiplier=z.user_noise_multiplier, user_target_epsilon=0.0)
                 elif priv == "user-level-window":
                     base = replace(base, **USER_PRESET, user_noise_multiplier=1.0)  # each stage's noise: below

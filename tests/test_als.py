@@ -12,6 +12,7 @@ from opacus.accountants import RDPAccountant
 
 from fedrec import als
 from fedrec.config import ConfigError, FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.privacy.mechanisms import PrivateALS, mechanisms_of
 
 
@@ -181,7 +182,7 @@ def test_epsilon_is_opacus_rdp_over_the_counts_and_every_pass():
     assert mech.epsilon() == pytest.approx(4.7285, abs=5e-4)  # pinned (Opacus 1.6 RDP)
     assert mech.epsilon(0) == 0 and mech.epsilon(1) < mech.epsilon(2) < mech.epsilon()
     assert mech.epsilon(10) == mech.epsilon()  # no release after the last pass
-    cfg = FedConfig(als=True, als_target_epsilon=8.0, als_passes=3).resolved()
+    cfg = resolved(FedConfig(als=True, als_target_epsilon=8.0, als_passes=3))
     assert PrivateALS.from_config(cfg).epsilon() == pytest.approx(8.0, abs=0.02)
     assert [m.unit for m in mechanisms_of(cfg)] == ["user-level"]
     assert mechanisms_of(FedConfig(als=True)) == []  # ALS without noise: no epsilon claimed
@@ -321,8 +322,8 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
     assert inter.labels["preset"] == i_twin.labels["preset"] == "interaction"
     assert {f.name for f in fields(FedConfig)
             if getattr(inter.cfg, f.name) != getattr(i_twin.cfg, f.name)} == {"als_target_epsilon", "als_unit"}
-    assert (by["private-als-eps1"].cfg.resolved().als_noise_multiplier
-            > by["private-als-eps8"].cfg.resolved().als_noise_multiplier)
+    assert (resolved(by["private-als-eps1"].cfg).als_noise_multiplier
+            > resolved(by["private-als-eps8"].cfg).als_noise_multiplier)
 
 
 def test_frontier_report_and_plot_from_rows(tmp_path):
@@ -389,14 +390,14 @@ def test_interaction_level_epsilon_of_private_als_is_computed_not_assumed():
 
 
 def test_a_resolved_als_config_is_the_one_the_server_runs_and_records():
-    cfg = FedConfig(als=True, als_passes=2, num_server_rounds=500, patience=5, eval_every=10).resolved()
+    cfg = resolved(FedConfig(als=True, als_passes=2, num_server_rounds=500, patience=5, eval_every=10))
     assert (cfg.num_server_rounds, cfg.eval_every, cfg.patience) == (3, 1, 0)  # a sweep finds its finished runs
-    assert FedConfig(als=True, eval_every=0).resolved().eval_every == 0  # evaluation off stays off
+    assert resolved(FedConfig(als=True, eval_every=0)).eval_every == 0  # evaluation off stays off
 
 
 def test_als_noise_calibrated_for_either_unit():
-    user = FedConfig(als=True, als_target_epsilon=8.0).resolved()
-    inter = FedConfig(als=True, als_target_epsilon=8.0, als_unit="interaction-level").resolved()
+    user = resolved(FedConfig(als=True, als_target_epsilon=8.0))
+    inter = resolved(FedConfig(als=True, als_target_epsilon=8.0, als_unit="interaction-level"))
     assert PrivateALS.from_config(inter).interaction_epsilon() == pytest.approx(8.0, rel=1e-3)
     assert PrivateALS.from_config(inter).interaction_epsilon() <= 8.0
     assert PrivateALS.from_config(user).epsilon() == pytest.approx(8.0, abs=0.02)
@@ -418,7 +419,7 @@ def test_the_als_server_sums_good_replies_and_rejects_malformed_ones(monkeypatch
                               "metrics": MetricRecord({"num-examples": n})})
         return Message(content=content, reply_to=out)
 
-    cfg = FedConfig(als=True, als_head=0.5, als_cap=2).resolved()
+    cfg = resolved(FedConfig(als=True, als_head=0.5, als_cap=2))
     s = ALSStrategy(cfg, n_nodes=3, n_users=9, n_items=4, dim=2)
     s.current = {"item_embedding": np.ones((4, 2), np.float32), "item_bias": np.zeros(4, np.float32)}
     params, _ = s.aggregate_train(1, [reply(1, {"counts": [3.0, 0, 1, 2]}), reply(2, {"counts": [1.0, 0, 0, 2]}),

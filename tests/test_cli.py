@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fedrec_app.simulations.cli import main
+from fedrec.privacy.calibration import resolved
 
 
 @pytest.mark.parametrize("cmd", [[], ["baseline"], ["simulate"], ["privacy"], ["run-default"]])
@@ -73,7 +74,7 @@ def test_rank_consumed_reaches_baselines_and_nodes(tmp_path):
                      "--sampled-negatives", "0"] + flag) == 0
         docs[len(flag)] = json.loads((out / "metrics.json").read_text())["test"]
     assert docs[1]["hr@10"] < docs[0]["hr@10"]
-    cfg = FedConfig(data="synthetic:20x30:1", users_per_node=20, dim=4).resolved()
+    cfg = resolved(FedConfig(data="synthetic:20x30:1", users_per_node=20, dim=4))
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     hits = {}

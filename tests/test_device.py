@@ -6,6 +6,7 @@ import torch
 
 from fedrec import node
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.device import DeviceRecommender, LocalState, load_global_params, load_local_state, save_local_state
 from fedrec.federation import init_global_params, load_federation
 from fedrec.privacy.accounting import epsilon
@@ -75,8 +76,8 @@ def test_works_from_a_saved_server_checkpoint_without_a_server(tmp_path):
 def _node_and_device(tmp_path, policy=None, **privacy):
     """User 7 of a small federation (one user per node), its node state, and a device
     holding the same user's training interactions."""
-    cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
-                    **privacy).resolved()
+    cfg = resolved(FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=1, noise_multiplier=1.2, sample_rate=0.5,
+                    **privacy))
     fed = load_federation(cfg)
     user = int(fed.cohorts[7][0])
     st = node.load_state({}, fed, 7, cfg)
@@ -171,8 +172,8 @@ def test_a_sequential_device_ranks_from_its_history_and_trains_as_its_node(tmp_p
     releases exactly what the simulated node of that user releases."""
     from fedrec.data.sequences import last_items
 
-    cfg = FedConfig(data="synthetic:30x40:0", model="sasrec", dim=8, seq_len=5, users_per_node=1,
-                    user_dp="client", user_noise_multiplier=1e-9, user_clip=10.0).resolved()
+    cfg = resolved(FedConfig(data="synthetic:30x40:0", model="sasrec", dim=8, seq_len=5, users_per_node=1,
+                    user_dp="client", user_noise_multiplier=1e-9, user_clip=10.0))
     fed = load_federation(cfg)
     from fedrec.federation import federated_model, histories
 
@@ -217,7 +218,7 @@ def test_a_two_tower_device_ranks_through_the_item_tower_and_trains_as_its_node(
     training round releases exactly what the simulated node of that user releases."""
     from fedrec.federation import federated_model
 
-    cfg = FedConfig(data="synthetic:30x40:0", model="two-tower", dim=4, users_per_node=1).resolved()
+    cfg = resolved(FedConfig(data="synthetic:30x40:0", model="two-tower", dim=4, users_per_node=1))
     fed = load_federation(cfg)
     ds = fed.dataset
     model = federated_model(cfg, fed)
@@ -311,7 +312,7 @@ def test_a_device_releases_a_round_once(tmp_path):
     for k in first:
         np.testing.assert_array_equal(first[k], again[k])
     spent = DeviceRecommender.open(tmp_path / "u.npz").privacy_spent()
-    assert spent["steps"] == cfg.steps_per_round  # one round accounted, not two
+    assert spent["steps"] == steps_per_round(cfg)  # one round accounted, not two
     dev = DeviceRecommender.open(tmp_path / "u.npz")
     dev.train(params, cfg, server_round=2)
     with pytest.raises(PolicyError, match="older than the round it released last"):

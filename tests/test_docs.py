@@ -47,9 +47,20 @@ def test_the_docs_build_strictly(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
+def test_the_configuration_reference_is_generated_from_the_config():
+    from fedrec_app.simulations.flags import config_reference
+
+    assert (ROOT / "docs" / "reference" / "configuration.md").read_text() == config_reference(), \
+        "run `python tests/test_docs.py` to regenerate docs/reference/configuration.md"
+
+
 if __name__ == "__main__":
+    from fedrec_app.simulations.flags import config_reference
+
     (ROOT / "docs" / "index.md").write_text(readme_as_index((ROOT / "README.md").read_text()))
-    print("wrote docs/index.md")
+    (ROOT / "docs" / "reference").mkdir(exist_ok=True)
+    (ROOT / "docs" / "reference" / "configuration.md").write_text(config_reference())
+    print("wrote docs/index.md and docs/reference/configuration.md")
 
 
 def _doc_pages() -> list[Path]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedrec.engine import LocalConfig, keyed_negatives, mf_round
+from fedrec.privacy.calibration import resolved
 
 
 def _params(n_items, dim, seed=0):
@@ -196,8 +197,8 @@ def test_node_on_a_gpu_trains_and_ranks_as_on_the_cpu(model):
     from fedrec.config import FedConfig
     from fedrec.federation import init_global_params, load_federation
 
-    cfg = FedConfig(data="synthetic:60x40:0", model=model, dim=4, users_per_node=60, noise_multiplier=1.0,
-                    sample_rate=0.5).resolved()
+    cfg = resolved(FedConfig(data="synthetic:60x40:0", model=model, dim=4, users_per_node=60, noise_multiplier=1.0,
+                    sample_rate=0.5))
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     out = {}

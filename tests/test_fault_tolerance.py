@@ -11,6 +11,7 @@ import pytest
 
 from fedrec import node
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.federation import load_federation
 from fedrec_app.simulations.simulate import simulate
 from fedrec_app.server.checkpoint import CheckpointError
@@ -99,11 +100,11 @@ def test_simulated_dropouts_complete_and_are_counted(tmp_path):
 
 
 def test_budget_declines_exactly_the_users_that_would_exceed_it():
-    cfg = FedConfig(**{**BASE, "budget_epsilon": 7.5}).resolved()
+    cfg = resolved(FedConfig(**{**BASE, "budget_epsilon": 7.5}))
     fed = load_federation(cfg)
     st = node.load_state({}, fed, 0, cfg)
-    st.dp_steps[:] = 1 * cfg.steps_per_round  # one round: epsilon 5.38 -> next 7.41 <= 7.5
-    st.dp_steps[:5] = 2 * cfg.steps_per_round  # two rounds: epsilon 7.41 -> next 8.98 > 7.5
+    st.dp_steps[:] = 1 * steps_per_round(cfg)  # one round: epsilon 5.38 -> next 7.41 <= 7.5
+    st.dp_steps[:5] = 2 * steps_per_round(cfg)  # two rounds: epsilon 7.41 -> next 8.98 > 7.5
     active, declined = node.active_users(cfg, st, 5)
     assert declined == 5 and not active[:5].any() and active[5:].all()
 

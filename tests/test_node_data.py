@@ -9,6 +9,7 @@ import pytest
 
 from fedrec import node
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.federation import init_global_params, load_federation, load_node_data, write_node_data
 
 
@@ -17,7 +18,7 @@ from fedrec.federation import init_global_params, load_federation, load_node_dat
     dict(model="two-tower", cold_items=0.2),  # item features and the held-out item views
 ])
 def test_node_file_gives_the_same_training_and_evaluation(tmp_path, settings):
-    cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, **settings).resolved()
+    cfg = resolved(FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, **settings))
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     paths = write_node_data(fed, tmp_path)
@@ -108,7 +109,7 @@ def test_simulation_client_reads_its_node_file_not_the_dataset(tmp_path, monkeyp
     cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5,
                     reproducible_noise=True)  # the same draws in both apps, to compare their replies
     rc = cfg.to_run_config()
-    fed = load_federation(cfg.resolved())
+    fed = load_federation(resolved(cfg))
     write_node_data(fed, tmp_path)
     params = init_global_params(cfg, fed)
 
@@ -149,7 +150,7 @@ def test_the_client_app_travels_as_its_recipe_and_answers_alike(tmp_path, monkey
     cfg = FedConfig(data="synthetic:40x30:3", dim=4, users_per_node=15, noise_multiplier=1.0, sample_rate=0.5,
                     reproducible_noise=True)  # the same draws in both apps, to compare their replies
     rc = cfg.to_run_config()
-    fed = load_federation(cfg.resolved())
+    fed = load_federation(resolved(cfg))
     write_node_data(fed, tmp_path / "nodes")
     params = init_global_params(cfg, fed)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedrec.config import DEFAULTS, FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.presets import (UNITS, apply_choice, choose, mechanism_preset, preset, preset_fields, preset_names,
                             with_preset)
 
@@ -22,7 +23,7 @@ def test_every_preset_is_a_valid_configuration_and_every_row_names_one():
         settings = preset(name)
         target = ("als-target-epsilon" if settings.get("als") else
                   "user-target-epsilon" if settings.get("user-dp") else "target-epsilon")
-        cfg = with_preset(FedConfig(), {**settings, target: 8.0}).resolved()  # valid, and private
+        cfg = resolved(with_preset(FedConfig(), {**settings, target: 8.0}))  # valid, and private
         assert cfg.als_private or cfg.user_level or cfg.dp, name
     rows = tomllib.loads(PRESETS_FILE.read_text())["choices"]
     assert {r["preset"] for r in rows} <= set(preset_names())
@@ -51,7 +52,7 @@ def test_the_choice_for_a_unit_and_an_epsilon(unit, eps, data, users, want):
     assert c.settings[target] == eps
     if c.settings.get("als"):
         assert c.settings["als-unit"] == unit
-    cfg = with_preset(FedConfig(), c.settings).resolved()  # a runnable private configuration
+    cfg = resolved(with_preset(FedConfig(), c.settings))  # a runnable private configuration
     assert cfg.als_private or cfg.dp or cfg.user_level
     assert c.line().startswith(f"{unit} epsilon {eps:g} on {data}: ")
 

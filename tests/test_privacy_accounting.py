@@ -5,6 +5,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.privacy import calibrate_noise, epsilon, epsilons_for_steps
 
 
@@ -48,7 +49,7 @@ def test_epsilons_per_user_steps():
 
 
 def test_config_resolves_target_epsilon_for_planned_steps():
-    cfg = FedConfig(num_server_rounds=20, target_epsilon=8.0, sample_rate=0.2, user_steps=1, item_steps=2).resolved()
+    cfg = resolved(FedConfig(num_server_rounds=20, target_epsilon=8.0, sample_rate=0.2, user_steps=1, item_steps=2))
     assert cfg.noise_multiplier > 0 and cfg.target_epsilon == 0
     eps = epsilon(noise_multiplier=cfg.noise_multiplier, sample_rate=0.2, steps=60, delta=1e-5)
     assert 7.8 < eps <= 8.0

@@ -17,6 +17,7 @@ import torch
 
 from fedrec import node
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.engine import LocalConfig, cohort_samples, train_cohort
 from fedrec.federation import init_global_params, load_federation
 from fedrec.models import FEDERATED_MODELS, build_federated_model
@@ -41,7 +42,7 @@ def _attack(reproducible: bool) -> tuple[float, float]:
     Returns (the largest residual on a row neither history touched, the mean recall of the
     user's positives among the rows of largest residual)."""
     # every sample in the step (q = 1), so that every positive is in the release to be found
-    cfg = FedConfig(**{**PRIVATE, "sample_rate": 1.0}, reproducible_noise=reproducible).resolved()
+    cfg = resolved(FedConfig(**{**PRIVATE, "sample_rate": 1.0}, reproducible_noise=reproducible))
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     untouched_max, recalls = 0.0, []
@@ -78,7 +79,7 @@ def test_the_server_cannot_regenerate_a_devices_noise():
 
 
 def test_two_runs_of_one_dp_configuration_release_different_noise_unless_reproducible():
-    cfg = FedConfig(**PRIVATE).resolved()
+    cfg = resolved(FedConfig(**PRIVATE))
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     st = node.load_state({}, fed, 0, cfg)
@@ -97,7 +98,7 @@ def test_a_repeated_round_is_answered_with_the_same_release(tmp_path, stored):
     """A resumed server asks for a round again: the node answers with what it released
     (the difference of the two replies is zero, not noise-free signal) and accounts the
     round once; a round it answered whose release is no longer kept is refused."""
-    cfg = FedConfig(**{**PRIVATE, "users_per_node": 4}).resolved()
+    cfg = resolved(FedConfig(**{**PRIVATE, "users_per_node": 4}))
     fed = load_federation(cfg)
     params = init_global_params(cfg, fed)
     directory = tmp_path / "node-0" if stored == "directory" else None
@@ -114,11 +115,11 @@ def test_a_repeated_round_is_answered_with_the_same_release(tmp_path, stored):
     again, m2, s2 = ask(1)
     for k in first:
         np.testing.assert_array_equal(first[k], again[k])
-    assert m1 == m2 and list(s2.dp_steps) == list(s1.dp_steps) == [cfg.steps_per_round] * 4
+    assert m1 == m2 and list(s2.dp_steps) == list(s1.dp_steps) == [steps_per_round(cfg)] * 4
     for r in range(2, 6):
         ask(r)
     _, _, s5 = ask(5)  # the round last answered: still the same, still counted once
-    assert list(s5.dp_steps) == [5 * cfg.steps_per_round] * 4
+    assert list(s5.dp_steps) == [5 * steps_per_round(cfg)] * 4
     with pytest.raises(ValueError, match="round 1 was released before"):
         ask(1)
 

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from fedrec.config import ConfigError, FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.engine.cohort import LocalConfig, row_bound_factors
 from fedrec.metrics.exposure import exposure_counts, exposure_ratios
 from fedrec_app.simulations.attacks import Attack, per_user_stage, pick_targets
@@ -67,7 +68,7 @@ def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndc
                     server_lr=2.0)
     fed = load_federation(cfg)
     targets = pick_targets(fed.split.train, 3, seed=0)
-    cfg = dataclasses.replace(cfg, exposure_items=",".join(map(str, targets))).resolved()
+    cfg = resolved(dataclasses.replace(cfg, exposure_items=",".join(map(str, targets))))
     params = init_global_params(cfg, fed)
     states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
     att = Attack.named(kind, targets, sybils=6, first_partition=fed.n_nodes, boost=boost) if kind != "none" else None
@@ -166,7 +167,7 @@ def test_sample_size_inflation_claims_the_servers_cap_and_wins_weight():
     from fedrec.federation import init_global_params, load_federation
     from fedrec_app.server.strategy import FedRecStrategy
 
-    cfg = FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8).resolved()
+    cfg = resolved(FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8))
     fed = load_federation(cfg)
     att = Attack.named("boost+inflate", (1, 2), sybils=6, first_partition=fed.n_nodes)
     assert att.kind == "boost" and att.inflate

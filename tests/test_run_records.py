@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.config import FedConfig, nested_run_config
+from fedrec.privacy.calibration import resolved
 from fedrec_app.simulations.cli import UsageError, build_parser, main, simulate_config
 from fedrec_app.simulations.console import console_log
 
@@ -26,8 +27,8 @@ FLAGS = ["--data", DATA, "--dim", "4", "--users-per-node", "20", "--rounds", "4"
 
 def _record(out: Path, **kw) -> FedConfig:
     """A run directory as a run leaves it: config.json with the resolved configuration."""
-    cfg = FedConfig(data=DATA, dim=4, users_per_node=20, num_server_rounds=4, eval_every=2, target_epsilon=8.0,
-                    sample_rate=0.5, out=str(out), **kw).resolved()
+    cfg = resolved(FedConfig(data=DATA, dim=4, users_per_node=20, num_server_rounds=4, eval_every=2, target_epsilon=8.0,
+                    sample_rate=0.5, out=str(out), **kw))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"run_config": nested_run_config(cfg.to_run_config())}))
     return cfg

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec_app.simulations.runner import Cell, config_differences, is_replaced, run_cells
 
 
@@ -15,7 +16,7 @@ def _fake_run(calls):
         calls.append(cfg)
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        doc = {"config": cfg.resolved().to_run_config(), "test": {"ndcg@10": 0.1 * len(calls)}}
+        doc = {"config": resolved(cfg).to_run_config(), "test": {"ndcg@10": 0.1 * len(calls)}}
         (out / "metrics.json").write_text(json.dumps(doc))
         return doc
 
@@ -52,7 +53,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint_and_another_configurati
     d = tmp_path / "runs" / "mf-seed0"
 
     def interrupted(cfg: FedConfig, server_round: int) -> None:  # what a killed run leaves: a checkpoint, no metrics
-        save_checkpoint(d / "checkpoint", cfg=cfg.resolved(), server_round=server_round, params={"w": np.zeros(2)},
+        save_checkpoint(d / "checkpoint", cfg=resolved(cfg), server_round=server_round, params={"w": np.zeros(2)},
                         opt_state=OptState(), best=None)
 
     calls, msgs = [], []

@@ -182,16 +182,18 @@ def test_position_weighting_releases_the_gradient_of_the_mean_over_positions():
 
 
 def test_interaction_level_dp_is_refused_with_the_reason():
+    from fedrec.federated.algorithms import check_run
+
     with pytest.raises(ConfigError, match="up to seq-len \\+ 1 samples"):
-        FedConfig(data="synthetic:20x60:1", model="sasrec", noise_multiplier=1.0)
+        check_run(FedConfig(data="synthetic:20x60:1", model="sasrec", noise_multiplier=1.0))
     with pytest.raises(ConfigError, match="no item bias"):
-        FedConfig(data="synthetic:20x60:1", model="gru4rec", prior_noise=1.0, user_dp="client",
-                  user_noise_multiplier=1.0)
+        check_run(FedConfig(data="synthetic:20x60:1", model="gru4rec", prior_noise=1.0, user_dp="client",
+                            user_noise_multiplier=1.0))
     m, params, hist, split, users = _setup(GRU4Rec)
     with pytest.raises(ValueError, match="use user-level DP"):
         train_sequences(m, params, hist, split.train, users, LocalConfig(noise_multiplier=1.0), seed=0, server_round=1)
     assert is_sequential(build_federated_model("sasrec", 10)) and not is_sequential(build_federated_model("mf", 10))
-    FedConfig(data="synthetic:20x60:1", model="sasrec", user_dp="client", user_noise_multiplier=1.0)  # accepted
+    check_run(FedConfig(data="synthetic:20x60:1", model="sasrec", user_dp="client", user_noise_multiplier=1.0))
 
 
 def test_node_files_carry_the_histories(tmp_path):

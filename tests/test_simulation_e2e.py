@@ -9,6 +9,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.federated import protocol
 from fedrec_app.simulations.simulate import simulate
 from fedrec_app.server import strategy as strategy_mod
@@ -68,7 +69,7 @@ def test_simulation_with_dp_keeps_user_embeddings_local(tmp_path, monkeypatch):
     priv = doc["privacy"]
     assert priv["unit"] == "interaction-level" and priv["delta"] == 1e-5
     acc = RDPAccountant()
-    for _ in range(2 * cfg.steps_per_round):
+    for _ in range(2 * steps_per_round(cfg)):
         acc.step(noise_multiplier=1.2, sample_rate=0.5)
     assert priv["epsilon_max"] == pytest.approx(acc.get_epsilon(1e-5))
     rows = (out / "rounds.csv").read_text().strip().splitlines()
@@ -101,7 +102,7 @@ def test_server_sends_the_mechanism_and_evaluation_can_be_off(tmp_path, monkeypa
     cfg = FedConfig(data="synthetic:20x60:1", num_server_rounds=2, users_per_node=10, dim=8, eval_every=0,
                     target_epsilon=5.0, sample_rate=0.5, out=str(out))
     summary = simulate(cfg, num_cpus=2)
-    sigma = cfg.resolved().noise_multiplier
+    sigma = resolved(cfg).noise_multiplier
     assert [k for k, _ in sent] == ["train"] * 4  # 2 nodes x 2 rounds, no evaluation
     assert all(c["mechanism/noise-multiplier"] == pytest.approx(sigma) for _, c in sent)
     doc = json.loads((out / "metrics.json").read_text())

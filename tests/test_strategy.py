@@ -8,6 +8,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.optim import OptState, server_step
 import fedrec_app.server.strategy as st
@@ -385,7 +386,7 @@ def test_robust_rules_refuse_too_few_nodes(rule, nodes):
                                    dict(als=True)])
 def test_robust_rules_refuse_what_sums_the_updates(other):
     with pytest.raises(ValueError, match="needs each node's update"):
-        FedConfig(aggregation="median", **other).resolved()
+        resolved(FedConfig(aggregation="median", **other))
 
 
 def test_each_round_steps_from_the_parameters_it_sent():

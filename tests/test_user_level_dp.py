@@ -9,6 +9,7 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from fedrec.config import FedConfig
+from fedrec.privacy.calibration import resolved
 from fedrec.data import load_dataset, make_split
 from fedrec_app.simulations.simulate import simulate
 from fedrec.engine import LocalConfig, mf_round
@@ -33,7 +34,7 @@ def test_user_level_run_reports_its_epsilon(tmp_path, mode, upn):
     np.random.seed(1234)
     assert after == np.random.random()
     rows = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
-    sigma = cfg.resolved().user_noise_multiplier
+    sigma = resolved(cfg).user_noise_multiplier
     for r in rows:
         assert r["user-epsilon"] == pytest.approx(_rdp(sigma, 0.5, r["round"]), rel=1e-9)
     # who took part is what Poisson user sampling keeps secret: no exact count is logged

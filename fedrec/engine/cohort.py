@@ -159,6 +159,15 @@ class LocalConfig:
         if self.dp and self.row_bounds:
             raise ValueError("row bounds need each user's un-noised rows: not available with interaction-level DP")
 
+    @classmethod
+    def from_settings(cls, cfg) -> LocalConfig:
+        """What one user does in a round of the run ``cfg`` (a :class:`fedrec.config.FedConfig`)."""
+        return cls(user_lr=cfg.user_lr, user_steps=cfg.user_steps, item_steps=cfg.item_steps,
+                   negatives=cfg.negatives, sample_rate=cfg.sample_rate, noise_multiplier=cfg.noise_multiplier,
+                   max_grad_norm=cfg.max_grad_norm, interaction_cap=cfg.interaction_cap, user_l2=cfg.user_l2,
+                   update_clip=cfg.user_clip if cfg.user_dp == "client" else 0.0, row_norm=cfg.row_norm,
+                   max_rows=cfg.max_rows)
+
     @property
     def row_bounds(self) -> bool:
         return self.row_norm > 0 or self.max_rows > 0

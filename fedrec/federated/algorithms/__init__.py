@@ -20,7 +20,8 @@ from fedrec.federated.algorithms.sequential import Sequential
 from fedrec.plugins import load_class
 
 __all__ = ["ALGORITHMS", "TrainingAlgorithm", "StatisticsAlgorithm", "UserBatch", "TrainedUsers", "PRIVACY_UNITS",
-           "algorithm_class", "algorithm_name", "algorithm_for", "algorithm_problem", "check_algorithm"]
+           "algorithm_class", "algorithm_name", "algorithm_for", "algorithm_problem", "check_algorithm",
+           "model_problem", "check_run"]
 
 #: The shipped algorithms, by the name ``--algorithm`` takes.
 ALGORITHMS: dict[str, type[TrainingAlgorithm]] = {
@@ -79,6 +80,46 @@ def check_algorithm(cfg) -> None:
 
     if problem := algorithm_problem(cfg):
         raise ConfigError(run_key("algorithm"), cfg.algorithm, problem)
+
+
+def model_problem(cfg) -> tuple[str, str] | None:
+    """``(field, why)`` if ``cfg``'s model cannot run under its settings (``None``: it can):
+    an unknown model, held-out items for a model that does not rank by item features, and
+    what sequential models do not have (a GPU path, an item bias for a popularity prior, an
+    interaction-level mechanism)."""
+    from fedrec.models import federated_model_class, is_sequential, wants_item_features
+
+    try:
+        cls = federated_model_class(cfg.model)
+    except ValueError as e:
+        return "model", str(e).split(": ", 1)[-1]
+    if cfg.cold_items > 0 and not wants_item_features(cfg.model):
+        return "cold_items", "held-out items can only be ranked by a feature-aware model: use model='two-tower'"
+    if is_sequential(cls):
+        if cfg.device != "cpu":
+            return "device", ("sequential models train on the CPU only (the GPU path covers the cohort engine's "
+                              "models: mf, gmf, mlp, neumf, two-tower and your own FederatedModel)")
+        if cfg.prior_noise > 0:
+            return "prior_noise", "sequential models have no item bias to start from a popularity prior"
+        if cfg.dp or cfg.budget_epsilon > 0:
+            return "model", ("interaction-level DP is not available for sequential models: one interaction enters "
+                             "up to seq-len + 1 samples (as a target and as the input of later positions); use "
+                             "user-level DP (user-dp='client')")
+    return None
+
+
+def check_run(cfg) -> None:
+    """Refuse in one line (:class:`fedrec.errors.ConfigError` naming the field) a configuration
+    whose model or algorithm cannot run it (:func:`model_problem`, :func:`check_algorithm`).
+    Called where a run starts (the simulation's driver, the ServerApp, the deployment): the
+    configuration validates its own sections and knows nothing of models or algorithms."""
+    from fedrec.config import run_key
+    from fedrec.errors import ConfigError
+
+    if problem := model_problem(cfg):
+        key, why = problem
+        raise ConfigError(run_key(key), getattr(cfg, key), why)
+    check_algorithm(cfg)
 
 
 @functools.lru_cache(maxsize=None)

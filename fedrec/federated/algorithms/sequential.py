@@ -36,10 +36,11 @@ class Sequential(TrainingAlgorithm):
         return position_weights(histories(fed, "train"), users)
 
     def train_users(self, batch: UserBatch) -> TrainedUsers:
+        from fedrec.engine.cohort import LocalConfig
         from fedrec.engine.sequence import train_sequences
         from fedrec.federation import histories
 
         cfg = batch.cfg
         return train_sequences(batch.model, batch.params, histories(batch.fed, "train"), batch.fed.split.train,
-                               batch.users, cfg.local, seed=cfg.seed, server_round=batch.server_round,
-                               generator=batch.generator, user_weights=batch.weights)
+                               batch.users, LocalConfig.from_settings(cfg), seed=cfg.seed,
+                               server_round=batch.server_round, generator=batch.generator, user_weights=batch.weights)
