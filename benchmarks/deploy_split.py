@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--target-epsilon", type=float, default=8.0)
     args = ap.parse_args()
 
-    from fedrec_app.simulations import deploy
+    from fedrec_app import deploy
 
     overrides = {"data": args.data, "users-per-node": args.users_per_node, "num-server-rounds": args.rounds,
                  "target-epsilon": args.target_epsilon, "sample-rate": 0.5, "patience": 0}

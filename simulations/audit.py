@@ -409,7 +409,7 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
 
     from fedrec.config import FedConfig
     from fedrec.federation import init_local_state, load_federation
-    from fedrec_app.simulations.deploy import deploy
+    from fedrec_app.deploy import deploy
     from fedrec_app.simulations.leakage import dp_epsilon
 
     out = Path(out)

@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "users; 0 = all)")
     p.set_defaults(func=cmd_sweep)
 
-    from fedrec_app.simulations import deploy
+    from fedrec_app import deploy
 
     p = sub.add_parser("deploy", help="run fedrec on Flower's deployment engine (SuperLink + SuperNodes) locally",
                        description="Start a SuperLink and one SuperNode per user cohort on localhost (TLS and "

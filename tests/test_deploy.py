@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec_app.simulations import deploy
+from fedrec_app import deploy
+from fedrec_app.deploy import cli, processes
 
 DATA = "synthetic:3x30:1"  # 3 users -> 3 SuperNodes with users-per-node=1
 
@@ -77,7 +78,7 @@ def test_parser_and_run_config():
                          "--noise-multiplier", "1.0",
                          "--run-config", "seed=3 interaction-level.sample-rate=0.5", "--insecure"])
     # keys with or without their section; Flower gets them with it
-    assert deploy._overrides_from_args(args) == {
+    assert cli._overrides_from_args(args) == {
         "data.data": DATA, "federation.num-server-rounds": 2, "federation.users-per-node": 1,
         "interaction-level.noise-multiplier": 1.0, "federation.seed": 3, "interaction-level.sample-rate": 0.5,
     }
@@ -152,7 +153,7 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
                 ssl.create_default_context().wrap_socket(s, server_hostname="127.0.0.1")
         # a SuperNode whose public key was never registered is refused
         rogue_key = deploy.generate_node_keys(ctx["workdir"] / "rogue", 1)[0][0]
-        cmd = [deploy._flower_bin("flower-supernode"), "--root-certificates", str(ctx["ca"]),
+        cmd = [processes._flower_bin("flower-supernode"), "--root-certificates", str(ctx["ca"]),
                "--superlink", ctx["address"], "--port", str(deploy.free_ports(1)[0]), "--max-retries", "1",
                "--node-config", "partition-id=0 num-partitions=3", "--auth-supernode-private-key", str(rogue_key)]
         checks["rogue"] = ctx["supervisor"].start("rogue", cmd, ctx["logs"] / "rogue.log")
@@ -196,7 +197,7 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     assert "SuperNode ID:" not in rogue_log and "Failed to activate SuperNode" in rogue_log
 
     # every kind of process was started ... and none survives
-    kinds = {deploy._program(c) for c in res.seen.values()}
+    kinds = {processes._program(c) for c in res.seen.values()}
     assert set(deploy.FLOWER_PROGRAMS) <= kinds, kinds
     assert res.survivors == {}
     assert not _ours(tmp_path)
@@ -229,7 +230,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp"))
     before = set(_all_flower())
-    cmd = [sys.executable, "-m", "fedrec_app.simulations.deploy", "--insecure", "--out", str(out), "--data", DATA,
+    cmd = [sys.executable, "-m", "fedrec_app.deploy", "--insecure", "--out", str(out), "--data", DATA,
            "--users-per-node", "1", "--rounds", "50", "--noise-multiplier", "1.0", "--sample-rate", "0.5",
            "--eval-every", "50", "--exact-evaluation"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -237,7 +238,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the ServerApp (and the nodes' ClientApps) are up
-            running = {deploy._program(c) for c in _ours(tmp_path).values()}
+            running = {processes._program(c) for c in _ours(tmp_path).values()}
             if {"flwr-serverapp", "flwr-clientapp"} <= running:
                 break
             assert proc.poll() is None, proc.stdout.read()
@@ -245,7 +246,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
         else:
             pytest.fail(f"the run did not start: {sorted(running)}")
         seen = _ours(tmp_path)
-        assert len([c for c in seen.values() if deploy._program(c) == "flower-supernode"]) == 3
+        assert len([c for c in seen.values() if processes._program(c) == "flower-supernode"]) == 3
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
         output, _ = proc.communicate(timeout=60)
@@ -277,13 +278,13 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
 def test_non_editable_install_then_deploy_without_app(tmp_path):
     """`pip install .` (a wheel, not the source tree) and then `fedrec deploy` with no --app and
     no --out, from a directory that is not the project: the app comes from the installed
-    fedrec_app package, and no generic top-level package (clients, server, simulations) is installed."""
+    fedrec_app package, and no generic top-level package (clients, server, deploy, simulations) is installed."""
     root = Path(__file__).resolve().parents[1]
     wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
     work.mkdir()
     src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
-    for name in ("fedrec", "clients", "server", "simulations", "examples"):
+    for name in ("fedrec", "clients", "server", "deploy", "simulations", "examples"):
         shutil.copytree(root / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, src / name)
@@ -348,7 +349,7 @@ def test_a_supernode_killed_mid_run_stops_everything_and_resumes(tmp_path):
     out = tmp_path / "run"
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ, HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path / "tmp"))
-    cmd = [sys.executable, "-m", "fedrec_app.simulations.deploy", "--insecure", "--out", str(out), "--data", DATA,
+    cmd = [sys.executable, "-m", "fedrec_app.deploy", "--insecure", "--out", str(out), "--data", DATA,
            "--users-per-node", "1", "--rounds", "4"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -359,7 +360,7 @@ def test_a_supernode_killed_mid_run_stops_everything_and_resumes(tmp_path):
         deadline = time.monotonic() + 240
         while not any("round 1/4" in x for x in list(lines)) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        nodes = [p for p, c in _ours(tmp_path).items() if deploy._program(c) == "flower-supernode"]
+        nodes = [p for p, c in _ours(tmp_path).items() if processes._program(c) == "flower-supernode"]
         assert proc.poll() is None and len(nodes) == 3, "".join(lines)[-3000:]
         os.kill(nodes[0], signal.SIGKILL)
         code = proc.wait(120)

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_NAMES = ("fedrec_app", "clients", "server", "simulations")
+APP_NAMES = ("fedrec_app", "clients", "server", "deploy", "simulations")
 #: package folder -> top-level names its modules must not import
 FORBIDDEN = {
     "fedrec": APP_NAMES,
-    "clients": ("fedrec_app.server", "fedrec_app.simulations", "server", "simulations"),
-    "server": ("fedrec_app.simulations", "simulations"),
+    "clients": ("fedrec_app.server", "fedrec_app.deploy", "fedrec_app.simulations", "server", "deploy", "simulations"),
+    "server": ("fedrec_app.deploy", "fedrec_app.simulations", "deploy", "simulations"),
+    # a deployment starts the ClientApp through Flower, by name (deploy.appdir.COMPONENTS), never by import
+    "deploy": ("fedrec_app.clients", "clients", "server", "simulations"),
 }
 #: Flower modules that are not public API; only fedrec/flower_compat.py may import them
 FLOWER_INTERNALS = ("flwr.simulation.run_simulation", "flwr.server.superlink")
@@ -50,7 +52,8 @@ def test_imports_point_inward():
 
 
 def test_flower_internals_only_in_flower_compat():
-    bad = [v for pkg in ("fedrec", "clients", "server", "simulations") for v in violations(pkg, FLOWER_INTERNALS)
+    bad = [v for pkg in ("fedrec", "clients", "server", "deploy", "simulations")
+           for v in violations(pkg, FLOWER_INTERNALS)
            if not v.startswith("fedrec/flower_compat.py")]
     assert not bad, "Flower internals outside fedrec/flower_compat.py:\n" + "\n".join(bad)
 
@@ -144,15 +147,15 @@ def test_the_check_finds_an_import_cycle(tmp_path, monkeypatch):
 
 
 def test_app_packages_install_under_fedrec_app():
-    """No generic top-level package names (clients, server, simulations, examples) are installed."""
+    """No generic top-level package names (clients, server, deploy, simulations, examples) are installed."""
     import tomllib
 
     doc = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = doc["tool"]["setuptools"]["packages"]
     assert all(p.split(".")[0] in ("fedrec", "fedrec_app") for p in packages), packages
     assert doc["tool"]["setuptools"]["package-dir"] == {
-        "fedrec_app.clients": "clients", "fedrec_app.server": "server", "fedrec_app.simulations": "simulations",
-        "fedrec_app.examples": "examples"}
+        "fedrec_app.clients": "clients", "fedrec_app.server": "server", "fedrec_app.deploy": "deploy",
+        "fedrec_app.simulations": "simulations", "fedrec_app.examples": "examples"}
     comps = doc["tool"]["flwr"]["app"]["components"]
     assert comps == {"serverapp": "fedrec_app.server.app:app", "clientapp": "fedrec_app.clients.app:app"}
 
@@ -168,7 +171,7 @@ def test_wire_keys_are_spelled_only_in_the_protocol_module():
             protocol.EXPOSURE_PREFIX, protocol.ITEM_COUNTS]
     home = ROOT / "fedrec" / "federated" / "protocol.py"
     found = []
-    for folder in ("fedrec", "server", "clients", "simulations"):
+    for folder in ("fedrec", "server", "clients", "deploy", "simulations"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path == home:
                 continue
@@ -193,8 +196,8 @@ def test_ruff_finds_nothing():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
-    res = subprocess.run([ruff, "check", "fedrec", "server", "clients", "simulations", "tests", "benchmarks",
-                          "examples"],
+    res = subprocess.run([ruff, "check", "fedrec", "server", "clients", "deploy", "simulations", "tests",
+                          "benchmarks", "examples"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:]
 

@@ -85,7 +85,7 @@ class TrainingAlgorithm:
 
     Subclasses set :attr:`name` and implement :meth:`train_users`.  :attr:`privacy_units`
     names the DP units whose mechanism the algorithm runs: a private run of another unit is
-    refused where the run starts (:func:`fedrec.federated.algorithms.check_algorithm`).
+    refused where the run starts (:func:`fedrec.federated.algorithms.check_run`).
     Every parameter trained on a user's data that reaches the release must go through the
     mechanism, so an algorithm that does not clip and noise as the unit requires may not be
     used with it.

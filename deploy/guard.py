@@ -2,7 +2,7 @@
 
 ``fedrec deploy`` starts every Flower process through this guard::
 
-    python -m fedrec_app.simulations.guard PARENT_PID GRACE -- COMMAND ...
+    python -m fedrec_app.deploy.guard PARENT_PID GRACE -- COMMAND ...
 
 The guard (Linux) asks the kernel for SIGTERM when its parent dies
 (``PR_SET_PDEATHSIG``), even if the parent was killed with SIGKILL, and
