@@ -69,7 +69,7 @@ def main() -> None:
                    check=True)
     print(f"dataset ready in {time.perf_counter() - t:.0f}s", flush=True)
     out = Path(args.out or tempfile.mkdtemp(prefix="fedrec-scale-"))
-    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "simulate", "--data", args.data,
+    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli.main", "simulate", "--data", args.data,
            "--rounds", str(args.rounds),
            "--users-per-node", str(args.users_per_node), "--dim", str(args.dim), "--eval-every", "100000",
            "--out", str(out), "--device", args.device]

@@ -34,7 +34,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
             "is stopped at the end, on error and on Ctrl-C. Run-config options left out keep the app's "
             "[tool.flwr.app.config] defaults.")
     from fedrec.config import SECTIONS
-    from fedrec_app.simulations.flags import add_config_args
+    from fedrec_app.simulations.cli.flags import add_config_args
 
     parser.add_argument("--out", default="runs/deploy",
                         help="run directory written by the ServerApp (metrics.json, rounds.csv, ...; "
@@ -71,7 +71,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def _overrides_from_args(args: argparse.Namespace) -> dict:
     """The run-config overrides of the parsed arguments: ``--run-config`` first, then the options."""
     from fedrec.config import SECTIONS, run_key, sectioned_run_config
-    from fedrec_app.simulations.flags import config_overrides
+    from fedrec_app.simulations.cli.flags import config_overrides
 
     o = sectioned_run_config(_parse_kv(args.run_config))
     o.update(sectioned_run_config(config_overrides(args, tuple(s for s in SECTIONS if s != "outputs"))))

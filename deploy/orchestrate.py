@@ -175,7 +175,7 @@ def _prepare(overrides: dict, *, out: Path, workdir: Path, app: str | Path | Non
             fused, overrides = _choose_privacy(fused, overrides, fed)  # --privacy UNIT --epsilon E
         except (ValueError, FileNotFoundError) as e:
             from fedrec.config import ConfigError
-            from fedrec_app.simulations.flags import config_flag
+            from fedrec_app.simulations.cli.flags import config_flag
 
             if isinstance(e, ConfigError):
                 raise DeployError(f"{config_flag(e.key)} {e.value}: {e.why}") from None

@@ -16,7 +16,7 @@ from fedrec.flower_compat import (STOP, backend_config, environment, fast_grid_p
                                   worker_heap_env)
 from fedrec.results import check_run_dir, lock_run_dir
 from fedrec.scratch import scratch_dir
-from fedrec_app.simulations.signals import Interrupted
+from fedrec_app.simulations.cli.signals import Interrupted
 
 __all__ = ["simulate"]
 
@@ -81,7 +81,7 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     (``ray_address``) the actors load the dataset themselves (the same data on every
     machine, see ``docs/ray-cluster.md``).
 
-    ``attack`` (:mod:`fedrec_app.simulations.attacks`): ``attack.nodes`` more SuperNodes
+    ``attack`` (:mod:`fedrec_app.simulations.attacks.poisoning`): ``attack.nodes`` more SuperNodes
     join, whose ClientApp the attack swaps (``make_client_app(malicious=...)``).
 
     The run directory records each invocation (``run.json``: the command line, versions,
@@ -166,7 +166,7 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
             stack.enter_context(worker_heap_env())  # the actors Ray starts keep their freed heap pages
         stack.enter_context(fast_grid_polling())
         # Ray's driver would install a C-level SIGTERM handler that aborts the process: SIGTERM
-        # stays a clean stop (fedrec_app.simulations.signals)
+        # stays a clean stop (fedrec_app.simulations.cli.signals)
         # (and Ray's FutureWarning about accelerator variables is answered: actors without GPUs
         # keep the environment they have)
         stack.enter_context(environment({"RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
@@ -188,7 +188,7 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
             if e.code == signal.SIGTERM:
                 raise Interrupted(signal.SIGTERM) from None
             raise
-        except BaseException:  # Ctrl-C or SIGTERM (fedrec_app.simulations.signals), or an error of the engine:
+        except BaseException:  # Ctrl-C or SIGTERM (fedrec_app.simulations.cli.signals), or an error of the engine:
             _stop_server()     # the ServerApp's thread must not outlive the run
             raise
     if not results:

@@ -85,7 +85,7 @@ def test_a_users_algorithm_runs_through_flower(tmp_path, capsys):
 
 
 def test_fedrec_simulate_refuses_an_algorithm_in_one_line_before_it_starts(tmp_path, capsys):
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     code = main(["simulate", "--algorithm", TOY, "--target-epsilon", "8", "--data", "synthetic:20x30:0",
                  "--out", str(tmp_path / "run")])

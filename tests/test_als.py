@@ -297,7 +297,7 @@ def test_populations_are_nested_subsets_with_the_whole_catalogue():
 def test_frontier_cells_pair_each_private_cell_with_its_twin():
     from dataclasses import fields
 
-    from fedrec_app.simulations.frontier import frontier_cells
+    from fedrec_app.simulations.studies.frontier import frontier_cells
 
     cells = frontier_cells("synthetic:40x30:1", epsilons=(8.0, 1.0), populations=(0, 20))
     by = {c.name: c for c in cells}
@@ -327,7 +327,7 @@ def test_frontier_cells_pair_each_private_cell_with_its_twin():
 
 
 def test_frontier_report_and_plot_from_rows(tmp_path):
-    from fedrec_app.simulations.frontier import plot_frontier, write_frontier_report
+    from fedrec_app.simulations.studies.frontier import plot_frontier, write_frontier_report
 
     rows = []
     for s, (a, b, m, p) in enumerate([(0.05, 0.06, 0.04, 0.039), (0.052, 0.061, 0.04, 0.041),
@@ -364,7 +364,7 @@ def test_frontier_report_and_plot_from_rows(tmp_path):
 
 
 def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
-    from fedrec_app.simulations.leakage import als_attack
+    from fedrec_app.simulations.attacks.leakage import als_attack
 
     train = _train(n_users=60, n_items=80, p=0.15, seed=9)
     users = np.arange(60)
@@ -442,7 +442,7 @@ def test_the_als_server_sums_good_replies_and_rejects_malformed_ones(monkeypatch
 
 
 def test_one_run_audit_of_private_als_within_claim_and_negative_control_caught():
-    from fedrec_app.simulations.audit import audit_als
+    from fedrec_app.simulations.attacks.audit import audit_als
 
     real = audit_als(noise_multiplier=3.0, m=300, guesses=100, seed=1)
     broken = audit_als(noise_multiplier=3.0, m=300, guesses=100, seed=1, negative_control=True)
@@ -454,7 +454,7 @@ def test_one_run_audit_of_private_als_within_claim_and_negative_control_caught()
 def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
     from dataclasses import fields
 
-    from fedrec_app.simulations.frontier import FEST_PRESET, frontier_cells
+    from fedrec_app.simulations.studies.frontier import FEST_PRESET, frontier_cells
 
     cells = frontier_cells("synthetic:40x30:1", mechanisms=("dp-fest",), epsilons=(8.0, 2.0))
     by = {c.name: c for c in cells}
@@ -475,7 +475,7 @@ def test_dp_fest_cells_pair_each_unit_with_its_own_twin():
 def test_sequential_frontier_cells_differ_from_their_twin_only_in_the_mechanism(mech, server_opt, rounds):
     from dataclasses import fields
 
-    from fedrec_app.simulations.frontier import frontier_cells
+    from fedrec_app.simulations.studies.frontier import frontier_cells
 
     by = {c.name: c for c in frontier_cells("synthetic:40x30:1", mechanisms=(mech,), epsilons=(8.0,))}
     assert sorted(by) == [f"{mech}-eps8", f"{mech}-non-private"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedrec_app.simulations.cli import main
+from fedrec_app.simulations.cli.main import main
 from fedrec.privacy.calibration import resolved
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedrec_app.simulations.cli import main
+from fedrec_app.simulations.cli.main import main
 
 DATA = "synthetic:12x20:1"
 #: A line Ray forwards from an actor of an earlier simulation in the session ("(ClientAppActor
@@ -116,7 +116,7 @@ def test_baseline_refuses_to_overwrite(capsys, tmp_path):
 
 def test_help_imports_neither_torch_nor_flower():
     """`fedrec --help` answers without importing torch or Flower (it used to take 6.9 s)."""
-    code = ("import sys; from fedrec_app.simulations.cli import build_parser; build_parser(); "
+    code = ("import sys; from fedrec_app.simulations.cli.main import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'flwr', 'opacus', 'ray') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
@@ -125,7 +125,7 @@ def test_help_imports_neither_torch_nor_flower():
 def test_every_option_of_every_command_has_help_text():
     import argparse
 
-    from fedrec_app.simulations.cli import build_parser, subcommands
+    from fedrec_app.simulations.cli.main import build_parser, subcommands
 
     parser = build_parser()
     sub = subcommands(parser)
@@ -230,7 +230,7 @@ def test_every_default_a_help_text_shows_is_the_default_the_command_applies():
     command uses when the flag is left out (for run-config flags, the config's default or
     the command's own, as ``fedrec deploy`` turns evaluation off)."""
     from fedrec.config import DEFAULTS
-    from fedrec_app.simulations.cli import build_parser, subcommands
+    from fedrec_app.simulations.cli.main import build_parser, subcommands
 
     applied = {"deploy": {"eval_every": 0}}  # what deploy() sets when the flag is left out
     parser = build_parser()

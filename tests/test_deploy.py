@@ -304,7 +304,7 @@ def test_non_editable_install_then_deploy_without_app(tmp_path):
                             "print(fedrec.__file__, a.__file__, c.__file__, m.__file__)"],
                            env=env, cwd=work, capture_output=True, text=True, check=True).stdout.split()
     assert all(w.startswith(str(target)) for w in where), where
-    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli", "deploy", "--insecure", "--data", DATA,
+    cmd = [sys.executable, "-m", "fedrec_app.simulations.cli.main", "deploy", "--insecure", "--data", DATA,
            "--users-per-node", "2", "--rounds", "1"]
     try:
         r = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=400)
@@ -328,7 +328,7 @@ def test_the_one_run_audit_through_fedrec_deploy(tmp_path, monkeypatch, shared_d
     round with the noise off (deterministic: no noise, no sampling), still claiming the
     noisy round's epsilon, is caught at 95%."""
     from fedrec.data import load_dataset, make_split
-    from fedrec_app.simulations.audit import deploy_audit
+    from fedrec_app.simulations.attacks.audit import deploy_audit
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     train = make_split(load_dataset(str(shared_data("ml-100k")))).train

@@ -48,14 +48,14 @@ def test_the_docs_build_strictly(tmp_path):
 
 
 def test_the_configuration_reference_is_generated_from_the_config():
-    from fedrec_app.simulations.flags import config_reference
+    from fedrec_app.simulations.cli.flags import config_reference
 
     assert (ROOT / "docs" / "reference" / "configuration.md").read_text() == config_reference(), \
         "run `python tests/test_docs.py` to regenerate docs/reference/configuration.md"
 
 
 if __name__ == "__main__":
-    from fedrec_app.simulations.flags import config_reference
+    from fedrec_app.simulations.cli.flags import config_reference
 
     (ROOT / "docs" / "index.md").write_text(readme_as_index((ROOT / "README.md").read_text()))
     (ROOT / "docs" / "reference").mkdir(exist_ok=True)
@@ -119,7 +119,7 @@ def test_every_documented_command_parses():
     import contextlib
     import io
 
-    from fedrec_app.simulations.cli import build_parser, subcommands
+    from fedrec_app.simulations.cli.main import build_parser, subcommands
 
     blocks, bad = 0, []
     for page in _doc_pages():
@@ -169,7 +169,7 @@ def _options_of(argv: list[str]) -> set[str]:
     """The options of the (sub)command ``argv`` runs."""
     import argparse
 
-    from fedrec_app.simulations.cli import build_parser, subcommands
+    from fedrec_app.simulations.cli.main import build_parser, subcommands
 
     parser = subcommands(build_parser())[argv[0]]
     if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):  # fedrec sweep NAME
@@ -222,7 +222,7 @@ def test_the_documented_commands_run_on_tiny_data(where, reason, commands, tmp_p
     """The ``fedrec`` commands of each shell block of the README and the docs run in order to
     exit 0, on tiny data (:func:`_tiny`), in an empty directory, unless the line before the
     block says ``<!-- not run: why -->``."""
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     if reason:
         pytest.skip(f"not run: {reason}")

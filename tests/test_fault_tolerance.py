@@ -40,13 +40,13 @@ def test_server_killed_mid_round_resumes_to_the_same_result(tmp_path):
     tests/test_privacy_adversary.py), and the run ends exactly where an uninterrupted run
     does (noise reproducible from the seed, so that the two runs can be compared). The
     directory records both invocations, the console of both, and the ids."""
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     # killed when round 3's replies arrive: nodes have trained and saved round 3,
     # the server's last checkpoint is round 2
     env = dict(os.environ, FEDREC_CRASH_AT_ROUND="3")
-    r = subprocess.run([sys.executable, "-m", "fedrec_app.simulations.cli", "simulate", *FLAGS, "--cpus", "2",
+    r = subprocess.run([sys.executable, "-m", "fedrec_app.simulations.cli.main", "simulate", *FLAGS, "--cpus", "2",
                         "--out", str(cut)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 70, r.stderr[-2000:]
     meta = json.loads(bytes(np.load(cut / "checkpoint" / "checkpoint.npz")["meta"]).decode())

@@ -68,7 +68,7 @@ def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, proc
     """SIGKILL of ``fedrec simulate`` itself (no handler runs): Ray's processes die with it
     and the watcher removes the users' node files; ``--resume`` then ends the run at its
     recorded last round with every round logged once."""
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     out = tmp_path / "run"
     p, lines = _start(out, tmp, "--rounds", "12", "--patience", "0")
@@ -95,7 +95,7 @@ def test_a_full_disk_while_checkpointing_stops_in_one_line_and_resumes(tmp_path,
     ``FEDREC_FULL_DISK_AT_ROUND``): the run stops with one line naming the file and the
     reason, the round-2 checkpoint stays complete (no partial file left), nothing of the run
     is left running or on disk, and ``--resume`` finishes it."""
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     out = tmp_path / "run"
     p, lines = _start(out, tmp, "--rounds", "6", env={"FEDREC_FULL_DISK_AT_ROUND": "3"})
@@ -125,7 +125,7 @@ def test_a_corrupted_node_file_stops_in_one_line_and_resumes(tmp_path, tmp, proc
     nodes' start, before round 1, in one line naming the file (not the engine's tracebacks), and
     leaves nothing behind; ``--resume`` writes the node files again and finishes."""
     import fedrec_app.simulations.simulate as sim
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     written = sim.write_node_data
 
@@ -158,7 +158,7 @@ def test_an_actor_killed_mid_run_stops_in_one_line_and_resumes(tmp_path, tmp, pr
     keeps sending to the dead actor, so every later round would miss its nodes; the run
     stops before aggregating the round in one line, leaves nothing behind, and
     ``--resume`` ends at the recorded last round with every round logged once."""
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     out = tmp_path / "run"
     p, lines = _start(out, tmp, "--rounds", "12", "--patience", "0", "--users-per-node", "50")

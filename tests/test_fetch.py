@@ -18,7 +18,7 @@ import pytest
 
 from fedrec.data import load_dataset, read_interactions
 from fedrec.data.registry import REGISTRY, DatasetEntry, FetchError, fetch, parse_md5_text
-from fedrec_app.simulations.cli import main
+from fedrec_app.simulations.cli.main import main
 
 RATINGS = "userId,movieId,rating,timestamp\n" + "".join(
     f"{u},{i},{(u + i) % 5 + 1}.0,{1000 + 10 * u + i}\n" for u in range(1, 7) for i in range(1, 6))

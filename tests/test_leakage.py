@@ -10,8 +10,9 @@ import torch
 from fedrec.data import leave_last_out, synthetic_dataset
 from fedrec.privacy.accounting import calibrate_noise
 from fedrec.engine import LocalConfig
-from fedrec_app.simulations.audit import audit, eps_lower_bound, p_value
-from fedrec_app.simulations.leakage import clip_and_noise, leakage_table, roc_auc, train_federated, update_attack
+from fedrec_app.simulations.attacks.audit import audit, eps_lower_bound, p_value
+from fedrec_app.simulations.attacks.leakage import (clip_and_noise, leakage_table, roc_auc, train_federated,
+                                                    update_attack)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_dp_fest_releases_only_trained_rows_and_leaks_nothing_under_noise(small_
     """DP-FEST (trained rows only): without noise a user's release reveals its trained
     items and is exactly zero on the frozen rows; under interaction-level noise and under
     user-level clipping and noise the update attack is at chance."""
-    from fedrec_app.simulations.leakage import release
+    from fedrec_app.simulations.attacks.leakage import release
 
     q, b, p = small_model
     trained = torch.as_tensor((np.arange(80) % 2 == 0).astype(np.float64))

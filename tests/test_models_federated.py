@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedrec.config import FedConfig
+from fedrec.federated.algorithms import check_run
 from fedrec.models import build_federated_model, federated_model_class
 
 EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "my_model.py")
@@ -66,9 +67,9 @@ def test_model_specs_and_errors(tmp_path):
     with pytest.raises(ValueError, match="importing .* failed: RuntimeError: boom"):
         federated_model_class(f"{bad}:X")
     with pytest.raises(ValueError, match="config model.model='nope': choose one of"):
-        FedConfig(model="nope")
+        check_run(FedConfig(model="nope"))
     with pytest.raises(ValueError, match="cold-items.*two-tower"):
-        FedConfig(model="mf", cold_items=0.1)
+        check_run(FedConfig(model="mf", cold_items=0.1))
     with pytest.raises(ValueError, match="two-tower needs item features"):
         build_federated_model("two-tower", 10)
 
@@ -112,7 +113,7 @@ def test_tower_full_ranking_equals_the_per_user_score(monkeypatch):
 def test_models_sweep_writes_table_plot_and_report(tmp_path, monkeypatch):
     import csv
 
-    import fedrec_app.simulations.models as sm
+    import fedrec_app.simulations.studies.models as sm
 
     monkeypatch.setattr(sm, "CENTRAL", dict(sm.CENTRAL, epochs=2))
     cells = sm.models_cells("synthetic:40x50:2", models=("gmf",), rounds=2)  # the private cells exist ...
@@ -136,7 +137,7 @@ def test_models_sweep_writes_table_plot_and_report(tmp_path, monkeypatch):
 
 
 def test_throttled_progress_says_at_most_once_per_interval():
-    from fedrec_app.simulations.models import throttled
+    from fedrec_app.simulations.studies.models import throttled
 
     now, said = [0.0], []
     put = throttled(said.append, seconds=60, clock=lambda: now[0])

@@ -136,7 +136,7 @@ def test_the_default_study_runs_the_mechanism_a_private_run_chooses():
     from dataclasses import replace
 
     from fedrec.federation import load_federation
-    from fedrec_app.simulations.study import STUDIES, study_cells
+    from fedrec_app.simulations.studies.study import STUDIES, study_cells
 
     cells = {c.name: c for c in study_cells(STUDIES["default"])}
     fed = load_federation(FedConfig(data="ml-latest-small"))
@@ -158,7 +158,7 @@ def test_the_default_study_runs_the_mechanism_a_private_run_chooses():
 
 
 def test_the_dp_levels_sweep_runs_the_dp_sgd_preset_without_its_prior():
-    from fedrec_app.simulations.sweeps import dp_levels
+    from fedrec_app.simulations.studies.sweeps import dp_levels
 
     cells = {c.name: c.cfg for c in dp_levels(data="synthetic:60x40:0", epsilons=(8,), users_per_node=30)}
     cfg, want = cells["interaction-eps8"], preset_fields("dp-sgd")

@@ -11,7 +11,7 @@ from fedrec.config import ConfigError, FedConfig
 from fedrec.privacy.calibration import resolved
 from fedrec.engine.cohort import LocalConfig, row_bound_factors
 from fedrec.metrics.exposure import exposure_counts, exposure_ratios
-from fedrec_app.simulations.attacks import Attack, per_user_stage, pick_targets
+from fedrec_app.simulations.attacks.poisoning import Attack, per_user_stage, pick_targets
 
 
 def test_exposure_counts_by_hand_with_pessimistic_ties():
@@ -103,7 +103,7 @@ def test_each_attack_raises_exposure_and_row_bounds_cut_it(kind):
 
 
 def test_cluster_pull_moves_every_row_to_its_k_means_centre():
-    from fedrec_app.simulations.attacks import cluster_pull
+    from fedrec_app.simulations.attacks.poisoning import cluster_pull
 
     table = torch.tensor([[0.0, 0.0], [0.2, 0.0], [5.0, 5.0], [5.0, 5.4]])
     pull = cluster_pull(table, 2, seed=0)
@@ -131,7 +131,7 @@ def test_adam_eps_floor_damps_rows_that_few_users_push():
     lr * 1e-6 / (1e-6 + 1e-4) per step, not by a full lr as with epsilon 1e-8; a row
     whose mean update is 1e-2 (an item many users train) keeps nearly the full step."""
     from fedrec.optim import OptState, server_step
-    from fedrec_app.simulations.attacks import DEFENCES
+    from fedrec_app.simulations.attacks.poisoning import DEFENCES
 
     d = DEFENCES["row-bounds+adam-eps"]
     lr, eps = d["server_lr"], d["server_eps"]
@@ -148,7 +148,7 @@ def test_adam_eps_floor_damps_rows_that_few_users_push():
 def test_attack_sweep_server_is_plain_fedavg_or_fedrecs_adam():
     """``--server fedavg`` runs every cell with server SGD (the attack papers' FedAvg);
     a defence that sets the server's Adam is refused with it, in one line, before any run."""
-    from fedrec_app.simulations.attacks import SERVERS, attack_cells
+    from fedrec_app.simulations.attacks.poisoning import SERVERS, attack_cells
 
     cells = attack_cells("synthetic:60x40:0", attacks=("boost",), defences=("none", "row-bounds"), fractions=(0.05,),
                          rounds=3, server="fedavg")
@@ -187,7 +187,7 @@ def test_robust_defences_spread_the_sybils_over_nodes_of_the_honest_size():
     told the malicious nodes of the largest fraction; the sybils' partitions follow the
     honest nodes."""
     from fedrec.federation import load_federation
-    from fedrec_app.simulations.attacks import attack_cells
+    from fedrec_app.simulations.attacks.poisoning import attack_cells
 
     cells = attack_cells("synthetic:200x40:0", attacks=("fedrecattack",), defences=("none", "krum"),
                          fractions=(0.05, 0.2), rounds=3)
@@ -205,7 +205,7 @@ def test_attack_sweep_runs_through_flower_with_a_robust_rule(tmp_path):
     accepted and the report is written."""
     import csv
 
-    from fedrec_app.simulations.attacks import run_attacks
+    from fedrec_app.simulations.attacks.poisoning import run_attacks
 
     report = run_attacks(tmp_path, data="synthetic:64x30:0", attacks=("boost+inflate",), defences=("median",),
                          fractions=(0.1,), rounds=2, say=lambda *_: None)

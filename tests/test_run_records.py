@@ -17,8 +17,8 @@ import pytest
 
 from fedrec.config import FedConfig, nested_run_config
 from fedrec.privacy.calibration import resolved
-from fedrec_app.simulations.cli import UsageError, build_parser, main, simulate_config
-from fedrec_app.simulations.console import console_log
+from fedrec_app.simulations.cli.main import UsageError, build_parser, main, simulate_config
+from fedrec_app.simulations.cli.console import console_log
 
 DATA = "synthetic:60x40:0"
 FLAGS = ["--data", DATA, "--dim", "4", "--users-per-node", "20", "--rounds", "4", "--eval-every", "2",
@@ -107,7 +107,7 @@ def _tiny_movielens(tmp_path: Path) -> Path:
 
 
 def _offered(command: str) -> str:
-    from fedrec_app.simulations.cli import build_parser as parser_of
+    from fedrec_app.simulations.cli.main import build_parser as parser_of
 
     return " ".join(parser_of()._subparsers._group_actions[0].choices[command].format_help().split())
 

@@ -8,7 +8,7 @@ import pytest
 
 from fedrec.config import FedConfig
 from fedrec.privacy.calibration import resolved
-from fedrec_app.simulations.runner import Cell, config_differences, is_replaced, run_cells
+from fedrec_app.simulations.studies.runner import Cell, config_differences, is_replaced, run_cells
 
 
 def _fake_run(calls):
@@ -119,7 +119,7 @@ def test_overrides_reach_every_cell_and_a_bad_one_runs_nothing(tmp_path):
                                          ("nope=1", "unknown key"), ("seed=3", "sets 'seed' itself"),
                                          ("als.dim=3", "'dim' is in section 'model'"), ("dim=1.5", "expected int")])
 def test_a_bad_set_is_one_line_naming_it(capsys, tmp_path, pair, words):
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     rc = main(["sweep", "tiny", "--out", str(tmp_path / "s"), "--set", pair])
     err = capsys.readouterr().err.strip().splitlines()

@@ -82,7 +82,7 @@ def test_window_split_config_errors_are_one_line():
 
 
 def test_cutoffs_are_increasing_and_refuse_too_many_windows():
-    from fedrec_app.simulations.stream import stream_cutoffs
+    from fedrec_app.simulations.studies.stream import stream_cutoffs
 
     ts = np.arange(100)
     cuts = stream_cutoffs(ts, windows=5, warmup=0.5)
@@ -95,7 +95,7 @@ def test_local_state_is_carried_by_user_and_new_users_start_fresh(tmp_path):
     from fedrec.data import partition_users
     from fedrec.device import LocalState, load_local_state, save_local_state
     from fedrec.federation import Federation, init_local_state
-    from fedrec_app.simulations.stream import carry_local_state
+    from fedrec_app.simulations.studies.stream import carry_local_state
 
     ds = tiny()
     cfg = FedConfig(data="synthetic:3x5", dim=4, users_per_node=1)
@@ -121,7 +121,7 @@ def test_local_state_is_carried_by_user_and_new_users_start_fresh(tmp_path):
 def test_js_divergence_against_scipy():
     from scipy.spatial.distance import jensenshannon
 
-    from fedrec_app.simulations.stream import js_divergence
+    from fedrec_app.simulations.studies.stream import js_divergence
 
     rng = np.random.default_rng(0)
     p, q = rng.random(20), rng.random(20)
@@ -143,7 +143,7 @@ def test_a_frozen_server_leaves_the_global_parameters():
 @pytest.mark.heavy  # `make test-heavy`
 def test_a_tiny_stream_through_flower(tmp_path):
     from fedrec.privacy.mechanisms import UserLevel
-    from fedrec_app.simulations.stream import _checkpoint_params, run_stream
+    from fedrec_app.simulations.studies.stream import _checkpoint_params, run_stream
 
     report = run_stream(tmp_path, data="synthetic:24x40:3", windows=2, warmup=0.5, warmup_rounds=3, rounds=2,
                         seeds=1, privacy=("user-level", "user-level-window"), say=lambda *_: None)
@@ -195,7 +195,7 @@ def test_a_tiny_stream_through_flower(tmp_path):
 def test_genre_profile_by_hand():
     import scipy.sparse as sp
 
-    from fedrec_app.simulations.stream import genre_profile
+    from fedrec_app.simulations.studies.stream import genre_profile
 
     window = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]], dtype=np.float64))
     genres = np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float64)
@@ -207,7 +207,7 @@ def test_genre_profile_by_hand():
 
 
 def test_bad_stream_input_is_one_line_and_starts_nothing(tmp_path, capsys):
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     out = tmp_path / "s"
     assert main(["sweep", "stream", "--data", "synthetic:24x40:3", "--windows", "0", "--out", str(out)]) == 2

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from fedrec_app.simulations.coldstart import FoldIn, user_coldstart
-from fedrec_app.simulations.plots import mean_sd
-from fedrec_app.simulations.study import run_study
+from fedrec_app.simulations.studies.coldstart import FoldIn, user_coldstart
+from fedrec_app.simulations.report.plots import mean_sd
+from fedrec_app.simulations.studies.study import run_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # `make test-heavy`
 
@@ -70,7 +70,7 @@ def test_epsilons_reported_per_unit_within_their_targets(study):
 
 def test_rerun_resumes_without_training_again(study, monkeypatch):
     out, res = study
-    import fedrec_app.simulations.runner as runner
+    import fedrec_app.simulations.studies.runner as runner
 
     def boom(cfg):
         raise AssertionError("a finished run was run again")

@@ -9,11 +9,11 @@ import re
 import pytest
 
 from fedrec.config import FedConfig
-from fedrec_app.simulations import plots
-from fedrec_app.simulations.plots import make_plots, random_ranking_reference
-from fedrec_app.simulations.report import dp_parameters, findings, seed_comparison, write_study_report
-from fedrec_app.simulations.runner import Cell
-from fedrec_app.simulations.study import STUDIES
+from fedrec_app.simulations.report import plots
+from fedrec_app.simulations.report.plots import make_plots, random_ranking_reference
+from fedrec_app.simulations.report.markdown import dp_parameters, findings, seed_comparison, write_study_report
+from fedrec_app.simulations.studies.runner import Cell
+from fedrec_app.simulations.studies.study import STUDIES
 
 INTERACTION_NOISE = 2.298828125  # calibrated noise in the rows; the config holds 0.0
 USER_NOISE = 4.98046875

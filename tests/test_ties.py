@@ -114,7 +114,7 @@ def test_next_ids_heuristic_gains_nothing_from_the_file_order(tmp_path):
     file whose ties run in increasing id as on a shuffled one; with the file's order as
     tie-break it scored far better on the sorted file."""
 
-    from fedrec_app.simulations.ties import next_ids_ndcg  # split None: the file's order as tie-break
+    from fedrec_app.simulations.studies.ties import next_ids_ndcg  # split None: the file's order as tie-break
 
     orders = _orders(_bursts(n_users=200, n_items=200, seed=2))
     got = {}

@@ -25,7 +25,7 @@ def test_rounds_csv_header_grows_with_the_first_evaluation(tmp_path):
 
 def test_tracking_refuses_what_is_not_a_run(tmp_path):
     from fedrec.tracking import log_run
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
 
     with pytest.raises(ValueError, match="no config.json"):
         log_run(tmp_path, tracking_uri=f"sqlite:///{tmp_path}/m.db")
@@ -56,7 +56,7 @@ def test_a_run_logged_to_mlflow_holds_what_rounds_csv_holds(tmp_path, monkeypatc
     monkeypatch.chdir(elsewhere)  # artifacts go beside the database, not into the working directory
     from fedrec.config import FedConfig
     from fedrec.tracking import metric_key
-    from fedrec_app.simulations.cli import main
+    from fedrec_app.simulations.cli.main import main
     from fedrec_app.simulations.simulate import simulate
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

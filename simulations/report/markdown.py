@@ -76,7 +76,7 @@ def _cell_table(rows: list[dict], pred) -> list[tuple[str, list[dict]]]:
 
 
 def _ms(rs: list[dict], key: str, nd: int = 4) -> str:
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     m, sd = mean_sd(r.get(key) for r in rs)
     if m != m:  # nan
@@ -93,7 +93,7 @@ def _rounds_cell(rs: list[dict]) -> str:
 
 
 def _eps_cell(rs: list[dict]) -> str:
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     unit = rs[0].get("unit")
     if unit == "interaction-level" and rs[0].get("interaction_epsilon") is not None:  # private ALS: one epsilon
@@ -148,7 +148,7 @@ def seed_comparison(values: Iterable, ref: Iterable) -> Comparison:
         the sum of the two standard deviations, else ``"above"`` or ``"below"`` (``"equal to"``
         for equal means, ``"not comparable to"`` when either side has no value).
     """
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     m, sd = mean_sd(values)
     rm, rsd = mean_sd(ref)
@@ -180,7 +180,7 @@ def _versus(c: Comparison, name: str, nd: int = 4) -> str:
 
 def _computed_epsilon(rs: list[dict]) -> float:
     """The mean over seeds of the epsilon each run reached in its unit (the plot's)."""
-    from fedrec_app.simulations.plots import epsilon_of, mean_sd
+    from fedrec_app.simulations.report.plots import epsilon_of, mean_sd
 
     return mean_sd(epsilon_of(r) for r in rs)[0]
 
@@ -192,7 +192,7 @@ def _eps_words(rs: list[dict]) -> str:
 
 
 def _privacy_groups(rows: list[dict]) -> dict[str, Any]:
-    from fedrec_app.simulations.plots import mostpop_rows
+    from fedrec_app.simulations.report.plots import mostpop_rows
 
     cells = _cell_table(rows, lambda r: r.get("experiment") == "privacy")
     plain = [(n, rs) for n, rs in cells if rs[0].get("unit", "none") == "none" and not rs[0].get("baseline")
@@ -243,7 +243,7 @@ def _best_findings(rows: list[dict], key: str = "test_ndcg@10") -> list[str]:
     """The best federated cell without DP, and the best private cell at each unit and
     epsilon, each against MostPop, centralized EASE and (a private cell) private MostPop at
     its epsilon."""
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     g = _privacy_groups(rows)
     cells = _cell_table(rows, lambda r: r.get("experiment") == "privacy")
@@ -318,7 +318,8 @@ def _user_coldstart_findings(cold: list[dict]) -> list[str]:
 
 
 def _item_coldstart_findings(rows: list[dict], docs: Mapping | None = None) -> list[str]:
-    from fedrec_app.simulations.plots import catalogue_size, heldout_item_count, mean_sd, random_ranking_reference
+    from fedrec_app.simulations.report.plots import (catalogue_size, heldout_item_count, mean_sd,
+                                                     random_ranking_reference)
 
     out = []
     for name, rs in _cell_table(rows, lambda r: r.get("experiment") == "item-coldstart"):
@@ -376,7 +377,7 @@ def findings(rows: list[dict], cold: list[dict], *, configs: Mapping | None = No
     configs
         Cell name -> its ``FedConfig`` (for what the server sees under user-level DP).
     docs
-        Run records from :func:`fedrec_app.simulations.plots.run_documents` (held-out item
+        Run records from :func:`fedrec_app.simulations.report.plots.run_documents` (held-out item
         and catalogue sizes for the random references).
 
     Returns
@@ -424,7 +425,7 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
     configs
         Cell name -> its ``FedConfig`` (sampling rate, clip, prior noise, steps per round).
     docs
-        Run records (:func:`fedrec_app.simulations.plots.run_documents`): the ``privacy``
+        Run records (:func:`fedrec_app.simulations.report.plots.run_documents`): the ``privacy``
         section of ``metrics.json`` and the rounds run take precedence over ``configs``.
 
     Returns
@@ -436,6 +437,8 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
         ``sample_rate``, ``clip``, ``steps``, ``prior_noise``; ``steps_unit`` says what is counted
         and ``planned`` whether ``steps`` are the planned ones (no record of the rounds run).
     """
+    from fedrec.privacy.calibration import steps_per_round
+
     configs, docs = configs or {}, docs or {}
     out = []
     for name, rs in _cell_table(rows, lambda r: r.get("unit") in UNIT_PROTECTS):
@@ -478,7 +481,7 @@ def dp_parameters(rows: list[dict], configs: Mapping | None = None, docs: Mappin
                                                     run_cfg.get("noise-multiplier") or None))
                 e["sample_rate"].append(_first(priv.get("sample_rate"), getattr(cfg, "sample_rate", None)))
                 e["clip"].append(_first(priv.get("max_grad_norm"), getattr(cfg, "max_grad_norm", None)))
-                per_round = getattr(cfg, "steps_per_round", None) if cfg is not None else None
+                per_round = steps_per_round(cfg) if cfg is not None else None
                 e["steps"].append(int(rounds) * int(per_round) if rounds is not None and per_round else None)
             else:
                 e["epsilon"].append(r.get("user_epsilon"))
@@ -535,8 +538,8 @@ def write_study_report(out: Path, study, rows: list[dict], cold: list[dict], plo
     import json
     import sys
 
-    from fedrec_app.simulations.plots import (heldout_item_count, mean_sd, mostpop_rows, random_ranking_reference,
-                                              run_documents)
+    from fedrec_app.simulations.report.plots import (heldout_item_count, mean_sd, mostpop_rows,
+                                                     random_ranking_reference, run_documents)
 
     out = Path(out)
     configs = {c.name: c.cfg for c in cells}

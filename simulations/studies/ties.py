@@ -1,6 +1,6 @@
 """Ties in time, measured: how many there are, and what the order inside them does.
 
-``python -m fedrec_app.simulations.ties --data ml-100k --seeds 3 --out runs/ties-100k``
+``python -m fedrec_app.simulations.studies.ties --data ml-100k --seeds 3 --out runs/ties-100k``
 prints and writes (``ties.json``, ``ties.md``):
 
 * the tie counts of the dataset (:func:`fedrec.data.tie_groups`);
@@ -94,7 +94,8 @@ def _same(a, b) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.ties", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.studies.ties",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="a dataset name or path (as fedrec simulate --data)")
     ap.add_argument("--min-rating", type=float, default=0.0, help="positives = ratings >= this (default: all)")
     ap.add_argument("--seeds", type=int, default=3, help="tie-order seeds 0..N-1 (default 3)")

@@ -33,7 +33,7 @@ from pathlib import Path
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
 from fedrec.presets import als_preset_name, preset_fields
-from fedrec_app.simulations.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
 
 __all__ = [
     "ALS_PRESET", "ALS_PRESET_LOW", "ALS_PRESET_INTERACTION", "ALS_PRESETS", "als_preset", "FEST_PRESET",
@@ -107,7 +107,8 @@ def frontier_cells(data: str, *, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2
                    populations=(0,), rounds: int | None = None) -> list[Cell]:
     """Each mechanism's non-private twin and its private cells, for each population
     (``0``: every user)."""
-    from fedrec_app.simulations.study import DP_PRESET, NOISE_FREE_PRIOR, USER_PRESET, _users_per_node, prior_noise_for
+    from fedrec_app.simulations.studies.study import (DP_PRESET, NOISE_FREE_PRIOR, USER_PRESET, _users_per_node,
+                                                      prior_noise_for)
 
     cells = []
     for pop in populations:
@@ -155,7 +156,7 @@ def frontier_cells(data: str, *, mechanisms=DEFAULT_MECHANISMS, epsilons=(1.0, 2
                 private = [(e, replace(base, **DP_PRESET, target_epsilon=e)) for e in epsilons]
                 private = [(e, replace(c, prior_noise=prior_noise_for(e, c.prior_noise))) for e, c in private]
             elif mech in ("sasrec-dp-fedavg", "sasrec-dp-fedadam"):  # no item bias, hence no popularity prior
-                from fedrec_app.simulations.sequential import SEQUENTIAL_USER_PRESET
+                from fedrec_app.simulations.studies.sequential import SEQUENTIAL_USER_PRESET
 
                 full = SEQUENTIAL_USER_PRESET if mech == "sasrec-dp-fedavg" else SASREC_FEDADAM_PRESET
                 if rounds:
@@ -270,7 +271,7 @@ def plot_frontier(out: Path, rows: list[dict]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     paths = []
     groups = _groups(rows)
@@ -317,7 +318,7 @@ def _plot_population(out: Path, rows: list[dict]) -> Path:
     """Fraction of the non-private twin's NDCG@10 kept, against the number of users."""
     import matplotlib.pyplot as plt
 
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     groups = _groups(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -352,7 +353,7 @@ def write_frontier_report(out: Path, rows: list[dict], *, data: str, command: st
                           seconds: float) -> Path:
     """``report.md``: per population, a table of every mechanism and epsilon with its
     twin, MostPop and private MostPop at the same epsilon, and what privacy costs."""
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     groups = _groups(rows)
     lines = [f"# Privacy frontier on {data}", "", f"Command: `{command}` ({seconds:.0f} s)", "",

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedrec_app.simulations.flags import add_config_args, config_flag, config_from_args, given_fields
+from fedrec_app.simulations.cli.flags import add_config_args, config_flag, config_from_args, given_fields
 
 __all__ = ["main", "build_parser", "subcommands", "UsageError"]
 
@@ -288,7 +288,7 @@ def cmd_run_default(args) -> int:
 
 def cmd_sweep(args) -> int:
     from fedrec.config import parse_overrides
-    from fedrec_app.simulations.study import STUDIES, run_study
+    from fedrec_app.simulations.studies.study import STUDIES, run_study
 
     overrides = parse_overrides(args.set)
     if overrides and args.name == "stream":
@@ -296,9 +296,9 @@ def cmd_sweep(args) -> int:
                          "'models', 'sequential', 'frontier', 'attacks' or a study sweep")
 
     if args.name == "models":
-        from fedrec_app.simulations.models import run_models
+        from fedrec_app.simulations.studies.models import run_models
 
-        from fedrec_app.simulations.models import MODELS
+        from fedrec_app.simulations.studies.models import MODELS
 
         report = run_models(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
                             models=tuple(args.models or MODELS), private=not args.no_private,
@@ -306,9 +306,9 @@ def cmd_sweep(args) -> int:
         _log(f"report: {report}")
         return 0
     if args.name == "attacks":
-        from fedrec_app.simulations.attacks import run_attacks
+        from fedrec_app.simulations.attacks.poisoning import run_attacks
 
-        from fedrec_app.simulations.attacks import ATTACKS, DEFAULT_ATTACKS, _defences
+        from fedrec_app.simulations.attacks.poisoning import ATTACKS, DEFAULT_ATTACKS, _defences
 
         for name, given, known in (("--attacks", [a.split("+")[0] for a in args.attacks or ()], ATTACKS),
                                    ("--defences", args.defences, _defences())):
@@ -323,7 +323,7 @@ def cmd_sweep(args) -> int:
         _log(f"report: {report}")
         return 0
     if args.name == "stream":
-        from fedrec_app.simulations.stream import STREAM_PRIVACY, run_stream
+        from fedrec_app.simulations.studies.stream import STREAM_PRIVACY, run_stream
 
         report = run_stream(Path(args.out), data=args.data, windows=args.windows, warmup=args.warmup,
                             warmup_rounds=args.warmup_rounds, rounds=args.rounds or 20, seeds=args.seeds or 1,
@@ -333,7 +333,7 @@ def cmd_sweep(args) -> int:
         _log(f"report: {report}")
         return 0
     if args.name == "sequential":
-        from fedrec_app.simulations.sequential import SEQUENTIAL, run_sequential
+        from fedrec_app.simulations.studies.sequential import SEQUENTIAL, run_sequential
 
         report = run_sequential(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
                                 models=tuple(args.models or SEQUENTIAL), private=not args.no_private,
@@ -341,7 +341,7 @@ def cmd_sweep(args) -> int:
         _log(f"report: {report}")
         return 0
     if args.name == "frontier":
-        from fedrec_app.simulations.frontier import DEFAULT_MECHANISMS, run_frontier
+        from fedrec_app.simulations.studies.frontier import DEFAULT_MECHANISMS, run_frontier
 
         report = run_frontier(Path(args.out), data=args.data, mechanisms=tuple(args.mechanisms or DEFAULT_MECHANISMS),
                               epsilons=tuple(args.epsilons or (1.0, 2.0, 4.0, 8.0)),
@@ -353,9 +353,9 @@ def cmd_sweep(args) -> int:
         run_study(args.name, Path(args.out), data=args.data, seeds=args.seeds, rounds=args.rounds,
                   overrides=overrides, say=_log)
         return 0
-    from fedrec_app.simulations.report import write_report
-    from fedrec_app.simulations.runner import run_cells
-    from fedrec_app.simulations.sweeps import SWEEPS
+    from fedrec_app.simulations.report.markdown import write_report
+    from fedrec_app.simulations.studies.runner import run_cells
+    from fedrec_app.simulations.studies.sweeps import SWEEPS
 
     if args.name not in SWEEPS:
         raise ValueError(f"unknown sweep {args.name!r}; choose one of {sorted(STUDIES) + sorted(SWEEPS)}")
@@ -398,7 +398,7 @@ def cmd_track(args) -> int:
         if (d / "metrics.json").is_file():
             dirs.append(d)
         elif (d / "runs").is_dir():  # a sweep: every finished run in it
-            from fedrec_app.simulations.runner import is_replaced
+            from fedrec_app.simulations.studies.runner import is_replaced
 
             dirs += sorted(r for r in (d / "runs").iterdir() if (r / "metrics.json").is_file() and not is_replaced(r))
         else:
@@ -631,8 +631,8 @@ def error_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from fedrec_app.simulations.console import ENGINE_CHATTER, console_log
-    from fedrec_app.simulations.signals import interruptible
+    from fedrec_app.simulations.cli.console import ENGINE_CHATTER, console_log
+    from fedrec_app.simulations.cli.signals import interruptible
 
     parser = build_parser()
     args = parser.parse_args(argv)

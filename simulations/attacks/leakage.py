@@ -578,7 +578,7 @@ def leakage_table(
         ``k`` of the secure-aggregation rows (no noise); the first one also
         gets a user-level-DP row with the first sigma (noise on the cohort sum).
     als_epsilons
-        Private ALS (the sweep's preset, :data:`fedrec_app.simulations.frontier.ALS_PRESET`):
+        Private ALS (the sweep's preset, :data:`fedrec_app.simulations.studies.frontier.ALS_PRESET`):
         one user's counts and pass releases without noise and with the noise of each
         run epsilon (the row's ``epsilon`` is that of the one attacked release).
     membership
@@ -664,7 +664,7 @@ def leakage_table(
         say("user-level DP + secure aggregation")
     if als_epsilons:
         from fedrec.privacy.accounting import calibrate_noise
-        from fedrec_app.simulations.frontier import ALS_PRESET as A
+        from fedrec_app.simulations.studies.frontier import ALS_PRESET as A
 
         kw = dict(cap=A["als_cap"], clip=A["als_clip"], dim=A["dim"], alpha=A["als_alpha"],
                   reg_user=A["als_user_reg"], seed=seed)
@@ -685,7 +685,7 @@ def leakage_table(
         if interaction_epsilons:
             e = max(interaction_epsilons)
             sigma = dp_noise(target_epsilon=e, delta=delta, sample_rate=dp_sample_rate, steps=dp_rounds * steps)
-            from fedrec_app.simulations.sweeps import DP_PRESET
+            from fedrec_app.simulations.studies.sweeps import DP_PRESET
 
             cfg = LocalConfig(user_lr=DP_PRESET["user_lr"], user_steps=local.user_steps, item_steps=local.item_steps,
                               negatives=local.negatives, sample_rate=dp_sample_rate, noise_multiplier=sigma,
@@ -739,9 +739,9 @@ def _floats(s: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m fedrec_app.simulations.leakage --data ml-100k --out runs/leakage``."""
+    """Command line: ``python -m fedrec_app.simulations.attacks.leakage --data ml-100k --out runs/leakage``."""
     ap = argparse.ArgumentParser(
-        prog="python -m fedrec_app.simulations.leakage",
+        prog="python -m fedrec_app.simulations.attacks.leakage",
         description="Measured privacy leakage of federated MF: update attacks of an honest-but-curious server "
         "under no protection, interaction-level DP, user-level DP and secure aggregation; membership inference "
         "on the final model; one-run DP audit (simulations.audit).",
@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from fedrec.data import load_dataset, make_split
-    from fedrec_app.simulations.audit import audit
+    from fedrec_app.simulations.attacks.audit import audit
 
     t0 = time.time()
     split = make_split(load_dataset(args.data), kind=args.split, tie_seed=args.seed)
@@ -797,8 +797,8 @@ def main(argv: list[str] | None = None) -> int:
             res = audit(split.train, cfg=cfg, m=args.canaries, guesses=args.guesses, delta=args.delta, seed=args.seed)
             res["setting"] = f"interaction-level DP (one-round eps={e:g}, q=1), one round"
             audits.append(res)
-        from fedrec_app.simulations.audit import audit_als
-        from fedrec_app.simulations.frontier import ALS_PRESET, ALS_PRESET_LOW
+        from fedrec_app.simulations.attacks.audit import audit_als
+        from fedrec_app.simulations.studies.frontier import ALS_PRESET, ALS_PRESET_LOW
 
         for e, preset in ((8.0, ALS_PRESET), (2.0, ALS_PRESET_LOW)):  # private ALS: its counts and one pass
             z = dp_noise(target_epsilon=e, delta=args.delta, sample_rate=1.0, steps=preset["als_passes"] + 1)

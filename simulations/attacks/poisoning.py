@@ -376,7 +376,7 @@ SERVERS: dict[str, dict] = {
 
 
 def _defences() -> dict[str, dict]:
-    from fedrec_app.simulations.study import USER_PRESET
+    from fedrec_app.simulations.studies.study import USER_PRESET
 
     user = {**{k: v for k, v in USER_PRESET.items() if k != "prior_noise"}, "user_target_epsilon": 8.0}
     return {**DEFENCES, "user-dp": user, "row-bounds+user-dp": {**DEFENCES["row-bounds"], **user}}
@@ -392,8 +392,8 @@ def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-b
 
     from fedrec.config import FedConfig
     from fedrec.federation import load_federation
-    from fedrec_app.simulations.runner import Cell
-    from fedrec_app.simulations.study import _users_per_node
+    from fedrec_app.simulations.studies.runner import Cell
+    from fedrec_app.simulations.studies.study import _users_per_node
 
     fed = load_federation(FedConfig(data=data))
     targets = pick_targets(fed.split.train, n_targets, seed=0)
@@ -430,7 +430,7 @@ def run_attacks(out, *, data: str = "ml-latest-small", attacks=DEFAULT_ATTACKS,
     import time
     from pathlib import Path
 
-    from fedrec_app.simulations.runner import run_cells, write_rows
+    from fedrec_app.simulations.studies.runner import run_cells, write_rows
     from fedrec_app.simulations.simulate import simulate
 
     t0 = time.perf_counter()
@@ -457,7 +457,7 @@ def write_attack_report(out, rows: list[dict], *, data: str, seeds: int, rounds:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     defences = list(dict.fromkeys(r["defence"] for r in rows))
     lines_ = [(a, f) for a, f in dict.fromkeys((r["attack"], r["fraction"]) for r in rows)]

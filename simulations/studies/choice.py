@@ -1,6 +1,6 @@
 """The mechanism fedrec chooses for a unit and an epsilon, measured against private MostPop.
 
-``python -m fedrec_app.simulations.choice --data ml-100k --seeds 3 --out runs/choice-100k``
+``python -m fedrec_app.simulations.studies.choice --data ml-100k --seeds 3 --out runs/choice-100k``
 runs ``fedrec simulate --privacy UNIT --epsilon E`` (nothing else given) for each unit,
 epsilon and seed, and ``fedrec baseline --model private-mostpop --epsilon E`` on the same
 splits, and writes ``choice.json`` and ``choice.md``: test NDCG@10 (full ranking) of the
@@ -81,7 +81,8 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.choice", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.studies.choice",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dataset (a name, path or synthetic spec)")
     p.add_argument("--out", required=True, help="directory for runs/, choice.json, choice.md")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")

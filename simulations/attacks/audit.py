@@ -274,7 +274,7 @@ def audit(
         raise ValueError("the canary is one interaction = one training pair only with negatives=1")
     if not 2 <= guesses <= m:
         raise ValueError(f"need 2 <= guesses <= m; got {guesses}, m={m}")
-    from fedrec_app.simulations.leakage import dp_epsilon
+    from fedrec_app.simulations.attacks.leakage import dp_epsilon
 
     rng = np.random.default_rng([seed, 41])
     n_items = train.shape[1]
@@ -410,7 +410,7 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
     from fedrec.config import FedConfig
     from fedrec.federation import init_local_state, load_federation
     from fedrec_app.deploy import deploy
-    from fedrec_app.simulations.leakage import dp_epsilon
+    from fedrec_app.simulations.attacks.leakage import dp_epsilon
 
     out = Path(out)
     rng = np.random.default_rng([seed, 41])
@@ -474,13 +474,13 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fedrec_app.simulations.audit --data ml-100k --out DIR``: the one-run audit
+    """``python -m fedrec_app.simulations.attacks.audit --data ml-100k --out DIR``: the one-run audit
     through ``fedrec deploy`` (the real mechanism and its negative control)."""
     import argparse
     import json
     from pathlib import Path
 
-    ap = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.audit",
+    ap = argparse.ArgumentParser(prog="python -m fedrec_app.simulations.attacks.audit",
                                  description="One-run DP audit (Steinke, Nasr and Jagielski 2023) of the interaction-"
                                              "level DP round through fedrec deploy: SuperLink and a SuperNode of "
                                              "canary users, the server keeping the node's reply.")

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from fedrec.config import FedConfig
 from fedrec.presets import preset_fields
-from fedrec_app.simulations.runner import Cell
+from fedrec_app.simulations.studies.runner import Cell
 
 __all__ = ["SWEEPS", "dp_preset", "dp_levels"]
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import load_federation
-from fedrec_app.simulations.models import MODEL_PRESETS, SEQUENTIAL
-from fedrec_app.simulations.plots import mean_sd
-from fedrec_app.simulations.report import EVALUATION_NOTE
-from fedrec_app.simulations.runner import Cell, run_cells, write_rows
-from fedrec_app.simulations.study import STUDIES, _users_per_node, _write_csv, baseline_rows, coldstart_rows
+from fedrec_app.simulations.studies.models import MODEL_PRESETS, SEQUENTIAL
+from fedrec_app.simulations.report.plots import mean_sd
+from fedrec_app.simulations.report.markdown import EVALUATION_NOTE
+from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.studies.study import STUDIES, _users_per_node, _write_csv, baseline_rows, coldstart_rows
 
 __all__ = ["SEQUENTIAL_USER_PRESET", "sequential_cells", "run_sequential", "COLD_USERS"]
 

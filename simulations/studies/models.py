@@ -18,9 +18,9 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federation import build_model, load_federation
-from fedrec_app.simulations.report import EVALUATION_NOTE
-from fedrec_app.simulations.runner import Cell, run_cells, write_rows
-from fedrec_app.simulations.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
+from fedrec_app.simulations.report.markdown import EVALUATION_NOTE
+from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.studies.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
 
 __all__ = ["MODELS", "SEQUENTIAL", "MODEL_PRESETS", "models_cells", "centralized_rows", "run_models"]
 

@@ -25,8 +25,8 @@ from fedrec.config import FedConfig
 from fedrec.federation import federated_model, load_federation
 from fedrec.models import is_sequential
 from fedrec.presets import choose, preset_fields, with_preset
-from fedrec_app.simulations.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
-from fedrec_app.simulations.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.studies.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
+from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
 
 __all__ = ["Study", "STUDIES", "study_cells", "chosen_cells", "run_study", "DP_PRESET", "USER_PRESET"]
 
@@ -256,8 +256,8 @@ def coldstart_rows(out: Path, cells: list[Cell], seeds: list[int], study: Study,
 def run_study(name: str, out: Path, *, data: str = "ml-latest-small", seeds: int | None = None,
               rounds: int | None = None, overrides: dict | None = None, say=print) -> dict:
     """Run (or resume) a study; write results, cold-start results, plots and ``report.md``."""
-    from fedrec_app.simulations.plots import make_plots
-    from fedrec_app.simulations.report import write_study_report
+    from fedrec_app.simulations.report.plots import make_plots
+    from fedrec_app.simulations.report.markdown import write_study_report
 
     study = STUDIES[name]
     t0 = time.perf_counter()

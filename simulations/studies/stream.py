@@ -208,7 +208,7 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     from fedrec.privacy.mechanisms import UserLevel
     from fedrec.privacy.prior import noisy_popularity
     from fedrec_app.simulations.simulate import simulate
-    from fedrec_app.simulations.study import USER_PRESET, _users_per_node
+    from fedrec_app.simulations.studies.study import USER_PRESET, _users_per_node
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -351,7 +351,7 @@ def _write_csv(path: Path, rows: list[dict], refs: list[dict]) -> None:
 
 
 def _series(doc: dict, priv: str, model: str, key: str):
-    from fedrec_app.simulations.plots import mean_sd
+    from fedrec_app.simulations.report.plots import mean_sd
 
     stages = range(doc["windows"])
     return [mean_sd([r.get(key) for r in doc["rows"] if (r["privacy"], r["model"], r["stage"]) == (priv, model, w)])
