@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(BIN)/fedrec run-default --out $(OUT)
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 # the study, the stream, deployments and the docs' commands end to end (about 26 minutes on 2 cores); CI runs them too
 test-heavy: $(VENV)/.installed

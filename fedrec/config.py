@@ -6,7 +6,12 @@ sections, one TOML table each (``[tool.flwr.app.config.interaction-level]``),
 which Flower flattens to ``<section>.<key>`` (``interaction-level.noise-multiplier``);
 keys use dashes, as in Flower.  A key without its section (``noise-multiplier``)
 is read too: run directories and checkpoints written before sections hold those.
-Every value is checked; errors name the key and the bad value.
+Every value is checked, each section by its own check (:data:`SECTION_CHECKS`), then
+the rules that join sections; errors name the key and the bad value.  The configuration
+is settings only: it imports nothing of the engine, the models or the accountants.  What
+a target epsilon means in noise is :func:`fedrec.privacy.calibration.resolved`; what a
+model or a training algorithm cannot run is refused where a run starts
+(:func:`fedrec.federated.algorithms.check_run`).
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from dataclasses import dataclass, field, fields
 
 from fedrec.errors import ConfigError
 
-__all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES", "options", "run_key",
-           "flat_run_config", "nested_run_config", "sectioned_run_config", "parse_overrides"]
+__all__ = ["FedConfig", "DEFAULTS", "ConfigError", "SECTIONS", "SECTION_TABLES", "SECTION_CHECKS", "options",
+           "run_key", "flat_run_config", "nested_run_config", "sectioned_run_config", "parse_overrides"]
 
 #: Sections of the configuration, in the order ``--help`` shows them.
 SECTIONS = ("data", "model", "federation", "privacy", "local training", "interaction-level DP", "user-level DP",
