@@ -274,7 +274,7 @@ def test_ctrl_c_stops_every_process(tmp_path, how):
     assert not saved["ok"] and saved["error"].startswith("interrupted") and saved["survivors"] == {}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # a wheel built and installed, then a deployment: minutes
 def test_non_editable_install_then_deploy_without_app(tmp_path):
     """`pip install .` (a wheel, not the source tree) and then `fedrec deploy` with no --app and
     no --out, from a directory that is not the project: the app comes from the installed
