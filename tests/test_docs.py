@@ -230,3 +230,14 @@ def test_the_documented_commands_run_on_tiny_data(where, reason, commands, tmp_p
     for argv in commands:
         argv = _tiny(argv, tmp_path)
         assert main(argv) == 0, f"{where}: fedrec {' '.join(argv)}"
+
+
+@pytest.mark.slow
+def test_the_python_example_of_the_federated_training_guide_runs(tmp_path, monkeypatch):
+    """The guide's one Python block runs as written (from a scratch directory, on synthetic data)."""
+    text = (ROOT / "docs" / "guides" / "federated-training.md").read_text()
+    blocks = [body for lang, body, _ in _blocks(text) if lang == "python"]
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "federated-training.md", "exec"), {})
+    assert (tmp_path / "runs" / "from-python" / "metrics.json").is_file()
