@@ -296,9 +296,7 @@ def cmd_sweep(args) -> int:
                          "'models', 'sequential', 'frontier', 'attacks' or a study sweep")
 
     if args.name == "models":
-        from fedrec_app.simulations.studies.models import run_models
-
-        from fedrec_app.simulations.studies.models import MODELS
+        from fedrec_app.simulations.studies.models import MODELS, run_models
 
         report = run_models(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
                             models=tuple(args.models or MODELS), private=not args.no_private,
