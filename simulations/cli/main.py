@@ -295,18 +295,18 @@ def cmd_sweep(args) -> int:
         raise UsageError("--set is not available for the 'stream' sweep (its stages chain warm starts); use the "
                          "'models', 'sequential', 'frontier', 'attacks' or a study sweep")
 
-    if args.name == "models":
+    if args.name in ("models", "sequential"):  # one axis of models, each beside its centralized twin
         from fedrec_app.simulations.studies.models import MODELS, run_models
+        from fedrec_app.simulations.studies.sequential import SEQUENTIAL, run_sequential
 
-        report = run_models(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
-                            models=tuple(args.models or MODELS), private=not args.no_private,
-                            command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
+        run, default_models = (run_models, MODELS) if args.name == "models" else (run_sequential, SEQUENTIAL)
+        report = run(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
+                     models=tuple(args.models or default_models), private=not args.no_private,
+                     command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
     if args.name == "attacks":
-        from fedrec_app.simulations.attacks.poisoning import run_attacks
-
-        from fedrec_app.simulations.attacks.poisoning import ATTACKS, DEFAULT_ATTACKS, _defences
+        from fedrec_app.simulations.attacks.poisoning import ATTACKS, DEFAULT_ATTACKS, _defences, run_attacks
 
         for name, given, known in (("--attacks", [a.split("+")[0] for a in args.attacks or ()], ATTACKS),
                                    ("--defences", args.defences, _defences())):
@@ -328,14 +328,6 @@ def cmd_sweep(args) -> int:
                             privacy=("non-private",) if args.no_private else
                             STREAM_PRIVACY + (("user-level-window",) if args.window_budget else ()),
                             command=" ".join(["fedrec"] + sys.argv[1:]), say=_log)
-        _log(f"report: {report}")
-        return 0
-    if args.name == "sequential":
-        from fedrec_app.simulations.studies.sequential import SEQUENTIAL, run_sequential
-
-        report = run_sequential(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
-                                models=tuple(args.models or SEQUENTIAL), private=not args.no_private,
-                                command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
     if args.name == "frontier":
