@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
+from fedrec.federated.federation import load_federation
 from fedrec_app.simulations.simulate import simulate
 
 

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
-from fedrec.federation import init_global_params, load_federation
+from fedrec.federated.federation import init_global_params, load_federation
 from fedrec.privacy.calibration import resolved
 
 from round_time import direct_round_seconds, flower_round_seconds  # noqa: E402  (same folder)

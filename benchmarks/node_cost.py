@@ -35,9 +35,9 @@ import flwr.clientapp  # Flower's own import (an empty ClientApp)
 t1 = time.perf_counter()
 import numpy as np
 import torch
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
-from fedrec.federation import init_global_params
+from fedrec.federated.federation import init_global_params
 tI = time.perf_counter()
 def rss_mb():  # current resident memory (the peak is set by the imports)
     for line in open("/proc/self/status"):
@@ -78,7 +78,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from fedrec.config import FedConfig
-    from fedrec.federation import load_federation, write_node_data
+    from fedrec.federated.federation import load_federation, write_node_data
     from fedrec.privacy.calibration import resolved
 
     rows = []

@@ -42,7 +42,7 @@ from torch import nn
 from fedrec.config import FedConfig
 from fedrec.engine import LocalConfig, cohort_samples, train_cohort
 from fedrec.engine.cohort import _bc, _sq, sample_mask
-from fedrec.federation import build_model, load_federation
+from fedrec.federated.federation import build_model, load_federation
 from fedrec.models import FedMF
 
 

@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
-from fedrec.federation import init_global_params, load_federation
+from fedrec.federated.federation import init_global_params, load_federation
 from fedrec.flower_compat import reuse_ray
-from fedrec.optim import OptState, server_step
+from fedrec.federated.optim import OptState, server_step
 from fedrec.privacy.calibration import resolved
 from fedrec_app.simulations.simulate import simulate
 
@@ -34,7 +34,7 @@ from fedrec_app.simulations.simulate import simulate
 def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
     """Median seconds of a round computed by calling every node's train function
     in this process (no Flower), then the server's weighted mean and optimiser step
-    (:func:`fedrec.optim.server_step`, as the strategy does): the floor that Flower's
+    (:func:`fedrec.federated.optim.server_step`, as the strategy does): the floor that Flower's
     engine is compared with."""
     cfg = resolved(cfg)
     fed = load_federation(cfg)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
+from fedrec.federated.federation import load_federation
 from fedrec_app.server import secure, strategy
 from fedrec_app.simulations.simulate import simulate
 

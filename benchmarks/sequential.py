@@ -21,7 +21,7 @@ import json
 import torch
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
+from fedrec.federated.federation import load_federation
 
 from round_time import direct_round_seconds, flower_round_seconds  # noqa: E402  (same folder)
 

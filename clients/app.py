@@ -1,6 +1,6 @@
 """fedrec ClientApp: one Flower node hosts one user (or a cohort of users).
 
-Handlers are thin: read the config, call :mod:`fedrec.node` (pure functions),
+Handlers are thin: read the config, call :mod:`fedrec.federated.node` (pure functions),
 reply.  With ``secure-aggregation`` the server drives Flower's SecAgg+ workflow,
 which speaks Flower's legacy encoding (``fitins``/``fitres``): the same handlers
 answer it, and Flower's ``secaggplus_mod`` masks the reply (:func:`secure_aggregation_mod`).
@@ -130,7 +130,7 @@ def _shared_client_app(key: str, run_config: dict | None, node_data: str | None)
 def make_client_app(run_config: dict | None = None, *, node_data: str | None = None, malicious=None) -> ClientApp:
     """A ClientApp; ``run_config`` overrides Flower's (the simulation engine, entered by fedrec, passes none).
     ``node_data``: a directory of node files (``node-P.npz``, written by
-    :func:`fedrec.federation.write_node_data`) from which node P reads its users' data,
+    :func:`fedrec.federated.federation.write_node_data`) from which node P reads its users' data,
     where its node config names no ``data-file`` (a simulation: as in a deployment, no
     node loads the dataset).
 
@@ -147,10 +147,10 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         return malicious is not None and int(context.node_config.get("partition-id", -1)) >= malicious.first_partition
 
     def _setup(context: Context, config: dict):
-        # fedrec.node (torch, Opacus: ~6 s) is imported by the handlers, not with the app:
+        # fedrec.federated.node (torch, Opacus: ~6 s) is imported by the handlers, not with the app:
         # in a deployment every message starts a ClientApp process, and the SecAgg+ stages
         # that never reach a handler (set-up, key sharing, unmasking) do not need it
-        from fedrec import node
+        from fedrec.federated import node
 
         mechanism = protocol.mechanism_of(config)
         node_config = dict(context.node_config)
@@ -162,7 +162,7 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        from fedrec import node
+        from fedrec.federated import node
 
         config, global_params = _read(msg)
         if _is_malicious(context):
@@ -193,7 +193,7 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
         """Federated analytics (the DP popularity prior): the node's own users' contribution;
         the server adds the noise to the sum over nodes.  A readiness query (before round 1)
         is answered once the node has read its data, with nothing in it."""
-        from fedrec import node
+        from fedrec.federated import node
 
         config = dict(msg.content["config"])
         if protocol.READY in config:  # the engine's start: the node is up and has read its data
@@ -210,7 +210,7 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        from fedrec import node
+        from fedrec.federated import node
 
         config, global_params = _read(msg)
         if _is_malicious(context):  # sybils have no held-out items: nothing to report

@@ -82,7 +82,7 @@ def _plan(run_config: dict) -> Any:
     """The federation of this run config (validated; an unreachable epsilon fails here)."""
     from fedrec.config import FedConfig
     from fedrec.federated.algorithms import check_run
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec.privacy.calibration import resolved
 
     cfg = resolved(FedConfig.from_run_config(run_config))
@@ -576,7 +576,7 @@ def deploy(
     flwr_home = workdir / "flwr-home"
     for d in (workdir, logs, flwr_home, out):
         d.mkdir(parents=True, exist_ok=True)
-    from fedrec.federation import write_node_data, write_plan
+    from fedrec.federated.federation import write_node_data, write_plan
     from fedrec.results import data_record, lock_run_dir, record_invocation
 
     run_lock = lock_run_dir(out)  # one fedrec process per run directory (the kernel drops it with the process)

@@ -120,7 +120,7 @@ _DEVICE_MODELS: dict[tuple, object] = {}
 def _catalogue(n_items: int, item_meta: dict[str, np.ndarray]):
     """A dataset of no interactions over ``n_items`` items carrying the public item metadata
     ``item_meta`` (``item_genres``, ``item_year``): what the federation's feature-aware
-    models read through :func:`fedrec.federation.item_features`."""
+    models read through :func:`fedrec.federated.federation.item_features`."""
     from fedrec.data import Dataset
 
     none = np.zeros(0, dtype=np.int64)
@@ -134,7 +134,7 @@ def _device_model(spec: str, params: dict[str, np.ndarray] | None, args: dict,
     """The model ``spec`` as the run built it (``args``: dim, init_std, seed, seq_len), for
     the item count of ``params`` (``None``: its declarations only).  A feature-aware
     model (two-tower) reads the public item metadata ``item_meta`` the device keeps."""
-    from fedrec.federation import build_model
+    from fedrec.federated.federation import build_model
     from fedrec.models import wants_item_features
 
     feature_aware = wants_item_features(spec)
@@ -324,7 +324,7 @@ class DeviceRecommender:
         released last, the device sends that release again (no new noise, nothing
         accounted twice); asked for an earlier round, it refuses.  The device is a
         one-user client of the same handler as a
-        simulated node (:func:`fedrec.node.train_round`): the same engine, sampling,
+        simulated node (:func:`fedrec.federated.node.train_round`): the same engine, sampling,
         clipping, noise and accountant, DP popularity prior included; a sequential
         model trains on the device's own ordered history.
         ``trained_items``: the server's trained-items mask (``train-head``; from the
@@ -332,7 +332,7 @@ class DeviceRecommender:
         """
         import dataclasses
 
-        from fedrec import node
+        from fedrec.federated import node
 
         cfg = resolved(cfg)
         self.policy.check(cfg)
@@ -377,7 +377,7 @@ class DeviceRecommender:
         """This device's view of the federation: its own interactions only (as a node
         reads from its data file, in time order), the item count from the global parameters."""
         from fedrec.data import Dataset, Split
-        from fedrec.federation import Federation
+        from fedrec.federated.federation import Federation
 
         n_items = self.federated_model(global_params).n_items
         train = self.train_matrix(n_items)
@@ -395,7 +395,7 @@ class DeviceRecommender:
     def privacy_spent(self) -> dict:
         """Interaction-level epsilon spent so far: every DP step taken, the DP popularity
         prior composed, by the mechanism object simulated nodes use
-        (:class:`fedrec.privacy.InteractionLevel`, through :func:`fedrec.node.user_epsilons`)."""
+        (:class:`fedrec.privacy.InteractionLevel`, through :func:`fedrec.federated.node.user_epsilons`)."""
         from fedrec.privacy.mechanisms import InteractionLevel
 
         mech = self.privacy or {}

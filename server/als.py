@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 
 from fedrec import als
 from fedrec.config import FedConfig
-from fedrec.optim import OptState
+from fedrec.federated.optim import OptState
 from fedrec.privacy.randomness import DPRandomness
 from fedrec_app.server.strategy import NodeMessages, RunRecord, accept_replies, validate_arrays, validate_metrics
 

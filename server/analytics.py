@@ -2,7 +2,7 @@
 
 The DP popularity prior (and DP-FEST's head, post-processing of the same release) is
 one Flower query before training: every node answers with the sum of its users'
-unit-norm item vectors (:func:`fedrec.node.analytics_round`), and the server adds its
+unit-norm item vectors (:func:`fedrec.federated.node.analytics_round`), and the server adds its
 secret Gaussian noise to the sum over nodes.  The server never reads the users'
 interactions for it, in simulation as in a deployment; the guarantee holds against other
 users and anyone who sees the model, and (as for private ALS's counts) not against the

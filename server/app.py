@@ -16,7 +16,7 @@ def make_server_app(run_config: dict | None = None, results: list | None = None,
                     plan=None) -> ServerApp:
     """A ServerApp; ``run_config`` overrides Flower's; the run summary is appended
     to ``results`` when given; ``plan``: the federation plan the server reads instead
-    of the dataset (:func:`fedrec.federation.write_plan`)."""
+    of the dataset (:func:`fedrec.federated.federation.write_plan`)."""
     server = ServerApp()
 
     @server.main()

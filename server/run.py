@@ -14,8 +14,8 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedrec.config import FedConfig, nested_run_config
-from fedrec.federation import federated_model, load_federation, load_plan
-from fedrec.optim import OptState
+from fedrec.federated.federation import federated_model, load_federation, load_plan
+from fedrec.federated.optim import OptState
 from fedrec.privacy.mechanisms import PrivateALS, UserLevel
 from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.federated.protocol import trained_items_config
@@ -165,7 +165,7 @@ class RunLog:
             extra.update(earlier_ledger=self.earlier_ledger, unaccounted=self.unaccounted, max_steps=self.max_steps)
             if self.head is not None:  # DP-FEST's trained items: a resume keeps the one release
                 extra["trained_items"] = np.flatnonzero(self.head).tolist()
-            # the optimiser's state is replaced, never changed in place, by each step (fedrec.optim.server_step)
+            # the optimiser's state is replaced, never changed in place, by each step (optim.server_step)
             self._checkpoint(directory=self.out / "checkpoint", cfg=self.cfg, server_round=server_round,
                              params={k: v.numpy() for k, v in arrays.items()}, opt_state=self.server.optimizer.state,
                              best=None if self.best is None else dict(self.best), extra=extra)
@@ -286,7 +286,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
     ``context`` (the ServerApp's) is needed with ``secure-aggregation``.
 
     ``plan`` (or the config's ``federation-plan``): the federation plan written with the
-    node files (:func:`fedrec.federation.write_plan`); the server then never opens the
+    node files (:func:`fedrec.federated.federation.write_plan`); the server then never opens the
     interactions, as in a deployment.  Without one (a Ray cluster's simulation) the
     server derives the same public view from the dataset.
     """

@@ -3,7 +3,7 @@
 Each piece is small and does one thing; :class:`FedRecStrategy` stacks them::
 
     Resumed                              the resume offset: every piece below sees absolute rounds
-     └ ServerOptimizer                   freeze held-out items' rows, then FedOpt (fedrec.optim)
+     └ ServerOptimizer                   freeze held-out items' rows, then FedOpt (fedrec.federated.optim)
         └ ValidReplies                   drop error and malformed replies, min-replies, bookkeeping
            └ MeanOfUpdates               Flower FedAvg of the nodes' mean updates (item-wise: per row)
              or RobustOfUpdates          Flower's FedMedian / FedTrimmedAvg / Krum / MultiKrum / Bulyan of them
@@ -55,7 +55,7 @@ from flwr.serverapp.strategy import (
 from fedrec.federated import protocol
 from fedrec.flower_compat import STOP, RunStopped
 from fedrec.config import FedConfig
-from fedrec.optim import OptState, server_step
+from fedrec.federated.optim import OptState, server_step
 from fedrec.privacy.randomness import DPRandomness
 
 __all__ = [
@@ -654,7 +654,7 @@ class ServerOptimizer(_Wrapper):
     """Turns the update the inner strategy aggregated (ascent direction) into the next
     global parameters: the rows of held-out items are frozen in every item table (no
     update may reach an item that is not in the catalogue at training time), then one
-    step of the server optimiser (:func:`fedrec.optim.server_step`; see there why not
+    step of the server optimiser (:func:`fedrec.federated.optim.server_step`; see there why not
     Flower's FedAdam).  ``state`` (the moments) is what the checkpoint keeps."""
 
     def __init__(self, inner: Strategy | None, cfg: FedConfig, *, item_tables: tuple[str, ...] = (),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federated.algorithms import check_run
-from fedrec.federation import load_federation, write_node_data, write_plan
+from fedrec.federated.federation import load_federation, write_node_data, write_plan
 from fedrec.presets import apply_choice
 from fedrec.privacy.calibration import resolved
 from fedrec.flower_compat import (STOP, backend_config, environment, fast_grid_polling, run_engine, stop_waiting,
@@ -75,9 +75,9 @@ def simulate(cfg: FedConfig, *, num_cpus: int | None = None, verbose: bool = Fal
     refused unless ``cfg.resume`` or ``overwrite``.
 
     As in a deployment, each node reads only its own users' data: the driver writes
-    one file per node (:func:`fedrec.federation.write_node_data`, in a temporary
+    one file per node (:func:`fedrec.federated.federation.write_node_data`, in a temporary
     directory removed at the end) and no actor loads the dataset; the server reads
-    the federation plan written with them (:func:`fedrec.federation.write_plan`).  On a Ray cluster
+    the federation plan written with them (:func:`fedrec.federated.federation.write_plan`).  On a Ray cluster
     (``ray_address``) the actors load the dataset themselves (the same data on every
     machine, see ``docs/ray-cluster.md``).
 
@@ -121,7 +121,7 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
         check_nodes(fed.n_nodes, cfg.users_per_node)
     gpus = 0
     if cfg.device != "cpu":  # a GPU PyTorch does not see is refused before Ray starts
-        from fedrec.node import compute_device
+        from fedrec.federated.node import compute_device
 
         compute_device(cfg.device)
         import torch
@@ -160,7 +160,7 @@ def _simulate(cfg: FedConfig, *, num_cpus, verbose, ray_address, attack, changed
             # the server's public view: it reads no interactions (the training counts are the
             # simulation's measurement of novelty and ARP)
             plan = write_plan(fed, node_data, measurement=True)
-            from fedrec.node import trim_heap
+            from fedrec.federated.node import trim_heap
 
             trim_heap()  # the files' working set goes back to the OS before the actors start
             stack.enter_context(worker_heap_env())  # the actors Ray starts keep their freed heap pages

@@ -52,8 +52,8 @@ def test_an_algorithm_that_cannot_run_the_configuration_is_refused_in_one_line(s
 
 
 def test_the_node_round_of_the_shipped_algorithms_is_unchanged_by_naming_them():
-    from fedrec import node
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated import node
+    from fedrec.federated.federation import init_global_params, load_federation
 
     for cfg in (FedConfig(data="synthetic:40x30:0", users_per_node=20, dim=8),
                 FedConfig(data="synthetic:40x30:0", users_per_node=20, dim=8, model="sasrec", seq_len=5)):
@@ -70,7 +70,7 @@ def test_the_node_round_of_the_shipped_algorithms_is_unchanged_by_naming_them():
 def test_a_users_algorithm_runs_through_flower(tmp_path, capsys):
     """The shipped example, named by its module path (Flower's actors import it): with the
     server's SGD at rate 1 each round adds every item's share of users to its bias."""
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec_app.simulations.simulate import simulate
 
     out = tmp_path / "run"

@@ -236,7 +236,7 @@ def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
     """Through Flower's simulation engine (4 nodes): the replies hold only counts and
     per-item sums (no user vector), the item table of each pass equals the direct
     computation, and metrics.json reports the user-level epsilon of all releases."""
-    from fedrec.federation import federated_model, load_federation
+    from fedrec.federated.federation import federated_model, load_federation
     from fedrec_app.server import als as als_server
     from fedrec_app.simulations.simulate import simulate
 
@@ -277,7 +277,7 @@ def test_private_als_through_flower_is_the_same_math(tmp_path, monkeypatch):
 
 
 def test_populations_are_nested_subsets_with_the_whole_catalogue():
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
 
     small = load_federation(FedConfig(data="synthetic:60x40:2", max_users=10))
     large = load_federation(FedConfig(data="synthetic:60x40:2", max_users=25))

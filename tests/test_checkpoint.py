@@ -5,7 +5,7 @@ import pytest
 
 from fedrec.config import FedConfig
 from fedrec_app.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fedrec.optim import OptState
+from fedrec.federated.optim import OptState
 
 
 class _S:

@@ -62,9 +62,9 @@ def test_rank_consumed_reaches_baselines_and_nodes(tmp_path):
     hit rate can only fall; the federated evaluation takes the same switch."""
     from dataclasses import replace
 
-    from fedrec import node
+    from fedrec.federated import node
     from fedrec.config import FedConfig
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated.federation import init_global_params, load_federation
 
     _write_interactions(tmp_path / "ratings.csv", ["userId", "movieId", "rating", "timestamp"])
     docs = {}

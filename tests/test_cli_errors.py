@@ -70,7 +70,7 @@ def test_existing_run_directory_survives_a_second_simulate(capsys, tmp_path):
 
 
 def _checkpoint(out, cfg):
-    from fedrec.optim import OptState
+    from fedrec.federated.optim import OptState
     from fedrec_app.server.checkpoint import save_checkpoint
 
     save_checkpoint(out / "checkpoint", cfg=cfg, server_round=1, params={"item_bias": np.zeros(20, np.float32)},

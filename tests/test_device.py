@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
 from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.device import DeviceRecommender, LocalState, load_global_params, load_local_state, save_local_state
-from fedrec.federation import init_global_params, load_federation
+from fedrec.federated.federation import init_global_params, load_federation
 from fedrec.privacy.accounting import epsilon
 from fedrec.privacy.policy import PolicyError, PrivacyPolicy
 from fedrec_app.server.checkpoint import save_checkpoint
-from fedrec.optim import OptState
+from fedrec.federated.optim import OptState
 
 
 def _params(n_items=30, d=4, seed=0):
@@ -175,7 +175,7 @@ def test_a_sequential_device_ranks_from_its_history_and_trains_as_its_node(tmp_p
     cfg = resolved(FedConfig(data="synthetic:30x40:0", model="sasrec", dim=8, seq_len=5, users_per_node=1,
                     user_dp="client", user_noise_multiplier=1e-9, user_clip=10.0))
     fed = load_federation(cfg)
-    from fedrec.federation import federated_model, histories
+    from fedrec.federated.federation import federated_model, histories
 
     model = federated_model(cfg, fed)
     params = init_global_params(cfg, fed)
@@ -216,7 +216,7 @@ def test_a_two_tower_device_ranks_through_the_item_tower_and_trains_as_its_node(
     """Two-tower on the device: it keeps the public item metadata the nodes read (genres,
     year), ranks every item through the tower (items nobody trained included), and a
     training round releases exactly what the simulated node of that user releases."""
-    from fedrec.federation import federated_model
+    from fedrec.federated.federation import federated_model
 
     cfg = resolved(FedConfig(data="synthetic:30x40:0", model="two-tower", dim=4, users_per_node=1))
     fed = load_federation(cfg)

@@ -124,9 +124,9 @@ def test_noise_scale_of_release():
 def test_node_chunks_give_the_same_release_as_one_vectorised_cohort(monkeypatch, weighting):
     """Chunks of users (bounded memory) release what one cohort does, also when users
     weigh by their interactions (the weights are the node's, not a chunk's)."""
-    from fedrec import node
+    from fedrec.federated import node
     from fedrec.config import FedConfig
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated.federation import init_global_params, load_federation
 
     cfg = FedConfig(data="synthetic:60x40:0", dim=4, users_per_node=60, weighting=weighting)
     fed = load_federation(cfg)
@@ -167,9 +167,9 @@ def test_private_node_releases_no_training_loss():
     """The training loss is computed from every training pair and no mechanism covers it:
     a node releases it only in a run without DP (either unit), and the server's round
     metrics then have none."""
-    from fedrec import node
+    from fedrec.federated import node
     from fedrec.config import FedConfig
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated.federation import init_global_params, load_federation
     from fedrec_app.server.strategy import aggregate_train_metrics, validate_metrics
 
     base = FedConfig(data="synthetic:30x40:0", dim=4, users_per_node=30)
@@ -193,9 +193,9 @@ def test_node_on_a_gpu_trains_and_ranks_as_on_the_cpu(model):
     evaluation equal the CPU's within float tolerance."""
     from dataclasses import replace
 
-    from fedrec import node
+    from fedrec.federated import node
     from fedrec.config import FedConfig
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated.federation import init_global_params, load_federation
 
     cfg = resolved(FedConfig(data="synthetic:60x40:0", model=model, dim=4, users_per_node=60, noise_multiplier=1.0,
                     sample_rate=0.5))

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
 from fedrec.privacy.calibration import resolved, steps_per_round
-from fedrec.federation import load_federation
+from fedrec.federated.federation import load_federation
 from fedrec_app.simulations.simulate import simulate
 from fedrec_app.server.checkpoint import CheckpointError
 

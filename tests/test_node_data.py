@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
 from fedrec.privacy.calibration import resolved
-from fedrec.federation import init_global_params, load_federation, load_node_data, write_node_data
+from fedrec.federated.federation import init_global_params, load_federation, load_node_data, write_node_data
 
 
 @pytest.mark.parametrize("settings", [
@@ -48,7 +48,7 @@ def test_node_file_gives_the_same_training_and_evaluation(tmp_path, settings):
         for k in e1:
             np.testing.assert_allclose(e1[k], e2[k], rtol=1e-12, err_msg=k)
         # the ordered histories (sequential models only) are read from the file when first asked for
-        from fedrec.federation import histories
+        from fedrec.federated.federation import histories
 
         assert "history" not in dict(view._node_eval)
         for stage in ("test", "train"):
@@ -100,7 +100,7 @@ def test_simulation_client_reads_its_node_file_not_the_dataset(tmp_path, monkeyp
     from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    import fedrec.node as node_mod
+    import fedrec.federated.node as node_mod
     from fedrec_app.clients.app import array_record, make_client_app
 
     for attr in ("_task_id", "_run_id", "_node_id"):  # the identity a server process would have

@@ -110,7 +110,7 @@ def test_private_mostpop_through_flower_ranks_by_the_counts(tmp_path):
     nothing is trained; without noise (and with no user above the cap) the ranking is
     MostPop's, so the test metrics are the MostPop baseline's on the same split."""
     from fedrec import baselines
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec_app.simulations.simulate import simulate
 
     cfg = FedConfig(data="synthetic:40x30:3", users_per_node=20, als=True, als_passes=0, als_head=0.0,
@@ -135,7 +135,7 @@ def test_the_default_study_runs_the_mechanism_a_private_run_chooses():
     runs on the bundled data (private ALS at 610 users), beside the study's own settings."""
     from dataclasses import replace
 
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec_app.simulations.studies.study import STUDIES, study_cells
 
     cells = {c.name: c for c in study_cells(STUDIES["default"])}

@@ -58,8 +58,8 @@ def test_config_resolves_target_epsilon_for_planned_steps():
 def test_node_reports_epsilon_of_the_steps_it_ran(tiny_ds):
     """A node's reported epsilon equals an independent Opacus computation for its
     sampling rate, noise and the steps it actually ran (3 rounds x 2 steps)."""
-    from fedrec import node
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated import node
+    from fedrec.federated.federation import init_global_params, load_federation
 
     cfg = FedConfig(data="synthetic:30x40:3", users_per_node=10, noise_multiplier=1.1, sample_rate=0.3,
                     user_steps=1, item_steps=1, num_server_rounds=3)

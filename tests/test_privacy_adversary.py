@@ -15,11 +15,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import FedConfig
 from fedrec.privacy.calibration import resolved, steps_per_round
 from fedrec.engine import LocalConfig, cohort_samples, train_cohort
-from fedrec.federation import init_global_params, load_federation
+from fedrec.federated.federation import init_global_params, load_federation
 from fedrec.models import FEDERATED_MODELS, build_federated_model
 from fedrec.privacy.ledger import ledger_entries, warm_start_problem
 
@@ -215,7 +215,7 @@ def test_a_warm_start_from_a_non_private_checkpoint_is_refused_or_reported_infin
     """Through the server's warm start: a private run refuses a checkpoint whose rounds
     were not private, names the flag that continues it, and with that flag reports
     every epsilon as infinite; a user-level history is composed."""
-    from fedrec.optim import OptState
+    from fedrec.federated.optim import OptState
     from fedrec_app.server.checkpoint import save_checkpoint
     from fedrec_app.server.run import RunLog, _warm_start
     from fedrec_app.server.strategy import FedRecStrategy
@@ -336,7 +336,7 @@ def test_the_server_reads_the_federation_plan_never_the_interactions(tmp_path, m
     measurement."""
     import fedrec_app.server.run as server_run
     import fedrec_app.simulations.simulate as sim
-    from fedrec.federation import load_plan, write_plan
+    from fedrec.federated.federation import load_plan, write_plan
 
     base = dict(data="synthetic:40x30:2", dim=4, users_per_node=10, num_server_rounds=2, eval_every=1, patience=0)
     fed = load_federation(FedConfig(**base))

@@ -61,8 +61,8 @@ def _attacked_exposure(kind: str, *, rounds: int = 8, row_norm: float = 0.0, ndc
                        boost: float = 10.0) -> float:
     """ER@10 of the targets (``ndcg``: the users' test NDCG@10) after ``rounds`` of FedAvg +
     server SGD with (or without) sybils."""
-    from fedrec import node
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated import node
+    from fedrec.federated.federation import init_global_params, load_federation
 
     cfg = FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8, row_norm=row_norm, server_opt="sgd",
                     server_lr=2.0)
@@ -130,7 +130,7 @@ def test_adam_eps_floor_damps_rows_that_few_users_push():
     is 1e-6 per coordinate (a few bounded sybils among many users) moves by about
     lr * 1e-6 / (1e-6 + 1e-4) per step, not by a full lr as with epsilon 1e-8; a row
     whose mean update is 1e-2 (an item many users train) keeps nearly the full step."""
-    from fedrec.optim import OptState, server_step
+    from fedrec.federated.optim import OptState, server_step
     from fedrec_app.simulations.attacks.poisoning import DEFENCES
 
     d = DEFENCES["row-bounds+adam-eps"]
@@ -164,7 +164,7 @@ def test_sample_size_inflation_claims_the_servers_cap_and_wins_weight():
     """``+inflate``: the malicious node reports the most users the server accepts from one
     node (its cap: here 60, the honest nodes' size) instead of its 6 sybils, so FedAvg
     weighs it 10x; with the same update the targets' exposure rises further."""
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated.federation import init_global_params, load_federation
     from fedrec_app.server.strategy import FedRecStrategy
 
     cfg = resolved(FedConfig(data="synthetic:120x80:2:20", users_per_node=60, dim=8))
@@ -186,7 +186,7 @@ def test_robust_defences_spread_the_sybils_over_nodes_of_the_honest_size():
     """A robust rule's cells: honest users and sybils alike in nodes of 16 users, the rule
     told the malicious nodes of the largest fraction; the sybils' partitions follow the
     honest nodes."""
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec_app.simulations.attacks.poisoning import attack_cells
 
     cells = attack_cells("synthetic:200x40:0", attacks=("fedrecattack",), defences=("none", "krum"),

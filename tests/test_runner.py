@@ -46,7 +46,7 @@ def test_an_interrupted_cell_resumes_from_its_checkpoint_and_another_configurati
 
     import numpy as np
 
-    from fedrec.optim import OptState
+    from fedrec.federated.optim import OptState
     from fedrec_app.server.checkpoint import save_checkpoint
 
     cell = Cell("mf", FedConfig(data="synthetic:30x20:0", dim=4, num_server_rounds=50))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flwr.common import parameters_to_ndarrays
 
-from fedrec import node
+from fedrec.federated import node
 from fedrec.config import ConfigError, FedConfig
-from fedrec.federation import load_federation
-from fedrec.optim import OptState, server_step
+from fedrec.federated.federation import load_federation
+from fedrec.federated.optim import OptState, server_step
 from fedrec_app.server import secure, strategy
 from fedrec_app.simulations.simulate import simulate
 

@@ -157,9 +157,9 @@ def test_position_weighting_releases_the_gradient_of_the_mean_over_positions():
     training's objective), through the node's chunks as through one call."""
     from dataclasses import replace
 
-    from fedrec import node
+    from fedrec.federated import node
     from fedrec.engine.sequence import position_weights
-    from fedrec.federation import init_global_params, load_federation
+    from fedrec.federated.federation import init_global_params, load_federation
 
     m, params, hist, split, users = _setup(SASRec, users=9)
     w = position_weights(hist, users)
@@ -197,7 +197,7 @@ def test_interaction_level_dp_is_refused_with_the_reason():
 
 
 def test_node_files_carry_the_histories(tmp_path):
-    from fedrec.federation import histories, load_federation, load_node_data, write_node_data
+    from fedrec.federated.federation import histories, load_federation, load_node_data, write_node_data
 
     fed = load_federation(FedConfig(data="synthetic:30x40:2", users_per_node=10))
     paths = write_node_data(fed, tmp_path)
@@ -229,7 +229,7 @@ def test_flower_run_of_a_sequential_model_with_user_level_dp(tmp_path):
 
 def test_centralized_counterpart_selects_its_epoch_on_validation():
     from fedrec.baselines import fit_sequential
-    from fedrec.federation import histories, load_federation
+    from fedrec.federated.federation import histories, load_federation
 
     fed = load_federation(FedConfig(data="synthetic:40x50:3"))
     m = GRU4Rec(fed.dataset.n_items, dim=8, max_len=5)

@@ -116,7 +116,7 @@ def test_train_head_freezes_the_other_rows_through_flower(tmp_path, monkeypatch)
     ranks highest; every message carries that mask, and after the run every other item's
     rows are exactly where they started (embedding zero, bias the prior's) although
     Flower's DP wrapper noised every coordinate of the sum."""
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec.privacy.prior import head_from_release, noisy_popularity, prior_from_release
     from fedrec.privacy.randomness import DPRandomness
 

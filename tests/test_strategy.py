@@ -10,7 +10,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedrec.config import FedConfig
 from fedrec.privacy.calibration import resolved
 from fedrec.privacy.randomness import DPRandomness
-from fedrec.optim import OptState, server_step
+from fedrec.federated.optim import OptState, server_step
 import fedrec_app.server.strategy as st
 from fedrec_app.server.strategy import (FedRecStrategy, aggregate_train_metrics, evaluation_means, sample_nodes,
                                         validate_reply)

@@ -13,7 +13,7 @@ from opacus.accountants import RDPAccountant
 
 from fedrec.config import ConfigError, FedConfig
 from fedrec.data import Dataset, make_split, time_window
-from fedrec.optim import OptState, server_step
+from fedrec.federated.optim import OptState, server_step
 
 # (user, item, time): user 2 first appears at t=25, item 4 first at t=22
 EVENTS = [(0, 0, 1), (0, 1, 5), (1, 1, 3), (1, 2, 12), (0, 3, 18), (1, 0, 21), (0, 4, 22), (2, 4, 25), (2, 0, 27),
@@ -55,7 +55,7 @@ def test_users_and_items_enter_exactly_when_they_first_occur():
 
 
 def test_a_node_file_of_a_window_holds_nothing_from_the_future(tmp_path):
-    from fedrec.federation import Federation, load_node_data, write_node_data
+    from fedrec.federated.federation import Federation, load_node_data, write_node_data
     from fedrec.data import partition_users
 
     ds = tiny()
@@ -94,7 +94,7 @@ def test_cutoffs_are_increasing_and_refuse_too_many_windows():
 def test_local_state_is_carried_by_user_and_new_users_start_fresh(tmp_path):
     from fedrec.data import partition_users
     from fedrec.device import LocalState, load_local_state, save_local_state
-    from fedrec.federation import Federation, init_local_state
+    from fedrec.federated.federation import Federation, init_local_state
     from fedrec_app.simulations.studies.stream import carry_local_state
 
     ds = tiny()

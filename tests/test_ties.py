@@ -11,7 +11,7 @@ from fedrec import baselines
 from fedrec.data import leave_last_group_out, load_dataset, make_split, tie_groups
 from fedrec.data.dataset import Dataset
 from fedrec.data.sequences import stage_histories
-from fedrec.federation import build_model
+from fedrec.federated.federation import build_model
 
 EV = dict(sampled_negatives=0, seed=0)
 
@@ -152,7 +152,7 @@ def test_a_federation_is_the_same_for_every_row_order(tmp_path, model):
     is identical, array for array, whatever the row order of the file: federated runs of
     one seed on the two files are the same run."""
     from fedrec.config import FedConfig
-    from fedrec.federation import load_federation, write_node_data, write_plan
+    from fedrec.federated.federation import load_federation, write_node_data, write_plan
 
     files = {}
     for name, r in _orders(_bursts()).items():

@@ -7,7 +7,7 @@ It never leaves the device.  :func:`save_local_state` / :func:`load_local_state`
 keep it in a directory, one file per round with the last few rounds kept, so a
 restarted SuperNode continues where it stopped and a resumed server (which
 repeats the rounds after its last checkpoint) finds the state *as of* that
-checkpoint, not a later one.  The node's round (:mod:`fedrec.node`) and the
+checkpoint, not a later one.  The node's round (:mod:`fedrec.federated.node`) and the
 on-device recommender (:mod:`fedrec.device`) both build on it.
 """
 
@@ -34,7 +34,7 @@ class LocalState:
     A private round's release is kept with the state it left (``release_round``,
     ``release``, ``release_metrics``): a node asked for the same round again answers
     with what it released then, never with a second draw of noise over the same data
-    (:func:`fedrec.node.train_round`)."""
+    (:func:`fedrec.federated.node.train_round`)."""
 
     users: np.ndarray  # (k,) global user ids
     local: dict[str, np.ndarray]  # the model's local state, (k, ...) per name (e.g. "user": embeddings)

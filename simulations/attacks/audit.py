@@ -408,7 +408,7 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
     from pathlib import Path
 
     from fedrec.config import FedConfig
-    from fedrec.federation import init_local_state, load_federation
+    from fedrec.federated.federation import init_local_state, load_federation
     from fedrec_app.deploy import deploy
     from fedrec_app.simulations.attacks.leakage import dp_epsilon
 

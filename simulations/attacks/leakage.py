@@ -89,7 +89,7 @@ import torch
 
 from fedrec.data import Split
 from fedrec.engine import LocalConfig, mf_round, steps_per_round
-from fedrec.optim import OptState, server_step
+from fedrec.federated.optim import OptState, server_step
 
 __all__ = [
     "ATTACKS",
@@ -411,7 +411,7 @@ def train_federated(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Federated MF in-process: every round all users with training data train
     (:func:`fedrec.engine.mf_round`, one cohort) and the server applies the project's server
-    optimiser (:func:`fedrec.optim.server_step`: Adam, betas 0.9/0.999, or SGD) to the mean release.
+    optimiser (:func:`fedrec.federated.optim.server_step`: Adam, betas 0.9/0.999, or SGD) to the mean release.
 
     This is the federated algorithm of the project with ``fraction-train 1``,
     without Flower's transport (the mean over all users equals the user-weighted

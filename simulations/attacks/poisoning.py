@@ -128,9 +128,9 @@ class Attack:
 
     # --- what a malicious node answers -------------------------------------
     def train(self, run_config, config: dict, global_params: dict[str, np.ndarray], partition: int):
-        from fedrec.federation import federated_model, load_federation
+        from fedrec.federated.federation import federated_model, load_federation
         from fedrec.federated.protocol import mechanism_of
-        from fedrec.node import node_config_of
+        from fedrec.federated.node import node_config_of
 
         torch.set_num_threads(1)
         cfg = node_config_of(run_config, mechanism_of(config))
@@ -391,7 +391,7 @@ def attack_cells(data: str, *, attacks=DEFAULT_ATTACKS, defences=("none", "row-b
     from dataclasses import replace
 
     from fedrec.config import FedConfig
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec_app.simulations.studies.runner import Cell
     from fedrec_app.simulations.studies.study import _users_per_node
 

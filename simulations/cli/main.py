@@ -37,7 +37,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def load_from_args(args):
     from fedrec.data import load_dataset, make_split
-    from fedrec.federation import reader_options
+    from fedrec.federated.federation import reader_options
 
     cfg = config_from_args(args, ("data",))
     ds = load_dataset(cfg.data, format=cfg.format, min_rating=cfg.min_rating or None, kcore=cfg.kcore,
@@ -83,7 +83,7 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
         res = baselines.fit_ease(split, lambdas=lambdas, progress=_log, **ev)
     elif _sequential(args.model):  # the same encoder, trained on pooled histories
         from fedrec.data.sequences import stage_histories
-        from fedrec.federation import build_model
+        from fedrec.federated.federation import build_model
 
         model = build_model(args.model, ds, dim=args.dim, seed=args.seed, max_len=args.seq_len)
         hist = {s: stage_histories(ds, split, s) for s in ("train", "valid", "test")}
@@ -91,7 +91,7 @@ def _fit_baseline(args, out: Path, ds, split) -> int:
             model, split, hist, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size or 128,
             n_negatives=args.negatives, patience=args.patience, progress=_log, **ev)  # ev holds the seed
     else:  # the centralized counterpart of a federated model: the same score function (bpr-mf: MF's)
-        from fedrec.federation import build_model
+        from fedrec.federated.federation import build_model
         from fedrec.models.centralized import Centralized
 
         spec = "mf" if args.model == "bpr-mf" else args.model

@@ -37,7 +37,7 @@ def run_choice(data: str, out: Path, *, seeds: int = 3, epsilons=(8.0, 4.0, 2.0,
     runs (their ``metrics.json``) are read, not run again."""
     from fedrec import baselines
     from fedrec.config import FedConfig
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec.flower_compat import reuse_ray
     from fedrec_app.simulations.simulate import simulate
 

@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
+from fedrec.federated.federation import load_federation
 from fedrec.presets import als_preset_name, preset_fields
 from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federation import build_model, load_federation
+from fedrec.federated.federation import build_model, load_federation
 from fedrec_app.simulations.report.markdown import EVALUATION_NOTE
 from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
 from fedrec_app.simulations.studies.study import DP_PRESET, USER_PRESET, _users_per_node, prior_noise_for
@@ -80,7 +80,7 @@ def models_cells(data: str = "ml-latest-small", *, models=MODELS, rounds: int | 
 def centralized_rows(data: str, models, seeds: list[int], out: Path, *, dim_of=None, say=print) -> list[dict]:
     """Each model's centralized counterpart (and MostPop, EASE) on the federated runs' split."""
     from fedrec.baselines import fit_centralized, fit_ease, fit_most_popular, fit_sequential
-    from fedrec.federation import histories
+    from fedrec.federated.federation import histories
     from fedrec.models.centralized import Centralized
 
     def federation(s: int):  # the seed draws the order inside ties in time, as for the federated cells

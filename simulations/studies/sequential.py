@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedrec.config import FedConfig
-from fedrec.federation import load_federation
+from fedrec.federated.federation import load_federation
 from fedrec_app.simulations.studies.models import MODEL_PRESETS, SEQUENTIAL
 from fedrec_app.simulations.report.plots import mean_sd
 from fedrec_app.simulations.report.markdown import EVALUATION_NOTE

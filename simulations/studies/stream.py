@@ -86,7 +86,7 @@ def carry_local_state(previous: Path | None, fed, cfg: FedConfig, directory: Pat
     nodes left it in ``previous`` (every ``node-*`` there), a new user's fresh.
     Returns ``{"returning": n, "new": m}``."""
     from fedrec.device import LocalState, load_local_state, save_local_state
-    from fedrec.federation import init_local_state
+    from fedrec.federated.federation import init_local_state
 
     import shutil
 
@@ -202,7 +202,7 @@ def run_stream(out, *, data: str, windows: int = 6, warmup: float = 0.5, warmup_
     """Run (or resume: finished stages are kept) the stream study; write ``results.csv``,
     ``results.json``, ``stream.png`` and ``report.md`` in ``out``.  Returns the report."""
     from fedrec.data import load_dataset
-    from fedrec.federation import load_federation
+    from fedrec.federated.federation import load_federation
     from fedrec.flower_compat import reuse_ray
     from fedrec.privacy.accounting import epsilon as epsilon_of
     from fedrec.privacy.mechanisms import UserLevel

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.config import FedConfig
-from fedrec.federation import federated_model, load_federation
+from fedrec.federated.federation import federated_model, load_federation
 from fedrec.models import is_sequential
 from fedrec.presets import choose, preset_fields, with_preset
 from fedrec_app.simulations.studies.coldstart import KS, FoldIn, sequential_coldstart, user_coldstart
@@ -181,7 +181,7 @@ def baseline_rows(data: str, cold_users: float, seeds: list[int], epsilons: tupl
     (user-level; its noise drawn per seed): the floor a private model must beat."""
     from fedrec.baselines import fit_ease, fit_most_popular, fit_private_most_popular
 
-    from fedrec.node import evaluation_inputs
+    from fedrec.federated.node import evaluation_inputs
 
     def inputs_of(s: int) -> tuple:
         fed = load_federation(FedConfig(data=data, cold_users=cold_users, seed=s))

@@ -1,6 +1,6 @@
 """The interface every training algorithm implements.
 
-A node's round (:func:`fedrec.node.train_round`) does what all algorithms share: it
+A node's round (:func:`fedrec.federated.node.train_round`) does what all algorithms share: it
 replays a release it already made, draws the secret DP randomness, picks the users that
 train (Poisson sampling, epsilon budgets), cuts them into chunks that bound memory, and
 builds the release from the chunks' results (their user-weighted mean; with user-level DP
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from fedrec.config import FedConfig
     from fedrec.federated.state import LocalState
-    from fedrec.federation import Federation
+    from fedrec.federated.federation import Federation
     from fedrec.models.protocol import FederatedModel
 
 __all__ = ["UserBatch", "TrainedUsers", "TrainingAlgorithm", "StatisticsAlgorithm", "PRIVACY_UNITS"]

@@ -24,21 +24,21 @@ class Sequential(TrainingAlgorithm):
     def trainable_users(self, fed, users: np.ndarray) -> np.ndarray:
         """A user with one training item has no (prefix, next item) sample."""
         from fedrec.engine.sequence import trainable_users
-        from fedrec.federation import histories
+        from fedrec.federated.federation import histories
 
         return trainable_users(histories(fed, "train"), users)
 
     def user_weights(self, fed, users: np.ndarray) -> np.ndarray:
         """By training positions (history length - 1)."""
         from fedrec.engine.sequence import position_weights
-        from fedrec.federation import histories
+        from fedrec.federated.federation import histories
 
         return position_weights(histories(fed, "train"), users)
 
     def train_users(self, batch: UserBatch) -> TrainedUsers:
         from fedrec.engine.cohort import LocalConfig
         from fedrec.engine.sequence import train_sequences
-        from fedrec.federation import histories
+        from fedrec.federated.federation import histories
 
         cfg = batch.cfg
         return train_sequences(batch.model, batch.params, histories(batch.fed, "train"), batch.fed.split.train,

@@ -17,7 +17,7 @@ from fedrec.config import FedConfig
 from fedrec.federated.state import LocalState, latest_saved_round, load_local_state, save_local_state
 from fedrec.federated import protocol
 from fedrec.federated.algorithms import StatisticsAlgorithm, UserBatch, algorithm_for
-from fedrec.federation import Federation, federated_model, histories, init_local_state, load_federation
+from fedrec.federated.federation import Federation, federated_model, histories, init_local_state, load_federation
 from fedrec.models.sequential import is_sequential
 from fedrec.metrics.evaluate import evaluate
 from fedrec.privacy.mechanisms import InteractionLevel
@@ -45,13 +45,13 @@ def setup(run_config, node_config, mechanism: dict | None = None) -> tuple[FedCo
     Planning and running are separate: ``mechanism`` (what the server resolved once
     and sent in the message config: the noise multipliers) replaces the node's own
     calibration, and a node config ``data-file`` (written by
-    :func:`fedrec.federation.write_node_data`) gives the node its own users' data
+    :func:`fedrec.federated.federation.write_node_data`) gives the node its own users' data
     only; without one (simulation) the node derives its cohort from the dataset.
     Both are cached in the process."""
     cfg = node_config_of(run_config, mechanism)
     data_file = (node_config or {}).get("data-file")
     if data_file:
-        from fedrec.federation import load_node_data
+        from fedrec.federated.federation import load_node_data
 
         fed, partition = load_node_data(str(data_file))
         given = node_config.get("partition-id")
@@ -467,7 +467,7 @@ def evaluation_inputs(fed: Federation) -> dict:
         return cached
     import dataclasses
 
-    from fedrec.federation import activity_groups
+    from fedrec.federated.federation import activity_groups
 
     split = fed.split
     node_eval = getattr(fed, "_node_eval", None)  # a node's view: its users' activity groups from its data file
