@@ -22,35 +22,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedrec.federated import node
 from fedrec.config import FedConfig
-from fedrec.federated.federation import init_global_params, load_federation
+from fedrec.federated.federation import load_federation
+from fedrec.federated.inprocess import run_rounds
 from fedrec.flower_compat import reuse_ray
-from fedrec.federated.optim import OptState, server_step
 from fedrec.privacy.calibration import resolved
 from fedrec_app.simulations.simulate import simulate
 
 
 def direct_round_seconds(cfg: FedConfig, rounds: int) -> float:
-    """Median seconds of a round computed by calling every node's train function
-    in this process (no Flower), then the server's weighted mean and optimiser step
-    (:func:`fedrec.federated.optim.server_step`, as the strategy does): the floor that Flower's
+    """Median seconds of a round run in this process without Flower
+    (:func:`fedrec.federated.inprocess.run_rounds`: every node's round, then the server's
+    weighted mean and optimiser step, as the strategy does): the floor that Flower's
     engine is compared with."""
-    cfg = resolved(cfg)
-    fed = load_federation(cfg)
-    params = init_global_params(cfg, fed)
-    opt_state = OptState()
-    states = [node.load_state({}, fed, p, cfg) for p in range(fed.n_nodes)]
-    times = []
-    for r in range(1, rounds + 1):
+    fed = load_federation(resolved(cfg))
+    run, times = None, []
+    for _ in range(rounds):
         t = time.perf_counter()
-        ups = []
-        for p in range(fed.n_nodes):
-            up, m, states[p] = node.train_round(cfg, fed, p, states[p], global_params=params, server_round=r)
-            ups.append((up, m["num-examples"]))
-        total = sum(n for _, n in ups)
-        mean = {k: sum(u[k] * n for u, n in ups) / total for k in ups[0][0]}
-        params, opt_state = server_step(params, mean, opt_state, opt=cfg.server_opt, lr=cfg.server_lr)
+        run = run_rounds(cfg, fed, rounds=1, start=run)
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:] if len(times) > 1 else times)
 
