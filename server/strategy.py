@@ -26,6 +26,7 @@ same) and their metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -40,6 +41,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 from flwr.serverapp.strategy import (
     Bulyan,
     DifferentialPrivacyClientSideFixedClipping,
@@ -60,7 +62,7 @@ from fedrec.privacy.randomness import DPRandomness
 
 __all__ = [
     "FedRecStrategy", "RunRecord", "NodeMessages", "MeanOfUpdates", "RobustOfUpdates", "ROBUST_RULES", "robust_rule",
-    "SumOfUpdates", "UserLevelMean", "ValidReplies",
+    "SumOfUpdates", "UserLevelMean", "ValidReplies", "add_user_level_noise", "flower_noise_from",
     "ServerOptimizer", "Resumed", "validate_reply", "validate_arrays", "max_node_users",
     "aggregate_train_metrics", "itemwise_scale",
     "sample_nodes", "evaluation_means", "mechanism_config", "is_eval_round", "triage_replies", "accept_replies",
@@ -498,6 +500,27 @@ def _quiet_dp_discrepancy() -> None:
         flwr_log.addFilter(_DropDiscrepancyWarning())
 
 
+@contextlib.contextmanager
+def flower_noise_from(randomness: DPRandomness):
+    """Within the block, numpy's global generator (which Flower's DP wrappers draw their
+    noise from) is seeded from ``randomness``; the caller's state is given back after."""
+    saved = np.random.get_state()
+    np.random.seed(randomness.legacy_seed())
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+def add_user_level_noise(arrays: list[np.ndarray], *, noise_multiplier: float, clip: float,
+                         randomness: DPRandomness) -> None:
+    """The noise :class:`UserLevelMean` puts on a sum of clipped user updates, in place:
+    Flower's Gaussian noise of std ``noise_multiplier * clip`` (its wrappers' own
+    functions, one sampled client), drawn from ``randomness``."""
+    with flower_noise_from(randomness):
+        add_gaussian_noise_inplace(arrays, compute_stdv(noise_multiplier, clip, 1))
+
+
 class UserLevelMean(_Wrapper):
     """User-level DP: Flower's DP wrapper (``client``: users clipped on the node;
     ``server``: one user per node, clipped by the wrapper) over
@@ -527,13 +550,8 @@ class UserLevelMean(_Wrapper):
         self.cfg, self.record, self.keys, self.n_users = cfg, record, keys, n_users
 
     def aggregate_train(self, server_round, replies):
-        saved = np.random.get_state()
-        randomness = DPRandomness.of(self.cfg.reproducible_noise, self.cfg.seed, server_round, 13)
-        np.random.seed(randomness.legacy_seed())
-        try:
+        with flower_noise_from(DPRandomness.of(self.cfg.reproducible_noise, self.cfg.seed, server_round, 13)):
             noised, metrics = self.inner.aggregate_train(server_round, replies)
-        finally:
-            np.random.set_state(saved)
         if noised is None:
             return None, None
         expected = self.cfg.user_sample_rate * self.n_users

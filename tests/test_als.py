@@ -363,7 +363,11 @@ def test_frontier_report_and_plot_from_rows(tmp_path):
     assert "+0.0100 (one seed: no sd) | 1 |" in line  # no spread, no margin in standard deviations
 
 
-def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
+def test_private_als_release_of_one_user_leaks_without_noise_and_little_with_it():
+    """The noise is secret, so the noised AUC varies per run: over 20 runs here its mean was
+    0.542 (counts; sd 0.011) and 0.505 (pass; sd 0.014), against 0.720 without noise. One
+    user's counts at the epsilon-8 preset's noise still lift its items a little above chance:
+    the bound below is that, with a margin of about five run-to-run sd."""
     from fedrec_app.simulations.attacks.leakage import als_attack
 
     train = _train(n_users=60, n_items=80, p=0.15, seed=9)
@@ -372,7 +376,7 @@ def test_private_als_release_of_one_user_leaks_without_noise_and_not_with_it():
     noised = als_attack(train, users, noise_multiplier=1.3, cap=5, clip=0.05, dim=4)  # the epsilon-8 preset's noise
     assert clear["counts"]["auc"] > 0.6 and clear["pass"]["auc"] > 0.6  # the capped items stand out
     for a in ("counts", "pass"):
-        assert abs(noised[a]["auc"] - 0.5) < 0.03, (a, noised[a])
+        assert abs(noised[a]["auc"] - 0.5) < 0.1 and noised[a]["auc"] < clear[a]["auc"] - 0.1, (a, noised[a])
 
 
 def test_interaction_level_epsilon_of_private_als_is_computed_not_assumed():

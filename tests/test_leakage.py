@@ -5,24 +5,31 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from fedrec.data import leave_last_out, synthetic_dataset
-from fedrec.privacy.accounting import calibrate_noise
 from fedrec.engine import LocalConfig
+from fedrec.privacy.accounting import calibrate_noise
 from fedrec_app.simulations.attacks.audit import audit, eps_lower_bound, p_value
-from fedrec_app.simulations.attacks.leakage import (clip_and_noise, leakage_table, roc_auc, train_federated,
-                                                    update_attack)
+from fedrec_app.simulations.attacks.leakage import (leakage_table, local_state, model_config, release, roc_auc,
+                                                    train_model, update_attack)
 
 
 @pytest.fixture(scope="module")
-def small_split():
-    return leave_last_out(synthetic_dataset(n_users=60, n_items=80, interactions_per_user=10, seed=5))
+def small():
+    """Federated MF on 60 users x 80 items (10 interactions each), 20 rounds: (config,
+    federation, parameters, every user's local state)."""
+    cfg = model_config("synthetic:60x80:5:10", dim=8, rounds=20, server_lr=0.05)
+    run, fed = train_model(cfg)
+    return cfg, fed, run.params, local_state(run, fed)
 
 
 @pytest.fixture(scope="module")
-def small_model(small_split):
-    return train_federated(small_split.train, dim=8, rounds=20, cfg=LocalConfig(user_lr=1.0), server_lr=0.05)
+def small_split(small):
+    return small[1].split
+
+
+def attack(small, cfg=None, **kw):
+    c, fed, params, local = small
+    return update_attack(cfg or c, fed, params, local, np.arange(60), server_round=21, **kw)
 
 
 def test_roc_auc_hand_computed_with_ties():
@@ -46,47 +53,52 @@ def test_roc_auc_matches_pairwise_definition(rng):
     assert roc_auc(s, y) == pytest.approx(expected)
 
 
-def test_clip_and_noise():
-    upd = {"item": np.full((4, 3), 2.0), "bias": np.full(4, 2.0)}  # norm 8
-    out = clip_and_noise(upd, clip_norm=1.0, noise_multiplier=0.0)
-    assert isinstance(out["item"], np.ndarray)
-    assert math.sqrt((out["item"] ** 2).sum() + (out["bias"] ** 2).sum()) == pytest.approx(1.0)
-    np.testing.assert_allclose(out["item"] / upd["item"], 1 / 8)
-    small = clip_and_noise(upd, clip_norm=100.0, noise_multiplier=0.0)
-    np.testing.assert_allclose(small["bias"], upd["bias"])
-    big = {"x": torch.zeros(20000)}
-    noised = clip_and_noise(big, clip_norm=0.5, noise_multiplier=2.0, generator=torch.Generator().manual_seed(0))
-    assert isinstance(noised["x"], torch.Tensor)
-    assert float(noised["x"].std()) == pytest.approx(1.0, rel=0.05)
-
-
-def test_update_attack_without_protection_recovers_training_items(small_split, small_model):
-    q, b, p = small_model
-    res = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0))
+def test_update_attack_without_protection_recovers_training_items(small):
+    res = attack(small)
     assert res["norm"]["auc"] > 0.9
     assert res["signed"]["auc"] > 0.99  # the sign of the bias update separates positives from negatives
     assert res["norm"]["n_targets"] == 60
 
 
-def test_update_attack_with_heavy_interaction_level_noise_is_near_chance(small_split, small_model):
-    q, b, p = small_model
-    cfg = LocalConfig(user_lr=1.0, noise_multiplier=50.0, sample_rate=0.5, max_grad_norm=0.5)
-    res = update_attack(q, b, p, small_split.train, np.arange(60), cfg, generator=torch.Generator().manual_seed(1))
+def test_a_release_is_the_nodes_own(small):
+    """The sum of two users' releases is what a node hosting both releases, times two, and
+    the sum of what each releases alone (users are independent in a round)."""
+    cfg, fed, params, local = small
+    both = release(cfg, fed, params, local, np.array([3, 7]), server_round=21)
+    one = [release(cfg, fed, params, local, np.array([u]), server_round=21) for u in (3, 7)]
+    for k in params:
+        np.testing.assert_allclose(both[k], one[0][k] + one[1][k], rtol=1e-5, atol=1e-7)
+    assert np.abs(both["item_bias"]).sum() > 0
+
+
+def test_update_attack_with_heavy_interaction_level_noise_is_near_chance(small):
+    from dataclasses import replace
+
+    cfg = replace(small[0], noise_multiplier=50.0, sample_rate=0.5, max_grad_norm=0.5)
+    res = attack(small, cfg)
     for a in ("norm", "signed"):
         assert abs(res[a]["auc"] - 0.5) < 0.1
 
 
-def test_secure_aggregation_leaks_less_than_a_single_release(small_split, small_model):
-    q, b, p = small_model
-    one = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0))
-    agg = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0), cohort_size=10)
+def test_user_level_clipping_and_noise_bring_the_attack_to_chance(small):
+    clear = attack(small, user_level=(0.1, 1e-6))  # clipped only: the items still stand out
+    noisy = attack(small, user_level=(0.1, 50.0))
+    assert clear["signed"]["auc"] > 0.9
+    for a in ("norm", "signed"):
+        assert abs(noisy[a]["auc"] - 0.5) < 0.1
+
+
+def test_secure_aggregation_leaks_less_than_a_single_release(small):
+    one = attack(small)
+    agg = attack(small, cohort_size=10)
     assert agg["signed"]["auc"] < one["signed"]["auc"] - 0.1
     assert agg["signed"]["n_targets"] == 60
 
 
-def test_leakage_table_rows(small_split):
-    rows = leakage_table(small_split, n_users=20, dim=4, rounds=3, server_lr=0.05, interaction_epsilons=(8.0,),
-                         dp_rounds=3, user_sigmas=(1.0,), cohort_sizes=(5,))
+def test_leakage_table_rows():
+    cfg = model_config("synthetic:60x80:5:10", dim=4, rounds=3, server_lr=0.05)
+    rows = leakage_table(cfg, n_users=20, interaction_epsilons=(8.0,), dp_rounds=3, user_sigmas=(1.0,),
+                         cohort_sizes=(5,))
     for r in rows:
         assert {"setting", "unit", "epsilon", "attack", "auc"} <= set(r)
         assert 0.0 <= r["auc"] <= 1.0
@@ -123,25 +135,23 @@ def test_audit_real_mechanism_within_claim_and_negative_control_caught(small_spl
     assert broken["eps_lower"] > broken["eps_claimed"] + 1.0
 
 
-def test_dp_fest_releases_only_trained_rows_and_leaks_nothing_under_noise(small_split, small_model):
+def test_dp_fest_releases_only_trained_rows_and_leaks_nothing_under_noise(small):
     """DP-FEST (trained rows only): without noise a user's release reveals its trained
     items and is exactly zero on the frozen rows; under interaction-level noise and under
     user-level clipping and noise the update attack is at chance."""
-    from fedrec_app.simulations.attacks.leakage import release
+    from dataclasses import replace
 
-    q, b, p = small_model
-    trained = torch.as_tensor((np.arange(80) % 2 == 0).astype(np.float64))
-    gi, gb = release(p[[3]], q, b, small_split.train, np.array([3]), LocalConfig(user_lr=1.0), seed=0,
-                     server_round=1, trainable=trained)
-    frozen = trained.numpy() == 0
-    assert not gi[frozen].any() and not gb[frozen].any() and np.abs(gb[~frozen]).sum() > 0
-    clear = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0), trainable=trained)
+    cfg, fed, params, local = small
+    fest = replace(cfg, train_head=0.5, prior_noise=1.0)  # the head is the prior's (here: given)
+    trained = np.arange(80) % 2 == 0
+    one = release(fest, fed, params, local, np.array([3]), server_round=21, trained_items=trained)
+    assert not one["item_embedding"][~trained].any() and not one["item_bias"][~trained].any()
+    assert np.abs(one["item_bias"][trained]).sum() > 0
+    clear = attack(small, fest, trained_items=trained)
     assert clear["signed"]["auc"] > 0.7  # the trained half of each user's items stands out
-    noisy = update_attack(q, b, p, small_split.train, np.arange(60),
-                          LocalConfig(user_lr=1.0, noise_multiplier=50.0, sample_rate=0.5, max_grad_norm=0.5),
-                          trainable=trained, generator=torch.Generator().manual_seed(1))
-    user = update_attack(q, b, p, small_split.train, np.arange(60), LocalConfig(user_lr=1.0), trainable=trained,
-                         user_level=(0.1, 50.0), generator=torch.Generator().manual_seed(2))
+    noisy = attack(small, replace(fest, noise_multiplier=50.0, sample_rate=0.5, max_grad_norm=0.5),
+                   trained_items=trained)
+    user = attack(small, fest, trained_items=trained, user_level=(0.1, 50.0))
     for res in (noisy, user):
         for a in ("norm", "signed"):
             assert abs(res[a]["auc"] - 0.5) < 0.1, (a, res)

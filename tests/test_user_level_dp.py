@@ -62,3 +62,26 @@ def test_client_side_clipping_bounds_each_users_whole_update():
     _, a, _, _ = mf_round(ue, ie, ib, sp_.train, users, loose, seed=0, server_round=1)
     _, b, _, _ = mf_round(ue, ie, ib, sp_.train, users, LocalConfig(), seed=0, server_round=1)
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_the_user_level_noise_outside_a_run_is_the_noise_of_flowers_wrapper():
+    """`add_user_level_noise` (what the leakage study adds to a sum of clipped updates)
+    draws what Flower's DP wrapper adds to the same sum, as `UserLevelMean` configures it,
+    from the same randomness; and its std is sigma * C."""
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+
+    from fedrec.privacy.randomness import DPRandomness
+    from fedrec_app.server.strategy import add_user_level_noise, flower_noise_from
+
+    total = [np.zeros((400, 5)), np.ones(400)]
+    ours = [a.copy() for a in total]
+    add_user_level_noise(ours, noise_multiplier=2.0, clip=0.25, randomness=DPRandomness.from_seed(3, 1))
+    wrapper = DifferentialPrivacyClientSideFixedClipping(FedAvg(), noise_multiplier=2.0, clipping_norm=0.25,
+                                                         num_sampled_clients=1)
+    with flower_noise_from(DPRandomness.from_seed(3, 1)):
+        record = ArrayRecord({str(i): Array(a.copy()) for i, a in enumerate(total)})
+        theirs = wrapper._add_noise_to_aggregated_arrays(record)
+    for a, b in zip(ours, theirs.to_numpy_ndarrays()):
+        np.testing.assert_array_equal(a, b)
+    assert np.std(ours[0]) == pytest.approx(0.5, rel=0.05) and np.mean(ours[1]) == pytest.approx(1.0, abs=0.05)

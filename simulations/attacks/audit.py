@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -76,8 +77,24 @@ import scipy.stats
 import torch
 
 from fedrec.engine import LocalConfig, keyed_negatives, mf_round, steps_per_round
+from fedrec.privacy.accounting import calibrate_noise, epsilon
 
-__all__ = ["p_value", "eps_lower_bound", "canary_scores", "audit", "audit_als", "deploy_audit"]
+__all__ = ["p_value", "eps_lower_bound", "canary_scores", "audit", "audit_als", "deploy_audit", "dp_epsilon",
+           "dp_noise"]
+
+
+def dp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """:func:`fedrec.privacy.accounting.epsilon` (RDP), without Opacus's alpha-range warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
+
+
+def dp_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """:func:`fedrec.privacy.accounting.calibrate_noise`, without Opacus's alpha-range warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps)
 
 
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
@@ -274,7 +291,6 @@ def audit(
         raise ValueError("the canary is one interaction = one training pair only with negatives=1")
     if not 2 <= guesses <= m:
         raise ValueError(f"need 2 <= guesses <= m; got {guesses}, m={m}")
-    from fedrec_app.simulations.attacks.leakage import dp_epsilon
 
     rng = np.random.default_rng([seed, 41])
     n_items = train.shape[1]
@@ -410,7 +426,6 @@ def deploy_audit(train: sp.csr_matrix, *, out, noise_multiplier: float, sample_r
     from fedrec.config import FedConfig
     from fedrec.federated.federation import init_local_state, load_federation
     from fedrec_app.deploy import deploy
-    from fedrec_app.simulations.attacks.leakage import dp_epsilon
 
     out = Path(out)
     rng = np.random.default_rng([seed, 41])

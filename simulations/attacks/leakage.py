@@ -27,28 +27,33 @@ Update attack (per user, one round).
 
 Protections simulated
 ---------------------
+Every release is computed by a node's own round
+(:func:`fedrec.federated.node.train_round`, on a node hosting exactly the attacked
+users) and the model attacked is trained by the library's rounds
+(:func:`fedrec.federated.inprocess.run_rounds`); the noise of every mechanism is
+drawn from secret randomness, as in a run.
+
 ``none``
     The server sees the user's own release (a node with one user), no DP.
 ``interaction-level DP``
-    The client's own mechanism: :func:`fedrec.engine.train_cohort` with
-    ``noise_multiplier > 0`` (Poisson sampling of training pairs, per-pair
-    clipping over every parameter the pair touches, Gaussian noise on every item
-    row and bias).  The server sees the user's noisy release.  Epsilon: one
-    round (``user_steps + item_steps`` steps of the subsampled Gaussian) for one
-    training pair (with ``negatives=1``: one interaction), plus, for reference,
-    the budget of the whole run the noise was calibrated for.
+    The client's own mechanism, the DP preset's sampling rate and clipping norm
+    (Poisson sampling of training pairs, per-pair clipping over every parameter the
+    pair touches, Gaussian noise on every item row and bias), its noise calibrated
+    for the preset's run (:func:`fedrec.privacy.calibration.resolved`).  The server
+    sees the user's noisy release.  Epsilon: one round (``user_steps +
+    item_steps`` steps of the subsampled Gaussian) for one training pair (with
+    ``negatives=1``: one interaction), plus, for reference, the budget of the whole
+    run the noise was calibrated for.
 ``user-level DP``
-    :func:`clip_and_noise`: the whole per-user release (item rows and biases
-    concatenated) is clipped to L2 norm ``C`` and Gaussian noise with std
-    ``sigma * C`` is added.  In a real deployment the noise is added once to the
-    *sum* over a cohort of ``k`` clipped updates (central DP, e.g. under secure
-    aggregation).  The DP guarantee is about one user, for an attacker that may
-    know the other ``k - 1`` contributions; we simulate that worst case: the
-    server sees ``clip(update_u) + N(0, (sigma C)^2 I)``, i.e. a cohort of size 1
-    (``cohort_size > 1`` gives the sum of ``k`` clipped updates plus one noise
-    draw: what the server really sees, which leaks less).  Epsilon: one release
-    of the Gaussian mechanism with sensitivity ``C`` (sample rate 1, one step)
-    for one user's whole data.
+    The node clips each user's whole release (item rows and biases) to L2 norm
+    ``C`` (``user-dp = client``) and the sum gets the server's user-level noise,
+    std ``sigma * C`` (:func:`fedrec_app.server.strategy.add_user_level_noise`:
+    Flower's DP wrapper's noise).  The DP guarantee is about one user, for an
+    attacker that may know the other ``k - 1`` contributions; we simulate that
+    worst case: a cohort of size 1 (``cohort_size > 1`` gives the sum of ``k``
+    clipped updates plus one noise draw: what the server really sees, which leaks
+    less).  Epsilon: one release of the Gaussian mechanism with sensitivity ``C``
+    (sample rate 1, one round) for one user's whole data.
 ``secure aggregation``
     The server only sees the sum of the (non-private) releases of a cohort of
     ``k`` users and attacks each member's items from the sum.  No DP guarantee.
@@ -80,33 +85,28 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.stats
 import torch
 
+from fedrec.config import FedConfig
 from fedrec.data import Split
-from fedrec.engine import LocalConfig, mf_round, steps_per_round
-from fedrec.federated.optim import OptState, server_step
+from fedrec.engine import LocalConfig
+from fedrec.federated import node, protocol
+from fedrec.federated.federation import Federation, load_federation
+from fedrec.federated.inprocess import InProcessRun, run_rounds
+from fedrec.privacy.calibration import planned_steps, resolved, steps_per_round
+from fedrec.privacy.mechanisms import InteractionLevel, UserLevel
+from fedrec.privacy.randomness import DPRandomness
+from fedrec_app.server.strategy import add_user_level_noise
+from fedrec_app.simulations.attacks.audit import audit, audit_als, dp_epsilon, dp_noise
+from fedrec_app.simulations.studies.sweeps import DP_PRESET
 
 __all__ = [
-    "ATTACKS",
-    "roc_auc",
-    "item_scores",
-    "clip_and_noise",
-    "release",
-    "update_attack",
-    "als_attack",
-    "popularity_auc",
-    "train_federated",
-    "membership_auc",
-    "leakage_table",
-    "dp_epsilon",
-    "dp_noise",
-    "markdown_table",
-    "main",
+    "ATTACKS", "roc_auc", "item_scores", "model_config", "train_model", "local_state", "release", "update_attack",
+    "als_attack", "popularity_auc", "membership_auc", "interaction_level", "leakage_table", "markdown_table", "main",
 ]
 
 #: Item-scoring statistics of the update attack.
@@ -176,146 +176,107 @@ def item_scores(item_update: np.ndarray, bias_update: np.ndarray, attack: str) -
     raise ValueError(f"unknown attack {attack!r}; choose from {ATTACKS}")
 
 
-def clip_and_noise(
-    update_dict: dict[str, Any],
-    *,
-    clip_norm: float,
-    noise_multiplier: float,
-    generator: torch.Generator | None = None,
-) -> dict[str, Any]:
-    """User-level Gaussian mechanism on one whole update.
+#: The item-side tables of federated MF's release that the update attack reads.
+ITEM_TABLE, ITEM_BIAS = "item_embedding", "item_bias"
 
-    All arrays of ``update_dict`` are treated as one vector: it is scaled by
-    ``min(1, clip_norm / ||update||_2)`` and every coordinate gets independent
-    Gaussian noise with std ``noise_multiplier * clip_norm``.
+#: Rounds the interaction-level DP rows' noise is calibrated for (the DP preset's run).
+DP_ROUNDS = int(DP_PRESET["num_server_rounds"])
 
-    Parameters
-    ----------
-    update_dict : dict
-        Name -> ``torch.Tensor`` or ``np.ndarray`` (e.g. item rows and biases).
-    clip_norm : float
-        L2 bound ``C`` of the whole update (> 0).
-    noise_multiplier : float
-        ``sigma`` (>= 0); 0 only clips.
-    generator : torch.Generator, optional
-        Source of the noise.
-
-    Returns
-    -------
-    dict
-        Same keys and array types (numpy in, numpy out), clipped and noised.
-    """
-    if not clip_norm > 0:
-        raise ValueError(f"clip_norm must be > 0; got {clip_norm}")
-    if noise_multiplier < 0:
-        raise ValueError(f"noise_multiplier must be >= 0; got {noise_multiplier}")
-    tensors = {k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v).double()
-               for k, v in update_dict.items()}
-    norm = math.sqrt(sum(float((t * t).sum()) for t in tensors.values()))
-    factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
-    std = noise_multiplier * clip_norm
-    out: dict[str, Any] = {}
-    for k, t in tensors.items():
-        v = t * factor
-        if std > 0:
-            v = v + std * torch.randn(t.shape, generator=generator, dtype=torch.float64)
-        out[k] = v.numpy() if isinstance(update_dict[k], np.ndarray) else v.to(update_dict[k].dtype)
-    return out
+UNIT_NONE = "none (no DP mechanism)"
+UNIT_INTERACTION = "interaction (one training pair), one round"
+UNIT_USER = "user (whole update), one round"
 
 
-def dp_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """:func:`fedrec.privacy.accounting.epsilon` (RDP), without Opacus's alpha-range warning."""
-    from fedrec.privacy.accounting import epsilon
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return epsilon(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta)
-
-
-def dp_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """:func:`fedrec.privacy.accounting.calibrate_noise`, without Opacus's alpha-range warning."""
-    from fedrec.privacy.accounting import calibrate_noise
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps)
+def model_config(data: str = "ml-latest-small", *, split: str = "leave-last-out", dim: int = 64, rounds: int = 100,
+                 server_lr: float = 5e-3, delta: float = 1e-5, seed: int = 0) -> FedConfig:
+    """The non-private federated MF whose releases are attacked: the project's tuned local
+    rate, one sampled negative per positive (one training pair per interaction), Adam on
+    the server, no evaluation, every user in one node (in process the nodes' split does
+    not change the model: the server's mean is over users)."""
+    return FedConfig(data=data, split=split, model="mf", dim=dim, num_server_rounds=rounds, server_lr=server_lr,
+                     server_opt="adam", user_lr=1.0, negatives=1, delta=delta, seed=seed, eval_every=0,
+                     users_per_node=1_000_000)
 
 
-def release(
-    user_emb: torch.Tensor,
-    item_emb: torch.Tensor,
-    item_bias: torch.Tensor,
-    train: sp.csr_matrix,
-    users: np.ndarray,
-    cfg: LocalConfig,
-    *,
-    seed: int,
-    server_round: int,
-    generator: torch.Generator | None = None,
-    trainable: torch.Tensor | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The SUM of the releases of ``users`` in one round (``k * CohortResult`` mean).
+def train_model(cfg: FedConfig, fed: Federation | None = None) -> tuple[InProcessRun, Federation]:
+    """Train ``cfg`` for its ``num_server_rounds`` rounds through the library's rounds
+    (:func:`fedrec.federated.inprocess.run_rounds`); returns the run (parameters and every
+    user's local state) and the federation."""
+    fed = fed if fed is not None else load_federation(cfg)
+    return run_rounds(cfg, fed, rounds=cfg.num_server_rounds), fed
 
-    ``user_emb`` holds the embeddings of ``users`` (``(k, d)``).  Returns
-    float64 ``(item_update (n_items, d), bias_update (n_items,))``.  ``trainable``:
-    DP-FEST's mask of trained rows (the others' gradients dropped before clipping).
+
+def local_state(run: InProcessRun, fed: Federation) -> dict[str, np.ndarray]:
+    """Every user's local state by global user id (what the devices hold)."""
+    n_users = fed.split.train.shape[0]
+    return {n: run.local(n, n_users) for n in run.states[0].local}
+
+
+def release(cfg: FedConfig, fed: Federation, params: dict[str, np.ndarray], local: dict[str, np.ndarray],
+            users: np.ndarray, *, server_round: int, trained_items: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The SUM of the releases of ``users`` in round ``server_round``, as a node that hosts
+    exactly them computes it (:func:`fedrec.federated.node.train_round`, with ``cfg``'s
+    mechanism: interaction-level noise drawn from the node's secret randomness; with
+    user-level DP, each user's update clipped; the server's noise is not added here).
+
+    ``local``: every user's local state by global id; ``trained_items``: DP-FEST's
+    boolean mask of the items the server trains (sent as the message carries it).
+    Returns float64 arrays by parameter name.
     """
     users = np.asarray(users, dtype=np.int64)
-    _, item_update, bias_update, _ = mf_round(user_emb, item_emb, item_bias, train, users, cfg, seed=seed,
-                                              server_round=server_round, generator=generator, trainable=trainable)
-    k = len(users)
-    return item_update.double().numpy() * k, bias_update.double().numpy() * k
+    one = Federation(fed.dataset, fed.split, (users,))
+    state = node.NodeState(users=users, local={n: v[users] for n, v in local.items()},
+                           dp_steps=np.zeros(len(users), dtype=np.int64), rounds=np.zeros(len(users), dtype=np.int64))
+    bits = None if trained_items is None else protocol.trained_items_of(protocol.trained_items_config(trained_items))
+    update, metrics, _ = node.train_round(cfg, one, 0, state, global_params=params, server_round=server_round,
+                                          trained_items=bits)
+    if cfg.user_level:  # the reply is (global parameters + the sum of the clipped updates)
+        return {n: update[n].astype(np.float64) - params[n] for n in params}
+    k = int(metrics[protocol.NUM_EXAMPLES])
+    return {n: update[n].astype(np.float64) * k for n in params}
 
 
 def update_attack(
-    item_emb: torch.Tensor,
-    item_bias: torch.Tensor,
-    user_emb: torch.Tensor,
-    train: sp.csr_matrix,
+    cfg: FedConfig,
+    fed: Federation,
+    params: dict[str, np.ndarray],
+    local: dict[str, np.ndarray],
     users: np.ndarray,
-    cfg: LocalConfig,
     *,
+    server_round: int,
     cohort_size: int = 1,
     user_level: tuple[float, float] | None = None,
     attacks: tuple[str, ...] = ATTACKS,
-    seed: int = 0,
-    server_round: int = 1,
-    generator: torch.Generator | None = None,
-    trainable: torch.Tensor | None = None,
+    trained_items: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Mean per-user ROC AUC of the update attack (``trainable``: DP-FEST's trained rows).
+    """Mean per-user ROC AUC of the update attack.
 
-    The users are shuffled and cut into cohorts of ``cohort_size`` (the
-    remainder is dropped).  For each cohort the server sees the sum of the
-    members' releases (``cohort_size=1``: one user's own release) and attacks
+    The users are shuffled (from ``cfg.seed``) and cut into cohorts of ``cohort_size``
+    (the remainder is dropped).  For each cohort the server sees the sum of the members'
+    releases (:func:`release`; ``cohort_size=1``: one user's own release) and attacks
     every member's training items from it.
 
     Parameters
     ----------
-    item_emb, item_bias
-        Global item parameters of the round.
-    user_emb
-        ``(n_users, d)`` local embeddings of all users (rows ``users`` are used).
-    train
-        Training matrix (the targets are its rows).
+    cfg
+        The clients' training (``cfg.dp``: interaction-level DP, noise from the nodes'
+        secret randomness).
+    fed, params, local
+        Data, the round's global parameters and every user's local state.
     users
         Users to attack.
-    cfg
-        The clients' local training (interaction-level DP if ``cfg.dp``).
+    server_round
+        The round attacked (keys the clients' negatives and sampling).
     cohort_size
-        ``k``: size of the securely aggregated cohort.
+        ``k``: users of one node, or of a securely aggregated cohort.
     user_level
-        ``(clip_norm, noise_multiplier)``: each member's release is clipped to
-        ``clip_norm`` and the cohort sum gets noise ``noise_multiplier *
-        clip_norm`` (one draw; with ``cohort_size=1`` this is exactly
-        :func:`clip_and_noise` of the user's release).
+        ``(clip, noise_multiplier)``: each member's update clipped on its node and the
+        cohort's sum noised as the server's user-level mechanism does
+        (:func:`fedrec_app.server.strategy.add_user_level_noise`, secret randomness).
     attacks
         Names in :data:`ATTACKS`.
-    seed, server_round
-        Key of the clients' negatives and Poisson sampling; ``seed`` also
-        shuffles the users.
-    generator
-        Source of all Gaussian noise.
+    trained_items
+        DP-FEST's mask of the items the server trains (``cfg.train_head > 0``).
 
     Returns
     -------
@@ -324,41 +285,28 @@ def update_attack(
     """
     if cohort_size < 1:
         raise ValueError(f"cohort_size must be >= 1; got {cohort_size}")
-    rng = np.random.default_rng([seed, 17])
+    rng = np.random.default_rng([cfg.seed, 17])
     users = rng.permutation(np.asarray(users, dtype=np.int64))
     n_cohorts = len(users) // cohort_size
     if n_cohorts == 0:
         raise ValueError(f"{len(users)} users cannot fill one cohort of {cohort_size}")
-    n_items = item_emb.shape[0]
+    if user_level is not None:
+        clip, sigma = user_level
+        cfg = dataclasses.replace(cfg, user_dp="client", user_clip=clip, user_noise_multiplier=sigma)
+    train = fed.split.train
+    n_items = train.shape[1]
     aucs: dict[str, list[float]] = {a: [] for a in attacks}
     for c in range(n_cohorts):
         cohort = users[c * cohort_size : (c + 1) * cohort_size]
-        if user_level is None:
-            g_item, g_bias = release(user_emb[cohort], item_emb, item_bias, train, cohort, cfg, seed=seed,
-                                     server_round=server_round, generator=generator, trainable=trainable)
-        else:
-            clip, sigma = user_level
-            g_item = np.zeros((n_items, item_emb.shape[1]))
-            g_bias = np.zeros(n_items)
-            for u in cohort:
-                gi, gb = release(user_emb[[u]], item_emb, item_bias, train, np.array([u]), cfg, seed=seed,
-                                 server_round=server_round, generator=generator, trainable=trainable)
-                if cohort_size == 1:
-                    noised = clip_and_noise({"item": gi, "bias": gb}, clip_norm=clip, noise_multiplier=sigma,
-                                            generator=generator)
-                else:
-                    noised = clip_and_noise({"item": gi, "bias": gb}, clip_norm=clip, noise_multiplier=0.0)
-                g_item += noised["item"]
-                g_bias += noised["bias"]
-            if cohort_size > 1 and sigma > 0:
-                std = sigma * clip
-                g_item += std * torch.randn(g_item.shape, generator=generator, dtype=torch.float64).numpy()
-                g_bias += std * torch.randn(g_bias.shape, generator=generator, dtype=torch.float64).numpy()
+        total = release(cfg, fed, params, local, cohort, server_round=server_round, trained_items=trained_items)
+        if user_level is not None:
+            add_user_level_noise(list(total.values()), noise_multiplier=sigma, clip=clip,
+                                 randomness=DPRandomness.secret())
         for u in cohort:
             labels = np.zeros(n_items, dtype=bool)
             labels[train.indices[train.indptr[u] : train.indptr[u + 1]]] = True
             for a in attacks:
-                aucs[a].append(roc_auc(item_scores(g_item, g_bias, a), labels))
+                aucs[a].append(roc_auc(item_scores(total[ITEM_TABLE], total[ITEM_BIAS], a), labels))
     return {a: {"auc": float(np.mean(v)), "auc_std": float(np.std(v)), "n_targets": len(v)} for a, v in aucs.items()}
 
 
@@ -372,10 +320,11 @@ def als_attack(train: sp.csr_matrix, users: np.ndarray, *, noise_multiplier: flo
     ``pass``: one pass's release ``(b, K)`` from the user's clipped exact solve
     against a random item table, items scored by the norm of their released row.
     Positives are all of the user's training items (those outside its cap are
-    never in a release)."""
+    never in a release).  The noise is secret (operating-system entropy)."""
     from fedrec import als
 
     rng = np.random.default_rng([seed, 23])
+    noise = DPRandomness.secret().numpy()
     n_items = train.shape[1]
     V = rng.standard_normal((n_items, dim)) * 0.1
     aucs: dict[str, list[float]] = {"counts": [], "pass": []}
@@ -387,58 +336,14 @@ def als_attack(train: sp.csr_matrix, users: np.ndarray, *, noise_multiplier: flo
             continue
         c = als.count_statistics(train, one, cap=cap, seed=seed)
         if noise_multiplier > 0:
-            c = als.noisy_counts(c, noise_multiplier=noise_multiplier, cap=cap, rng=rng)
+            c = als.noisy_counts(c, noise_multiplier=noise_multiplier, cap=cap, rng=noise)
         aucs["counts"].append(roc_auc(c, labels))
         U = als.clip_rows(als.user_vectors(V, train, one, alpha=alpha, reg_user=reg_user), clip)
         b, K = als.pass_statistics(U, train, one, cap=cap, seed=seed)
         if noise_multiplier > 0:
-            b, K = als.noisy_pass(b, K, noise_multiplier=noise_multiplier, cap=cap, clip=clip, rng=rng)
+            b, K = als.noisy_pass(b, K, noise_multiplier=noise_multiplier, cap=cap, clip=clip, rng=noise)
         aucs["pass"].append(roc_auc(np.linalg.norm(b, axis=1), labels))
     return {k: {"auc": float(np.mean(v)), "auc_std": float(np.std(v)), "n_targets": len(v)} for k, v in aucs.items()}
-
-
-def train_federated(
-    train: sp.csr_matrix,
-    *,
-    dim: int,
-    rounds: int,
-    cfg: LocalConfig,
-    server_opt: str = "adam",
-    server_lr: float = 5e-3,
-    init_std: float = 0.1,
-    seed: int = 0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Federated MF in-process: every round all users with training data train
-    (:func:`fedrec.engine.mf_round`, one cohort) and the server applies the project's server
-    optimiser (:func:`fedrec.federated.optim.server_step`: Adam, betas 0.9/0.999, or SGD) to the mean release.
-
-    This is the federated algorithm of the project with ``fraction-train 1``,
-    without Flower's transport (the mean over all users equals the user-weighted
-    mean of node means).
-
-    Returns
-    -------
-    tuple of torch.Tensor
-        ``(item_emb (n_items, d), item_bias (n_items,), user_emb (n_users, d))``;
-        rows of users without training data keep their initial embedding.
-    """
-    n_users, n_items = train.shape
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(n_items, dim, generator=g) * init_std
-    b = torch.zeros(n_items)
-    p = torch.randn(n_users, dim, generator=g) * init_std
-    users = np.flatnonzero(np.diff(train.indptr) > 0)
-    if server_opt not in ("adam", "sgd"):
-        raise ValueError(f"server_opt must be 'adam' or 'sgd'; got {server_opt!r}")
-    opt = OptState()
-    for t in range(1, rounds + 1):
-        p[users], item_update, bias_update, _ = mf_round(p[users], q, b, train, users, cfg, seed=seed, server_round=t,
-                                                         generator=generator)
-        new, opt = server_step({"q": q.numpy(), "b": b.numpy()}, {"q": item_update.numpy(), "b": bias_update.numpy()},
-                               opt, opt=server_opt, lr=server_lr)
-        q, b = torch.as_tensor(new["q"]), torch.as_tensor(new["b"])
-    return q, b, p
 
 
 def popularity_auc(train: sp.csr_matrix, users: np.ndarray) -> dict[str, float]:
@@ -464,9 +369,8 @@ def popularity_auc(train: sp.csr_matrix, users: np.ndarray) -> dict[str, float]:
 
 
 def membership_auc(
-    item_emb: torch.Tensor,
-    item_bias: torch.Tensor,
-    user_emb: torch.Tensor,
+    params: dict[str, np.ndarray],
+    user_emb: np.ndarray,
     split: Split,
     users: np.ndarray,
     *,
@@ -475,7 +379,8 @@ def membership_auc(
 ) -> dict[str, dict[str, float]]:
     """Membership inference on the final model with the user's own embedding (upper bound).
 
-    Score of ``(u, i)``: ``p_u . q_i + b_i``.  Per user, ROC AUC of training
+    Score of ``(u, i)``: ``p_u . q_i + b_i`` (``params``' item table and biases,
+    ``user_emb`` every user's local embedding).  Per user, ROC AUC of training
     items against (a) held-out items (``"train vs held-out"``) and (b)
     held-out items plus ``n_random`` random items the user never interacted
     with (``"train vs held-out+random"``); means over the users that have
@@ -489,7 +394,8 @@ def membership_auc(
     rng = np.random.default_rng([seed, 23])
     held = (split.valid + split.test).tocsr()
     seen = (split.train + held).tocsr()
-    scores_all = (user_emb.double() @ item_emb.double().T + item_bias.double()).numpy()
+    scores_all = (np.asarray(user_emb, dtype=np.float64) @ np.asarray(params[ITEM_TABLE], dtype=np.float64).T
+                  + np.asarray(params[ITEM_BIAS], dtype=np.float64))
     out: dict[str, list[float]] = {"train vs held-out": [], "train vs held-out+random": []}
     n_items = split.n_items
     for u in np.asarray(users, dtype=np.int64):
@@ -507,67 +413,52 @@ def membership_auc(
     return {k: {"auc": float(np.mean(v)), "auc_std": float(np.std(v)), "n_targets": len(v)} for k, v in out.items()}
 
 
-#: Interaction-level DP settings of the project's DP runs (``simulations.sweeps.DP_PRESET``):
-#: sampling rate, clipping norm and the number of rounds the noise is calibrated for.
-DP_SAMPLE_RATE = 0.3
-DP_MAX_GRAD_NORM = 0.5
-DP_ROUNDS = 100
-
-UNIT_NONE = "none (no DP mechanism)"
-UNIT_INTERACTION = "interaction (one training pair), one round"
-UNIT_USER = "user (whole update), one round"
-
-
 def _row(setting: str, unit: str, epsilon: float, attack: str, res: dict, **extra) -> dict:
     return {"setting": setting, "unit": unit, "epsilon": float(epsilon), "attack": attack, "auc": res["auc"],
             "auc_std": res["auc_std"], "n_targets": res["n_targets"], **extra}
 
 
+def interaction_level(cfg: FedConfig, target_epsilon: float, dp_rounds: int = DP_ROUNDS) -> FedConfig:
+    """``cfg`` with the DP preset's interaction-level mechanism (its sampling rate and
+    clipping norm), the noise calibrated for ``target_epsilon`` over ``dp_rounds``
+    rounds (:func:`fedrec.privacy.calibration.resolved`)."""
+    return resolved(dataclasses.replace(cfg, target_epsilon=target_epsilon, sample_rate=DP_PRESET["sample_rate"],
+                                        max_grad_norm=DP_PRESET["max_grad_norm"], num_server_rounds=dp_rounds))
+
+
 def leakage_table(
-    split: Split,
+    cfg: FedConfig,
     *,
     n_users: int = 300,
-    dim: int = 64,
-    rounds: int = 100,
-    local: LocalConfig | None = None,
-    server_lr: float = 5e-3,
     interaction_epsilons: tuple[float, ...] = (8.0, 1.0),
     dp_rounds: int = DP_ROUNDS,
-    dp_sample_rate: float = DP_SAMPLE_RATE,
-    dp_max_grad_norm: float = DP_MAX_GRAD_NORM,
     user_sigmas: tuple[float, ...] = (1.0, 4.0),
     user_clip: float | None = None,
     cohort_sizes: tuple[int, ...] = (10, 50),
     als_epsilons: tuple[float, ...] = (8.0,),
     membership: bool = True,
-    delta: float = 1e-5,
-    seed: int = 0,
     verbose: bool = False,
 ) -> list[dict]:
-    """Run every attack on one split; one row per (setting, attack).
+    """Run every attack on one federated MF; one row per (setting, attack).
 
-    Steps: train federated MF without DP for ``rounds`` rounds (the snapshot the
-    update attacks run against: item parameters and local user embeddings),
-    then attack one further round's releases of ``n_users`` random users under
-    each protection, and (``membership``) run the membership attack on the
-    final non-private model and on a model trained with interaction-level DP.
+    Steps: train ``cfg`` (non-private; :func:`model_config`) for its rounds through the
+    library's rounds (the snapshot the update attacks run against: item parameters and
+    every user's local embedding), then attack one further round's releases of
+    ``n_users`` random users under each protection, each computed by the node's own
+    round and mechanism, and (``membership``) run the membership attack on the final
+    non-private model and on a model trained with interaction-level DP.
 
     Parameters
     ----------
-    split
-        Train / held-out matrices.
+    cfg
+        The non-private model and its data (:func:`model_config`); ``cfg.seed`` seeds
+        the model, the split's ties and the attacked users, ``cfg.delta`` every epsilon.
     n_users
         Users attacked (random subset of those with training data).
-    dim, rounds, local, server_lr
-        The non-private model (``local`` defaults to ``LocalConfig(user_lr=1.0)``,
-        the project's tuned default).
     interaction_epsilons
-        Interaction-level DP: noise calibrated so that ``dp_rounds`` rounds at
-        ``dp_sample_rate`` reach each epsilon (the project's DP runs); the row's
-        ``epsilon`` is that of the ONE attacked round, ``epsilon_run`` the full
-        budget.
-    dp_sample_rate, dp_max_grad_norm
-        Poisson rate and per-pair clipping norm of the interaction-level rows.
+        Interaction-level DP (the DP preset's sampling rate and clipping norm): noise
+        calibrated so that ``dp_rounds`` rounds reach each epsilon; the row's
+        ``epsilon`` is that of the ONE attacked round, ``epsilon_run`` the full budget.
     user_sigmas
         Noise multipliers of the user-level rows (worst case: cohort of 1).
     user_clip
@@ -583,10 +474,6 @@ def leakage_table(
         run epsilon (the row's ``epsilon`` is that of the one attacked release).
     membership
         Add the membership-inference rows.
-    delta
-        Delta of every epsilon.
-    seed
-        Seed of everything.
 
     Returns
     -------
@@ -600,23 +487,22 @@ def leakage_table(
         if verbose:
             print(f"[{time.time() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    local = local or LocalConfig(user_lr=1.0)
-    if local.dp:
-        raise ValueError("`local` is the non-private client config; DP settings are added by leakage_table")
-    train = split.train
-    gen = torch.Generator().manual_seed(seed)
-    q, b, p = train_federated(train, dim=dim, rounds=rounds, cfg=local, server_lr=server_lr, seed=seed)
-    say(f"trained non-private model ({rounds} rounds, dim {dim})")
+    if cfg.dp or cfg.user_level:
+        raise ValueError("`cfg` is the non-private model; the DP settings are added by leakage_table")
+    delta, seed = cfg.delta, cfg.seed
+    run, fed = train_model(cfg)
+    params, local = run.params, local_state(run, fed)
+    say(f"trained the non-private model ({cfg.num_server_rounds} rounds, dim {cfg.dim})")
+    train = fed.split.train
     have = np.flatnonzero(np.diff(train.indptr) > 0)
     rng = np.random.default_rng([seed, 5])
     targets = np.sort(rng.choice(have, size=min(n_users, len(have)), replace=False))
-    attack_round = rounds + 1
+    attack_round = run.server_round + 1
     rows: list[dict] = []
     inf = dp_epsilon(noise_multiplier=0.0, sample_rate=1.0, steps=1, delta=delta)  # inf: no mechanism
 
-    def attack(**kw) -> dict:
-        return update_attack(q, b, p, train, targets, kw.pop("cfg", local), seed=seed, server_round=attack_round,
-                             generator=gen, **kw)
+    def attack(c: FedConfig = cfg, **kw) -> dict:
+        return update_attack(c, fed, params, local, targets, server_round=attack_round, **kw)
 
     base = dict(noise_multiplier=0.0, sample_rate=1.0, clip=None, cohort_size=1, delta=delta, epsilon_run=inf)
     for a, res in attack().items():
@@ -624,30 +510,31 @@ def leakage_table(
     rows.append(_row("reference: no release, item popularity of the other users", UNIT_NONE, inf, "popularity",
                      popularity_auc(train, targets), **base))
     say("no protection")
-    steps = steps_per_round(local)
     for e in interaction_epsilons:
-        sigma = dp_noise(target_epsilon=e, delta=delta, sample_rate=dp_sample_rate, steps=dp_rounds * steps)
-        cfg = dataclasses.replace(local, noise_multiplier=sigma, sample_rate=dp_sample_rate,
-                                  max_grad_norm=dp_max_grad_norm)
-        eps_round = dp_epsilon(noise_multiplier=sigma, sample_rate=dp_sample_rate, steps=steps, delta=delta)
-        eps_run = dp_epsilon(noise_multiplier=sigma, sample_rate=dp_sample_rate, steps=dp_rounds * steps, delta=delta)
-        for a, res in attack(cfg=cfg).items():
+        dcfg = interaction_level(cfg, e, dp_rounds)
+        mech = InteractionLevel.from_config(dcfg)
+        eps_round, eps_run = mech.epsilon(steps_per_round(dcfg)), mech.epsilon(planned_steps(dcfg))
+        for a, res in attack(dcfg).items():
             rows.append(_row(f"interaction-level DP (run eps={e:g} over {dp_rounds} rounds)", UNIT_INTERACTION,
-                             eps_round, f"update:{a}", res, noise_multiplier=sigma, sample_rate=dp_sample_rate,
-                             clip=dp_max_grad_norm, cohort_size=1, delta=delta, epsilon_run=eps_run))
-        say(f"interaction-level DP sigma={sigma:.3g}")
+                             eps_round, f"update:{a}", res, noise_multiplier=dcfg.noise_multiplier,
+                             sample_rate=dcfg.sample_rate, clip=dcfg.max_grad_norm, cohort_size=1, delta=delta,
+                             epsilon_run=eps_run))
+        say(f"interaction-level DP sigma={dcfg.noise_multiplier:.3g}")
     if user_clip is None:
         norms = []
         for u in targets:
-            gi, gb = release(p[[u]], q, b, train, np.array([u]), local, seed=seed, server_round=attack_round)
-            norms.append(math.sqrt(float((gi * gi).sum() + (gb * gb).sum())))
+            r = release(cfg, fed, params, local, np.array([u]), server_round=attack_round)
+            norms.append(math.sqrt(sum(float((v * v).sum()) for v in r.values())))
         user_clip = float(np.median(norms))
+
+    def user_epsilon(sigma: float) -> float:  # one release of the user-level mechanism, every user in it
+        return UserLevel(noise_multiplier=sigma, sample_rate=1.0, clip=user_clip, delta=delta).epsilon(1)
+
     for s in user_sigmas:
-        eps_u = dp_epsilon(noise_multiplier=s, sample_rate=1.0, steps=1, delta=delta)
         for a, res in attack(user_level=(user_clip, s)).items():
-            rows.append(_row(f"user-level DP (sigma={s:g}, worst case k=1)", UNIT_USER, eps_u, f"update:{a}", res,
-                             noise_multiplier=s, sample_rate=1.0, clip=user_clip, cohort_size=1, delta=delta,
-                             epsilon_run=float("nan")))
+            rows.append(_row(f"user-level DP (sigma={s:g}, worst case k=1)", UNIT_USER, user_epsilon(s),
+                             f"update:{a}", res, noise_multiplier=s, sample_rate=1.0, clip=user_clip, cohort_size=1,
+                             delta=delta, epsilon_run=float("nan")))
         say(f"user-level DP sigma={s:g}")
     for k in cohort_sizes:
         for a, res in attack(cohort_size=k).items():
@@ -656,14 +543,12 @@ def leakage_table(
         say(f"secure aggregation k={k}")
     if cohort_sizes and user_sigmas:
         k, s = cohort_sizes[0], user_sigmas[0]
-        eps_u = dp_epsilon(noise_multiplier=s, sample_rate=1.0, steps=1, delta=delta)
         for a, res in attack(cohort_size=k, user_level=(user_clip, s)).items():
-            rows.append(_row(f"user-level DP + secure aggregation (sigma={s:g}, k={k})", UNIT_USER, eps_u,
+            rows.append(_row(f"user-level DP + secure aggregation (sigma={s:g}, k={k})", UNIT_USER, user_epsilon(s),
                              f"update:{a}", res, noise_multiplier=s, sample_rate=1.0, clip=user_clip,
                              cohort_size=k, delta=delta, epsilon_run=float("nan")))
         say("user-level DP + secure aggregation")
     if als_epsilons:
-        from fedrec.privacy.accounting import calibrate_noise
         from fedrec_app.simulations.studies.frontier import ALS_PRESET as A
 
         kw = dict(cap=A["als_cap"], clip=A["als_clip"], dim=A["dim"], alpha=A["als_alpha"],
@@ -671,7 +556,7 @@ def leakage_table(
         for a, res in als_attack(train, targets, noise_multiplier=0.0, **kw).items():
             rows.append(_row("private ALS, one user's release, no noise", UNIT_NONE, inf, f"als:{a}", res, **base))
         for e in als_epsilons:
-            z = calibrate_noise(target_epsilon=e, delta=delta, sample_rate=1.0, steps=A["als_passes"] + 1)
+            z = dp_noise(target_epsilon=e, delta=delta, sample_rate=1.0, steps=A["als_passes"] + 1)
             eps_one = dp_epsilon(noise_multiplier=z, sample_rate=1.0, steps=1, delta=delta)
             for a, res in als_attack(train, targets, noise_multiplier=z, **kw).items():
                 rows.append(_row(f"private ALS (run eps={e:g}), one user's release (worst case k=1)", UNIT_USER,
@@ -679,27 +564,21 @@ def leakage_table(
                                  cohort_size=1, delta=delta, epsilon_run=e))
         say("private ALS")
     if membership:
-        for name, res in membership_auc(q, b, p, split, targets, seed=seed).items():
-            rows.append(_row(f"final model, non-private ({rounds} rounds)", UNIT_NONE, inf,
+        for name, res in membership_auc(params, local["user"], fed.split, targets, seed=seed).items():
+            rows.append(_row(f"final model, non-private ({cfg.num_server_rounds} rounds)", UNIT_NONE, inf,
                              f"membership (user embedding): {name}", res, **base))
         if interaction_epsilons:
             e = max(interaction_epsilons)
-            sigma = dp_noise(target_epsilon=e, delta=delta, sample_rate=dp_sample_rate, steps=dp_rounds * steps)
-            from fedrec_app.simulations.studies.sweeps import DP_PRESET
-
-            cfg = LocalConfig(user_lr=DP_PRESET["user_lr"], user_steps=local.user_steps, item_steps=local.item_steps,
-                              negatives=local.negatives, sample_rate=dp_sample_rate, noise_multiplier=sigma,
-                              max_grad_norm=dp_max_grad_norm)
-            qd, bd, pd = train_federated(train, dim=DP_PRESET["dim"], rounds=dp_rounds, cfg=cfg,
-                                         server_opt=DP_PRESET["server_opt"], server_lr=DP_PRESET["server_lr"],
-                                         seed=seed, generator=gen)
-            eps_run = dp_epsilon(noise_multiplier=sigma, sample_rate=dp_sample_rate, steps=dp_rounds * steps,
-                                 delta=delta)
-            for name, res in membership_auc(qd, bd, pd, split, targets, seed=seed).items():
+            dcfg = resolved(dataclasses.replace(cfg, **{**DP_PRESET, "num_server_rounds": dp_rounds},
+                                                target_epsilon=e))
+            drun, _ = train_model(dcfg, fed)
+            eps_run = InteractionLevel.from_config(dcfg).epsilon(planned_steps(dcfg))
+            for name, res in membership_auc(drun.params, local_state(drun, fed)["user"], fed.split, targets,
+                                            seed=seed).items():
                 rows.append(_row(f"final model, interaction-level DP (DP preset, {dp_rounds} rounds)",
                                  "interaction (one training pair), whole run", eps_run,
-                                 f"membership (user embedding): {name}", res, noise_multiplier=sigma,
-                                 sample_rate=dp_sample_rate, clip=dp_max_grad_norm, cohort_size=1, delta=delta,
+                                 f"membership (user embedding): {name}", res, noise_multiplier=dcfg.noise_multiplier,
+                                 sample_rate=dcfg.sample_rate, clip=dcfg.max_grad_norm, cohort_size=1, delta=delta,
                                  epsilon_run=eps_run))
             say("membership inference")
     return rows
@@ -766,38 +645,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-
-    from fedrec.data import load_dataset, make_split
-    from fedrec_app.simulations.attacks.audit import audit
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")  # Opacus: harmless here
 
     t0 = time.time()
-    split = make_split(load_dataset(args.data), kind=args.split, tie_seed=args.seed)
-    rows = leakage_table(split, n_users=args.users, dim=args.dim, rounds=args.rounds,
-                         interaction_epsilons=_floats(args.interaction_epsilons),
+    cfg = model_config(args.data, split=args.split, dim=args.dim, rounds=args.rounds, delta=args.delta,
+                       seed=args.seed)
+    rows = leakage_table(cfg, n_users=args.users, interaction_epsilons=_floats(args.interaction_epsilons),
                          user_sigmas=_floats(args.user_sigmas),
                          cohort_sizes=tuple(int(x) for x in _floats(args.cohorts)),
-                         membership=not args.no_membership, delta=args.delta, seed=args.seed, verbose=True)
+                         membership=not args.no_membership, verbose=True)
     audits = []
     if args.canaries > 0:
-        local = LocalConfig(user_lr=1.0)
+        train = load_federation(cfg).split.train
         for e in _floats(args.interaction_epsilons):
-            sigma = dp_noise(target_epsilon=e, delta=args.delta, sample_rate=DP_SAMPLE_RATE,
-                                    steps=DP_ROUNDS * steps_per_round(local))
-            cfg = dataclasses.replace(local, noise_multiplier=sigma, sample_rate=DP_SAMPLE_RATE,
-                                      max_grad_norm=DP_MAX_GRAD_NORM)
+            local = LocalConfig.from_settings(interaction_level(cfg, e))
             for control in (False, True):
-                res = audit(split.train, cfg=cfg, m=args.canaries, guesses=args.guesses, delta=args.delta,
+                res = audit(train, cfg=local, m=args.canaries, guesses=args.guesses, delta=args.delta,
                             seed=args.seed, negative_control=control)
-                res["setting"] = f"interaction-level DP (run eps={e:g}, q={DP_SAMPLE_RATE:g}), one round" + (
+                res["setting"] = f"interaction-level DP (run eps={e:g}, q={local.sample_rate:g}), one round" + (
                     " [NEGATIVE CONTROL: noise off]" if control else "")
                 audits.append(res)
-        for e in _floats(args.audit_round_epsilons):
-            sigma = dp_noise(target_epsilon=e, delta=args.delta, sample_rate=1.0, steps=steps_per_round(local))
-            cfg = dataclasses.replace(local, noise_multiplier=sigma, sample_rate=1.0, max_grad_norm=DP_MAX_GRAD_NORM)
-            res = audit(split.train, cfg=cfg, m=args.canaries, guesses=args.guesses, delta=args.delta, seed=args.seed)
+        for e in _floats(args.audit_round_epsilons):  # one round at full batch: its noise for this epsilon
+            one = dataclasses.replace(cfg, target_epsilon=e, sample_rate=1.0, num_server_rounds=1,
+                                      max_grad_norm=DP_PRESET["max_grad_norm"])
+            local = LocalConfig.from_settings(resolved(one))
+            res = audit(train, cfg=local, m=args.canaries, guesses=args.guesses, delta=args.delta, seed=args.seed)
             res["setting"] = f"interaction-level DP (one-round eps={e:g}, q=1), one round"
             audits.append(res)
-        from fedrec_app.simulations.attacks.audit import audit_als
         from fedrec_app.simulations.studies.frontier import ALS_PRESET, ALS_PRESET_LOW
 
         for e, preset in ((8.0, ALS_PRESET), (2.0, ALS_PRESET_LOW)):  # private ALS: its counts and one pass
