@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["CALIBRATED", "Choice", "PRESETS_FILE", "UNITS", "als_preset_name", "apply_choice", "choose",
-           "mechanism_preset", "preset", "preset_fields", "preset_names", "with_preset"]
+           "load_preset", "mechanism_preset", "preset", "preset_fields", "preset_names", "with_preset"]
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 #: The privacy units a choice is made for.
@@ -47,6 +47,35 @@ def preset(name: str) -> dict:
         return dict(_table()["presets"][name])
     except KeyError:
         raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())}") from None
+
+
+def load_preset(spec: str) -> tuple[str, dict]:
+    """``(name, settings)`` of a shipped preset's name, or of a preset file (a TOML file with
+    one ``[presets.NAME]`` table, as ``fedrec tune`` writes it); a bad file or an unknown
+    setting is a ``ValueError`` in one line naming ``--preset`` and the value."""
+    from fedrec.config import parse_overrides
+
+    path = Path(spec)
+    if not (spec.endswith(".toml") or path.exists()):
+        try:
+            return spec, preset(spec)
+        except ValueError as e:
+            raise ValueError(f"--preset {spec}: {e}; or give a preset file (.toml)") from None
+    try:
+        presets = tomllib.loads(path.read_text()).get("presets") or {}
+    except FileNotFoundError:
+        raise ValueError(f"--preset {spec}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"--preset {spec}: not a preset file ({e})") from None
+    if len(presets) != 1 or not isinstance(next(iter(presets.values())), dict):
+        raise ValueError(f"--preset {spec}: expected one [presets.NAME] table, found {len(presets)}")
+    (name, settings), = presets.items()
+    for key, value in settings.items():  # each a setting of the run config, of its type
+        try:
+            parse_overrides([f"{key}={str(value).lower() if isinstance(value, bool) else value}"])
+        except ValueError as e:
+            raise ValueError(f"--preset {spec}: {str(e).partition(': ')[2] or e} ({key} = {value!r})") from None
+    return name, dict(settings)
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,14 @@ def cmd_simulate(args) -> int:
             _log("the rounds already run keep their noise: the epsilon reported composes every round, so it is "
                  "not the target the recorded run was calibrated for")
     given = set(given_fields(args))
+    if args.preset and not args.resume:  # a shipped preset or a tuned one (fedrec tune); flags given win
+        from fedrec.presets import load_preset, with_preset
+
+        name, settings = load_preset(args.preset)
+        cfg = with_preset(cfg, settings, given)
+        given |= {k.replace("-", "_") for k in settings}
+        _log(f"preset {name!r} ({args.preset}): " + (", ".join(f"{config_flag(k)} {v}" for k, v in settings.items())
+                                                    or "no settings") + "; flags given override it")
     if not args.resume:
         cfg = _with_mechanism_preset(cfg, given)
     summary = simulate(cfg, num_cpus=args.cpus, verbose=args.verbose, ray_address=args.ray_address,
@@ -224,6 +232,32 @@ def cmd_simulate(args) -> int:
     picked = "evaluation off: the last round's model" if summary['selected_round'] is None else \
         f"selected round {summary['selected_round']} (on validation)"
     _log(f"{picked}; wrote {cfg.out}/metrics.json")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from fedrec.config import FedConfig
+    from fedrec.federated.algorithms import check_run
+    from fedrec_app.simulations.studies.tune import parse_dimension, tune
+
+    given = given_fields(args)
+    for name in _TARGET_EPSILONS:
+        if name in given and not given[name] > 0:
+            raise UsageError(f"{config_flag(name)} {given[name]}: must be > 0")
+    cfg = _with_mechanism_preset(FedConfig(**given), set(given))
+    check_run(cfg)
+    space = dict(parse_dimension(v) for v in args.vary) if args.vary else None
+    run = None
+    if args.cpus is not None:
+        from fedrec.flower_compat import reuse_ray
+        from fedrec_app.simulations.simulate import simulate
+
+        def run(c):
+            with reuse_ray():
+                return simulate(c, num_cpus=args.cpus)
+
+    tune(cfg, out=Path(cfg.out), space=space, selection=args.selection, trials=args.trials,
+         trials_mean=args.trials_mean, trials_shape=args.trials_shape, score_noise=args.score_noise, run=run, say=_log)
     return 0
 
 
@@ -376,6 +410,9 @@ def _add_fed_args(p: argparse.ArgumentParser) -> None:
                    help="run on an existing (multi-machine) Ray cluster, e.g. 'auto' on its head node "
                         "(docs/ray-cluster.md)")
     g.add_argument("--verbose", action="store_true", help="Flower's own logs")
+    g.add_argument("--preset", default=None, metavar="NAME|FILE",
+                   help="a shipped preset's name or a preset file (`fedrec tune` writes one): its settings for the "
+                        "flags not given")
 
 
 def cmd_track(args) -> int:
@@ -482,6 +519,35 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the tuned ML-100K settings.")
     _add_fed_args(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("tune", help="search a preset's settings on validation; writes a preset file",
+                       description="Trials of `fedrec simulate` with settings drawn by Optuna, scored on validation "
+                                   "NDCG@10; the best trial's settings go to OUT/preset.toml (`fedrec simulate "
+                                   "--preset OUT/preset.toml`). For a private base run the selection is accounted by "
+                                   "default (Papernot & Steinke: a secret random number of trials, random search, "
+                                   "noisy scores; its epsilon is written with the preset); `--selection not-covered` "
+                                   "runs a fixed number of adaptive (TPE) trials whose selection no epsilon covers.")
+    from fedrec.config import SECTIONS
+
+    add_config_args(p, SECTIONS, required=("out",))
+    g = p.add_argument_group("search")
+    g.add_argument("--selection", choices=("accounted", "not-covered"), default=None,
+                   help="accounted (default for a private base run) or not-covered (default without DP)")
+    g.add_argument("--trials", type=int, default=20, help="not-covered: the number of trials (default 20)")
+    g.add_argument("--trials-mean", type=float, default=10.0,
+                   help="accounted: the mean of the secret random number of trials (default 10)")
+    g.add_argument("--trials-shape", type=float, default=0.0,
+                   help="accounted: its distribution: 0 logarithmic (default), 1 geometric, other > 0 truncated "
+                        "negative binomial, inf Poisson")
+    g.add_argument("--score-noise", type=float, default=2.0,
+                   help="accounted: noise multiplier of each trial's validation score (sum of per-user NDCG@10, "
+                        "sensitivity 1; default 2)")
+    g.add_argument("--vary", action="append", default=None, metavar="KEY=SPEC",
+                   help="a setting to search instead of the default space: KEY=log:LOW:HIGH, KEY=float:LOW:HIGH, "
+                        "KEY=int:LOW:HIGH or KEY=choice:A,B,C (repeat the flag; default: the space of the base run's "
+                        "mechanism, see docs/guides/tuning.md)")
+    g.add_argument("--cpus", type=int, default=None, help="CPUs for the simulation engine (default: all)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("privacy", help="epsilon for a mechanism, or the noise for a target epsilon (no training)",
                        description="Opacus accountant for the Poisson-subsampled Gaussian mechanism.")
@@ -638,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Commands whose run directory keeps a log of the console.
-_LOGGED = ("simulate", "baseline", "sweep", "run-default", "deploy")
+_LOGGED = ("simulate", "baseline", "sweep", "run-default", "deploy", "tune")
 
 
 def _run(args) -> int:
