@@ -180,12 +180,13 @@ def _options_of(argv: list[str]) -> set[str]:
 def _tiny(argv: list[str], tmp: Path) -> list[str]:
     """``argv`` on tiny data: its data becomes :data:`TINY_DATA` (given or not, where the
     command reads data), except for ``--privacy UNIT --epsilon E``, whose choice is made for
-    the data it names (the bundled ml-latest-small is kept); rounds, epochs, windows, seeds
-    and epsilons are capped (and set where the command takes them; a frontier at epsilon 8); paths under ``/tmp/``
-    move under ``tmp`` (``runs/...`` is relative: the test runs in ``tmp``)."""
+    the data it names (the bundled ml-latest-small is kept); rounds, epochs, windows, seeds,
+    epsilons and a search's trials are capped (and set where the command takes them; a
+    frontier at epsilon 8); paths under ``/tmp/`` move under ``tmp`` (``runs/...`` is
+    relative: the test runs in ``tmp``)."""
     keep_data = "--privacy" in argv
     caps = {"--rounds": TINY_ROUNDS, "--epochs": TINY_ROUNDS, "--warmup-rounds": TINY_ROUNDS, "--windows": 2,
-            "--seeds": 1}
+            "--seeds": 1, "--trials": 2, "--trials-mean": 2}
     out, words, i = [], list(argv), 0
     while i < len(words):
         w = words[i]
