@@ -90,6 +90,7 @@ def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, proc
     assert json.loads((out / "metrics.json").read_text())["rounds"] == 12
 
 
+@pytest.mark.heavy  # about 2 minutes: `make test-heavy` and CI
 def test_a_full_disk_while_checkpointing_stops_in_one_line_and_resumes(tmp_path, tmp, processes_marked):
     """Round 3's checkpoint cannot be written (``ENOSPC``, injected by
     ``FEDREC_FULL_DISK_AT_ROUND``): the run stops with one line naming the file and the

@@ -18,7 +18,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("how", ["sigint-inherited-ignored", "sigterm", "sweep-sigint"])
+# sigterm in the default run; the other two ways in `make test-heavy` (CI runs both)
+@pytest.mark.parametrize("how", [pytest.param("sigint-inherited-ignored", marks=pytest.mark.heavy), "sigterm",
+                                 pytest.param("sweep-sigint", marks=pytest.mark.heavy)])
 def test_a_signal_stops_a_simulation_cleanly(tmp_path, how, processes_marked, processes_killed):
     _ours = processes_marked
     import shutil
