@@ -32,6 +32,7 @@ FLAGS = ["--data", "synthetic:60x40:0", "--dim", "4", "--users-per-node", "20", 
          "--noise-multiplier", "1.0", "--sample-rate", "0.5", "--reproducible-noise"]
 
 
+@pytest.mark.heavy  # about 2 minutes: `make test-heavy` and CI
 def test_server_killed_mid_round_resumes_to_the_same_result(tmp_path):
     """``fedrec simulate`` killed when round 3's replies arrive, then ``fedrec simulate
     --resume --out DIR`` and nothing else: the recorded configuration (4 rounds, its DP),

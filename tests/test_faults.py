@@ -64,6 +64,7 @@ def tmp():
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.heavy  # about 2 minutes: `make test-heavy` and CI
 def test_a_driver_killed_outright_leaves_nothing_and_resumes(tmp_path, tmp, processes_marked, processes_killed):
     """SIGKILL of ``fedrec simulate`` itself (no handler runs): Ray's processes die with it
     and the watcher removes the users' node files; ``--resume`` then ends the run at its
