@@ -247,17 +247,9 @@ def cmd_tune(args) -> int:
     cfg = _with_mechanism_preset(FedConfig(**given), set(given))
     check_run(cfg)
     space = dict(parse_dimension(v) for v in args.vary) if args.vary else None
-    run = None
-    if args.cpus is not None:
-        from fedrec.flower_compat import reuse_ray
-        from fedrec_app.simulations.simulate import simulate
-
-        def run(c):
-            with reuse_ray():
-                return simulate(c, num_cpus=args.cpus)
-
     tune(cfg, out=Path(cfg.out), space=space, selection=args.selection, trials=args.trials,
-         trials_mean=args.trials_mean, trials_shape=args.trials_shape, score_noise=args.score_noise, run=run, say=_log)
+         trials_mean=args.trials_mean, trials_shape=args.trials_shape, score_noise=args.score_noise,
+         num_cpus=args.cpus, say=_log)
     return 0
 
 

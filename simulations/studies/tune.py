@@ -164,6 +164,7 @@ def tune(
     trials_mean: float = 10.0,
     trials_shape: float = 0.0,
     score_noise: float = 2.0,
+    num_cpus: int | None = None,
     run: Callable[[FedConfig], dict] | None = None,
     say: Callable[[str], None] = print,
 ) -> dict:
@@ -187,8 +188,10 @@ def tune(
         (:class:`fedrec.privacy.selection.Trials`).
     score_noise
         Noise multiplier of an accounted trial's validation score.
+    num_cpus
+        CPUs of the simulation engine (default: all).
     run
-        Runs one trial (default: ``fedrec simulate``, Ray kept up between trials).
+        Runs one trial (default: ``fedrec simulate`` on ``num_cpus``, Ray kept up between trials).
     """
     import optuna
 
@@ -213,7 +216,7 @@ def tune(
         if not hasattr(base, _field(key)):
             raise ValueError(f"--vary {key}: no such setting")
     n_valid = int((np.diff(fed.split.valid.tocsr().indptr) > 0).sum())
-    run = run or _simulate
+    run = run or (lambda c: _simulate(c, num_cpus))
     accounted = selection == "accounted"
     if accounted:
         dist = Trials(trials_mean, trials_shape)
@@ -312,9 +315,9 @@ def _jsonable(x):
     return x
 
 
-def _simulate(cfg: FedConfig) -> dict:
+def _simulate(cfg: FedConfig, num_cpus: int | None) -> dict:
     from fedrec.flower_compat import reuse_ray
     from fedrec_app.simulations.simulate import simulate
 
     with reuse_ray():
-        return simulate(cfg)
+        return simulate(cfg, num_cpus=num_cpus)
