@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,18 @@ def test_a_bad_set_is_one_line_naming_it(capsys, tmp_path, pair, words):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [err[0]] and err[0].startswith(f"fedrec: error: --set {pair}: ") and words in err[0]
     assert not (tmp_path / "s").exists()
+
+
+def test_a_finished_run_of_a_privacy_choice_is_the_same_configuration(tmp_path):
+    """A cell given only `--privacy UNIT --epsilon E` records the mechanism chosen for its
+    data: run again, the sweep compares the record with that choice and keeps the run."""
+    from fedrec.federated.federation import load_federation
+    from fedrec.presets import apply_choice
+
+    asked = FedConfig(data="synthetic:30x20:0", privacy_unit="user-level", epsilon=8.0, seed=0)
+    fed = load_federation(asked)
+    chosen, _ = apply_choice(asked, fed.dataset.name, fed.dataset.n_users)
+    d = tmp_path / "run"
+    _fake_run([])(replace(chosen, out=str(d)))
+    assert config_differences(d, asked) == []
+    assert config_differences(d, replace(asked, epsilon=2.0)) != []

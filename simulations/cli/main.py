@@ -331,6 +331,13 @@ def cmd_sweep(args) -> int:
                      command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
         _log(f"report: {report}")
         return 0
+    if args.name == "headline":
+        from fedrec_app.simulations.studies.headline import run_headline
+
+        report = run_headline(Path(args.out), data=args.data, seeds=args.seeds or 3, rounds=args.rounds,
+                              command=" ".join(["fedrec"] + sys.argv[1:]), overrides=overrides, say=_log)
+        _log(f"report: {report}")
+        return 0
     if args.name == "attacks":
         from fedrec_app.simulations.attacks.poisoning import ATTACKS, DEFAULT_ATTACKS, _defences, run_attacks
 
@@ -565,8 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "beside MF: accuracy, user-level epsilon 8, the zero-training user cold-start curve), "
                                 "'attacks' (poisoning attacks x defences x malicious fraction: target exposure), "
                                 "'stream' (rounds follow the timestamps: prequential NDCG@10 per window of a "
-                                "continuing and a frozen model, drift, epsilon over time), 'tiny' "
-                                "(smoke test) or 'dp-levels'")
+                                "continuing and a frozen model, drift, epsilon over time), 'headline' (the README's "
+                                "headline table for --data: MostPop, EASE, federated MF, the chosen mechanism at "
+                                "epsilon 8 in each unit beside private MostPop, federated and centralized SASRec and "
+                                "GRU4Rec; OUT/headline.md), 'tiny' (smoke test) or 'dp-levels'")
     p.add_argument("--out", required=True, help="sweep directory (runs/, results.csv, results.json, plots, report.md)")
     p.add_argument("--data", default="ml-latest-small",
                    help="any dataset the loaders read (default: bundled ml-latest-small)")

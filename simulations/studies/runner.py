@@ -145,6 +145,12 @@ def config_differences(d: Path, cfg: FedConfig) -> list[str]:
     from fedrec.config import DEFAULTS
     from fedrec.privacy.calibration import resolved
 
+    if cfg.privacy_unit:  # `--privacy UNIT --epsilon E`: the run recorded the mechanism chosen for its data
+        from fedrec.federated.federation import load_federation
+        from fedrec.presets import apply_choice
+
+        fed = load_federation(cfg)
+        cfg, _ = apply_choice(cfg, fed.dataset.name, fed.dataset.n_users)
     # keys added later: their defaults; records written before sections: keys without them
     done = {**flat_run_config(DEFAULTS.to_run_config()), **flat_run_config(read_metrics(d).get("config", {}))}
     want = flat_run_config(resolved(cfg).to_run_config())
