@@ -49,7 +49,8 @@ from fedrec.privacy.selection import SCORE_SENSITIVITY, Trials, selection_epsilo
 from fedrec.results import read_metrics
 from fedrec_app.simulations.cli.flags import config_flag
 
-__all__ = ["SPACES", "Dimension", "parse_dimension", "space_for", "tune", "preset_text", "SELECTIONS"]
+__all__ = ["SPACES", "SELECTIONS", "Dimension", "Plan", "parse_dimension", "plan_search", "preset_text",
+           "space_for", "trial_config", "tune"]
 
 SELECTIONS = ("accounted", "not-covered")
 
@@ -154,6 +155,90 @@ def preset_text(name: str, settings: dict, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class Plan:
+    """What a search runs, decided before its first trial: the base run (resolved), its
+    mechanism's releases, the selection and what it costs, the number of trials."""
+
+    base: FedConfig
+    space: dict[str, Dimension]
+    selection: str
+    releases: tuple
+    n_trials: int
+    unit: str
+    epsilon_per_trial: float
+    epsilon_selection: float
+    validation_users: int
+    score_noise: float | None = None
+    trials: Trials | None = None
+    choice: str | None = None
+
+    @property
+    def accounted(self) -> bool:
+        return self.selection == "accounted"
+
+    def announce(self) -> str:
+        if not self.accounted:
+            return (f"selection not covered by any epsilon: {self.n_trials} trials (TPE), exact validation scores")
+        return (f"accounted selection: a secret number of trials (mean {self.trials.mean:g}, shape "
+                f"{self.trials.shape:g}), each {self.unit} epsilon {self.epsilon_per_trial:.3g} with its noisy "
+                f"score; the selected preset is {self.unit} epsilon {self.epsilon_selection:.3g} "
+                f"(delta {self.base.delta:g})")
+
+
+def plan_search(base: FedConfig, *, space: dict[str, Dimension] | None = None, selection: str | None = None,
+                trials: int = 20, trials_mean: float = 10.0, trials_shape: float = 0.0,
+                score_noise: float = 2.0) -> Plan:
+    """The :class:`Plan` of a search around ``base`` (see :func:`tune`); a setting that cannot
+    be searched is a ``ValueError`` in one line.  An accounted plan draws its number of trials
+    here, from secret randomness."""
+    fed = load_federation(base)
+    base, choice = apply_choice(base, fed.dataset.name, fed.dataset.n_users)
+    base = resolved(base)
+    releases = trial_releases(base)
+    selection = selection or ("accounted" if releases else "not-covered")
+    if selection not in SELECTIONS:
+        raise ValueError(f"--selection {selection}: choose one of {', '.join(SELECTIONS)}")
+    space = dict(space if space is not None else SPACES[space_for(base)])
+    for key in space:
+        if not hasattr(base, _field(key)):
+            raise ValueError(f"--vary {key}: no such setting")
+    n_valid = int((np.diff(fed.split.valid.tocsr().indptr) > 0).sum())
+    common = dict(base=base, space=space, selection=selection, releases=releases, validation_users=n_valid,
+                  choice=choice.line() if choice else None)
+    if selection == "not-covered":
+        if trials < 1:
+            raise ValueError(f"--trials {trials}: must be >= 1")
+        eps = single_epsilon(releases, delta=base.delta) if releases else math.inf
+        return Plan(**common, n_trials=trials, unit=space_for(base) if releases else "none", epsilon_per_trial=eps,
+                    epsilon_selection=math.inf)
+    if not releases:
+        raise ValueError("--selection accounted: the base run is not private (give its mechanism and epsilon, or "
+                         "--selection not-covered)")
+    if not score_noise > 0:
+        raise ValueError(f"--score-noise {score_noise}: an accounted score needs noise > 0")
+    dist = Trials(trials_mean, trials_shape)
+    user = base.user_level or (base.als_private and base.als_unit == "user-level")
+    return Plan(**common, n_trials=dist.draw(DPRandomness.secret().numpy()),  # secret: the guarantee rests on it
+                unit="user-level" if user else "interaction-level",
+                epsilon_per_trial=single_epsilon(releases, delta=base.delta, score_noise=score_noise),
+                epsilon_selection=selection_epsilon(releases, dist, delta=base.delta, score_noise=score_noise),
+                score_noise=score_noise, trials=dist)
+
+
+def trial_config(plan: Plan, params: dict, out: Path) -> FedConfig:
+    """The run of one trial: the base run with ``params``; an accounted trial is evaluated
+    once, on its last round (no selection inside it), and keeps the base run's releases."""
+    cfg = replace(with_preset(plan.base, params), out=str(out))
+    if not plan.accounted:
+        return cfg
+    cfg = replace(cfg, eval_every=cfg.num_server_rounds, patience=0)
+    if trial_releases(resolved(cfg)) != plan.releases:
+        raise ValueError(f"{params} changes the mechanism's releases; an accounted search may vary only settings "
+                         "that leave them as the base run's")
+    return cfg
+
+
 def tune(
     base: FedConfig,
     *,
@@ -193,94 +278,60 @@ def tune(
     run
         Runs one trial (default: ``fedrec simulate`` on ``num_cpus``, Ray kept up between trials).
     """
-    import optuna
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out}: the directory is not empty; give a new one")
-    fed = load_federation(base)
-    base, choice = apply_choice(base, fed.dataset.name, fed.dataset.n_users)
-    base = resolved(base)
-    releases = trial_releases(base)
-    private = bool(releases)
-    selection = selection or ("accounted" if private else "not-covered")
-    if selection not in SELECTIONS:
-        raise ValueError(f"--selection {selection}: choose one of {', '.join(SELECTIONS)}")
-    if selection == "accounted" and not private:
-        raise ValueError("--selection accounted: the base run is not private (give its mechanism and epsilon, or "
-                         "--selection not-covered)")
-    if selection == "not-covered" and trials < 1:
-        raise ValueError(f"--trials {trials}: must be >= 1")
-    space = dict(space if space is not None else SPACES[space_for(base)])
-    for key in space:
-        if not hasattr(base, _field(key)):
-            raise ValueError(f"--vary {key}: no such setting")
-    n_valid = int((np.diff(fed.split.valid.tocsr().indptr) > 0).sum())
-    run = run or (lambda c: _simulate(c, num_cpus))
-    accounted = selection == "accounted"
-    if accounted:
-        dist = Trials(trials_mean, trials_shape)
-        if not score_noise > 0:
-            raise ValueError(f"--score-noise {score_noise}: an accounted score needs noise > 0")
-        n_trials = dist.draw(DPRandomness.secret().numpy())  # secret: the guarantee rests on it
-        sampler = optuna.samplers.RandomSampler(seed=base.seed)
-        eps_one = single_epsilon(releases, delta=base.delta, score_noise=score_noise)
-        eps_selection = selection_epsilon(releases, dist, delta=base.delta, score_noise=score_noise)
-        unit = "user-level" if base.user_level or (base.als_private and base.als_unit == "user-level") \
-            else "interaction-level"
-        say(f"accounted selection: a secret number of trials (mean {dist.mean:g}, shape {dist.shape:g}), each "
-            f"{unit} epsilon {eps_one:.3g} with its noisy score; the selected preset is {unit} epsilon "
-            f"{eps_selection:.3g} (delta {base.delta:g})")
-    else:
-        n_trials, dist = trials, None
-        sampler = optuna.samplers.TPESampler(seed=base.seed)
-        eps_one = single_epsilon(releases, delta=base.delta) if private else math.inf
-        eps_selection, unit = math.inf, ("none" if not private else space_for(base))
-        say(f"selection not covered by any epsilon: {trials} trials (TPE), exact validation scores")
+    plan = plan_search(base, space=space, selection=selection, trials=trials, trials_mean=trials_mean,
+                       trials_shape=trials_shape, score_noise=score_noise)
+    say(plan.announce())
+    t0 = time.perf_counter()
+    best = _run_trials(plan, out, run or (lambda c: _simulate(c, num_cpus)), say)
+    return _write_results(plan, out, best, time.perf_counter() - t0, say)
+
+
+def _run_trials(plan: Plan, out: Path, run: Callable[[FedConfig], dict], say) -> dict | None:
+    """Every trial of ``plan``, logged to ``trials.jsonl``; the best trial's row."""
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = (optuna.samplers.RandomSampler(seed=plan.base.seed) if plan.accounted  # independent draws
+               else optuna.samplers.TPESampler(seed=plan.base.seed))
     study = optuna.create_study(direction="maximize", sampler=sampler)
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "trials.jsonl").open("w")
-    noise_rng = DPRandomness.secret().numpy()
-    best: dict | None = None
-    t0 = time.perf_counter()
-    try:
-        for k in range(1, n_trials + 1):
+    noise = DPRandomness.secret().numpy()
+    score_std = plan.score_noise * SCORE_SENSITIVITY / plan.validation_users if plan.accounted else 0.0
+    best, t0 = None, time.perf_counter()
+    with (out / "trials.jsonl").open("w") as log:
+        for k in range(1, plan.n_trials + 1):
             trial = study.ask()
-            params = {key: dim.suggest(trial, key) for key, dim in space.items()}
-            cfg = with_preset(base, params)
-            cfg = replace(cfg, out=str(out / "trials" / f"trial-{k:03d}"))
-            if accounted:  # one evaluation, of the last round: no selection inside a trial
-                cfg = replace(cfg, eval_every=cfg.num_server_rounds, patience=0)
-                if trial_releases(resolved(cfg)) != releases:
-                    raise ValueError(f"trial {k}: {params} changes the mechanism's releases; an accounted search "
-                                     "may vary only settings that leave them as the base run's")
+            params = {key: dim.suggest(trial, key) for key, dim in plan.space.items()}
+            cfg = trial_config(plan, params, out / "trials" / f"trial-{k:03d}")
             summary = run(cfg)
-            exact = float(read_metrics(Path(cfg.out))["validation"]["ndcg@10"])
-            score = exact + (float(noise_rng.normal(0.0, score_noise * SCORE_SENSITIVITY / n_valid))
-                             if accounted else 0.0)
+            score = float(read_metrics(Path(cfg.out))["validation"]["ndcg@10"])
+            if plan.accounted:
+                score += float(noise.normal(0.0, score_std))
             study.tell(trial, score)
             row = {"trial": k, "settings": params, "score": score, "seconds": summary.get("seconds")}
             log.write(json.dumps(row) + "\n")
             log.flush()
             if best is None or score > best["score"]:
                 best = row
-            say(f"trial {k}{'' if accounted else f'/{n_trials}'}: validation NDCG@10 "
-                f"{score:.4f}{' (noisy)' if accounted else ''} with "
-                + ", ".join(f"{config_flag(_field(p))} {_fmt(v)}" for p, v in params.items())
-                + f" ({time.perf_counter() - t0:.0f}s)")
-    finally:
-        log.close()
+            say(f"trial {k}{'' if plan.accounted else f'/{plan.n_trials}'}: validation NDCG@10 {score:.4f}"
+                f"{' (noisy)' if plan.accounted else ''} with {_flags(params)} ({time.perf_counter() - t0:.0f}s)")
+    return best
+
+
+def _write_results(plan: Plan, out: Path, best: dict | None, seconds: float, say) -> dict:
+    base = plan.base
     summary = {
-        "selection": selection, "unit": unit, "data": base.data, "model": base.model,
-        "base_mechanism": space_for(base), "space": {k: vars(v) for k, v in space.items()},
-        "epsilon_per_trial": eps_one, "epsilon_selection": eps_selection, "delta": base.delta,
-        "trials_distribution": None if dist is None else {"mean": dist.mean, "shape": dist.shape},
-        "score_noise": score_noise if accounted else None, "validation_users": n_valid,
-        "selected": best, "choice": choice.line() if choice else None,
-        "seconds": time.perf_counter() - t0,
+        "selection": plan.selection, "unit": plan.unit, "data": base.data, "model": base.model,
+        "base_mechanism": space_for(base), "space": {k: vars(v) for k, v in plan.space.items()},
+        "epsilon_per_trial": plan.epsilon_per_trial, "epsilon_selection": plan.epsilon_selection,
+        "delta": base.delta, "trials_distribution": vars(plan.trials) if plan.trials else None,
+        "score_noise": plan.score_noise, "validation_users": plan.validation_users, "selected": best,
+        "choice": plan.choice, "seconds": seconds,
         "not_covered": (["the number of trials and the other trials' scores (trials.jsonl, progress lines)",
-                         "the trials' evaluation replies, seen by their server"] if accounted else
+                         "the trials' evaluation replies, seen by their server"] if plan.accounted else
                         ["the selection: validation scores are exact and chosen by an adaptive sampler"]),
     }
     if best is None:  # a Poisson number of trials can be 0
@@ -288,17 +339,20 @@ def tune(
         settings: dict = {}
     else:
         settings = dict(best["settings"])
-        eps_text = (f"{unit} epsilon {eps_selection:.3g} at delta {base.delta:g} (the selection, every trial's "
-                    f"training and noisy score composed)" if accounted else "covered by no epsilon")
+        cost = (f"{plan.unit} epsilon {plan.epsilon_selection:.3g} at delta {base.delta:g} (the selection, every "
+                "trial's training and noisy score composed)" if plan.accounted else "covered by no epsilon")
         notes = [f"tuned by `fedrec tune` on {base.data} ({base.model}, {space_for(base)} base run)",
-                 f"selection {selection}: {eps_text}",
-                 f"selected validation NDCG@10 {best['score']:.4f}{' (noisy)' if accounted else ''}"]
+                 f"selection {plan.selection}: {cost}",
+                 f"selected validation NDCG@10 {best['score']:.4f}{' (noisy)' if plan.accounted else ''}"]
     (out / "preset.toml").write_text(preset_text("tuned", settings, notes))
     (out / "tune.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
-    say(f"wrote {out / 'preset.toml'}: " + (", ".join(f"{config_flag(_field(p))} {_fmt(v)}"
-                                                     for p, v in settings.items()) or "no change")
-        + f"; use it with `fedrec simulate --preset {out / 'preset.toml'}`")
+    say(f"wrote {out / 'preset.toml'}: {_flags(settings) or 'no change'}; use it with "
+        f"`fedrec simulate --preset {out / 'preset.toml'}`")
     return summary
+
+
+def _flags(params: dict) -> str:
+    return ", ".join(f"{config_flag(_field(p))} {_fmt(v)}" for p, v in params.items())
 
 
 def _fmt(v) -> str:
