@@ -41,11 +41,11 @@ def headline_cells(data: str, *, rounds: int | None = None, epsilon: float = HEA
                           if rounds else cfg, {"row": f"`--privacy {unit} --epsilon {epsilon:g}`"}))
     for m in SEQUENTIAL_MODELS:
         cells.append(Cell(f"{m}-non-private", replace(base, model=m, **MODEL_PRESETS.get(m, {})),
-                          {"row": f"federated {m_name(m)}, no DP", "model": m}))
+                          {"row": f"federated {_display_name(m)}, no DP", "model": m}))
     return cells
 
 
-def m_name(model: str) -> str:
+def _display_name(model: str) -> str:
     return {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}.get(model, model)
 
 
@@ -82,7 +82,7 @@ def _label(r: dict) -> str:
     if r.get("row"):
         return r["row"]
     if r.get("setting") == "centralized":
-        return f"centralized {m_name(r['model'])}"
+        return f"centralized {_display_name(r['model'])}"
     return r["model"]  # MostPop, EASE
 
 
