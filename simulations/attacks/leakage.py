@@ -79,7 +79,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -100,6 +99,7 @@ from fedrec.federated.inprocess import InProcessRun, run_rounds
 from fedrec.privacy.calibration import planned_steps, resolved, steps_per_round
 from fedrec.privacy.mechanisms import InteractionLevel, UserLevel
 from fedrec.privacy.randomness import DPRandomness
+from fedrec.results import write_json
 from fedrec_app.server.strategy import add_user_level_noise
 from fedrec_app.simulations.attacks.audit import audit, audit_als, dp_epsilon, dp_noise
 from fedrec_app.simulations.studies.sweeps import DP_PRESET
@@ -601,18 +601,6 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(x):
-    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
-    return x
-
-
 def _floats(s: str) -> tuple[float, ...]:
     return tuple(float(x) for x in s.split(",") if x.strip())
 
@@ -701,8 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             w.writeheader()
             w.writerows(rows)
         meta = {k: v for k, v in vars(args).items()}
-        (out / "leakage.json").write_text(json.dumps(_jsonable({"config": meta, "rows": rows, "audit": audits,
-                                                                "seconds": time.time() - t0}), indent=2))
+        write_json(out / "leakage.json", {"config": meta, "rows": rows, "audit": audits, "seconds": time.time() - t0})
         print(f"\nwrote {out / 'leakage.csv'} and {out / 'leakage.json'}", file=sys.stderr)
     return 0
 

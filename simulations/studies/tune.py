@@ -46,7 +46,7 @@ from fedrec.presets import apply_choice, with_preset
 from fedrec.privacy.calibration import resolved
 from fedrec.privacy.randomness import DPRandomness
 from fedrec.privacy.selection import SCORE_SENSITIVITY, Trials, selection_epsilon, single_epsilon, trial_releases
-from fedrec.results import read_metrics
+from fedrec.results import read_metrics, write_json
 from fedrec_app.simulations.cli.flags import config_flag
 
 __all__ = ["SPACES", "SELECTIONS", "Dimension", "Plan", "parse_dimension", "plan_search", "preset_text",
@@ -345,7 +345,7 @@ def _write_results(plan: Plan, out: Path, best: dict | None, seconds: float, say
                  f"selection {plan.selection}: {cost}",
                  f"selected validation NDCG@10 {best['score']:.4f}{' (noisy)' if plan.accounted else ''}"]
     (out / "preset.toml").write_text(preset_text("tuned", settings, notes))
-    (out / "tune.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
+    write_json(out / "tune.json", summary)
     say(f"wrote {out / 'preset.toml'}: {_flags(settings) or 'no change'}; use it with "
         f"`fedrec simulate --preset {out / 'preset.toml'}`")
     return summary
@@ -357,16 +357,6 @@ def _flags(params: dict) -> str:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 def _simulate(cfg: FedConfig, num_cpus: int | None) -> dict:
