@@ -55,6 +55,11 @@ class InteractionLevel:
         return cls(float(cfg.noise_multiplier), float(cfg.sample_rate), float(cfg.max_grad_norm), float(cfg.delta),
                    float(cfg.prior_noise))
 
+    def releases(self, steps: int) -> tuple:
+        """Opacus mechanisms ``(noise, rate, steps)`` of a user after ``steps`` DP-SGD steps,
+        the prior first: what :meth:`epsilon` composes."""
+        return PopularityPrior(self.prior_noise).releases + ((self.noise_multiplier, self.sample_rate, int(steps)),)
+
     def epsilons(self, steps) -> np.ndarray:
         """Each user's epsilon after ``steps`` DP-SGD steps (an array of step counts)."""
         return _epsilons(self, steps)
@@ -103,6 +108,11 @@ class UserLevel:
         return float(epsilon(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
                              steps=rounds - before, delta=self.delta,
                              extra=PopularityPrior(self.prior_noise).releases + segments))
+
+    def releases(self, rounds: int) -> tuple:
+        """Opacus mechanisms ``(noise, rate, steps)`` of ``rounds`` rounds, the prior first:
+        what :meth:`epsilon` composes (without earlier segments)."""
+        return PopularityPrior(self.prior_noise).releases + ((self.noise_multiplier, self.sample_rate, int(rounds)),)
 
     def segments(self, rounds: int, earlier: tuple = ()) -> list:
         """``earlier`` and this run's own segment up to round ``rounds``: what a run that
@@ -163,10 +173,13 @@ class PrivateALS:
         the clip ball while its capped head set swaps at most one item (a pass moves by
         at most ``2 clip sqrt(pass_cap + 1)``, twice a whole user's contribution).  So the same
         noise is multiplier ``z sqrt(cap / 2)`` for the
-        counts and ``z / 2`` for each pass."""
+        counts and ``z / 2`` for each pass (:meth:`interaction_releases`)."""
+        return self._epsilon(self.interaction_releases(self.passes + 1 if rounds is None else rounds))
+
+    def interaction_releases(self, rounds: int) -> tuple:
+        """:meth:`releases` against one interaction's sensitivities (see :meth:`interaction_epsilon`)."""
         z = self.noise_multiplier
-        return self._epsilon(self.releases(self.passes + 1 if rounds is None else rounds,
-                                           count_noise=z * (self.cap / 2) ** 0.5, pass_noise=z / 2))
+        return self.releases(rounds, count_noise=z * (self.cap / 2) ** 0.5, pass_noise=z / 2)
 
     def _epsilon(self, history: tuple) -> float:
         from fedrec.privacy.accounting import epsilon

@@ -179,27 +179,24 @@ def selection_epsilon(releases: Sequence[Release], trials: Trials, *, delta: flo
 
 def trial_releases(cfg) -> tuple[Release, ...]:
     """The releases one private run of the resolved ``cfg`` makes of a user's data, each
-    ``(noise multiplier, sampling rate, steps)`` for a user in every planned round: the
-    DP popularity prior, then the training's (interaction-level DP-SGD, user-level
-    DP-FedAvg or private ALS).  ``()`` for a non-private run."""
+    ``(noise multiplier, sampling rate, steps)`` for a user in every planned round, as its
+    mechanism (:func:`fedrec.privacy.mechanisms.mechanisms_of`) composes them: the DP
+    popularity prior, then the training's (interaction-level DP-SGD, user-level DP-FedAvg
+    or private ALS in its unit).  ``()`` for a non-private run."""
     from fedrec.privacy.calibration import planned_steps
-    from fedrec.privacy.mechanisms import InteractionLevel, PopularityPrior, PrivateALS, UserLevel
+    from fedrec.privacy.mechanisms import InteractionLevel, PrivateALS, mechanisms_of
 
-    if sum((bool(cfg.dp), bool(cfg.user_level), bool(cfg.als_private))) > 1:
+    mechanisms = mechanisms_of(cfg)
+    if len(mechanisms) > 1:
         raise ValueError("a run with more than one mechanism has an epsilon per unit: select over one")
-    out: list = []
-    if cfg.als_private:
-        als = PrivateALS.from_config(cfg)
-        if cfg.als_unit == "interaction-level":  # the same noise, against an interaction's sensitivities
-            z = als.noise_multiplier
-            return tuple(als.releases(als.passes + 1, count_noise=z * (als.cap / 2) ** 0.5, pass_noise=z / 2))
-        return tuple(als.releases(als.passes + 1))
-    if cfg.dp or cfg.user_level:
-        out += PopularityPrior(cfg.prior_noise).releases
-    if cfg.dp:
-        m = InteractionLevel.from_config(cfg)
-        out.append((m.noise_multiplier, m.sample_rate, planned_steps(cfg)))
-    if cfg.user_level:
-        m = UserLevel.from_config(cfg)
-        out.append((m.noise_multiplier, m.sample_rate, cfg.num_server_rounds))
+    if not mechanisms:
+        return ()
+    (m,) = mechanisms
+    if isinstance(m, PrivateALS):
+        rounds = m.passes + 1
+        out = m.interaction_releases(rounds) if cfg.als_unit == "interaction-level" else m.releases(rounds)
+    elif isinstance(m, InteractionLevel):
+        out = m.releases(planned_steps(cfg))
+    else:
+        out = m.releases(cfg.num_server_rounds)
     return tuple((float(a), float(b), int(c)) for a, b, c in out)
