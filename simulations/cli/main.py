@@ -135,6 +135,14 @@ def _sequential(spec: str) -> bool:
 _TARGET_EPSILONS = ("target_epsilon", "user_target_epsilon", "als_target_epsilon")  # fedrec.presets.CALIBRATED's keys
 
 
+def _check_targets(given: dict) -> None:
+    """A target epsilon given on the command line must be positive (one line otherwise)."""
+    for name in _TARGET_EPSILONS:
+        if name in given and not given[name] > 0:
+            raise UsageError(f"{config_flag(name)} {given[name]}: must be > 0 (leave the flag out for a run without "
+                             "that mechanism)")
+
+
 def simulate_config(args):
     """The configuration ``fedrec simulate`` runs, and the recorded settings it changes.
 
@@ -152,10 +160,7 @@ def simulate_config(args):
     from fedrec.presets import CALIBRATED
 
     given = given_fields(args)
-    for name in _TARGET_EPSILONS:
-        if name in given and not given[name] > 0:
-            raise UsageError(f"{config_flag(name)} {given[name]}: must be > 0 (leave the flag out for a run without "
-                             "that mechanism)")
+    _check_targets(given)
     if "data" in given and Path(given["data"]).exists():
         given["data"] = str(Path(given["data"]).resolve())  # the record names the data wherever it is resumed from
     recorded_file = Path(args.out) / "config.json"
@@ -241,9 +246,7 @@ def cmd_tune(args) -> int:
     from fedrec_app.simulations.studies.tune import parse_dimension, tune
 
     given = given_fields(args)
-    for name in _TARGET_EPSILONS:
-        if name in given and not given[name] > 0:
-            raise UsageError(f"{config_flag(name)} {given[name]}: must be > 0")
+    _check_targets(given)
     cfg = _with_mechanism_preset(FedConfig(**given), set(given))
     check_run(cfg)
     space = dict(parse_dimension(v) for v in args.vary) if args.vary else None
