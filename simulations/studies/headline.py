@@ -19,8 +19,9 @@ from pathlib import Path
 
 from fedrec.config import FedConfig
 from fedrec.federated.federation import load_federation
-from fedrec_app.simulations.studies.models import MODEL_PRESETS, _ms, _users_per_node, centralized_rows
+from fedrec_app.simulations.studies.models import MODEL_PRESETS, _ms, centralized_rows
 from fedrec_app.simulations.studies.runner import Cell, run_cells, write_rows
+from fedrec_app.simulations.studies.study import _users_per_node
 
 __all__ = ["HEADLINE_EPSILON", "SEQUENTIAL_MODELS", "headline_cells", "headline_table", "run_headline"]
 
