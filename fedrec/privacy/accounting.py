@@ -13,7 +13,7 @@ import numpy as np
 # Opacus is imported where an epsilon is computed: importing it costs about 3 s (its package
 # loads the whole privacy engine), which every simulation actor of a run without DP saved
 
-__all__ = ["epsilon", "calibrate_noise", "epsilons_for_steps", "Mechanism"]
+__all__ = ["epsilon", "calibrate_noise", "epsilons_for_steps", "Mechanism", "rdp_orders", "rdp_of", "epsilon_of_rdp"]
 
 
 Mechanism = tuple[float, float, int]  # (noise multiplier, sampling rate, steps)
@@ -62,6 +62,34 @@ def _alphas() -> tuple:
     from opacus.accountants import RDPAccountant
 
     return tuple(RDPAccountant.DEFAULT_ALPHAS)
+
+
+def rdp_orders() -> tuple:
+    """The RDP orders fedrec accounts at (Opacus's default orders)."""
+    return _alphas()
+
+
+def rdp_of(mechanisms: tuple[Mechanism, ...]) -> np.ndarray:
+    """RDP at :func:`rdp_orders` of the Gaussian ``(noise, rate, steps)`` releases, composed
+    (zeros for none, ``inf`` where a release has no noise)."""
+    out = np.zeros(len(_alphas()))
+    for z, q, steps in mechanisms:
+        if int(steps) <= 0:
+            continue
+        if float(z) <= 0:
+            return np.full(len(_alphas()), np.inf)
+        out = out + _rdp_of_one_step(float(z), float(q)) * int(steps)
+    return out
+
+
+def epsilon_of_rdp(rdp: np.ndarray, delta: float) -> float:
+    """Epsilon at ``delta`` of an RDP curve at :func:`rdp_orders` (Opacus's conversion)."""
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    rdp = np.asarray(rdp, dtype=np.float64)
+    if not np.isfinite(rdp).any():
+        return float("inf")
+    return float(get_privacy_spent(orders=list(_alphas()), rdp=rdp, delta=delta)[0])
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,353 @@
+"""Distributed DP: each user adds its share of the noise, secure aggregation releases only the sum.
+
+The distributed discrete Gaussian (Kairouz, Liu & Steinke, "The Distributed Discrete
+Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021).  Each
+user, on its own device:
+
+1. clips its release (a flat vector of ``dim`` values) to L2 norm ``clip``;
+2. pads it to ``D`` (a power of two) and rotates it with a random sign flip and the
+   normalised Walsh-Hadamard transform (the signs are public, one draw per round): the
+   rotation spreads the vector's norm over every coordinate, so the sum fits the field;
+3. divides it by the granularity ``gamma`` and rounds each coordinate stochastically to
+   an integer, drawing the rounding again while the rounded norm exceeds its bound
+   (conditional randomised rounding: the bound is the sensitivity the accountant uses);
+4. adds discrete Gaussian noise of variance ``(local_std / gamma)**2`` per coordinate,
+   from the device's secret randomness;
+5. reduces the result modulo ``2**bits``, the field secure aggregation sums in.
+
+Secure aggregation (Flower's SecAgg+) releases to the server only the sum modulo
+``2**bits`` of the users' vectors; the server maps it back to signed integers, multiplies
+by ``gamma`` and undoes the rotation (:meth:`DistributedDiscreteGaussian.decode`).  The
+server never sees one user's vector, and the noise in the sum was drawn by the users:
+the guarantee holds against the server, as long as at least ``min_users`` users' noise
+shares are in the sum (the round is not unmasked otherwise).  Every user of a round
+adds its noise share; each takes part with its data with probability ``sample_rate``,
+decided by its own secret coin, so the server does not learn who was sampled.
+
+Accounting (per round, Poisson-subsampled, composed over rounds by Rényi DP): the sum of
+``n`` discrete Gaussians of variance ``s**2`` is close to a discrete Gaussian of variance
+``n s**2``; Kairouz et al.'s Proposition 14 bounds its Rényi divergence with the
+rounded vector's L2 and L1 sensitivities and the term ``tau`` (:func:`ddg_rdp`);
+subsampling is accounted with Zhu & Wang's general upper bound for Poisson-subsampled RDP
+(ICML 2019, Theorem 6; :func:`subsampled_rdp`).  The RDP is computed at Opacus's orders
+(a fractional order takes the value of the next integer order, an upper bound since RDP
+grows with the order) and converted to ``(epsilon, delta)`` by Opacus
+(:func:`fedrec.privacy.accounting.epsilon_of_rdp`), so it composes with the
+Gaussian releases of a run (the popularity prior).
+
+When the noise grows large against the rounding (``tau -> 0``, ``gamma -> 0``), the
+accountant is the continuous Gaussian's: ``tests/test_distributed_dp.py`` checks the limit
+against Opacus.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import special
+
+__all__ = ["DistributedDiscreteGaussian", "discrete_gaussian", "rotate", "unrotate", "rotation_signs", "ddg_rdp",
+           "subsampled_rdp", "rounded_l2_bound", "to_flower_grid", "from_flower_sum"]
+
+
+def discrete_gaussian(rng: np.random.Generator, sigma: float, size: int) -> np.ndarray:
+    """``size`` draws of the discrete Gaussian ``N_Z(0, sigma**2)`` (probability of ``x``
+    proportional to ``exp(-x**2 / (2 sigma**2))`` on the integers).
+
+    Canonne, Kamath & Steinke (NeurIPS 2020), Algorithm 3, vectorised: a discrete Laplace
+    proposal of scale ``t = floor(sigma) + 1`` (the difference of two geometric draws),
+    accepted with probability ``exp(-(|y| - sigma**2 / t)**2 / (2 sigma**2))``.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0; got {sigma}")
+    out = np.empty(int(size), dtype=np.int64)
+    t = math.floor(sigma) + 1
+    p = -math.expm1(-1.0 / t)
+    filled = 0
+    while filled < size:
+        want = size - filled
+        n = int(want * 1.6) + 16
+        y = rng.geometric(p, n) - rng.geometric(p, n)
+        keep = rng.random(n) < np.exp(-((np.abs(y) - sigma * sigma / t) ** 2) / (2 * sigma * sigma))
+        got = y[keep][:want]
+        out[filled:filled + len(got)] = got
+        filled += len(got)
+    return out
+
+
+def _fwht(x: np.ndarray) -> np.ndarray:
+    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long)."""
+    x = np.array(x, dtype=np.float64, copy=True)
+    d = x.shape[-1]
+    lead = x.shape[:-1]
+    h = 1
+    while h < d:
+        y = x.reshape(lead + (d // (2 * h), 2, h))
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :] = a + b
+        y[..., 1, :] = a - b
+        h *= 2
+    return x
+
+
+def rotation_signs(seed: int, server_round: int, padded_dim: int) -> np.ndarray:
+    """The round's public random signs of the rotation (``+-1``, ``padded_dim`` of them).
+    They need no secrecy: the rotation only spreads each vector over the coordinates."""
+    return np.random.default_rng([int(seed), int(server_round), 0xD15D]).integers(0, 2, padded_dim) * 2.0 - 1.0
+
+
+def rotate(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """``H diag(signs) x / sqrt(D)`` for each row of ``x`` (zero-padded to ``D = len(signs)``)."""
+    d = len(signs)
+    pad = np.zeros(x.shape[:-1] + (d,))
+    pad[..., : x.shape[-1]] = x
+    return _fwht(pad * signs) / math.sqrt(d)
+
+
+def unrotate(y: np.ndarray, signs: np.ndarray, dim: int) -> np.ndarray:
+    """The inverse of :func:`rotate` (the first ``dim`` coordinates)."""
+    return (_fwht(y) / math.sqrt(len(signs)) * signs)[..., :dim]
+
+
+def rounded_l2_bound(l2: float, beta: float, padded_dim: int) -> float:
+    """L2 norm bound after conditional stochastic rounding of a vector of norm ``l2``
+    (Kairouz et al., Theorem 1 / Proposition 22): ``min(l2 + sqrt(D), sqrt(l2**2 + D/4 +
+    sqrt(2 log(1/beta)) (l2 + sqrt(D)/2)))``, the second only for ``beta > 0``."""
+    b1 = l2 + math.sqrt(padded_dim)
+    if beta <= 0:
+        return b1
+    b2 = math.sqrt(l2 * l2 + padded_dim / 4 + math.sqrt(2 * math.log(1 / beta)) * (l2 + math.sqrt(padded_dim) / 2))
+    return min(b1, b2)
+
+
+def ddg_rdp(order: int, *, l2_scale: float, l1_scale: float, tau: float, dim: int) -> float:
+    """RDP at integer ``order`` of the sum of the users' discrete Gaussians (no sampling):
+    Kairouz et al., Proposition 14, with the sensitivities in units of the sum's standard
+    deviation (``l2_scale = Delta_2 / (sqrt(n) s)``, likewise ``l1_scale``) and ``tau``
+    from their Theorem 1 (0 for one discrete Gaussian)."""
+    a = float(order)
+    return min(a / 2 * l2_scale ** 2 + tau * dim,
+               a / 2 * (l2_scale ** 2 + 2 * l1_scale * tau + tau ** 2 * dim),
+               a / 2 * (l2_scale + math.sqrt(dim) * tau) ** 2)
+
+
+def subsampled_rdp(order: int, q: float, rdp) -> float:
+    """Zhu & Wang's general upper bound (ICML 2019, Theorem 6) on the RDP at integer
+    ``order >= 2`` of a mechanism run on a Poisson sample of rate ``q``, given its RDP
+    function ``rdp(order)``; never more than ``rdp(order)`` itself."""
+    a = int(order)
+    if a != order or a < 2:
+        raise ValueError(f"order must be an integer >= 2; got {order}")
+    if q >= 1:
+        return float(rdp(a))
+    if q <= 0:
+        return 0.0
+    terms = [0.0, float(rdp(2))]
+    weights = [(1 - q) ** (a - 1) * (a * q - q + 1), special.comb(a, 2) * q * q * (1 - q) ** (a - 2)]
+    for ell in range(3, a + 1):
+        log_comb = special.gammaln(a + 1) - special.gammaln(ell + 1) - special.gammaln(a - ell + 1)
+        terms.append((ell - 1) * float(rdp(ell)) + log_comb + (a - ell) * math.log1p(-q) + ell * math.log(q))
+        weights.append(3.0)
+    return float(min(special.logsumexp(terms, b=weights) / (a - 1), rdp(a)))
+
+
+def to_flower_grid(values: np.ndarray, *, clipping_range: float, quantization_range: int) -> np.ndarray:
+    """Integers in ``[0, quantization_range)`` as the floats that Flower's SecAgg+
+    quantisation maps back to exactly those integers: ``v * 2C / Q - C``.  With ``C`` and
+    ``Q`` powers of two the arithmetic is exact in float64 and Flower's stochastic rounding
+    has nothing to round (the node's weight must be the workflow's ``max_weight``)."""
+    v = np.asarray(values, dtype=np.float64)
+    return v * (2.0 * clipping_range / quantization_range) - clipping_range
+
+
+def from_flower_sum(aggregate: np.ndarray, *, n_nodes: int, clipping_range: float, quantization_range: int
+                    ) -> np.ndarray:
+    """The integer sum modulo ``quantization_range`` of the nodes' :func:`to_flower_grid`
+    values, from what Flower's SecAgg+ workflow hands the strategy
+    (``(S 2C/Q - n C) / n`` for the sum ``S`` over ``n`` nodes, each of weight 1)."""
+    s = (np.asarray(aggregate, dtype=np.float64) * n_nodes + n_nodes * clipping_range) * (
+        quantization_range / (2.0 * clipping_range))
+    return np.mod(np.rint(s).astype(np.int64), quantization_range)
+
+
+def _check_power_of_two(name: str, x: float) -> None:
+    m, _ = math.frexp(x)
+    if x <= 0 or m != 0.5:
+        raise ValueError(f"{name} must be a power of two; got {x}")
+
+
+@dataclass(frozen=True)
+class DistributedDiscreteGaussian:
+    """The distributed discrete Gaussian as data (see the module docstring).
+
+    Parameters
+    ----------
+    noise_multiplier
+        ``z``: the sum of ``min_users`` noise shares has standard deviation ``z * clip``
+        per coordinate (more shares, more noise).
+    clip
+        L2 bound of each user's release.
+    sample_rate
+        Probability that a user takes part in a round with its data (its own secret coin).
+    min_users
+        The fewest noise shares a round's sum may carry: a round with fewer is not unmasked.
+    max_users
+        The most users whose vectors one sum holds (the field is sized for them).
+    dim
+        Length of a user's release.
+    bits
+        The field is ``2**bits``.
+    delta
+        The ``delta`` epsilon is reported at.
+    beta
+        Conditional rounding: probability bound of a redraw (Kairouz et al.'s ``beta``).
+    k_stddevs
+        The granularity keeps ``k_stddevs`` standard deviations of the sum's coordinates
+        inside the field (Kairouz et al., Section 4.4).
+    """
+
+    noise_multiplier: float
+    clip: float
+    sample_rate: float
+    min_users: int
+    max_users: int
+    dim: int
+    bits: int
+    delta: float
+    beta: float = math.exp(-0.5)
+    k_stddevs: float = 4.0
+
+    unit = "user-level"
+    protects = "everything one user contributes (all of its interactions, every round)"
+    against = "the server and anyone who sees the model: it sees only the noisy sum"
+
+    def __post_init__(self):
+        if self.noise_multiplier <= 0 or self.clip <= 0:
+            raise ValueError(f"noise_multiplier and clip must be > 0; got {self.noise_multiplier}, {self.clip}")
+        if not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1]; got {self.sample_rate}")
+        if not 1 <= self.min_users <= self.max_users:
+            raise ValueError(f"need 1 <= min_users <= max_users; got {self.min_users}, {self.max_users}")
+        if not 2 <= self.bits <= 30:
+            raise ValueError(f"bits must be in [2, 30] (Flower quantises to int32); got {self.bits}")
+        if 2.0 ** (2 * self.bits) <= self.max_users * self.k_stddevs ** 2:
+            raise ValueError(f"bits={self.bits} cannot hold {self.max_users} users' sum at k={self.k_stddevs}")
+
+    # --- derived ---------------------------------------------------------
+    @property
+    def modulus(self) -> int:
+        return 2 ** self.bits
+
+    @property
+    def padded_dim(self) -> int:
+        return 1 << max(0, int(self.dim - 1).bit_length())
+
+    @property
+    def local_std(self) -> float:
+        """Each user's noise standard deviation (in the release's units)."""
+        return self.noise_multiplier * self.clip / math.sqrt(self.min_users)
+
+    @functools.cached_property
+    def gamma(self) -> float:
+        """The granularity: ``k_stddevs`` standard deviations of a coordinate of the sum of
+        ``max_users`` rotated vectors (each of norm ``clip``, all aligned) and their noise
+        fit in the field (Kairouz et al., Section 4.4, with flatness 1)."""
+        n, k, d = self.max_users, self.k_stddevs, self.padded_dim
+        return 2 * k * math.sqrt(self.clip ** 2 * n * n / d + n * self.local_std ** 2) / math.sqrt(
+            4.0 ** self.bits - n * k * k)
+
+    @property
+    def local_std_int(self) -> float:
+        """Each user's noise standard deviation on the integer grid."""
+        return self.local_std / self.gamma
+
+    @property
+    def l2_bound_int(self) -> float:
+        """A user's rounded vector's L2 sensitivity on the integer grid."""
+        return rounded_l2_bound(self.clip / self.gamma, self.beta, self.padded_dim)
+
+    # --- accounting ------------------------------------------------------
+    def rdp(self, order: int) -> float:
+        """RDP of one round at integer ``order`` (subsampled)."""
+        return subsampled_rdp(order, self.sample_rate, self._rdp_one)
+
+    @functools.cached_property
+    def _tau(self) -> float:
+        s2 = self.local_std_int ** 2
+        return 10 * sum(math.exp(-2 * math.pi ** 2 * s2 * k / (k + 1)) for k in range(1, self.min_users))
+
+    def _rdp_one(self, order: int) -> float:
+        sd = math.sqrt(self.min_users) * self.local_std_int
+        l2 = self.l2_bound_int
+        l1 = l2 * min(math.sqrt(self.padded_dim), l2)
+        return ddg_rdp(order, l2_scale=l2 / sd, l1_scale=l1 / sd, tau=self._tau, dim=self.padded_dim)
+
+    @functools.cached_property
+    def rdp_per_round(self) -> np.ndarray:
+        """One round's RDP at Opacus's orders (a fractional order: the next integer's)."""
+        from fedrec.privacy.accounting import rdp_orders
+
+        cache: dict[int, float] = {}
+        out = []
+        for a in rdp_orders():
+            k = max(2, math.ceil(a))
+            if k not in cache:
+                cache[k] = self.rdp(k)
+            out.append(cache[k])
+        arr = np.array(out)
+        arr.setflags(write=False)
+        return arr
+
+    def epsilon(self, rounds: int, extra: tuple = ()) -> float:
+        """Epsilon after ``rounds`` rounds, composed with ``extra`` Gaussian releases
+        ``(noise, rate, steps)`` (the popularity prior)."""
+        from fedrec.privacy.accounting import epsilon_of_rdp, rdp_of
+
+        if rounds <= 0 and not extra:
+            return 0.0
+        return epsilon_of_rdp(self.rdp_per_round * int(rounds) + rdp_of(extra), self.delta)
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, "mechanism": "distributed discrete Gaussian", **asdict(self),
+                "gamma": self.gamma, "local_std": self.local_std}
+
+    # --- the device's and the server's parts -----------------------------
+    def encode(self, releases: np.ndarray, *, signs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Each user's vector in the field: clipped, rotated, scaled, rounded, noised,
+        reduced.  ``releases``: ``(users, dim)``; ``rng``: the device's secret randomness.
+        Returns ``(users, padded_dim)`` integers in ``[0, 2**bits)``."""
+        x = np.atleast_2d(np.asarray(releases, dtype=np.float64))
+        if x.shape[-1] != self.dim or len(signs) != self.padded_dim:
+            raise ValueError(f"releases of length {x.shape[-1]} and {len(signs)} signs; expected {self.dim} and "
+                             f"{self.padded_dim}")
+        out = self.rounded(x, signs=signs, rng=rng)
+        out += discrete_gaussian(rng, self.local_std_int, out.size).reshape(out.shape)
+        return np.mod(out, self.modulus)
+
+    def rounded(self, releases: np.ndarray, *, signs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Steps 1-3 of :meth:`encode`: each user's vector clipped, rotated, scaled and
+        rounded to integers whose L2 norm is at most :attr:`l2_bound_int`."""
+        x = np.atleast_2d(np.asarray(releases, dtype=np.float64))
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x * np.minimum(1.0, self.clip / np.maximum(norm, 1e-300))
+        y = rotate(x, signs) / self.gamma
+        low = np.floor(y)
+        frac = y - low
+        out = np.empty(y.shape, dtype=np.int64)
+        todo = np.arange(len(y))
+        bound2 = self.l2_bound_int ** 2
+        while len(todo):
+            r = low[todo] + (rng.random(frac[todo].shape) < frac[todo])
+            ok = (r * r).sum(axis=1) <= bound2
+            out[todo[ok]] = r[ok].astype(np.int64)
+            todo = todo[~ok]
+        return out
+
+    def decode(self, total: np.ndarray, *, signs: np.ndarray) -> np.ndarray:
+        """The sum of the users' releases (noised) from the field's sum of their vectors."""
+        m = self.modulus
+        v = np.mod(np.asarray(total, dtype=np.int64) + m // 2, m) - m // 2
+        return unrotate(v * self.gamma, signs, self.dim)
