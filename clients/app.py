@@ -75,6 +75,8 @@ def _legacy_train_reply(msg: Message, update: dict[str, np.ndarray], metrics: di
 
     arrays = [np.asarray(update[k], dtype=np.float64) for k in update]
     n = int(metrics[protocol.NUM_EXAMPLES])
+    if protocol.DDP_SUM in update:  # distributed DP: weight 1 (n = max-weight), so the field's values pass unscaled
+        n = int(round(float(config["secagg-max-weight"])))
     # what SecAgg+ would clip: |w * x| > C with w = n / max-weight (Flower clips silently)
     w, clip = n / float(config["secagg-max-weight"]), float(config["secagg-clip"])
     scalars = {k: v for k, v in metrics.items()
@@ -179,7 +181,8 @@ def make_client_app(run_config: dict | None = None, *, node_data: str | None = N
                                      server_round=server_round)
         update, metrics, state = node.train_round(cfg, fed, partition, state, global_params=global_params,
                                                   server_round=server_round,
-                                                  trained_items=protocol.trained_items_of(config))
+                                                  trained_items=protocol.trained_items_of(config),
+                                                  distributed=protocol.distributed_of(config))
         kept = node.save_state(state, directory=directory, server_round=server_round)
         if kept is not None:
             context.state[STATE_KEY] = array_record(kept)

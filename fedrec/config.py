@@ -140,14 +140,19 @@ class FedConfig:
     budget_epsilon: float = _opt(0.0, "interaction-level DP", "> 0: a user declines a round that would take its "
                                  "interaction-level epsilon past this")
     # user-level DP (whole per-user update clipped, Gaussian noise on the sum before the server optimiser)
-    user_dp: str = _opt("off", "user-level DP", "where users' updates are clipped: on the node per user (client), "
-                        "by the server (server; one user per node)",
-                        choices=("off", "client", "server"))
+    user_dp: str = _opt("off", "user-level DP", "where users' updates are clipped and noised: clipped on the node "
+                        "per user (client) or by the server (server; one user per node), noised by the server; or "
+                        "clipped and noised by each user with secure aggregation, the server seeing only the noisy "
+                        "sum (distributed: the distributed discrete Gaussian over SecAgg+)",
+                        choices=("off", "client", "server", "distributed"))
     user_noise_multiplier: float = _opt(0.0, "user-level DP", "noise multiplier on the sum of clipped user updates")
     user_target_epsilon: float = _opt(0.0, "user-level DP", "> 0: calibrate the user-level noise for this epsilon "
                                       "over the planned rounds")
     user_clip: float = _opt(0.1, "user-level DP", "clip of one user's update")
     user_sample_rate: float = _opt(1.0, "user-level DP", "Poisson probability that a user takes part in a round")
+    ddp_min_users: float = _opt(0.8, "user-level DP", "distributed: the fewest users whose noise shares a round's sum "
+                                "must hold (<= 1: a fraction of the federation's users); each user's share is sized "
+                                "for it, and a round with fewer is not unmasked")
     # private ALS (user-level DP by sufficient statistics; fedrec.als)
     als: bool = _opt(False, "private ALS", "train MF by alternating least squares instead of SGD: users solve their "
                      "vectors on the device; the server solves item vectors from noisy per-item sums")
@@ -388,6 +393,11 @@ def _check_user_level(c: FedConfig) -> None:
         _bad(c, "user_noise_multiplier", "user-level DP needs user-noise-multiplier > 0 or user-target-epsilon > 0")
     if c.user_noise_multiplier > 0 and c.user_target_epsilon > 0:
         _bad(c, "user_target_epsilon", "give user-noise-multiplier or user-target-epsilon, not both")
+    if c.ddp_min_users <= 0 or (c.ddp_min_users > 1 and c.ddp_min_users != int(c.ddp_min_users)):
+        _bad(c, "ddp_min_users", "must be a fraction in (0, 1] or a whole number of users")
+    if c.user_dp == "distributed" and c.user_target_epsilon > 0:
+        _bad(c, "user_target_epsilon", "user-dp='distributed' takes user-noise-multiplier (the run reports the "
+             "epsilon of the distributed discrete Gaussian it computes)")
 
 
 def _check_als(c: FedConfig) -> None:
@@ -467,9 +477,23 @@ def _check_across_sections(c: FedConfig) -> None:
         if why:
             _bad(c, "weighting", f"weighting users by their interactions is built for non-private SGD training, "
                  f"not with {why}: use weighting='user'")
-    if c.secure_aggregation and c.user_dp != "off":
-        _bad(c, "secure_aggregation", "SecAgg+ hides single replies, which user-level DP clips on the server or "
-             "sums with the current parameters: use interaction-level DP with secure aggregation")
+    if c.secure_aggregation and c.user_dp in ("client", "server"):
+        _bad(c, "secure_aggregation", "SecAgg+ hides single replies, which central user-level DP clips on the server "
+             "or sums with the current parameters: use user-dp='distributed' (each user noises its share) or "
+             "interaction-level DP with secure aggregation")
+    if c.user_dp == "distributed":
+        if not c.secure_aggregation:
+            _bad(c, "user_dp", "'distributed' adds each user's noise share under secure aggregation: set "
+                 "secure-aggregation")
+        if c.dp:
+            _bad(c, "user_dp", "'distributed' is user-level DP alone: leave interaction-level DP off")
+        if c.prior_noise > 0 or c.train_head > 0:
+            _bad(c, "user_dp", "'distributed' has no distributed popularity prior yet: leave prior-noise and "
+                 "train-head off")
+        if c.row_norm > 0 or c.max_rows > 0:
+            _bad(c, "user_dp", "'distributed' clips each user's whole update: leave row-norm and max-rows off")
+        if c.warm_start:
+            _bad(c, "warm_start", "a warm start composes DP-FedAvg's Gaussian rounds: not with user-dp='distributed'")
     if (c.row_norm > 0 or c.max_rows > 0) and c.dp:
         _bad(c, "row_norm" if c.row_norm > 0 else "max_rows", "row bounds need each user's un-noised rows: not "
              "with interaction-level DP (they compose with user-level DP)")

@@ -344,6 +344,9 @@ class DeviceRecommender:
         if cfg.dp:  # the device's budget, never the server's
             cfg = dataclasses.replace(cfg, budget_epsilon=0.0 if math.isinf(self.policy.max_epsilon)
                                       else self.policy.max_epsilon)
+        elif cfg.user_dp == "distributed":
+            raise PolicyError(f"device {self.path}: user-dp='distributed' is run by fedrec's node cohorts; the "
+                              "on-device recommender does not encode a distributed-DP share yet")
         elif cfg.user_level:  # every round counts for every user (the accountant's Poisson sampling)
             from fedrec.privacy.mechanisms import UserLevel
 

@@ -102,7 +102,11 @@ class RunLog:
             row.update({k: v for k, v in res.items()})
         if self.cfg.dp:  # steps taken by the user who took the most, for the ledger (an upper bound)
             self.max_steps += steps_per_round(self.cfg) if res else 0
-        if self.cfg.user_level:
+        if self.cfg.user_level and getattr(self.server, "ddp", None) is not None:
+            # distributed DP: every round is one Poisson-subsampled release of the distributed
+            # discrete Gaussian sum (unmasked or not: a skipped round is counted too)
+            row["user-epsilon"] = self.server.ddp.epsilon(server_round)
+        elif self.cfg.user_level:
             # user-level epsilon: every round is one step of the Poisson-subsampled
             # Gaussian mechanism on the sum of clipped user updates, for every user
             # (after a warm start from a run at another noise: its rounds composed as they ran)
@@ -155,7 +159,8 @@ class RunLog:
             user_dp = self.server.user_dp
             extra = {"user_clip": user_dp.clipping_norm} if user_dp is not None else {}
             extra["since_best"] = self.since_best
-            if self.cfg.user_level:  # the rounds so far as (noise, rate, rounds) segments: a warm start composes them
+            if self.cfg.user_dp in ("client", "server"):
+                # the rounds so far as (noise, rate, rounds) segments: a warm start composes them
                 extra["user_segments"] = UserLevel.from_config(self.cfg).segments(
                     server_round, getattr(self.server, "user_earlier", ()))
             extra["ledger"] = ledger_entries(self.cfg, server_round, earlier=self.earlier_ledger,
@@ -196,7 +201,7 @@ def _strategy(cfg: FedConfig, fed, model, shapes: dict, head: np.ndarray | None 
         check_nodes(fed.n_nodes, cfg.users_per_node)
         strategy = SecureAggregation(cfg, shapes=shapes, n_nodes=fed.n_nodes,
                                      max_weight=max(len(c) for c in fed.cohorts), item_tables=model.item_tables,
-                                     cold_items=frozen, stop=EarlyStop)
+                                     cold_items=frozen, stop=EarlyStop, n_users=fed.n_users)
     strategy.record.message_config = trained_items_config(head)
     return strategy
 
@@ -371,7 +376,12 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
                        f"q {cfg.sample_rate}")
     if cfg.secure_aggregation:
         privacy.append(f"SecAgg+ (the server sees only each round's sum; clip {cfg.secagg_clip})")
-    if cfg.user_level:
+    if cfg.user_dp == "distributed":
+        ddp = strategy.ddp
+        privacy.append(f"user-level distributed DP (each user clips to {cfg.user_clip} and adds a discrete Gaussian "
+                       f"share; noise {cfg.user_noise_multiplier:.3f} on the sum of at least {ddp.min_users} shares, "
+                       f"{ddp.bits} bits per coordinate) user sample rate {cfg.user_sample_rate}")
+    elif cfg.user_level:
         privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} "
                        f"clip {cfg.user_clip} user sample rate {cfg.user_sample_rate}")
     if cfg.als:
@@ -463,7 +473,23 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
             "popularity_prior_noise": cfg.prior_noise or None,
             "note": "epsilon after all rounds (the model of the selected round was released earlier, at no more)",
         })
-    if cfg.user_level:
+    ddp = getattr(log.server, "ddp", None)
+    if cfg.user_level and ddp is not None:
+        units.append({
+            "unit": "user-level",
+            "protects": ddp.protects,
+            "mechanism": "distributed DP: each user clips its update, rotates, rounds and adds a discrete Gaussian "
+                         "share on its device; SecAgg+ releases only the sum in the field, which the server decodes",
+            "holds_against": ddp.against + f" (semi-honest, as long as at least {ddp.min_users} users' shares are "
+                             "in each sum: a round with fewer is not unmasked)",
+            "accountant": "distributed discrete Gaussian RDP (Kairouz et al. 2021, Prop. 14; Poisson user sampling, "
+                          "Zhu & Wang 2019 Thm 6), opacus conversion",
+            **{k: v for k, v in ddp.to_dict().items() if k not in ("unit", "mechanism")},
+            "rounds": last.get("round"),
+            "epsilon": last.get("user-epsilon"),
+            "note": "every round counts, including rounds not unmasked",
+        })
+    elif cfg.user_level:
         units.append({
             "unit": "user-level",
             "protects": "everything one user contributes (all of its interactions, every round)",

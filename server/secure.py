@@ -49,7 +49,6 @@ wrappers clip single replies).
 
 from __future__ import annotations
 
-import math
 from logging import WARNING
 
 import numpy as np
@@ -59,6 +58,14 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 
 from fedrec.federated import protocol
 from fedrec.config import FedConfig
+from fedrec.privacy.distributed import (
+    MODULUS_RANGE,
+    SECAGG_CLIP,
+    auto_quantization_range,
+    distributed_mechanism,
+    from_flower_sum,
+    rotation_signs,
+)
 from fedrec_app.server.strategy import (
     COUNTS_KEY,
     RunRecord,
@@ -77,14 +84,6 @@ from fedrec_app.server.strategy import (
 __all__ = ["SecureAggregation", "secagg_workflow", "check_nodes", "auto_quantization_range", "quantization_bound",
            "MODULUS_RANGE"]
 
-MODULUS_RANGE = 2**32
-
-
-def auto_quantization_range(n_nodes: int, modulus_range: int = MODULUS_RANGE) -> int:
-    """Largest power of two ``Q <= 2**30`` with ``n_nodes * Q < modulus_range``: the sum of
-    ``n_nodes`` values in ``[0, Q]`` cannot wrap around the modulus."""
-    k = int(math.log2(modulus_range)) - math.ceil(math.log2(max(n_nodes, 1) + 1))
-    return 2 ** max(1, min(30, k))
 
 
 def quantization_bound(num_examples, *, clipping_range: float, quantization_range: int, max_weight: float) -> float:
@@ -108,14 +107,27 @@ def _fraction_or_count(x: float) -> float | int:
 
 
 def secagg_workflow(cfg: FedConfig, *, n_nodes: int, max_weight: int):
-    """Flower's ``SecAggPlusWorkflow`` with the run's settings (see the module docstring)."""
+    """Flower's ``SecAggPlusWorkflow`` with the run's settings (see the module docstring).
+    With distributed DP its clipping range is :data:`SECAGG_CLIP` (the field's integers
+    pass exactly), and before the unmasking stage it asks the strategy
+    (:meth:`SecureAggregation.may_unmask`) whether the surviving nodes hold enough noise
+    shares: a round with too few is not unmasked."""
     from flwr.server.workflow import SecAggPlusWorkflow
 
-    return SecAggPlusWorkflow(
+    class Workflow(SecAggPlusWorkflow):
+        def unmask_stage(self, grid, context, state):
+            shares = sum(int(res.metrics.get(protocol.NOISE_SHARES, 0)) for proxy, res in state.legacy_results
+                         if int(proxy.node_id) in state.active_node_ids)
+            if not context.strategy.may_unmask(shares):
+                return False
+            return super().unmask_stage(grid, context, state)
+
+    distributed = cfg.user_dp == "distributed"
+    return (Workflow if distributed else SecAggPlusWorkflow)(
         num_shares=_fraction_or_count(cfg.secagg_shares),
         reconstruction_threshold=_fraction_or_count(cfg.secagg_threshold),
         max_weight=float(max_weight),
-        clipping_range=cfg.secagg_clip,
+        clipping_range=SECAGG_CLIP if distributed else cfg.secagg_clip,
         quantization_range=cfg.secagg_quantization or auto_quantization_range(n_nodes),
         timeout=cfg.round_timeout,
     )
@@ -144,12 +156,21 @@ class SecureAggregation(LegacyStrategy):
 
     def __init__(self, cfg: FedConfig, *, shapes: dict[str, tuple[int, ...]], n_nodes: int, max_weight: int,
                  item_tables: tuple[str, ...] = (), cold_items=None, on_round=None,
-                 stop: type[Exception] = StopIteration):
+                 stop: type[Exception] = StopIteration, n_users: int | None = None):
         super().__init__()
         self.cfg, self.n_nodes, self.max_weight = cfg, n_nodes, max_weight
         self.keys = tuple(shapes)
         self.item_tables = tuple(t for t in item_tables if t in shapes)
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.ddp = None  # distributed DP: the mechanism, whose sum the server decodes
+        self.n_users = n_users
+        if cfg.user_dp == "distributed":
+            if n_users is None:
+                raise ValueError("distributed DP needs the federation's number of users")
+            self.param_shapes = dict(self.shapes)
+            dim = sum(int(np.prod(v)) for v in self.shapes.values())
+            self.ddp = distributed_mechanism(cfg, n_users=n_users, n_nodes=n_nodes, dim=dim)
+            self.shapes = {protocol.DDP_SUM: (self.ddp.padded_dim,)}
         if cfg.aggregation == "itemwise":
             if not self.item_tables:
                 raise ValueError("item-wise aggregation needs a model with item tables")
@@ -167,7 +188,10 @@ class SecureAggregation(LegacyStrategy):
     def _config(self, server_round: int) -> dict:
         return {protocol.SERVER_ROUND: server_round, **mechanism_config(self.cfg),
                 protocol.PARAM_KEYS: ",".join(self.keys),
-                "secagg-clip": float(self.cfg.secagg_clip), "secagg-max-weight": float(self.max_weight),
+                **({} if self.ddp is None else protocol.distributed_config(
+                    min_users=self.ddp.min_users, max_users=self.ddp.max_users, bits=self.ddp.bits)),
+                "secagg-clip": float(SECAGG_CLIP if self.ddp is not None else self.cfg.secagg_clip),
+                "secagg-max-weight": float(self.max_weight),
                 **self.record.message_config}
 
     def _nodes(self, client_manager) -> dict[int, object]:
@@ -185,6 +209,35 @@ class SecureAggregation(LegacyStrategy):
         except self.stop as e:
             self.stopped = str(e)
 
+    def may_unmask(self, shares: int) -> bool:
+        """Distributed DP: whether the surviving nodes' ``shares`` noise shares are enough to
+        unmask the round's sum (the mechanism's ``min_users``); otherwise the round is
+        skipped before the server learns anything of it."""
+        if self.ddp is None or shares >= self.ddp.min_users:
+            return True
+        r = self._round
+        info = self.record.info(r)
+        info.update({"skipped": 1, "noise-shares": shares})
+        self.record.rejected.append((r, -1, f"{shares} noise shares survived, fewer than the {self.ddp.min_users} "
+                                            "the noise is sized for: the sum was not unmasked"))
+        log(WARNING, "round %d: only %d noise shares survived (at least %d needed): not unmasked, parameters "
+            "unchanged", r, shares, self.ddp.min_users)
+        return False
+
+    def _decode(self, server_round: int, aggregate: np.ndarray, n_nodes: int) -> dict[str, np.ndarray]:
+        """The round's update from the decoded sum: the users' clipped updates plus the noise
+        of every share, over the expected number of users (a fixed denominator)."""
+        total = from_flower_sum(aggregate, n_nodes=n_nodes, clipping_range=SECAGG_CLIP,
+                                quantization_range=self.ddp.modulus)
+        flat = self.ddp.decode(total, signs=rotation_signs(self.cfg.seed, server_round, self.ddp.padded_dim))
+        flat = flat / (self.cfg.user_sample_rate * self.n_users)
+        out, at = {}, 0
+        for k in sorted(self.param_shapes):
+            n = int(np.prod(self.param_shapes[k]))
+            out[k] = flat[at:at + n].reshape(self.param_shapes[k])
+            at += n
+        return out
+
     # --- legacy Strategy -------------------------------------------------
     def initialize_parameters(self, client_manager):
         return ndarrays_to_parameters([self.initial[k] for k in self.keys])
@@ -193,6 +246,7 @@ class SecureAggregation(LegacyStrategy):
         if self.stopped:
             return []
         r = server_round + self.offset
+        self._round = r
         self.optimizer.current = dict(zip(self.keys, parameters_to_ndarrays(parameters)))
         nodes = self._nodes(client_manager)
         chosen = sample_nodes(self.cfg.seed, r, nodes, self.cfg.fraction_train)
@@ -221,12 +275,17 @@ class SecureAggregation(LegacyStrategy):
                      "missing": max(0, info.get("sent", 0) - len(results) - len(failures))})
         if metrics:
             self.record.train[r] = dict(aggregate_train_metrics(metrics))
+            if self.ddp is not None:  # every user adds a share; who trained is the users' secret
+                self.record.train[r].pop("users", None)
         clipped = int(sum(m.get("secagg-clipped", 0) for m in metrics))
         if clipped:
             info["secagg-clipped"] = clipped
             log(WARNING, "round %d: %d values outside the clipping range +-%g were clipped by SecAgg+", r, clipped,
                 self.cfg.secagg_clip)
-        if not results or bad or failures or info["contributing"] < self.cfg.min_replies:
+        # distributed DP: SecAgg+ removed the masks of the nodes that dropped out, and the noise
+        # shares that survived were counted before unmasking (may_unmask), so the sum stands
+        dropped = bool(failures) and self.ddp is None
+        if not results or bad or dropped or info["contributing"] < self.cfg.min_replies:
             # a masked sum cannot be taken apart: one bad reply spoils the round
             info["skipped"] = 1
             log(WARNING, "round %d: %d results, %d failures, %d malformed; global parameters unchanged",
@@ -240,6 +299,12 @@ class SecureAggregation(LegacyStrategy):
             self.record.rejected.append((r, -1, f"aggregate: {reason}"))
             log(WARNING, "round %d: unusable aggregate (%s); global parameters unchanged", r, reason)
             return None, {}
+        if self.ddp is not None:
+            shares = int(sum(m.get(protocol.NOISE_SHARES, 0) for m in metrics))
+            info["noise-shares"] = shares
+            update = self._decode(r, mean[protocol.DDP_SUM], len(results))
+            new = self.optimizer.step(update)
+            return ndarrays_to_parameters([new[k] for k in self.keys]), self.record.train[r]
         update = {k: mean[k] for k in self.keys}
         if self.cfg.aggregation == "itemwise":
             update = itemwise_scale(update, mean[COUNTS_KEY], self.item_tables)

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -124,6 +124,11 @@ class LocalConfig:
     max_rows : int
         > 0: robustness bound: a user's release keeps at most this many item rows,
         those of largest norm (the others are dropped).
+    user_releases : callable or None
+        Receives each chunk of users' clipped releases, ``{name: (chunk, *shape)
+        float64 tensor}`` with the users in order, instead of their mean being taken
+        (distributed DP encodes each user's release on its own); the update the engine
+        returns is then zero.
     """
 
     user_lr: float = 0.5
@@ -138,6 +143,7 @@ class LocalConfig:
     update_clip: float = 0.0
     row_norm: float = 0.0
     max_rows: int = 0
+    user_releases: Callable | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not 0 < self.sample_rate <= 1:
@@ -165,8 +171,8 @@ class LocalConfig:
         return cls(user_lr=cfg.user_lr, user_steps=cfg.user_steps, item_steps=cfg.item_steps,
                    negatives=cfg.negatives, sample_rate=cfg.sample_rate, noise_multiplier=cfg.noise_multiplier,
                    max_grad_norm=cfg.max_grad_norm, interaction_cap=cfg.interaction_cap, user_l2=cfg.user_l2,
-                   update_clip=cfg.user_clip if cfg.user_dp == "client" else 0.0, row_norm=cfg.row_norm,
-                   max_rows=cfg.max_rows)
+                   update_clip=cfg.user_clip if cfg.user_dp in ("client", "distributed") else 0.0,
+                   row_norm=cfg.row_norm, max_rows=cfg.max_rows)
 
     @property
     def row_bounds(self) -> bool:
@@ -775,7 +781,8 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
     owner = keys // n_items
     item = keys % n_items
     out = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in params.items()}
-    if noise_std is None:
+    sink = cfg.user_releases
+    if noise_std is None and sink is None:
         if cfg.row_bounds:  # robustness: each (user, item) row bounded, at most max_rows rows per user
             f = row_bound_factors(owner, {t: g / steps for t, g in r_tab.items()}, row_norm=cfg.row_norm,
                                   max_rows=cfg.max_rows)
@@ -797,7 +804,6 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
             hi = min(k, lo + chunk)
             sel = (owner >= lo) & (owner < hi)
             o, it = owner[sel] - lo, item[sel]
-            std = noise_std[lo:hi]
             parts = {}
             for n, v in params.items():
                 dense_u = torch.zeros((hi - lo,) + tuple(v.shape), dtype=torch.float64, device=v.device)
@@ -805,12 +811,18 @@ def clipped_user_mean(r_tab, r_den, keys, k, n_items, cfg, params, *, noise_std,
                     dense_u[o, it] = r_tab[n][sel] / steps
                 else:
                     dense_u += r_den[n][lo:hi] / steps
-                noise = gaussian(dense_u.shape, generator, v.dtype, v.device).double()
-                if trainable is not None and n in r_tab:
-                    noise = noise * trainable.reshape((1, -1) + (1,) * (noise.dim() - 2)).double()
-                parts[n] = dense_u + _bc(std, dense_u) * noise
+                if noise_std is not None:
+                    noise = gaussian(dense_u.shape, generator, v.dtype, v.device).double()
+                    if trainable is not None and n in r_tab:
+                        noise = noise * trainable.reshape((1, -1) + (1,) * (noise.dim() - 2)).double()
+                    dense_u = dense_u + _bc(noise_std[lo:hi], dense_u) * noise
+                parts[n] = dense_u
             norm = sum(_sq(p) for p in parts.values()).sqrt()
-            factor = torch.clamp(cfg.update_clip / (norm + 1e-12), max=1.0)
+            factor = (torch.clamp(cfg.update_clip / (norm + 1e-12), max=1.0) if cfg.update_clip > 0
+                      else torch.ones_like(norm))
+            if sink is not None:  # each user's release (-gradient), clipped
+                sink({n: -(_bc(factor, p) * p) for n, p in parts.items()})
+                continue
             for n, p in parts.items():
                 out[n] += (_bc(factor, p) * p).sum(0)
     return {n: (-out[n] / k).to(v.dtype) for n, v in params.items()}

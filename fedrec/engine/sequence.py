@@ -161,7 +161,7 @@ def train_sequences(model: SequentialModel, params: dict[str, torch.Tensor], his
                 r_den[d].index_add_(0, owner[sl], g * w.reshape((-1,) + (1,) * (g.dim() - 1)))
         update = clipped_user_mean({"item_embedding": r_tab[:dummy]}, r_den, uniq, k, n_items,
                                     LocalConfig(update_clip=cfg.update_clip, row_norm=cfg.row_norm,
-                                                max_rows=cfg.max_rows),
+                                                max_rows=cfg.max_rows, user_releases=cfg.user_releases),
                                     params, noise_std=None, generator=generator)
     loss = float((user_loss / torch.as_tensor(n_pos)).mean())
     items_np = np.concatenate([inp_np[mask_np], cand_np[mask_np].reshape(-1)])

@@ -229,6 +229,51 @@ def compute_device(name: str) -> torch.device | None:
     return dev
 
 
+class DistributedRelease:
+    """A node's distributed-DP release in the making: its users' vectors, each encoded by
+    the user (:meth:`fedrec.privacy.distributed.DistributedDiscreteGaussian.encode`), summed
+    in the field.  Every user of the node adds its noise share; those that train add
+    their clipped release too (:meth:`add`), the others their share alone (:meth:`add_noise`).
+    The parameters travel flattened in sorted name order."""
+
+    def __init__(self, cfg: FedConfig, fed: Federation, global_params: dict[str, np.ndarray], server_round: int,
+                 rng: np.random.Generator, field: dict | None = None):
+        from fedrec.privacy.distributed import distributed_mechanism, rotation_signs
+
+        self.names = sorted(global_params)
+        dim = sum(int(np.prod(global_params[n].shape)) for n in self.names)
+        self.mech = distributed_mechanism(cfg, n_users=fed.n_users, n_nodes=fed.n_nodes, dim=dim, field=field)
+        self.signs = rotation_signs(cfg.seed, server_round, self.mech.padded_dim)
+        self.rng = rng
+        self.total = np.zeros(self.mech.padded_dim, dtype=np.int64)
+        self.users = 0
+
+    def add(self, releases: dict[str, torch.Tensor]) -> None:
+        flat = np.concatenate([releases[n].reshape(releases[n].shape[0], -1).cpu().numpy() for n in self.names],
+                              axis=1)
+        for lo in range(0, len(flat), 64):
+            enc = self.mech.encode(flat[lo:lo + 64], signs=self.signs, rng=self.rng)
+            self.total = np.mod(self.total + enc.sum(axis=0), self.mech.modulus)
+        self.users += len(flat)
+
+    def add_noise(self, users: int) -> None:
+        """The noise shares of ``users`` users who add no data this round."""
+        from fedrec.privacy.distributed import discrete_gaussian
+
+        d = self.mech.padded_dim
+        for lo in range(0, users, 64):
+            b = min(64, users - lo)
+            shares = discrete_gaussian(self.rng, self.mech.local_std_int, b * d).reshape(b, d)
+            self.total = np.mod(self.total + shares.sum(axis=0), self.mech.modulus)
+        self.users += users
+
+    def reply(self) -> dict[str, np.ndarray]:
+        from fedrec.privacy.distributed import SECAGG_CLIP, to_flower_grid
+
+        return {protocol.DDP_SUM: to_flower_grid(self.total, clipping_range=SECAGG_CLIP,
+                                                 quantization_range=self.mech.modulus)}
+
+
 def train_round(
     cfg: FedConfig,
     fed: Federation,
@@ -238,8 +283,13 @@ def train_round(
     global_params: dict[str, np.ndarray],
     server_round: int,
     trained_items: np.ndarray | None = None,
+    distributed: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], dict, NodeState]:
     """Train the node's users for one round.
+
+    ``distributed`` (``user-dp='distributed'``): the field the server sized
+    (:func:`fedrec.federated.protocol.distributed_of`); without it the node sizes it from
+    ``fed``, which is right only where ``fed`` is the whole federation (in one process).
 
     ``trained_items`` (``train-head``: the items the server trains, sent with the
     message; :func:`fedrec.federated.protocol.trained_items_of`): a sample's gradients with respect to the other
@@ -279,6 +329,8 @@ def train_round(
     steps, rounds = state.dp_steps.copy(), state.rounds.copy()
     device = compute_device(cfg.device)
     pairs = 0
+    ddp = (DistributedRelease(cfg, fed, global_params, server_round, randomness.numpy(), distributed)
+           if cfg.user_dp == "distributed" else None)
     if k:
         idx = np.flatnonzero(active)
         user_pairs = np.diff(fed.split.train.indptr)[state.users[idx]] * cfg.negatives
@@ -294,7 +346,8 @@ def train_round(
                 cfg=cfg, fed=fed, model=model, params=params,
                 local={n: torch.as_tensor(v[part]) for n, v in state.local.items()}, users=state.users[part],
                 server_round=server_round, generator=gen, dp_key=dp_key, trainable=trainable, device=device,
-                weights=weights[np.searchsorted(idx, part)] if weights is not None else None))
+                weights=weights[np.searchsorted(idx, part)] if weights is not None else None,
+                user_releases=None if ddp is None else ddp.add))
             w = len(part) / k
             for n, v in res.local.items():
                 local[n][part] = v.numpy().astype(np.float32)
@@ -307,6 +360,16 @@ def train_round(
         rounds[active] += 1
     update = {n: v.astype(np.float32) for n, v in update.items()}
     new = NodeState(state.users, local, steps, rounds)
+    if ddp is not None:
+        # every user of the node adds its noise share, whether or not its secret coin had it train;
+        # the reply names no count of those that trained
+        ddp.add_noise(len(state.users) - k)
+        update = ddp.reply()
+        metrics = {protocol.NUM_EXAMPLES: len(state.users), protocol.NOISE_SHARES: ddp.users,
+                   protocol.DECLINED: declined}
+        new.release_round, new.release_metrics = server_round, dict(metrics)
+        new.release = {n: v.copy() for n, v in update.items()}
+        return update, metrics, new
     if cfg.user_level:
         # user-level DP: the reply is (global parameters + the SUM of the users'
         # clipped updates), the form Flower's DP wrappers clip and noise

@@ -50,7 +50,44 @@ import numpy as np
 from scipy import special
 
 __all__ = ["DistributedDiscreteGaussian", "discrete_gaussian", "rotate", "unrotate", "rotation_signs", "ddg_rdp",
-           "subsampled_rdp", "rounded_l2_bound", "to_flower_grid", "from_flower_sum"]
+           "subsampled_rdp", "rounded_l2_bound", "to_flower_grid", "from_flower_sum", "auto_quantization_range",
+           "distributed_mechanism", "SECAGG_CLIP"]
+
+#: SecAgg+'s clipping range in a distributed-DP round: a power of two, so that the field's
+#: integers written on Flower's quantisation grid come back exactly (:func:`to_flower_grid`).
+SECAGG_CLIP = 1.0
+MODULUS_RANGE = 2**32  # Flower's SecAgg+ modulus
+
+
+def auto_quantization_range(n_nodes: int, modulus_range: int = MODULUS_RANGE) -> int:
+    """Largest power of two ``Q <= 2**30`` with ``n_nodes * Q < modulus_range``: the sum of
+    ``n_nodes`` values in ``[0, Q]`` cannot wrap around SecAgg+'s modulus."""
+    k = int(math.log2(modulus_range)) - math.ceil(math.log2(max(n_nodes, 1) + 1))
+    return 2 ** max(1, min(30, k))
+
+
+def distributed_mechanism(cfg, *, n_users: int = 0, n_nodes: int = 0, dim: int,
+                          field: dict | None = None) -> "DistributedDiscreteGaussian":
+    """The distributed discrete Gaussian of a run (``cfg``: a resolved
+    :class:`fedrec.config.FedConfig` with ``user-dp='distributed'``) over a federation of
+    ``n_users`` users on ``n_nodes`` nodes, for a release of ``dim`` values: the field is
+    SecAgg+'s quantisation range (``secagg-quantization``, or the automatic one).
+    ``field`` (``min_users``, ``max_users``, ``bits``; what the server sized and sent)
+    replaces the sizing: a node knows only its own users."""
+    if field is not None:
+        return DistributedDiscreteGaussian(
+            noise_multiplier=float(cfg.user_noise_multiplier), clip=float(cfg.user_clip),
+            sample_rate=float(cfg.user_sample_rate), dim=int(dim), delta=float(cfg.delta), **field)
+    q_range = int(cfg.secagg_quantization) or auto_quantization_range(n_nodes)
+    _check_power_of_two("secagg-quantization", q_range)
+    m = float(cfg.ddp_min_users)
+    min_users = int(math.ceil(m * n_users - 1e-9)) if m <= 1 else int(m)
+    if min_users > n_users:
+        raise ValueError(f"ddp-min-users={cfg.ddp_min_users}: the federation has {n_users} users")
+    return DistributedDiscreteGaussian(
+        noise_multiplier=float(cfg.user_noise_multiplier), clip=float(cfg.user_clip),
+        sample_rate=float(cfg.user_sample_rate), min_users=max(1, min_users), max_users=int(n_users), dim=int(dim),
+        bits=int(math.log2(q_range)), delta=float(cfg.delta))
 
 
 def discrete_gaussian(rng: np.random.Generator, sigma: float, size: int) -> np.ndarray:

@@ -8,6 +8,8 @@ releases instead of starting its accounting from zero.  One entry per mechanism:
 - ``{"unit": "interaction-level", "mechanism": "dp-sgd", "segments": [[noise, rate, steps]]}``
   (steps: the most any user took, an upper bound on every user's)
 - ``{"unit": "user-level", "mechanism": "private-als", "rounds": n}``
+- ``{"unit": "user-level", "mechanism": "distributed-dp", "rounds": n}`` (the distributed
+  discrete Gaussian; not continued by a warm start)
 - ``{"unit": "none", "rounds": n}``: rounds trained on private data without DP: every
   later epsilon is infinite.
 
@@ -24,7 +26,9 @@ def units_of(cfg) -> list[str]:
     out = []
     if cfg.dp:
         out.append("dp-sgd")
-    if cfg.user_level:
+    if cfg.user_dp == "distributed":
+        out.append("distributed-dp")
+    elif cfg.user_level:
         out.append("dp-fedavg")
     if cfg.als_private:
         out.append("private-als")
@@ -46,6 +50,8 @@ def ledger_entries(cfg, rounds: int, *, earlier: list | None = None, max_steps: 
     if "dp-fedavg" in units:
         out.append({"unit": "user-level", "mechanism": "dp-fedavg", "prior_noise": float(cfg.prior_noise),
                     "segments": [list(s) for s in (user_segments or [])]})
+    if "distributed-dp" in units:
+        out.append({"unit": "user-level", "mechanism": "distributed-dp", "rounds": int(rounds)})
     if "private-als" in units:
         out.append({"unit": "user-level", "mechanism": "private-als", "rounds": int(rounds)})
     return out

@@ -202,6 +202,9 @@ def _epsilons(mech, counts) -> np.ndarray:
 def mechanisms_of(cfg) -> list:
     """The mechanisms a (resolved) config runs, in the order reports list them."""
     out = []
+    if cfg.user_dp == "distributed":
+        raise ValueError("user-dp='distributed': its mechanism depends on the federation and the model "
+                         "(fedrec.privacy.distributed.distributed_mechanism)")
     if cfg.dp:
         out.append(InteractionLevel.from_config(cfg))
     if cfg.user_level:

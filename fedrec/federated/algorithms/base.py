@@ -16,6 +16,7 @@ ALS releases sufficient statistics, and has a server of its own) is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -43,7 +44,9 @@ class UserBatch:
     parameters as received (never modified).  ``generator`` and ``dp_key`` are the node's
     secret DP randomness (``None`` in a run without DP); ``trainable`` (``train-head``) is
     the mask of item rows the server trains; ``weights`` the users' weights in the node's
-    release (``weighting='interaction'``; ``None``: equal).
+    release (``weighting='interaction'``; ``None``: equal); ``user_releases`` (distributed
+    DP) receives each chunk of the users' clipped releases instead of their mean
+    (:class:`fedrec.engine.cohort.LocalConfig`'s ``user_releases``).
     """
 
     cfg: FedConfig
@@ -58,6 +61,15 @@ class UserBatch:
     trainable: torch.Tensor | None = None
     device: torch.device | None = None
     weights: np.ndarray | None = None
+    user_releases: Callable | None = None
+
+    def local_config(self):
+        """What each user of the batch does this round (:class:`fedrec.engine.cohort.LocalConfig`)."""
+        import dataclasses
+
+        from fedrec.engine.cohort import LocalConfig
+
+        return dataclasses.replace(LocalConfig.from_settings(self.cfg), user_releases=self.user_releases)
 
 
 @dataclass

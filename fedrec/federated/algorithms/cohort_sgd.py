@@ -22,11 +22,11 @@ class CohortSGD(TrainingAlgorithm):
                 if is_sequential(model_class) else None)
 
     def train_users(self, batch: UserBatch) -> TrainedUsers:
-        from fedrec.engine import LocalConfig, train_cohort
+        from fedrec.engine import train_cohort
 
         cfg = batch.cfg
         return train_cohort(batch.model, batch.local, batch.params, batch.fed.split.train, batch.users,
-                            LocalConfig.from_settings(cfg),
+                            batch.local_config(),
                             seed=cfg.seed, server_round=batch.server_round, generator=batch.generator,
                             dp_key=batch.dp_key, generic=cfg.engine == "generic", trainable=batch.trainable,
                             device=batch.device, user_weights=batch.weights)

@@ -36,11 +36,10 @@ class Sequential(TrainingAlgorithm):
         return position_weights(histories(fed, "train"), users)
 
     def train_users(self, batch: UserBatch) -> TrainedUsers:
-        from fedrec.engine.cohort import LocalConfig
         from fedrec.engine.sequence import train_sequences
         from fedrec.federated.federation import histories
 
         cfg = batch.cfg
         return train_sequences(batch.model, batch.params, histories(batch.fed, "train"), batch.fed.split.train,
-                               batch.users, LocalConfig.from_settings(cfg), seed=cfg.seed,
+                               batch.users, batch.local_config(), seed=cfg.seed,
                                server_round=batch.server_round, generator=batch.generator, user_weights=batch.weights)
