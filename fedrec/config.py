@@ -153,6 +153,8 @@ class FedConfig:
     ddp_min_users: float = _opt(0.8, "user-level DP", "distributed: the fewest users whose noise shares a round's sum "
                                 "must hold (<= 1: a fraction of the federation's users); each user's share is sized "
                                 "for it, and a round with fewer is not unmasked")
+    ddp_noise: str = _opt("skellam", "user-level DP", "distributed: each user's integer noise share, skellam (a sum of "
+                          "shares is one Skellam draw) or discrete-gaussian", choices=("skellam", "discrete-gaussian"))
     # private ALS (user-level DP by sufficient statistics; fedrec.als)
     als: bool = _opt(False, "private ALS", "train MF by alternating least squares instead of SGD: users solve their "
                      "vectors on the device; the server solves item vectors from noisy per-item sums")

@@ -9,11 +9,13 @@ from scipy.linalg import hadamard
 
 from fedrec.privacy.accounting import epsilon, epsilon_of_rdp, rdp_of, rdp_orders
 from fedrec.privacy.distributed import (
-    DistributedDiscreteGaussian,
+    DistributedDP,
     _fwht,
     ddg_rdp,
     discrete_gaussian,
     from_flower_sum,
+    skellam,
+    skellam_rdp,
     rotate,
     rotation_signs,
     rounded_l2_bound,
@@ -26,7 +28,7 @@ from fedrec.privacy.distributed import (
 def mech(**kw):
     base = dict(noise_multiplier=1.0, clip=1.0, sample_rate=1.0, min_users=8, max_users=10, dim=40, bits=20,
                 delta=1e-5)
-    return DistributedDiscreteGaussian(**{**base, **kw})
+    return DistributedDP(**{**base, **kw})
 
 
 @pytest.mark.parametrize("sigma", [0.6, 1.5, 4.0])
@@ -47,6 +49,29 @@ def test_the_sampler_has_the_variance_of_a_wide_discrete_gaussian():
     x = discrete_gaussian(np.random.default_rng(2), 300.0, 400_000)
     assert abs(x.mean()) < 5 * 300 / math.sqrt(400_000)
     assert x.std() == pytest.approx(300.0, rel=0.01)
+
+
+def test_the_skellam_sampler_and_a_sum_of_shares_is_one_skellam():
+    rng = np.random.default_rng(8)
+    x = skellam(rng, 50.0, 400_000)
+    assert x.dtype == np.int64 and abs(x.mean()) < 5 * math.sqrt(50 / 400_000)
+    assert x.var() == pytest.approx(50.0, rel=0.01)
+    m = mech(noise="skellam", dim=2000, bits=24)
+    shares = np.array([m.noise_sum(7, rng) for _ in range(40)])
+    assert shares.var() == pytest.approx(7 * m.local_std_int ** 2, rel=0.02)
+    dg = mech(noise="discrete-gaussian", dim=2000, bits=24)
+    shares = np.array([dg.noise_sum(7, rng) for _ in range(40)])
+    assert shares.var() == pytest.approx(7 * dg.local_std_int ** 2, rel=0.02)
+
+
+def test_the_skellam_bound_is_theorem_three_five_by_hand():
+    a, l2, l1, mu = 4, 30.0, 200.0, 5000.0
+    by_hand = 4 * 900 / (2 * 5000) + min((7 * 900 + 6 * 200) / (4 * 5000 ** 2), 3 * 200 / (2 * 5000))
+    assert skellam_rdp(a, l2=l2, l1=l1, variance=mu) == pytest.approx(by_hand)
+    m = mech(noise="skellam")
+    sd = math.sqrt(m.min_users) * m.local_std_int
+    l2 = m.l2_bound_int
+    assert m._rdp_one(5) == pytest.approx(skellam_rdp(5, l2=l2, l1=l2 * min(8.0, l2), variance=sd * sd))
 
 
 def test_the_rotation_is_the_normalised_hadamard_transform_and_inverts():
@@ -119,13 +144,14 @@ def test_the_subsampling_bound_by_hand_and_against_opacus():
         subsampled_rdp(2.5, q, gauss)
 
 
-def test_in_the_continuous_limit_the_accountant_is_opacus_gaussian():
+@pytest.mark.parametrize("noise", ["skellam", "discrete-gaussian"])
+def test_in_the_continuous_limit_the_accountant_is_opacus_gaussian(noise):
     """Fine granularity (30 bits, few users) and wide noise: no rounding inflation to
     speak of, tau 0, no sampling: each integer order's RDP is the Gaussian's of Opacus,
     and the epsilon is Opacus's within the cost of integer orders."""
     from opacus.accountants.analysis.rdp import compute_rdp
 
-    m = mech(noise_multiplier=1.5, min_users=4, max_users=4, dim=16, bits=30)
+    m = mech(noise_multiplier=1.5, min_users=4, max_users=4, dim=16, bits=30, noise=noise)
     assert m._tau == 0.0
     orders = np.array(rdp_orders())
     ints = np.flatnonzero(orders == np.round(orders))
@@ -146,8 +172,9 @@ def test_epsilon_composes_rounds_and_the_prior():
     assert mech(min_users=2, sample_rate=0.3).epsilon(20) > m.epsilon(20)
 
 
-def test_the_decoded_sum_is_the_clipped_sum_plus_noise_of_the_stated_variance():
-    m = mech(noise_multiplier=0.5, clip=1.0, min_users=20, max_users=20, dim=50, bits=24)
+@pytest.mark.parametrize("noise", ["skellam", "discrete-gaussian"])
+def test_the_decoded_sum_is_the_clipped_sum_plus_noise_of_the_stated_variance(noise):
+    m = mech(noise_multiplier=0.5, clip=1.0, min_users=20, max_users=20, dim=50, bits=24, noise=noise)
     rng = np.random.default_rng(5)
     x = rng.normal(size=(20, 50)) * 0.3
     x[0] *= 100  # one user far over the clip
@@ -201,7 +228,7 @@ def test_the_field_values_survive_flowers_secagg_arithmetic_exactly():
 def test_bad_settings_are_refused_in_one_line():
     for kw, msg in [(dict(min_users=0), "min_users"), (dict(min_users=11), "min_users"),
                     (dict(bits=31), "bits"), (dict(sample_rate=0.0), "sample_rate"),
-                    (dict(noise_multiplier=0.0), "noise_multiplier")]:
+                    (dict(noise_multiplier=0.0), "noise_multiplier"), (dict(noise="laplace"), "noise")]:
         with pytest.raises(ValueError, match=msg):
             mech(**kw)
     with pytest.raises(ValueError, match="cannot hold"):

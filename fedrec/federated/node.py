@@ -231,9 +231,10 @@ def compute_device(name: str) -> torch.device | None:
 
 class DistributedRelease:
     """A node's distributed-DP release in the making: its users' vectors, each encoded by
-    the user (:meth:`fedrec.privacy.distributed.DistributedDiscreteGaussian.encode`), summed
+    the user (:meth:`fedrec.privacy.distributed.DistributedDP.encode`), summed
     in the field.  Every user of the node adds its noise share; those that train add
-    their clipped release too (:meth:`add`), the others their share alone (:meth:`add_noise`).
+    their clipped, rotated, rounded release too (:meth:`add`); :meth:`add_noise` adds every
+    user's share (one Skellam draw for all of them, or each discrete Gaussian).
     The parameters travel flattened in sorted name order."""
 
     def __init__(self, cfg: FedConfig, fed: Federation, global_params: dict[str, np.ndarray], server_round: int,
@@ -246,25 +247,19 @@ class DistributedRelease:
         self.signs = rotation_signs(cfg.seed, server_round, self.mech.padded_dim)
         self.rng = rng
         self.total = np.zeros(self.mech.padded_dim, dtype=np.int64)
-        self.users = 0
+        self.users = self.trained = 0
 
     def add(self, releases: dict[str, torch.Tensor]) -> None:
         flat = np.concatenate([releases[n].reshape(releases[n].shape[0], -1).cpu().numpy() for n in self.names],
                               axis=1)
         for lo in range(0, len(flat), 64):
-            enc = self.mech.encode(flat[lo:lo + 64], signs=self.signs, rng=self.rng)
-            self.total = np.mod(self.total + enc.sum(axis=0), self.mech.modulus)
-        self.users += len(flat)
+            rounded = self.mech.rounded(flat[lo:lo + 64], signs=self.signs, rng=self.rng)
+            self.total = np.mod(self.total + rounded.sum(axis=0), self.mech.modulus)
+        self.trained += len(flat)
 
     def add_noise(self, users: int) -> None:
-        """The noise shares of ``users`` users who add no data this round."""
-        from fedrec.privacy.distributed import discrete_gaussian
-
-        d = self.mech.padded_dim
-        for lo in range(0, users, 64):
-            b = min(64, users - lo)
-            shares = discrete_gaussian(self.rng, self.mech.local_std_int, b * d).reshape(b, d)
-            self.total = np.mod(self.total + shares.sum(axis=0), self.mech.modulus)
+        """The noise shares of the node's ``users`` users (every one adds its share)."""
+        self.total = np.mod(self.total + self.mech.noise_sum(users, self.rng), self.mech.modulus)
         self.users += users
 
     def reply(self) -> dict[str, np.ndarray]:
@@ -363,7 +358,7 @@ def train_round(
     if ddp is not None:
         # every user of the node adds its noise share, whether or not its secret coin had it train;
         # the reply names no count of those that trained
-        ddp.add_noise(len(state.users) - k)
+        ddp.add_noise(len(state.users))
         update = ddp.reply()
         metrics = {protocol.NUM_EXAMPLES: len(state.users), protocol.NOISE_SHARES: ddp.users,
                    protocol.DECLINED: declined}

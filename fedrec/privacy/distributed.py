@@ -1,8 +1,12 @@
 """Distributed DP: each user adds its share of the noise, secure aggregation releases only the sum.
 
-The distributed discrete Gaussian (Kairouz, Liu & Steinke, "The Distributed Discrete
-Gaussian Mechanism for Federated Learning with Secure Aggregation", ICML 2021).  Each
-user, on its own device:
+Two mechanisms, one encoding: the distributed discrete Gaussian (Kairouz, Liu & Steinke,
+"The Distributed Discrete Gaussian Mechanism for Federated Learning with Secure
+Aggregation", ICML 2021) and the Skellam mechanism (Agarwal, Kairouz & Liu, "The Skellam
+Mechanism for Differentially Private Federated Learning", NeurIPS 2021), whose noise (the
+difference of two Poisson draws) is closed under summation: a sum of users' Skellam shares
+is one Skellam draw, so a node that hosts many users draws their noise at once, exactly as
+its users would.  Each user, on its own device:
 
 1. clips its release (a flat vector of ``dim`` values) to L2 norm ``clip``;
 2. pads it to ``D`` (a power of two) and rotates it with a random sign flip and the
@@ -11,13 +15,13 @@ user, on its own device:
 3. divides it by the granularity ``gamma`` and rounds each coordinate stochastically to
    an integer, drawing the rounding again while the rounded norm exceeds its bound
    (conditional randomised rounding: the bound is the sensitivity the accountant uses);
-4. adds discrete Gaussian noise of variance ``(local_std / gamma)**2`` per coordinate,
-   from the device's secret randomness;
+4. adds integer noise of variance ``(local_std / gamma)**2`` per coordinate (Skellam or
+   discrete Gaussian), from the device's secret randomness;
 5. reduces the result modulo ``2**bits``, the field secure aggregation sums in.
 
 Secure aggregation (Flower's SecAgg+) releases to the server only the sum modulo
 ``2**bits`` of the users' vectors; the server maps it back to signed integers, multiplies
-by ``gamma`` and undoes the rotation (:meth:`DistributedDiscreteGaussian.decode`).  The
+by ``gamma`` and undoes the rotation (:meth:`DistributedDP.decode`).  The
 server never sees one user's vector, and the noise in the sum was drawn by the users:
 the guarantee holds against the server, as long as at least ``min_users`` users' noise
 shares are in the sum (the round is not unmasked otherwise).  Every user of a round
@@ -25,17 +29,19 @@ adds its noise share; each takes part with its data with probability ``sample_ra
 decided by its own secret coin, so the server does not learn who was sampled.
 
 Accounting (per round, Poisson-subsampled, composed over rounds by Rényi DP): the sum of
-``n`` discrete Gaussians of variance ``s**2`` is close to a discrete Gaussian of variance
-``n s**2``; Kairouz et al.'s Proposition 14 bounds its Rényi divergence with the
-rounded vector's L2 and L1 sensitivities and the term ``tau`` (:func:`ddg_rdp`);
-subsampling is accounted with Zhu & Wang's general upper bound for Poisson-subsampled RDP
-(ICML 2019, Theorem 6; :func:`subsampled_rdp`).  The RDP is computed at Opacus's orders
+``n`` Skellam shares of variance ``s**2`` is a Skellam of variance ``n s**2``, whose Rényi
+divergence Agarwal et al.'s Theorem 3.5 bounds with the rounded vector's L2 and L1
+sensitivities (:func:`skellam_rdp`); the sum of ``n`` discrete Gaussians is close to a
+discrete Gaussian of variance ``n s**2``, and Kairouz et al.'s Proposition 14 bounds it
+with the same sensitivities and the term ``tau`` (:func:`ddg_rdp`).  Subsampling is
+accounted with Zhu & Wang's general upper bound for Poisson-subsampled RDP (ICML 2019,
+Theorem 6; :func:`subsampled_rdp`).  The RDP is computed at Opacus's orders
 (a fractional order takes the value of the next integer order, an upper bound since RDP
 grows with the order) and converted to ``(epsilon, delta)`` by Opacus
 (:func:`fedrec.privacy.accounting.epsilon_of_rdp`), so it composes with the
 Gaussian releases of a run (the popularity prior).
 
-When the noise grows large against the rounding (``tau -> 0``, ``gamma -> 0``), the
+When the noise grows large against the rounding (``tau -> 0``, ``gamma -> 0``), either
 accountant is the continuous Gaussian's: ``tests/test_distributed_dp.py`` checks the limit
 against Opacus.
 """
@@ -49,7 +55,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
-__all__ = ["DistributedDiscreteGaussian", "discrete_gaussian", "rotate", "unrotate", "rotation_signs", "ddg_rdp",
+__all__ = ["DistributedDP", "NOISES", "discrete_gaussian", "skellam", "skellam_rdp", "rotate", "unrotate",
+           "rotation_signs", "ddg_rdp",
            "subsampled_rdp", "rounded_l2_bound", "to_flower_grid", "from_flower_sum", "auto_quantization_range",
            "distributed_mechanism", "SECAGG_CLIP"]
 
@@ -57,6 +64,8 @@ __all__ = ["DistributedDiscreteGaussian", "discrete_gaussian", "rotate", "unrota
 #: integers written on Flower's quantisation grid come back exactly (:func:`to_flower_grid`).
 SECAGG_CLIP = 1.0
 MODULUS_RANGE = 2**32  # Flower's SecAgg+ modulus
+#: The integer noises a user's share may draw.
+NOISES = ("skellam", "discrete-gaussian")
 
 
 def auto_quantization_range(n_nodes: int, modulus_range: int = MODULUS_RANGE) -> int:
@@ -67,7 +76,7 @@ def auto_quantization_range(n_nodes: int, modulus_range: int = MODULUS_RANGE) ->
 
 
 def distributed_mechanism(cfg, *, n_users: int = 0, n_nodes: int = 0, dim: int,
-                          field: dict | None = None) -> "DistributedDiscreteGaussian":
+                          field: dict | None = None) -> "DistributedDP":
     """The distributed discrete Gaussian of a run (``cfg``: a resolved
     :class:`fedrec.config.FedConfig` with ``user-dp='distributed'``) over a federation of
     ``n_users`` users on ``n_nodes`` nodes, for a release of ``dim`` values: the field is
@@ -75,19 +84,20 @@ def distributed_mechanism(cfg, *, n_users: int = 0, n_nodes: int = 0, dim: int,
     ``field`` (``min_users``, ``max_users``, ``bits``; what the server sized and sent)
     replaces the sizing: a node knows only its own users."""
     if field is not None:
-        return DistributedDiscreteGaussian(
+        return DistributedDP(
             noise_multiplier=float(cfg.user_noise_multiplier), clip=float(cfg.user_clip),
-            sample_rate=float(cfg.user_sample_rate), dim=int(dim), delta=float(cfg.delta), **field)
+            sample_rate=float(cfg.user_sample_rate), dim=int(dim), delta=float(cfg.delta), noise=str(cfg.ddp_noise),
+            **field)
     q_range = int(cfg.secagg_quantization) or auto_quantization_range(n_nodes)
     _check_power_of_two("secagg-quantization", q_range)
     m = float(cfg.ddp_min_users)
     min_users = int(math.ceil(m * n_users - 1e-9)) if m <= 1 else int(m)
     if min_users > n_users:
         raise ValueError(f"ddp-min-users={cfg.ddp_min_users}: the federation has {n_users} users")
-    return DistributedDiscreteGaussian(
+    return DistributedDP(
         noise_multiplier=float(cfg.user_noise_multiplier), clip=float(cfg.user_clip),
         sample_rate=float(cfg.user_sample_rate), min_users=max(1, min_users), max_users=int(n_users), dim=int(dim),
-        bits=int(math.log2(q_range)), delta=float(cfg.delta))
+        bits=int(math.log2(q_range)), delta=float(cfg.delta), noise=str(cfg.ddp_noise))
 
 
 def discrete_gaussian(rng: np.random.Generator, sigma: float, size: int) -> np.ndarray:
@@ -115,19 +125,45 @@ def discrete_gaussian(rng: np.random.Generator, sigma: float, size: int) -> np.n
     return out
 
 
+def skellam(rng: np.random.Generator, variance: float, size: int) -> np.ndarray:
+    """``size`` draws of the symmetric Skellam of ``variance``: ``Poisson(variance / 2) -
+    Poisson(variance / 2)``.  A sum of independent Skellams is a Skellam of the summed
+    variance."""
+    if variance <= 0:
+        raise ValueError(f"variance must be > 0; got {variance}")
+    lam = variance / 2
+    return rng.poisson(lam, int(size)).astype(np.int64) - rng.poisson(lam, int(size)).astype(np.int64)
+
+
+def skellam_rdp(order: int, *, l2: float, l1: float, variance: float) -> float:
+    """RDP at integer ``order`` of the Skellam mechanism (no sampling): Agarwal, Kairouz &
+    Liu, Theorem 3.5, ``a D2^2 / (2 mu) + min(((2a - 1) D2^2 + 6 D1) / (4 mu^2), 3 D1 / (2 mu))``
+    with the integer sensitivities ``D2 = l2``, ``D1 = l1`` and the noise's variance ``mu``."""
+    a, mu = float(order), float(variance)
+    return a * l2 * l2 / (2 * mu) + min(((2 * a - 1) * l2 * l2 + 6 * l1) / (4 * mu * mu), 3 * l1 / (2 * mu))
+
+
+@functools.lru_cache(maxsize=8)
+def _sylvester(d: int) -> np.ndarray:
+    """The ``d x d`` Sylvester Hadamard matrix (``d`` a power of two), read-only."""
+    h = np.ones((1, 1))
+    while len(h) < d:
+        h = np.block([[h, h], [h, -h]])
+    h.setflags(write=False)
+    return h
+
+
 def _fwht(x: np.ndarray) -> np.ndarray:
-    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long)."""
-    x = np.array(x, dtype=np.float64, copy=True)
+    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long):
+    ``H_D = H_a (x) H_b`` with ``a b = D``, so each row reshaped to ``(a, b)`` becomes
+    ``H_a X H_b`` (two matrix products instead of ``log2 D`` passes)."""
+    x = np.asarray(x, dtype=np.float64)
     d = x.shape[-1]
+    k = d.bit_length() - 1
+    a, b = 1 << (k // 2), 1 << (k - k // 2)
     lead = x.shape[:-1]
-    h = 1
-    while h < d:
-        y = x.reshape(lead + (d // (2 * h), 2, h))
-        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
-        y[..., 0, :] = a + b
-        y[..., 1, :] = a - b
-        h *= 2
-    return x
+    y = _sylvester(a) @ x.reshape((-1, a, b)) @ _sylvester(b)
+    return y.reshape(lead + (d,))
 
 
 def rotation_signs(seed: int, server_round: int, padded_dim: int) -> np.ndarray:
@@ -217,7 +253,7 @@ def _check_power_of_two(name: str, x: float) -> None:
 
 
 @dataclass(frozen=True)
-class DistributedDiscreteGaussian:
+class DistributedDP:
     """The distributed discrete Gaussian as data (see the module docstring).
 
     Parameters
@@ -244,6 +280,8 @@ class DistributedDiscreteGaussian:
     k_stddevs
         The granularity keeps ``k_stddevs`` standard deviations of the sum's coordinates
         inside the field (Kairouz et al., Section 4.4).
+    noise
+        ``"skellam"`` (closed under summation) or ``"discrete-gaussian"``.
     """
 
     noise_multiplier: float
@@ -256,10 +294,15 @@ class DistributedDiscreteGaussian:
     delta: float
     beta: float = math.exp(-0.5)
     k_stddevs: float = 4.0
+    noise: str = "skellam"
 
     unit = "user-level"
     protects = "everything one user contributes (all of its interactions, every round)"
     against = "the server and anyone who sees the model: it sees only the noisy sum"
+
+    @property
+    def name(self) -> str:
+        return "distributed Skellam" if self.noise == "skellam" else "distributed discrete Gaussian"
 
     def __post_init__(self):
         if self.noise_multiplier <= 0 or self.clip <= 0:
@@ -270,6 +313,8 @@ class DistributedDiscreteGaussian:
             raise ValueError(f"need 1 <= min_users <= max_users; got {self.min_users}, {self.max_users}")
         if not 2 <= self.bits <= 30:
             raise ValueError(f"bits must be in [2, 30] (Flower quantises to int32); got {self.bits}")
+        if self.noise not in NOISES:
+            raise ValueError(f"noise must be one of {NOISES}; got {self.noise!r}")
         if 2.0 ** (2 * self.bits) <= self.max_users * self.k_stddevs ** 2:
             raise ValueError(f"bits={self.bits} cannot hold {self.max_users} users' sum at k={self.k_stddevs}")
 
@@ -320,6 +365,8 @@ class DistributedDiscreteGaussian:
         sd = math.sqrt(self.min_users) * self.local_std_int
         l2 = self.l2_bound_int
         l1 = l2 * min(math.sqrt(self.padded_dim), l2)
+        if self.noise == "skellam":
+            return skellam_rdp(order, l2=l2, l1=l1, variance=sd * sd)
         return ddg_rdp(order, l2_scale=l2 / sd, l1_scale=l1 / sd, tau=self._tau, dim=self.padded_dim)
 
     @functools.cached_property
@@ -348,7 +395,7 @@ class DistributedDiscreteGaussian:
         return epsilon_of_rdp(self.rdp_per_round * int(rounds) + rdp_of(extra), self.delta)
 
     def to_dict(self) -> dict:
-        return {"unit": self.unit, "mechanism": "distributed discrete Gaussian", **asdict(self),
+        return {"unit": self.unit, "mechanism": self.name, **asdict(self),
                 "gamma": self.gamma, "local_std": self.local_std}
 
     # --- the device's and the server's parts -----------------------------
@@ -361,8 +408,23 @@ class DistributedDiscreteGaussian:
             raise ValueError(f"releases of length {x.shape[-1]} and {len(signs)} signs; expected {self.dim} and "
                              f"{self.padded_dim}")
         out = self.rounded(x, signs=signs, rng=rng)
-        out += discrete_gaussian(rng, self.local_std_int, out.size).reshape(out.shape)
+        for j in range(len(out)):
+            out[j] += self.noise_sum(1, rng)
         return np.mod(out, self.modulus)
+
+    def noise_sum(self, users: int, rng: np.random.Generator) -> np.ndarray:
+        """The sum of ``users`` users' noise shares (``padded_dim`` integers): one Skellam
+        draw of the summed variance, or each user's discrete Gaussian drawn and summed."""
+        d = self.padded_dim
+        if users <= 0:
+            return np.zeros(d, dtype=np.int64)
+        if self.noise == "skellam":
+            return skellam(rng, users * self.local_std_int ** 2, d)
+        out = np.zeros(d, dtype=np.int64)
+        for lo in range(0, users, 64):
+            b = min(64, users - lo)
+            out += discrete_gaussian(rng, self.local_std_int, b * d).reshape(b, d).sum(axis=0)
+        return out
 
     def rounded(self, releases: np.ndarray, *, signs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Steps 1-3 of :meth:`encode`: each user's vector clipped, rotated, scaled and
