@@ -1,7 +1,8 @@
 """Distributed DP over SecAgg+ against plain SecAgg+ and central DP, side by side in one run.
 
 The same federation through Flower's simulation engine three times: plain SecAgg+ (no DP),
-``--user-dp distributed`` (each user's discrete Gaussian share, summed by SecAgg+), and
+``--user-dp distributed`` (each user's Skellam share, summed by SecAgg+; then with discrete
+Gaussian shares), and
 central DP-FedAvg (``--user-dp client``: users clipped on their node, the server adds the
 noise).  Prints the steady seconds per round of each (rounds after the first, which
 includes Ray's start), the ratios, and what one client sends per round: the length of its
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--users-per-node", type=int, default=64)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--noise-multiplier", type=float, default=1.0, help="user-level noise multiplier (both DPs)")
+    p.add_argument("--skip-discrete-gaussian", action="store_true", help="leave out the discrete Gaussian run")
     a = p.parse_args(argv)
     base = FedConfig(data=a.data, num_server_rounds=a.rounds, users_per_node=a.users_per_node, dim=a.dim,
                      eval_every=0, user_sample_rate=0.5)
@@ -46,8 +48,12 @@ def main(argv=None) -> int:
     runs = {
         "plain SecAgg+": replace(base, secure_aggregation=True),
         "distributed DP over SecAgg+": replace(base, secure_aggregation=True, user_dp="distributed", **dp),
+        "  (discrete Gaussian shares)": replace(base, secure_aggregation=True, user_dp="distributed",
+                                                ddp_noise="discrete-gaussian", **dp),
         "central DP-FedAvg": replace(base, user_dp="client", **dp),
     }
+    if a.skip_discrete_gaussian:
+        del runs["  (discrete Gaussian shares)"]
     fed = load_federation(base)
     dim = int(sum(np.prod(s) for s in federated_model(base, fed).global_shapes().values()))
     seconds = {}

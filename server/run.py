@@ -378,7 +378,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
         privacy.append(f"SecAgg+ (the server sees only each round's sum; clip {cfg.secagg_clip})")
     if cfg.user_dp == "distributed":
         ddp = strategy.ddp
-        privacy.append(f"user-level distributed DP (each user clips to {cfg.user_clip} and adds a discrete Gaussian "
+        privacy.append(f"user-level {ddp.name} (each user clips to {cfg.user_clip} and adds a {cfg.ddp_noise} "
                        f"share; noise {cfg.user_noise_multiplier:.3f} on the sum of at least {ddp.min_users} shares, "
                        f"{ddp.bits} bits per coordinate) user sample rate {cfg.user_sample_rate}")
     elif cfg.user_level:
@@ -478,12 +478,13 @@ def summarize(cfg: FedConfig, log: RunLog) -> dict:
         units.append({
             "unit": "user-level",
             "protects": ddp.protects,
-            "mechanism": "distributed DP: each user clips its update, rotates, rounds and adds a discrete Gaussian "
-                         "share on its device; SecAgg+ releases only the sum in the field, which the server decodes",
+            "mechanism": f"{ddp.name}: each user clips its update, rotates, rounds and adds a {ddp.noise} share "
+                         "on its device; SecAgg+ releases only the sum in the field, which the server decodes",
             "holds_against": ddp.against + f" (semi-honest, as long as at least {ddp.min_users} users' shares are "
                              "in each sum: a round with fewer is not unmasked)",
-            "accountant": "distributed discrete Gaussian RDP (Kairouz et al. 2021, Prop. 14; Poisson user sampling, "
-                          "Zhu & Wang 2019 Thm 6), opacus conversion",
+            "accountant": ("Skellam RDP (Agarwal et al. 2021, Thm 3.5" if ddp.noise == "skellam" else
+                           "distributed discrete Gaussian RDP (Kairouz et al. 2021, Prop. 14") +
+                          "; Poisson user sampling, Zhu & Wang 2019 Thm 6), opacus conversion",
             **{k: v for k, v in ddp.to_dict().items() if k not in ("unit", "mechanism")},
             "rounds": last.get("round"),
             "epsilon": last.get("user-epsilon"),

@@ -225,6 +225,13 @@ def test_the_field_values_survive_flowers_secagg_arithmetic_exactly():
     np.testing.assert_array_equal(got, np.sum(values, axis=0) % q_range)
 
 
+def test_calibration_finds_the_least_noise_for_a_target():
+    m = mech(sample_rate=0.5).calibrated(4.0, 30)
+    assert m.epsilon(30) <= 4.0 < mech(sample_rate=0.5, noise_multiplier=m.noise_multiplier * 0.99).epsilon(30)
+    with pytest.raises(ValueError, match="rounds"):
+        m.calibrated(4.0, 0)
+
+
 def test_bad_settings_are_refused_in_one_line():
     for kw, msg in [(dict(min_users=0), "min_users"), (dict(min_users=11), "min_users"),
                     (dict(bits=31), "bits"), (dict(sample_rate=0.0), "sample_rate"),

@@ -394,6 +394,27 @@ class DistributedDP:
             return 0.0
         return epsilon_of_rdp(self.rdp_per_round * int(rounds) + rdp_of(extra), self.delta)
 
+    def calibrated(self, target_epsilon: float, rounds: int) -> "DistributedDP":
+        """This mechanism with the smallest noise multiplier (to 1e-3 relative) whose
+        epsilon after ``rounds`` rounds is at most ``target_epsilon`` (bisection)."""
+        import dataclasses
+
+        if target_epsilon <= 0 or rounds < 1:
+            raise ValueError(f"need target_epsilon > 0 and rounds >= 1; got {target_epsilon}, {rounds}")
+
+        def eps(z: float) -> float:
+            return dataclasses.replace(self, noise_multiplier=z).epsilon(rounds)
+
+        lo, hi = 1e-2, 1.0
+        while eps(hi) > target_epsilon:
+            lo, hi = hi, hi * 2
+            if hi > 1e4:
+                raise ValueError(f"epsilon {target_epsilon} cannot be reached in {rounds} rounds")
+        while hi - lo > 1e-3 * hi:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if eps(mid) > target_epsilon else (lo, mid)
+        return dataclasses.replace(self, noise_multiplier=hi)
+
     def to_dict(self) -> dict:
         return {"unit": self.unit, "mechanism": self.name, **asdict(self),
                 "gamma": self.gamma, "local_std": self.local_std}
