@@ -157,3 +157,16 @@ def test_a_nodes_masked_message_alone_is_uniform_in_the_field():
     masked = parameters_mod(parameters_addition(quantized, mask), mod_range)[0]
     assert stats.kstest(masked / mod_range, "uniform").pvalue > 1e-3
     assert stats.kstest(quantized[0] / mod_range, "uniform").pvalue < 1e-10
+
+
+def test_the_comparison_study_calibrates_each_distributed_row_to_the_target():
+    from fedrec_app.simulations.studies.distributed import distributed_cells
+
+    cells = distributed_cells("synthetic:40x30:0", epsilon=8.0, rounds=20, sample_rate=1.0)
+    assert [c.name for c in cells] == ["central", "distributed-all", "distributed-80"]
+    assert cells[0].cfg.user_dp == "client" and cells[0].cfg.user_target_epsilon == 8.0
+    fed = load_federation(cells[1].cfg)
+    for c in cells[1:]:
+        mech = distributed_mechanism(c.cfg, n_users=fed.n_users, n_nodes=fed.n_nodes, dim=30 * 8 + 30)
+        assert 7.9 < mech.epsilon(20) <= 8.0
+    assert cells[1].cfg.ddp_min_users == 1.0 and cells[2].cfg.ddp_min_users == 0.8
