@@ -154,15 +154,21 @@ def _sylvester(d: int) -> np.ndarray:
 
 
 def _fwht(x: np.ndarray) -> np.ndarray:
-    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long):
-    ``H_D = H_a (x) H_b`` with ``a b = D``, so each row reshaped to ``(a, b)`` becomes
-    ``H_a X H_b`` (two matrix products instead of ``log2 D`` passes)."""
+    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long), in
+    stages of at most 5 bits: ``H_D`` is the Kronecker product of Hadamard matrices of
+    order ``f <= 32``, each applied by one batched matrix product along its axis
+    (``D * f`` multiply-adds a stage)."""
     x = np.asarray(x, dtype=np.float64)
     d = x.shape[-1]
-    k = d.bit_length() - 1
-    a, b = 1 << (k // 2), 1 << (k - k // 2)
     lead = x.shape[:-1]
-    y = _sylvester(a) @ x.reshape((-1, a, b)) @ _sylvester(b)
+    n = int(np.prod(lead, dtype=np.int64))
+    k = d.bit_length() - 1
+    y, pre, done = x.reshape(n, d), 1, 0
+    while done < k:
+        bits = min(5, k - done)
+        f = 1 << bits
+        y = np.matmul(_sylvester(f), y.reshape(n * pre, f, d // (pre * f)))
+        pre, done = pre * f, done + bits
     return y.reshape(lead + (d,))
 
 
@@ -460,7 +466,7 @@ class DistributedDP:
         todo = np.arange(len(y))
         bound2 = self.l2_bound_int ** 2
         while len(todo):
-            r = low[todo] + (rng.random(frac[todo].shape) < frac[todo])
+            r = low[todo] + (rng.random(frac[todo].shape, dtype=np.float32) < frac[todo])
             ok = (r * r).sum(axis=1) <= bound2
             out[todo[ok]] = r[ok].astype(np.int64)
             todo = todo[~ok]
