@@ -207,6 +207,30 @@ def test_secure_deployment_with_dp_completes_and_leaves_nothing(tmp_path, monkey
     assert saved["ok"] and saved["survivors"] == {}
 
 
+@pytest.mark.heavy  # `make test-heavy` (a deployment: SuperNodes, SecAgg+ and distributed DP end to end)
+def test_a_deployment_with_distributed_dp_over_secagg(tmp_path, monkeypatch):
+    """3 SuperNodes of one user each: every user clips, encodes and noises its own update and
+    SecAgg+ releases only the sum; the run reports the distributed mechanism's epsilon."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    try:
+        res = deploy.deploy(
+            {"data": DATA, "num-server-rounds": 2, "users-per-node": 1, "secure-aggregation": True,
+             "user-dp": "distributed", "user-noise-multiplier": 1.0, "user-clip": 0.1},
+            out=out, insecure=True, startup_timeout=90, timeout=240)
+    finally:
+        _kill_ours(tmp_path)
+    assert res.ok, res.error
+    doc = json.loads((out / "metrics.json").read_text())
+    unit = doc["privacy"]
+    assert unit["unit"] == "user-level" and unit["mechanism"].startswith("distributed Skellam")
+    assert unit["holds_against"].startswith("the server") and unit["epsilon"] > 0
+    rows = (out / "rounds.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    assert len(rows) == 3 and all(float(r.split(",")[header.index("noise-shares")]) == 3 for r in rows[1:])
+    assert res.survivors == {}
+
+
 def _kill_ours(tmp_path: Path) -> None:
     """Clean up after a failed test: every process it started (tagged by tmp_path)."""
     for pid in _ours(tmp_path):
