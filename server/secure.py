@@ -39,12 +39,14 @@ What the server still sees, and the limits: each node's ``num_examples`` (its
 cohort size, public in fedrec) and scalar train metrics (loss, declined users,
 the users' epsilons); evaluation replies as in the plain pipeline (a
 simulation's measurement, off by default in deployments).  SecAgg+ is not
-differential privacy: combine it with interaction-level DP on the nodes.  It
-needs 2+ nodes per round, tolerates the drop-out of up to ``num_shares -
-threshold`` neighbours of a node, assumes a semi-honest server, and Flower
-derives its mask PRG seeds by XOR-folding to 32 bits (research strength, not a
-production security guarantee).  User-level DP is refused with it (the DP
-wrappers clip single replies).
+differential privacy: combine it with interaction-level DP on the nodes, or with
+distributed user-level DP (``user-dp='distributed'``: each user adds an integer
+noise share, the nodes send their users' sum in the field on SecAgg+'s grid, and
+the server decodes it; :mod:`fedrec.privacy.distributed`).  It needs 2+ nodes per
+round, tolerates the drop-out of up to ``num_shares - threshold`` neighbours of a
+node, assumes a semi-honest server, and Flower derives its mask PRG seeds by
+XOR-folding to 32 bits (research strength, not a production security guarantee).
+Central user-level DP is refused with it (the DP wrappers clip single replies).
 """
 
 from __future__ import annotations
@@ -83,7 +85,6 @@ from fedrec_app.server.strategy import (
 
 __all__ = ["SecureAggregation", "secagg_workflow", "check_nodes", "auto_quantization_range", "quantization_bound",
            "MODULUS_RANGE"]
-
 
 
 def quantization_bound(num_examples, *, clipping_range: float, quantization_range: int, max_weight: float) -> float:
