@@ -154,21 +154,22 @@ def _sylvester(d: int) -> np.ndarray:
 
 
 def _fwht(x: np.ndarray) -> np.ndarray:
-    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long), in
-    stages of at most 5 bits: ``H_D`` is the Kronecker product of Hadamard matrices of
-    order ``f <= 32``, each applied by one batched matrix product along its axis
-    (``D * f`` multiply-adds a stage)."""
+    """Unnormalised Walsh-Hadamard transform along the last axis (a power of two long).
+
+    ``H_D`` is the Kronecker product of Hadamard matrices of order ``f <= 32``.  Each stage
+    applies one of them to the last ``log2 f`` bits of the index by one matrix product
+    (``D * f`` multiply-adds) and moves those bits to the front; after every stage the
+    bits are back in their order."""
     x = np.asarray(x, dtype=np.float64)
     d = x.shape[-1]
     lead = x.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
     k = d.bit_length() - 1
-    y, pre, done = x.reshape(n, d), 1, 0
-    while done < k:
-        bits = min(5, k - done)
+    y = x.reshape(n, d)
+    for bits in [5] * (k // 5) + ([k % 5] if k % 5 else []):
         f = 1 << bits
-        y = np.matmul(_sylvester(f), y.reshape(n * pre, f, d // (pre * f)))
-        pre, done = pre * f, done + bits
+        y = (y.reshape(-1, f) @ _sylvester(f)).reshape(n, d // f, f)
+        y = np.ascontiguousarray(y.transpose(0, 2, 1)).reshape(n, d)
     return y.reshape(lead + (d,))
 
 
