@@ -460,16 +460,18 @@ class DistributedDP:
         x = np.atleast_2d(np.asarray(releases, dtype=np.float64))
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         x = x * np.minimum(1.0, self.clip / np.maximum(norm, 1e-300))
-        y = rotate(x, signs) / self.gamma
-        low = np.floor(y)
-        frac = y - low
+        y = rotate(x, signs)
+        y *= 1.0 / self.gamma
         out = np.empty(y.shape, dtype=np.int64)
         todo = np.arange(len(y))
         bound2 = self.l2_bound_int ** 2
         while len(todo):
-            r = low[todo] + (rng.random(frac[todo].shape, dtype=np.float32) < frac[todo])
-            ok = (r * r).sum(axis=1) <= bound2
-            out[todo[ok]] = r[ok].astype(np.int64)
+            # floor(y + u), u uniform on [0, 1): y's ceiling with probability frac(y), its floor otherwise
+            r = rng.random(y[todo].shape)
+            r += y[todo]
+            np.floor(r, out=r)
+            ok = np.einsum("ij,ij->i", r, r) <= bound2
+            out[todo[ok]] = r[ok]
             todo = todo[~ok]
         return out
 
