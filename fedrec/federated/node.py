@@ -230,12 +230,11 @@ def compute_device(name: str) -> torch.device | None:
 
 
 class DistributedRelease:
-    """A node's distributed-DP release in the making: its users' vectors, each encoded by
-    the user (:meth:`fedrec.privacy.distributed.DistributedDP.encode`), summed
-    in the field.  Every user of the node adds its noise share; those that train add
-    their clipped, rotated, rounded release too (:meth:`add`); :meth:`add_noise` adds every
-    user's share (one Skellam draw for all of them, or each discrete Gaussian).
-    The parameters travel flattened in sorted name order."""
+    """A node's distributed-DP release in the making: what its users' devices would encode
+    (:meth:`fedrec.privacy.distributed.DistributedDP.encode`), summed in the field.  The
+    users that train add their clipped, rotated, rounded releases (:meth:`add`); every
+    user adds its noise share (:meth:`add_noise`: one Skellam draw for all of them, or each
+    user's discrete Gaussian).  The parameters travel flattened in sorted name order."""
 
     def __init__(self, cfg: FedConfig, fed: Federation, global_params: dict[str, np.ndarray], server_round: int,
                  rng: np.random.Generator, field: dict | None = None):
@@ -247,7 +246,6 @@ class DistributedRelease:
         self.signs = rotation_signs(cfg.seed, server_round, self.mech.padded_dim)
         self.rng = rng
         self.total = np.zeros(self.mech.padded_dim, dtype=np.int64)
-        self.users = self.trained = 0
 
     def add(self, releases: dict[str, torch.Tensor]) -> None:
         flat = np.concatenate([releases[n].reshape(releases[n].shape[0], -1).cpu().numpy() for n in self.names],
@@ -255,12 +253,10 @@ class DistributedRelease:
         for lo in range(0, len(flat), 64):
             rounded = self.mech.rounded(flat[lo:lo + 64], signs=self.signs, rng=self.rng)
             self.total = np.mod(self.total + rounded.sum(axis=0), self.mech.modulus)
-        self.trained += len(flat)
 
     def add_noise(self, users: int) -> None:
         """The noise shares of the node's ``users`` users (every one adds its share)."""
         self.total = np.mod(self.total + self.mech.noise_sum(users, self.rng), self.mech.modulus)
-        self.users += users
 
     def reply(self) -> dict[str, np.ndarray]:
         from fedrec.privacy.distributed import SECAGG_CLIP, to_flower_grid
@@ -357,21 +353,19 @@ def train_round(
     new = NodeState(state.users, local, steps, rounds)
     if ddp is not None:
         # every user of the node adds its noise share, whether or not its secret coin had it train;
-        # the reply names no count of those that trained
+        # the reply names no count of those that trained (num-examples: the node's public cohort)
         ddp.add_noise(len(state.users))
         update = ddp.reply()
-        metrics = {protocol.NUM_EXAMPLES: len(state.users), protocol.NOISE_SHARES: ddp.users,
+        metrics = {protocol.NUM_EXAMPLES: len(state.users), protocol.NOISE_SHARES: len(state.users),
                    protocol.DECLINED: declined}
-        new.release_round, new.release_metrics = server_round, dict(metrics)
-        new.release = {n: v.copy() for n, v in update.items()}
-        return update, metrics, new
-    if cfg.user_level:
+    elif cfg.user_level:
         # user-level DP: the reply is (global parameters + the SUM of the users'
         # clipped updates), the form Flower's DP wrappers clip and noise
         update = {n: global_params[n] + k * v for n, v in update.items()}
     if cfg.aggregation == "itemwise":
         update[protocol.ITEM_COUNTS] = (counts / max(k, 1)).astype(np.float32)
-    metrics = {protocol.NUM_EXAMPLES: k, protocol.DECLINED: declined}
+    if ddp is None:
+        metrics = {protocol.NUM_EXAMPLES: k, protocol.DECLINED: declined}
     if not (cfg.dp or cfg.user_level):
         # the training loss is computed from every training pair of the users and no mechanism
         # covers it: a private run does not release it (the engine does not even compute it)
