@@ -114,22 +114,44 @@ def test_the_run_reports_the_distributed_mechanism_and_its_epsilon(ddp_run):
 def test_a_round_with_too_few_noise_shares_is_not_unmasked(tmp_path):
     """Seed 1 at dropout rate 0.2 drops node 1 (10 users) in round 1 only: with every
     user's share required that round is skipped before unmasking (parameters unchanged)
-    and still accounted; with 30 of 40 required it is unmasked."""
+    and still accounted; with 30 of 40 required it is unmasked, and its sum is exactly the
+    three surviving nodes' (replayed with reproducible noise)."""
     strict = FedConfig(**{**BASE, "seed": 1}, dropout_rate=0.2, ddp_min_users=1.0, out=str(tmp_path / "strict"))
-    loose = FedConfig(**{**BASE, "seed": 1}, dropout_rate=0.2, ddp_min_users=0.75, out=str(tmp_path / "loose"))
-    seen = {}
+    loose = FedConfig(**{**BASE, "seed": 1}, dropout_rate=0.2, ddp_min_users=0.75, reproducible_noise=True,
+                      out=str(tmp_path / "loose"))
+    seen, sums = {}, {}
     cls = secure.SecureAggregation
-    orig = cls.aggregate_fit
+    orig_cf, orig_af = cls.configure_fit, cls.aggregate_fit
+
+    def configure_fit(self, rnd, parameters, cm):
+        if rnd == 1:
+            sums[self.cfg.out, "broadcast"] = dict(zip(KEYS, parameters_to_ndarrays(parameters)))
+        return orig_cf(self, rnd, parameters, cm)
 
     def aggregate_fit(self, rnd, results, failures):
         seen.setdefault(self.cfg.out, []).append(rnd)
-        return orig(self, rnd, results, failures)
+        if rnd == 1:
+            sums[self.cfg.out, "total"] = from_flower_sum(parameters_to_ndarrays(results[0][1].parameters)[0],
+                                                          n_nodes=len(results), clipping_range=SECAGG_CLIP,
+                                                          quantization_range=self.ddp.modulus)
+        return orig_af(self, rnd, results, failures)
 
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cls, "configure_fit", configure_fit)
         mp.setattr(cls, "aggregate_fit", aggregate_fit)
         simulate(strict, num_cpus=2)
         simulate(loose, num_cpus=2)
     assert seen[strict.out] == [2, 3] and seen[loose.out] == [1, 2, 3]
+    fed = load_federation(loose)
+    params = sums[loose.out, "broadcast"]
+    mech = distributed_mechanism(loose, n_users=fed.n_users, n_nodes=fed.n_nodes,
+                                 dim=sum(v.size for v in params.values()))
+    total = np.zeros(mech.padded_dim, dtype=np.int64)
+    for p in (0, 2, 3):  # node 1 dropped out
+        update, _, _ = node.train_round(loose, fed, p, node.load_state({}, fed, p, loose), global_params=params,
+                                        server_round=1)
+        total = (total + _field_ints(update[protocol.DDP_SUM], mech.modulus)) % mech.modulus
+    np.testing.assert_array_equal(sums[loose.out, "total"], total)
     rows = list(csv.DictReader(open(tmp_path / "strict" / "rounds.csv")))
     assert int(float(rows[0]["skipped"])) == 1 and int(float(rows[0]["noise-shares"])) == 30
     assert float(rows[0]["user-epsilon"]) > 0  # the round counts
