@@ -103,8 +103,8 @@ class RunLog:
         if self.cfg.dp:  # steps taken by the user who took the most, for the ledger (an upper bound)
             self.max_steps += steps_per_round(self.cfg) if res else 0
         if self.cfg.user_level and getattr(self.server, "ddp", None) is not None:
-            # distributed DP: every round is one Poisson-subsampled release of the distributed
-            # discrete Gaussian sum (unmasked or not: a skipped round is counted too)
+            # distributed DP: every round is one Poisson-subsampled release of the users' noised
+            # sum (unmasked or not: a round left masked is counted too)
             row["user-epsilon"] = self.server.ddp.epsilon(server_round)
         elif self.cfg.user_level:
             # user-level epsilon: every round is one step of the Poisson-subsampled

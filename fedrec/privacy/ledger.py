@@ -8,8 +8,8 @@ releases instead of starting its accounting from zero.  One entry per mechanism:
 - ``{"unit": "interaction-level", "mechanism": "dp-sgd", "segments": [[noise, rate, steps]]}``
   (steps: the most any user took, an upper bound on every user's)
 - ``{"unit": "user-level", "mechanism": "private-als", "rounds": n}``
-- ``{"unit": "user-level", "mechanism": "distributed-dp", "rounds": n}`` (the distributed
-  discrete Gaussian; not continued by a warm start)
+- ``{"unit": "user-level", "mechanism": "distributed-dp", "rounds": n}`` (distributed DP,
+  Skellam or discrete Gaussian shares; not continued by a warm start)
 - ``{"unit": "none", "rounds": n}``: rounds trained on private data without DP: every
   later epsilon is infinite.
 
