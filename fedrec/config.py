@@ -397,9 +397,6 @@ def _check_user_level(c: FedConfig) -> None:
         _bad(c, "user_target_epsilon", "give user-noise-multiplier or user-target-epsilon, not both")
     if c.ddp_min_users <= 0 or (c.ddp_min_users > 1 and c.ddp_min_users != int(c.ddp_min_users)):
         _bad(c, "ddp_min_users", "must be a fraction in (0, 1] or a whole number of users")
-    if c.user_dp == "distributed" and c.user_target_epsilon > 0:
-        _bad(c, "user_target_epsilon", "user-dp='distributed' takes user-noise-multiplier (the run reports the "
-             "epsilon of the distributed discrete Gaussian it computes)")
 
 
 def _check_als(c: FedConfig) -> None:

@@ -379,7 +379,7 @@ def run_server(grid: Grid, cfg: FedConfig, context=None, *, plan: "str | Path | 
     if cfg.user_dp == "distributed":
         ddp = strategy.ddp
         privacy.append(f"user-level {ddp.name} (each user clips to {cfg.user_clip} and adds a {cfg.ddp_noise} "
-                       f"share; noise {cfg.user_noise_multiplier:.3f} on the sum of at least {ddp.min_users} shares, "
+                       f"share; noise {ddp.noise_multiplier:.3f} on the sum of at least {ddp.min_users} shares, "
                        f"{ddp.bits} bits per coordinate) user sample rate {cfg.user_sample_rate}")
     elif cfg.user_level:
         privacy.append(f"user-level DP ({cfg.user_dp} clipping) noise {cfg.user_noise_multiplier:.3f} "

@@ -51,6 +51,7 @@ Central user-level DP is refused with it (the DP wrappers clip single replies).
 
 from __future__ import annotations
 
+import dataclasses
 from logging import WARNING
 
 import numpy as np
@@ -170,6 +171,11 @@ class SecureAggregation(LegacyStrategy):
                 raise ValueError("distributed DP needs the federation's number of users")
             self.param_shapes = dict(self.shapes)
             dim = sum(int(np.prod(v)) for v in self.shapes.values())
+            if cfg.user_target_epsilon > 0:  # the least noise whose planned rounds reach the target
+                cfg = dataclasses.replace(cfg, user_noise_multiplier=1.0, user_target_epsilon=0.0)
+                z = distributed_mechanism(cfg, n_users=n_users, n_nodes=n_nodes, dim=dim).calibrated(
+                    float(self.cfg.user_target_epsilon), cfg.num_server_rounds).noise_multiplier
+                self.cfg = cfg = dataclasses.replace(cfg, user_noise_multiplier=z)
             self.ddp = distributed_mechanism(cfg, n_users=n_users, n_nodes=n_nodes, dim=dim)
             self.shapes = {protocol.DDP_SUM: (self.ddp.padded_dim,)}
         if cfg.aggregation == "itemwise":

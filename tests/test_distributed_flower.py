@@ -5,6 +5,7 @@ message alone is uniform in SecAgg+'s field."""
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,7 +28,6 @@ KEYS = ("item_embedding", "item_bias")
 
 def test_distributed_dp_settings_are_checked_in_one_line():
     for kw, key in [(dict(secure_aggregation=False), "user-dp"),
-                    (dict(user_noise_multiplier=0.0, user_target_epsilon=8.0), "user-target-epsilon"),
                     (dict(noise_multiplier=1.0), "user-dp"),
                     (dict(ddp_min_users=1.5), "ddp-min-users"),
                     (dict(prior_noise=2.0), "user-dp")]:
@@ -109,6 +109,18 @@ def test_the_run_reports_the_distributed_mechanism_and_its_epsilon(ddp_run):
     assert [float(r["user-epsilon"]) for r in rows] == pytest.approx([mech.epsilon(r) for r in (1, 2, 3)])
     assert all(int(float(r["noise-shares"])) == 40 for r in rows)
     assert "users" not in rows[0] or not rows[0]["users"]  # who trained is not released
+
+
+def test_a_target_epsilon_is_calibrated_by_the_server_for_the_distributed_mechanism(tmp_path):
+    cfg = FedConfig(**{**BASE, "user_noise_multiplier": 0.0, "num_server_rounds": 2, "eval_every": 2},
+                    user_target_epsilon=6.0, out=str(tmp_path / "run"))
+    simulate(cfg, num_cpus=2)
+    unit = _user_level(json.loads((tmp_path / "run" / "metrics.json").read_text()))
+    fed = load_federation(cfg)
+    mech = distributed_mechanism(replace(cfg, user_noise_multiplier=1.0, user_target_epsilon=0.0),
+                                 n_users=fed.n_users, n_nodes=fed.n_nodes, dim=30 * 4 + 30).calibrated(6.0, 2)
+    assert unit["noise_multiplier"] == pytest.approx(mech.noise_multiplier)
+    assert 5.9 < unit["epsilon"] <= 6.0
 
 
 def test_a_round_with_too_few_noise_shares_is_not_unmasked(tmp_path):

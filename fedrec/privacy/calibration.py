@@ -36,16 +36,18 @@ def planned_steps(cfg: FedConfig) -> int:
 def resolved(cfg: FedConfig) -> FedConfig:
     """``cfg`` with every target epsilon turned into its noise multiplier (Opacus RDP
     accountant, for a user taking part in every planned round, the DP popularity prior
-    composed); with ``als``, the rounds are the passes' (``als-passes + 1``), each
-    evaluated.  Returns a new configuration; a target that cannot be reached is a
-    :class:`fedrec.errors.ConfigError` naming its key."""
+    composed), but distributed DP's, which the server calibrates; with ``als``, the rounds
+    are the passes' (``als-passes + 1``), each evaluated.  Returns a new configuration; a
+    target that cannot be reached is a :class:`fedrec.errors.ConfigError` naming its key."""
     out = cfg
     prior = prior_mechanism(cfg.prior_noise)
     if cfg.target_epsilon > 0:
         sigma = _calibrated("target_epsilon", cfg.target_epsilon, target_epsilon=cfg.target_epsilon, delta=cfg.delta,
                             sample_rate=cfg.sample_rate, steps=planned_steps(cfg), extra=prior)
         out = dataclasses.replace(out, noise_multiplier=sigma, target_epsilon=0.0)
-    if cfg.user_target_epsilon > 0:
+    if cfg.user_target_epsilon > 0 and cfg.user_dp != "distributed":
+        # (distributed DP's accountant needs the model's size and the federation's: the
+        # server calibrates it, fedrec.privacy.distributed.DistributedDP.calibrated)
         sigma = _calibrated("user_target_epsilon", cfg.user_target_epsilon, target_epsilon=cfg.user_target_epsilon,
                             delta=cfg.delta, sample_rate=cfg.user_sample_rate, steps=cfg.num_server_rounds,
                             extra=prior)
