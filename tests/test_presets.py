@@ -98,6 +98,12 @@ def test_a_mechanism_turned_on_by_its_own_flags_names_its_preset():
     assert mechanism_preset(FedConfig(user_dp="client", user_target_epsilon=8.0)) == "dp-fedavg"
     assert mechanism_preset(FedConfig(model="sasrec", user_dp="client", user_target_epsilon=8.0)) == \
         "sequential-dp-fedadam"
+    ddp = FedConfig(user_dp="distributed", secure_aggregation=True, user_target_epsilon=8.0)
+    assert mechanism_preset(ddp) == "distributed-dp-fedavg"
+    # its settings make a valid run: no DP prior, which distributed DP refuses
+    from fedrec.presets import with_preset
+
+    assert with_preset(ddp, preset("distributed-dp-fedavg"), given={"user_target_epsilon"}).prior_noise == 0.0
     assert mechanism_preset(FedConfig(als=True, als_target_epsilon=4.0)) == "private-als-low"
     assert mechanism_preset(FedConfig(als=True, als_target_epsilon=8.0, als_unit="interaction-level")) == \
         "private-als-interaction"

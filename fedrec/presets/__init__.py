@@ -168,7 +168,8 @@ def als_preset_name(epsilon: float, unit: str = "user-level") -> str:
 def mechanism_preset(cfg) -> str | None:
     """The preset of the mechanism a config turns on by its own target epsilon or noise
     (``--target-epsilon``: DP-SGD; ``--user-dp`` with a user-level target or noise:
-    DP-FedAvg, DP-FedAdam for a sequential model; ``--als`` with its target or noise:
+    DP-FedAvg (distributed DP-FedAvg for ``--user-dp distributed``), DP-FedAdam for a
+    sequential model; ``--als`` with its target or noise:
     private ALS for its unit and epsilon); ``None`` for a non-private run or a mechanism
     without a preset (DP-SGD on a sequential model)."""
     from fedrec.models import federated_model_class, is_sequential
@@ -177,7 +178,9 @@ def mechanism_preset(cfg) -> str | None:
     if cfg.als_private:
         return als_preset_name(cfg.als_target_epsilon or math.inf, cfg.als_unit)
     if cfg.user_level:
-        return "sequential-dp-fedadam" if sequential else "dp-fedavg"
+        if sequential:
+            return "sequential-dp-fedadam"
+        return "distributed-dp-fedavg" if cfg.user_dp == "distributed" else "dp-fedavg"
     if cfg.dp and not sequential:
         return "dp-sgd"
     return None
