@@ -171,12 +171,13 @@ class SecureAggregation(LegacyStrategy):
                 raise ValueError("distributed DP needs the federation's number of users")
             self.param_shapes = dict(self.shapes)
             dim = sum(int(np.prod(v)) for v in self.shapes.values())
-            if cfg.user_target_epsilon > 0:  # the least noise whose planned rounds reach the target
+            target = float(cfg.user_target_epsilon)
+            if target > 0:  # the least noise whose planned rounds reach the target
                 cfg = dataclasses.replace(cfg, user_noise_multiplier=1.0, user_target_epsilon=0.0)
-                z = distributed_mechanism(cfg, n_users=n_users, n_nodes=n_nodes, dim=dim).calibrated(
-                    float(self.cfg.user_target_epsilon), cfg.num_server_rounds).noise_multiplier
-                self.cfg = cfg = dataclasses.replace(cfg, user_noise_multiplier=z)
             self.ddp = distributed_mechanism(cfg, n_users=n_users, n_nodes=n_nodes, dim=dim)
+            if target > 0:
+                self.ddp = self.ddp.calibrated(target, cfg.num_server_rounds)
+                self.cfg = cfg = dataclasses.replace(cfg, user_noise_multiplier=self.ddp.noise_multiplier)
             self.shapes = {protocol.DDP_SUM: (self.ddp.padded_dim,)}
         if cfg.aggregation == "itemwise":
             if not self.item_tables:
@@ -239,7 +240,7 @@ class SecureAggregation(LegacyStrategy):
         flat = self.ddp.decode(total, signs=rotation_signs(self.cfg.seed, server_round, self.ddp.padded_dim))
         flat = flat / (self.cfg.user_sample_rate * self.n_users)
         out, at = {}, 0
-        for k in sorted(self.param_shapes):
+        for k in protocol.ddp_order(self.param_shapes):
             n = int(np.prod(self.param_shapes[k]))
             out[k] = flat[at:at + n].reshape(self.param_shapes[k])
             at += n

@@ -266,7 +266,8 @@ def test_a_nodes_field_sum_decodes_to_its_users_clipped_updates(model):
     release, metrics, _ = node.train_round(ddp, fed, 0, node.load_state({}, fed, 0, ddp), global_params=params,
                                            server_round=1)
     mech = distributed_mechanism(ddp, n_users=fed.n_users, n_nodes=fed.n_nodes, dim=summed.size)
-    ints = np.rint((release[protocol.DDP_SUM] + SECAGG_CLIP) * mech.modulus / (2 * SECAGG_CLIP)).astype(np.int64)
+    ints = from_flower_sum(release[protocol.DDP_SUM], n_nodes=1, clipping_range=SECAGG_CLIP,
+                           quantization_range=mech.modulus)
     got = mech.decode(ints, signs=rotation_signs(ddp.seed, 1, mech.padded_dim))
     assert metrics[protocol.NOISE_SHARES] == 30 and protocol.NUM_EXAMPLES in metrics
     assert np.abs(summed).max() > 1e-3  # the users did train

@@ -43,7 +43,8 @@ def _user_level(metrics: dict) -> dict:
 
 
 def _field_ints(grid: np.ndarray, modulus: int) -> np.ndarray:
-    return np.rint((np.asarray(grid, np.float64) + SECAGG_CLIP) * modulus / (2 * SECAGG_CLIP)).astype(np.int64)
+    """A node's field integers from its reply (the grid values of one node)."""
+    return from_flower_sum(grid, n_nodes=1, clipping_range=SECAGG_CLIP, quantization_range=modulus)
 
 
 @pytest.fixture(scope="module")

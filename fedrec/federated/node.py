@@ -234,13 +234,13 @@ class DistributedRelease:
     (:meth:`fedrec.privacy.distributed.DistributedDP.encode`), summed in the field.  The
     users that train add their clipped, rotated, rounded releases (:meth:`add`); every
     user adds its noise share (:meth:`add_noise`: one Skellam draw for all of them, or each
-    user's discrete Gaussian).  The parameters travel flattened in sorted name order."""
+    user's discrete Gaussian).  The parameters travel flattened in :func:`~fedrec.federated.protocol.ddp_order`."""
 
     def __init__(self, cfg: FedConfig, fed: Federation, global_params: dict[str, np.ndarray], server_round: int,
                  rng: np.random.Generator, field: dict | None = None):
         from fedrec.privacy.distributed import distributed_mechanism, rotation_signs
 
-        self.names = sorted(global_params)
+        self.names = protocol.ddp_order(global_params)
         dim = sum(int(np.prod(global_params[n].shape)) for n in self.names)
         self.mech = distributed_mechanism(cfg, n_users=fed.n_users, n_nodes=fed.n_nodes, dim=dim, field=field)
         self.signs = rotation_signs(cfg.seed, server_round, self.mech.padded_dim)

@@ -40,7 +40,7 @@ import numpy as np
 __all__ = [
     "SERVER_ROUND", "MECHANISM_PREFIX", "MECHANISM_KEYS", "TRAINED_ITEMS", "LEGACY", "PARAM_KEYS", "ANALYTICS",
     "ANALYTICS_QUERIES", "READY", "NUM_EXAMPLES", "DECLINED", "TRAIN_LOSS", "EPSILON", "TEST_TOPK", "EXPOSURE_PREFIX",
-    "ITEM_COUNTS", "NOISE_SHARES", "DDP_SUM", "DDP_FIELD", "distributed_config", "distributed_of",
+    "ITEM_COUNTS", "NOISE_SHARES", "DDP_SUM", "DDP_FIELD", "distributed_config", "distributed_of", "ddp_order",
     "mechanism_config", "mechanism_of", "trained_items_config", "trained_items_of",
 ]
 
@@ -76,6 +76,11 @@ def mechanism_config(cfg) -> dict[str, float]:
 def mechanism_of(message_config: dict) -> dict:
     """The mechanism the server resolved, from a message's config."""
     return {k[len(MECHANISM_PREFIX):]: v for k, v in message_config.items() if k.startswith(MECHANISM_PREFIX)}
+
+
+def ddp_order(names) -> list[str]:
+    """The order in which :data:`DDP_SUM` flattens the global parameters (node and server)."""
+    return sorted(names)
 
 
 def distributed_config(*, min_users: int, max_users: int, bits: int) -> dict:

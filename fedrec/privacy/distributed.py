@@ -83,21 +83,18 @@ def distributed_mechanism(cfg, *, n_users: int = 0, n_nodes: int = 0, dim: int,
     SecAgg+'s quantisation range (``secagg-quantization``, or the automatic one).
     ``field`` (``min_users``, ``max_users``, ``bits``; what the server sized and sent)
     replaces the sizing: a node knows only its own users."""
-    if field is not None:
-        return DistributedDP(
-            noise_multiplier=float(cfg.user_noise_multiplier), clip=float(cfg.user_clip),
-            sample_rate=float(cfg.user_sample_rate), dim=int(dim), delta=float(cfg.delta), noise=str(cfg.ddp_noise),
-            **field)
-    q_range = int(cfg.secagg_quantization) or auto_quantization_range(n_nodes)
-    _check_power_of_two("secagg-quantization", q_range)
-    m = float(cfg.ddp_min_users)
-    min_users = int(math.ceil(m * n_users - 1e-9)) if m <= 1 else int(m)
-    if min_users > n_users:
-        raise ValueError(f"ddp-min-users={cfg.ddp_min_users}: the federation has {n_users} users")
+    if field is None:
+        q_range = int(cfg.secagg_quantization) or auto_quantization_range(n_nodes)
+        _check_power_of_two("secagg-quantization", q_range)
+        m = float(cfg.ddp_min_users)
+        min_users = int(math.ceil(m * n_users - 1e-9)) if m <= 1 else int(m)
+        if min_users > n_users:
+            raise ValueError(f"ddp-min-users={cfg.ddp_min_users}: the federation has {n_users} users")
+        field = {"min_users": max(1, min_users), "max_users": int(n_users), "bits": int(math.log2(q_range))}
     return DistributedDP(
         noise_multiplier=float(cfg.user_noise_multiplier), clip=float(cfg.user_clip),
-        sample_rate=float(cfg.user_sample_rate), min_users=max(1, min_users), max_users=int(n_users), dim=int(dim),
-        bits=int(math.log2(q_range)), delta=float(cfg.delta), noise=str(cfg.ddp_noise))
+        sample_rate=float(cfg.user_sample_rate), dim=int(dim), delta=float(cfg.delta), noise=str(cfg.ddp_noise),
+        **field)
 
 
 def discrete_gaussian(rng: np.random.Generator, sigma: float, size: int) -> np.ndarray:
